@@ -1,0 +1,331 @@
+import { AdapterError, CapabilityError } from './errors.ts';
+import { type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
+import {
+  type Binding,
+  type KernelDef,
+  type ParamValues,
+  type ParamsSchema,
+  kernelSource,
+  layoutEntries,
+  packParams,
+  stableJson,
+} from './kernel.ts';
+
+/** What the engine reports about its adapter (CLI JSON, bug reports). */
+export interface AdapterSummary {
+  name: string;
+  vendor: string;
+  architecture: string;
+  backend: string;
+  isFallback: boolean;
+  features: string[];
+  caps: Caps;
+}
+
+export interface ContextOptions {
+  /** Host-supplied name of the backend (e.g. "vulkan (Dawn)"), since WebGPU does not expose it. */
+  backend?: string;
+  mask?: CapsMask;
+  /** Debug hook: receives every kernel's WGSL as it is compiled. */
+  dumpShader?: (label: string, code: string) => void;
+}
+
+export interface Pipeline {
+  key: string;
+  pipeline: GPUComputePipeline;
+  layout: GPUBindGroupLayout;
+  bindings: Binding[];
+}
+
+export type BufferRange = { buffer: GPUBuffer; offset?: number; size?: number };
+/** What a binding is given: a buffer, a range of one, or (for uniforms) the param values themselves. */
+export type Resource = GPUBuffer | BufferRange | Record<string, number>;
+
+export type Workgroups = readonly [number, number?, number?] | { indirect: GPUBuffer; offset: number };
+
+export interface Dispatch {
+  pipeline: Pipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: Workgroups;
+}
+
+const LIMIT_NAMES = [
+  'maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupsPerDimension',
+  'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupStorageSize', 'maxStorageBuffersPerShaderStage',
+  'maxUniformBuffersPerShaderStage', 'maxBindingsPerBindGroup', 'maxUniformBufferBindingSize',
+] as const;
+
+const isRange = (r: Resource): r is BufferRange => typeof r === 'object' && 'buffer' in r && !('mapAsync' in r);
+const isBuffer = (r: Resource): r is GPUBuffer => typeof r === 'object' && 'mapAsync' in r;
+
+/**
+ * The device and everything cached against it: pipelines by variant, bind groups by resource identity,
+ * uniform buffers by content. Host-agnostic: a host hands in its `GPU` object.
+ */
+export class GpuContext {
+  private readonly pipelines = new Map<string, Promise<Pipeline>>();
+  private readonly bindGroups = new Map<string, GPUBindGroup>();
+  private readonly uniforms = new Map<string, GPUBuffer>();
+  private readonly bufferIds = new WeakMap<GPUBuffer, number>();
+  private nextBufferId = 1;
+  private staging: GPUBuffer | undefined;
+  private readQueue: Promise<unknown> = Promise.resolve();
+  private failure: string | undefined;
+
+  private constructor(
+    /** Held so that the implementation behind it (Dawn's instance) lives as long as the device. */
+    readonly gpu: GPU,
+    readonly device: GPUDevice,
+    readonly caps: Caps,
+    readonly adapter: AdapterSummary,
+    private readonly options: ContextOptions,
+  ) {
+    device.lost.then((info) => {
+      this.failure ??= `device lost (${info.reason}): ${info.message}`;
+    });
+    device.addEventListener?.('uncapturederror', (event) => {
+      this.failure ??= `WebGPU error: ${(event as GPUUncapturedErrorEvent).error.message}`;
+    });
+  }
+
+  static async create(gpu: GPU, options: ContextOptions = {}): Promise<GpuContext> {
+    const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
+    const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'].filter((f) =>
+      adapter.features.has(f),
+    ) as GPUFeatureName[];
+    const requiredLimits: Record<string, number> = {};
+    const limits = adapter.limits as unknown as Record<string, number | undefined>;
+    for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
+    const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits, label: 'qwen-webgpu' });
+    const caps = maskCaps(
+      {
+        f16: device.features.has('shader-f16'),
+        subgroups: device.features.has('subgroups'),
+        timestampQuery: device.features.has('timestamp-query'),
+        maxStorageBindingBytes: device.limits.maxStorageBufferBindingSize,
+        maxBufferBytes: device.limits.maxBufferSize,
+        maxWorkgroupsPerDim: device.limits.maxComputeWorkgroupsPerDimension,
+        maxInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,
+        maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
+        maxStorageBuffersPerStage: device.limits.maxStorageBuffersPerShaderStage,
+      },
+      options.mask,
+    );
+    const info = adapter.info;
+    const summary: AdapterSummary = {
+      name: info?.description || info?.device || info?.vendor || 'unknown adapter',
+      vendor: info?.vendor ?? '',
+      architecture: info?.architecture ?? '',
+      backend: options.backend ?? 'webgpu',
+      isFallback: Boolean((info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter),
+      features: [...device.features].sort(),
+      caps,
+    };
+    if (caps.maxStorageBuffersPerStage < 8) {
+      throw new CapabilityError(`adapter allows ${caps.maxStorageBuffersPerStage} storage buffers per stage; 8 are needed`, 'maxStorageBuffersPerShaderStage');
+    }
+    const ctx = new GpuContext(gpu, device, caps, summary, options);
+    await ctx.checkComputes();
+    return ctx;
+  }
+
+  /** Refuses adapters that accept work but compute nothing (Dawn's null backend) or compute wrongly. */
+  private async checkComputes(): Promise<void> {
+    const n = 256;
+    const module = this.device.createShaderModule({
+      code: `@group(0) @binding(0) var<storage, read_write> y: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { y[g.x] = g.x * 2654435761u + 7u; }`,
+    });
+    const pipeline = await this.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const out = this.createBuffer('canary', n * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
+    const encoder = this.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] }));
+    pass.dispatchWorkgroups(n / 64);
+    pass.end();
+    this.device.queue.submit([encoder.finish()]);
+    const got = new Uint32Array(await this.read(out, 0, n * 4));
+    out.destroy();
+    for (let i = 0; i < n; i++) {
+      if (got[i] !== ((Math.imul(i, 2654435761) + 7) >>> 0)) {
+        throw new AdapterError(`adapter "${this.adapter.name}" does not compute correctly (a null or fake adapter?)`);
+      }
+    }
+  }
+
+  get capsKey(): string {
+    return capsFingerprint(this.caps);
+  }
+
+  createBuffer(label: string, size: number, usage: number): GPUBuffer {
+    if (size > this.caps.maxBufferBytes) {
+      throw new CapabilityError(`${label}: ${size} bytes is more than the adapter's maxBufferSize ${this.caps.maxBufferBytes}`, 'maxBufferSize');
+    }
+    const buffer = this.device.createBuffer({ label, size: Math.max(16, Math.ceil(size / 16) * 16), usage });
+    this.bufferIds.set(buffer, this.nextBufferId++);
+    return buffer;
+  }
+
+  /** A storage buffer that kernels read and write and that can be copied to and from. */
+  storage(label: string, size: number): GPUBuffer {
+    return this.createBuffer(label, size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST);
+  }
+
+  /** Indirect-dispatch arguments that kernels write (MoE tile counts). */
+  indirect(label: string, size: number): GPUBuffer {
+    return this.createBuffer(label, size, GPUBufferUsage.STORAGE | GPUBufferUsage.INDIRECT | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST);
+  }
+
+  write(buffer: GPUBuffer, offset: number, data: ArrayBufferView | ArrayBuffer): void {
+    const view = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    this.device.queue.writeBuffer(buffer, offset, view);
+  }
+
+  /** Compiles (once per variant and caps) and returns a kernel's pipeline. */
+  pipeline<V>(def: KernelDef<V>, variant: V): Promise<Pipeline> {
+    const overrides = def.overrides?.(variant, this.caps) ?? {};
+    const key = `${def.name}${stableJson(variant ?? {})}${stableJson(overrides)}:${this.capsKey}`;
+    let pending = this.pipelines.get(key);
+    if (!pending) {
+      pending = this.compile(def, variant, overrides, key);
+      this.pipelines.set(key, pending);
+      pending.catch(() => this.pipelines.delete(key));
+    }
+    return pending;
+  }
+
+  private async compile<V>(def: KernelDef<V>, variant: V, constants: Record<string, number>, key: string): Promise<Pipeline> {
+    const code = kernelSource(def, variant, this.caps);
+    this.options.dumpShader?.(key, code);
+    const bindings = def.bindings(variant);
+    const layout = this.device.createBindGroupLayout({ label: key, entries: layoutEntries(bindings) });
+    const module = this.device.createShaderModule({ label: key, code });
+    try {
+      const pipeline = await this.device.createComputePipelineAsync({
+        label: key,
+        layout: this.device.createPipelineLayout({ label: key, bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: 'main', constants },
+      });
+      return { key, pipeline, layout, bindings };
+    } catch (error) {
+      const info = await module.getCompilationInfo();
+      const messages = info.messages.map((m) => `${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join('\n');
+      throw new CapabilityError(`kernel ${key} failed to compile on "${this.adapter.name}": ${(error as Error).message}\n${messages}`, def.name);
+    }
+  }
+
+  /** A uniform buffer holding these params; identical params share one buffer. */
+  params<S extends ParamsSchema>(schema: S, values: ParamValues<S>): GPUBuffer {
+    const bytes = packParams(schema, values);
+    const key = Array.from(new Uint32Array(bytes)).join(',');
+    let buffer = this.uniforms.get(key);
+    if (!buffer) {
+      buffer = this.createBuffer('params', bytes.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+      this.write(buffer, 0, bytes);
+      this.uniforms.set(key, buffer);
+    }
+    return buffer;
+  }
+
+  /** The bind group for these resources, created once per distinct set of buffers and ranges. */
+  bind(pipeline: Pipeline, resources: Record<string, Resource>): GPUBindGroup {
+    const entries: GPUBindGroupEntry[] = [];
+    const keyParts = [pipeline.key];
+    pipeline.bindings.forEach((b, binding) => {
+      const r = resources[b.name];
+      if (r === undefined) throw new Error(`${pipeline.key}: no resource for binding ${b.name}`);
+      let range: BufferRange;
+      if (b.kind === 'uniform' && !isBuffer(r) && !isRange(r)) range = { buffer: this.params(b.schema, r as ParamValues<typeof b.schema>) };
+      else if (isBuffer(r)) range = { buffer: r };
+      else if (isRange(r)) range = r;
+      else throw new Error(`${pipeline.key}: binding ${b.name} needs a buffer`);
+      if (range.size !== undefined && range.size > this.caps.maxStorageBindingBytes && b.kind !== 'uniform') {
+        throw new CapabilityError(`${pipeline.key}: binding ${b.name} of ${range.size} bytes passes maxStorageBufferBindingSize`, 'maxStorageBufferBindingSize');
+      }
+      if (range.size === undefined && b.kind !== 'uniform' && range.buffer.size - (range.offset ?? 0) > this.caps.maxStorageBindingBytes) {
+        throw new CapabilityError(`${pipeline.key}: binding ${b.name} (buffer ${range.buffer.label}, ${range.buffer.size} bytes) passes maxStorageBufferBindingSize`, 'maxStorageBufferBindingSize');
+      }
+      entries.push({ binding, resource: range });
+      keyParts.push(`${this.bufferIds.get(range.buffer) ?? range.buffer.label}:${range.offset ?? 0}:${range.size ?? -1}`);
+    });
+    const key = keyParts.join('|');
+    let group = this.bindGroups.get(key);
+    if (!group) {
+      group = this.device.createBindGroup({ label: pipeline.key, layout: pipeline.layout, entries });
+      this.bindGroups.set(key, group);
+    }
+    return group;
+  }
+
+  /** One dispatch, ready to encode: compiles the variant if needed and binds the resources. */
+  async dispatch<V>(def: KernelDef<V>, variant: V, resources: Record<string, Resource>, workgroups: Workgroups): Promise<Dispatch> {
+    const pipeline = await this.pipeline(def, variant);
+    return { pipeline, bindGroup: this.bind(pipeline, resources), workgroups };
+  }
+
+  encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
+    for (const d of dispatches) {
+      pass.setPipeline(d.pipeline.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      if ('indirect' in d.workgroups) pass.dispatchWorkgroupsIndirect(d.workgroups.indirect, d.workgroups.offset);
+      else {
+        const [x, y = 1, z = 1] = d.workgroups;
+        if (x === 0 || y === 0 || z === 0) continue;
+        pass.dispatchWorkgroups(x, y, z);
+      }
+    }
+  }
+
+  /** Encodes and submits dispatches in one compute pass. */
+  run(dispatches: readonly Dispatch[], label = 'run'): void {
+    const encoder = this.device.createCommandEncoder({ label });
+    const pass = encoder.beginComputePass({ label });
+    this.encode(pass, dispatches);
+    pass.end();
+    this.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Copies a range of a GPU buffer back to the CPU, through one reused staging buffer. */
+  read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+    const task = this.readQueue.then(async () => {
+      this.throwIfFailed();
+      const bytes = Math.ceil(size / 4) * 4;
+      if (!this.staging || this.staging.size < bytes) {
+        this.staging?.destroy();
+        this.staging = this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+      }
+      const staging = this.staging;
+      const encoder = this.device.createCommandEncoder({ label: 'readback' });
+      encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
+      this.device.queue.submit([encoder.finish()]);
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const copy = staging.getMappedRange(0, bytes).slice(0, size);
+      staging.unmap();
+      this.throwIfFailed();
+      return copy;
+    });
+    this.readQueue = task.catch(() => undefined);
+    return task;
+  }
+
+  /** Waits for submitted work; surfaces device loss and validation errors as exceptions. */
+  async sync(): Promise<void> {
+    await this.device.queue.onSubmittedWorkDone();
+    this.throwIfFailed();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw new AdapterError(this.failure);
+  }
+
+  destroy(): void {
+    for (const b of this.uniforms.values()) b.destroy();
+    this.uniforms.clear();
+    this.bindGroups.clear();
+    this.staging?.destroy();
+    this.device.destroy();
+  }
+}

@@ -1,0 +1,28 @@
+import type { GpuContext } from './context.ts';
+import { type GpuTensor, type WeightDtype, bytesPerElement, planTensorLayout } from './tensor.ts';
+import { f32ToF16Bits } from '../formats/half.ts';
+
+/**
+ * Uploads a weight held in CPU memory as f32 (tests and synthetic weights; checkpoints go through the
+ * loader's streaming path). Rows are padded with zeros to the tensor's row stride.
+ */
+export function uploadTensor(ctx: GpuContext, name: string, shape: number[], values: Float32Array, dtype: WeightDtype): GpuTensor {
+  const layout = planTensorLayout(name, shape, dtype, ctx.caps);
+  const cols = shape[shape.length - 1];
+  const rows = values.length / cols;
+  const rowsPerItem = rows / layout.items;
+  const tensor: GpuTensor = { name, dtype, shape, rowStride: layout.rowStride, itemStride: layout.itemStride, parts: [] };
+  for (let first = 0; first < layout.items; first += layout.itemsPerPart) {
+    const count = Math.min(layout.itemsPerPart, layout.items - first);
+    const elements = count * layout.itemStride;
+    const buffer = ctx.storage(`${name}[${first}..${first + count})`, elements * bytesPerElement(dtype));
+    const padded = new Float32Array(elements);
+    for (let r = 0; r < count * rowsPerItem; r++) {
+      const src = (first * rowsPerItem + r) * cols;
+      padded.set(values.subarray(src, src + cols), r * layout.rowStride);
+    }
+    ctx.write(buffer, 0, dtype === 'f32' ? padded : Uint16Array.from(padded, f32ToF16Bits));
+    tensor.parts.push({ buffer, first, count });
+  }
+  return tensor;
+}

@@ -1,0 +1,22 @@
+import { it } from 'vitest';
+import { rmsNorm } from '../../src/kernels/rms_norm.ts';
+import { rmsNorm as reference } from '../../src/reference/rms_norm.ts';
+import { grid } from '../../src/kernels/grid.ts';
+import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { randn } from '../helpers/random.ts';
+import { expectClose } from '../helpers/compare.ts';
+
+describeOnAdapters('rms_norm', (ctx) => {
+  // Real widths (attention head 256, hidden 1024 and 5120) and widths that are not multiples of the workgroup.
+  for (const [rows, cols] of [[3, 256], [2, 1024], [1, 5120], [7, 100], [5, 1]] as const) {
+    it(`rows=${rows} cols=${cols}`, async () => {
+      const c = ctx();
+      const x = randn(rows * cols, rows * 31 + cols, 3);
+      const w = randn(cols, cols, 0.5);
+      const y = c.storage('y', rows * cols * 4);
+      const d = await c.dispatch(rmsNorm, undefined, { x: upload(c, x), w: upload(c, w), y, params: { rows, cols, eps: 1e-6 } }, grid(rows, c.caps));
+      c.run([d]);
+      expectClose(await readF32(c, y, rows * cols), reference(x, w, 1e-6), 1e-5, 1e-5);
+    });
+  }
+});
