@@ -4,10 +4,11 @@ import { f32ToF16Bits } from '../formats/half.ts';
 
 /**
  * Uploads a weight held in CPU memory as f32 (tests and synthetic weights; checkpoints go through the
- * loader's streaming path). Rows are padded with zeros to the tensor's row stride.
+ * loader's streaming path). Rows are padded with zeros to the tensor's row stride. `caps` may be a masked
+ * copy with a smaller binding limit, to split a small tensor into several parts.
  */
-export function uploadTensor(ctx: GpuContext, name: string, shape: number[], values: Float32Array, dtype: WeightDtype): GpuTensor {
-  const layout = planTensorLayout(name, shape, dtype, ctx.caps);
+export function uploadTensor(ctx: GpuContext, name: string, shape: number[], values: Float32Array, dtype: WeightDtype, caps = ctx.caps): GpuTensor {
+  const layout = planTensorLayout(name, shape, dtype, caps);
   const cols = shape[shape.length - 1];
   const rows = values.length / cols;
   const rowsPerItem = rows / layout.items;
