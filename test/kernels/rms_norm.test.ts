@@ -1,7 +1,6 @@
 import { it } from 'vitest';
 import { rmsNorm } from '../../src/kernels/rms_norm.ts';
 import { rmsNorm as reference } from '../../src/reference/rms_norm.ts';
-import { grid } from '../../src/kernels/grid.ts';
 import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
@@ -14,8 +13,7 @@ describeOnAdapters('rms_norm', (ctx) => {
       const x = randn(rows * cols, rows * 31 + cols, 3);
       const w = randn(cols, cols, 0.5);
       const y = c.storage('y', rows * cols * 4);
-      const d = await c.dispatch(rmsNorm, undefined, { x: upload(c, x), w: upload(c, w), y, params: { rows, cols, eps: 1e-6 } }, grid(rows, c.caps));
-      c.run([d]);
+      c.run([await rmsNorm(c, { x: upload(c, x), w: upload(c, w), y, rows, cols, eps: 1e-6 })]);
       expectClose(await readF32(c, y, rows * cols), reference(x, w, 1e-6), 1e-5, 1e-5);
     });
   }

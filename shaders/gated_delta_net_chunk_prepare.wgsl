@@ -1,0 +1,176 @@
+// gated_delta_net_chunk_prepare: the state-independent half of HF torch_chunk_gated_delta_rule (UT transform), for one
+//   chunk of C = 64 tokens and one value head h (key head j = h / ratio); the last chunk is zero-padded (q = k = v = 0,
+//   beta = 0, g = 0). With beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias), cum = cumsum(g) over the chunk,
+//   D[i,l] = e^(cum_i - cum_l) for l <= i:
+//     A = (kb k^T) ⊙ D with kb = beta k;  M = I + strict_lower(A)
+//     U = M^-1 (beta v)  [C, dv];  W = M^-1 (kb ⊙ e^cum)  [C, dk];  attn = (q k^T) ⊙ D, lower triangle incl. diagonal
+//   Every exponent is a sum of g's of one sign (never a difference of prefix sums), so strong decays keep f32 precision.
+//   qkv: [T, qkv_stride] f32 (layout of gated_delta_net_step) · ba: [T, ba_stride] f32 · a_log, dt_bias: [nv] f32
+//   uw:   [nv, tp, dv + dk] f32, row (h, t) = U row | W row  (tp = chunks * C)
+//   attn: [nv, tp, C] f32, row (h, t) = attn[i, 0..C) of t = chunk*C + i (zero above the diagonal)
+//   gate: [nv, tp, 2] f32, (e^cum_i, e^(cum_last - cum_i))
+//   grid: chunks * nv workgroups (flat_id; id = chunk * nv + h) of 256 invocations: gram matrices in 4×4 blocks over
+//   dk tiles of KT, then the forward substitution with one column of [beta v | kb ⊙ e^cum] per invocation, the
+//   column's 64 rows held in registers as four blocks of RB.
+//   preconditions: nv % nk == 0, ratio = nv / nk; chunks = ceil(tokens / C); scratch buffers hold nv * tp rows.
+const C: u32 = 64u;
+const KT: u32 = 8u;
+const RB: u32 = 16u;
+var<workgroup> tile: array<vec4<f32>, 2u * KT * C / 4u>;   // [k | q][d][rows 4b..4b+3] of the current dk tile
+var<workgroup> amat: array<f32, C * (C - 1u) / 2u>;    // strict lower A, packed
+var<workgroup> gsh: array<f32, C>;
+var<workgroup> bsh: array<f32, C>;
+var<workgroup> ecum: array<f32, C>;                    // e^cum_i
+
+fn tri(i: u32, l: u32) -> u32 { return i * (i - 1u) / 2u + l; }
+
+
+// Rows i0..i0+RB of column col of X (zero past the chunk's valid rows).
+fn load_block(col: u32, i0: u32, rows: u32, t0: u32, koff: u32, voff: u32) -> array<f32, RB> {
+  var x = array<f32, RB>();
+  for (var r = 0u; r < RB; r++) {
+    let i = i0 + r;
+    if (i < rows) {
+      let base = (t0 + i) * params.qkv_stride;
+      if (col < params.dv) {
+        x[r] = qkv[base + voff + col] * bsh[i];
+      } else {
+        x[r] = qkv[base + koff + col - params.dv] * bsh[i] * ecum[i];
+      }
+    }
+  }
+  return x;
+}
+
+// x -= A[i0.., l0..] prev (a block left of the diagonal).
+fn sub_block(x: array<f32, RB>, prev: array<f32, RB>, i0: u32, l0: u32) -> array<f32, RB> {
+  var y = x;
+  for (var r = 0u; r < RB; r++) {
+    var v = y[r];
+    for (var s = 0u; s < RB; s++) { v -= amat[tri(i0 + r, l0 + s)] * prev[s]; }
+    y[r] = v;
+  }
+  return y;
+}
+
+// Forward substitution with the unit lower-triangular diagonal block at i0.
+fn solve_block(x: array<f32, RB>, i0: u32) -> array<f32, RB> {
+  var y = x;
+  for (var r = 1u; r < RB; r++) {
+    var v = y[r];
+    for (var s = 0u; s < r; s++) { v -= amat[tri(i0 + r, i0 + s)] * y[s]; }
+    y[r] = v;
+  }
+  return y;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let id = flat_id(wg, nwg);
+  if (id >= params.chunks * params.nv) { return; }
+  let h = id % params.nv;
+  let t0 = (id / params.nv) * C;
+  let rows = min(C, params.tokens - t0);
+  let j = h / params.ratio;
+  let qoff = j * params.dk;
+  let koff = params.nk * params.dk + j * params.dk;
+  let voff = 2u * params.nk * params.dk + h * params.dv;
+  let srow = h * params.tp + t0;
+  let width = params.dv + params.dk;
+
+  if (li < C) {
+    var g = 0.0;
+    var beta = 0.0;
+    if (li < rows) {
+      let gb = (t0 + li) * params.ba_stride;
+      beta = sigmoid(ba[gb + params.b_off + h]);
+      g = -exp(a_log[h]) * softplus(ba[gb + params.a_off + h] + dt_bias[h]);
+    }
+    gsh[li] = g;
+    bsh[li] = beta;
+  }
+  workgroupBarrier();
+  if (li < C) {
+    // Prefix and suffix sums of same-sign terms: accurate without compensation.
+    var pre = 0.0;
+    for (var m = 0u; m <= li; m++) { pre += gsh[m]; }
+    var suf = 0.0;
+    for (var m = li + 1u; m < C; m++) { suf += gsh[m]; }
+    ecum[li] = exp(pre);
+    gate[(srow + li) * 2u] = ecum[li];
+    gate[(srow + li) * 2u + 1u] = exp(suf);
+  }
+
+  // Gram matrices k k^T and q k^T: invocation (bi, bj) owns rows 4bi.. and columns 4bj.. (blocks above the diagonal idle).
+  let bi = li / 16u;
+  let bj = li % 16u;
+  var kk: array<vec4<f32>, 4>;
+  var qk: array<vec4<f32>, 4>;
+  for (var d0 = 0u; d0 < params.dk; d0 += KT) {
+    for (var e = li; e < 2u * KT * C; e += 256u) {
+      let m = e / (KT * C);
+      let r = (e % (KT * C)) / KT;
+      let d = e % KT;
+      var v = 0.0;
+      if (r < rows && d0 + d < params.dk) { v = qkv[(t0 + r) * params.qkv_stride + select(koff, qoff, m == 1u) + d0 + d]; }
+      tile[(m * KT + d) * (C / 4u) + r / 4u][r % 4u] = v;
+    }
+    workgroupBarrier();
+    if (bj <= bi) {
+      for (var d = 0u; d < KT; d++) {
+        let ki = tile[d * (C / 4u) + bi];
+        let kj = tile[d * (C / 4u) + bj];
+        let qi = tile[(KT + d) * (C / 4u) + bi];
+        for (var r = 0u; r < 4u; r++) {
+          kk[r] += ki[r] * kj;
+          qk[r] += qi[r] * kj;
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  // D[i,l] = exp(Σ_{l < m <= i} g_m), the exponent summed from block-local pieces of same-sign terms: a difference of
+  // two prefix sums would lose f32 precision once the decay has run to large negative values.
+  var mid = 0.0;
+  for (var m = 4u * bj + 4u; m <= 4u * bi; m++) { mid += gsh[m]; }
+  var rin = 0.0;
+  for (var r = 0u; r < 4u; r++) {
+    let i = 4u * bi + r;
+    if (r > 0u) { rin += gsh[i]; }
+    for (var s = 0u; s < 4u; s++) {
+      let l = 4u * bj + s;
+      var o = 0.0;
+      if (l <= i) {
+        var seg = 0.0;
+        for (var m = l + 1u; m <= min(i, 4u * bj + 3u); m++) { seg += gsh[m]; }
+        if (bj < bi) { seg += mid + rin; }
+        let decay = exp(seg);
+        o = qk[r][s] * decay;
+        if (l < i) { amat[tri(i, l)] = bsh[i] * kk[r][s] * decay; }
+      }
+      attn[(srow + i) * C + l] = o;
+    }
+  }
+  workgroupBarrier();
+
+  // Forward substitution (I + A) X' = X, one column of X = [beta v | kb ⊙ e^cum] per invocation: the column's 64
+  // values are loaded up front and solved in four register blocks of RB rows.
+  for (var col = li; col < width; col += 256u) {
+    var x0 = load_block(col, 0u, rows, t0, koff, voff);
+    var x1 = load_block(col, RB, rows, t0, koff, voff);
+    var x2 = load_block(col, 2u * RB, rows, t0, koff, voff);
+    var x3 = load_block(col, 3u * RB, rows, t0, koff, voff);
+    x0 = solve_block(x0, 0u);
+    x1 = solve_block(sub_block(x1, x0, RB, 0u), RB);
+    x2 = solve_block(sub_block(sub_block(x2, x0, 2u * RB, 0u), x1, 2u * RB, RB), 2u * RB);
+    x3 = sub_block(sub_block(sub_block(x3, x0, 3u * RB, 0u), x1, 3u * RB, RB), x2, 3u * RB, 2u * RB);
+    x3 = solve_block(x3, 3u * RB);
+    for (var r = 0u; r < RB; r++) {
+      uw[(srow + r) * width + col] = x0[r];
+      uw[(srow + RB + r) * width + col] = x1[r];
+      uw[(srow + 2u * RB + r) * width + col] = x2[r];
+      uw[(srow + 3u * RB + r) * width + col] = x3[r];
+    }
+  }
+}

@@ -1,0 +1,60 @@
+import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { grid } from './grid.ts';
+
+/** Channels per workgroup and token segments per channel (workgroup = CH × SEG invocations). */
+const CH = 64;
+const SEG = 4;
+
+const Params = { tokens: 'u32', channels: 'u32', x_stride: 'u32', w_stride: 'u32', k: 'u32', seg_len: 'u32' } as const;
+
+/** Depthwise causal conv over time + SiLU, carrying the last K-1 raw inputs in `state`. Grid: ceil(C / CH) workgroups. */
+export const conv1dCausalKernel = defineKernel({
+  name: 'conv1d_causal',
+  bindings: () => [read('x'), read('w'), write('state'), write('y'), uniform('params', Params)],
+  overrides: () => ({ CH, SEG }),
+});
+
+export interface Conv1dCausalArgs {
+  /** [T, xStride]: channel c of token t at x[t*xStride + c] */
+  x: GPUBuffer; xStride: number;
+  /** [C, wStride]: tap j of channel c at w[c*wStride + j] */
+  w: GPUBuffer; wStride: number;
+  kernelSize: number;
+  /** [K-1, C] raw inputs before token 0 (zeros at sequence start); rewritten to the last K-1 raw inputs */
+  state: GPUBuffer;
+  /** [T, C] */
+  y: GPUBuffer;
+  tokens: number; channels: number;
+}
+
+function fail(message: string): never {
+  throw new Error(`conv1d_causal: ${message}`);
+}
+
+function checkFits(what: string, buffer: GPUBuffer, elements: number): void {
+  if (elements * 4 > buffer.size) fail(`${what} needs ${elements} f32 (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size}`);
+}
+
+const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
+
+/**
+ * y[t,c] = silu(Σ_{j<K} w[c*wStride + j] · in[t-(K-1)+j, c]) with in[τ<0] from `state` (row K-1+τ) and in[τ≥0] = x[τ*xStride + c];
+ * afterwards `state` holds the last K-1 raw inputs, so prefill in several calls, or decode token by token, equals one call.
+ */
+export function conv1dCausal(ctx: GpuContext, a: Conv1dCausalArgs): Promise<Dispatch> {
+  const { tokens: T, channels: C, kernelSize: K } = a;
+  if (!isCount(T)) fail(`tokens = ${T} must be a positive integer`);
+  if (!isCount(C)) fail(`channels = ${C} must be a positive integer`);
+  if (!Number.isInteger(K) || K < 2 || K > 8) fail(`kernelSize = ${K} must be an integer in 2..8`);
+  if (!Number.isInteger(a.xStride) || a.xStride < C) fail(`xStride = ${a.xStride} is less than channels = ${C}`);
+  if (!Number.isInteger(a.wStride) || a.wStride < K) fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
+  const buffers = [a.x, a.w, a.state, a.y];
+  if (new Set(buffers).size !== buffers.length) fail('x, w, state and y must be distinct buffers');
+  checkFits('x', a.x, (T - 1) * a.xStride + C);
+  checkFits('w', a.w, (C - 1) * a.wStride + K);
+  checkFits('state', a.state, (K - 1) * C);
+  checkFits('y', a.y, T * C);
+  const params = { tokens: T, channels: C, x_stride: a.xStride, w_stride: a.wStride, k: K, seg_len: Math.ceil(T / SEG) };
+  return ctx.dispatch(conv1dCausalKernel, undefined, { x: a.x, w: a.w, state: a.state, y: a.y, params }, grid(Math.ceil(C / CH), ctx.caps));
+}

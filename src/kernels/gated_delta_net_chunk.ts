@@ -1,0 +1,133 @@
+import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { CapabilityError } from '../gpu/errors.ts';
+import { grid } from './grid.ts';
+import { type GatedDeltaNetArgs, checkGatedDeltaNetArgs } from './gated_delta_net_step.ts';
+
+/** Tokens per chunk (HF torch_chunk_gated_delta_rule's chunk_size); fixed by all three shaders. */
+export const CHUNK = 64;
+/** State columns per scan and output workgroup (shaders/gated_delta_net_chunk_{scan,output}.wgsl). */
+const SCAN_DVT = 16;
+/** Scan and output keep a [dk, 16] state tile in workgroup memory: dk <= 128 stays within 16 KiB with their other arrays. */
+const MAX_DK = 128;
+
+const PrepareParams = {
+  tokens: 'u32', nk: 'u32', nv: 'u32', dk: 'u32', dv: 'u32', ratio: 'u32',
+  qkv_stride: 'u32', ba_stride: 'u32', b_off: 'u32', a_off: 'u32', tp: 'u32', chunks: 'u32',
+} as const;
+
+const ScanParams = {
+  tokens: 'u32', nk: 'u32', nv: 'u32', dv: 'u32', ratio: 'u32', qkv_stride: 'u32', tp: 'u32', chunks: 'u32',
+} as const;
+
+/** Per (chunk, value head): gates, decay sums, gram matrices and the triangular solve. Grid: chunks * nv. */
+export const gatedDeltaNetChunkPrepareKernel = defineKernel({
+  name: 'gated_delta_net_chunk_prepare',
+  bindings: () => [
+    read('qkv'), read('ba'), read('a_log'), read('dt_bias'), write('uw'), write('attn'), write('gate'),
+    uniform('params', PrepareParams),
+  ],
+});
+
+/** Per (value head, 16 state columns): the sequential scan over chunks (v_new, state snapshots, final state). Grid: nv * ceil(dv / 16). */
+export const gatedDeltaNetChunkScanKernel = defineKernel<{ dk: number }>({
+  name: 'gated_delta_net_chunk_scan',
+  bindings: () => [read('qkv'), write('uw'), read('gate'), write('hs'), write('state'), uniform('params', ScanParams)],
+  helpers: (v) => `const DK: u32 = ${v.dk}u;`,
+});
+
+/** Per (chunk, value head, 16 columns): the outputs from the chunk-start states. Grid: chunks * nv * ceil(dv / 16). */
+export const gatedDeltaNetChunkOutputKernel = defineKernel<{ dk: number }>({
+  name: 'gated_delta_net_chunk_output',
+  bindings: () => [read('qkv'), read('uw'), read('attn'), read('gate'), read('hs'), write('out'), uniform('params', ScanParams)],
+  helpers: (v) => `const DK: u32 = ${v.dk}u;`,
+});
+
+/** Intermediates of one chunked call, reusable by every GDN layer of the same shape (calls run in order). */
+export interface ChunkScratch {
+  readonly maxTokens: number;
+  readonly nv: number;
+  readonly dk: number;
+  readonly dv: number;
+  /** [nv, tp, dv + dk]: U | W per token row */
+  readonly uw: GPUBuffer;
+  /** [nv, tp, 64]: (q k^T) ⊙ D rows */
+  readonly attn: GPUBuffer;
+  /** [nv, tp, 2]: e^cum, e^(cum_last - cum) */
+  readonly gate: GPUBuffer;
+  /** [nv, chunks, dk, dv]: the state at each chunk's start */
+  readonly hs: GPUBuffer;
+}
+
+const padded = (tokens: number) => Math.ceil(tokens / CHUNK) * CHUNK;
+
+function scratchBytes(tokens: number, nv: number, dk: number, dv: number) {
+  const rows = nv * padded(tokens);
+  return { uw: rows * (dv + dk) * 4, attn: rows * CHUNK * 4, gate: rows * 2 * 4, hs: (rows / CHUNK) * dk * dv * 4 };
+}
+
+/** Scratch for up to `maxTokens` tokens per call; longer prompts go in several calls (the state carries over exactly). */
+export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: number, dk: number, dv: number): ChunkScratch {
+  for (const [name, n] of Object.entries({ maxTokens, nv, dk, dv })) {
+    if (!Number.isInteger(n) || n < 1) throw new Error(`gated_delta_net_chunk: scratch ${name} = ${n} must be a positive integer`);
+  }
+  const bytes = scratchBytes(maxTokens, nv, dk, dv);
+  const limit = Math.min(ctx.caps.maxStorageBindingBytes, ctx.caps.maxBufferBytes);
+  for (const [name, size] of Object.entries(bytes)) {
+    if (size > limit) {
+      throw new CapabilityError(
+        `gated_delta_net_chunk: scratch ${name} for ${maxTokens} tokens × ${nv} heads takes ${size} bytes, more than the adapter's binding limit ${limit}; use a smaller maxTokens and prefill in several calls`,
+        'maxStorageBufferBindingSize',
+      );
+    }
+  }
+  return {
+    maxTokens, nv, dk, dv,
+    uw: ctx.storage('gdn chunk U|W', bytes.uw),
+    attn: ctx.storage('gdn chunk attn', bytes.attn),
+    gate: ctx.storage('gdn chunk gate', bytes.gate),
+    hs: ctx.storage('gdn chunk states', bytes.hs),
+  };
+}
+
+/**
+ * Chunked GDN prefill (UT transform over chunks of 64, spec §2.3): same contract and results as `gatedDeltaNetStep`.
+ * Three dispatches: prepare (parallel over chunks × value heads: gates, gram matrices, triangular solve), scan
+ * (sequential over chunks, parallel over value heads × 16-column tiles: v_new and the state), output (parallel over
+ * chunks × value heads × 16-column tiles).
+ */
+export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs & { scratch: ChunkScratch }): Promise<Dispatch[]> {
+  const op = 'gated_delta_net_chunk';
+  checkGatedDeltaNetArgs(op, a);
+  const { scratch } = a;
+  if (a.dk > MAX_DK) throw new Error(`${op}: dk = ${a.dk} is more than ${MAX_DK} (the scan's state tile must fit workgroup memory)`);
+  if (a.dv % 4 !== 0) throw new Error(`${op}: dv = ${a.dv} is not a multiple of 4 (state columns go 4 at a time)`);
+  if (a.tokens > scratch.maxTokens) throw new Error(`${op}: ${a.tokens} tokens is more than the scratch's maxTokens ${scratch.maxTokens}; split the call`);
+  const need = scratchBytes(a.tokens, a.nv, a.dk, a.dv);
+  for (const name of ['uw', 'attn', 'gate', 'hs'] as const) {
+    if (need[name] > scratch[name].size) throw new Error(`${op}: scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
+  }
+  const inputs = [a.qkv, a.ba, a.aLog, a.dtBias, a.state, a.out];
+  if ([scratch.uw, scratch.attn, scratch.gate, scratch.hs].some((b) => inputs.includes(b))) throw new Error(`${op}: scratch buffers must not be arguments`);
+
+  const chunks = Math.ceil(a.tokens / CHUNK);
+  const tp = chunks * CHUNK;
+  const ratio = a.nv / a.nk;
+  const common = { tokens: a.tokens, nk: a.nk, nv: a.nv, dv: a.dv, ratio, qkv_stride: a.qkvStride, tp, chunks };
+  const { uw, attn, gate, hs } = scratch;
+  const tiles = Math.ceil(a.dv / SCAN_DVT);
+  return Promise.all([
+    ctx.dispatch(
+      gatedDeltaNetChunkPrepareKernel, undefined,
+      { qkv: a.qkv, ba: a.ba, a_log: a.aLog, dt_bias: a.dtBias, uw, attn, gate,
+        params: { ...common, dk: a.dk, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset } },
+      grid(chunks * a.nv, ctx.caps),
+    ),
+    ctx.dispatch(gatedDeltaNetChunkScanKernel, { dk: a.dk }, { qkv: a.qkv, uw, gate, hs, state: a.state, params: common }, grid(a.nv * tiles, ctx.caps)),
+    ctx.dispatch(
+      gatedDeltaNetChunkOutputKernel, { dk: a.dk },
+      { qkv: a.qkv, uw, attn, gate, hs, out: a.out, params: common },
+      grid(chunks * a.nv * tiles, ctx.caps),
+    ),
+  ]);
+}

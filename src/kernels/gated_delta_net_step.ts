@@ -1,0 +1,91 @@
+import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { grid } from './grid.ts';
+
+/**
+ * The Gated DeltaNet core shared by the recurrent (`gatedDeltaNetStep`) and chunked (`gatedDeltaNetChunk`) kernels:
+ * both take these arguments and produce the same `out` and `state` (spec §2.3).
+ */
+export interface GatedDeltaNetArgs {
+  tokens: number; nk: number; nv: number; dk: number; dv: number;   // nv % nk == 0; value head h reads key head h / (nv/nk)
+  qkv: GPUBuffer; qkvStride: number;   // token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
+  ba: GPUBuffer; baStride: number; bOffset: number; aOffset: number;  // b[t,h] = ba[t*baStride + bOffset + h], a likewise
+  aLog: GPUBuffer; dtBias: GPUBuffer;  // [nv] f32
+  state: GPUBuffer;                    // [nv, dk, dv] f32, read and updated (zero at sequence start)
+  out: GPUBuffer;                      // [T, nv, dv] f32
+}
+
+export interface GatedDeltaNetStepVariant {
+  /** Key head size: sizes the per-invocation register slice of a state column. */
+  dk: number;
+  /** Invocations sharing one state column (its dk rows split between them). */
+  ksplit: number;
+}
+
+const Params = {
+  tokens: 'u32', nk: 'u32', nv: 'u32', dv: 'u32', ratio: 'u32',
+  qkv_stride: 'u32', ba_stride: 'u32', b_off: 'u32', a_off: 'u32',
+} as const;
+
+/** Value columns per workgroup (workgroup = DVT × ksplit invocations). */
+const DVT = 32;
+const KSPLIT = 8;
+
+/**
+ * Recurrent GDN: workgroup (value head, DVT columns), state columns held in registers over all tokens of the call.
+ * Grid: nv * ceil(dv / DVT) workgroups.
+ */
+export const gatedDeltaNetStepKernel = defineKernel<GatedDeltaNetStepVariant>({
+  name: 'gated_delta_net_step',
+  bindings: () => [
+    read('qkv'), read('ba'), read('a_log'), read('dt_bias'), write('state'), write('out'), uniform('params', Params),
+  ],
+  helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst KSPLIT: u32 = ${v.ksplit}u;`,
+  overrides: () => ({ DVT }),
+});
+
+const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
+const isIndex = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
+
+/** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `op`. */
+export function checkGatedDeltaNetArgs(op: string, a: GatedDeltaNetArgs): void {
+  const fail = (message: string): never => {
+    throw new Error(`${op}: ${message}`);
+  };
+  const fits = (what: string, buffer: GPUBuffer, elements: number) => {
+    if (elements * 4 > buffer.size) fail(`${what} needs ${elements} f32 (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size}`);
+  };
+  const { tokens: T, nk, nv, dk, dv } = a;
+  for (const [name, n] of Object.entries({ tokens: T, nk, nv, dk, dv })) if (!isCount(n)) fail(`${name} = ${n} must be a positive integer`);
+  if (nv % nk !== 0) fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
+  for (const [name, n] of Object.entries({ qkvStride: a.qkvStride, baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset })) {
+    if (!isIndex(n)) fail(`${name} = ${n} must be a non-negative integer`);
+  }
+  const qkvWidth = 2 * nk * dk + nv * dv;
+  if (T > 1 && a.qkvStride < qkvWidth) fail(`qkvStride = ${a.qkvStride} is less than 2*nk*dk + nv*dv = ${qkvWidth}`);
+  if (T > 1 && a.baStride < Math.max(a.bOffset, a.aOffset) + nv) fail(`baStride = ${a.baStride} is less than max(bOffset, aOffset) + nv`);
+  const inputs = [a.qkv, a.ba, a.aLog, a.dtBias];
+  if (a.state === a.out || inputs.includes(a.state) || inputs.includes(a.out)) fail('state and out must be distinct from each other and from the inputs');
+  fits('qkv', a.qkv, (T - 1) * a.qkvStride + qkvWidth);
+  fits('ba', a.ba, (T - 1) * a.baStride + Math.max(a.bOffset, a.aOffset) + nv);
+  fits('aLog', a.aLog, nv);
+  fits('dtBias', a.dtBias, nv);
+  fits('state', a.state, nv * dk * dv);
+  fits('out', a.out, T * nv * dv);
+}
+
+/**
+ * Recurrent GDN over `tokens` tokens (decode: tokens = 1): per token and value head, S = e^g S;
+ * u = beta (v - S^T k); S += k u^T; o = S^T q, with beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias).
+ */
+export async function gatedDeltaNetStep(ctx: GpuContext, a: GatedDeltaNetArgs): Promise<Dispatch[]> {
+  checkGatedDeltaNetArgs('gated_delta_net_step', a);
+  if (a.dk > 256) throw new Error(`gated_delta_net_step: dk = ${a.dk} is more than 256 (the register slice per invocation)`);
+  const params = {
+    tokens: a.tokens, nk: a.nk, nv: a.nv, dv: a.dv, ratio: a.nv / a.nk,
+    qkv_stride: a.qkvStride, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset,
+  };
+  const resources = { qkv: a.qkv, ba: a.ba, a_log: a.aLog, dt_bias: a.dtBias, state: a.state, out: a.out, params };
+  const workgroups = grid(a.nv * Math.ceil(a.dv / DVT), ctx.caps);
+  return [await ctx.dispatch(gatedDeltaNetStepKernel, { dk: a.dk, ksplit: KSPLIT }, resources, workgroups)];
+}

@@ -1,0 +1,183 @@
+import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { grid } from './grid.ts';
+
+export type Epilogue = 'store' | 'add' | 'swiglu';
+
+export interface MatvecArgs {
+  w: GpuTensor;
+  x: GPUBuffer; xOffset?: number;      // input vector at x[xOffset ..]; for experts 'sum': row j at xOffset + j * xStride
+  xStride?: number;
+  y: GPUBuffer; yOffset?: number;      // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
+  yStride?: number;
+  epilogue: Epilogue;
+  /** Dense: result *= scales.buffer[scales.index]. Experts 'each': result for j *= scales.buffer[scales.index + j]. */
+  scales?: { buffer: GPUBuffer; index: number };
+  /** MoE decode. ids[idsOffset + j] (u32) is the j-th chosen expert, j < topk; slots[expertId] its slot in w.
+   *  'each': one output vector per j (grid over j), input shared (x at xOffset).
+   *  'sum': y[r] (+)= Σ_j W_slot(j)[r] · x_j (input row j at xOffset + j*xStride); only with epilogue 'add' (parts accumulate). */
+  experts?: { ids: GPUBuffer; idsOffset?: number; slots: GPUBuffer; topk: number; mode: 'each' | 'sum' };
+  /** Workgroup shape (powers of two): `wg` invocations, `rows` output rows each. Default: 256, with 32 invocations per row (8 when K < 256). */
+  tuning?: { wg?: number; rows?: number };
+}
+
+export type ExpertMode = 'none' | 'each' | 'sum';
+
+export interface MatvecVariant {
+  dtype: WeightDtype;
+  epilogue: Epilogue;
+  experts: ExpertMode;
+  /** A scales binding is present. */
+  scaled: boolean;
+  wg: number;
+  rows: number;
+}
+
+const Params = {
+  rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32',
+  k: 'u32', row_stride8: 'u32', item_stride8: 'u32', up8: 'u32',
+  x_off: 'u32', x_stride: 'u32', y_off: 'u32', y_stride: 'u32', y_row0: 'u32',
+  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32',
+} as const;
+
+/**
+ * x tile in workgroup memory, in vec4s: 1024 floats (4 KiB). SwiftShader's pipeline compile time grows with
+ * workgroup memory (about 1.2 s at 8 KiB against 0.5 s at 4 KiB), and two tiles cover most decode rows.
+ */
+const XT4 = 256;
+/** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
+const MAX_PICKS = 32;
+
+/**
+ * y = W x for one token, bandwidth-bound (decode): dense linears, lm_head and routed experts, with 'store',
+ * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / ROWS) workgroups (× topk for 'each').
+ */
+export const matvecKernel = defineKernel<MatvecVariant>({
+  name: 'matvec',
+  bindings: (v) => [
+    weight('w', v.dtype), read('x'), write('y'), uniform('params', Params),
+    ...(v.scaled ? [read('scales')] : []),
+    ...(v.experts !== 'none' ? [read('ids', 'u32'), read('slots', 'u32')] : []),
+  ],
+  helpers: (v) => {
+    const scale = (index: string) => (v.scaled ? `scales[params.scale_idx + ${index}]` : '1.0');
+    return [
+      `const SWIGLU = ${v.epilogue === 'swiglu'};`,
+      `const DENSE = ${v.experts === 'none'};`,
+      `const SUM = ${v.experts === 'sum'};`,
+      // The part-local item of pick j: its slot minus the part's first (wrapping to huge when below it).
+      v.experts === 'none'
+        ? 'fn pick_item(j: u32) -> u32 { return 0u; }'
+        : 'fn pick_item(j: u32) -> u32 { return slots[ids[params.ids_off + j]] - params.slot0; }',
+      `fn term_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? scale('j') : '1.0'}; }`,
+      `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale(v.experts === 'each' ? 'j' : '0u')}; }`,
+      `fn emit(i: u32, v: f32) { y[i] = ${v.epilogue === 'add' ? 'y[i] + v' : 'v'}; }`,
+    ].join('\n');
+  },
+  overrides: (v) => ({ WG: v.wg, ROWS: v.rows, XT4 }),
+});
+
+const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+function checkIndex(what: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new Error(`matvec: ${what} = ${value} is not a non-negative integer`);
+}
+
+function checkFits(what: string, buffer: GPUBuffer, elements: number): void {
+  if (elements * 4 > buffer.size) {
+    throw new Error(`matvec: ${what} needs ${elements} elements (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size} bytes`);
+  }
+}
+
+/**
+ * One dispatch per part of `w`. Dense: w is [N, K] ('store'/'add') or [I, 2, K] ('swiglu'). Experts: w is
+ * [E, N, K] ('store'/'add') or [E, 2I, K] ('swiglu'), reached through `slots[ids[j]]`.
+ */
+export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatch[]> {
+  const { w, x, y, epilogue, scales, experts } = args;
+  const shape = w.shape;
+  const K = shape[shape.length - 1];
+  const mode: ExpertMode = experts?.mode ?? 'none';
+  let N: number;
+  let up = 0; // up row offset from the gate row, in elements
+  if (!experts) {
+    if (epilogue === 'swiglu') {
+      if (shape.length !== 3 || shape[1] !== 2) throw new Error(`matvec: dense swiglu needs w of shape [I, 2, K], got ${w.name} [${shape}]`);
+      up = w.rowStride;
+    } else if (shape.length !== 2) {
+      throw new Error(`matvec: dense '${epilogue}' needs w of shape [N, K], got ${w.name} [${shape}]`);
+    }
+    N = shape[0];
+  } else {
+    if (shape.length !== 3) throw new Error(`matvec: experts need w of shape [E, rows, K], got ${w.name} [${shape}]`);
+    if (mode !== 'each' && mode !== 'sum') throw new Error(`matvec: experts mode must be 'each' or 'sum', got ${String(mode)}`);
+    if (mode === 'sum' && epilogue !== 'add') throw new Error(`matvec: experts 'sum' accumulates across parts and needs epilogue 'add', got '${epilogue}'`);
+    if (!Number.isInteger(experts.topk) || experts.topk < 1) throw new Error(`matvec: experts.topk = ${experts.topk} must be a positive integer`);
+    if (mode === 'sum' && experts.topk > MAX_PICKS) throw new Error(`matvec: experts 'sum' supports topk <= ${MAX_PICKS}, got ${experts.topk}`);
+    N = shape[1];
+    if (epilogue === 'swiglu') {
+      if (N % 2 !== 0) throw new Error(`matvec: swiglu experts need an even row count [E, 2I, K], got ${w.name} [${shape}]`);
+      N /= 2;
+      up = N * w.rowStride;
+    }
+  }
+  if (!(K >= 1 && N >= 1)) throw new Error(`matvec: empty weight ${w.name} [${shape}]`);
+  if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0 || w.rowStride < K) throw new Error(`matvec: ${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
+
+  const topk = experts?.topk ?? 1;
+  const xOffset = args.xOffset ?? 0;
+  const yOffset = args.yOffset ?? 0;
+  const xStride = mode === 'sum' ? (args.xStride ?? K) : 0;
+  const yStride = mode === 'each' ? (args.yStride ?? N) : 0;
+  checkIndex('xOffset', xOffset);
+  checkIndex('yOffset', yOffset);
+  checkIndex('xStride', xStride);
+  checkIndex('yStride', yStride);
+  if (mode === 'each' && yStride < N) throw new Error(`matvec: yStride ${yStride} is less than the ${N} output rows: picks would overlap`);
+  if (x === y) throw new Error('matvec: x and y must be distinct buffers');
+  checkFits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K);
+  checkFits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N);
+  if (scales) {
+    checkIndex('scales.index', scales.index);
+    if (scales.buffer === y) throw new Error('matvec: scales and y must be distinct buffers');
+    checkFits('scales', scales.buffer, scales.index + (experts ? topk : 1));
+  }
+  if (experts) {
+    const idsOffset = experts.idsOffset ?? 0;
+    checkIndex('experts.idsOffset', idsOffset);
+    if (experts.ids === y || experts.slots === y) throw new Error('matvec: ids and slots must be distinct from y');
+    checkFits('experts.ids', experts.ids, idsOffset + topk);
+    checkFits('experts.slots', experts.slots, shape[0]);
+  }
+
+  const wg = args.tuning?.wg ?? 256;
+  // 32 invocations per row (a warp's worth of 16-byte loads in a row); 8 for short rows, so fewer idle.
+  const rows = args.tuning?.rows ?? Math.max(1, wg / (K >= 256 ? 32 : 8));
+  if (!isPow2(wg) || !isPow2(rows) || rows > wg || wg > Math.min(256, ctx.caps.maxInvocationsPerWorkgroup)) {
+    throw new Error(`matvec: tuning wg=${wg} rows=${rows} must be powers of two with rows <= wg <= 256`);
+  }
+  const variant: MatvecVariant = { dtype: w.dtype, epilogue, experts: mode, scaled: Boolean(scales), wg, rows };
+  const common = {
+    k: K, row_stride8: w.rowStride / 8, item_stride8: w.itemStride / 8, up8: up / 8,
+    x_off: xOffset, x_stride: xStride, y_off: yOffset, y_stride: yStride,
+    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0,
+  };
+  const extra = {
+    ...(scales ? { scales: scales.buffer } : {}),
+    ...(experts ? { ids: experts.ids, slots: experts.slots } : {}),
+  };
+  return Promise.all(
+    w.parts.map((part) => {
+      // Dense parts own rows [first, first + count); expert parts own slots, and every row of each pick.
+      const partRows = experts ? N : part.count;
+      const rowGroups = Math.ceil(partRows / rows);
+      const jobs = mode === 'each' ? topk : 1;
+      const params = {
+        ...common, rows: partRows, row_groups: rowGroups, jobs, items: part.count,
+        y_row0: experts ? 0 : part.first, slot0: experts ? part.first : 0,
+      };
+      return ctx.dispatch(matvecKernel, variant, { w: part.buffer, x, y, params, ...extra }, grid(rowGroups * jobs, ctx.caps));
+    }),
+  );
+}

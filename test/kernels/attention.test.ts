@@ -1,0 +1,131 @@
+import { describe, expect, it } from 'vitest';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { attentionPrepare } from '../../src/kernels/attention_prepare.ts';
+import { attention, defaultSplits } from '../../src/kernels/attention.ts';
+import { ropeTable } from '../../src/kernels/rope.ts';
+import * as ref from '../../src/reference/attention.ts';
+import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { randn } from '../helpers/random.ts';
+import { expectClose } from '../helpers/compare.ts';
+
+const THETA = 1e7;
+const EPS = 1e-6;
+
+interface Shape {
+  nq: number;
+  nkv: number;
+  headDim: number;
+  rotaryDim: number;
+  capacity: number;
+}
+
+/** A layer's attention state on the GPU and its CPU twin, advanced one forward call at a time. */
+function layer(c: GpuContext, s: Shape, seed: number) {
+  const { nq, nkv, headDim: D, rotaryDim: R, capacity } = s;
+  const kOffset = 2 * nq * D;
+  const vOffset = kOffset + nkv * D;
+  const projStride = vOffset + nkv * D + 3; // padded, and not a multiple of 4
+  const qNorm = randn(D, seed + 1, 0.3);
+  const kNorm = randn(D, seed + 2, 0.3);
+  const cacheLen = nkv * capacity * D;
+  const cpu = { kCache: new Float32Array(cacheLen), vCache: new Float32Array(cacheLen) };
+  const gpu = {
+    kCache: c.storage('k', cacheLen * 4),
+    vCache: c.storage('v', cacheLen * 4),
+    qNorm: upload(c, qNorm),
+    kNorm: upload(c, kNorm),
+    rope: upload(c, ropeTable(capacity, R, THETA)),
+    step: c.createBuffer('step', 16, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
+  };
+  let call = 0;
+  return {
+    cpu,
+    gpu,
+    /** One forward call: `tokens` new tokens at `pos`; compares q, both caches and the output. */
+    async forward(pos: number, tokens: number, opts: { splits?: number; minSplitKeys?: number } = {}) {
+      const proj = randn(tokens * projStride, seed * 100 + ++call, 1.5);
+      const q = ref.attentionPrepare({
+        proj, projStride, kOffset, vOffset, tokens, nq, nkv, headDim: D, rotaryDim: R, theta: THETA,
+        qNorm, kNorm, eps: EPS, pos, kCache: cpu.kCache, vCache: cpu.vCache, capacity,
+      });
+      const want = ref.attention({ q, proj, projStride, tokens, nq, nkv, headDim: D, kCache: cpu.kCache, vCache: cpu.vCache, capacity, pos });
+      c.write(gpu.step, 0, new Uint32Array([pos, 0, 0, 0]));
+      const projBuf = upload(c, proj);
+      const qBuf = c.storage('q', tokens * nq * D * 4);
+      const out = c.storage('out', tokens * nq * D * 4);
+      const common = { proj: projBuf, projStride, tokens, nq, nkv, headDim: D, kCache: gpu.kCache, vCache: gpu.vCache, capacity, step: gpu.step };
+      const prep = await attentionPrepare(c, { ...common, kOffset, vOffset, rotaryDim: R, qNorm: gpu.qNorm, kNorm: gpu.kNorm, eps: EPS, rope: gpu.rope, q: qBuf });
+      const att = await attention(c, { ...common, q: qBuf, out, ...opts });
+      c.run([prep, ...att]);
+      expectClose(await readF32(c, qBuf, q.length), q, 1e-5, 1e-5, 'q');
+      expectClose(await readF32(c, gpu.kCache, cacheLen), cpu.kCache, 1e-5, 1e-5, 'k cache');
+      expectClose(await readF32(c, gpu.vCache, cacheLen), cpu.vCache, 1e-30, 0, 'v cache (exact copy)');
+      expectClose(await readF32(c, out, want.length), want, 1e-5, 1e-4, 'out');
+      return att.length;
+    },
+  };
+}
+
+describe('ropeTable', () => {
+  it('matches cos/sin of p·θ^(-2i/R), far positions included', () => {
+    const t = ropeTable(262144, 64, THETA);
+    for (const p of [0, 1, 45, 100000, 262143]) {
+      for (const i of [0, 1, 17, 31]) {
+        const a = p * THETA ** (-i / 32);
+        expect(t[(p * 32 + i) * 2]).toBeCloseTo(Math.cos(a), 6);
+        expect(t[(p * 32 + i) * 2 + 1]).toBeCloseTo(Math.sin(a), 6);
+      }
+    }
+  });
+});
+
+describeOnAdapters('attention', (ctx) => {
+  // Real Qwen3.5 heads (D 256, R 64) with the GQA ratios of the family, and a head of 100 (not a multiple of the workgroup).
+  const shapes: Shape[] = [
+    { nq: 2, nkv: 1, headDim: 256, rotaryDim: 64, capacity: 64 },
+    { nq: 4, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
+    { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
+    { nq: 3, nkv: 3, headDim: 256, rotaryDim: 64, capacity: 64 },
+    { nq: 4, nkv: 2, headDim: 100, rotaryDim: 20, capacity: 50 },
+  ];
+  shapes.forEach((s, n) => {
+    const name = `nq=${s.nq} nkv=${s.nkv} D=${s.headDim}`;
+    for (const tokens of [1, 7, 40]) {
+      it(`${name}: prefill T=${tokens} at pos 0`, async () => {
+        await layer(ctx(), s, 10 * n + tokens).forward(0, tokens);
+      });
+    }
+    it(`${name}: T=40, then pos 40 with T=1 and T=5 reading the cache`, async () => {
+      const l = layer(ctx(), s, 10 * n + 5);
+      await l.forward(0, 40);
+      await l.forward(40, 1);
+      await l.forward(40, 5); // re-verification: overwrites position 40
+    });
+  });
+
+  it('forced key splits merge to the same result (decode and T=5)', async () => {
+    const l = layer(ctx(), { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 }, 77);
+    expect(await l.forward(0, 40, { splits: 1 })).toBe(1);
+    expect(await l.forward(40, 1, { splits: 3, minSplitKeys: 1 })).toBe(2); // chunks of 16, 16, 9 keys
+    expect(await l.forward(41, 5, { splits: 7, minSplitKeys: 1 })).toBe(2); // some splits are empty
+  });
+
+  it('long context: decode at pos 700 with default splits, single pass and T=3', async () => {
+    const c = ctx();
+    const s: Shape = { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 768 };
+    const l = layer(c, s, 99);
+    // Fill positions 0..699 directly (as earlier calls would have), both on the CPU and the GPU.
+    const filled = s.nkv * s.capacity * s.headDim;
+    const k = randn(filled, 5, 1);
+    const v = randn(filled, 6, 1);
+    for (let g = 0; g < s.nkv; g++) k.fill(0, (g * s.capacity + 700) * s.headDim, (g + 1) * s.capacity * s.headDim);
+    l.cpu.kCache.set(k);
+    l.cpu.vCache.set(v.map((x, i) => (k[i] === 0 ? 0 : x)));
+    c.write(l.gpu.kCache, 0, l.cpu.kCache);
+    c.write(l.gpu.vCache, 0, l.cpu.vCache);
+    expect(defaultSplits(1, 8, 768)).toBe(3);
+    expect(await l.forward(700, 1)).toBe(2);
+    expect(await l.forward(700, 1, { splits: 1 })).toBe(1);
+    expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
+  });
+});

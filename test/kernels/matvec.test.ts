@@ -1,0 +1,138 @@
+import { expect, it } from 'vitest';
+import { type Epilogue, type MatvecArgs, matvec } from '../../src/kernels/matvec.ts';
+import { matvec as reference } from '../../src/reference/matvec.ts';
+import { uploadTensor } from '../../src/gpu/upload.ts';
+import { maskCaps } from '../../src/gpu/caps.ts';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import type { WeightDtype } from '../../src/gpu/tensor.ts';
+import { roundToF16 } from '../../src/formats/half.ts';
+import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { randn } from '../helpers/random.ts';
+import { expectClose } from '../helpers/compare.ts';
+
+interface Case {
+  shape: number[];
+  dtype: WeightDtype;
+  epilogue: Epilogue;
+  seed: number;
+  xOffset?: number; xStride?: number; yOffset?: number; yStride?: number;
+  scale?: boolean;
+  experts?: { E: number; topk: number; mode: 'each' | 'sum' };
+  /** A binding limit small enough to split w into parts. */
+  maxBindingBytes?: number;
+  tuning?: MatvecArgs['tuning'];
+  minParts?: number;
+}
+
+/** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
+const slotTable = (E: number) => Uint32Array.from({ length: E }, (_, e) => (e * 5 + 3) % E);
+const pickIds = (E: number, topk: number, seed: number) => Uint32Array.from({ length: topk + 2 }, (_, j) => (j === topk - 1 ? (seed * 7) % E : (seed + j * 11) % E));
+
+async function runCase(ctx: GpuContext, c: Case): Promise<void> {
+  const K = c.shape[c.shape.length - 1];
+  const mode = c.experts?.mode;
+  const topk = c.experts?.topk ?? 1;
+  const N = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
+  const wValues = randn(c.shape.reduce((a, b) => a * b, 1), c.seed, 1 / Math.sqrt(K));
+  const caps = c.maxBindingBytes ? maskCaps(ctx.caps, { maxStorageBindingBytes: c.maxBindingBytes }) : ctx.caps;
+  const w = uploadTensor(ctx, 'w', c.shape, wValues, c.dtype, caps);
+  if (c.minParts) expect(w.parts.length).toBeGreaterThanOrEqual(c.minParts);
+
+  const xOffset = c.xOffset ?? 0;
+  const xStride = c.xStride ?? K;
+  const yOffset = c.yOffset ?? 0;
+  const yStride = c.yStride ?? N;
+  // x runs on past K with large values: the kernel must not read them into any row.
+  const xLen = xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K + 13;
+  const x = randn(xLen, c.seed + 1, 1).map((v, i) => (i >= xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K ? 1e30 : v));
+  const yLen = yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N + 5;
+  const y0 = randn(yLen, c.seed + 2, 1);
+  const scales = c.scale ? randn(3 + topk, c.seed + 3, 1) : undefined;
+  const slots = c.experts ? slotTable(c.experts.E) : undefined;
+  const ids = c.experts ? pickIds(c.experts.E, topk, c.seed) : undefined;
+  const idsOffset = c.experts ? 1 : 0;
+
+  const yBuf = upload(ctx, y0, 'y');
+  const dispatches = await matvec(ctx, {
+    w, x: upload(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, epilogue: c.epilogue,
+    scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2 } : undefined,
+    experts: c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
+    tuning: c.tuning,
+  });
+  expect(dispatches.length).toBe(w.parts.length);
+  ctx.run(dispatches);
+  const want = reference({
+    w: c.dtype === 'f16' ? roundToF16(wValues) : wValues, shape: c.shape,
+    x, xOffset, xStride: c.xStride, y: y0, yOffset, yStride: c.yStride, epilogue: c.epilogue,
+    scales: scales ? { values: scales, index: 2 } : undefined,
+    experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
+  });
+  // f32 sums of K terms of size ~1/sqrt(K): error grows like sqrt(K) ulps.
+  expectClose(await readF32(ctx, yBuf, yLen), want, 2e-5 * Math.sqrt(K / 128), 1e-5);
+}
+
+const label = (c: Case) =>
+  `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
+  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} rows=${c.tuning.rows}` : ''}` +
+  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}`;
+
+const cases: Case[] = [];
+for (const dtype of ['f32', 'f16'] as const) {
+  const s = dtype === 'f32' ? 0 : 100;
+  const b = dtype === 'f32' ? 4 : 2;
+  // K in {128, 1024, 100 (not /8), 2560}, N in {1, 7, 256, 1000}; x and y at odd offsets.
+  cases.push(
+    { shape: [256, 128], dtype, epilogue: 'store', seed: s + 1 },
+    { shape: [7, 1024], dtype, epilogue: 'add', seed: s + 2, xOffset: 3, yOffset: 5 },
+    { shape: [1000, 100], dtype, epilogue: 'store', seed: s + 3, xOffset: 1, yOffset: 2, scale: true },
+    { shape: [1, 2560], dtype, epilogue: 'add', seed: s + 4 },
+    { shape: [256, 2560], dtype, epilogue: 'store', seed: s + 5, xOffset: 7 },
+    { shape: [1000, 1024], dtype, epilogue: 'add', seed: s + 6, scale: true },
+    // Past one x tile (2048 elements) and not a multiple of 8.
+    { shape: [9, 4100], dtype, epilogue: 'add', seed: s + 7, xOffset: 2 },
+    // Dense swiglu [I, 2, K] (Qwen3_5MLP gate/up fused), scaled (the sigmoid-gated shared expert).
+    { shape: [100, 2, 1024], dtype, epilogue: 'swiglu', seed: s + 8, scale: true, yOffset: 3 },
+    { shape: [33, 2, 300], dtype, epilogue: 'swiglu', seed: s + 9, scale: true },
+    // MoE: E=16, topk 4, non-identity slots, 'each' swiglu with routing scales, 'sum' add.
+    { shape: [16, 192, 256], dtype, epilogue: 'swiglu', seed: s + 10, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, yStride: 100, yOffset: 1 },
+    { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 11, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, xOffset: 3, xStride: 265 },
+    { shape: [16, 7, 1024], dtype, epilogue: 'add', seed: s + 12, scale: true, experts: { E: 16, topk: 4, mode: 'sum' } },
+    { shape: [16, 100, 100], dtype, epilogue: 'store', seed: s + 13, experts: { E: 16, topk: 4, mode: 'each' } },
+    // Tensors forced into several parts (one dispatch per part).
+    { shape: [300, 256], dtype, epilogue: 'add', seed: s + 14, maxBindingBytes: 64 * 1024, minParts: 3, yOffset: 4 },
+    { shape: [100, 2, 300], dtype, epilogue: 'swiglu', seed: s + 15, scale: true, maxBindingBytes: 16 * 1024, minParts: 3 },
+    { shape: [16, 192, 256], dtype, epilogue: 'swiglu', seed: s + 16, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * 192 * 256 * b, minParts: 4 },
+    { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 17, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * 256 * 264 * b, minParts: 5 },
+  );
+}
+// lm_head-like: many workgroups, short rows.
+cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
+// More than 65,535 workgroups: a 2-D grid (flat_id).
+cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, rows: 1 } });
+
+describeOnAdapters('matvec', (ctx) => {
+  for (const c of cases) it(label(c), () => runCase(ctx(), c));
+
+  it('rejects bad arguments', async () => {
+    const c = ctx();
+    const buf = (n: number) => c.storage('b', n * 4);
+    const dense = uploadTensor(c, 'dense', [6, 16], new Float32Array(96), 'f32');
+    const experts = uploadTensor(c, 'experts', [4, 3, 16], new Float32Array(192), 'f32');
+    const ex = (mode: 'each' | 'sum') => ({ ids: buf(4), slots: buf(4), topk: 2, mode });
+    const cases: [Partial<MatvecArgs>, RegExp][] = [
+      [{ w: experts, epilogue: 'store', experts: ex('sum') }, /'sum'.*epilogue 'add'/],
+      [{ w: experts, epilogue: 'swiglu', experts: ex('each') }, /even row count/],
+      [{ w: dense, epilogue: 'swiglu' }, /\[I, 2, K\]/],
+      [{ w: dense, x: buf(12), epilogue: 'store' }, /x needs 16 elements/],
+      [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 6 elements/],
+      [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
+      [{ w: dense, epilogue: 'store', tuning: { wg: 100 } }, /powers of two/],
+      [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
+    ];
+    for (const [args, message] of cases) {
+      await expect(matvec(c, { x: buf(64), y: buf(64), ...args } as MatvecArgs)).rejects.toThrow(message);
+    }
+    const same = buf(64);
+    await expect(matvec(c, { w: dense, x: same, y: same, epilogue: 'store' })).rejects.toThrow(/distinct/);
+  });
+});
