@@ -67,6 +67,7 @@ export class GpuContext {
   private readonly pipelines = new Map<string, Promise<Pipeline>>();
   private readonly bindGroups = new Map<string, GPUBindGroup>();
   private readonly uniforms = new Map<string, GPUBuffer>();
+  private readonly transientUniforms = new Map<string, GPUBuffer>();
   private readonly bufferIds = new WeakMap<GPUBuffer, number>();
   private nextBufferId = 1;
   private staging: GPUBuffer | undefined;
@@ -92,9 +93,7 @@ export class GpuContext {
   static async create(gpu: GPU, options: ContextOptions = {}): Promise<GpuContext> {
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
-    const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'].filter((f) =>
-      adapter.features.has(f),
-    ) as GPUFeatureName[];
+    const wanted = (['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
     const requiredLimits: Record<string, number> = {};
     const limits = adapter.limits as unknown as Record<string, number | undefined>;
     for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
@@ -180,7 +179,7 @@ export class GpuContext {
   }
 
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView | ArrayBuffer): void {
-    const view = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    const view = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     this.device.queue.writeBuffer(buffer, offset, view);
   }
 
@@ -230,15 +229,22 @@ export class GpuContext {
     return buffer;
   }
 
-  /** The bind group for these resources, created once per distinct set of buffers and ranges. */
-  bind(pipeline: Pipeline, resources: Record<string, Resource>): GPUBindGroup {
+  /**
+   * The bind group for these resources, created once per distinct set of buffers and ranges. With
+   * `transient`, param values go into one uniform buffer per pipeline and binding, rewritten each time:
+   * for one-off dispatches (weight upload pieces) that are submitted before the next one is bound.
+   */
+  bind(pipeline: Pipeline, resources: Record<string, Resource>, transient = false): GPUBindGroup {
     const entries: GPUBindGroupEntry[] = [];
     const keyParts = [pipeline.key];
     pipeline.bindings.forEach((b, binding) => {
       const r = resources[b.name];
       if (r === undefined) throw new Error(`${pipeline.key}: no resource for binding ${b.name}`);
       let range: BufferRange;
-      if (b.kind === 'uniform' && !isBuffer(r) && !isRange(r)) range = { buffer: this.params(b.schema, r as ParamValues<typeof b.schema>) };
+      if (b.kind === 'uniform' && !isBuffer(r) && !isRange(r)) {
+        const values = r as ParamValues<typeof b.schema>;
+        range = { buffer: transient ? this.transientParams(`${pipeline.key}/${b.name}`, b.schema, values) : this.params(b.schema, values) };
+      }
       else if (isBuffer(r)) range = { buffer: r };
       else if (isRange(r)) range = r;
       else throw new Error(`${pipeline.key}: binding ${b.name} needs a buffer`);
@@ -260,10 +266,24 @@ export class GpuContext {
     return group;
   }
 
-  /** One dispatch, ready to encode: compiles the variant if needed and binds the resources. */
-  async dispatch<V>(def: KernelDef<V>, variant: V, resources: Record<string, Resource>, workgroups: Workgroups): Promise<Dispatch> {
+  private transientParams<S extends ParamsSchema>(key: string, schema: S, values: ParamValues<S>): GPUBuffer {
+    const bytes = packParams(schema, values);
+    let buffer = this.transientUniforms.get(key);
+    if (!buffer) {
+      buffer = this.createBuffer(`transient params ${key}`, bytes.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+      this.transientUniforms.set(key, buffer);
+    }
+    this.write(buffer, 0, bytes);
+    return buffer;
+  }
+
+  /**
+   * One dispatch, ready to encode: compiles the variant if needed and binds the resources. A `transient`
+   * dispatch must be submitted before the next transient dispatch of the same kernel is made (see bind).
+   */
+  async dispatch<V>(def: KernelDef<V>, variant: V, resources: Record<string, Resource>, workgroups: Workgroups, transient = false): Promise<Dispatch> {
     const pipeline = await this.pipeline(def, variant);
-    return { pipeline, bindGroup: this.bind(pipeline, resources), workgroups };
+    return { pipeline, bindGroup: this.bind(pipeline, resources, transient), workgroups };
   }
 
   encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
@@ -322,8 +342,9 @@ export class GpuContext {
   }
 
   destroy(): void {
-    for (const b of this.uniforms.values()) b.destroy();
+    for (const b of [...this.uniforms.values(), ...this.transientUniforms.values()]) b.destroy();
     this.uniforms.clear();
+    this.transientUniforms.clear();
     this.bindGroups.clear();
     this.staging?.destroy();
     this.device.destroy();

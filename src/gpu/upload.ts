@@ -22,8 +22,14 @@ export function uploadTensor(ctx: GpuContext, name: string, shape: number[], val
       const src = (first * rowsPerItem + r) * cols;
       padded.set(values.subarray(src, src + cols), r * layout.rowStride);
     }
-    ctx.write(buffer, 0, dtype === 'f32' ? padded : Uint16Array.from(padded, f32ToF16Bits));
+    ctx.write(buffer, 0, dtype === 'f32' ? padded : toF16Bits(padded));
     tensor.parts.push({ buffer, first, count });
   }
   return tensor;
+}
+
+function toF16Bits(values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = f32ToF16Bits(values[i]);
+  return out;
 }

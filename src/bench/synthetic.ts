@@ -1,0 +1,36 @@
+import type { GpuContext } from '../gpu/context.ts';
+import { ConfigError } from '../gpu/errors.ts';
+import type { WeightDtype } from '../gpu/tensor.ts';
+import { fillRandom } from '../kernels/fill_random.ts';
+import { parseConfig } from '../model/config.ts';
+import { type Model, allocateTensors, finishModel } from '../model/load.ts';
+import { textModelTensors } from '../model/tensors.ts';
+import variants from './variants.json' with { type: 'json' };
+
+export const SYNTHETIC_VARIANTS = Object.keys(variants);
+
+/**
+ * A model with the real shapes of a Qwen3.5 variant and random weights generated on the GPU, for
+ * benchmarks without a download. `layers` keeps the first N layers (a multiple of 4 keeps the 3:1 mix).
+ */
+export async function syntheticModel(ctx: GpuContext, name: string, options: { layers?: number; dtype: WeightDtype }): Promise<Model> {
+  const raw = (variants as Record<string, Record<string, unknown>>)[name];
+  if (!raw) throw new ConfigError(`unknown synthetic model; choose one of ${SYNTHETIC_VARIANTS.join(', ')}`, name, '--synthetic');
+  const config = parseConfig({ ...raw, num_hidden_layers: options.layers ?? raw.num_hidden_layers }, `--synthetic ${name}`);
+  const specs = textModelTensors(config, { prefix: '', fusedExperts: true });
+  const owned: GPUBuffer[] = [];
+  const tensors = allocateTensors(ctx, specs, options.dtype, owned);
+  let seed = 1;
+  for (const tensor of tensors.values()) {
+    // 1/sqrt(fan-in) keeps activations in range through many layers; vectors (norms, gates) stay small.
+    const scale = tensor.shape.length === 3 || tensor.shape[0] > 1 ? 1 / Math.sqrt(tensor.shape[tensor.shape.length - 1]) : 0.1;
+    for (const part of tensor.parts) ctx.run([await fillRandom(ctx, { y: part.buffer, dtype: tensor.dtype, seed: seed++, scale })], 'fill');
+  }
+  await ctx.sync();
+  return finishModel(
+    ctx,
+    { config, dtype: options.dtype, location: `synthetic:${name}`, unusedTensors: [], tokenizerSize: config.vocabSize, eosTokenIds: [] },
+    tensors,
+    owned,
+  );
+}

@@ -1,0 +1,71 @@
+import type { GpuContext } from '../gpu/context.ts';
+import type { WeightDtype } from '../gpu/tensor.ts';
+import type { Model } from '../model/load.ts';
+import { Session } from '../runtime/session.ts';
+import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
+import { syntheticModel } from '../bench/synthetic.ts';
+import { type Args, UsageError, choiceFlag, intFlag, stringFlag } from './args.ts';
+import type { CliHost } from './main.ts';
+
+/**
+ * Prints measured figures (never asserts them): prefill and decode tokens/s, and the weight bandwidth a
+ * decode step achieves as a fraction of the adapter's copy bandwidth measured in the same run.
+ */
+export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load: (model: string, dtype: WeightDtype) => Promise<Model>): Promise<void> {
+  const dtype = choiceFlag(args, 'dtype', ['f32', 'f16'] as const) ?? (ctx.caps.f16 ? 'f16' : 'f32');
+  const modelPath = stringFlag(args, 'model');
+  const synthetic = stringFlag(args, 'synthetic');
+  if (!modelPath === !synthetic) throw new UsageError('bench takes --model <dir> or --synthetic <name>');
+  const promptTokens = intFlag(args, 'prompt-tokens', 128);
+  const decodeTokens = intFlag(args, 'decode-tokens', 32);
+  const t0 = performance.now();
+  const model = synthetic
+    ? await syntheticModel(ctx, synthetic, { layers: args.flags.has('layers') ? intFlag(args, 'layers') : undefined, dtype })
+    : await load(modelPath!, dtype);
+  const loadMs = performance.now() - t0;
+  const session = Session.create(ctx, model, { contextLength: promptTokens + decodeTokens + 1 });
+  let seed = 12345;
+  const prompt = Array.from({ length: promptTokens }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % model.tokenizerSize);
+
+  // Warm-up compiles every pipeline of both plans; the timed runs reuse them.
+  await session.prefill(prompt);
+  await session.greedy();
+  await session.decode();
+  await session.greedy();
+  session.reset();
+
+  const p0 = performance.now();
+  await session.prefill(prompt);
+  await session.greedy();
+  const prefillMs = performance.now() - p0;
+  const d0 = performance.now();
+  for (let i = 0; i < decodeTokens; i++) {
+    await session.decode();
+    await session.greedy();
+  }
+  const decodeMs = performance.now() - d0;
+  const copy = await copyBandwidth(ctx);
+  const weightBytes = decodeWeightBytes(model);
+  const decodeRate = (decodeTokens * 1000) / decodeMs;
+  const achieved = weightBytes * decodeRate;
+  const result = {
+    model: model.location, layers: model.config.numLayers, dtype, adapter: ctx.adapter.name, backend: ctx.adapter.backend,
+    load_ms: Math.round(loadMs), prompt_tokens: promptTokens, decode_tokens: decodeTokens,
+    prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)), decode_tokens_per_s: round(decodeRate),
+    decode_weight_bytes: weightBytes, weight_gb_per_s: round(achieved / 1e9), copy_gb_per_s: round(copy / 1e9),
+    bandwidth_fraction: round(achieved / copy, 3),
+  };
+  host.stdout(
+    args.flags.has('json')
+      ? `${JSON.stringify(result)}\n`
+      : `${result.model} (${result.layers} layers, ${dtype}) on ${result.adapter} [${result.backend}]
+  prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
+  decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens)
+  weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
+`,
+  );
+  session.destroy();
+  model.destroy();
+}
+
+const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;

@@ -1,0 +1,20 @@
+import { runCli } from '../../cli/main.ts';
+import { GpuContext } from '../../gpu/context.ts';
+import { AdapterError } from '../../gpu/errors.ts';
+
+const encoder = new TextEncoder();
+const code = await runCli(Deno.args, {
+  async createContext(o) {
+    if (!navigator.gpu) throw new AdapterError('this Deno has no WebGPU (navigator.gpu)');
+    const ctx = await GpuContext.create(navigator.gpu, { backend: 'wgpu (Deno)', mask: o.mask });
+    if (o.adapter && !ctx.adapter.name.toLowerCase().includes(o.adapter.toLowerCase())) {
+      ctx.destroy();
+      throw new AdapterError(`Deno chose adapter "${ctx.adapter.name}", not "${o.adapter}" (Deno cannot pick adapters by name)`);
+    }
+    return ctx;
+  },
+  stdout: (t) => Deno.stdout.writeSync(encoder.encode(t)),
+  stderr: (t) => Deno.stderr.writeSync(encoder.encode(t)),
+  isTTY: Deno.stderr.isTerminal(),
+});
+Deno.exit(code);

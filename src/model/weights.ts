@@ -1,0 +1,123 @@
+import type { GpuTensor } from '../gpu/tensor.ts';
+import type { Qwen35Config } from './config.ts';
+
+/** The GPU tensors of one model, shaped like the HF modules they come from (keys from tensors.ts). */
+
+export interface DeltaNetWeights {
+  kind: 'linear_attention';
+  /** [qkv | z | b | a] rows, fused in_proj_{qkv,z,b,a}. */
+  inProj: GpuTensor;
+  /** [conv_dim, K] taps (f32). */
+  conv: GpuTensor;
+  aLog: GpuTensor;
+  dtBias: GpuTensor;
+  norm: GpuTensor;
+  outProj: GpuTensor;
+}
+
+export interface AttentionWeights {
+  kind: 'full_attention';
+  /** Per head [q | gate], then k, then v. */
+  qkvProj: GpuTensor;
+  qNorm: GpuTensor;
+  kNorm: GpuTensor;
+  oProj: GpuTensor;
+}
+
+export interface DenseMlpWeights {
+  kind: 'dense';
+  /** [I, 2, H]: gate and up rows paired. */
+  gateUp: GpuTensor;
+  down: GpuTensor;
+}
+
+export interface MoeWeights {
+  kind: 'moe';
+  /** [E + 1, H]: router rows, then the shared expert's gate row. */
+  router: GpuTensor;
+  /** [E, 2 Im, H] and [E, H, Im], indexed by slot. */
+  expertsGateUp: GpuTensor;
+  expertsDown: GpuTensor;
+  /** Expert id → slot (u32[E]); all experts resident for now, so the identity. */
+  slots: GPUBuffer;
+  sharedGateUp: GpuTensor;
+  sharedDown: GpuTensor;
+}
+
+export interface DecoderLayerWeights {
+  inputNorm: GpuTensor;
+  mixer: DeltaNetWeights | AttentionWeights;
+  postNorm: GpuTensor;
+  mlp: DenseMlpWeights | MoeWeights;
+}
+
+export interface MtpWeights {
+  fc: GpuTensor;
+  preFcNormEmbedding: GpuTensor;
+  preFcNormHidden: GpuTensor;
+  norm: GpuTensor;
+  layers: DecoderLayerWeights[];
+}
+
+export interface ModelWeights {
+  embed: GpuTensor;
+  layers: DecoderLayerWeights[];
+  norm: GpuTensor;
+  /** The embedding itself when tie_word_embeddings. */
+  lmHead: GpuTensor;
+  mtp?: MtpWeights;
+}
+
+/** Assembles the structure from loaded tensors; `slots` makes an expert slot table per MoE layer. */
+export function assembleWeights(
+  config: Qwen35Config,
+  tensors: Map<string, GpuTensor>,
+  slots: () => GPUBuffer,
+): ModelWeights {
+  const get = (key: string): GpuTensor => {
+    const t = tensors.get(key);
+    if (!t) throw new Error(`internal: tensor ${key} was not loaded`);
+    return t;
+  };
+  const attention = (key: string): AttentionWeights => ({
+    kind: 'full_attention', qkvProj: get(`${key}.qkv_proj`), qNorm: get(`${key}.q_norm`), kNorm: get(`${key}.k_norm`), oProj: get(`${key}.o_proj`),
+  });
+  const mlp = (key: string): DenseMlpWeights | MoeWeights =>
+    config.moe
+      ? {
+          kind: 'moe', router: get(`${key}.router`), expertsGateUp: get(`${key}.experts_gate_up`), expertsDown: get(`${key}.experts_down`),
+          slots: slots(), sharedGateUp: get(`${key}.shared_gate_up`), sharedDown: get(`${key}.shared_down`),
+        }
+      : { kind: 'dense', gateUp: get(`${key}.gate_up`), down: get(`${key}.down`) };
+  const layer = (key: string, type: string): DecoderLayerWeights => ({
+    inputNorm: get(`${key}.input_norm`),
+    mixer:
+      type === 'full_attention'
+        ? attention(`${key}.attn`)
+        : {
+            kind: 'linear_attention', inProj: get(`${key}.linear.in_proj`), conv: get(`${key}.linear.conv`), aLog: get(`${key}.linear.a_log`),
+            dtBias: get(`${key}.linear.dt_bias`), norm: get(`${key}.linear.norm`), outProj: get(`${key}.linear.out_proj`),
+          },
+    postNorm: get(`${key}.post_norm`),
+    mlp: mlp(`${key}.mlp`),
+  });
+  const embed = get('embed');
+  return {
+    embed,
+    layers: config.layerTypes.map((type, i) => layer(`layers.${i}`, type)),
+    norm: get('norm'),
+    lmHead: config.tieWordEmbeddings ? embed : get('lm_head'),
+    mtp: tensors.has('mtp.fc')
+      ? {
+          fc: get('mtp.fc'), preFcNormEmbedding: get('mtp.pre_fc_norm_embedding'), preFcNormHidden: get('mtp.pre_fc_norm_hidden'), norm: get('mtp.norm'),
+          layers: Array.from({ length: config.mtpLayers }, (_, i) => layer(`mtp.layers.${i}`, 'full_attention')),
+        }
+      : undefined,
+  };
+}
+
+/** The buffer holding a single-part f32 vector (norm weights, conv taps, A_log, dt_bias). */
+export const vectorBuffer = (t: GpuTensor): GPUBuffer => {
+  if (t.parts.length !== 1 || t.dtype !== 'f32') throw new Error(`internal: ${t.name} is not a one-part f32 vector`);
+  return t.parts[0].buffer;
+};

@@ -1,0 +1,34 @@
+import { logSoftmax } from '../kernels/log_softmax.ts';
+import { lmHead } from '../model/layers.ts';
+import type { Session } from './session.ts';
+
+/**
+ * Log-probabilities of every position of `ids`: row t = log_softmax(logits after ids[0..t]) over all
+ * vocab_size rows. Rows are computed in blocks that fit one binding and handed to `onRows` in order.
+ */
+export async function scoreIds(
+  session: Session,
+  ids: ArrayLike<number>,
+  onRows: (rows: Float32Array, first: number) => void | Promise<void>,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { ctx, model, activations } = session;
+  const V = model.config.vocabSize;
+  const block = Math.max(1, Math.min(activations.maxTokens, 64, Math.floor(ctx.caps.maxStorageBindingBytes / (V * 4))));
+  const logits = ctx.storage('score logits', block * V * 4);
+  try {
+    session.reset();
+    await session.prefill(ids, {
+      signal,
+      onChunk: async (first, rows) => {
+        for (let r = 0; r < rows; r += block) {
+          const n = Math.min(block, rows - r);
+          ctx.run([...(await lmHead(ctx, model, activations, r, n, logits)), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })], 'score');
+          await onRows(new Float32Array(await ctx.read(logits, 0, n * V * 4)), first + r);
+        }
+      },
+    });
+  } finally {
+    logits.destroy();
+  }
+}
