@@ -1,0 +1,49 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/** The shared tiny checkpoints with goldens from an independent float64 reference (../shared/fixtures). */
+export const FIXTURES_DIR = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+export const FIXTURES = ['tiny-qwen35', 'tiny-qwen35-moe'] as const;
+export type FixtureName = (typeof FIXTURES)[number];
+
+export interface Golden {
+  prompt_ids: number[];
+  vocab_size: number;
+  tokenizer_size: number;
+  greedy_ids: number[];
+  greedy_steps: { margin: number }[];
+  moe_topk_ids?: number[][][];
+}
+
+export function fixtureDir(name: FixtureName): string {
+  return `${FIXTURES_DIR}${name}`;
+}
+
+export function golden(name: FixtureName): Golden {
+  return JSON.parse(readFileSync(`${fixtureDir(name)}/golden.json`, 'utf8'));
+}
+
+/** golden.prefill_logprobs.f32: [len(prompt_ids), vocab_size]. */
+export function goldenLogprobs(name: FixtureName): Float32Array {
+  const bytes = readFileSync(`${fixtureDir(name)}/golden.prefill_logprobs.f32`);
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+}
+
+/** Largest |a - b| and the share of rows whose argmax agrees. */
+export function compareLogprobs(actual: Float32Array | Float64Array, expected: Float32Array, vocab: number) {
+  let maxAbs = 0;
+  let agree = 0;
+  const rows = expected.length / vocab;
+  for (let r = 0; r < rows; r++) {
+    let a = 0;
+    let e = 0;
+    for (let i = 0; i < vocab; i++) {
+      const k = r * vocab + i;
+      maxAbs = Math.max(maxAbs, Math.abs(actual[k] - expected[k]));
+      if (actual[k] > actual[r * vocab + a]) a = i;
+      if (expected[k] > expected[r * vocab + e]) e = i;
+    }
+    if (a === e) agree++;
+  }
+  return { maxAbs, top1Agreement: agree / rows };
+}
