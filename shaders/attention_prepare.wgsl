@@ -11,7 +11,6 @@
 //         (flat_id over a 2-D grid, t outermost).
 //   preconditions: R even, R <= D. Tokens whose position reaches capacity are dropped (nothing written).
 override WG: u32 = 64u;
-var<workgroup> red: array<f32, WG>;
 
 fn norm_w(is_q: bool, d: u32) -> f32 {
   if (is_q) { return q_norm[d]; }
@@ -23,6 +22,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) li: u32) {
   let heads = params.nq + params.nkv;
   let id = flat_id(wg, nwg);
+  // Both returns are workgroup-uniform: workgroup_sum below has barriers.
   if (id >= params.tokens * heads) { return; }
   let t = id / heads;
   let hh = id % heads;
@@ -36,13 +36,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
   var ss = 0.0;
   for (var d = li; d < D; d += WG) { let x = proj[src + d]; ss += x * x; }
-  red[li] = ss;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (li < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
-  let inv = inverseSqrt(red[0] / f32(D) + params.eps);
+  let inv = inverseSqrt(workgroup_sum(ss, li) / f32(D) + params.eps);
 
   let half = params.rotary_dim / 2u;
   let dst = select((g * params.capacity + pos) * D, (t * params.nq + hh) * D, is_q);

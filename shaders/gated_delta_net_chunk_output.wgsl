@@ -12,9 +12,7 @@ const C: u32 = 64u;
 const DVT: u32 = 16u;
 const DT: u32 = 16u;
 var<workgroup> sv: array<vec4<f32>, (DK + C) * 4u>;   // rows [0, DK): S; rows [DK, DK + C): v_new
-var<workgroup> stage: array<f32, C * DT>;
-
-fn swz(i: u32, d: u32) -> u32 { return i * DT + (d + (i >> 1u)) % DT; }
+var<workgroup> stage: array<f32, C * DT>;   // swizzled tiles: swz and stage_tile (helpers)
 
 // Element e < C*DT of the q tile at column d0 (zero past the valid rows).
 fn q_elem(t0: u32, rows: u32, qoff: u32, d0: u32, e: u32) -> f32 {
@@ -63,10 +61,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var d0 = 0u; d0 < DK; d0 += DT) {
     // Also orders the loads of sv above (first tile) and the previous tile's reads of stage.
     workgroupBarrier();
-    for (var m = 0u; m < 4u; m++) {
-      let e = li + 256u * m;
-      stage[swz(e / DT, e % DT)] = pf[m];
-    }
+    stage_tile(pf, li);
     workgroupBarrier();
     for (var m = 0u; m < 4u; m++) {
       if (d0 + DT < DK) { pf[m] = q_elem(t0, rows, qoff, d0 + DT, li + 256u * m); } else { pf[m] = a_elem(srow, 0u, li + 256u * m); }
@@ -76,10 +71,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   acc *= gate[(srow + i) * 2u];
   for (var l0 = 0u; l0 < C; l0 += DT) {
     workgroupBarrier();
-    for (var m = 0u; m < 4u; m++) {
-      let e = li + 256u * m;
-      stage[swz(e / DT, e % DT)] = pf[m];
-    }
+    stage_tile(pf, li);
     workgroupBarrier();
     if (l0 + DT < C) {
       for (var m = 0u; m < 4u; m++) { pf[m] = a_elem(srow, l0 + DT, li + 256u * m); }

@@ -18,10 +18,7 @@ const DT: u32 = 16u;
 const IT: u32 = 8u;
 var<workgroup> st: array<vec4<f32>, DK * 4u>;   // S[d][4q..4q+3]
 var<workgroup> vs: array<vec4<f32>, C * 4u>;    // e^(cum_last - cum_i) v_new[i][4q..4q+3]
-var<workgroup> stage: array<f32, 1024u>;
-
-// W tile [C][DT], rotated per row pair so that the 8 rows a warp reads at one d sit in 8 banks.
-fn swz(i: u32, d: u32) -> u32 { return i * DT + (d + (i >> 1u)) % DT; }
+var<workgroup> stage: array<f32, 1024u>;   // swizzled tiles: swz and stage_tile (helpers)
 
 // Element e < C*DT of the W tile at column d0: row e / DT, column d0 + e % DT.
 fn w_elem(srow: u32, width: u32, d0: u32, e: u32) -> f32 {
@@ -85,10 +82,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var pf = vec4<f32>(0.0);
     for (var m = 0u; m < 4u; m++) { pf[m] = w_elem(srow, width, 0u, li + 256u * m); }
     for (var d0 = 0u; d0 < DK; d0 += DT) {
-      for (var m = 0u; m < 4u; m++) {
-        let e = li + 256u * m;
-        stage[swz(e / DT, e % DT)] = pf[m];
-      }
+      stage_tile(pf, li);
       workgroupBarrier();
       if (d0 + DT < DK) {
         for (var m = 0u; m < 4u; m++) { pf[m] = w_elem(srow, width, d0 + DT, li + 256u * m); }

@@ -4,23 +4,16 @@
 //   grid: one workgroup per (t, h), row = t*heads + h (flat_id over a 2-D grid)
 //   preconditions: heads*dim <= token_stride (vectors do not overlap); every invocation writes only what it read.
 override WG: u32 = 64u;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
   let row = flat_id(wg, nwg);
-  if (row >= params.tokens * params.heads) { return; }
+  if (row >= params.tokens * params.heads) { return; }  // workgroup-uniform: workgroup_sum has barriers
   let h = row % params.heads;
   let base = (row / params.heads) * params.token_stride + h * params.dim;
   var ss = 0.0;
   for (var i = li; i < params.dim; i += WG) { let v = x[base + i]; ss += v * v; }
-  red[li] = ss;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (li < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
-  let f = inverseSqrt(red[0] + 1e-6) * select(1.0, params.scale, h < params.scaled_heads);
+  let f = inverseSqrt(workgroup_sum(ss, li) + 1e-6) * select(1.0, params.scale, h < params.scaled_heads);
   for (var i = li; i < params.dim; i += WG) { x[base + i] = x[base + i] * f; }
 }

@@ -12,7 +12,7 @@
 //   ids: u32 [topk] at ids_off (chosen expert ids) · slots: u32 [E] expert id -> slot · scales: f32 at scale_idx
 //   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). Workgroup g owns rows g*ROWS ..+ROWS;
 //     each row is shared by TPR = WG / ROWS consecutive invocations that stride over its 8-element chunks
-//     (coalesced 16- or 32-byte loads), then a workgroup-memory tree reduction. x is staged through
+//     (coalesced 16- or 32-byte loads), then row_sum (a tree over the row's TPR lanes). x is staged through
 //     workgroup memory in tiles of 4 * XT4 elements (every row of the workgroup reuses it). 'sum' runs over
 //     the picks as one dot product of length topk * K8 (K8 = K rounded up to 8), so the loads of different
 //     picks overlap instead of waiting on one another.
@@ -27,7 +27,6 @@ const MAX_PICKS = 32u;
 const NONE = 0xffffffffu;
 
 var<workgroup> xs: array<vec4<f32>, XT4>;
-var<workgroup> red: array<vec2<f32>, WG>;
 // 'sum': each pick's item offset in this part (in 8-element chunks; NONE if elsewhere) and its scale.
 var<workgroup> pick_base: array<u32, MAX_PICKS>;
 var<workgroup> pick_scale: array<f32, MAX_PICKS>;
@@ -92,14 +91,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       }
     }
   }
-  red[li] = acc;
-  workgroupBarrier();
-  for (var s = TPR / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
+  let a = row_sum(acc, li);
   if (lane == 0u && live) {
-    let a = red[li];
     var v = a.x;
     if (SWIGLU) { v = silu(a.x) * a.y; }
     emit(params.y_off + j * params.y_stride + params.y_row0 + r, v * out_scale(j));

@@ -11,16 +11,9 @@
 // w_j = exp(l_j − l_1) / Σ_top exp(l_i − l_1), l_1 the top-1 (= largest) logit.
 override WG: u32 = 64u;
 const MAX_TOPK: u32 = 16u;
-const NONE: u32 = 0xffffffffu;
-var<workgroup> red_v: array<f32, WG>;
-var<workgroup> red_i: array<u32, WG>;
 var<workgroup> chosen: array<u32, MAX_TOPK>;
-
-// (a, ia) ranks before (b, ib): larger logit, then lower id. Any expert ranks before NONE, so a NaN logit
-// still yields a valid id.
-fn ranks_before(a: f32, ia: u32, b: f32, ib: u32) -> bool {
-  return ia != NONE && (ib == NONE || a > b || (a == b && ia < ib));
-}
+// Ranking (ranks_before, workgroup_best: WORKGROUP_BEST in src/gpu/wgsl.ts): larger logit, then lower id. Any
+// expert ranks before NONE, so a NaN logit still yields a valid id.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -48,25 +41,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       }
       stale = false;
     }
-    red_v[li] = best_v;
-    red_i[li] = best_i;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-      if (li < s && ranks_before(red_v[li + s], red_i[li + s], red_v[li], red_i[li])) {
-        red_v[li] = red_v[li + s];
-        red_i[li] = red_i[li + s];
-      }
-      workgroupBarrier();
-    }
-    let win = red_i[0];
+    let win = workgroup_best(Ranked(best_v, best_i), li).i;
     if (li == 0u) { chosen[j] = win; }
     if (win != NONE && win == best_i) {
       taken |= 1u << ((win - li) / WG);
       stale = true;
     }
-    // red_* are rewritten next round.
-    workgroupBarrier();
   }
+  // chosen is read below.
+  workgroupBarrier();
 
   if (li < topk) {
     // Every writer sums the same terms in the same order, so the k weights share one denominator.

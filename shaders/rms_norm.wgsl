@@ -2,22 +2,15 @@
 //   x, y: [rows, cols] f32 (row r at r * cols) · w: [cols] f32
 //   grid: one workgroup per row (flat_id over a 2-D grid). y may alias nothing; x and y are distinct buffers.
 override WG: u32 = 256u;
-var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
   let row = flat_id(wg, nwg);
-  if (row >= params.rows) { return; }
+  if (row >= params.rows) { return; }  // workgroup-uniform: workgroup_sum has barriers
   let base = row * params.cols;
   var ss = 0.0;
   for (var i = li; i < params.cols; i += WG) { let v = x[base + i]; ss += v * v; }
-  red[li] = ss;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (li < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
-  let inv = inverseSqrt(red[0] / f32(params.cols) + params.eps);
+  let inv = inverseSqrt(workgroup_sum(ss, li) / f32(params.cols) + params.eps);
   for (var i = li; i < params.cols; i += WG) { y[base + i] = x[base + i] * inv * (1.0 + w[i]); }
 }

@@ -1,10 +1,13 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { WORKGROUP_BEST } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 
 /** Greedy sampling: index of the largest logit (lowest index on ties). Grid: one workgroup. */
 export const argmaxKernel = defineKernel({
   name: 'argmax',
   bindings: () => [read('logits'), write('out', 'u32'), uniform('params', { offset: 'u32', n: 'u32', out_index: 'u32' })],
+  helpers: () => WORKGROUP_BEST,
   overrides: () => ({ WG: 256 }),
 });
 
@@ -19,14 +22,16 @@ export interface ArgmaxArgs {
   outIndex?: number;
 }
 
+const check = checks('argmax');
+
 /** out[outIndex] = argmax_{i < n} logits[offset + i], ties to the lowest index. One dispatch, one workgroup. */
 export function argmax(ctx: GpuContext, a: ArgmaxArgs): Promise<Dispatch> {
   const offset = a.offset ?? 0;
   const outIndex = a.outIndex ?? 0;
-  if (!Number.isInteger(a.n) || a.n < 1) throw new Error(`argmax: n = ${a.n} must be a positive integer`);
-  if (!Number.isInteger(offset) || offset < 0) throw new Error(`argmax: offset = ${offset} must be a non-negative integer`);
-  if (!Number.isInteger(outIndex) || outIndex < 0) throw new Error(`argmax: outIndex = ${outIndex} must be a non-negative integer`);
-  if (a.logits.size < (offset + a.n) * 4) throw new Error(`argmax: logits holds ${a.logits.size} bytes, needs ${(offset + a.n) * 4}`);
-  if (a.out.size < (outIndex + 1) * 4) throw new Error(`argmax: out holds ${a.out.size} bytes, needs ${(outIndex + 1) * 4}`);
+  check.count('n', a.n);
+  check.index('offset', offset);
+  check.index('outIndex', outIndex);
+  check.fits('logits', a.logits, offset + a.n);
+  check.fits('out', a.out, outIndex + 1);
   return ctx.dispatch(argmaxKernel, undefined, { logits: a.logits, out: a.out, params: { offset, n: a.n, out_index: outIndex } }, [1]);
 }

@@ -1,5 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { StepParams, defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { checkAttentionShape } from './attention_prepare.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Which pass of the kernel: the whole attention for each (token, head), or the split-keys partials and their merge. */
@@ -90,38 +92,27 @@ export function defaultSplits(tokens: number, nq: number, capacity: number, minS
   return Math.max(1, Math.min(MAX_SPLITS, Math.ceil(TARGET_WORKGROUPS / rows), Math.ceil(capacity / minSplitKeys)));
 }
 
-const isCount = (v: number) => Number.isInteger(v) && v > 0;
-
-function need(what: string, buffer: GPUBuffer, elements: number): void {
-  if (buffer.size < elements * 4) throw new Error(`attention: ${what} holds ${buffer.size} bytes, needs ${elements * 4}`);
-}
+const check = checks('attention');
 
 /**
  * out[t, h*D + d] = softmax over p ≤ pos+t of (q[t,h]·K[g,p] / √D) applied to V[g,p,d], times sigmoid(gate[t,h,d]),
  * g = h / (nq/nkv). One dispatch, or two (partials over key splits, then their merge).
  */
 export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Dispatch[]> {
-  for (const k of ['tokens', 'nq', 'nkv', 'headDim', 'projStride', 'capacity'] as const) {
-    if (!isCount(a[k])) throw new Error(`attention: ${k} = ${a[k]} must be a positive integer`);
-  }
+  checkAttentionShape(check, a);
   const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
-  if (nq % nkv !== 0) throw new Error(`attention: nq ${nq} is not a multiple of nkv ${nkv}`);
-  if (D % 4 !== 0 || D > MAX_HEAD_DIM) throw new Error(`attention: headDim ${D} must be a multiple of 4 and ≤ ${MAX_HEAD_DIM}`);
-  if (nq * 2 * D > projStride) throw new Error(`attention: q|gate of ${nq} heads (${nq * 2 * D}) pass projStride ${projStride}`);
-  if (tokens > capacity) throw new Error(`attention: ${tokens} tokens do not fit a cache of capacity ${capacity}`);
+  if (D % 4 !== 0 || D > MAX_HEAD_DIM) check.fail(`headDim ${D} must be a multiple of 4 and ≤ ${MAX_HEAD_DIM}`);
+  if (nq * 2 * D > projStride) check.fail(`q|gate of ${nq} heads (${nq * 2 * D}) pass projStride ${projStride}`);
   const minSplitKeys = a.minSplitKeys ?? 256;
-  if (!isCount(minSplitKeys)) throw new Error(`attention: minSplitKeys ${minSplitKeys} must be a positive integer`);
+  check.count('minSplitKeys', minSplitKeys);
   const splits = a.splits ?? defaultSplits(tokens, nq, capacity, minSplitKeys);
-  if (!isCount(splits)) throw new Error(`attention: splits ${splits} must be a positive integer`);
-  need('q', a.q, tokens * nq * D);
-  need('proj', a.proj, (tokens - 1) * projStride + nq * 2 * D);
-  need('kCache', a.kCache, nkv * capacity * D);
-  need('vCache', a.vCache, nkv * capacity * D);
-  need('out', a.out, tokens * nq * D);
+  check.count('splits', splits);
+  check.fits('proj', a.proj, (tokens - 1) * projStride + nq * 2 * D);
+  check.fits('out', a.out, tokens * nq * D);
 
   const rows = tokens * nq;
   const scratchBytes = splits === 1 ? 16 : rows * splits * (D + 4) * 4;
-  if (a.scratch) need('scratch', a.scratch, scratchBytes / 4);
+  if (a.scratch) check.fits('scratch', a.scratch, scratchBytes / 4);
   const part = a.scratch ?? sharedScratch(ctx, scratchBytes);
   const params = {
     tokens, nq, group: nq / nkv, capacity, proj_stride: projStride, splits, min_chunk: minSplitKeys, scale: 1 / Math.sqrt(D),

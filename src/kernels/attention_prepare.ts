@@ -1,5 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { StepParams, defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
+import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /**
@@ -22,6 +24,7 @@ export const attentionPrepareKernel = defineKernel({
       k_offset: 'u32', v_offset: 'u32', capacity: 'u32', eps: 'f32',
     }),
   ],
+  helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
 
@@ -52,39 +55,44 @@ export interface AttentionPrepareArgs {
   capacity: number;
 }
 
-const isCount = (v: number) => Number.isInteger(v) && v > 0;
-
-function need(op: string, what: string, buffer: GPUBuffer, elements: number): void {
-  if (buffer.size < elements * 4) throw new Error(`${op}: ${what} holds ${buffer.size} bytes, needs ${elements * 4}`);
+/** What attentionPrepare writes and attention reads: q [tokens, nq, headDim] and the cache, per kv head [capacity, headDim]. */
+export interface AttentionShape {
+  tokens: number; nq: number; nkv: number; headDim: number; projStride: number; capacity: number;
+  q: GPUBuffer; kCache: GPUBuffer; vCache: GPUBuffer;
 }
+
+/** The checks both attention kernels make of that layout; errors name `check`'s op. */
+export function checkAttentionShape(check: Checks, a: AttentionShape): void {
+  const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
+  check.counts({ tokens, nq, nkv, headDim: D, projStride, capacity });
+  if (nq % nkv !== 0) check.fail(`nq ${nq} is not a multiple of nkv ${nkv}`);
+  if (tokens > capacity) check.fail(`${tokens} tokens do not fit a cache of capacity ${capacity}`);
+  check.fits('q', a.q, tokens * nq * D);
+  check.fits('kCache', a.kCache, nkv * capacity * D);
+  check.fits('vCache', a.vCache, nkv * capacity * D);
+}
+
+const check = checks('attentionPrepare');
 
 /**
  * q[t, h] = rope(RMSNorm1p(q_h)), K cache[g, pos + t] = rope(RMSNorm1p(k_g)), V cache[g, pos + t] = v_g, with
  * pos read from `step` on the GPU. Tokens at positions ≥ capacity are dropped (the caller must not get there).
  */
 export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Promise<Dispatch> {
-  const op = 'attentionPrepare';
-  for (const k of ['tokens', 'nq', 'nkv', 'headDim', 'rotaryDim', 'projStride', 'capacity'] as const) {
-    if (!isCount(a[k])) throw new Error(`${op}: ${k} = ${a[k]} must be a positive integer`);
-  }
-  for (const k of ['kOffset', 'vOffset'] as const) {
-    if (!Number.isInteger(a[k]) || a[k] < 0) throw new Error(`${op}: ${k} = ${a[k]} must be a non-negative integer`);
-  }
+  checkAttentionShape(check, a);
+  check.count('rotaryDim', a.rotaryDim);
+  check.index('kOffset', a.kOffset);
+  check.index('vOffset', a.vOffset);
   const { tokens, nq, nkv, headDim: D, rotaryDim: R, projStride, capacity } = a;
-  if (R % 2 !== 0 || R > D) throw new Error(`${op}: rotaryDim ${R} must be even and ≤ headDim ${D}`);
-  if (nq % nkv !== 0) throw new Error(`${op}: nq ${nq} is not a multiple of nkv ${nkv}`);
-  if (tokens > capacity) throw new Error(`${op}: ${tokens} tokens do not fit a cache of capacity ${capacity}`);
+  if (R % 2 !== 0 || R > D) check.fail(`rotaryDim ${R} must be even and ≤ headDim ${D}`);
   if (nq * 2 * D > projStride || a.kOffset + nkv * D > projStride || a.vOffset + nkv * D > projStride) {
-    throw new Error(`${op}: q|gate (${nq * 2 * D}), k (${a.kOffset}+${nkv * D}) or v (${a.vOffset}+${nkv * D}) pass projStride ${projStride}`);
+    check.fail(`q|gate (${nq * 2 * D}), k (${a.kOffset}+${nkv * D}) or v (${a.vOffset}+${nkv * D}) pass projStride ${projStride}`);
   }
-  if (!(a.eps > 0)) throw new Error(`${op}: eps ${a.eps} must be > 0`);
-  need(op, 'proj', a.proj, tokens * projStride);
-  need(op, 'qNorm', a.qNorm, D);
-  need(op, 'kNorm', a.kNorm, D);
-  need(op, 'rope', a.rope, capacity * R);
-  need(op, 'q', a.q, tokens * nq * D);
-  need(op, 'kCache', a.kCache, nkv * capacity * D);
-  need(op, 'vCache', a.vCache, nkv * capacity * D);
+  if (!(a.eps > 0)) check.fail(`eps ${a.eps} must be > 0`);
+  check.fits('proj', a.proj, tokens * projStride);
+  check.fits('qNorm', a.qNorm, D);
+  check.fits('kNorm', a.kNorm, D);
+  check.fits('rope', a.rope, capacity * R);
   return ctx.dispatch(
     attentionPrepareKernel,
     undefined,

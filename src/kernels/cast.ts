@@ -1,6 +1,7 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { ROW_ALIGN, type WeightDtype, bytesPerElement } from '../gpu/tensor.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 export type SourceDtype = 'bf16' | 'f16' | 'f32';
@@ -50,29 +51,29 @@ export const castKernel = defineKernel<CastVariant>({
 
 const SOURCE_BYTES: Record<SourceDtype, number> = { bf16: 2, f16: 2, f32: 4 };
 
+const check = checks('cast');
+
 export async function cast(ctx: GpuContext, args: CastArgs): Promise<Dispatch> {
   const { src, dst, rows, cols, dstOffset, dstRowStride, rowStride, srcDtype, dstDtype } = args;
-  if (!(srcDtype in SOURCE_BYTES)) throw new Error(`cast: unknown source dtype ${String(srcDtype)}`);
-  if (dstDtype !== 'f32' && dstDtype !== 'f16') throw new Error(`cast: unknown destination dtype ${String(dstDtype)}`);
-  for (const [name, v] of [['rows', rows], ['cols', cols]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`cast: ${name} = ${v} must be a positive integer`);
-  }
+  if (!(srcDtype in SOURCE_BYTES)) check.fail(`unknown source dtype ${String(srcDtype)}`);
+  if (dstDtype !== 'f32' && dstDtype !== 'f16') check.fail(`unknown destination dtype ${String(dstDtype)}`);
+  check.counts({ rows, cols });
   for (const [name, v] of [['dstOffset', dstOffset], ['dstRowStride', dstRowStride], ['rowStride', rowStride]] as const) {
-    if (!Number.isInteger(v) || v < 0 || v % ROW_ALIGN !== 0) throw new Error(`cast: ${name} = ${v} must be a non-negative multiple of ${ROW_ALIGN}`);
+    if (!Number.isInteger(v) || v < 0 || v % ROW_ALIGN !== 0) check.fail(`${name} = ${v} must be a non-negative multiple of ${ROW_ALIGN}`);
   }
-  if (rowStride < cols) throw new Error(`cast: rowStride ${rowStride} is shorter than the ${cols} columns`);
-  if (dstRowStride < rowStride) throw new Error(`cast: dstRowStride ${dstRowStride} is shorter than rowStride ${rowStride}: rows would overlap`);
-  if (src === dst) throw new Error('cast: src and dst must be distinct buffers');
+  if (rowStride < cols) check.fail(`rowStride ${rowStride} is shorter than the ${cols} columns`);
+  if (dstRowStride < rowStride) check.fail(`dstRowStride ${dstRowStride} is shorter than rowStride ${rowStride}: rows would overlap`);
+  check.distinct({ src, dst });
   const srcBytes = Math.ceil((rows * cols * SOURCE_BYTES[srcDtype]) / 4) * 4;
-  if (srcBytes > src.size) throw new Error(`cast: ${rows} x ${cols} ${srcDtype} needs ${srcBytes} source bytes, buffer ${src.label || '(unlabelled)'} has ${src.size}`);
+  if (srcBytes > src.size) check.fail(`${rows} x ${cols} ${srcDtype} needs ${srcBytes} source bytes, buffer ${src.label || '(unlabelled)'} has ${src.size}`);
   const dstEnd = (dstOffset + (rows - 1) * dstRowStride + rowStride) * bytesPerElement(dstDtype);
-  if (dstEnd > dst.size) throw new Error(`cast: the piece ends at byte ${dstEnd} of buffer ${dst.label || '(unlabelled)'} (${dst.size} bytes)`);
+  if (dstEnd > dst.size) check.fail(`the piece ends at byte ${dstEnd} of buffer ${dst.label || '(unlabelled)'} (${dst.size} bytes)`);
   const scale = args.scale ?? 1;
   const bias = args.bias ?? 0;
-  if (!Number.isFinite(scale) || !Number.isFinite(bias)) throw new Error(`cast: scale ${scale} and bias ${bias} must be finite`);
+  if (!Number.isFinite(scale) || !Number.isFinite(bias)) check.fail(`scale ${scale} and bias ${bias} must be finite`);
   const rowWords = dstDtype === 'f16' ? rowStride / 2 : rowStride;
   const words = rows * rowWords;
-  if (words > 0xffffffff - WG) throw new Error(`cast: a piece of ${words} words is too large for one dispatch`);
+  if (words > 0xffffffff - WG) check.fail(`a piece of ${words} words is too large for one dispatch`);
   const variant: CastVariant = { src: srcDtype, dst: dstDtype, affine: scale !== 1 || bias !== 0 };
   return ctx.dispatch(
     castKernel,

@@ -1,5 +1,6 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Channels per workgroup and token segments per channel (workgroup = CH × SEG invocations). */
@@ -28,15 +29,7 @@ export interface Conv1dCausalArgs {
   tokens: number; channels: number;
 }
 
-function fail(message: string): never {
-  throw new Error(`conv1d_causal: ${message}`);
-}
-
-function checkFits(what: string, buffer: GPUBuffer, elements: number): void {
-  if (elements * 4 > buffer.size) fail(`${what} needs ${elements} f32 (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size}`);
-}
-
-const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
+const check = checks('conv1d_causal');
 
 /**
  * y[t,c] = silu(Σ_{j<K} w[c*wStride + j] · in[t-(K-1)+j, c]) with in[τ<0] from `state` (row K-1+τ) and in[τ≥0] = x[τ*xStride + c];
@@ -44,17 +37,15 @@ const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
  */
 export function conv1dCausal(ctx: GpuContext, a: Conv1dCausalArgs): Promise<Dispatch> {
   const { tokens: T, channels: C, kernelSize: K } = a;
-  if (!isCount(T)) fail(`tokens = ${T} must be a positive integer`);
-  if (!isCount(C)) fail(`channels = ${C} must be a positive integer`);
-  if (!Number.isInteger(K) || K < 2 || K > 8) fail(`kernelSize = ${K} must be an integer in 2..8`);
-  if (!Number.isInteger(a.xStride) || a.xStride < C) fail(`xStride = ${a.xStride} is less than channels = ${C}`);
-  if (!Number.isInteger(a.wStride) || a.wStride < K) fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
-  const buffers = [a.x, a.w, a.state, a.y];
-  if (new Set(buffers).size !== buffers.length) fail('x, w, state and y must be distinct buffers');
-  checkFits('x', a.x, (T - 1) * a.xStride + C);
-  checkFits('w', a.w, (C - 1) * a.wStride + K);
-  checkFits('state', a.state, (K - 1) * C);
-  checkFits('y', a.y, T * C);
+  check.counts({ tokens: T, channels: C });
+  check.count('kernelSize', K, 2, 8);
+  if (!Number.isInteger(a.xStride) || a.xStride < C) check.fail(`xStride = ${a.xStride} is less than channels = ${C}`);
+  if (!Number.isInteger(a.wStride) || a.wStride < K) check.fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
+  check.distinct({ x: a.x, w: a.w, state: a.state, y: a.y });
+  check.fits('x', a.x, (T - 1) * a.xStride + C);
+  check.fits('w', a.w, (C - 1) * a.wStride + K);
+  check.fits('state', a.state, (K - 1) * C);
+  check.fits('y', a.y, T * C);
   const params = { tokens: T, channels: C, x_stride: a.xStride, w_stride: a.wStride, k: K, seg_len: Math.ceil(T / SEG) };
   return ctx.dispatch(conv1dCausalKernel, undefined, { x: a.x, w: a.w, state: a.state, y: a.y, params }, grid(Math.ceil(C / CH), ctx.caps));
 }

@@ -1,6 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
 import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Row gather from a [V, H] weight, f32 or f16; one dispatch per tensor part. Grid: one workgroup per token. */
@@ -26,17 +27,19 @@ export interface EmbeddingArgs {
   out: GPUBuffer;
 }
 
+const check = checks('embedding');
+
 /** out[t*H + c] = table[ids[idsOffset + t], c]. Ids ≥ V leave their row of `out` unwritten. */
 export function embedding(ctx: GpuContext, a: EmbeddingArgs): Promise<Dispatch[]> {
   const { table, tokens } = a;
   const idsOffset = a.idsOffset ?? 0;
-  if (table.shape.length !== 2) throw new Error(`embedding: table ${table.name} has shape [${table.shape}], not [V, H]`);
-  if (!Number.isInteger(tokens) || tokens < 1) throw new Error(`embedding: tokens = ${tokens} must be a positive integer`);
-  if (!Number.isInteger(idsOffset) || idsOffset < 0) throw new Error(`embedding: idsOffset = ${idsOffset} must be a non-negative integer`);
-  if (table.rowStride % 8 !== 0) throw new Error(`embedding: table ${table.name} row stride ${table.rowStride} is not a multiple of 8`);
+  if (table.shape.length !== 2) check.fail(`table ${table.name} has shape [${table.shape}], not [V, H]`);
+  check.count('tokens', tokens);
+  check.index('idsOffset', idsOffset);
+  if (table.rowStride % 8 !== 0) check.fail(`table ${table.name} row stride ${table.rowStride} is not a multiple of 8`);
   const cols = table.shape[1];
-  if (a.ids.size < (idsOffset + tokens) * 4) throw new Error(`embedding: ids holds ${a.ids.size} bytes, needs ${(idsOffset + tokens) * 4}`);
-  if (a.out.size < tokens * cols * 4) throw new Error(`embedding: out holds ${a.out.size} bytes, needs ${tokens * cols * 4}`);
+  check.fits('ids', a.ids, idsOffset + tokens);
+  check.fits('out', a.out, tokens * cols);
   return Promise.all(
     table.parts.map((part) =>
       ctx.dispatch(

@@ -1,6 +1,7 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { CapabilityError } from '../gpu/errors.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 import { type GatedDeltaNetArgs, checkGatedDeltaNetArgs } from './gated_delta_net_step.ts';
 
@@ -29,18 +30,32 @@ export const gatedDeltaNetChunkPrepareKernel = defineKernel({
   ],
 });
 
+/**
+ * Scan and output stream [C][DT] tiles through workgroup memory (`stage`): each of the 256 invocations stores
+ * the 4 elements e = li + 256 m it prefetched. Rows are rotated per pair so that the 8 rows a warp reads at one
+ * column sit in 8 banks.
+ */
+const STAGE_TILE = `fn swz(i: u32, d: u32) -> u32 { return i * DT + (d + (i >> 1u)) % DT; }
+fn stage_tile(pf: vec4<f32>, li: u32) {
+  for (var m = 0u; m < 4u; m++) {
+    let e = li + 256u * m;
+    stage[swz(e / DT, e % DT)] = pf[m];
+  }
+}`;
+const stagedTileHelpers = (v: { dk: number }) => `const DK: u32 = ${v.dk}u;\n${STAGE_TILE}`;
+
 /** Per (value head, 16 state columns): the sequential scan over chunks (v_new, state snapshots, final state). Grid: nv * ceil(dv / 16). */
 export const gatedDeltaNetChunkScanKernel = defineKernel<{ dk: number }>({
   name: 'gated_delta_net_chunk_scan',
   bindings: () => [read('qkv'), write('uw'), read('gate'), write('hs'), write('state'), uniform('params', ScanParams)],
-  helpers: (v) => `const DK: u32 = ${v.dk}u;`,
+  helpers: stagedTileHelpers,
 });
 
 /** Per (chunk, value head, 16 columns): the outputs from the chunk-start states. Grid: chunks * nv * ceil(dv / 16). */
 export const gatedDeltaNetChunkOutputKernel = defineKernel<{ dk: number }>({
   name: 'gated_delta_net_chunk_output',
   bindings: () => [read('qkv'), read('uw'), read('attn'), read('gate'), read('hs'), write('out'), uniform('params', ScanParams)],
-  helpers: (v) => `const DK: u32 = ${v.dk}u;`,
+  helpers: stagedTileHelpers,
 });
 
 /** Intermediates of one chunked call, reusable by every GDN layer of the same shape (calls run in order). */
@@ -66,11 +81,11 @@ function scratchBytes(tokens: number, nv: number, dk: number, dv: number) {
   return { uw: rows * (dv + dk) * 4, attn: rows * CHUNK * 4, gate: rows * 2 * 4, hs: (rows / CHUNK) * dk * dv * 4 };
 }
 
+const check = checks('gated_delta_net_chunk');
+
 /** Scratch for up to `maxTokens` tokens per call; longer prompts go in several calls (the state carries over exactly). */
 export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: number, dk: number, dv: number): ChunkScratch {
-  for (const [name, n] of Object.entries({ maxTokens, nv, dk, dv })) {
-    if (!Number.isInteger(n) || n < 1) throw new Error(`gated_delta_net_chunk: scratch ${name} = ${n} must be a positive integer`);
-  }
+  check.counts({ 'scratch maxTokens': maxTokens, 'scratch nv': nv, 'scratch dk': dk, 'scratch dv': dv });
   const bytes = scratchBytes(maxTokens, nv, dk, dv);
   const limit = Math.min(ctx.caps.maxStorageBindingBytes, ctx.caps.maxBufferBytes);
   for (const [name, size] of Object.entries(bytes)) {
@@ -97,18 +112,17 @@ export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: numbe
  * chunks × value heads × 16-column tiles).
  */
 export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs & { scratch: ChunkScratch }): Promise<Dispatch[]> {
-  const op = 'gated_delta_net_chunk';
-  checkGatedDeltaNetArgs(op, a);
+  checkGatedDeltaNetArgs(check, a);
   const { scratch } = a;
-  if (a.dk > MAX_DK) throw new Error(`${op}: dk = ${a.dk} is more than ${MAX_DK} (the scan's state tile must fit workgroup memory)`);
-  if (a.dv % 4 !== 0) throw new Error(`${op}: dv = ${a.dv} is not a multiple of 4 (state columns go 4 at a time)`);
-  if (a.tokens > scratch.maxTokens) throw new Error(`${op}: ${a.tokens} tokens is more than the scratch's maxTokens ${scratch.maxTokens}; split the call`);
+  if (a.dk > MAX_DK) check.fail(`dk = ${a.dk} is more than ${MAX_DK} (the scan's state tile must fit workgroup memory)`);
+  if (a.dv % 4 !== 0) check.fail(`dv = ${a.dv} is not a multiple of 4 (state columns go 4 at a time)`);
+  if (a.tokens > scratch.maxTokens) check.fail(`${a.tokens} tokens is more than the scratch's maxTokens ${scratch.maxTokens}; split the call`);
   const need = scratchBytes(a.tokens, a.nv, a.dk, a.dv);
   for (const name of ['uw', 'attn', 'gate', 'hs'] as const) {
-    if (need[name] > scratch[name].size) throw new Error(`${op}: scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
+    if (need[name] > scratch[name].size) check.fail(`scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
   }
   const inputs = [a.qkv, a.ba, a.aLog, a.dtBias, a.state, a.out];
-  if ([scratch.uw, scratch.attn, scratch.gate, scratch.hs].some((b) => inputs.includes(b))) throw new Error(`${op}: scratch buffers must not be arguments`);
+  if ([scratch.uw, scratch.attn, scratch.gate, scratch.hs].some((b) => inputs.includes(b))) check.fail('scratch buffers must not be arguments');
 
   const chunks = Math.ceil(a.tokens / CHUNK);
   const tp = chunks * CHUNK;

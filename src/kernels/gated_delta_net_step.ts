@@ -1,5 +1,6 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /**
@@ -44,23 +45,13 @@ export const gatedDeltaNetStepKernel = defineKernel<GatedDeltaNetStepVariant>({
   overrides: () => ({ DVT }),
 });
 
-const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
-const isIndex = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
-
-/** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `op`. */
-export function checkGatedDeltaNetArgs(op: string, a: GatedDeltaNetArgs): void {
-  const fail = (message: string): never => {
-    throw new Error(`${op}: ${message}`);
-  };
-  const fits = (what: string, buffer: GPUBuffer, elements: number) => {
-    if (elements * 4 > buffer.size) fail(`${what} needs ${elements} f32 (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size}`);
-  };
+/** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `check`'s op. */
+export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs): void {
+  const { fail, fits, counts } = check;
   const { tokens: T, nk, nv, dk, dv } = a;
-  for (const [name, n] of Object.entries({ tokens: T, nk, nv, dk, dv })) if (!isCount(n)) fail(`${name} = ${n} must be a positive integer`);
+  counts({ tokens: T, nk, nv, dk, dv });
   if (nv % nk !== 0) fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
-  for (const [name, n] of Object.entries({ qkvStride: a.qkvStride, baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset })) {
-    if (!isIndex(n)) fail(`${name} = ${n} must be a non-negative integer`);
-  }
+  counts({ qkvStride: a.qkvStride, baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset }, 0);
   const qkvWidth = 2 * nk * dk + nv * dv;
   if (T > 1 && a.qkvStride < qkvWidth) fail(`qkvStride = ${a.qkvStride} is less than 2*nk*dk + nv*dv = ${qkvWidth}`);
   if (T > 1 && a.baStride < Math.max(a.bOffset, a.aOffset) + nv) fail(`baStride = ${a.baStride} is less than max(bOffset, aOffset) + nv`);
@@ -74,13 +65,15 @@ export function checkGatedDeltaNetArgs(op: string, a: GatedDeltaNetArgs): void {
   fits('out', a.out, T * nv * dv);
 }
 
+const check = checks('gated_delta_net_step');
+
 /**
  * Recurrent GDN over `tokens` tokens (decode: tokens = 1): per token and value head, S = e^g S;
  * u = beta (v - S^T k); S += k u^T; o = S^T q, with beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias).
  */
 export async function gatedDeltaNetStep(ctx: GpuContext, a: GatedDeltaNetArgs): Promise<Dispatch[]> {
-  checkGatedDeltaNetArgs('gated_delta_net_step', a);
-  if (a.dk > 256) throw new Error(`gated_delta_net_step: dk = ${a.dk} is more than 256 (the register slice per invocation)`);
+  checkGatedDeltaNetArgs(check, a);
+  if (a.dk > 256) check.fail(`dk = ${a.dk} is more than 256 (the register slice per invocation)`);
   const params = {
     tokens: a.tokens, nk: a.nk, nv: a.nv, dv: a.dv, ratio: a.nv / a.nk,
     qkv_stride: a.qkvStride, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset,

@@ -1,5 +1,7 @@
 import { defineKernel, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 const Params = { tokens: 'u32', heads: 'u32', dim: 'u32', token_stride: 'u32', scaled_heads: 'u32', scale: 'f32' } as const;
@@ -8,6 +10,7 @@ const Params = { tokens: 'u32', heads: 'u32', dim: 'u32', token_stride: 'u32', s
 export const l2normKernel = defineKernel({
   name: 'l2norm',
   bindings: () => [write('x'), uniform('params', Params)],
+  helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
 
@@ -19,21 +22,16 @@ export interface L2normArgs {
   scaledHeads: number; scale: number;
 }
 
-function fail(message: string): never {
-  throw new Error(`l2norm: ${message}`);
-}
-
-const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
+const check = checks('l2norm');
 
 /** v = v · (Σv² + 1e-6)^-1/2 · (h < scaledHeads ? scale : 1), in place (HF l2norm of the GDN core). */
 export function l2norm(ctx: GpuContext, a: L2normArgs): Promise<Dispatch> {
   const { tokens, heads, dim, tokenStride } = a;
-  if (!isCount(tokens) || !isCount(heads) || !isCount(dim)) fail(`tokens = ${tokens}, heads = ${heads}, dim = ${dim} must be positive integers`);
-  if (!Number.isInteger(tokenStride) || tokenStride < heads * dim) fail(`tokenStride = ${tokenStride} is less than heads * dim = ${heads * dim}`);
-  if (!Number.isInteger(a.scaledHeads) || a.scaledHeads < 0 || a.scaledHeads > heads) fail(`scaledHeads = ${a.scaledHeads} must be in 0..${heads}`);
-  if (!Number.isFinite(a.scale)) fail(`scale = ${a.scale} is not finite`);
-  const elements = (tokens - 1) * tokenStride + heads * dim;
-  if (elements * 4 > a.x.size) fail(`x needs ${elements} f32 but buffer ${a.x.label || '(unlabelled)'} has ${a.x.size} bytes`);
+  check.counts({ tokens, heads, dim });
+  if (!Number.isInteger(tokenStride) || tokenStride < heads * dim) check.fail(`tokenStride = ${tokenStride} is less than heads * dim = ${heads * dim}`);
+  check.count('scaledHeads', a.scaledHeads, 0, heads);
+  if (!Number.isFinite(a.scale)) check.fail(`scale = ${a.scale} is not finite`);
+  check.fits('x', a.x, (tokens - 1) * tokenStride + heads * dim);
   const params = { tokens, heads, dim, token_stride: tokenStride, scaled_heads: a.scaledHeads, scale: a.scale };
   return ctx.dispatch(l2normKernel, undefined, { x: a.x, params }, grid(tokens * heads, ctx.caps));
 }

@@ -1,5 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { workgroupReduce } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /**
@@ -13,7 +15,12 @@ export const logSoftmaxKernel = defineKernel<{ inPlace: boolean }>({
     write('y'),
     uniform('params', { rows: 'u32', cols: 'u32' }),
   ],
-  helpers: (v) => `fn load_x(i: u32) -> f32 { return ${v.inPlace ? 'y' : 'x'}[i]; }`,
+  helpers: (v) =>
+    [
+      `fn load_x(i: u32) -> f32 { return ${v.inPlace ? 'y' : 'x'}[i]; }`,
+      // (max, Σ exp) pairs: both sums rescaled to the larger max.
+      workgroupReduce('workgroup_merge', 'vec2<f32>', 'let m = max(a.x, b.x); return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));'),
+    ].join('\n'),
   overrides: () => ({ WG: 256 }),
 });
 
@@ -26,14 +33,14 @@ export interface LogSoftmaxArgs {
   cols: number;
 }
 
+const check = checks('logSoftmax');
+
 /** y = x - max - log Σ exp(x - max) over each row of `cols`, in f32. */
 export function logSoftmax(ctx: GpuContext, a: LogSoftmaxArgs): Promise<Dispatch> {
   const { rows, cols } = a;
-  if (!Number.isInteger(rows) || rows < 1) throw new Error(`logSoftmax: rows = ${rows} must be a positive integer`);
-  if (!Number.isInteger(cols) || cols < 1) throw new Error(`logSoftmax: cols = ${cols} must be a positive integer`);
-  const bytes = rows * cols * 4;
-  if (a.x.size < bytes) throw new Error(`logSoftmax: x holds ${a.x.size} bytes, needs ${bytes}`);
-  if (a.y.size < bytes) throw new Error(`logSoftmax: y holds ${a.y.size} bytes, needs ${bytes}`);
+  check.counts({ rows, cols });
+  check.fits('x', a.x, rows * cols);
+  check.fits('y', a.y, rows * cols);
   const inPlace = a.x === a.y;
   const resources: Record<string, GPUBuffer | { rows: number; cols: number }> = { y: a.y, params: { rows, cols } };
   if (!inPlace) resources.x = a.x;

@@ -1,6 +1,7 @@
 import type { GpuContext, Dispatch } from '../gpu/context.ts';
 import { type Binding, defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
 import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Pairs per grouped (MoE) tile: moe_group splits each expert's pairs into tiles of at most this many. */
@@ -111,8 +112,6 @@ export interface MatmulArgs {
   columnGroups?: 1 | 2;
 }
 
-const isCount = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
-
 /**
  * Y = epilogue(X · Wᵀ) for `tokens` rows, one dispatch per part of `w`. Grouped: per (token, expert) pair of
  * moe_group's tiles, dispatched indirectly; the row-tile count and 1 are written into `args` here.
@@ -121,10 +120,9 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   const { w, tokens, epilogue, grouped, scales } = args;
   const xOffset = args.xOffset ?? 0;
   const yOffset = args.yOffset ?? 0;
-  const fail = (why: string): never => {
-    throw new Error(`matmul(${w.name}): ${why}`);
-  };
-  if (!Number.isInteger(tokens) || tokens < 1) fail(`tokens = ${tokens} must be a positive integer`);
+  const check = checks(`matmul(${w.name})`);
+  const { fail } = check;
+  check.count('tokens', tokens);
   if (epilogue !== 'store' && epilogue !== 'add' && epilogue !== 'swiglu') fail(`unknown epilogue ${String(epilogue)}`);
   if (w.dtype !== 'f32' && w.dtype !== 'f16') fail(`unsupported weight dtype ${String(w.dtype)}`);
   if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0) fail(`row stride ${w.rowStride} / item stride ${w.itemStride} not a multiple of 8`);
@@ -151,16 +149,14 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
     hStride8 = 0;
   }
   if (!(K >= 1) || !(N >= 1)) fail(`empty weight [${w.shape.join(', ')}]`);
-  for (const [name, v] of [['xOffset', xOffset], ['yOffset', yOffset], ['xStride', args.xStride], ['yStride', args.yStride]] as const) {
-    if (!isCount(v)) fail(`${name} = ${v} must be a non-negative integer`);
-  }
+  check.counts({ xOffset, yOffset, xStride: args.xStride, yStride: args.yStride }, 0);
   if (args.xStride < K) fail(`xStride ${args.xStride} < K ${K}`);
   if (args.yStride < N) fail(`yStride ${args.yStride} < N ${N}`);
-  if (args.x === args.y) fail('x and y must be distinct buffers');
+  check.distinct({ x: args.x, y: args.y });
   if (scales && scales.buffer === args.y) fail('scales and y must be distinct buffers');
 
   const topk = grouped?.topk ?? 1;
-  if (grouped && (!Number.isInteger(topk) || topk < 1)) fail(`topk = ${topk} must be a positive integer`);
+  if (grouped) check.count('topk', topk);
   const pairs = tokens * topk;
   const xRows = grouped?.input === 'pair' ? pairs : tokens;
   const yRows = grouped ? pairs : tokens;
@@ -180,11 +176,11 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
       sDiv = topk;
       if (scales.buffer.size < 4 * tokens * (topk + 1)) fail(`scales hold ${scales.buffer.size} bytes, [${tokens}, ${topk + 1}] needed`);
     } else {
-      if (!isCount(scales.index) || !isCount(scales.stride)) fail(`scales index ${scales.index} / stride ${scales.stride} must be non-negative integers`);
+      check.index('scales.index', scales.index);
+      check.index('scales.stride', scales.stride);
       sIndex = scales.index;
       sStride = scales.stride;
-      const need = 4 * (sIndex + (tokens - 1) * sStride + 1);
-      if (scales.buffer.size < need) fail(`scales hold ${scales.buffer.size} bytes, ${need} needed`);
+      check.fits('scales', scales.buffer, sIndex + (tokens - 1) * sStride + 1);
     }
   }
 
@@ -230,7 +226,7 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   if (!Number.isInteger(argsOffset) || argsOffset < 0 || argsOffset % 4 !== 0) fail(`argsOffset ${argsOffset} must be a multiple of 4`);
   if (indirect.size < argsOffset + 12) fail(`args holds ${indirect.size} bytes, offset ${argsOffset} needs 12 more`);
   if (!(indirect.usage & GPUBufferUsage.INDIRECT)) fail('args must be an INDIRECT buffer (ctx.indirect)');
-  if (grouped.order.size < 4 * pairs) fail(`order holds ${grouped.order.size} bytes, ${pairs} pairs need ${4 * pairs}`);
+  check.fits('order', grouped.order, pairs);
   // At least pairs / TM tiles exist (more with partial ones); past the 1-D limit the indirect x cannot hold them.
   if (Math.ceil(pairs / TM) > ctx.caps.maxWorkgroupsPerDim) {
     fail(`${pairs} pairs make more tiles than the ${ctx.caps.maxWorkgroupsPerDim} workgroups of one dimension; split the prefill`);

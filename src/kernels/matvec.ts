@@ -1,6 +1,8 @@
 import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { workgroupReduce } from '../gpu/wgsl.ts';
 import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 export type Epilogue = 'store' | 'add' | 'swiglu';
@@ -73,6 +75,8 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `fn term_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? scale('j') : '1.0'}; }`,
       `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale(v.experts === 'each' ? 'j' : '0u')}; }`,
       `fn emit(i: u32, v: f32) { y[i] = ${v.epilogue === 'add' ? 'y[i] + v' : 'v'}; }`,
+      // Per row: its TPR lanes' (gate, up) partial dot products.
+      workgroupReduce('row_sum', 'vec2<f32>', 'return a + b;', 'TPR'),
     ].join('\n');
   },
   overrides: (v) => ({ WG: v.wg, ROWS: v.rows, XT4 }),
@@ -80,15 +84,7 @@ export const matvecKernel = defineKernel<MatvecVariant>({
 
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
-function checkIndex(what: string, value: number): void {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new Error(`matvec: ${what} = ${value} is not a non-negative integer`);
-}
-
-function checkFits(what: string, buffer: GPUBuffer, elements: number): void {
-  if (elements * 4 > buffer.size) {
-    throw new Error(`matvec: ${what} needs ${elements} elements (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size} bytes`);
-  }
-}
+const check = checks('matvec');
 
 /**
  * One dispatch per part of `w`. Dense: w is [N, K] ('store'/'add') or [I, 2, K] ('swiglu'). Experts: w is
@@ -103,59 +99,59 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   let up = 0; // up row offset from the gate row, in elements
   if (!experts) {
     if (epilogue === 'swiglu') {
-      if (shape.length !== 3 || shape[1] !== 2) throw new Error(`matvec: dense swiglu needs w of shape [I, 2, K], got ${w.name} [${shape}]`);
+      if (shape.length !== 3 || shape[1] !== 2) check.fail(`dense swiglu needs w of shape [I, 2, K], got ${w.name} [${shape}]`);
       up = w.rowStride;
     } else if (shape.length !== 2) {
-      throw new Error(`matvec: dense '${epilogue}' needs w of shape [N, K], got ${w.name} [${shape}]`);
+      check.fail(`dense '${epilogue}' needs w of shape [N, K], got ${w.name} [${shape}]`);
     }
     N = shape[0];
   } else {
-    if (shape.length !== 3) throw new Error(`matvec: experts need w of shape [E, rows, K], got ${w.name} [${shape}]`);
-    if (mode !== 'each' && mode !== 'sum') throw new Error(`matvec: experts mode must be 'each' or 'sum', got ${String(mode)}`);
-    if (mode === 'sum' && epilogue !== 'add') throw new Error(`matvec: experts 'sum' accumulates across parts and needs epilogue 'add', got '${epilogue}'`);
-    if (!Number.isInteger(experts.topk) || experts.topk < 1) throw new Error(`matvec: experts.topk = ${experts.topk} must be a positive integer`);
-    if (mode === 'sum' && experts.topk > MAX_PICKS) throw new Error(`matvec: experts 'sum' supports topk <= ${MAX_PICKS}, got ${experts.topk}`);
+    if (shape.length !== 3) check.fail(`experts need w of shape [E, rows, K], got ${w.name} [${shape}]`);
+    if (mode !== 'each' && mode !== 'sum') check.fail(`experts mode must be 'each' or 'sum', got ${String(mode)}`);
+    if (mode === 'sum' && epilogue !== 'add') check.fail(`experts 'sum' accumulates across parts and needs epilogue 'add', got '${epilogue}'`);
+    check.count('experts.topk', experts.topk);
+    if (mode === 'sum' && experts.topk > MAX_PICKS) check.fail(`experts 'sum' supports topk <= ${MAX_PICKS}, got ${experts.topk}`);
     N = shape[1];
     if (epilogue === 'swiglu') {
-      if (N % 2 !== 0) throw new Error(`matvec: swiglu experts need an even row count [E, 2I, K], got ${w.name} [${shape}]`);
+      if (N % 2 !== 0) check.fail(`swiglu experts need an even row count [E, 2I, K], got ${w.name} [${shape}]`);
       N /= 2;
       up = N * w.rowStride;
     }
   }
-  if (!(K >= 1 && N >= 1)) throw new Error(`matvec: empty weight ${w.name} [${shape}]`);
-  if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0 || w.rowStride < K) throw new Error(`matvec: ${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
+  if (!(K >= 1 && N >= 1)) check.fail(`empty weight ${w.name} [${shape}]`);
+  if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0 || w.rowStride < K) check.fail(`${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
 
   const topk = experts?.topk ?? 1;
   const xOffset = args.xOffset ?? 0;
   const yOffset = args.yOffset ?? 0;
   const xStride = mode === 'sum' ? (args.xStride ?? K) : 0;
   const yStride = mode === 'each' ? (args.yStride ?? N) : 0;
-  checkIndex('xOffset', xOffset);
-  checkIndex('yOffset', yOffset);
-  checkIndex('xStride', xStride);
-  checkIndex('yStride', yStride);
-  if (mode === 'each' && yStride < N) throw new Error(`matvec: yStride ${yStride} is less than the ${N} output rows: picks would overlap`);
-  if (x === y) throw new Error('matvec: x and y must be distinct buffers');
-  checkFits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K);
-  checkFits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N);
+  check.index('xOffset', xOffset);
+  check.index('yOffset', yOffset);
+  check.index('xStride', xStride);
+  check.index('yStride', yStride);
+  if (mode === 'each' && yStride < N) check.fail(`yStride ${yStride} is less than the ${N} output rows: picks would overlap`);
+  check.distinct({ x, y });
+  check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K);
+  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N);
   if (scales) {
-    checkIndex('scales.index', scales.index);
-    if (scales.buffer === y) throw new Error('matvec: scales and y must be distinct buffers');
-    checkFits('scales', scales.buffer, scales.index + (experts ? topk : 1));
+    check.index('scales.index', scales.index);
+    if (scales.buffer === y) check.fail('scales and y must be distinct buffers');
+    check.fits('scales', scales.buffer, scales.index + (experts ? topk : 1));
   }
   if (experts) {
     const idsOffset = experts.idsOffset ?? 0;
-    checkIndex('experts.idsOffset', idsOffset);
-    if (experts.ids === y || experts.slots === y) throw new Error('matvec: ids and slots must be distinct from y');
-    checkFits('experts.ids', experts.ids, idsOffset + topk);
-    checkFits('experts.slots', experts.slots, shape[0]);
+    check.index('experts.idsOffset', idsOffset);
+    if (experts.ids === y || experts.slots === y) check.fail('ids and slots must be distinct from y');
+    check.fits('experts.ids', experts.ids, idsOffset + topk);
+    check.fits('experts.slots', experts.slots, shape[0]);
   }
 
   const wg = args.tuning?.wg ?? 256;
   // 32 invocations per row (a warp's worth of 16-byte loads in a row); 8 for short rows, so fewer idle.
   const rows = args.tuning?.rows ?? Math.max(1, wg / (K >= 256 ? 32 : 8));
   if (!isPow2(wg) || !isPow2(rows) || rows > wg || wg > Math.min(256, ctx.caps.maxInvocationsPerWorkgroup)) {
-    throw new Error(`matvec: tuning wg=${wg} rows=${rows} must be powers of two with rows <= wg <= 256`);
+    check.fail(`tuning wg=${wg} rows=${rows} must be powers of two with rows <= wg <= 256`);
   }
   const variant: MatvecVariant = { dtype: w.dtype, epilogue, experts: mode, scaled: Boolean(scales), wg, rows };
   const common = {

@@ -1,5 +1,6 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Pairs per workgroup in the count and scatter passes; scan invocations. */
@@ -48,19 +49,11 @@ export interface MoeGroupScratch {
   cursor: GPUBuffer;
 }
 
+const check = checks('moe_group');
+
 export function createMoeGroupScratch(ctx: GpuContext, experts: number): MoeGroupScratch {
-  if (!Number.isInteger(experts) || experts < 1 || experts > MOE_GROUP_MAX_EXPERTS) {
-    throw new Error(`moe_group: experts = ${experts} must be an integer in [1, ${MOE_GROUP_MAX_EXPERTS}]`);
-  }
+  check.count('experts', experts, 1, MOE_GROUP_MAX_EXPERTS);
   return { experts, counts: ctx.storage('moe_group counts', experts * 4), cursor: ctx.storage('moe_group cursor', experts * 4) };
-}
-
-function fail(message: string): never {
-  throw new Error(`moe_group: ${message}`);
-}
-
-function checkSize(what: string, buffer: GPUBuffer, bytes: number): void {
-  if (buffer.size < bytes) fail(`${what} (${buffer.label}) has ${buffer.size} bytes; ${bytes} are needed`);
 }
 
 /**
@@ -79,26 +72,21 @@ export async function moeGroup(
   },
 ): Promise<Dispatch[]> {
   const { tokens, experts, topk, tileTokens } = a;
-  for (const [what, v] of [['tokens', tokens], ['topk', topk], ['tileTokens', tileTokens]] as const) {
-    if (!Number.isInteger(v) || v < 1) fail(`${what} = ${v} must be a positive integer`);
-  }
-  if (!Number.isInteger(experts) || experts < 1 || experts > MOE_GROUP_MAX_EXPERTS) {
-    fail(`experts = ${experts} must be an integer in [1, ${MOE_GROUP_MAX_EXPERTS}]`);
-  }
-  if (a.scratch.experts < experts) fail(`scratch was created for ${a.scratch.experts} experts, not ${experts}`);
+  check.counts({ tokens, topk, tileTokens });
+  check.count('experts', experts, 1, MOE_GROUP_MAX_EXPERTS);
+  if (a.scratch.experts < experts) check.fail(`scratch was created for ${a.scratch.experts} experts, not ${experts}`);
   const pairs = tokens * topk;
-  if (pairs > 0xffffffff) fail(`${pairs} pairs do not fit u32 indices`);
+  if (pairs > 0xffffffff) check.fail(`${pairs} pairs do not fit u32 indices`);
   const maxTiles = maxMoeTiles(tokens, topk, experts, tileTokens);
   if (maxTiles > ctx.caps.maxWorkgroupsPerDim) {
-    fail(`up to ${maxTiles} tiles pass the adapter's ${ctx.caps.maxWorkgroupsPerDim} workgroups per dimension (indirect x)`);
+    check.fail(`up to ${maxTiles} tiles pass the adapter's ${ctx.caps.maxWorkgroupsPerDim} workgroups per dimension (indirect x)`);
   }
-  checkSize('ids', a.ids, pairs * 4);
-  checkSize('order', a.order, pairs * 4);
-  checkSize('tiles', a.tiles, maxTiles * 16);
-  checkSize('args', a.args, 24);
-  if (!(a.args.usage & GPUBufferUsage.INDIRECT)) fail(`args (${a.args.label}) lacks INDIRECT usage (create it with ctx.indirect)`);
-  const distinct = new Set([a.ids, a.order, a.tiles, a.args, a.scratch.counts, a.scratch.cursor]);
-  if (distinct.size !== 6) fail('ids, order, tiles, args and the scratch buffers must be distinct');
+  check.fits('ids', a.ids, pairs);
+  check.fits('order', a.order, pairs);
+  check.fits('tiles', a.tiles, maxTiles, 16);
+  check.fits('args', a.args, 6);
+  if (!(a.args.usage & GPUBufferUsage.INDIRECT)) check.fail(`args (${a.args.label}) lacks INDIRECT usage (create it with ctx.indirect)`);
+  check.distinct({ ids: a.ids, order: a.order, tiles: a.tiles, args: a.args, 'scratch counts': a.scratch.counts, 'scratch cursor': a.scratch.cursor });
 
   const pairGrid = grid(Math.ceil(pairs / WG), ctx.caps);
   const params = { pairs, experts };

@@ -1,5 +1,7 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { WORKGROUP_BEST } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** Invocations per token: E = 512 gives 8 experts each, and a 6-step reduction per chosen expert. */
@@ -19,20 +21,11 @@ export const moeRouteKernel = defineKernel({
     read('logits'), write('ids', 'u32'), write('gates'),
     uniform('params', { tokens: 'u32', experts: 'u32', topk: 'u32' }),
   ],
+  helpers: () => WORKGROUP_BEST,
   overrides: () => ({ WG }),
 });
 
-function checkCount(what: string, value: number, min: number, max: number): void {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new Error(`moe_route: ${what} = ${value} must be an integer in [${min}, ${max}]`);
-  }
-}
-
-function checkSize(what: string, buffer: GPUBuffer, elements: number): void {
-  if (buffer.size < elements * 4) {
-    throw new Error(`moe_route: ${what} (${buffer.label}) has ${buffer.size} bytes; ${elements * 4} are needed`);
-  }
-}
+const check = checks('moe_route');
 
 /**
  * Per token t: p = softmax(logits[t*(E+1) + e], e < E); top-k by p (ties → lower expert id), ordered by
@@ -43,13 +36,13 @@ export async function moeRoute(
   ctx: GpuContext,
   a: { logits: GPUBuffer; tokens: number; experts: number; topk: number; ids: GPUBuffer; gates: GPUBuffer },
 ): Promise<Dispatch> {
-  checkCount('tokens', a.tokens, 1, 0xffffffff);
-  checkCount('experts', a.experts, 1, MOE_ROUTE_MAX_EXPERTS);
-  checkCount('topk', a.topk, 1, Math.min(MOE_MAX_TOPK, a.experts));
-  checkSize('logits', a.logits, a.tokens * (a.experts + 1));
-  checkSize('ids', a.ids, a.tokens * a.topk);
-  checkSize('gates', a.gates, a.tokens * (a.topk + 1));
-  if (a.ids === a.gates || a.ids === a.logits || a.gates === a.logits) throw new Error('moe_route: logits, ids and gates must be distinct buffers');
+  check.count('tokens', a.tokens);
+  check.count('experts', a.experts, 1, MOE_ROUTE_MAX_EXPERTS);
+  check.count('topk', a.topk, 1, Math.min(MOE_MAX_TOPK, a.experts));
+  check.fits('logits', a.logits, a.tokens * (a.experts + 1));
+  check.fits('ids', a.ids, a.tokens * a.topk);
+  check.fits('gates', a.gates, a.tokens * (a.topk + 1));
+  check.distinct({ logits: a.logits, ids: a.ids, gates: a.gates });
   return ctx.dispatch(
     moeRouteKernel,
     undefined,

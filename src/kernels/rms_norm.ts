@@ -1,16 +1,24 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 /** y = x · rsqrt(mean(x²) + eps) · (1 + w) over rows of `cols` (Qwen3_5RMSNorm). Grid: one workgroup per row. */
 export const rmsNormKernel = defineKernel({
   name: 'rms_norm',
   bindings: () => [read('x'), read('w'), write('y'), uniform('params', { rows: 'u32', cols: 'u32', eps: 'f32' })],
+  helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
 
+const check = checks('rms_norm');
+
 export function rmsNorm(ctx: GpuContext, a: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer; rows: number; cols: number; eps: number }): Promise<Dispatch> {
-  if (a.x === a.y) throw new Error('rms_norm: x and y must be different buffers');
-  if (a.w.size < a.cols * 4) throw new Error(`rms_norm: weight holds ${a.w.size / 4} values, fewer than cols ${a.cols}`);
+  check.distinct({ x: a.x, y: a.y });
+  check.counts({ rows: a.rows, cols: a.cols });
+  check.fits('x', a.x, a.rows * a.cols);
+  check.fits('y', a.y, a.rows * a.cols);
+  check.fits('w', a.w, a.cols);
   return ctx.dispatch(rmsNormKernel, undefined, { x: a.x, w: a.w, y: a.y, params: { rows: a.rows, cols: a.cols, eps: a.eps } }, grid(a.rows, ctx.caps));
 }

@@ -1,5 +1,7 @@
 import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
+import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 const Params = { rows: 'u32', heads: 'u32', dim: 'u32', z_token_stride: 'u32', z_offset: 'u32', eps: 'f32' } as const;
@@ -8,6 +10,7 @@ const Params = { rows: 'u32', heads: 'u32', dim: 'u32', z_token_stride: 'u32', z
 export const rmsNormGatedKernel = defineKernel({
   name: 'rms_norm_gated',
   bindings: () => [read('x'), read('z'), read('w'), write('y'), uniform('params', Params)],
+  helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
 
@@ -23,30 +26,21 @@ export interface RmsNormGatedArgs {
   rows: number; heads: number; dim: number; eps: number;
 }
 
-function fail(message: string): never {
-  throw new Error(`rms_norm_gated: ${message}`);
-}
-
-function checkFits(what: string, buffer: GPUBuffer, elements: number): void {
-  if (elements * 4 > buffer.size) fail(`${what} needs ${elements} f32 (${elements * 4} bytes) but buffer ${buffer.label || '(unlabelled)'} has ${buffer.size}`);
-}
-
-const isCount = (n: number) => Number.isInteger(n) && n >= 1 && n <= 0xffffffff;
+const check = checks('rms_norm_gated');
 
 /** y[r*dim + i] = x[r*dim + i] · rsqrt(mean_i(x²) + eps) · w[i] · silu(z[t*zTokenStride + zOffset + h*dim + i]). */
 export function rmsNormGated(ctx: GpuContext, a: RmsNormGatedArgs): Promise<Dispatch> {
   const { rows, heads, dim } = a;
-  if (!isCount(rows) || !isCount(heads) || !isCount(dim)) fail(`rows = ${rows}, heads = ${heads}, dim = ${dim} must be positive integers`);
-  if (rows % heads !== 0) fail(`rows = ${rows} is not a multiple of heads = ${heads}`);
-  if (!Number.isInteger(a.zOffset) || a.zOffset < 0) fail(`zOffset = ${a.zOffset} must be a non-negative integer`);
-  if (!Number.isInteger(a.zTokenStride) || (rows > heads && a.zTokenStride < heads * dim)) fail(`zTokenStride = ${a.zTokenStride} is less than heads * dim = ${heads * dim}`);
-  if (!(a.eps > 0) || !Number.isFinite(a.eps)) fail(`eps = ${a.eps} must be a positive number`);
-  const buffers = [a.x, a.z, a.w, a.y];
-  if (new Set(buffers).size !== buffers.length) fail('x, z, w and y must be distinct buffers');
-  checkFits('x', a.x, rows * dim);
-  checkFits('y', a.y, rows * dim);
-  checkFits('w', a.w, dim);
-  checkFits('z', a.z, (rows / heads - 1) * a.zTokenStride + a.zOffset + heads * dim);
+  check.counts({ rows, heads, dim });
+  if (rows % heads !== 0) check.fail(`rows = ${rows} is not a multiple of heads = ${heads}`);
+  check.index('zOffset', a.zOffset);
+  if (!Number.isInteger(a.zTokenStride) || (rows > heads && a.zTokenStride < heads * dim)) check.fail(`zTokenStride = ${a.zTokenStride} is less than heads * dim = ${heads * dim}`);
+  if (!(a.eps > 0) || !Number.isFinite(a.eps)) check.fail(`eps = ${a.eps} must be a positive number`);
+  check.distinct({ x: a.x, z: a.z, w: a.w, y: a.y });
+  check.fits('x', a.x, rows * dim);
+  check.fits('y', a.y, rows * dim);
+  check.fits('w', a.w, dim);
+  check.fits('z', a.z, (rows / heads - 1) * a.zTokenStride + a.zOffset + heads * dim);
   const params = { rows, heads, dim, z_token_stride: a.zTokenStride, z_offset: a.zOffset, eps: a.eps };
   return ctx.dispatch(rmsNormGatedKernel, undefined, { x: a.x, z: a.z, w: a.w, y: a.y, params }, grid(rows, ctx.caps));
 }

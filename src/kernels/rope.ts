@@ -1,3 +1,7 @@
+import { checks } from './checks.ts';
+
+const check = checks('ropeTable');
+
 /**
  * RoPE cos/sin table for partial rotary embedding (Qwen3_5TextRotaryEmbedding, text-only: all three M-RoPE
  * axes carry the same position, so it is plain RoPE on the first `rotaryDim` dims).
@@ -5,9 +9,9 @@
  * Angles are computed here in f64: GPU sin/cos lose accuracy far from 0 and positions reach 262,144.
  */
 export function ropeTable(capacity: number, rotaryDim: number, theta: number): Float32Array {
-  if (!Number.isInteger(capacity) || capacity < 1) throw new Error(`ropeTable: capacity ${capacity} must be a positive integer`);
-  if (!Number.isInteger(rotaryDim) || rotaryDim < 2 || rotaryDim % 2 !== 0) throw new Error(`ropeTable: rotaryDim ${rotaryDim} must be a positive even integer`);
-  if (!(theta > 1)) throw new Error(`ropeTable: theta ${theta} must be > 1`);
+  check.count('capacity', capacity);
+  if (!Number.isInteger(rotaryDim) || rotaryDim < 2 || rotaryDim % 2 !== 0) check.fail(`rotaryDim ${rotaryDim} must be a positive even integer`);
+  if (!(theta > 1)) check.fail(`theta ${theta} must be > 1`);
   const half = rotaryDim / 2;
   const invFreq = Array.from({ length: half }, (_, i) => theta ** ((-2 * i) / rotaryDim));
   const table = new Float32Array(capacity * rotaryDim);
