@@ -33,6 +33,18 @@ export class ConfigError extends QwenError {
   }
 }
 
+/**
+ * A caller's request that cannot be served as given: a chat message, a tool definition, or a conversation the
+ * chat template rejects. `field` is the path at fault (`messages[2].tool_calls[0].function.arguments`), so an
+ * API layer can answer 400 with it.
+ */
+export class RequestError extends QwenError {
+  override name = 'RequestError';
+  constructor(message: string, readonly field: string) {
+    super(`${field}: ${message}`);
+  }
+}
+
 /** A session asked for more than it holds (context length, memory). */
 export class SessionError extends QwenError {
   override name = 'SessionError';

@@ -1,0 +1,271 @@
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { type ParamValues, defineKernel, packParams, read, uniform, write } from '../gpu/kernel.ts';
+import { grid } from './grid.ts';
+
+/**
+ * Sampling on the GPU in at most 1 + 17 + 1 dispatches, with no CPU write per step:
+ *   sample_prepare   (G workgroups)  penalties + temperature → z; per-block softmax stats and top-n for logprobs
+ *   sample_search ×17 (G workgroups) levels 0–7 find the top-k threshold, 8–15 the top-p threshold (4 bits of a
+ *                                    16-way search on order-preserving keys of z per level); level 16 sums each
+ *                                    block's surviving mass; levels of filters that are off are left out
+ *   sample_pick      (1 workgroup)   draws from the survivors (blocked prefix sum), or argmax when greedy;
+ *                                    writes out[0] and the result, counts the token, advances the RNG step
+ * Every pass reads the request's options from one uniform buffer written once per request (writeSampleOptions).
+ */
+
+/**
+ * Invocations per workgroup of every sample_* pass. 32: SwiftShader's barriers cost in proportion to the
+ * invocations of a workgroup (a step with every filter took 12 ms at 128, 1.6 ms at 32; lavapipe was the same at
+ * both). Not yet tuned on a GPU.
+ */
+export const SAMPLE_WG = 32;
+/** Elements per invocation: a block is SAMPLE_WG · SAMPLE_U ids. */
+export const SAMPLE_U = 32;
+export const SAMPLE_BLOCK = SAMPLE_WG * SAMPLE_U;
+/** Thresholds tested per search level (4 key bits), and levels per 32-bit search. */
+export const SAMPLE_CANDIDATES = 16;
+export const SAMPLE_LEVELS = 8;
+/** Search dispatches: top-k levels, top-p levels, then the survivor-mass level. */
+export const SAMPLE_SEARCH_DISPATCHES = 2 * SAMPLE_LEVELS + 1;
+/** Most alternatives a step can report with logprobs. */
+export const SAMPLE_MAX_LOGPROBS = 20;
+/** Largest candidate count: counts are summed in f32, exact below 2^24. */
+export const SAMPLE_MAX_IDS = 1 << 24;
+
+/** A request's options as the kernels read them (one uniform buffer). */
+export const SampleOptions = {
+  greedy: 'u32', temperature: 'f32', top_k: 'u32', top_p: 'f32', min_p: 'f32',
+  repetition: 'f32', presence: 'f32', frequency: 'f32', seed: 'u32', logprobs: 'u32',
+} as const;
+export type SampleOptionValues = ParamValues<typeof SampleOptions>;
+
+const SampleParams = { n: 'u32', blocks: 'u32' } as const;
+const SearchParams = { n: 'u32', blocks: 'u32', level: 'u32' } as const;
+
+/** Shared by every pass: constants from this file (one source of truth for the block size) and the key, RNG and stats helpers. */
+const COMMON = `const SAMPLE_U = ${SAMPLE_U}u;
+const SAMPLE_NC = ${SAMPLE_CANDIDATES}u;
+const SAMPLE_LEVELS = ${SAMPLE_LEVELS}u;
+const SAMPLE_MAX_LP = ${SAMPLE_MAX_LOGPROBS}u;
+const NONE = 0xffffffffu;
+// Below every clamped z (prepare keeps z in [-3e38, 3e38]).
+const SAMPLE_LOW = -3.4e38;
+// Order-preserving f32 → u32 (−0 counts as +0), so thresholds are searched on integers and equal z tie exactly.
+fn sample_key(z: f32) -> u32 {
+  let b = select(bitcast<u32>(z), 0u, z == 0.0);
+  return select(b | 0x80000000u, ~b, b >= 0x80000000u);
+}
+// (a, ia) ranks before (b, ib): larger z first, then the lower id; NONE ranks last.
+fn ranks_before(a: f32, ia: u32, b: f32, ib: u32) -> bool {
+  return ia != NONE && (ib == NONE || a > b || (a == b && ia < ib));
+}
+// lowbias32 (Wellons): the counter-based RNG's mixer.
+fn sample_hash(x: u32) -> u32 {
+  var h = x;
+  h ^= h >> 16u;
+  h *= 0x7feb352du;
+  h ^= h >> 15u;
+  h *= 0x846ca68bu;
+  h ^= h >> 16u;
+  return h;
+}
+// u in [0, 1) for step \`step\` of a request: 24 bits, exact in f32 (src/reference/sample.ts sampleUniform).
+fn sample_uniform(seed: u32, step: u32) -> f32 {
+  return f32(sample_hash(sample_hash(seed ^ 0x5851f42du) + step * 0x9e3779b9u) >> 8u) * (1.0 / 16777216.0);
+}`;
+
+/**
+ * Max, Σ exp(z - max) and lowest index of the max over the blocks' stats. Every invocation walks the blocks in the
+ * same order, so all workgroups and passes agree bit for bit, with no barrier (each barrier site costs lavapipe
+ * seconds of cold compile). Run by the first search level (which leaves max z in state[1]) and by sample_pick.
+ */
+const STATS = `struct SampleStats { m: f32, s: f32, i: u32 }
+fn sample_stats() -> SampleStats {
+  var m = SAMPLE_LOW;
+  var s = 0.0;
+  var i = NONE;
+  for (var g = 0u; g < params.blocks; g++) {
+    let bm = bitcast<f32>(stats[4u * g]);
+    let nm = max(m, bm);
+    s = s * exp(m - nm) + bitcast<f32>(stats[4u * g + 2u]) * exp(bm - nm);
+    if (bm > m) { i = stats[4u * g + 1u]; }
+    m = nm;
+  }
+  return SampleStats(m, s, i);
+}`;
+
+const overrides = () => ({ WG: SAMPLE_WG });
+
+/** Pass 1. Grid: one workgroup per block of SAMPLE_BLOCK ids. */
+export const samplePrepareKernel = defineKernel({
+  name: 'sample_prepare',
+  bindings: () => [
+    read('logits'), read('seen', 'u32'), read('counts', 'u32'), write('z'), write('stats', 'u32'), write('cand', 'u32'),
+    uniform('opts', SampleOptions), uniform('params', SampleParams),
+  ],
+  helpers: () => COMMON,
+  overrides,
+});
+
+/** Search levels (params.level 0..16; sampleLevels says which a request needs). Grid: one workgroup per block. */
+export const sampleSearchKernel = defineKernel({
+  name: 'sample_search',
+  bindings: () => [
+    read('z'), read('stats', 'u32'), write('part'), write('state', 'u32'), uniform('opts', SampleOptions), uniform('params', SearchParams),
+  ],
+  helpers: () => `${COMMON}\n${STATS}`,
+  overrides,
+});
+
+/** Last pass. Grid: one workgroup. */
+export const samplePickKernel = defineKernel({
+  name: 'sample_pick',
+  bindings: () => [
+    read('z'), read('stats', 'u32'), read('cand', 'u32'), read('part'), write('state', 'u32'), write('counts', 'u32'),
+    write('out', 'u32'), write('result', 'u32'), uniform('opts', SampleOptions), uniform('params', SampleParams),
+  ],
+  helpers: () => `${COMMON}\n${STATS}`,
+  overrides,
+});
+
+/** Result words: id, then with logprobs its logprob (f32 bits) and SAMPLE_MAX_LOGPROBS (id, logprob) pairs. */
+export const SAMPLE_RESULT_WORDS = 2 + 2 * SAMPLE_MAX_LOGPROBS;
+/**
+ * state words: [0] RNG step; [1] max z (from the first search level that runs); [4 + 4p .. 8 + 4p) search state
+ * after a level of parity p: top-k key, top-p key, top-p goal (f32 bits).
+ */
+export const SAMPLE_STATE_WORDS = 12;
+
+/** The buffers of one sampler: sized for `n` candidate ids (the tokenizer's size) out of `vocab` logits rows. */
+export interface SampleScratch {
+  vocab: number;
+  n: number;
+  /** Blocks of SAMPLE_BLOCK ids: ceil(n / SAMPLE_BLOCK). */
+  blocks: number;
+  /** Uniform: the request's SampleOptions. */
+  opts: GPUBuffer;
+  /** [n] u32, written by the CPU: bit 31 = in the prompt, bits 0..30 = times forced (markGenerated). */
+  seen: GPUBuffer;
+  /** [n] u32, written by sample_pick: times sampled. */
+  counts: GPUBuffer;
+  /** [n] f32: penalised, temperature-scaled logits of the last step. */
+  z: GPUBuffer;
+  /** [blocks, 4] u32: (max z bits, lowest index of the max, Σ exp(z - max) bits, 0). */
+  stats: GPUBuffer;
+  /** [blocks, SAMPLE_MAX_LOGPROBS, 2] u32: each block's largest z (bits, id), for logprobs. */
+  cand: GPUBuffer;
+  /** [2, blocks, SAMPLE_CANDIDATES] f32: search partial sums, ping-ponged by level parity. */
+  part: GPUBuffer;
+  /** [SAMPLE_STATE_WORDS] u32. */
+  state: GPUBuffer;
+  /** [SAMPLE_RESULT_WORDS] u32: what a step reads back. */
+  result: GPUBuffer;
+  buffers: GPUBuffer[];
+}
+
+function fail(message: string): never {
+  throw new Error(`sample: ${message}`);
+}
+
+export function createSampleScratch(ctx: GpuContext, vocab: number, n: number): SampleScratch {
+  if (!Number.isInteger(vocab) || vocab < 1) fail(`vocab = ${vocab} must be a positive integer`);
+  if (!Number.isInteger(n) || n < 1 || n > vocab) fail(`n = ${n} must be an integer in [1, vocab = ${vocab}]`);
+  if (n > SAMPLE_MAX_IDS) fail(`n = ${n} passes ${SAMPLE_MAX_IDS} (counts are summed in f32)`);
+  const blocks = Math.ceil(n / SAMPLE_BLOCK);
+  const s = (label: string, bytes: number) => ctx.storage(`sample ${label}`, bytes);
+  const scratch: Omit<SampleScratch, 'buffers'> = {
+    vocab, n, blocks,
+    opts: ctx.createBuffer('sample opts', 48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
+    seen: s('seen', n * 4),
+    counts: s('counts', n * 4),
+    z: s('z', n * 4),
+    stats: s('stats', blocks * 16),
+    cand: s('cand', blocks * SAMPLE_MAX_LOGPROBS * 8),
+    part: s('part', 2 * blocks * SAMPLE_CANDIDATES * 4),
+    state: s('state', SAMPLE_STATE_WORDS * 4),
+    result: s('result', SAMPLE_RESULT_WORDS * 4),
+  };
+  return { ...scratch, buffers: Object.values(scratch).filter((v): v is GPUBuffer => typeof v === 'object') };
+}
+
+/** Writes a request's options (validated by the caller; see GpuSampler.begin). */
+export function writeSampleOptions(ctx: GpuContext, scratch: SampleScratch, values: SampleOptionValues): void {
+  if (values.greedy === 0 && !(values.temperature > 0)) fail(`temperature ${values.temperature} must be > 0 unless greedy`);
+  if (values.logprobs > SAMPLE_MAX_LOGPROBS || values.logprobs > scratch.n) fail(`logprobs ${values.logprobs} passes ${Math.min(SAMPLE_MAX_LOGPROBS, scratch.n)}`);
+  if (values.top_k >= scratch.n) fail(`top_k ${values.top_k} must be below n = ${scratch.n} (0 = off)`);
+  ctx.write(scratch.opts, 0, packParams(SampleOptions, values));
+}
+
+function checkLogits(scratch: SampleScratch, logits: GPUBuffer): void {
+  if (logits.size < scratch.n * 4) fail(`logits (${logits.label}) holds ${logits.size} bytes, needs ${scratch.n * 4}`);
+  if (scratch.buffers.includes(logits)) fail('logits must not be a scratch buffer');
+}
+
+/** Pass 1: z = penalised logits / T into scratch.z, block stats, and block top-n when logprobs are asked for. */
+export function samplePrepare(ctx: GpuContext, a: { logits: GPUBuffer; scratch: SampleScratch }): Promise<Dispatch> {
+  const s = a.scratch;
+  checkLogits(s, a.logits);
+  return ctx.dispatch(
+    samplePrepareKernel,
+    undefined,
+    { logits: a.logits, seen: s.seen, counts: s.counts, z: s.z, stats: s.stats, cand: s.cand, opts: s.opts, params: { n: s.n, blocks: s.blocks } },
+    grid(s.blocks, ctx.caps),
+  );
+}
+
+/** One search level (0..16); the levels must run in order after samplePrepare. */
+export function sampleSearch(ctx: GpuContext, a: { scratch: SampleScratch; level: number }): Promise<Dispatch> {
+  const s = a.scratch;
+  if (!Number.isInteger(a.level) || a.level < 0 || a.level >= SAMPLE_SEARCH_DISPATCHES) {
+    fail(`level = ${a.level} must be an integer in [0, ${SAMPLE_SEARCH_DISPATCHES})`);
+  }
+  return ctx.dispatch(
+    sampleSearchKernel,
+    undefined,
+    { z: s.z, stats: s.stats, part: s.part, state: s.state, opts: s.opts, params: { n: s.n, blocks: s.blocks, level: a.level } },
+    grid(s.blocks, ctx.caps),
+  );
+}
+
+/** Last pass: the token into out[0] and scratch.result; counts it and advances the RNG step. */
+export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GPUBuffer }): Promise<Dispatch> {
+  const s = a.scratch;
+  if (a.out.size < 4) fail(`out (${a.out.label}) holds ${a.out.size} bytes, needs 4`);
+  if (s.buffers.includes(a.out)) fail('out must not be a scratch buffer');
+  return ctx.dispatch(
+    samplePickKernel,
+    undefined,
+    {
+      z: s.z, stats: s.stats, cand: s.cand, part: s.part, state: s.state, counts: s.counts, out: a.out, result: s.result,
+      opts: s.opts, params: { n: s.n, blocks: s.blocks },
+    },
+    [1],
+  );
+}
+
+/** The search levels a request needs: top-k's and top-p's when those are on, then level 16; none when greedy. */
+export function sampleLevels(o: SampleOptionValues): number[] {
+  if (o.greedy) return [];
+  const levels: number[] = [];
+  for (let l = 0; l < SAMPLE_LEVELS; l++) {
+    if (o.top_k !== 0) levels.push(l);
+    if (o.top_p < 1) levels.push(SAMPLE_LEVELS + l);
+  }
+  return [...levels.sort((a, b) => a - b), 2 * SAMPLE_LEVELS];
+}
+
+/**
+ * Every pass of one sampling step, in order (encode them in one compute pass, e.g. after the step's forward):
+ * prepare, the given search levels (sampleLevels of the options written to scratch.opts), pick.
+ */
+export async function sample(
+  ctx: GpuContext,
+  a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[] },
+): Promise<Dispatch[]> {
+  if (a.levels.some((l, i) => i > 0 && l <= a.levels[i - 1])) fail(`levels ${a.levels.join(',')} must rise`);
+  return Promise.all([
+    samplePrepare(ctx, a),
+    ...a.levels.map((level) => sampleSearch(ctx, { scratch: a.scratch, level })),
+    samplePick(ctx, a),
+  ]);
+}
