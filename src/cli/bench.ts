@@ -2,6 +2,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/load.ts';
 import { Session } from '../runtime/session.ts';
+import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticModel } from '../bench/synthetic.ts';
 import { type Args, UsageError, choiceFlag, intFlag, stringFlag } from './args.ts';
@@ -27,21 +28,24 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   let seed = 12345;
   const prompt = Array.from({ length: promptTokens }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % model.tokenizerSize);
 
+  const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+  sampler.begin({ temperature: 0 }, prompt);
+
   // Warm-up compiles every pipeline of both plans; the timed runs reuse them.
   await session.prefill(prompt);
-  await session.greedy();
+  await session.sample(sampler);
   await session.decode();
-  await session.greedy();
+  await session.sample(sampler);
   session.reset();
 
   const p0 = performance.now();
   await session.prefill(prompt);
-  await session.greedy();
+  await session.sample(sampler);
   const prefillMs = performance.now() - p0;
   const d0 = performance.now();
   for (let i = 0; i < decodeTokens; i++) {
     await session.decode();
-    await session.greedy();
+    await session.sample(sampler);
   }
   const decodeMs = performance.now() - d0;
   const copy = await copyBandwidth(ctx);
@@ -64,6 +68,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
 `,
   );
+  sampler.destroy();
   session.destroy();
   model.destroy();
 }

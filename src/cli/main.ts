@@ -1,4 +1,7 @@
-import { open } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
+import { Engine } from '../api/engine.ts';
+import { collectChat } from '../api/chat.ts';
+import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import type { CapsMask } from '../gpu/caps.ts';
 import { QwenError } from '../gpu/errors.ts';
@@ -6,11 +9,17 @@ import type { WeightDtype } from '../gpu/tensor.ts';
 import { type Model, loadModel } from '../model/load.ts';
 import { FileSource } from '../storage/file.ts';
 import { HttpSource, isUrl } from '../storage/http.ts';
+import type { WeightSource } from '../storage/source.ts';
 import { Session } from '../runtime/session.ts';
-import { generateGreedy } from '../runtime/generate.ts';
+import { GpuSampler } from '../runtime/sampler.ts';
+import { generateIds } from '../runtime/generation.ts';
 import { scoreIds } from '../runtime/score.ts';
+import { Tokenizer } from '../text/tokenizer.ts';
+import type { ChatMessage } from '../text/chat_template.ts';
+import { renderChat } from '../text/chat_template.ts';
 import { type Args, UsageError, choiceFlag, idsFlag, intFlag, parseArgs, stringFlag } from './args.ts';
 import { progressBar } from './progress.ts';
+import { samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
@@ -21,24 +30,46 @@ export interface CliHost {
   isTTY: boolean;
 }
 
-const SWITCHES = new Set(['greedy', 'json', 'no-f16', 'no-mtp', 'ignore-eos', 'help']);
+const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'help']);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
-  qwen-webgpu score    --model <dir|url> --ids <id,id,...> --out <file> [--dtype f32|f16]
+  qwen-webgpu generate --model <dir|url> (--prompt TEXT | --messages FILE.json | --prompt-ids ID,ID,...)
+                       [--max-tokens N] [--greedy | --temperature T --top-p P --top-k K --min-p M]
+                       [--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] [--seed S]
+                       [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json]
+      generates from a chat (--prompt is one user message) or from raw token ids, streaming text to stdout;
+      --json prints the OpenAI-shaped response with prompt_ids and ids (with --stream: each chunk, then it);
+      without sampling flags the model's generation_config.json settings apply
+  qwen-webgpu tokenize --model <dir|url> (--text TEXT | --messages FILE.json [--no-think]) [--json]
+      token ids of a text, or of the rendered chat prompt with the generation prompt added
+      (--json: {"ids": [...], "text": the text that was tokenized})
+  qwen-webgpu score    --model <dir|url> --ids ID,ID,... --out FILE
       writes float32 little-endian [n, vocab_size]: row t = log_softmax of the logits after ids[0..t]
-  qwen-webgpu generate --model <dir|url> --prompt-ids <id,id,...> --max-tokens N --greedy [--dtype f32|f16] [--json]
-      greedy generation; stops at max tokens or an eos id (--ignore-eos to go on)
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
-                       [--prompt-tokens N] [--decode-tokens N] [--dtype f32|f16]
+                       [--prompt-tokens N] [--decode-tokens N]
       prefill and decode tokens/s, and weight bandwidth against the adapter's own copy bandwidth
   qwen-webgpu adapter  prints the adapter the engine would use
 
-common: --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)
+common: --dtype f32|f16    how weights are held on the GPU (default f16 with shader-f16, else f32)
+        --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)
         --no-f16           do not use shader-f16 even where the adapter has it
-        --context N        context length (default: what the command needs)
+        --context N        context length (default: what the command needs, at least 4096 for chats)
         --no-mtp           do not load the multi-token-prediction block
 `;
+
+interface Command {
+  gpu: boolean;
+  run(args: Args, ctx: GpuContext | undefined, host: CliHost): Promise<void>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  score: { gpu: true, run: (a, c, h) => score(a, c!, h) },
+  generate: { gpu: true, run: (a, c, h) => (a.flags.has('prompt-ids') ? generateFromIds(a, c!, h) : generateChat(a, c!, h)) },
+  tokenize: { gpu: false, run: (a, _c, h) => tokenize(a, h) },
+  bench: { gpu: true, run: (a, c, h) => runBench(a, c!, h, (m, d) => loadWithProgress(m, d, a, c!, h)) },
+  adapter: { gpu: true, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
+};
 
 export async function runCli(argv: string[], host: CliHost): Promise<number> {
   let ctx: GpuContext | undefined;
@@ -48,16 +79,10 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
       host.stdout(USAGE);
       return 0;
     }
-    const commands: Record<string, (a: Args, c: GpuContext) => Promise<void>> = {
-      score: (a, c) => score(a, c, host),
-      generate: (a, c) => generate(a, c, host),
-      bench: (a, c) => runBench(a, c, host, (m, d) => load(m, d, a, c, host)),
-      adapter: async (_a, c) => host.stdout(`${JSON.stringify(c.adapter)}\n`),
-    };
-    const command = commands[args.command];
+    const command = COMMANDS[args.command];
     if (!command) throw new UsageError(`unknown command "${args.command}"`);
-    ctx = await host.createContext({ adapter: stringFlag(args, 'adapter'), mask: args.flags.has('no-f16') ? { f16: false } : undefined });
-    await command(args, ctx);
+    if (command.gpu) ctx = await host.createContext({ adapter: stringFlag(args, 'adapter'), mask: args.flags.has('no-f16') ? { f16: false } : undefined });
+    await command.run(args, ctx, host);
     return 0;
   } catch (error) {
     if (error instanceof UsageError) {
@@ -71,25 +96,77 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
   }
 }
 
+const sourceOf = (model: string): WeightSource => (isUrl(model) ? new HttpSource(model) : new FileSource(model));
+
 function dtypeOf(args: Args, ctx: GpuContext): WeightDtype {
   return choiceFlag(args, 'dtype', ['f32', 'f16'] as const) ?? (ctx.caps.f16 ? 'f16' : 'f32');
 }
 
-async function load(model: string, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
-  const source = isUrl(model) ? new HttpSource(model) : new FileSource(model);
+async function loadWithProgress(model: string, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const loaded = await loadModel(ctx, source, { dtype, mtp: !args.flags.has('no-mtp'), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor) });
+  const loaded = await loadModel(ctx, sourceOf(model), { dtype, mtp: !args.flags.has('no-mtp'), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor) });
   bar.done();
-  if (loaded.unusedTensors.length > 0) {
-    host.stderr(`warning: ${loaded.unusedTensors.length} checkpoint tensors are not used: ${loaded.unusedTensors.slice(0, 5).join(', ')}${loaded.unusedTensors.length > 5 ? ', ...' : ''}\n`);
-  }
+  warnUnused(loaded, host);
   return loaded;
 }
 
-const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx.adapter.backend, features: ctx.adapter.features, f16: ctx.caps.f16 });
+function warnUnused(model: Model, host: CliHost): void {
+  const unused = model.unusedTensors;
+  if (unused.length > 0) host.stderr(`warning: ${unused.length} checkpoint tensors are not used: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}\n`);
+}
 
-function contextFor(args: Args, needed: number): number {
-  return intFlag(args, 'context', needed);
+const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx.adapter.backend, features: ctx.adapter.features, f16: ctx.caps.f16 });
+const round = (x: number) => Math.round(x * 100) / 100;
+const rate = (tokens: number, ms: number) => (tokens > 0 && ms > 0 ? round((tokens * 1000) / ms) : null);
+
+async function generationConfig(source: WeightSource): Promise<Record<string, unknown>> {
+  if (!(await source.has('generation_config.json'))) return {};
+  return JSON.parse(await source.text('generation_config.json'));
+}
+
+async function readMessages(path: string): Promise<ChatMessage[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    throw new UsageError(`cannot read --messages file ${path}`);
+  }
+  try {
+    const parsed = JSON.parse(text);
+    const messages = Array.isArray(parsed) ? parsed : parsed?.messages;
+    if (!Array.isArray(messages)) throw new Error('expected a JSON array of messages (or an object with "messages")');
+    return messages;
+  } catch (error) {
+    throw new UsageError(`${path}: ${(error as Error).message}`);
+  }
+}
+
+async function chatMessages(args: Args): Promise<ChatMessage[]> {
+  const prompt = stringFlag(args, 'prompt');
+  const file = stringFlag(args, 'messages');
+  if ((prompt === undefined) === (file === undefined)) throw new UsageError('give one of --prompt, --messages or --prompt-ids');
+  return prompt !== undefined ? [{ role: 'user', content: prompt }] : readMessages(file!);
+}
+
+function reasoningOf(args: Args): Reasoning {
+  if (args.flags.has('no-think')) {
+    if (args.flags.has('reasoning-budget')) throw new UsageError('--no-think and --reasoning-budget exclude each other');
+    return 'off';
+  }
+  return args.flags.has('reasoning-budget') ? { budget: intFlag(args, 'reasoning-budget', undefined, 0) } : 'on';
+}
+
+async function tokenize(args: Args, host: CliHost): Promise<void> {
+  const tokenizer = await Tokenizer.load(sourceOf(stringFlag(args, 'model', true)));
+  let text = stringFlag(args, 'text');
+  if (text !== undefined && args.flags.has('messages')) throw new UsageError('give --text or --messages, not both');
+  if (text === undefined) {
+    if (!args.flags.has('messages')) throw new UsageError('tokenize takes --text or --messages');
+    if (!tokenizer.chatTemplate) throw new UsageError('the model has no chat_template in tokenizer_config.json');
+    text = renderChat(tokenizer.chatTemplate, { messages: await chatMessages(args), addGenerationPrompt: true, enableThinking: !args.flags.has('no-think') });
+  }
+  const ids = tokenizer.encode(text);
+  host.stdout(args.flags.has('json') ? `${JSON.stringify({ ids, text })}\n` : `${ids.join(',')}\n`);
 }
 
 async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
@@ -97,8 +174,8 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
   const outPath = stringFlag(args, 'out', true);
   const dtype = dtypeOf(args, ctx);
   const t0 = performance.now();
-  const model = await load(stringFlag(args, 'model', true), dtype, args, ctx, host);
-  const session = Session.create(ctx, model, { contextLength: contextFor(args, ids.length) });
+  const model = await loadWithProgress(stringFlag(args, 'model', true), dtype, args, ctx, host);
+  const session = Session.create(ctx, model, { contextLength: intFlag(args, 'context', ids.length) });
   const t1 = performance.now();
   const file = await open(outPath, 'w');
   try {
@@ -109,40 +186,98 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
     await file.close();
   }
   const t2 = performance.now();
-  host.stdout(
-    `${JSON.stringify({
-      command: 'score', tokens: ids.length, vocab_size: model.config.vocabSize, out: outPath, dtype,
-      load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: round((ids.length * 1000) / (t2 - t1)), adapter: adapterJson(ctx),
-    })}\n`,
-  );
+  host.stdout(`${JSON.stringify({
+    command: 'score', tokens: ids.length, vocab_size: model.config.vocabSize, out: outPath, dtype,
+    load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), adapter: adapterJson(ctx),
+  })}\n`);
   session.destroy();
   model.destroy();
 }
 
-async function generate(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
+/** Token ids in, token ids out: no tokenizer needed. */
+async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
   const prompt = idsFlag(args, 'prompt-ids');
-  const maxTokens = intFlag(args, 'max-tokens', 32);
-  if (!args.flags.has('greedy')) throw new UsageError('generate takes --greedy (sampling comes with the text API)');
+  const maxTokens = intFlag(args, 'max-tokens', 256);
+  const modelArg = stringFlag(args, 'model', true);
   const dtype = dtypeOf(args, ctx);
-  const model = await load(stringFlag(args, 'model', true), dtype, args, ctx, host);
-  const session = Session.create(ctx, model, { contextLength: contextFor(args, prompt.length + maxTokens) });
+  const sampling = samplingFromFlags(args, await generationConfig(sourceOf(modelArg)));
+  const model = await loadWithProgress(modelArg, dtype, args, ctx, host);
+  const session = Session.create(ctx, model, { contextLength: intFlag(args, 'context', prompt.length + maxTokens) });
+  const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   const stopIds = args.flags.has('ignore-eos') ? [] : model.eosTokenIds;
-  const result = await generateGreedy(session, prompt, { maxTokens, stopIds });
-  const decoded = result.ids.length - 1;
-  if (args.flags.has('json')) {
-    host.stdout(
-      `${JSON.stringify({
-        ids: result.ids, prompt_tokens: result.promptTokens, stop_reason: result.stopped, dtype,
-        prefill_tokens_per_s: round((result.promptTokens * 1000) / result.prefillMs),
-        decode_tokens_per_s: decoded > 0 ? round((decoded * 1000) / result.decodeMs) : null,
-        adapter: adapterJson(ctx),
-      })}\n`,
-    );
-  } else {
-    host.stdout(`${result.ids.join(',')}\n`);
-  }
+  const r = await generateIds(session, sampler, { promptIds: prompt, maxTokens, sampling, stopIds });
+  host.stdout(
+    args.flags.has('json')
+      ? `${JSON.stringify({
+          ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype,
+          prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), adapter: adapterJson(ctx),
+        })}\n`
+      : `${r.ids.join(',')}\n`,
+  );
+  sampler.destroy();
   session.destroy();
   model.destroy();
 }
 
-const round = (x: number) => Math.round(x * 100) / 100;
+/** A chat through the OpenAI-shaped API, streamed to stdout. */
+async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
+  const messages = await chatMessages(args);
+  const reasoning = reasoningOf(args);
+  const maxTokens = intFlag(args, 'max-tokens', 256);
+  const modelArg = stringFlag(args, 'model', true);
+  const source = sourceOf(modelArg);
+  const sampling = samplingFromFlags(args, await generationConfig(source));
+  const bar = progressBar(host.stderr, host.isTTY, 'loading');
+  const engine = await Engine.load(ctx, source, {
+    dtype: dtypeOf(args, ctx), mtp: !args.flags.has('no-mtp'), contextLength: intFlag(args, 'context', 4096),
+    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+  });
+  bar.done();
+  warnUnused(engine.model, host);
+  const prompt = engine.renderPrompt(messages, { reasoning });
+  const ids: number[] = [];
+  const stop = stringFlag(args, 'stop');
+  const t0 = performance.now();
+  let first = 0;
+  const stream = await engine.chat.completions.create({
+    messages, reasoning, max_tokens: maxTokens, stream: true, stop,
+    temperature: sampling.temperature, top_p: sampling.topP, top_k: sampling.topK, min_p: sampling.minP,
+    presence_penalty: sampling.presencePenalty, frequency_penalty: sampling.frequencyPenalty, repetition_penalty: sampling.repetitionPenalty,
+    seed: sampling.seed,
+    onToken: (id) => {
+      if (ids.push(id) === 1) first = performance.now();
+    },
+  });
+  const json = args.flags.has('json');
+  const chunks: ChatCompletionChunk[] = [];
+  let inThought = false;
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+    if (json) {
+      if (args.flags.has('stream')) host.stdout(`${JSON.stringify(chunk)}\n`);
+      continue;
+    }
+    const d = chunk.choices[0].delta;
+    if (d.reasoning_content) {
+      if (!inThought) host.stdout('<think>\n');
+      inThought = true;
+      host.stdout(d.reasoning_content);
+    }
+    if (d.content) {
+      if (inThought) host.stdout('\n</think>\n\n');
+      inThought = false;
+      host.stdout(d.content);
+    }
+    for (const call of d.tool_calls ?? []) host.stdout(`\n[tool call] ${call.function.name}(${call.function.arguments})`);
+  }
+  const end = performance.now();
+  if (!json) host.stdout('\n');
+  else {
+    const response = await collectChat((async function* () { yield* chunks; })(), false);
+    host.stdout(`${JSON.stringify({
+      ...response, prompt_ids: prompt.ids, ids,
+      prefill_tokens_per_s: rate(prompt.ids.length, first - t0), decode_tokens_per_s: rate(ids.length - 1, end - first), adapter: adapterJson(ctx),
+    })}\n`);
+  }
+  engine.destroy();
+}

@@ -7,7 +7,7 @@ import { type WeightSource, readJson } from '../storage/source.ts';
 import { type Qwen35Config, parseConfig } from './config.ts';
 import { type Naming, type Placement, type TensorSpec, mtpTensors, textModelTensors } from './tensors.ts';
 import { type ModelWeights, assembleWeights } from './weights.ts';
-import { type VocabInfo, readVocabInfo } from './vocab.ts';
+import { Tokenizer } from '../text/tokenizer.ts';
 
 export interface LoadProgress {
   loadedBytes: number;
@@ -15,9 +15,20 @@ export interface LoadProgress {
   tensor: string;
 }
 
+/**
+ * What the engine needs of the tokenizer: how many ids it can produce (rows past that are padding and are
+ * never sampled) and the ids that end generation.
+ */
+export interface VocabInfo {
+  tokenizerSize: number;
+  eosTokenIds: number[];
+}
+
 export interface LoadOptions {
   /** How matrices are stored on the GPU. Vectors (norms, conv taps) are always f32. */
   dtype: WeightDtype;
+  /** The checkpoint's tokenizer, when the caller has loaded it already. */
+  tokenizer?: Tokenizer;
   /** Keep the multi-token-prediction block when the checkpoint has one (default true). */
   mtp?: boolean;
   onProgress?: (p: LoadProgress) => void;
@@ -74,7 +85,7 @@ function checkSources(specs: TensorSpec[], tensors: Map<string, TensorEntry>, lo
 export async function loadModel(ctx: GpuContext, source: WeightSource, options: LoadOptions): Promise<Model> {
   const rawConfig = (await readJson(source, 'config.json')) as { text_config?: { eos_token_id?: unknown }; eos_token_id?: unknown };
   const config = parseConfig(rawConfig);
-  const vocab = await readVocabInfo(source, config.vocabSize, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
+  const vocab = await vocabInfo(source, config.vocabSize, options.tokenizer, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
   const tensors = await readCheckpointTensors(source);
   const naming = detectNaming(tensors, config, source.location);
 
@@ -111,6 +122,17 @@ export async function loadModel(ctx: GpuContext, source: WeightSource, options: 
     destroy();
     throw error;
   }
+}
+
+/** From the tokenizer when the checkpoint has one; else every row is a token and config.json names the eos. */
+async function vocabInfo(source: WeightSource, vocabSize: number, given: Tokenizer | undefined, configEos: unknown): Promise<VocabInfo> {
+  const tokenizer = given ?? ((await source.has('tokenizer.json')) ? await Tokenizer.load(source) : undefined);
+  if (!tokenizer) {
+    const eos = (Array.isArray(configEos) ? configEos : [configEos]).filter((id): id is number => Number.isInteger(id) && id >= 0 && id < vocabSize);
+    return { tokenizerSize: vocabSize, eosTokenIds: eos };
+  }
+  if (tokenizer.size > vocabSize) throw new ModelFormatError(`has token id ${tokenizer.size - 1}, beyond the model's vocab_size ${vocabSize}`, 'tokenizer.json');
+  return { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds };
 }
 
 /** GPU storage for every spec: matrices in `dtype`, vectors in f32, each split to fit the binding limit. */

@@ -1,10 +1,10 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../gpu/errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
-import { argmax } from '../kernels/argmax.ts';
 import { forward, lmHead } from '../model/layers.ts';
 import type { Model } from '../model/load.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
+import type { GpuSampler, SampledToken } from './sampler.ts';
 
 export interface SessionOptions {
   /** Tokens the session can hold (prompt + generated); bounded by max_position_embeddings and memory. */
@@ -127,14 +127,13 @@ export class Session {
     this.position += 1;
   }
 
-  /** Greedy pick: argmax over real tokens (never a padding row), kept on the GPU for the next step; returns the id. */
-  async greedy(): Promise<number> {
-    const a = this.activations;
-    const pick = await this.cached('greedy', async () => [
-      await argmax(this.ctx, { logits: a.logits, n: this.model.tokenizerSize, out: a.token }),
-    ]);
-    this.ctx.run(pick, 'greedy');
-    return new Uint32Array(await this.ctx.read(a.token, 0, 4))[0];
+  /**
+   * Picks the next token from the current logits on the GPU, where the next decode step reads it; maps back
+   * only the sampler's result (the id, plus logprobs when asked).
+   */
+  async sample(sampler: GpuSampler): Promise<SampledToken> {
+    this.ctx.run(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample');
+    return sampler.parse(await this.ctx.read(sampler.result, 0, sampler.resultBytes));
   }
 
   /** Puts a token chosen on the CPU where the next decode step reads it. */

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -16,6 +16,16 @@ for (const fixture of FIXTURES) {
       const line = jsonLine(r);
       expect(line.ids).toEqual(g.greedy_ids);
       expect(line.adapter).toMatchObject({ backend: 'wgpu (Deno)' });
+    });
+    it('tokenize --text and generate --messages give the golden ids', async () => {
+      const text = JSON.parse(readFileSync(join(fixtureDir(fixture), 'golden.json'), 'utf8')) as { tokenizer_cases: { text: string; ids: number[] }[]; prompt_messages: unknown[] };
+      const c = text.tokenizer_cases[text.tokenizer_cases.length - 1];
+      expect(jsonLine(await runCli('deno', ['tokenize', '--model', fixtureDir(fixture), '--text', c.text, '--json'])).ids).toEqual(c.ids);
+      const file = join(out, `${fixture}-messages.json`);
+      writeFileSync(file, JSON.stringify(text.prompt_messages));
+      const r = jsonLine(await runCli('deno', ['generate', '--model', fixtureDir(fixture), '--messages', file, '--greedy', '--max-tokens', String(g.greedy_ids.length), '--dtype', 'f32', '--json']));
+      expect(r.prompt_ids).toEqual(g.prompt_ids);
+      expect(r.ids).toEqual(g.greedy_ids);
     });
     for (const dtype of ['f32', 'f16'] as const) {
       it(`score --dtype ${dtype}`, async () => {

@@ -4,7 +4,8 @@ import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import { Session } from '../../src/runtime/session.ts';
 import { scoreIds } from '../../src/runtime/score.ts';
-import { generateGreedy } from '../../src/runtime/generate.ts';
+import { generateIds } from '../../src/runtime/generation.ts';
+import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { ReferenceSession, loadReferenceModel, referenceGreedy } from '../../src/reference/model.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
@@ -58,8 +59,9 @@ describe('generated checkpoints vs the f64 reference', () => {
 
       const steps = 8;
       const want = referenceGreedy(new ReferenceSession(refModel), prompt, steps, model.tokenizerSize);
-      session.reset();
-      const got = await generateGreedy(session, prompt, { maxTokens: steps });
+      const sampler = GpuSampler.create(ctx, { vocabSize: vocab, tokenizerSize: model.tokenizerSize });
+      const got = await generateIds(session, sampler, { promptIds: prompt, maxTokens: steps, sampling: { temperature: 0 } });
+      sampler.destroy();
       const sure = want.margins.findIndex((m) => m < 1e-3);
       const n = sure < 0 ? steps : sure + 1;
       expect(got.ids.slice(0, n)).toEqual(want.ids.slice(0, n));

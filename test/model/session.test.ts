@@ -4,6 +4,7 @@ import { SessionError } from '../../src/gpu/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import { Session } from '../../src/runtime/session.ts';
+import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { scoreIds } from '../../src/runtime/score.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { compareLogprobs, fixtureDir, golden, goldenLogprobs } from '../helpers/fixtures.ts';
@@ -58,14 +59,17 @@ describeOnAdapters('session', (ctx) => {
 });
 
 describe('a decode step', () => {
-  it('maps exactly one buffer back to the CPU: the 4-byte token id', async () => {
+  it('maps exactly one buffer back to the CPU: the 4-byte sampled token id', async () => {
     const ctx: GpuContext = await createNodeContext({ adapter: 'llvmpipe' });
     const model = await loadModel(ctx, new FileSource(fixtureDir('tiny-qwen35-moe')), { dtype: 'f16' });
     const session = Session.create(ctx, model, { contextLength: 64 });
-    await session.prefill(dense.prompt_ids.slice(0, 20));
-    await session.greedy();
+    const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    const prompt = dense.prompt_ids.slice(0, 20);
+    sampler.begin({ temperature: 0.8, topP: 0.9, seed: 1 }, prompt);
+    await session.prefill(prompt);
+    await session.sample(sampler);
     await session.decode(); // compiles the decode plan outside the measured steps
-    await session.greedy();
+    await session.sample(sampler);
     const proto = Object.getPrototypeOf(session.activations.token) as GPUBuffer;
     const original = proto.mapAsync;
     const maps: { label: string; size: number | undefined }[] = [];
@@ -77,12 +81,13 @@ describe('a decode step', () => {
       for (let step = 0; step < 3; step++) {
         maps.length = 0;
         await session.decode();
-        await session.greedy();
+        await session.sample(sampler);
         expect(maps).toEqual([{ label: 'readback', size: 4 }]);
       }
     } finally {
       proto.mapAsync = original;
     }
+    sampler.destroy();
     session.destroy();
     model.destroy();
     ctx.destroy();

@@ -1,0 +1,277 @@
+import type { GpuContext } from '../gpu/context.ts';
+import { RequestError, SessionError } from '../gpu/errors.ts';
+import type { WeightDtype } from '../gpu/tensor.ts';
+import { type LoadProgress, type Model, loadModel } from '../model/load.ts';
+import { Session } from '../runtime/session.ts';
+import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
+import type { WeightSource } from '../storage/source.ts';
+import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_template.ts';
+import { StreamDecoder } from '../text/stream_decoder.ts';
+import { Tokenizer } from '../text/tokenizer.ts';
+import { chatChunks, collectChat, tokenLogprob } from './chat.ts';
+import { type GenerationPlan, generateTokens } from '../runtime/generation.ts';
+import { TextStream } from './text_stream.ts';
+import type {
+  ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, FinishReason,
+  Reasoning, SamplingRequest, TokenLogprob,
+} from './types.ts';
+
+export interface EngineOptions {
+  dtype?: WeightDtype;
+  /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
+  contextLength?: number;
+  mtp?: boolean;
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface RenderedPrompt {
+  text: string;
+  ids: number[];
+  /** The prompt leaves a `<think>` block open. */
+  thinking: boolean;
+}
+
+/**
+ * A loaded model behind the OpenAI-shaped API: `chat.completions.create` and `completions.create`, streamed or
+ * not. One session serves requests one at a time, in the order they arrive.
+ */
+export class Engine {
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly sampler: GpuSampler;
+
+  readonly chat = {
+    completions: {
+      create: ((request: ChatCompletionRequest) =>
+        request.stream ? this.streamChat(request) : this.completeChat(request)) as {
+        (request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+        (request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+      },
+    },
+  };
+
+  readonly completions = {
+    create: ((request: CompletionRequest) => (request.stream ? this.streamCompletion(request) : this.completeText(request))) as {
+      (request: CompletionRequest & { stream: true }): Promise<AsyncIterable<CompletionChunk>>;
+      (request: CompletionRequest & { stream?: false }): Promise<Completion>;
+    },
+  };
+
+  private constructor(
+    readonly ctx: GpuContext,
+    readonly model: Model,
+    readonly tokenizer: Tokenizer,
+    readonly session: Session,
+    readonly name: string,
+  ) {
+    this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+  }
+
+  static async load(ctx: GpuContext, source: WeightSource, options: EngineOptions = {}): Promise<Engine> {
+    const tokenizer = await Tokenizer.load(source);
+    const model = await loadModel(ctx, source, {
+      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), tokenizer, mtp: options.mtp, onProgress: options.onProgress, signal: options.signal,
+    });
+    try {
+      const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);
+      const name = source.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
+      return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength }), name);
+    } catch (error) {
+      model.destroy();
+      throw error;
+    }
+  }
+
+  /** The chat prompt as text and ids, with the generation prompt added (what `tokenize --messages` prints). */
+  renderPrompt(messages: ChatMessage[], options: { tools?: ToolDefinition[]; reasoning?: Reasoning } = {}): RenderedPrompt {
+    const template = this.tokenizer.chatTemplate;
+    if (!template) throw new RequestError('the model has no chat_template in tokenizer_config.json; use completions.create with a raw prompt', 'messages');
+    if (!Array.isArray(messages) || messages.length === 0) throw new RequestError('must be a non-empty array', 'messages');
+    const text = renderChat(template, { messages, tools: options.tools, addGenerationPrompt: true, enableThinking: (options.reasoning ?? 'on') !== 'off' });
+    const open = text.lastIndexOf('<think>');
+    const thinking = open > text.lastIndexOf('</think>') && open > text.lastIndexOf('<|im_start|>');
+    return { text, ids: this.tokenizer.encode(text), thinking };
+  }
+
+  /** Runs `body` when the requests before it are done. */
+  private exclusive<T>(body: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(body, body);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private plan(request: SamplingRequest, promptIds: number[], thinking: boolean, reasoning?: Reasoning): GenerationPlan {
+    const room = this.session.capacity - promptIds.length;
+    if (room < 1) throw new SessionError(`the prompt has ${promptIds.length} tokens; the context holds ${this.session.capacity}`);
+    const maxTokens = request.max_tokens ?? room;
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RequestError(`must be a positive integer, got ${String(request.max_tokens)}`, 'max_tokens');
+    if (maxTokens > room) {
+      throw new SessionError(`the prompt (${promptIds.length} tokens) + max_tokens (${maxTokens}) exceed the context of ${this.session.capacity} tokens`);
+    }
+    const topLogprobs = request.top_logprobs ?? 0;
+    if (!Number.isInteger(topLogprobs) || topLogprobs < 0 || topLogprobs > 20) throw new RequestError(`must be an integer from 0 to 20, got ${topLogprobs}`, 'top_logprobs');
+    const sampling: SamplingOptions = {
+      temperature: request.temperature, topK: request.top_k, topP: request.top_p, minP: request.min_p,
+      presencePenalty: request.presence_penalty, frequencyPenalty: request.frequency_penalty, repetitionPenalty: request.repetition_penalty,
+      seed: request.seed, logprobs: request.logprobs ? Math.max(1, topLogprobs) : 0,
+    };
+    checkSampling(sampling, this.sampler.tokenizerSize);
+    const budget = typeof reasoning === 'object' ? reasoning.budget : undefined;
+    if (budget !== undefined && (!Number.isInteger(budget) || budget < 0)) throw new RequestError(`must be a non-negative integer, got ${budget}`, 'reasoning.budget');
+    const thinkEndId = this.tokenizer.tokenId('</think>');
+    return {
+      promptIds, maxTokens, sampling, thinking, reasoningBudget: budget, thinkEndId,
+      thinkEndIds: thinkEndId === undefined ? undefined : this.tokenizer.encode('</think>\n\n'),
+      stopIds: new Set(this.tokenizer.eosTokenIds), signal: request.signal, onToken: request.onToken,
+    };
+  }
+
+  private stops(request: SamplingRequest): string[] {
+    const stop = request.stop === undefined ? [] : Array.isArray(request.stop) ? request.stop : [request.stop];
+    if (stop.some((s) => typeof s !== 'string' || s.length === 0)) throw new RequestError('must be a non-empty string or a list of them', 'stop');
+    return stop;
+  }
+
+  private chatStream(request: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
+    // Everything that can be wrong with the request is found here, before any GPU work.
+    const prompt = this.renderPrompt(request.messages, { tools: request.tools, reasoning: request.reasoning });
+    const plan = this.plan(request, prompt.ids, prompt.thinking, request.reasoning);
+    return chatChunks({
+      session: this.session, sampler: this.sampler, tokenizer: this.tokenizer, plan, stops: this.stops(request),
+      tools: request.tools ?? [], withLogprobs: Boolean(request.logprobs), id: newId('chatcmpl'), model: this.name,
+    });
+  }
+
+  private async completeChat(request: ChatCompletionRequest): Promise<ChatCompletion> {
+    const stream = this.chatStream(request);
+    return this.exclusive(() => collectChat(stream, Boolean(request.logprobs)));
+  }
+
+  private async streamChat(request: ChatCompletionRequest): Promise<AsyncIterable<ChatCompletionChunk>> {
+    return this.locked(this.chatStream(request));
+  }
+
+  /**
+   * Holds the session from the first `next()` until the stream ends, fails or the consumer stops early
+   * (`return()`, e.g. `break` out of `for await`).
+   */
+  private locked<T>(stream: AsyncGenerator<T>): AsyncIterable<T> {
+    let release: () => void = () => undefined;
+    const turn = new Promise<void>((started) => {
+      void this.exclusive(() => {
+        started();
+        return new Promise<void>((done) => (release = done));
+      });
+    });
+    return {
+      [Symbol.asyncIterator]: () => ({
+        next: async () => {
+          await turn;
+          try {
+            const r = await stream.next();
+            if (r.done) release();
+            return r;
+          } catch (error) {
+            release();
+            throw error;
+          }
+        },
+        return: async () => {
+          release();
+          return stream.return(undefined as never);
+        },
+      }),
+    };
+  }
+
+  /** Checks the request now; the returned generator does the work. */
+  private textStream(request: CompletionRequest): AsyncGenerator<CompletionChunk> {
+    if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
+    const ids = this.tokenizer.encode(request.prompt);
+    return this.textChunks(request, ids, this.plan(request, ids, false), new TextStream(this.stops(request)));
+  }
+
+  private async *textChunks(request: CompletionRequest, ids: number[], plan: GenerationPlan, text: TextStream): AsyncGenerator<CompletionChunk> {
+    const decoder = new StreamDecoder(this.tokenizer);
+    const id = newId('cmpl');
+    const created = Math.floor(Date.now() / 1000);
+    const chunk = (piece: string, finish: FinishReason | null, logprobs: TokenLogprob[]): CompletionChunk => ({
+      id, object: 'text_completion', created, model: this.name,
+      choices: [{ index: 0, text: piece, finish_reason: finish, logprobs: request.logprobs ? { content: logprobs } : null }],
+    });
+    const tokens = generateTokens(this.session, this.sampler, plan);
+    let produced = 0;
+    let reason: FinishReason = 'length';
+    for (;;) {
+      const next = await tokens.next();
+      if (next.done) {
+        reason = next.value;
+        if (reason === 'stop') produced++;
+        break;
+      }
+      produced++;
+      const piece = text.push(decoder.push(next.value.id));
+      const logprobs = request.logprobs ? [tokenLogprob(this.tokenizer, next.value)] : [];
+      if (piece || logprobs.length) yield chunk(piece, null, logprobs);
+      if (text.stopped) {
+        reason = 'stop';
+        await tokens.return('stop');
+        break;
+      }
+    }
+    const rest = text.push(decoder.flush()) + text.finish().rest;
+    yield {
+      ...chunk(rest, reason, []),
+      usage: { prompt_tokens: ids.length, completion_tokens: produced, total_tokens: ids.length + produced, completion_tokens_details: { reasoning_tokens: 0 } },
+    };
+  }
+
+  private async completeText(request: CompletionRequest): Promise<Completion> {
+    const stream = this.textStream(request);
+    return this.exclusive(async () => {
+      let text = '';
+      const logprobs: TokenLogprob[] = [];
+      let last: CompletionChunk | undefined;
+      for await (const ch of stream) {
+        text += ch.choices[0].text;
+        logprobs.push(...(ch.choices[0].logprobs?.content ?? []));
+        last = ch;
+      }
+      return {
+        id: last!.id, object: 'text_completion', created: last!.created, model: last!.model,
+        choices: [{ index: 0, text, finish_reason: last!.choices[0].finish_reason ?? 'length', logprobs: request.logprobs ? { content: logprobs } : null }],
+        usage: last!.usage!,
+      };
+    });
+  }
+
+  private async streamCompletion(request: CompletionRequest): Promise<AsyncIterable<CompletionChunk>> {
+    return this.locked(this.textStream(request));
+  }
+
+  destroy(): void {
+    this.sampler.destroy();
+    this.session.destroy();
+    this.model.destroy();
+  }
+}
+
+const API_FIELDS: Record<string, string> = {
+  topK: 'top_k', topP: 'top_p', minP: 'min_p', repetitionPenalty: 'repetition_penalty', presencePenalty: 'presence_penalty',
+  frequencyPenalty: 'frequency_penalty', logprobs: 'top_logprobs',
+};
+
+/** The sampler's own checks, before the request waits for the session, naming the request's fields. */
+function checkSampling(sampling: SamplingOptions, tokenizerSize: number): void {
+  try {
+    resolveSampling(sampling, tokenizerSize);
+  } catch (error) {
+    if (!(error instanceof RequestError)) throw error;
+    const message = error.message.slice(error.field.length + 2);
+    throw new RequestError(message, API_FIELDS[error.field] ?? error.field);
+  }
+}
+
+function newId(prefix: string): string {
+  return `${prefix}-${Math.random().toString(36).slice(2, 12)}`;
+}

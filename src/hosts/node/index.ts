@@ -1,0 +1,23 @@
+import { Engine, type EngineOptions } from '../../api/engine.ts';
+import { FileSource } from '../../storage/file.ts';
+import { HttpSource, isUrl } from '../../storage/http.ts';
+import type { CapsMask } from '../../gpu/caps.ts';
+import { createNodeContext } from './gpu.ts';
+
+export * from '../../index.ts';
+export { FileSource } from '../../storage/file.ts';
+export { createNodeContext } from './gpu.ts';
+
+/**
+ * An Engine on Dawn for a model folder or URL. `engine.destroy()` releases the model; `engine.ctx.destroy()`
+ * releases the GPU (Node exits only when Dawn's instance is gone).
+ */
+export async function loadEngine(options: EngineOptions & { model: string; adapter?: string; mask?: CapsMask }): Promise<Engine> {
+  const ctx = await createNodeContext({ adapter: options.adapter, mask: options.mask });
+  try {
+    return await Engine.load(ctx, isUrl(options.model) ? new HttpSource(options.model) : new FileSource(options.model), options);
+  } catch (error) {
+    ctx.destroy();
+    throw error;
+  }
+}

@@ -1,0 +1,105 @@
+import { throwIfAborted } from '../gpu/errors.ts';
+import type { Session } from './session.ts';
+import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
+
+/** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
+export interface TokenEvent extends SampledToken {
+  forced: boolean;
+  /** Whether the token belongs to the thinking block (the closing `</think>` included). */
+  reasoning: boolean;
+}
+
+export interface GenerationPlan {
+  promptIds: number[];
+  maxTokens: number;
+  sampling: SamplingOptions;
+  /** Generation ends after one of these (not emitted as text). */
+  stopIds: ReadonlySet<number>;
+  /** The prompt left a `<think>` block open: tokens are reasoning until `</think>`. */
+  thinking: boolean;
+  /** Thinking tokens allowed before the engine closes the thought itself. */
+  reasoningBudget?: number;
+  /** `</think>` and the ids of `</think>\n\n` that the engine appends when the budget is spent. */
+  thinkEndId?: number;
+  thinkEndIds?: number[];
+  signal?: AbortSignal;
+  /** Called with every generated id (sampled or forced, the eos id included), as it is known. */
+  onToken?: (id: number) => void;
+}
+
+export type StopReason = 'stop' | 'length';
+
+/**
+ * The token loop shared by every API: prefill, then sample → decode until an eos id or max tokens. The
+ * sampler runs on the GPU and leaves its token where the next decode step reads it; each step maps back
+ * only the sampler's result. An AbortSignal stops it within one step.
+ */
+export async function* generateTokens(session: Session, sampler: GpuSampler, plan: GenerationPlan): AsyncGenerator<TokenEvent, StopReason> {
+  session.reset();
+  sampler.begin(plan.sampling, plan.promptIds);
+  await session.prefill(plan.promptIds, { signal: plan.signal });
+  let thinking = plan.thinking;
+  let reasoningTokens = 0;
+  let produced = 0;
+
+  // Closes the thought: feeds `pending` (the last sampled token, not yet processed) and `</think>\n\n`.
+  const closeThought = async function* (pending: number[]): AsyncGenerator<TokenEvent> {
+    const forced = (plan.thinkEndIds ?? []).slice(0, plan.maxTokens - produced);
+    await session.prefill([...pending, ...forced], { signal: plan.signal });
+    sampler.markGenerated(forced);
+    for (const id of forced) {
+      produced++;
+      plan.onToken?.(id);
+      yield { id, forced: true, reasoning: id === plan.thinkEndId };
+    }
+    thinking = false;
+  };
+
+  if (thinking && plan.reasoningBudget === 0) yield* closeThought([]);
+  while (produced < plan.maxTokens) {
+    throwIfAborted(plan.signal);
+    const token = await session.sample(sampler);
+    produced++;
+    plan.onToken?.(token.id);
+    if (plan.stopIds.has(token.id)) return 'stop';
+    const inThought = thinking;
+    if (token.id === plan.thinkEndId) thinking = false;
+    else if (thinking) reasoningTokens++;
+    yield { ...token, forced: false, reasoning: inThought };
+    if (produced >= plan.maxTokens) break;
+    if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) yield* closeThought([token.id]);
+    else await session.decode();
+  }
+  return 'length';
+}
+
+export interface IdsResult {
+  ids: number[];
+  promptTokens: number;
+  /** Prompt in, first token out (includes its readback). */
+  prefillMs: number;
+  decodeMs: number;
+  stopped: StopReason;
+}
+
+/** Token ids in, token ids out (no tokenizer): the CLI's --prompt-ids and the browser's generate({ promptIds }). */
+export async function generateIds(
+  session: Session,
+  sampler: GpuSampler,
+  a: { promptIds: number[]; maxTokens: number; sampling: SamplingOptions; stopIds?: number[]; signal?: AbortSignal },
+): Promise<IdsResult> {
+  const ids: number[] = [];
+  const t0 = performance.now();
+  let first = 0;
+  const tokens = generateTokens(session, sampler, {
+    promptIds: a.promptIds, maxTokens: a.maxTokens, sampling: a.sampling, stopIds: new Set(a.stopIds ?? []), thinking: false,
+    signal: a.signal,
+    onToken: (id) => {
+      if (ids.push(id) === 1) first = performance.now();
+    },
+  });
+  let next = await tokens.next();
+  while (!next.done) next = await tokens.next();
+  const end = performance.now();
+  return { ids, promptTokens: a.promptIds.length, prefillMs: first - t0, decodeMs: end - first, stopped: next.value };
+}

@@ -1,0 +1,156 @@
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../../src/api/engine.ts';
+import type { ChatCompletionRequest } from '../../src/api/types.ts';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { AbortError, RequestError, SessionError } from '../../src/gpu/errors.ts';
+import { createNodeContext } from '../../src/hosts/node/gpu.ts';
+import { FileSource } from '../../src/storage/file.ts';
+import { fixtureDir } from '../helpers/fixtures.ts';
+
+let ctx: GpuContext;
+let engine: Engine;
+beforeAll(async () => {
+  ctx = await createNodeContext({ adapter: 'llvmpipe' });
+  engine = await Engine.load(ctx, new FileSource(fixtureDir('tiny-qwen35')), { dtype: 'f32', contextLength: 512 });
+});
+afterAll(() => {
+  engine?.destroy();
+  ctx?.destroy();
+});
+
+type Request = ChatCompletionRequest & { stream?: false };
+const ask = (extra: Partial<ChatCompletionRequest> = {}): Request => ({
+  messages: [{ role: 'system', content: 'Answer briefly.' }, { role: 'user', content: 'What is a license?' }],
+  max_tokens: 12, reasoning: 'off', ...extra, stream: false,
+});
+
+async function ids(request: Request): Promise<number[]> {
+  const out: number[] = [];
+  await engine.chat.completions.create({ ...request, onToken: (id) => out.push(id) });
+  return out;
+}
+
+describe('chat.completions', () => {
+  it('gives the same tokens for the same seed, and others for another seed', async () => {
+    const sampled = ask({ temperature: 1, seed: 7 });
+    const a = await ids(sampled);
+    expect(await ids(sampled)).toEqual(a);
+    expect(await ids({ ...sampled, seed: 8 })).not.toEqual(a);
+  });
+
+  it('streams the same text the non-streaming call returns', async () => {
+    const full = await engine.chat.completions.create(ask({ temperature: 0 }));
+    let text = '';
+    let last;
+    for await (const chunk of await engine.chat.completions.create({ ...ask({ temperature: 0 }), stream: true })) {
+      expect(chunk.object).toBe('chat.completion.chunk');
+      text += chunk.choices[0].delta.content ?? '';
+      last = chunk;
+    }
+    expect(text).toBe(full.choices[0].message.content);
+    expect(last?.usage).toEqual(full.usage);
+    expect(full.usage.completion_tokens).toBe(12);
+    expect(full.choices[0].finish_reason).toBe('length');
+  });
+
+  it('cuts the answer at a stop string, which is not included', async () => {
+    const full = (await engine.chat.completions.create(ask({ temperature: 0, max_tokens: 24 }))).choices[0].message.content!;
+    const stop = full.slice(Math.floor(full.length / 2), Math.floor(full.length / 2) + 3);
+    const cut = await engine.chat.completions.create(ask({ temperature: 0, max_tokens: 24, stop }));
+    expect(cut.choices[0].message.content).toBe(full.slice(0, full.indexOf(stop)));
+    expect(cut.choices[0].finish_reason).toBe('stop');
+  });
+
+  it('returns logprobs of the chosen tokens and their alternatives', async () => {
+    const r = await engine.chat.completions.create(ask({ temperature: 0, logprobs: true, top_logprobs: 3 }));
+    const content = r.choices[0].logprobs!.content;
+    expect(content.length).toBeGreaterThan(0);
+    for (const t of content) {
+      expect(t.top_logprobs).toHaveLength(3);
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      expect(t.logprob).toBeCloseTo(t.top_logprobs[0].logprob, 5);
+    }
+  });
+
+  it('stops within one step of an abort, and the next request starts clean', async () => {
+    const controller = new AbortController();
+    const seen: number[] = [];
+    let abortedAt = -1;
+    const stream = await engine.chat.completions.create({ ...ask({ max_tokens: 100, temperature: 0 }), stream: true, signal: controller.signal, onToken: (id) => seen.push(id) });
+    await expect(
+      (async () => {
+        for await (const _ of stream) {
+          if (seen.length === 3) {
+            controller.abort();
+            abortedAt = seen.length;
+          }
+        }
+      })(),
+    ).rejects.toThrow(AbortError);
+    expect(seen.length - abortedAt).toBeLessThanOrEqual(1);
+    expect(await ids(ask({ temperature: 0 }))).toEqual(await ids(ask({ temperature: 0 })));
+  });
+
+  it('closes the thought after the reasoning budget: at most N reasoning tokens, then </think>, then content', async () => {
+    const budget = 4;
+    const thinkEnd = engine.tokenizer.tokenId('</think>')!;
+    const out: number[] = [];
+    const r = await engine.chat.completions.create({ ...ask({ max_tokens: 16, temperature: 0 }), reasoning: { budget }, onToken: (id) => out.push(id) });
+    const at = out.indexOf(thinkEnd);
+    expect(at).toBeGreaterThanOrEqual(0);
+    expect(at).toBeLessThanOrEqual(budget);
+    expect(out.slice(at, at + 1 + engine.tokenizer.encode('\n\n').length)).toEqual(engine.tokenizer.encode('</think>\n\n'));
+    expect(r.usage.completion_tokens_details.reasoning_tokens).toBeLessThanOrEqual(budget + 1);
+    expect(typeof r.choices[0].message.content).toBe('string');
+  });
+
+  it('refuses bad requests clearly, before any GPU work, leaving nothing half-done', async () => {
+    const before = await ids(ask({ temperature: 0 }));
+    const bad: [Partial<ChatCompletionRequest>, RegExp, typeof RequestError | typeof SessionError][] = [
+      [{ messages: [{ role: 'wizard' as 'user', content: 'hi' }] }, /messages\[0\]\.role/, RequestError],
+      [{ max_tokens: 0 }, /max_tokens: must be a positive integer/, RequestError],
+      [{ max_tokens: 600 }, /exceed the context of 512 tokens/, SessionError],
+      [{ messages: [{ role: 'user', content: 'x '.repeat(600) }] }, /context/, SessionError],
+      [{ tools: [{ type: 'function', function: { name: '' } }] }, /tools\[0\]/, RequestError],
+      [{ temperature: -1 }, /temperature/, RequestError],
+    ];
+    for (const [patch, message, type] of bad) {
+      const request = ask(patch);
+      await expect(engine.chat.completions.create(request), JSON.stringify(patch)).rejects.toThrow(type);
+      await expect(engine.chat.completions.create(request)).rejects.toThrow(message);
+    }
+    expect(await ids(ask({ temperature: 0 }))).toEqual(before);
+  });
+});
+
+describe('a model whose chat template fails', () => {
+  it('gives a clear error for chats, and still serves raw completions', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'qwen-template-'));
+    cpSync(fixtureDir('tiny-qwen35'), dir, { recursive: true });
+    const configPath = join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(readFileSync(configPath, 'utf8'));
+    config.chat_template = "{{ raise_exception('this template only takes tools') }}";
+    writeFileSync(configPath, JSON.stringify(config));
+    const broken = await Engine.load(ctx, new FileSource(dir), { dtype: 'f32', contextLength: 128 });
+    try {
+      await expect(broken.chat.completions.create(ask())).rejects.toThrow(/this template only takes tools/);
+      const r = await broken.completions.create({ prompt: 'The license', max_tokens: 4, temperature: 0 });
+      expect(r.usage.completion_tokens).toBe(4);
+    } finally {
+      broken.destroy();
+    }
+  });
+});
+
+describe('completions', () => {
+  it('continues raw text, streamed or not, the same way', async () => {
+    const full = await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0 });
+    let text = '';
+    for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0, stream: true })) text += chunk.choices[0].text;
+    expect(text).toBe(full.choices[0].text);
+    expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer.encode('The license').length, completion_tokens: 8 });
+  });
+});
