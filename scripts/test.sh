@@ -7,5 +7,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 echo "== typecheck"
 npx tsc --noEmit -p .
 npx deno check --quiet src/hosts/deno/cli.ts scripts/compile-deno.ts
+echo "== browser build (dist/browser, for test/browser)"
+npm run --silent build -- --logLevel warn
 echo "== tests"
 npx vitest run "$@"

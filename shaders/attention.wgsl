@@ -1,9 +1,9 @@
-// attention: causal GQA softmax attention over the f32 KV cache, times the sigmoid output gate
+// attention: causal GQA softmax attention over the KV cache, times the sigmoid output gate
 //   (Qwen3_5Attention: eager_attention_forward with scaling = D^-0.5 and softmax in f32, then o * sigmoid(gate)).
 //   out[t, h*D + d] = (Σ_{p ≤ pos+t} softmax_p(q[t,h]·K[g,p] * scale) V[g,p,d]) * sigmoid(gate[t,h,d])
 //   g = h / group (group = nq/nkv), pos = step.pos, gate[t,h,d] = proj[t*proj_stride + h*2*D + D + d]
-//   q: [T, nq, D] · k_cache, v_cache: [nkv, capacity, D] · out: [T, nq*D] (all f32, read as vec4)
-//   proj: [T, proj_stride] f32 · part: scratch of the split stages (layout below)
+//   q: [T, nq, D] · k_cache, v_cache: [nkv, capacity, D] · out: [T, nq*D] (all act, read as vec4; math in f32)
+//   proj: [T, proj_stride] act · part: f32 scratch of the split stages (layout below)
 //   A row is (t, h), row = t*nq + h. Its keys [0, min(pos+t+1, capacity)) are cut into `splits` chunks of
 //   C = round_up(max(ceil(keys/splits), min_chunk), KB) keys; a chunk is read in blocks of KB keys with an
 //   online (running max) softmax. Per block: KB keys x LANES lanes form the dot products (vec4 loads, lanes of a
@@ -29,8 +29,8 @@ var<workgroup> prob: array<f32, KB>;
 
 fn write_out(t: u32, h: u32, c: u32, o: vec4<f32>) {
   let gbase = t * params.proj_stride + h * 2u * HD + HD + 4u * c;
-  let gate = vec4<f32>(proj[gbase], proj[gbase + 1u], proj[gbase + 2u], proj[gbase + 3u]);
-  out[(t * params.nq + h) * (HD / 4u) + c] = o / (1.0 + exp(-gate));
+  let gate = vec4<f32>(f32(proj[gbase]), f32(proj[gbase + 1u]), f32(proj[gbase + 2u]), f32(proj[gbase + 3u]));
+  out[(t * params.nq + h) * (HD / 4u) + c] = vec4<act>(o / (1.0 + exp(-gate)));
 }
 
 // The K and V loops issue eight loads before using any (two kdot4 calls; eight V rows): on NVIDIA (Vulkan) the
@@ -41,10 +41,10 @@ fn kdot4(kbase: u32, c: u32, stride: u32) -> f32 {
   let c1 = c + stride;
   let c2 = c1 + stride;
   let c3 = c2 + stride;
-  let k0 = k_cache[kbase + min(c, HD4 - 1u)];
-  let k1 = k_cache[kbase + min(c1, HD4 - 1u)];
-  let k2 = k_cache[kbase + min(c2, HD4 - 1u)];
-  let k3 = k_cache[kbase + min(c3, HD4 - 1u)];
+  let k0 = vec4<f32>(k_cache[kbase + min(c, HD4 - 1u)]);
+  let k1 = vec4<f32>(k_cache[kbase + min(c1, HD4 - 1u)]);
+  let k2 = vec4<f32>(k_cache[kbase + min(c2, HD4 - 1u)]);
+  let k3 = vec4<f32>(k_cache[kbase + min(c3, HD4 - 1u)]);
   return select(0.0, dot(q_s[min(c, HD4 - 1u)], k0), c < HD4) + select(0.0, dot(q_s[min(c1, HD4 - 1u)], k1), c1 < HD4)
        + select(0.0, dot(q_s[min(c2, HD4 - 1u)], k2), c2 < HD4) + select(0.0, dot(q_s[min(c3, HD4 - 1u)], k3), c3 < HD4);
 }
@@ -70,7 +70,7 @@ fn attend(row: u32, s: u32, li: u32) {
   let k1 = min(k0 + chunk, keys);
 
   let qbase = row * HD4;
-  for (var c = li; c < HD4; c += WG) { q_s[c] = q[qbase + c] * params.scale; }
+  for (var c = li; c < HD4; c += WG) { q_s[c] = vec4<f32>(q[qbase + c]) * params.scale; }
   workgroupBarrier();
 
   var m = NEG;
@@ -117,14 +117,14 @@ fn attend(row: u32, s: u32, li: u32) {
       for (var i = 0u; i < NACC; i++) {
         let c = li + i * WG;
         if (HD4 % WG == 0u || c < HD4) {
-          let v0 = v_cache[r0.x + c];
-          let v1 = v_cache[r0.y + c];
-          let v2 = v_cache[r0.z + c];
-          let v3 = v_cache[r0.w + c];
-          let v4 = v_cache[r1.x + c];
-          let v5 = v_cache[r1.y + c];
-          let v6 = v_cache[r1.z + c];
-          let v7 = v_cache[r1.w + c];
+          let v0 = vec4<f32>(v_cache[r0.x + c]);
+          let v1 = vec4<f32>(v_cache[r0.y + c]);
+          let v2 = vec4<f32>(v_cache[r0.z + c]);
+          let v3 = vec4<f32>(v_cache[r0.w + c]);
+          let v4 = vec4<f32>(v_cache[r1.x + c]);
+          let v5 = vec4<f32>(v_cache[r1.y + c]);
+          let v6 = vec4<f32>(v_cache[r1.z + c]);
+          let v7 = vec4<f32>(v_cache[r1.w + c]);
           acc[i] += p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3 + p1.x * v4 + p1.y * v5 + p1.z * v6 + p1.w * v7;
         }
       }

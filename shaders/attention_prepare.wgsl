@@ -4,9 +4,9 @@
 //   q_h  = proj[t, h*2*D .. h*2*D + D)            y = x * rsqrt(mean(x^2) + eps) * (1 + w)
 //   k_g  = proj[t, k_offset + g*D ..)             y[i] = y[i]*cos + rot[i]*sin for i < R,  rot = cat(-y[R/2..R), y[0..R/2))
 //   v_g  = proj[t, v_offset + g*D ..)             (raw copy)
-//   proj: [T, proj_stride] f32 (per row: [q_0 | gate_0 | ... | q_{nq-1} | gate_{nq-1}], k at k_offset, v at v_offset)
+//   proj: [T, proj_stride] act (per row: [q_0 | gate_0 | ... | q_{nq-1} | gate_{nq-1}], k at k_offset, v at v_offset)
 //   q_norm, k_norm: [D] f32 · rope: [capacity, R/2] vec2 (cos, sin) at position p = step.pos + t
-//   q: [T, nq, D] f32 · k_cache, v_cache: [nkv, capacity, D] f32 (position p of kv head g at (g*capacity + p)*D)
+//   q: [T, nq, D] act · k_cache, v_cache: [nkv, capacity, D] act (position p of kv head g at (g*capacity + p)*D)
 //   grid: one workgroup per (t, head) with head in [0, nq + nkv): heads < nq are q heads, the rest k/v heads
 //         (flat_id over a 2-D grid, t outermost).
 //   preconditions: R even, R <= D. Tokens whose position reaches capacity are dropped (nothing written).
@@ -35,24 +35,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let src = select(row + params.k_offset + g * D, row + hh * 2u * D, is_q);
 
   var ss = 0.0;
-  for (var d = li; d < D; d += WG) { let x = proj[src + d]; ss += x * x; }
+  for (var d = li; d < D; d += WG) { let x = f32(proj[src + d]); ss += x * x; }
   let inv = inverseSqrt(workgroup_sum(ss, li) / f32(D) + params.eps);
 
   let half = params.rotary_dim / 2u;
   let dst = select((g * params.capacity + pos) * D, (t * params.nq + hh) * D, is_q);
   for (var d = li; d < D; d += WG) {
-    var y = proj[src + d] * inv * (1.0 + norm_w(is_q, d));
+    var y = f32(proj[src + d]) * inv * (1.0 + norm_w(is_q, d));
     if (d < params.rotary_dim) {
       let lo = d < half;
       let j = select(d - half, d + half, lo);
-      let partner = proj[src + j] * inv * (1.0 + norm_w(is_q, j));
+      let partner = f32(proj[src + j]) * inv * (1.0 + norm_w(is_q, j));
       let cs = rope[pos * half + select(d - half, d, lo)];
       y = y * cs.x + select(partner, -partner, lo) * cs.y;
     }
     if (is_q) {
-      q[dst + d] = y;
+      q[dst + d] = act(y);
     } else {
-      k_cache[dst + d] = y;
+      k_cache[dst + d] = act(y);
       v_cache[dst + d] = proj[row + params.v_offset + g * D + d];
     }
   }

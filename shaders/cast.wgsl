@@ -13,42 +13,6 @@
 //     dst_row_stride >= row_stride; src and dst distinct.
 override WG: u32 = 256u;
 
-// f32 bits of an f16 (exact: every f16, subnormals included, is a normal f32 or zero).
-fn f16_bits_to_f32_bits(h: u32) -> u32 {
-  let sign = (h & 0x8000u) << 16u;
-  let exp = (h >> 10u) & 0x1fu;
-  let mant = h & 0x3ffu;
-  if (exp == 0x1fu) { return sign | 0x7f800000u | (mant << 13u); }
-  if (exp != 0u) { return sign | ((exp + 112u) << 23u) | (mant << 13u); }
-  if (mant == 0u) { return sign; }
-  let shift = countLeadingZeros(mant) - 21u; // brings the leading 1 to bit 10
-  return sign | ((113u - shift) << 23u) | (((mant << shift) & 0x3ffu) << 13u);
-}
-
-// f16 bits of an f32, round to nearest even (the same steps as f32ToF16Bits in src/formats/half.ts).
-fn f32_bits_to_f16_bits(x: u32) -> u32 {
-  let sign = (x >> 16u) & 0x8000u;
-  let exp = (x >> 23u) & 0xffu;
-  let mant = x & 0x7fffffu;
-  if (exp == 0xffu) { return sign | 0x7c00u | select(0u, 0x200u, mant != 0u); }
-  let e = i32(exp) - 112;
-  if (e >= 31) { return sign | 0x7c00u; }
-  if (e <= 0) {
-    if (e < -10) { return sign; }
-    let m = mant | 0x800000u;
-    let shift = u32(14 - e);
-    let half = 1u << (shift - 1u);
-    let rest = m & ((1u << shift) - 1u);
-    var r = m >> shift;
-    if (rest > half || (rest == half && (r & 1u) == 1u)) { r += 1u; }
-    return sign | r;
-  }
-  var r = (u32(e) << 10u) | (mant >> 13u);
-  let rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (r & 1u) == 1u)) { r += 1u; }
-  return sign | r;
-}
-
 // f32 bits of destination column `col` of piece row `row`: 0 in the row padding.
 fn value_bits(row: u32, col: u32) -> u32 {
   if (col >= params.cols) { return 0u; }

@@ -1,9 +1,10 @@
 // embedding: out[t, c] = table[ids[ids_offset + t], c]                 (nn.Embedding, embed_tokens)
-//   table: one part of a [V, H] weight (rows first..first+count, row r of the part at r * row_stride)
-//   ids: [ids_offset + T] u32 · out: [T, H] f32
+//   table: one part of a [V, H] weight (rows first..first+count, row r of the part at r * row_stride), f32,
+//          f16 or q4, read 8 logical elements at a time through table_load8
+//   ids: [ids_offset + T] u32 · out: [T, H] f32 (the residual stream)
 //   grid: one workgroup per token (flat_id over a 2-D grid); a token whose id is outside this part's rows is
 //   left to the dispatch of the part that holds it (ids ≥ V are written by none).
-//   preconditions: row_stride is a multiple of 8 (GpuTensor rows are padded to 8).
+//   preconditions: row_stride is a multiple of 8 (GpuTensor rows are padded to 8, q4 rows to 64).
 override WG: u32 = 64u;
 
 @compute @workgroup_size(WG)

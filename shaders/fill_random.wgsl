@@ -1,5 +1,6 @@
 // fill_random: benchmark weights made on the GPU (no download). Word i of y gets uniform values in
-// [-scale, scale) from a hash of (seed, i): one f32, or two f16 halves packed low-first.
+// [-scale, scale) from a hash of (seed, i): mode 0 one f32, mode 1 two f16 halves packed low-first; mode 2 (q4:
+// items of item_words words, nib_words nibble words then scale words) random nibbles, and scales of scale / 8.
 //   y: [words] u32 · grid: one invocation per word, 256 per workgroup (flat_id over a 2-D grid)
 override WG: u32 = 256u;
 
@@ -18,7 +19,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) li: u32) {
   let i = flat_id(wg, nwg) * WG + li;
   if (i >= params.words) { return; }
-  if (params.halves == 1u) {
+  if (params.mode == 2u) {
+    if (i % params.item_words < params.nib_words) {
+      y[i] = hash(i ^ hash(params.seed));
+    } else {
+      y[i] = pack2x16float(vec2<f32>(params.scale / 8.0));
+    }
+  } else if (params.mode == 1u) {
     y[i] = pack2x16float(vec2<f32>(uniform_at(2u * i), uniform_at(2u * i + 1u)));
   } else {
     y[i] = bitcast<u32>(uniform_at(i));

@@ -2,8 +2,8 @@
 //   and DVT = 16 value columns, from the state at each chunk's start (hs) and v_new of gated_delta_net_chunk_scan:
 //     O[i] = e^cum_i (q_i · S) + Σ_{l <= i} attn[i,l] v_new[l]          (attn is zero above the diagonal)
 //   i.e. one product [q ⊙ e^cum | attn] [S; v_new] with a reduction over DK + C.
-//   qkv: [T, qkv_stride] f32 (only q is read) · uw: [nv, tp, dv + DK] f32 (v_new | W) · attn: [nv, tp, C] ·
-//   gate: [nv, tp, 2] · hs: [nv, chunks, DK, dv] · out: [T, nv, dv] f32
+//   qkv: [T, qkv_stride] act (only q is read) · uw: [nv, tp, dv + DK] f32 (v_new | W) · attn: [nv, tp, C] ·
+//   gate: [nv, tp, 2] · hs: [nv, chunks, DK, dv] (all f32) · out: [T, nv, dv] act
 //   grid: chunks * nv * ceil(dv / DVT) workgroups (flat_id; id = (n * nv + h) * tiles + tile) of 256 invocations;
 //   invocation (i, q) = (li / 4, li % 4) owns row i, columns 4q..4q+3; [S; v_new] sits in workgroup memory (`sv`) and
 //   [q | attn] streams through `stage` in tiles of DT columns.
@@ -19,7 +19,7 @@ fn q_elem(t0: u32, rows: u32, qoff: u32, d0: u32, e: u32) -> f32 {
   let r = e / DT;
   let d = d0 + e % DT;
   if (r >= rows || d >= DK) { return 0.0; }
-  return qkv[(t0 + r) * params.qkv_stride + qoff + d];
+  return f32(qkv[(t0 + r) * params.qkv_stride + qoff + d]);
 }
 
 // Element e < C*DT of the attn tile at column l0.
@@ -82,6 +82,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let c4 = col0 + 4u * q;
   if (i < rows && c4 < params.dv) {
     let at = ((t0 + i) * params.nv + h) * params.dv + c4;
-    out[at] = acc.x; out[at + 1u] = acc.y; out[at + 2u] = acc.z; out[at + 3u] = acc.w;
+    out[at] = act(acc.x); out[at + 1u] = act(acc.y); out[at + 2u] = act(acc.z); out[at + 3u] = act(acc.w);
   }
 }

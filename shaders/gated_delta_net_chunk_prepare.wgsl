@@ -5,7 +5,7 @@
 //     A = (kb k^T) ⊙ D with kb = beta k;  M = I + strict_lower(A)
 //     U = M^-1 (beta v)  [C, dv];  W = M^-1 (kb ⊙ e^cum)  [C, dk];  attn = (q k^T) ⊙ D, lower triangle incl. diagonal
 //   Every exponent is a sum of g's of one sign (never a difference of prefix sums), so strong decays keep f32 precision.
-//   qkv: [T, qkv_stride] f32 (layout of gated_delta_net_step) · ba: [T, ba_stride] f32 · a_log, dt_bias: [nv] f32
+//   qkv: [T, qkv_stride] act (layout of gated_delta_net_step) · ba: [T, ba_stride] act · a_log, dt_bias: [nv] f32
 //   uw:   [nv, tp, dv + dk] f32, row (h, t) = U row | W row  (tp = chunks * C)
 //   attn: [nv, tp, C] f32, row (h, t) = attn[i, 0..C) of t = chunk*C + i (zero above the diagonal)
 //   gate: [nv, tp, 2] f32, (e^cum_i, e^(cum_last - cum_i))
@@ -33,9 +33,9 @@ fn load_block(col: u32, i0: u32, rows: u32, t0: u32, koff: u32, voff: u32) -> ar
     if (i < rows) {
       let base = (t0 + i) * params.qkv_stride;
       if (col < params.dv) {
-        x[r] = qkv[base + voff + col] * bsh[i];
+        x[r] = f32(qkv[base + voff + col]) * bsh[i];
       } else {
-        x[r] = qkv[base + koff + col - params.dv] * bsh[i] * ecum[i];
+        x[r] = f32(qkv[base + koff + col - params.dv]) * bsh[i] * ecum[i];
       }
     }
   }
@@ -84,8 +84,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var beta = 0.0;
     if (li < rows) {
       let gb = (t0 + li) * params.ba_stride;
-      beta = sigmoid(ba[gb + params.b_off + h]);
-      g = -exp(a_log[h]) * softplus(ba[gb + params.a_off + h] + dt_bias[h]);
+      beta = sigmoid(f32(ba[gb + params.b_off + h]));
+      g = -exp(a_log[h]) * softplus(f32(ba[gb + params.a_off + h]) + dt_bias[h]);
     }
     gsh[li] = g;
     bsh[li] = beta;
@@ -113,7 +113,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let r = (e % (KT * C)) / KT;
       let d = e % KT;
       var v = 0.0;
-      if (r < rows && d0 + d < params.dk) { v = qkv[(t0 + r) * params.qkv_stride + select(koff, qoff, m == 1u) + d0 + d]; }
+      if (r < rows && d0 + d < params.dk) { v = f32(qkv[(t0 + r) * params.qkv_stride + select(koff, qoff, m == 1u) + d0 + d]); }
       tile[(m * KT + d) * (C / 4u) + r / 4u][r % 4u] = v;
     }
     workgroupBarrier();

@@ -4,10 +4,10 @@
 //     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q            (o reads the updated state)
 //   Written per column c of S with a = Σ_d S[d,c] k[d], b = Σ_d S[d,c] q[d] over the state before the token, so the
 //   state is read once: u[c] = beta (v[c] - e^g a);  o[c] = e^g b + u[c] (k·q);  S[d,c] = e^g S[d,c] + k[d] u[c].
-//   qkv:   [T, qkv_stride] f32; q of key head j at t*qkv_stride + j*DK, k at + nk*DK + j*DK, v of value head h at
+//   qkv:   [T, qkv_stride] act; q of key head j at t*qkv_stride + j*DK, k at + nk*DK + j*DK, v of value head h at
 //          + 2*nk*DK + h*dv (q, k already l2-normed, q scaled by DK^-0.5)
-//   ba:    [T, ba_stride] f32; b[t,h] at t*ba_stride + b_off + h, a[t,h] at t*ba_stride + a_off + h
-//   a_log, dt_bias: [nv] f32 · state: [nv, DK, dv] f32, read and updated · out: [T, nv, dv] f32
+//   ba:    [T, ba_stride] act; b[t,h] at t*ba_stride + b_off + h, a[t,h] at t*ba_stride + a_off + h
+//   a_log, dt_bias: [nv] f32 · state: [nv, DK, dv] f32, read and updated · out: [T, nv, dv] act
 //   grid: nv * ceil(dv / DVT) workgroups (flat_id) of DVT × KSPLIT invocations; workgroup (h, tile) owns columns
 //   tile*DVT + x of head h; invocation (x, y) keeps rows d = y + KSPLIT*r (r < RPT) of its column in registers for all
 //   T tokens (the state is read and written once per call), and the KSPLIT partial sums of a column meet in `red`.
@@ -49,10 +49,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var pb = 0.0;
   var pa = 0.0;
   {
-    if (li < DK) { pq = qkv[qoff + li]; pk = qkv[koff + li]; }
-    if (live) { pv = qkv[voff]; }
-    pb = ba[params.b_off + h];
-    pa = ba[params.a_off + h];
+    if (li < DK) { pq = f32(qkv[qoff + li]); pk = f32(qkv[koff + li]); }
+    if (live) { pv = f32(qkv[voff]); }
+    pb = f32(ba[params.b_off + h]);
+    pa = f32(ba[params.a_off + h]);
   }
   for (var t = 0u; t < params.tokens; t++) {
     if (li < DK) {
@@ -64,11 +64,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let v = pv;
     if (t + 1u < params.tokens) {
       let row = (t + 1u) * params.qkv_stride;
-      if (li < DK) { pq = qkv[row + qoff + li]; pk = qkv[row + koff + li]; }
-      if (live) { pv = qkv[row + voff]; }
+      if (li < DK) { pq = f32(qkv[row + qoff + li]); pk = f32(qkv[row + koff + li]); }
+      if (live) { pv = f32(qkv[row + voff]); }
       let gb = (t + 1u) * params.ba_stride;
-      pb = ba[gb + params.b_off + h];
-      pa = ba[gb + params.a_off + h];
+      pb = f32(ba[gb + params.b_off + h]);
+      pa = f32(ba[gb + params.a_off + h]);
     }
     workgroupBarrier();
 
@@ -86,7 +86,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var tot = vec3<f32>(0.0);
     for (var m = 0u; m < KSPLIT; m++) { tot += red[lid.x + DVT * m]; }
     let u = beta * (v - decay * tot.x);
-    if (live && lid.y == 0u) { out[(t * params.nv + h) * params.dv + col] = decay * tot.y + u * tot.z; }
+    if (live && lid.y == 0u) { out[(t * params.nv + h) * params.dv + col] = act(decay * tot.y + u * tot.z); }
     for (var r = 0u; r < RPT; r++) {
       let d = lid.y + KSPLIT * r;
       if (d < DK) { s[r] = decay * s[r] + qk[DK + d] * u; }

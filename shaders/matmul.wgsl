@@ -1,7 +1,7 @@
 // matmul: prefill linear layer, Y[t, n] (=|+=) epilogue(Σ_k X[t, k] · W[n, k]) · scale   (nn.Linear, y = x @ W^T;
 //   swiglu as Qwen3_5MLP / the Qwen3_5MoeSparseMoeBlock experts: silu(x @ G^T) * (x @ U^T))
-//   x: [rows, K] f32, row r at x_offset + r * x_stride · y: [rows, N] f32, Y[r, n] at y_offset + r * y_stride + col0 + n
-//   w (one part of a GpuTensor, rows padded to a multiple of 8):
+//   x: [rows, K] act, row r at x_offset + r * x_stride · y: [rows, N] act or f32 (variant; logits f32), Y[r, n] at y_offset + r * y_stride + col0 + n
+//   w (one part of a GpuTensor, rows padded to a multiple of 8; f32, f16 or q4, read through w_load8 by logical index):
 //     dense [N, K] or swiglu [I, 2, K] (gate row 0, up row 1): output column n = item n of the part
 //     experts [E, N, K] or swiglu [E, 2I, K] (gate rows 0..I-1, up rows I..2I-1): item = expert slot
 //   W row of (output column n < ncols of this dispatch, half h) starts at W8 index wbase + n * n_stride8 + h * h_stride8.
@@ -52,7 +52,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let kk = e % BK;
       let row = rows[r];
       var v = 0.0;
-      if (row != INVALID && k0 + kk < params.k) { v = x[params.x_offset + (row / params.x_div) * params.x_stride + k0 + kk]; }
+      if (row != INVALID && k0 + kk < params.k) { v = f32(x[params.x_offset + (row / params.x_div) * params.x_stride + k0 + kk]); }
       xs[kk * tm4 + r / 4u][r % 4u] = v;
     }
     for (var e = li; e < NW * TN * k8s; e += nt) {

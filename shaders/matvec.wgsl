@@ -3,22 +3,23 @@
 //   of an output projection); 'swiglu' y = silu(W_gate x) * (W_up x) (Qwen3_5MLP: act_fn(gate_proj(x)) *
 //   up_proj(x); Qwen3_5MoeExperts: gate_up_proj[e] = [gate; up], gate rows first). The optional scale
 //   multiplies the result before store/add (MoE routing weight); in 'sum' it weights each pick's term.
-//   w (one part of a GpuTensor; element (item - first) * itemStride + row * rowStride + col, read 8 at a time):
+//   w (one part of a GpuTensor; element (item - first) * itemStride + row * rowStride + col, read a UNIT at a
+//     time: 8 elements (f32, f16) or one q4 group of 32 (its scale read once); strides are passed in UNITs):
 //     dense [N, K] (item = output row) · dense swiglu [I, 2, K] (item r: row 0 gate, row 1 up)
 //     experts [E, N, K] or swiglu [E, 2I, K] (item = slot; output row r reads row r, up row r + I)
-//   x: f32 [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride
-//   y: f32 [N] at y_off + y_row0 (y_row0: a dense part's first row); experts 'each': [topk][N], pick j at
+//   x: act [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride (staged as f32)
+//   y: act or f32 (the variant's; logits are f32) [N] at y_off + y_row0 (y_row0: a dense part's first row); experts 'each': [topk][N], pick j at
 //      y_off + j * y_stride
 //   ids: u32 [topk] at ids_off (chosen expert ids) · slots: u32 [E] expert id -> slot · scales: f32 at scale_idx
 //   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). Workgroup g owns rows g*ROWS ..+ROWS;
-//     each row is shared by TPR = WG / ROWS consecutive invocations that stride over its 8-element chunks
-//     (coalesced 16- or 32-byte loads), then row_sum (a tree over the row's TPR lanes). x is staged through
-//     workgroup memory in tiles of 4 * XT4 elements (every row of the workgroup reuses it). 'sum' runs over
-//     the picks as one dot product of length topk * K8 (K8 = K rounded up to 8), so the loads of different
-//     picks overlap instead of waiting on one another.
-//   preconditions (matvec.ts): WG, ROWS powers of two, ROWS <= WG; XT4 even; 'sum': topk <= MAX_PICKS;
-//     rowStride, itemStride multiples of 8; x and y distinct; a pick whose slot is outside this part
-//     contributes nothing here (another part's dispatch serves it).
+//     each row is shared by TPR = WG / ROWS consecutive invocations that stride over its UNITs (coalesced
+//     16- or 32-byte loads), then row_sum (a tree over the row's TPR lanes). x is staged through workgroup
+//     memory in tiles of 4 * XT4 elements (every row of the workgroup reuses it). 'sum' runs over the picks as
+//     one dot product of length topk * KU units (KU = K rounded up to a UNIT), so the loads of different picks
+//     overlap instead of waiting on one another.
+//   preconditions (matvec.ts): WG, ROWS powers of two, ROWS <= WG; XT4 a multiple of UNIT / 4; 'sum': topk <=
+//     MAX_PICKS; rowStride, itemStride multiples of UNIT; x and y distinct; a pick whose slot is outside this
+//     part contributes nothing here (another part's dispatch serves it).
 override WG: u32 = 256u;
 override ROWS: u32 = 8u;
 override TPR: u32 = WG / ROWS;
@@ -27,7 +28,7 @@ const MAX_PICKS = 32u;
 const NONE = 0xffffffffu;
 
 var<workgroup> xs: array<vec4<f32>, XT4>;
-// 'sum': each pick's item offset in this part (in 8-element chunks; NONE if elsewhere) and its scale.
+// 'sum': each pick's item offset in this part (in UNITs; NONE if elsewhere) and its scale.
 var<workgroup> pick_base: array<u32, MAX_PICKS>;
 var<workgroup> pick_scale: array<f32, MAX_PICKS>;
 
@@ -43,50 +44,51 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let lane = li % TPR;
   let r = g * ROWS + li / TPR;
   let live = r < params.rows;
-  let k8 = (params.k + 7u) / 8u;
-  var row8 = 0u; // chunk offset of row r (of pick j) in this part
+  let ku = (params.k + UNIT - 1u) / UNIT;
+  let u4 = UNIT / 4u;
+  var rowu = 0u; // UNIT offset of row r (of pick j) in this part
   if (SUM) {
     // All slot lookups at once, rather than a chain of dependent loads per pick.
     if (li < params.topk) {
       let item = pick_item(li);
-      pick_base[li] = select(NONE, item * params.item_stride8, item < params.items);
+      pick_base[li] = select(NONE, item * params.item_stride_u, item < params.items);
       pick_scale[li] = term_scale(li);
     }
-    row8 = r * params.row_stride8;
+    rowu = r * params.row_stride_u;
   } else if (DENSE) {
-    row8 = r * params.item_stride8;
+    rowu = r * params.item_stride_u;
   } else {
     let item = pick_item(j);
     if (item >= params.items) { return; }
-    row8 = item * params.item_stride8 + r * params.row_stride8;
+    rowu = item * params.item_stride_u + r * params.row_stride_u;
   }
-  // x as one virtual vector of npicks * k8 chunks: pick p's K values, zero up to the next multiple of 8.
+  // x as one virtual vector of npicks * ku units: pick p's K values, zero up to the next multiple of UNIT.
   // Zeroing matters: x past K is live data of other tensors, and 0-padded weights times NaN is NaN.
-  let len8 = select(1u, params.topk, SUM) * k8;
+  let len = select(1u, params.topk, SUM) * ku;
   var acc = vec2<f32>(0.0);
-  for (var t8 = 0u; t8 < len8; t8 += XT4 / 2u) {
-    let n4 = min(XT4, 2u * (len8 - t8));
+  for (var t = 0u; t < len; t += XT4 / u4) {
+    let n4 = min(XT4, u4 * (len - t));
     workgroupBarrier();
     for (var v = li; v < n4; v += WG) {
-      let e = 4u * (2u * t8 + v);       // virtual element index
-      let p = select(0u, e / (8u * k8), SUM);
-      let k = e - p * 8u * k8;
+      let e = 4u * (u4 * t + v);       // virtual element index
+      let p = select(0u, e / (UNIT * ku), SUM);
+      let k = e - p * UNIT * ku;
       let i = params.x_off + p * params.x_stride + k;
-      xs[v] = vec4<f32>(select(0.0, x[i], k < params.k), select(0.0, x[i + 1u], k + 1u < params.k),
-                        select(0.0, x[i + 2u], k + 2u < params.k), select(0.0, x[i + 3u], k + 3u < params.k));
+      xs[v] = vec4<f32>(select(0.0, f32(x[i]), k < params.k), select(0.0, f32(x[i + 1u]), k + 1u < params.k),
+                        select(0.0, f32(x[i + 2u]), k + 2u < params.k), select(0.0, f32(x[i + 3u]), k + 3u < params.k));
     }
     workgroupBarrier();
     if (live) {
-      for (var c = lane; c < n4 / 2u; c += TPR) {
-        let xv = W8(xs[2u * c], xs[2u * c + 1u]);
-        let q = t8 + c;
+      for (var c = lane; c < n4 / u4; c += TPR) {
+        let xv = x_unit(c);
+        let q = t + c;
         if (SUM) {
-          let p = q / k8;
+          let p = q / ku;
           let base = pick_base[p];
-          if (base != NONE) { acc.x += pick_scale[p] * dot8(w_load8(base + row8 + q - p * k8), xv); }
+          if (base != NONE) { acc.x += pick_scale[p] * w_dot(base + rowu + q - p * ku, xv); }
         } else {
-          acc.x += dot8(w_load8(row8 + q), xv);
-          if (SWIGLU) { acc.y += dot8(w_load8(row8 + params.up8 + q), xv); }
+          acc.x += w_dot(rowu + q, xv);
+          if (SWIGLU) { acc.y += w_dot(rowu + params.up_u + q, xv); }
         }
       }
     }

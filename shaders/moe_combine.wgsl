@@ -1,7 +1,7 @@
 // moe_combine: h[t*hidden + c] += Σ_{j<topk} out[(t*topk + j)*hidden + c]
 //   (Qwen3_5MoeSparseMoeBlock's Σ_j w_j · Expert_j(x) folded into the residual add; the weights w_j were applied
 //    by the down projection, which wrote one row per (token, expert) pair)
-//   h:   [tokens, hidden] f32, updated in place · out: [tokens, topk, hidden] f32 (pair p = t*topk + j at row p)
+//   h:   [tokens, hidden] f32 (the residual stream), updated in place · out: [tokens, topk, hidden] f32 (pair p = t*topk + j at row p); sums in f32
 //   grid: one invocation per element of h, WG per workgroup (flat_id over a 2-D grid).
 //   preconditions: h and out are distinct buffers; tokens · topk · hidden < 2^32.
 override WG: u32 = 256u;

@@ -53,9 +53,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
   if (li < topk) {
     // Every writer sums the same terms in the same order, so the k weights share one denominator.
-    let top = logits[row + chosen[0]];
+    let top = f32(logits[row + chosen[0]]);
     var sum = 0.0;
-    for (var i = 0u; i < topk; i++) { sum += exp(logits[row + chosen[i]] - top); }
+    for (var i = 0u; i < topk; i++) { sum += exp(f32(logits[row + chosen[i]]) - top); }
     let id = chosen[li];
     ids[t * topk + li] = id;
     gates[t * (topk + 1u) + li] = exp(logits[row + id] - top) / sum;

@@ -1,5 +1,5 @@
 // rms_norm: y = x * rsqrt(mean(x^2) + eps) * (1 + w)          (Qwen3_5RMSNorm: zero-centred weight, fp32 math)
-//   x, y: [rows, cols] f32 (row r at r * cols) · w: [cols] f32
+//   x, y: [rows, cols] f32 (the residual stream and its norm; row r at r * cols) · w: [cols] f32; sums in f32
 //   grid: one workgroup per row (flat_id over a 2-D grid). y may alias nothing; x and y are distinct buffers.
 override WG: u32 = 256u;
 

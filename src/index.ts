@@ -5,6 +5,7 @@ export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/cont
 export { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, QwenError, RequestError, SessionError } from './gpu/errors.ts';
 export { loadModel, type LoadOptions, type LoadProgress, type Model } from './model/load.ts';
 export { Session, type SessionOptions } from './runtime/session.ts';
+export type { ExpertStats } from './runtime/expert_cache.ts';
 export { GpuSampler, type SamplingOptions, type SampledToken } from './runtime/sampler.ts';
 export { generateIds } from './runtime/generation.ts';
 export { scoreIds } from './runtime/score.ts';

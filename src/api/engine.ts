@@ -3,13 +3,14 @@ import { RequestError, SessionError } from '../gpu/errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, type Model, loadModel } from '../model/load.ts';
 import { Session } from '../runtime/session.ts';
+import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
-import type { WeightSource } from '../storage/source.ts';
+import type { Checkpoint } from '../formats/checkpoint.ts';
 import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_template.ts';
 import { StreamDecoder } from '../text/stream_decoder.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import { chatChunks, collectChat, tokenLogprob } from './chat.ts';
-import { type GenerationPlan, generateTokens } from '../runtime/generation.ts';
+import { type GenerationPlan, type IdsResult, generateIds, generateTokens } from '../runtime/generation.ts';
 import { TextStream } from './text_stream.ts';
 import type {
   ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, FinishReason,
@@ -17,10 +18,21 @@ import type {
 } from './types.ts';
 
 export interface EngineOptions {
+  /** How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own). */
   dtype?: WeightDtype;
   /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
   contextLength?: number;
+  /** Whether `dtype` was the caller's choice rather than a default (the CLI says which). */
+  dtypeGiven?: boolean;
   mtp?: boolean;
+  /** Check a packed model's sha256 sums before loading it. */
+  verify?: boolean;
+  /**
+   * Bytes of GPU memory that MoE expert weights may occupy. Experts beyond it stay in the (packed) weight
+   * source and are streamed in as routing asks for them (src/runtime/expert_cache.ts; evicted by a
+   * frequency-weighted policy). Default: every expert is resident. Dense models ignore it.
+   */
+  expertCacheBytes?: number;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -67,14 +79,14 @@ export class Engine {
     this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   }
 
-  static async load(ctx: GpuContext, source: WeightSource, options: EngineOptions = {}): Promise<Engine> {
-    const tokenizer = await Tokenizer.load(source);
-    const model = await loadModel(ctx, source, {
-      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), tokenizer, mtp: options.mtp, onProgress: options.onProgress, signal: options.signal,
+  static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
+    const tokenizer = await Tokenizer.load(checkpoint.files);
+    const model = await loadModel(ctx, checkpoint, {
+      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false, tokenizer, mtp: options.mtp, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
     });
     try {
       const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);
-      const name = source.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
+      const name = checkpoint.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
       return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength }), name);
     } catch (error) {
       model.destroy();
@@ -184,6 +196,25 @@ export class Engine {
     };
   }
 
+  /**
+   * Token ids in, token ids out (no tokenizer): the browser worker's `generate`. Stops at an eos id of the
+   * model unless `ignoreEos`; waits for the requests before it, like every request.
+   */
+  generateIds(request: { promptIds: number[]; maxTokens: number; sampling?: SamplingOptions; ignoreEos?: boolean; signal?: AbortSignal }): Promise<IdsResult> {
+    const { promptIds, maxTokens } = request;
+    if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize)) {
+      throw new RequestError(`must be a non-empty array of token ids below ${this.model.config.vocabSize}`, 'promptIds');
+    }
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RequestError(`must be a positive integer, got ${String(maxTokens)}`, 'maxTokens');
+    if (promptIds.length + maxTokens > this.session.capacity) {
+      throw new SessionError(`the prompt (${promptIds.length} tokens) + maxTokens (${maxTokens}) exceed the context of ${this.session.capacity} tokens`);
+    }
+    const sampling = request.sampling ?? { temperature: 0 };
+    checkSampling(sampling, this.sampler.tokenizerSize);
+    const stopIds = request.ignoreEos ? [] : this.model.eosTokenIds;
+    return this.exclusive(() => generateIds(this.session, this.sampler, { promptIds, maxTokens, sampling, stopIds, signal: request.signal }));
+  }
+
   /** Checks the request now; the returned generator does the work. */
   private textStream(request: CompletionRequest): AsyncGenerator<CompletionChunk> {
     if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
@@ -247,6 +278,14 @@ export class Engine {
 
   private async streamCompletion(request: CompletionRequest): Promise<AsyncIterable<CompletionChunk>> {
     return this.locked(this.textStream(request));
+  }
+
+  /**
+   * Expert streaming figures of the last generation (hit rate, bytes streamed, stall per token), or undefined
+   * when every MoE expert is resident (or the model is dense).
+   */
+  expertStats(): ExpertStats | undefined {
+    return this.session.expertStats();
   }
 
   destroy(): void {

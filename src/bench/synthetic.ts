@@ -3,7 +3,7 @@ import { ConfigError } from '../gpu/errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { fillRandom } from '../kernels/fill_random.ts';
 import { parseConfig } from '../model/config.ts';
-import { type Model, allocateTensors, finishModel } from '../model/load.ts';
+import { type Model, allocateTensors, finishModel, tensorDtype } from '../model/load.ts';
 import { textModelTensors } from '../model/tensors.ts';
 import variants from './variants.json' with { type: 'json' };
 
@@ -19,12 +19,12 @@ export async function syntheticModel(ctx: GpuContext, name: string, options: { l
   const config = parseConfig({ ...raw, num_hidden_layers: options.layers ?? raw.num_hidden_layers }, `--synthetic ${name}`);
   const specs = textModelTensors(config, { prefix: '', fusedExperts: true });
   const owned: GPUBuffer[] = [];
-  const tensors = allocateTensors(ctx, specs, options.dtype, owned);
+  const tensors = allocateTensors(ctx, specs, (spec) => tensorDtype(spec, options.dtype, config), owned);
   let seed = 1;
   for (const tensor of tensors.values()) {
     // 1/sqrt(fan-in) keeps activations in range through many layers; vectors (norms, gates) stay small.
     const scale = tensor.shape.length === 3 || tensor.shape[0] > 1 ? 1 / Math.sqrt(tensor.shape[tensor.shape.length - 1]) : 0.1;
-    for (const part of tensor.parts) ctx.run([await fillRandom(ctx, { y: part.buffer, dtype: tensor.dtype, seed: seed++, scale })], 'fill');
+    for (const part of tensor.parts) ctx.run([await fillRandom(ctx, { y: part.buffer, dtype: tensor.dtype, itemStride: tensor.itemStride, seed: seed++, scale })], 'fill');
   }
   await ctx.sync();
   return finishModel(

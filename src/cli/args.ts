@@ -59,3 +59,9 @@ export function choiceFlag<T extends string>(args: Args, name: string, choices: 
   if (v !== undefined && !choices.includes(v as T)) throw new UsageError(`--${name} must be one of ${choices.join(', ')}, got "${v}"`);
   return v as T | undefined;
 }
+
+/** --dtype as the engine names it (int4 is the q4 layout); the default follows the adapter's shader-f16. */
+export function dtypeFlag(args: Args, f16: boolean): 'f32' | 'f16' | 'q4' {
+  const flag = choiceFlag(args, 'dtype', ['f32', 'f16', 'int4'] as const);
+  return flag === 'int4' ? 'q4' : (flag ?? (f16 ? 'f16' : 'f32'));
+}

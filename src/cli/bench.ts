@@ -5,7 +5,7 @@ import { Session } from '../runtime/session.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticModel } from '../bench/synthetic.ts';
-import { type Args, UsageError, choiceFlag, intFlag, stringFlag } from './args.ts';
+import { type Args, UsageError, dtypeFlag, intFlag, stringFlag } from './args.ts';
 import type { CliHost } from './main.ts';
 
 /**
@@ -13,7 +13,7 @@ import type { CliHost } from './main.ts';
  * decode step achieves as a fraction of the adapter's copy bandwidth measured in the same run.
  */
 export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load: (model: string, dtype: WeightDtype) => Promise<Model>): Promise<void> {
-  const dtype = choiceFlag(args, 'dtype', ['f32', 'f16'] as const) ?? (ctx.caps.f16 ? 'f16' : 'f32');
+  const dtype = dtypeFlag(args, ctx.caps.f16);
   const modelPath = stringFlag(args, 'model');
   const synthetic = stringFlag(args, 'synthetic');
   if (!modelPath === !synthetic) throw new UsageError('bench takes --model <dir> or --synthetic <name>');
@@ -58,6 +58,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
     prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)), decode_tokens_per_s: round(decodeRate),
     decode_weight_bytes: weightBytes, weight_gb_per_s: round(achieved / 1e9), copy_gb_per_s: round(copy / 1e9),
     bandwidth_fraction: round(achieved / copy, 3),
+    ...expertFigures(session),
   };
   host.stdout(
     args.flags.has('json')
@@ -66,11 +67,22 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
   decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens)
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
-`,
+${expertLine(session)}`,
   );
   sampler.destroy();
   session.destroy();
   model.destroy();
+}
+
+/** Expert streaming figures of the timed run (none when every expert is resident). */
+function expertFigures(session: Session) {
+  const s = session.expertStats();
+  return s ? { expert_cache_hit_rate: round(s.hitRate, 3), expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) } : {};
+}
+
+function expertLine(session: Session): string {
+  const s = session.expertStats();
+  return s ? `  experts  ${(s.hitRate * 100).toFixed(1)}% cache hits, ${(s.bytesStreamed / 1e6).toFixed(1)} MB streamed, ${round(s.stallMsPerToken)} ms stall per token (timed run)\n` : '';
 }
 
 const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;

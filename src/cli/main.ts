@@ -3,34 +3,36 @@ import { Engine } from '../api/engine.ts';
 import { collectChat } from '../api/chat.ts';
 import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
-import type { CapsMask } from '../gpu/caps.ts';
+import type { ActivationType, CapsMask } from '../gpu/caps.ts';
 import { QwenError } from '../gpu/errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type Model, loadModel } from '../model/load.ts';
-import { FileSource } from '../storage/file.ts';
-import { HttpSource, isUrl } from '../storage/http.ts';
+import { openModel } from '../storage/locate.ts';
 import type { WeightSource } from '../storage/source.ts';
 import { Session } from '../runtime/session.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { generateIds } from '../runtime/generation.ts';
 import { scoreIds } from '../runtime/score.ts';
+import { convertModel } from '../model/convert.ts';
+import { exportHf } from '../formats/export_hf.ts';
+import { FolderSink } from '../storage/file_sink.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import type { ChatMessage } from '../text/chat_template.ts';
 import { renderChat } from '../text/chat_template.ts';
-import { type Args, UsageError, choiceFlag, idsFlag, intFlag, parseArgs, stringFlag } from './args.ts';
+import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, parseArgs, stringFlag } from './args.ts';
 import { progressBar } from './progress.ts';
 import { samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 export interface CliHost {
-  createContext(options: { adapter?: string; mask?: CapsMask }): Promise<GpuContext>;
+  createContext(options: { adapter?: string; mask?: CapsMask; activations?: ActivationType }): Promise<GpuContext>;
   stdout(text: string): void;
   stderr(text: string): void;
   isTTY: boolean;
 }
 
-const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'help']);
+const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help']);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
@@ -46,16 +48,26 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       (--json: {"ids": [...], "text": the text that was tokenized})
   qwen-webgpu score    --model <dir|url> --ids ID,ID,... --out FILE
       writes float32 little-endian [n, vocab_size]: row t = log_softmax of the logits after ids[0..t]
+  qwen-webgpu convert  --model <hf dir|url|file.gguf> --dtype int4|f16|f32 --out DIR [--shard-mb N]
+      writes the engine's packed model (manifest with sha256 + shards); --model DIR then loads it
+  qwen-webgpu export   --model <packed dir|url> --out DIR
+      writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
                        [--prompt-tokens N] [--decode-tokens N]
       prefill and decode tokens/s, and weight bandwidth against the adapter's own copy bandwidth
   qwen-webgpu adapter  prints the adapter the engine would use
 
-common: --dtype f32|f16    how weights are held on the GPU (default f16 with shader-f16, else f32)
+common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises
+                           every matrix while loading, groups of 32 with f16 scales; a packed model keeps its own)
+        --activations f32|f16  how activations, KV cache and conv state are held (default f32; f16 needs
+                           shader-f16; the residual stream, recurrent state and routed experts stay f32)
         --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)
         --no-f16           do not use shader-f16 even where the adapter has it
         --context N        context length (default: what the command needs, at least 4096 for chats)
         --no-mtp           do not load the multi-token-prediction block
+        --verify           check a packed model's sha256 sums before loading it
+        --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU and stream the others from a packed
+                           model as routing asks for them (generate, score, bench; default: all resident)
 `;
 
 interface Command {
@@ -67,6 +79,8 @@ const COMMANDS: Record<string, Command> = {
   score: { gpu: true, run: (a, c, h) => score(a, c!, h) },
   generate: { gpu: true, run: (a, c, h) => (a.flags.has('prompt-ids') ? generateFromIds(a, c!, h) : generateChat(a, c!, h)) },
   tokenize: { gpu: false, run: (a, _c, h) => tokenize(a, h) },
+  convert: { gpu: true, run: (a, c, h) => convert(a, c!, h) },
+  export: { gpu: false, run: (a, _c, h) => exportPacked(a, h) },
   bench: { gpu: true, run: (a, c, h) => runBench(a, c!, h, (m, d) => loadWithProgress(m, d, a, c!, h)) },
   adapter: { gpu: true, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
 };
@@ -81,7 +95,13 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
     }
     const command = COMMANDS[args.command];
     if (!command) throw new UsageError(`unknown command "${args.command}"`);
-    if (command.gpu) ctx = await host.createContext({ adapter: stringFlag(args, 'adapter'), mask: args.flags.has('no-f16') ? { f16: false } : undefined });
+    if (command.gpu) {
+      ctx = await host.createContext({
+        adapter: stringFlag(args, 'adapter'),
+        mask: args.flags.has('no-f16') ? { f16: false } : undefined,
+        activations: choiceFlag(args, 'activations', ['f32', 'f16'] as const),
+      });
+    }
     await command.run(args, ctx, host);
     return 0;
   } catch (error) {
@@ -96,15 +116,20 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
   }
 }
 
-const sourceOf = (model: string): WeightSource => (isUrl(model) ? new HttpSource(model) : new FileSource(model));
-
-function dtypeOf(args: Args, ctx: GpuContext): WeightDtype {
-  return choiceFlag(args, 'dtype', ['f32', 'f16'] as const) ?? (ctx.caps.f16 ? 'f16' : 'f32');
-}
+const dtypeOf = (args: Args, ctx: GpuContext): WeightDtype => dtypeFlag(args, ctx.caps.f16);
+const expertCacheBytes = (args: Args): number | undefined => (args.flags.has('expert-cache-mb') ? intFlag(args, 'expert-cache-mb', undefined, 0) * 1024 * 1024 : undefined);
+/** Expert streaming figures for --json output (absent when every expert is resident). */
+const expertJson = (session: Session) => {
+  const s = session.expertStats();
+  return s && { expert_cache_hit_rate: round(s.hitRate * 1000) / 1000, expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) };
+};
 
 async function loadWithProgress(model: string, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const loaded = await loadModel(ctx, sourceOf(model), { dtype, mtp: !args.flags.has('no-mtp'), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor) });
+  const loaded = await loadModel(ctx, await openModel(model), {
+    dtype, dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), expertCacheBytes: expertCacheBytes(args),
+    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+  });
   bar.done();
   warnUnused(loaded, host);
   return loaded;
@@ -115,7 +140,7 @@ function warnUnused(model: Model, host: CliHost): void {
   if (unused.length > 0) host.stderr(`warning: ${unused.length} checkpoint tensors are not used: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}\n`);
 }
 
-const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx.adapter.backend, features: ctx.adapter.features, f16: ctx.caps.f16 });
+const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx.adapter.backend, features: ctx.adapter.features, f16: ctx.caps.f16, activations: ctx.activations });
 const round = (x: number) => Math.round(x * 100) / 100;
 const rate = (tokens: number, ms: number) => (tokens > 0 && ms > 0 ? round((tokens * 1000) / ms) : null);
 
@@ -157,7 +182,7 @@ function reasoningOf(args: Args): Reasoning {
 }
 
 async function tokenize(args: Args, host: CliHost): Promise<void> {
-  const tokenizer = await Tokenizer.load(sourceOf(stringFlag(args, 'model', true)));
+  const tokenizer = await Tokenizer.load((await openModel(stringFlag(args, 'model', true))).files);
   let text = stringFlag(args, 'text');
   if (text !== undefined && args.flags.has('messages')) throw new UsageError('give --text or --messages, not both');
   if (text === undefined) {
@@ -187,8 +212,8 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
   }
   const t2 = performance.now();
   host.stdout(`${JSON.stringify({
-    command: 'score', tokens: ids.length, vocab_size: model.config.vocabSize, out: outPath, dtype,
-    load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), adapter: adapterJson(ctx),
+    command: 'score', tokens: ids.length, vocab_size: model.config.vocabSize, out: outPath, dtype: model.dtype,
+    load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), ...expertJson(session), adapter: adapterJson(ctx),
   })}\n`);
   session.destroy();
   model.destroy();
@@ -200,7 +225,7 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
   const maxTokens = intFlag(args, 'max-tokens', 256);
   const modelArg = stringFlag(args, 'model', true);
   const dtype = dtypeOf(args, ctx);
-  const sampling = samplingFromFlags(args, await generationConfig(sourceOf(modelArg)));
+  const sampling = samplingFromFlags(args, await generationConfig((await openModel(modelArg)).files));
   const model = await loadWithProgress(modelArg, dtype, args, ctx, host);
   const session = Session.create(ctx, model, { contextLength: intFlag(args, 'context', prompt.length + maxTokens) });
   const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
@@ -209,8 +234,8 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
   host.stdout(
     args.flags.has('json')
       ? `${JSON.stringify({
-          ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype,
-          prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), adapter: adapterJson(ctx),
+          ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype: model.dtype,
+          prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), ...expertJson(session), adapter: adapterJson(ctx),
         })}\n`
       : `${r.ids.join(',')}\n`,
   );
@@ -225,12 +250,12 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const reasoning = reasoningOf(args);
   const maxTokens = intFlag(args, 'max-tokens', 256);
   const modelArg = stringFlag(args, 'model', true);
-  const source = sourceOf(modelArg);
-  const sampling = samplingFromFlags(args, await generationConfig(source));
+  const checkpoint = await openModel(modelArg);
+  const sampling = samplingFromFlags(args, await generationConfig(checkpoint.files));
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const engine = await Engine.load(ctx, source, {
-    dtype: dtypeOf(args, ctx), mtp: !args.flags.has('no-mtp'), contextLength: intFlag(args, 'context', 4096),
-    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+  const engine = await Engine.load(ctx, checkpoint, {
+    dtype: dtypeOf(args, ctx), dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), contextLength: intFlag(args, 'context', 4096),
+    expertCacheBytes: expertCacheBytes(args), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();
   warnUnused(engine.model, host);
@@ -280,4 +305,30 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
     })}\n`);
   }
   engine.destroy();
+}
+
+async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
+  if (!args.flags.has('dtype')) throw new UsageError('convert takes --dtype int4, f16 or f32');
+  const dtype = dtypeOf(args, ctx);
+  const out = stringFlag(args, 'out', true);
+  const checkpoint = await openModel(stringFlag(args, 'model', true));
+  const bar = progressBar(host.stderr, host.isTTY, 'converting');
+  const t0 = performance.now();
+  const manifest = await convertModel(ctx, checkpoint, {
+    dtype, sink: new FolderSink(out), shardBytes: intFlag(args, 'shard-mb', 256) * 1024 * 1024, mtp: !args.flags.has('no-mtp'),
+    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+  });
+  bar.done();
+  const bytes = manifest.shards.reduce((sum, s) => sum + s.bytes, 0);
+  host.stdout(`${JSON.stringify({ command: 'convert', out, dtype: manifest.dtype, tensors: manifest.tensors.length, shards: manifest.shards.length, bytes, ms: round(performance.now() - t0) })}\n`);
+}
+
+async function exportPacked(args: Args, host: CliHost): Promise<void> {
+  const out = stringFlag(args, 'out', true);
+  const checkpoint = await openModel(stringFlag(args, 'model', true));
+  if (!checkpoint.packed) throw new UsageError(`export reads a packed model (made by convert); ${checkpoint.location} is not one`);
+  const bar = progressBar(host.stderr, host.isTTY, 'exporting');
+  const result = await exportHf(checkpoint.packed, new FolderSink(out), { onProgress: (p) => bar.update(p.doneBytes, p.totalBytes, p.tensor) });
+  bar.done();
+  host.stdout(`${JSON.stringify({ command: 'export', out, tensors: result.tensors, files: result.files, bytes: result.bytes })}\n`);
 }

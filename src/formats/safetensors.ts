@@ -1,5 +1,6 @@
 import { ModelFormatError } from '../gpu/errors.ts';
 import type { WeightSource } from '../storage/source.ts';
+import type { Checkpoint, SourceTensor } from './checkpoint.ts';
 
 /** Element types the loader converts from; anything else is reported when a needed tensor has it. */
 export type SourceDtype = 'bf16' | 'f16' | 'f32';
@@ -70,6 +71,21 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
     entries.push({ name, file, fileDtype: v.dtype, dtype: known?.dtype, shape: v.shape as number[], offset: dataStart + begin, bytes: end - begin });
   }
   return entries;
+}
+
+/** A Hugging Face safetensors checkpoint as a Checkpoint: rows are read straight from the file. */
+export async function openSafetensorsCheckpoint(source: WeightSource): Promise<Checkpoint> {
+  const tensors = new Map<string, SourceTensor>();
+  for (const [name, e] of await readCheckpointTensors(source)) {
+    const cols = e.shape.length > 0 ? e.shape[e.shape.length - 1] : 1;
+    const elements = e.shape.reduce((a, b) => a * b, 1);
+    const rowBytes = elements > 0 ? (e.bytes / elements) * cols : 0;
+    tensors.set(name, {
+      name, shape: e.shape, dtype: e.dtype, fileDtype: e.fileDtype, file: e.file, bytes: e.bytes,
+      readRows: (first, count, signal) => source.read(e.file, e.offset + first * rowBytes, count * rowBytes, signal),
+    });
+  }
+  return { location: source.location, files: source, tensors };
 }
 
 /**

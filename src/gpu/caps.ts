@@ -17,6 +17,12 @@ export interface Caps {
   maxStorageBuffersPerStage: number;
 }
 
+/**
+ * The storage type of activations and caches (`act` in WGSL). 'f16' needs shader-f16; norms, states,
+ * reductions and accumulators stay f32 either way.
+ */
+export type ActivationType = 'f32' | 'f16';
+
 export type CapsMask = Partial<Pick<Caps, 'f16' | 'subgroups' | 'maxStorageBindingBytes'>>;
 
 /** Narrows caps: a mask can switch features off or lower the binding limit, never raise them. */

@@ -1,5 +1,5 @@
-import { AdapterError, CapabilityError } from './errors.ts';
-import { type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
+import { AdapterError, CapabilityError, QwenError } from './errors.ts';
+import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
 import {
   type Binding,
   type KernelDef,
@@ -20,12 +20,19 @@ export interface AdapterSummary {
   isFallback: boolean;
   features: string[];
   caps: Caps;
+  /** Storage type of activations and caches (ContextOptions.activations). */
+  activations: ActivationType;
 }
 
 export interface ContextOptions {
   /** Host-supplied name of the backend (e.g. "vulkan (Dawn)"), since WebGPU does not expose it. */
   backend?: string;
   mask?: CapsMask;
+  /**
+   * Storage type of activations, KV cache and conv state (default f32). 'f16' needs shader-f16 (not masked
+   * off); norms, recurrent states, logits and every accumulator stay f32.
+   */
+  activations?: ActivationType;
   /** Debug hook: receives every kernel's WGSL as it is compiled. */
   dumpShader?: (label: string, code: string) => void;
 }
@@ -64,6 +71,8 @@ const isBuffer = (r: Resource): r is GPUBuffer => typeof r === 'object' && 'mapA
  * uniform buffers by content. Host-agnostic: a host hands in its `GPU` object.
  */
 export class GpuContext {
+  /** Storage type of activation buffers: kernels declare them `array<act>`. */
+  readonly activations: ActivationType;
   private readonly pipelines = new Map<string, Promise<Pipeline>>();
   private readonly bindGroups = new Map<string, GPUBindGroup>();
   private readonly uniforms = new Map<string, GPUBuffer>();
@@ -82,6 +91,7 @@ export class GpuContext {
     readonly adapter: AdapterSummary,
     private readonly options: ContextOptions,
   ) {
+    this.activations = adapter.activations;
     device.lost.then((info) => {
       this.failure ??= `device lost (${info.reason}): ${info.message}`;
     });
@@ -91,6 +101,8 @@ export class GpuContext {
   }
 
   static async create(gpu: GPU, options: ContextOptions = {}): Promise<GpuContext> {
+    const activations = options.activations ?? 'f32';
+    if (activations !== 'f32' && activations !== 'f16') throw new QwenError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`);
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
     const wanted = (['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
@@ -121,9 +133,16 @@ export class GpuContext {
       isFallback: Boolean((info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter),
       features: [...device.features].sort(),
       caps,
+      activations,
     };
     if (caps.maxStorageBuffersPerStage < 8) {
+      device.destroy();
       throw new CapabilityError(`adapter allows ${caps.maxStorageBuffersPerStage} storage buffers per stage; 8 are needed`, 'maxStorageBuffersPerShaderStage');
+    }
+    if (activations === 'f16' && !caps.f16) {
+      device.destroy();
+      const why = device.features.has('shader-f16') ? 'is masked off' : 'is not supported';
+      throw new CapabilityError(`f16 activations need the shader-f16 feature, which ${why} on adapter "${summary.name}"; use f32 activations`, 'shader-f16');
     }
     const ctx = new GpuContext(gpu, device, caps, summary, options);
     await ctx.checkComputes();
@@ -155,8 +174,14 @@ export class GpuContext {
     }
   }
 
+  /** Pipeline cache key of the device: its caps and the activation type (every kernel compiles once per pair). */
   get capsKey(): string {
-    return capsFingerprint(this.caps);
+    return `${capsFingerprint(this.caps)}${this.activations === 'f16' ? '+act16' : ''}`;
+  }
+
+  /** Bytes per activation element: 2 or 4. */
+  get activationBytes(): 2 | 4 {
+    return this.activations === 'f16' ? 2 : 4;
   }
 
   createBuffer(label: string, size: number, usage: number): GPUBuffer {
@@ -197,7 +222,7 @@ export class GpuContext {
   }
 
   private async compile<V>(def: KernelDef<V>, variant: V, constants: Record<string, number>, key: string): Promise<Pipeline> {
-    const code = kernelSource(def, variant, this.caps);
+    const code = kernelSource(def, variant, this.caps, this.activations);
     this.options.dumpShader?.(key, code);
     const bindings = def.bindings(variant);
     const layout = this.device.createBindGroupLayout({ label: key, entries: layoutEntries(bindings) });

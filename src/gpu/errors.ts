@@ -58,3 +58,14 @@ export class AbortError extends QwenError {
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new AbortError('aborted');
 }
+
+/**
+ * The origin's storage cannot hold a download (navigator.storage.estimate() says so before it starts, or a
+ * write failed with QuotaExceededError). `bytesNeeded` and `bytesAvailable` say by how much.
+ */
+export class QuotaError extends QwenError {
+  override name = 'QuotaError';
+  constructor(message: string, readonly bytesNeeded: number, readonly bytesAvailable: number) {
+    super(message);
+  }
+}

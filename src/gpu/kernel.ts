@@ -1,6 +1,7 @@
-import type { Caps } from './caps.ts';
+import type { ActivationType, Caps } from './caps.ts';
 import { prelude } from './wgsl.ts';
-import type { WeightDtype } from './tensor.ts';
+import type { WeightFormat } from './tensor.ts';
+import { q4ItemWords } from '../formats/q4.ts';
 import { SHADERS } from '../kernels/shaders.generated.ts';
 
 /**
@@ -17,15 +18,33 @@ export type ParamValues<S extends ParamsSchema> = { [K in keyof S]: number };
 export type Binding =
   | { kind: 'read' | 'write'; name: string; type: string }
   | { kind: 'uniform'; name: string; schema: ParamsSchema }
-  | { kind: 'weight'; name: string; dtype: WeightDtype };
+  | { kind: 'weight'; name: string; format: WeightFormat };
 
-/** Read-only storage array. */
+/** Read-only storage array of `type`: 'act' for activations and caches (f32 or f16, see ActivationType). */
 export const read = (name: string, type = 'f32'): Binding => ({ kind: 'read', name, type });
+/**
+ * Element type of a buffer a kernel variant reads or writes: 'act' (the context's activation type) or 'f32'
+ * (the residual stream, its norm, router logits and logits, f32 whatever the activations).
+ */
+export type ElementType = 'act' | 'f32';
+
+/** The variant's element type: 'f32' folds into 'act' when activations are f32, so both share one pipeline. */
+export function elementType(ctx: { activations: ActivationType }, what: string, value: ElementType | undefined, fail: (m: string) => never): ElementType {
+  if (value !== undefined && value !== 'act' && value !== 'f32') fail(`${what} must be 'act' or 'f32', got ${String(value)}`);
+  return value === 'f32' && ctx.activations !== 'f32' ? 'f32' : 'act';
+}
+
+export const elementBytes = (ctx: { activationBytes: number }, type: ElementType): number => (type === 'f32' ? 4 : ctx.activationBytes);
+
 /** Read-write storage array. */
 export const write = (name: string, type = 'f32'): Binding => ({ kind: 'write', name, type });
 export const uniform = (name: string, schema: ParamsSchema): Binding => ({ kind: 'uniform', name, schema });
-/** A weight tensor part. Generates `<name>_load8(i)` (elements 8i..8i+7 as W8) and `<name>_at(e)` (one element). */
-export const weight = (name: string, dtype: WeightDtype): Binding => ({ kind: 'weight', name, dtype });
+/**
+ * A weight tensor part (`format`: see weightFormat). Generates `<name>_load8(i)` (logical elements 8i..8i+7 as
+ * W8) and `<name>_at(e)` (one element); q4 adds `<name>_dot32(u, x0, x1, x2, x3)`: Σ of logical elements
+ * 32u..32u+31 times x0..x3, one group, its scale read once.
+ */
+export const weight = (name: string, format: WeightFormat): Binding => ({ kind: 'weight', name, format });
 
 /** Written once per forward call: the absolute position of its first token (RoPE, KV cache, causal mask). */
 export const StepParams = { pos: 'u32' } as const satisfies ParamsSchema;
@@ -46,8 +65,8 @@ export function defineKernel<V = void>(def: KernelDef<V>): KernelDef<V> {
 
 const structName = (binding: string) => binding.replace(/(^|_)(\w)/g, (_, __, c: string) => c.toUpperCase());
 
-function weightDecl(name: string, dtype: WeightDtype, index: number): string {
-  switch (dtype) {
+function weightDecl(name: string, format: WeightFormat, index: number): string {
+  switch (format.dtype) {
     case 'f32':
       return `@group(0) @binding(${index}) var<storage, read> ${name}: array<vec4<f32>>;
 fn ${name}_load8(i: u32) -> W8 { return W8(${name}[2u * i], ${name}[2u * i + 1u]); }
@@ -56,11 +75,61 @@ fn ${name}_at(e: u32) -> f32 { return ${name}[e / 4u][e % 4u]; }`;
       return `@group(0) @binding(${index}) var<storage, read> ${name}: array<vec4<u32>>;
 fn ${name}_load8(i: u32) -> W8 { return unpack_h8(${name}[i]); }
 fn ${name}_at(e: u32) -> f32 { return unpack2x16float(${name}[e / 8u][(e % 8u) / 2u])[e % 2u]; }`;
+    case 'q4':
+      return q4Decl(name, format.itemStride, index);
     default: {
-      const never: never = dtype;
-      throw new Error(`unknown weight dtype ${never as string}`);
+      const never: never = format;
+      throw new Error(`unknown weight format ${JSON.stringify(never)}`);
     }
   }
+}
+
+/**
+ * q4 (src/formats/q4.ts): logical element e of the part is element e % IS of item e / IS, whose block is IW
+ * words at item * IW: nibble words first, then the scale words. With IW a multiple of 4 every block, and so
+ * every group's 4 nibble words, is 16-byte aligned and read as one vec4.
+ */
+function q4Decl(name: string, itemStride: number, index: number): string {
+  if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % 64 !== 0) throw new Error(`weight ${name}: q4 itemStride ${itemStride} is not a positive multiple of 64`);
+  const iw = q4ItemWords(itemStride);
+  const aligned = iw % 4 === 0;
+  const n = name;
+  return `@group(0) @binding(${index}) var<storage, read> ${n}: array<${aligned ? 'vec4<u32>' : 'u32'}>;
+const ${n}_IS = ${itemStride}u;
+const ${n}_IS8 = ${itemStride / 8}u;
+const ${n}_IS32 = ${itemStride / 32}u;
+const ${n}_IW = ${iw}u;
+fn ${n}_word(i: u32) -> u32 { return ${aligned ? `${n}[i / 4u][i % 4u]` : `${n}[i]`}; }
+fn ${n}_words4(i: u32) -> vec4<u32> { return ${aligned ? `${n}[i / 4u]` : `vec4<u32>(${n}[i], ${n}[i + 1u], ${n}[i + 2u], ${n}[i + 3u])`}; }
+fn ${n}_scale(item: u32, g: u32) -> f32 { return unpack2x16float(${n}_word(item * ${n}_IW + ${n}_IS8 + g / 2u))[g % 2u]; }
+// n - 8 for the 8 nibbles of a word: the nibble or-ed into the mantissa of 2^23 gives 2^23 + n exactly.
+fn ${n}_nib8(v: u32) -> W8 {
+  let m = vec4<u32>(15u);
+  let b = vec4<u32>(0x4b000000u);
+  let lo = bitcast<vec4<f32>>(((vec4<u32>(v) >> vec4<u32>(0u, 4u, 8u, 12u)) & m) | b);
+  let hi = bitcast<vec4<f32>>(((vec4<u32>(v) >> vec4<u32>(16u, 20u, 24u, 28u)) & m) | b);
+  return W8(lo - 8388616.0, hi - 8388616.0);
+}
+fn ${n}_load8(i: u32) -> W8 {
+  let item = i / ${n}_IS8;
+  let c = i - item * ${n}_IS8;
+  let s = ${n}_scale(item, c / 4u);
+  let d = ${n}_nib8(${n}_word(item * ${n}_IW + c));
+  return W8(d.lo * s, d.hi * s);
+}
+fn ${n}_at(e: u32) -> f32 {
+  let item = e / ${n}_IS;
+  let r = e - item * ${n}_IS;
+  let q = (${n}_word(item * ${n}_IW + r / 8u) >> (4u * (r % 8u))) & 15u;
+  return (f32(q) - 8.0) * ${n}_scale(item, r / 32u);
+}
+fn ${n}_dot32(u: u32, x0: W8, x1: W8, x2: W8, x3: W8) -> f32 {
+  let item = u / ${n}_IS32;
+  let g = u - item * ${n}_IS32;
+  let q = ${n}_words4(item * ${n}_IW + 4u * g);
+  let d = dot8(${n}_nib8(q.x), x0) + dot8(${n}_nib8(q.y), x1) + dot8(${n}_nib8(q.z), x2) + dot8(${n}_nib8(q.w), x3);
+  return ${n}_scale(item, g) * d;
+}`;
 }
 
 /** WGSL declarations for a binding list, in binding order. */
@@ -78,17 +147,17 @@ export function declareBindings(bindings: Binding[]): string {
 @group(0) @binding(${i}) var<uniform> ${b.name}: ${structName(b.name)};`;
         }
         case 'weight':
-          return weightDecl(b.name, b.dtype, i);
+          return weightDecl(b.name, b.format, i);
       }
     })
     .join('\n');
 }
 
 /** The full WGSL of one kernel variant: prelude, declarations, variant helpers, then the shader file's body. */
-export function kernelSource<V>(def: KernelDef<V>, variant: V, caps: Caps): string {
+export function kernelSource<V>(def: KernelDef<V>, variant: V, caps: Caps, activations: ActivationType = 'f32'): string {
   const body = SHADERS[def.name];
   if (body === undefined) throw new Error(`no shader named ${def.name} (run npm run shaders)`);
-  return [prelude(caps), declareBindings(def.bindings(variant)), def.helpers?.(variant, caps) ?? '', body].join('\n');
+  return [prelude(caps, activations), declareBindings(def.bindings(variant)), def.helpers?.(variant, caps) ?? '', body].join('\n');
 }
 
 export function layoutEntries(bindings: Binding[]): GPUBindGroupLayoutEntry[] {

@@ -1,12 +1,15 @@
-import type { Caps } from './caps.ts';
+import type { ActivationType, Caps } from './caps.ts';
 
 /**
  * The WGSL that every kernel starts with. Variation by capability lives here and only here.
- * f16 data is always stored as packed u32 pairs and unpacked with unpack2x16float: that works on every
+ * f16 weights are always stored as packed u32 pairs and unpacked with unpack2x16float: that works on every
  * adapter, and naga (Deno) miscompiles bitcast<vec2<f16>>(u32), so the f16 feature only adds f16 types.
+ * Activations are `array<act>`: kernels load them with f32(..) and store act(..), so one source serves both
+ * activation types (the conversions vanish when act is f32).
  */
-export function prelude(caps: Caps): string {
-  return `${caps.f16 ? 'enable f16;\n' : ''}
+export function prelude(caps: Caps, activations: ActivationType = 'f32'): string {
+  if (activations === 'f16' && !caps.f16) throw new Error('f16 activations need shader-f16');
+  return `${caps.f16 ? 'enable f16;\n' : ''}alias act = ${activations};
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }
 fn unpack_h8(v: vec4<u32>) -> W8 {
   return W8(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));

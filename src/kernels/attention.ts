@@ -19,18 +19,18 @@ const KB = 16;
 const MAX_HEAD_DIM = 4 * 4 * WG;
 
 /**
- * Gated causal GQA attention over the f32 KV cache with an online softmax; one workgroup per (token, head,
+ * Gated causal GQA attention over the KV cache (activations: f32 or f16) with an online softmax; one workgroup per (token, head,
  * key split). The stages share one binding list so that a single shader holds all three.
  */
 export const attentionKernel = defineKernel<AttentionVariant>({
   name: 'attention',
   bindings: () => [
-    read('q', 'vec4<f32>'),
-    read('k_cache', 'vec4<f32>'),
-    read('v_cache', 'vec4<f32>'),
-    read('proj'),
+    read('q', 'vec4<act>'),
+    read('k_cache', 'vec4<act>'),
+    read('v_cache', 'vec4<act>'),
+    read('proj', 'act'),
     uniform('step', StepParams),
-    write('out', 'vec4<f32>'),
+    write('out', 'vec4<act>'),
     write('part', 'vec4<f32>'),
     uniform('params', {
       tokens: 'u32', nq: 'u32', group: 'u32', capacity: 'u32', proj_stride: 'u32', splits: 'u32', min_chunk: 'u32', scale: 'f32',
@@ -40,7 +40,7 @@ export const attentionKernel = defineKernel<AttentionVariant>({
 });
 
 export interface AttentionArgs {
-  /** [tokens, nq, headDim] f32 (normed and rotated by attentionPrepare). */
+  /** [tokens, nq, headDim] activations (normed and rotated by attentionPrepare). */
   q: GPUBuffer;
   /** The projection rows attentionPrepare read; the gate of head h is at h*2*headDim + headDim. */
   proj: GPUBuffer;
@@ -49,13 +49,13 @@ export interface AttentionArgs {
   nq: number;
   nkv: number;
   headDim: number;
-  /** [nkv, capacity, headDim] f32 each. */
+  /** [nkv, capacity, headDim] activations each. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   capacity: number;
   /** StepParams uniform: position of token 0; token t attends keys 0..pos+t. */
   step: GPUBuffer;
-  /** [tokens, nq*headDim] f32. */
+  /** [tokens, nq*headDim] activations. */
   out: GPUBuffer;
   /** Key splits per (token, head); default: enough workgroups to fill a GPU when tokens*nq is small. */
   splits?: number;
@@ -99,7 +99,7 @@ const check = checks('attention');
  * g = h / (nq/nkv). One dispatch, or two (partials over key splits, then their merge).
  */
 export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Dispatch[]> {
-  checkAttentionShape(check, a);
+  checkAttentionShape(check, a, ctx.activationBytes);
   const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
   if (D % 4 !== 0 || D > MAX_HEAD_DIM) check.fail(`headDim ${D} must be a multiple of 4 and ≤ ${MAX_HEAD_DIM}`);
   if (nq * 2 * D > projStride) check.fail(`q|gate of ${nq} heads (${nq * 2 * D}) pass projStride ${projStride}`);
@@ -107,8 +107,8 @@ export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Disp
   check.count('minSplitKeys', minSplitKeys);
   const splits = a.splits ?? defaultSplits(tokens, nq, capacity, minSplitKeys);
   check.count('splits', splits);
-  check.fits('proj', a.proj, (tokens - 1) * projStride + nq * 2 * D);
-  check.fits('out', a.out, tokens * nq * D);
+  check.fits('proj', a.proj, (tokens - 1) * projStride + nq * 2 * D, ctx.activationBytes);
+  check.fits('out', a.out, tokens * nq * D, ctx.activationBytes);
 
   const rows = tokens * nq;
   const scratchBytes = splits === 1 ? 16 : rows * splits * (D + 4) * 4;

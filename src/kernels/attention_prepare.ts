@@ -11,14 +11,14 @@ import { grid } from './grid.ts';
 export const attentionPrepareKernel = defineKernel({
   name: 'attention_prepare',
   bindings: () => [
-    read('proj'),
+    read('proj', 'act'),
     read('q_norm'),
     read('k_norm'),
     read('rope', 'vec2<f32>'),
     uniform('step', StepParams),
-    write('q'),
-    write('k_cache'),
-    write('v_cache'),
+    write('q', 'act'),
+    write('k_cache', 'act'),
+    write('v_cache', 'act'),
     uniform('params', {
       tokens: 'u32', nq: 'u32', nkv: 'u32', head_dim: 'u32', rotary_dim: 'u32', proj_stride: 'u32',
       k_offset: 'u32', v_offset: 'u32', capacity: 'u32', eps: 'f32',
@@ -29,7 +29,7 @@ export const attentionPrepareKernel = defineKernel({
 });
 
 export interface AttentionPrepareArgs {
-  /** [tokens, projStride] f32: per row [q_0 | gate_0 | … | q_{nq-1} | gate_{nq-1}], k at kOffset, v at vOffset. */
+  /** [tokens, projStride] activations: per row [q_0 | gate_0 | … | q_{nq-1} | gate_{nq-1}], k at kOffset, v at vOffset. */
   proj: GPUBuffer;
   projStride: number;
   kOffset: number;
@@ -47,9 +47,9 @@ export interface AttentionPrepareArgs {
   rope: GPUBuffer;
   /** StepParams uniform: position of token 0. */
   step: GPUBuffer;
-  /** [tokens, nq, headDim] f32 out. */
+  /** [tokens, nq, headDim] activations out. */
   q: GPUBuffer;
-  /** [nkv, capacity, headDim] f32 each. */
+  /** [nkv, capacity, headDim] activations each. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   capacity: number;
@@ -61,15 +61,15 @@ export interface AttentionShape {
   q: GPUBuffer; kCache: GPUBuffer; vCache: GPUBuffer;
 }
 
-/** The checks both attention kernels make of that layout; errors name `check`'s op. */
-export function checkAttentionShape(check: Checks, a: AttentionShape): void {
+/** The checks both attention kernels make of that layout (activations of `actBytes`); errors name `check`'s op. */
+export function checkAttentionShape(check: Checks, a: AttentionShape, actBytes: number): void {
   const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
   check.counts({ tokens, nq, nkv, headDim: D, projStride, capacity });
   if (nq % nkv !== 0) check.fail(`nq ${nq} is not a multiple of nkv ${nkv}`);
   if (tokens > capacity) check.fail(`${tokens} tokens do not fit a cache of capacity ${capacity}`);
-  check.fits('q', a.q, tokens * nq * D);
-  check.fits('kCache', a.kCache, nkv * capacity * D);
-  check.fits('vCache', a.vCache, nkv * capacity * D);
+  check.fits('q', a.q, tokens * nq * D, actBytes);
+  check.fits('kCache', a.kCache, nkv * capacity * D, actBytes);
+  check.fits('vCache', a.vCache, nkv * capacity * D, actBytes);
 }
 
 const check = checks('attentionPrepare');
@@ -79,7 +79,7 @@ const check = checks('attentionPrepare');
  * pos read from `step` on the GPU. Tokens at positions ≥ capacity are dropped (the caller must not get there).
  */
 export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Promise<Dispatch> {
-  checkAttentionShape(check, a);
+  checkAttentionShape(check, a, ctx.activationBytes);
   check.count('rotaryDim', a.rotaryDim);
   check.index('kOffset', a.kOffset);
   check.index('vOffset', a.vOffset);
@@ -89,7 +89,7 @@ export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Prom
     check.fail(`q|gate (${nq * 2 * D}), k (${a.kOffset}+${nkv * D}) or v (${a.vOffset}+${nkv * D}) pass projStride ${projStride}`);
   }
   if (!(a.eps > 0)) check.fail(`eps ${a.eps} must be > 0`);
-  check.fits('proj', a.proj, tokens * projStride);
+  check.fits('proj', a.proj, tokens * projStride, ctx.activationBytes);
   check.fits('qNorm', a.qNorm, D);
   check.fits('kNorm', a.kNorm, D);
   check.fits('rope', a.rope, capacity * R);

@@ -29,7 +29,49 @@ export interface CastVariant {
 
 const WG = 256;
 
-const SOURCE_BITS: Record<SourceDtype, string> = {
+/**
+ * Exact f16 <-> f32 conversions on the bits (no dependence on an adapter's denormal or overflow handling in
+ * unpack2x16float / pack2x16float): `f16_bits_to_f32_bits(h)` and `f32_bits_to_f16_bits(x)` (round to nearest
+ * even, as f32ToF16Bits in src/formats/half.ts). Shared by cast and quantize_q4.
+ */
+export const HALF_BITS = `// f32 bits of an f16 (exact: every f16, subnormals included, is a normal f32 or zero).
+fn f16_bits_to_f32_bits(h: u32) -> u32 {
+  let sign = (h & 0x8000u) << 16u;
+  let exp = (h >> 10u) & 0x1fu;
+  let mant = h & 0x3ffu;
+  if (exp == 0x1fu) { return sign | 0x7f800000u | (mant << 13u); }
+  if (exp != 0u) { return sign | ((exp + 112u) << 23u) | (mant << 13u); }
+  if (mant == 0u) { return sign; }
+  let shift = countLeadingZeros(mant) - 21u; // brings the leading 1 to bit 10
+  return sign | ((113u - shift) << 23u) | (((mant << shift) & 0x3ffu) << 13u);
+}
+
+// f16 bits of an f32, round to nearest even (the same steps as f32ToF16Bits in src/formats/half.ts).
+fn f32_bits_to_f16_bits(x: u32) -> u32 {
+  let sign = (x >> 16u) & 0x8000u;
+  let exp = (x >> 23u) & 0xffu;
+  let mant = x & 0x7fffffu;
+  if (exp == 0xffu) { return sign | 0x7c00u | select(0u, 0x200u, mant != 0u); }
+  let e = i32(exp) - 112;
+  if (e >= 31) { return sign | 0x7c00u; }
+  if (e <= 0) {
+    if (e < -10) { return sign; }
+    let m = mant | 0x800000u;
+    let shift = u32(14 - e);
+    let half = 1u << (shift - 1u);
+    let rest = m & ((1u << shift) - 1u);
+    var r = m >> shift;
+    if (rest > half || (rest == half && (r & 1u) == 1u)) { r += 1u; }
+    return sign | r;
+  }
+  var r = (u32(e) << 10u) | (mant >> 13u);
+  let rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (r & 1u) == 1u)) { r += 1u; }
+  return sign | r;
+}`;
+
+/** `src_f32_bits(e) -> u32`: the f32 bits of source element e (u32 words `src`), per source dtype. */
+export const SOURCE_BITS: Record<SourceDtype, string> = {
   f32: 'fn src_f32_bits(e: u32) -> u32 { return src[e]; }',
   bf16: 'fn src_f32_bits(e: u32) -> u32 { return ((src[e / 2u] >> (16u * (e % 2u))) & 0xffffu) << 16u; }',
   f16: 'fn src_f32_bits(e: u32) -> u32 { return f16_bits_to_f32_bits((src[e / 2u] >> (16u * (e % 2u))) & 0xffffu); }',
@@ -45,7 +87,7 @@ export const castKernel = defineKernel<CastVariant>({
     read('src', 'u32'), write('dst', 'u32'),
     uniform('params', { words: 'u32', row_words: 'u32', cols: 'u32', dst_off: 'u32', dst_row_stride: 'u32', scale: 'f32', bias: 'f32' }),
   ],
-  helpers: (v) => [`const DST_F16 = ${v.dst === 'f16'};`, `const AFFINE = ${v.affine};`, SOURCE_BITS[v.src]].join('\n'),
+  helpers: (v) => [`const DST_F16 = ${v.dst === 'f16'};`, `const AFFINE = ${v.affine};`, HALF_BITS, SOURCE_BITS[v.src]].join('\n'),
   overrides: () => ({ WG }),
 });
 
@@ -56,6 +98,7 @@ const check = checks('cast');
 export async function cast(ctx: GpuContext, args: CastArgs): Promise<Dispatch> {
   const { src, dst, rows, cols, dstOffset, dstRowStride, rowStride, srcDtype, dstDtype } = args;
   if (!(srcDtype in SOURCE_BYTES)) check.fail(`unknown source dtype ${String(srcDtype)}`);
+  if (dstDtype === 'q4') check.fail('a q4 destination is written by quantizeQ4 (src/kernels/quantize.ts)');
   if (dstDtype !== 'f32' && dstDtype !== 'f16') check.fail(`unknown destination dtype ${String(dstDtype)}`);
   check.counts({ rows, cols });
   for (const [name, v] of [['dstOffset', dstOffset], ['dstRowStride', dstRowStride], ['rowStride', rowStride]] as const) {

@@ -12,7 +12,7 @@ const Params = { tokens: 'u32', channels: 'u32', x_stride: 'u32', w_stride: 'u32
 /** Depthwise causal conv over time + SiLU, carrying the last K-1 raw inputs in `state`. Grid: ceil(C / CH) workgroups. */
 export const conv1dCausalKernel = defineKernel({
   name: 'conv1d_causal',
-  bindings: () => [read('x'), read('w'), write('state'), write('y'), uniform('params', Params)],
+  bindings: () => [read('x', 'act'), read('w'), write('state', 'act'), write('y', 'act'), uniform('params', Params)],
   overrides: () => ({ CH, SEG }),
 });
 
@@ -42,10 +42,11 @@ export function conv1dCausal(ctx: GpuContext, a: Conv1dCausalArgs): Promise<Disp
   if (!Number.isInteger(a.xStride) || a.xStride < C) check.fail(`xStride = ${a.xStride} is less than channels = ${C}`);
   if (!Number.isInteger(a.wStride) || a.wStride < K) check.fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
   check.distinct({ x: a.x, w: a.w, state: a.state, y: a.y });
-  check.fits('x', a.x, (T - 1) * a.xStride + C);
+  const ab = ctx.activationBytes;
+  check.fits('x', a.x, (T - 1) * a.xStride + C, ab);
   check.fits('w', a.w, (C - 1) * a.wStride + K);
-  check.fits('state', a.state, (K - 1) * C);
-  check.fits('y', a.y, T * C);
+  check.fits('state', a.state, (K - 1) * C, ab);
+  check.fits('y', a.y, T * C, ab);
   const params = { tokens: T, channels: C, x_stride: a.xStride, w_stride: a.wStride, k: K, seg_len: Math.ceil(T / SEG) };
   return ctx.dispatch(conv1dCausalKernel, undefined, { x: a.x, w: a.w, state: a.state, y: a.y, params }, grid(Math.ceil(C / CH), ctx.caps));
 }

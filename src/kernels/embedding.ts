@@ -1,14 +1,14 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
-import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
-/** Row gather from a [V, H] weight, f32 or f16; one dispatch per tensor part. Grid: one workgroup per token. */
-export const embeddingKernel = defineKernel<{ dtype: WeightDtype }>({
+/** Row gather from a [V, H] weight, f32, f16 or q4; one dispatch per tensor part. Grid: one workgroup per token. */
+export const embeddingKernel = defineKernel<{ format: WeightFormat }>({
   name: 'embedding',
   bindings: (v) => [
-    weight('table', v.dtype),
+    weight('table', v.format),
     read('ids', 'u32'),
     write('out'),
     uniform('params', { tokens: 'u32', ids_offset: 'u32', first: 'u32', count: 'u32', row_stride: 'u32', cols: 'u32' }),
@@ -23,7 +23,7 @@ export interface EmbeddingArgs {
   ids: GPUBuffer;
   idsOffset?: number;
   tokens: number;
-  /** [tokens, H] f32. */
+  /** [tokens, H] f32: the residual stream. */
   out: GPUBuffer;
 }
 
@@ -44,7 +44,7 @@ export function embedding(ctx: GpuContext, a: EmbeddingArgs): Promise<Dispatch[]
     table.parts.map((part) =>
       ctx.dispatch(
         embeddingKernel,
-        { dtype: table.dtype },
+        { format: weightFormat(table) },
         {
           table: part.buffer, ids: a.ids, out: a.out,
           params: { tokens, ids_offset: idsOffset, first: part.first, count: part.count, row_stride: table.rowStride, cols },

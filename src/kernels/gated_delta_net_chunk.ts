@@ -25,7 +25,7 @@ const ScanParams = {
 export const gatedDeltaNetChunkPrepareKernel = defineKernel({
   name: 'gated_delta_net_chunk_prepare',
   bindings: () => [
-    read('qkv'), read('ba'), read('a_log'), read('dt_bias'), write('uw'), write('attn'), write('gate'),
+    read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('uw'), write('attn'), write('gate'),
     uniform('params', PrepareParams),
   ],
 });
@@ -47,14 +47,14 @@ const stagedTileHelpers = (v: { dk: number }) => `const DK: u32 = ${v.dk}u;\n${S
 /** Per (value head, 16 state columns): the sequential scan over chunks (v_new, state snapshots, final state). Grid: nv * ceil(dv / 16). */
 export const gatedDeltaNetChunkScanKernel = defineKernel<{ dk: number }>({
   name: 'gated_delta_net_chunk_scan',
-  bindings: () => [read('qkv'), write('uw'), read('gate'), write('hs'), write('state'), uniform('params', ScanParams)],
+  bindings: () => [read('qkv', 'act'), write('uw'), read('gate'), write('hs'), write('state'), uniform('params', ScanParams)],
   helpers: stagedTileHelpers,
 });
 
 /** Per (chunk, value head, 16 columns): the outputs from the chunk-start states. Grid: chunks * nv * ceil(dv / 16). */
 export const gatedDeltaNetChunkOutputKernel = defineKernel<{ dk: number }>({
   name: 'gated_delta_net_chunk_output',
-  bindings: () => [read('qkv'), read('uw'), read('attn'), read('gate'), read('hs'), write('out'), uniform('params', ScanParams)],
+  bindings: () => [read('qkv', 'act'), read('uw'), read('attn'), read('gate'), read('hs'), write('out', 'act'), uniform('params', ScanParams)],
   helpers: stagedTileHelpers,
 });
 
@@ -112,7 +112,7 @@ export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: numbe
  * chunks × value heads × 16-column tiles).
  */
 export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs & { scratch: ChunkScratch }): Promise<Dispatch[]> {
-  checkGatedDeltaNetArgs(check, a);
+  checkGatedDeltaNetArgs(check, a, ctx.activationBytes);
   const { scratch } = a;
   if (a.dk > MAX_DK) check.fail(`dk = ${a.dk} is more than ${MAX_DK} (the scan's state tile must fit workgroup memory)`);
   if (a.dv % 4 !== 0) check.fail(`dv = ${a.dv} is not a multiple of 4 (state columns go 4 at a time)`);

@@ -9,11 +9,11 @@ import { grid } from './grid.ts';
  */
 export interface GatedDeltaNetArgs {
   tokens: number; nk: number; nv: number; dk: number; dv: number;   // nv % nk == 0; value head h reads key head h / (nv/nk)
-  qkv: GPUBuffer; qkvStride: number;   // token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
-  ba: GPUBuffer; baStride: number; bOffset: number; aOffset: number;  // b[t,h] = ba[t*baStride + bOffset + h], a likewise
+  qkv: GPUBuffer; qkvStride: number;   // activations; token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
+  ba: GPUBuffer; baStride: number; bOffset: number; aOffset: number;  // activations; b[t,h] = ba[t*baStride + bOffset + h], a likewise
   aLog: GPUBuffer; dtBias: GPUBuffer;  // [nv] f32
   state: GPUBuffer;                    // [nv, dk, dv] f32, read and updated (zero at sequence start)
-  out: GPUBuffer;                      // [T, nv, dv] f32
+  out: GPUBuffer;                      // [T, nv, dv] activations
 }
 
 export interface GatedDeltaNetStepVariant {
@@ -39,14 +39,14 @@ const KSPLIT = 8;
 export const gatedDeltaNetStepKernel = defineKernel<GatedDeltaNetStepVariant>({
   name: 'gated_delta_net_step',
   bindings: () => [
-    read('qkv'), read('ba'), read('a_log'), read('dt_bias'), write('state'), write('out'), uniform('params', Params),
+    read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('state'), write('out', 'act'), uniform('params', Params),
   ],
   helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst KSPLIT: u32 = ${v.ksplit}u;`,
   overrides: () => ({ DVT }),
 });
 
 /** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `check`'s op. */
-export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs): void {
+export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs, actBytes: number): void {
   const { fail, fits, counts } = check;
   const { tokens: T, nk, nv, dk, dv } = a;
   counts({ tokens: T, nk, nv, dk, dv });
@@ -57,12 +57,12 @@ export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs): voi
   if (T > 1 && a.baStride < Math.max(a.bOffset, a.aOffset) + nv) fail(`baStride = ${a.baStride} is less than max(bOffset, aOffset) + nv`);
   const inputs = [a.qkv, a.ba, a.aLog, a.dtBias];
   if (a.state === a.out || inputs.includes(a.state) || inputs.includes(a.out)) fail('state and out must be distinct from each other and from the inputs');
-  fits('qkv', a.qkv, (T - 1) * a.qkvStride + qkvWidth);
-  fits('ba', a.ba, (T - 1) * a.baStride + Math.max(a.bOffset, a.aOffset) + nv);
+  fits('qkv', a.qkv, (T - 1) * a.qkvStride + qkvWidth, actBytes);
+  fits('ba', a.ba, (T - 1) * a.baStride + Math.max(a.bOffset, a.aOffset) + nv, actBytes);
   fits('aLog', a.aLog, nv);
   fits('dtBias', a.dtBias, nv);
   fits('state', a.state, nv * dk * dv);
-  fits('out', a.out, T * nv * dv);
+  fits('out', a.out, T * nv * dv, actBytes);
 }
 
 const check = checks('gated_delta_net_step');
@@ -72,7 +72,7 @@ const check = checks('gated_delta_net_step');
  * u = beta (v - S^T k); S += k u^T; o = S^T q, with beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias).
  */
 export async function gatedDeltaNetStep(ctx: GpuContext, a: GatedDeltaNetArgs): Promise<Dispatch[]> {
-  checkGatedDeltaNetArgs(check, a);
+  checkGatedDeltaNetArgs(check, a, ctx.activationBytes);
   if (a.dk > 256) check.fail(`dk = ${a.dk} is more than 256 (the register slice per invocation)`);
   const params = {
     tokens: a.tokens, nk: a.nk, nv: a.nv, dv: a.dv, ratio: a.nv / a.nk,

@@ -9,7 +9,7 @@ const Params = { tokens: 'u32', heads: 'u32', dim: 'u32', token_stride: 'u32', s
 /** In-place l2norm of head vectors (q scaled by Dk^-0.5). Grid: one workgroup per (token, head). */
 export const l2normKernel = defineKernel({
   name: 'l2norm',
-  bindings: () => [write('x'), uniform('params', Params)],
+  bindings: () => [write('x', 'act'), uniform('params', Params)],
   helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
@@ -31,7 +31,7 @@ export function l2norm(ctx: GpuContext, a: L2normArgs): Promise<Dispatch> {
   if (!Number.isInteger(tokenStride) || tokenStride < heads * dim) check.fail(`tokenStride = ${tokenStride} is less than heads * dim = ${heads * dim}`);
   check.count('scaledHeads', a.scaledHeads, 0, heads);
   if (!Number.isFinite(a.scale)) check.fail(`scale = ${a.scale} is not finite`);
-  check.fits('x', a.x, (tokens - 1) * tokenStride + heads * dim);
+  check.fits('x', a.x, (tokens - 1) * tokenStride + heads * dim, ctx.activationBytes);
   const params = { tokens, heads, dim, token_stride: tokenStride, scaled_heads: a.scaledHeads, scale: a.scale };
   return ctx.dispatch(l2normKernel, undefined, { x: a.x, params }, grid(tokens * heads, ctx.caps));
 }

@@ -1,6 +1,6 @@
 import type { GpuContext, Dispatch } from '../gpu/context.ts';
-import { type Binding, defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
-import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { type Binding, type ElementType, defineKernel, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -10,12 +10,15 @@ export const MOE_TILE_TOKENS = 32;
 export type MatmulEpilogue = 'store' | 'add' | 'swiglu';
 
 export interface MatmulVariant {
-  dtype: WeightDtype;
+  format: WeightFormat;
   epilogue: MatmulEpilogue;
   scaled: boolean;
   grouped: boolean;
   /** Column groups of 4 per invocation (1 or 2; swiglu: 1). */
   cg: 1 | 2;
+  /** WGSL element types of x and y. */
+  x: ElementType;
+  y: ElementType;
 }
 
 const PARAMS = {
@@ -69,7 +72,7 @@ fn row_of(tile: Tile, r: u32) -> u32 { return order[tile.start + r]; }`;
 export const matmulKernel = defineKernel<MatmulVariant>({
   name: 'matmul',
   bindings: (v) => {
-    const list: Binding[] = [weight('w', v.dtype), read('x'), write('y')];
+    const list: Binding[] = [weight('w', v.format), read('x', v.x), write('y', v.y)];
     if (v.scaled) list.push(read('scales'));
     if (v.grouped) list.push(read('order', 'u32'), read('tiles', 'vec4<u32>'), read('slots', 'u32'));
     list.push(uniform('params', PARAMS));
@@ -82,7 +85,7 @@ export const matmulKernel = defineKernel<MatmulVariant>({
       v.epilogue === 'swiglu'
         ? 'fn finish(g: f32, u: f32) -> f32 { return silu(g) * u; }'
         : 'fn finish(g: f32, u: f32) -> f32 { return g; }',
-      v.epilogue === 'add' ? 'fn emit(i: u32, v: f32) { y[i] += v; }' : 'fn emit(i: u32, v: f32) { y[i] = v; }',
+      `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
       v.scaled
         ? 'fn row_scale(r: u32) -> f32 { return scales[params.s_index + (r / params.s_div) * params.s_stride + r % params.s_div]; }'
         : 'fn row_scale(r: u32) -> f32 { return 1.0; }',
@@ -103,6 +106,9 @@ export interface MatmulArgs {
   y: GPUBuffer;
   yOffset?: number;
   yStride: number;
+  /** Element types of x and y: activations (default) or f32 (the residual stream, its norm, logits). */
+  input?: ElementType;
+  output?: ElementType;
   epilogue: MatmulEpilogue;
   /** Dense: row t's result *= scales.buffer[scales.index + t * scales.stride]. Grouped: pair p's scale is
    * scales.buffer[(p / topk) * (topk + 1) + p % topk] (index/stride ignored). */
@@ -124,7 +130,7 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   const { fail } = check;
   check.count('tokens', tokens);
   if (epilogue !== 'store' && epilogue !== 'add' && epilogue !== 'swiglu') fail(`unknown epilogue ${String(epilogue)}`);
-  if (w.dtype !== 'f32' && w.dtype !== 'f16') fail(`unsupported weight dtype ${String(w.dtype)}`);
+  if (w.dtype !== 'f32' && w.dtype !== 'f16' && w.dtype !== 'q4') fail(`unsupported weight dtype ${String(w.dtype)}`);
   if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0) fail(`row stride ${w.rowStride} / item stride ${w.itemStride} not a multiple of 8`);
   const K = w.shape[w.shape.length - 1];
   let N: number;
@@ -161,11 +167,15 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   const xRows = grouped?.input === 'pair' ? pairs : tokens;
   const yRows = grouped ? pairs : tokens;
   if (grouped && grouped.input !== 'token' && grouped.input !== 'pair') fail(`grouped input ${String(grouped.input)} is not 'token' or 'pair'`);
-  const xNeed = 4 * (xOffset + (xRows - 1) * args.xStride + K);
+  const xType = elementType(ctx, 'input', args.input, fail);
+  const yType = elementType(ctx, 'output', args.output, fail);
+  const xElements = xOffset + (xRows - 1) * args.xStride + K;
+  const yElements = yOffset + (yRows - 1) * args.yStride + N;
+  const xNeed = elementBytes(ctx, xType) * xElements;
   if (args.x.size < xNeed) fail(`x holds ${args.x.size} bytes, ${xRows} rows need ${xNeed}`);
-  const yNeed = 4 * (yOffset + (yRows - 1) * args.yStride + N);
+  const yNeed = elementBytes(ctx, yType) * yElements;
   if (args.y.size < yNeed) fail(`y holds ${args.y.size} bytes, ${yRows} rows need ${yNeed}`);
-  if (Math.max(xNeed, yNeed) / 4 > 0xffffffff) fail('x or y has more than 2^32 elements');
+  if (Math.max(xElements, yElements) > 0xffffffff) fail('x or y has more than 2^32 elements');
 
   let sIndex = 0;
   let sStride = 0;
@@ -188,7 +198,7 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   // 128-column tiles pay off only when they still fill the GPU (H100: 17 → 22 TFLOP/s at ≥ 512 workgroups, slower below).
   const wideEnough = !grouped && Math.ceil(N / 128) * Math.ceil(tokens / 64) >= 512;
   const cg = epilogue === 'swiglu' ? 1 : (args.columnGroups ?? (wideEnough ? 2 : 1));
-  const variant: MatmulVariant = { dtype: w.dtype, epilogue, scaled: Boolean(scales), grouped: Boolean(grouped), cg };
+  const variant: MatmulVariant = { format: weightFormat(w), epilogue, scaled: Boolean(scales), grouped: Boolean(grouped), cg, x: xType, y: yType };
   const { TM, TN, BK } = tileSizes(variant);
   const nw = epilogue === 'swiglu' ? 2 : 1;
   const wgBytes = 4 * (TM * BK + nw * TN * BK + TM);

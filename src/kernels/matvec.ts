@@ -1,7 +1,7 @@
-import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { type ElementType, defineKernel, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { workgroupReduce } from '../gpu/wgsl.ts';
-import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
+import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -13,6 +13,9 @@ export interface MatvecArgs {
   xStride?: number;
   y: GPUBuffer; yOffset?: number;      // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
   yStride?: number;
+  /** Element types of x and y: activations (default) or f32 (the residual stream, its norm, logits). */
+  input?: ElementType;
+  output?: ElementType;
   epilogue: Epilogue;
   /** Dense: result *= scales.buffer[scales.index]. Experts 'each': result for j *= scales.buffer[scales.index + j]. */
   scales?: { buffer: GPUBuffer; index: number };
@@ -20,25 +23,28 @@ export interface MatvecArgs {
    *  'each': one output vector per j (grid over j), input shared (x at xOffset).
    *  'sum': y[r] (+)= Σ_j W_slot(j)[r] · x_j (input row j at xOffset + j*xStride); only with epilogue 'add' (parts accumulate). */
   experts?: { ids: GPUBuffer; idsOffset?: number; slots: GPUBuffer; topk: number; mode: 'each' | 'sum' };
-  /** Workgroup shape (powers of two): `wg` invocations, `rows` output rows each. Default: 256, with 32 invocations per row (8 when K < 256). */
+  /** Workgroup shape (powers of two): `wg` invocations, `rows` output rows each. Default: 256, with 32 invocations per row (8 when a row has fewer than 32 units: K < 256, q4 K < 1024). */
   tuning?: { wg?: number; rows?: number };
 }
 
 export type ExpertMode = 'none' | 'each' | 'sum';
 
 export interface MatvecVariant {
-  dtype: WeightDtype;
+  format: WeightFormat;
   epilogue: Epilogue;
   experts: ExpertMode;
   /** A scales binding is present. */
   scaled: boolean;
   wg: number;
   rows: number;
+  /** WGSL element types of x and y. */
+  x: ElementType;
+  y: ElementType;
 }
 
 const Params = {
   rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32',
-  k: 'u32', row_stride8: 'u32', item_stride8: 'u32', up8: 'u32',
+  k: 'u32', row_stride_u: 'u32', item_stride_u: 'u32', up_u: 'u32',
   x_off: 'u32', x_stride: 'u32', y_off: 'u32', y_stride: 'u32', y_row0: 'u32',
   slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32',
 } as const;
@@ -51,6 +57,25 @@ const XT4 = 256;
 /** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
 const MAX_PICKS = 32;
 
+/** Elements per weight read (the shader's UNIT): 8 for f32/f16 (w_load8), a q4 group of 32 (w_dot32: one scale). */
+const unitOf = (format: WeightFormat) => (format.dtype === 'q4' ? 32 : 8);
+
+/** How one unit of weights meets the matching unit of x in the x tile (xs, vec4s; unit c at xs[UNIT / 4 * c]). */
+function unitDot(format: WeightFormat): string {
+  if (format.dtype !== 'q4') {
+    return `const UNIT = 8u;
+fn x_unit(c: u32) -> W8 { return W8(xs[2u * c], xs[2u * c + 1u]); }
+fn w_dot(u: u32, x: W8) -> f32 { return dot8(w_load8(u), x); }`;
+  }
+  return `const UNIT = 32u;
+struct X32 { a: W8, b: W8, c: W8, d: W8 }
+fn x_unit(c: u32) -> X32 {
+  let b = 8u * c;
+  return X32(W8(xs[b], xs[b + 1u]), W8(xs[b + 2u], xs[b + 3u]), W8(xs[b + 4u], xs[b + 5u]), W8(xs[b + 6u], xs[b + 7u]));
+}
+fn w_dot(u: u32, x: X32) -> f32 { return w_dot32(u, x.a, x.b, x.c, x.d); }`;
+}
+
 /**
  * y = W x for one token, bandwidth-bound (decode): dense linears, lm_head and routed experts, with 'store',
  * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / ROWS) workgroups (× topk for 'each').
@@ -58,7 +83,7 @@ const MAX_PICKS = 32;
 export const matvecKernel = defineKernel<MatvecVariant>({
   name: 'matvec',
   bindings: (v) => [
-    weight('w', v.dtype), read('x'), write('y'), uniform('params', Params),
+    weight('w', v.format), read('x', v.x), write('y', v.y), uniform('params', Params),
     ...(v.scaled ? [read('scales')] : []),
     ...(v.experts !== 'none' ? [read('ids', 'u32'), read('slots', 'u32')] : []),
   ],
@@ -68,13 +93,14 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `const SWIGLU = ${v.epilogue === 'swiglu'};`,
       `const DENSE = ${v.experts === 'none'};`,
       `const SUM = ${v.experts === 'sum'};`,
+      unitDot(v.format),
       // The part-local item of pick j: its slot minus the part's first (wrapping to huge when below it).
       v.experts === 'none'
         ? 'fn pick_item(j: u32) -> u32 { return 0u; }'
         : 'fn pick_item(j: u32) -> u32 { return slots[ids[params.ids_off + j]] - params.slot0; }',
       `fn term_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? scale('j') : '1.0'}; }`,
       `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale(v.experts === 'each' ? 'j' : '0u')}; }`,
-      `fn emit(i: u32, v: f32) { y[i] = ${v.epilogue === 'add' ? 'y[i] + v' : 'v'}; }`,
+      `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
       // Per row: its TPR lanes' (gate, up) partial dot products.
       workgroupReduce('row_sum', 'vec2<f32>', 'return a + b;', 'TPR'),
     ].join('\n');
@@ -119,7 +145,9 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     }
   }
   if (!(K >= 1 && N >= 1)) check.fail(`empty weight ${w.name} [${shape}]`);
-  if (w.rowStride % 8 !== 0 || w.itemStride % 8 !== 0 || w.rowStride < K) check.fail(`${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
+  const format = weightFormat(w);
+  const unit = unitOf(format);
+  if (w.rowStride % unit !== 0 || w.itemStride % unit !== 0 || w.rowStride < K) check.fail(`${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
 
   const topk = experts?.topk ?? 1;
   const xOffset = args.xOffset ?? 0;
@@ -132,8 +160,10 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   check.index('yStride', yStride);
   if (mode === 'each' && yStride < N) check.fail(`yStride ${yStride} is less than the ${N} output rows: picks would overlap`);
   check.distinct({ x, y });
-  check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K);
-  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N);
+  const xType = elementType(ctx, 'input', args.input, check.fail);
+  const yType = elementType(ctx, 'output', args.output, check.fail);
+  check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K, elementBytes(ctx, xType));
+  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N, elementBytes(ctx, yType));
   if (scales) {
     check.index('scales.index', scales.index);
     if (scales.buffer === y) check.fail('scales and y must be distinct buffers');
@@ -148,14 +178,14 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   }
 
   const wg = args.tuning?.wg ?? 256;
-  // 32 invocations per row (a warp's worth of 16-byte loads in a row); 8 for short rows, so fewer idle.
-  const rows = args.tuning?.rows ?? Math.max(1, wg / (K >= 256 ? 32 : 8));
+  // 32 invocations per row (a warp's worth of 16-byte loads in a row); 8 for rows of fewer than 32 units, so fewer idle.
+  const rows = args.tuning?.rows ?? Math.max(1, wg / (Math.ceil(K / unit) >= 32 ? 32 : 8));
   if (!isPow2(wg) || !isPow2(rows) || rows > wg || wg > Math.min(256, ctx.caps.maxInvocationsPerWorkgroup)) {
     check.fail(`tuning wg=${wg} rows=${rows} must be powers of two with rows <= wg <= 256`);
   }
-  const variant: MatvecVariant = { dtype: w.dtype, epilogue, experts: mode, scaled: Boolean(scales), wg, rows };
+  const variant: MatvecVariant = { format, epilogue, experts: mode, scaled: Boolean(scales), wg, rows, x: xType, y: yType };
   const common = {
-    k: K, row_stride8: w.rowStride / 8, item_stride8: w.itemStride / 8, up8: up / 8,
+    k: K, row_stride_u: w.rowStride / unit, item_stride_u: w.itemStride / unit, up_u: up / unit,
     x_off: xOffset, x_stride: xStride, y_off: yOffset, y_stride: yStride,
     ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0,
   };

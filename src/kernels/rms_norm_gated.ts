@@ -9,7 +9,7 @@ const Params = { rows: 'u32', heads: 'u32', dim: 'u32', z_token_stride: 'u32', z
 /** Qwen3_5RMSNormGated: y = x · rsqrt(mean(x²) + eps) · w · silu(z) per head vector. Grid: one workgroup per row. */
 export const rmsNormGatedKernel = defineKernel({
   name: 'rms_norm_gated',
-  bindings: () => [read('x'), read('z'), read('w'), write('y'), uniform('params', Params)],
+  bindings: () => [read('x', 'act'), read('z', 'act'), read('w'), write('y', 'act'), uniform('params', Params)],
   helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
@@ -37,10 +37,11 @@ export function rmsNormGated(ctx: GpuContext, a: RmsNormGatedArgs): Promise<Disp
   if (!Number.isInteger(a.zTokenStride) || (rows > heads && a.zTokenStride < heads * dim)) check.fail(`zTokenStride = ${a.zTokenStride} is less than heads * dim = ${heads * dim}`);
   if (!(a.eps > 0) || !Number.isFinite(a.eps)) check.fail(`eps = ${a.eps} must be a positive number`);
   check.distinct({ x: a.x, z: a.z, w: a.w, y: a.y });
-  check.fits('x', a.x, rows * dim);
-  check.fits('y', a.y, rows * dim);
+  const ab = ctx.activationBytes;
+  check.fits('x', a.x, rows * dim, ab);
+  check.fits('y', a.y, rows * dim, ab);
   check.fits('w', a.w, dim);
-  check.fits('z', a.z, (rows / heads - 1) * a.zTokenStride + a.zOffset + heads * dim);
+  check.fits('z', a.z, (rows / heads - 1) * a.zTokenStride + a.zOffset + heads * dim, ab);
   const params = { rows, heads, dim, z_token_stride: a.zTokenStride, z_offset: a.zOffset, eps: a.eps };
   return ctx.dispatch(rmsNormGatedKernel, undefined, { x: a.x, z: a.z, w: a.w, y: a.y, params }, grid(rows, ctx.caps));
 }

@@ -1,28 +1,36 @@
 import type { GpuContext } from '../gpu/context.ts';
 import { SessionError } from '../gpu/errors.ts';
-import { StepParams, paramsSize } from '../gpu/kernel.ts';
-import { type ChunkScratch, createChunkScratch } from '../kernels/gated_delta_net_chunk.ts';
+import { type ElementType, StepParams, paramsSize } from '../gpu/kernel.ts';
+import { CHUNK, type ChunkScratch, createChunkScratch } from '../kernels/gated_delta_net_chunk.ts';
 import { MOE_TILE_TOKENS } from '../kernels/matmul.ts';
 import { type MoeGroupScratch, createMoeGroupScratch, maxMoeTiles } from '../kernels/moe_group.ts';
 import { ropeTable } from '../kernels/rope.ts';
 import { dims } from './config.ts';
 import type { Model } from './load.ts';
 
-/** Per-layer sequence state: DeltaNet conv window and recurrent state, or the attention KV cache. */
+/**
+ * Per-layer sequence state: DeltaNet conv window and recurrent state, or the attention KV cache. "act" buffers
+ * hold the context's activation type (ctx.activations: f32 or f16).
+ */
 export interface LayerState {
-  /** [K-1, conv_dim] last raw inputs of the causal conv. */
+  /** [K-1, conv_dim] act: last raw inputs of the causal conv. */
   conv?: GPUBuffer;
-  /** [Nv, Dk, Dv] f32 delta-rule state. */
+  /** [Nv, Dk, Dv] f32 delta-rule state (f32 whatever the activations: it accumulates over the whole sequence). */
   recurrent?: GPUBuffer;
-  /** [Nkv, capacity, Dh] f32 each. */
+  /** [Nkv, capacity, Dh] act each. */
   keys?: GPUBuffer;
   values?: GPUBuffer;
 }
 
 export interface MoeActivations {
+  /** [S, E + 1] f32: router logits (experts, then the shared expert's gate). */
+  logits: GPUBuffer;
+  /** u32 and f32: routing. */
   ids: GPUBuffer;
   gates: GPUBuffer;
+  /** [S, topk, Im] f32: the picked experts' weighted SwiGLU outputs. */
   act: GPUBuffer;
+  /** [S, topk, H] f32: their down projections, summed into the residual stream. */
   out: GPUBuffer;
   order: GPUBuffer;
   tiles: GPUBuffer;
@@ -31,7 +39,13 @@ export interface MoeActivations {
   tileTokens: number;
 }
 
-/** Working buffers of a forward call over at most `maxTokens` tokens, reused by every call. */
+/**
+ * Working buffers of a forward call over at most `maxTokens` tokens, reused by every call. proj through act
+ * hold the activation type; ids and token u32; the residual stream h, its norm x, logits, rope, the chunk
+ * scratch and the whole routed-expert path (router logits, expert activations and outputs) f32: as in
+ * llama.cpp, the residual sum of every layer would lose bits in f16, and every bit lost before the router
+ * can flip a near-tied expert choice, which moves a token's output by far more than rounding does.
+ */
 export interface Activations {
   maxTokens: number;
   capacity: number;
@@ -50,8 +64,13 @@ export interface Activations {
   rope: GPUBuffer;
   chunk: ChunkScratch;
   moe?: MoeActivations;
+  /** The buffers that hold the activation type; every other float buffer is f32. */
+  actBuffers: Set<GPUBuffer>;
   buffers: GPUBuffer[];
 }
+
+/** How kernels declare `buffer` of `a` (see ElementType). */
+export const elementOf = (a: Activations, buffer: GPUBuffer): ElementType => (a.actBuffers.has(buffer) ? 'act' : 'f32');
 
 /** The widest activation row per token, to size buffers and bound the prefill chunk. */
 function rowFloats(model: Model) {
@@ -59,18 +78,23 @@ function rowFloats(model: Model) {
   const d = dims(c);
   const moe = c.moe;
   return {
-    proj: Math.max(d.deltaNetProj, d.attentionProj, moe ? moe.numExperts + 1 : 0),
+    proj: Math.max(d.deltaNetProj, d.attentionProj),
     mix: Math.max(d.convDim, d.attentionOut),
     core: Math.max(d.valueDim, d.attentionOut),
     act: Math.max(c.intermediateSize ?? 0, moe?.sharedIntermediate ?? 0),
-    moeAct: moe ? moe.topk * moe.expertIntermediate : 0,
-    moeOut: moe ? moe.topk * c.hiddenSize : 0,
   };
 }
 
 /** Prefill runs in chunks of this many tokens: large enough to fill a GPU, small enough for every binding. */
 export function prefillChunk(ctx: GpuContext, model: Model, wanted = 512): number {
-  const widest = Math.max(...Object.values(rowFloats(model))) * 4;
+  const c = model.config;
+  // The f32 DeltaNet chunk scratch (U|W rows, states per chunk) can be wider than f16 activation rows.
+  const scratch = c.layerTypes.includes('linear_attention')
+    ? c.linearValueHeads * Math.max(c.linearKeyDim + c.linearValueDim, CHUNK, Math.ceil((c.linearKeyDim * c.linearValueDim) / CHUNK)) * 4
+    : 0;
+  const m = c.moe;
+  const f32Rows = Math.max(c.hiddenSize, m ? Math.max(m.numExperts + 1, m.topk * c.hiddenSize, m.topk * m.expertIntermediate) : 0) * 4;
+  const widest = Math.max(Math.max(...Object.values(rowFloats(model))) * ctx.activationBytes, f32Rows, scratch);
   return Math.max(1, Math.min(wanted, Math.floor(ctx.caps.maxStorageBindingBytes / widest)));
 }
 
@@ -80,9 +104,15 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
   const S = maxTokens;
   const f = rowFloats(model);
   const buffers: GPUBuffer[] = [];
-  const storage = (label: string, floats: number) => {
-    const b = ctx.storage(label, Math.max(4, floats) * 4);
+  const storage = (label: string, floats: number, bytes = 4) => {
+    const b = ctx.storage(label, Math.max(4, floats) * bytes);
     buffers.push(b);
+    return b;
+  };
+  const actBuffers = new Set<GPUBuffer>();
+  const act = (label: string, elements: number) => {
+    const b = storage(label, elements, ctx.activationBytes);
+    actBuffers.add(b);
     return b;
   };
   const step = ctx.createBuffer('step', paramsSize(StepParams), GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
@@ -101,10 +131,11 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     buffers.push(args);
     const groupScratch = createMoeGroupScratch(ctx, E);
     moe = {
+      logits: storage('moe logits', S * (E + 1)),
       ids: storage('moe ids', S * k),
       gates: storage('moe gates', S * (k + 1)),
-      act: storage('moe act', S * f.moeAct),
-      out: storage('moe out', S * f.moeOut),
+      act: storage('moe act', S * k * c.moe.expertIntermediate),
+      out: storage('moe out', S * k * c.hiddenSize),
       order: storage('moe order', S * k),
       tiles: storage('moe tiles', tiles * 4),
       args,
@@ -119,12 +150,13 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     token: storage('token', 4),
     h: storage('h', S * c.hiddenSize),
     x: storage('x', S * c.hiddenSize),
-    proj: storage('proj', S * f.proj),
-    mix: storage('mix', S * f.mix),
-    core: storage('core', S * f.core),
-    gated: storage('gated', S * d.valueDim),
-    act: storage('act', S * f.act),
+    proj: act('proj', S * f.proj),
+    mix: act('mix', S * f.mix),
+    core: act('core', S * f.core),
+    gated: act('gated', S * d.valueDim),
+    act: act('act', S * f.act),
     logits: storage('logits', c.vocabSize),
+    actBuffers,
     step,
     rope,
     chunk: createChunkScratch(ctx, S, c.linearValueHeads, c.linearKeyDim, c.linearValueDim),
@@ -133,16 +165,16 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
   };
 }
 
-/** Bytes of the per-layer state for a context of `capacity` tokens. */
-export function stateBytes(model: Model, capacity: number): number {
+/** Bytes of the per-layer state for a context of `capacity` tokens, with activations of `activationBytes` (2 or 4). */
+export function stateBytes(model: Model, capacity: number, activationBytes = 4): number {
   const c = model.config;
   const d = dims(c);
   return c.layerTypes.reduce(
     (sum, t) =>
       sum +
       (t === 'full_attention'
-        ? 2 * c.numKvHeads * capacity * c.headDim * 4
-        : ((c.convKernel - 1) * d.convDim + c.linearValueHeads * c.linearKeyDim * c.linearValueDim) * 4),
+        ? 2 * c.numKvHeads * capacity * c.headDim * activationBytes
+        : (c.convKernel - 1) * d.convDim * activationBytes + c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
     0,
   );
 }
@@ -150,16 +182,17 @@ export function stateBytes(model: Model, capacity: number): number {
 export function createLayerStates(ctx: GpuContext, model: Model, capacity: number): LayerState[] {
   const c = model.config;
   const d = dims(c);
-  const kvBytes = c.numKvHeads * capacity * c.headDim * 4;
+  const ab = ctx.activationBytes;
+  const kvBytes = c.numKvHeads * capacity * c.headDim * ab;
   if (kvBytes > ctx.caps.maxStorageBindingBytes) {
-    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (c.numKvHeads * c.headDim * 4));
+    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (c.numKvHeads * c.headDim * ab));
     throw new SessionError(`a context of ${capacity} tokens needs ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens)`);
   }
   return c.layerTypes.map((t, i) =>
     t === 'full_attention'
       ? { keys: ctx.storage(`layer ${i} keys`, kvBytes), values: ctx.storage(`layer ${i} values`, kvBytes) }
       : {
-          conv: ctx.storage(`layer ${i} conv state`, (c.convKernel - 1) * d.convDim * 4),
+          conv: ctx.storage(`layer ${i} conv state`, (c.convKernel - 1) * d.convDim * ab),
           recurrent: ctx.storage(`layer ${i} recurrent state`, c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
         },
   );

@@ -38,7 +38,7 @@ export interface MoeWeights {
   /** [E, 2 Im, H] and [E, H, Im], indexed by slot. */
   expertsGateUp: GpuTensor;
   expertsDown: GpuTensor;
-  /** Expert id → slot (u32[E]); all experts resident for now, so the identity. */
+  /** Expert id → slot (u32[E]): the identity when all experts are resident; when streamed, kept by the runtime's ExpertCache (NOT_RESIDENT for experts no slot holds). */
   slots: GPUBuffer;
   sharedGateUp: GpuTensor;
   sharedDown: GpuTensor;
@@ -68,11 +68,11 @@ export interface ModelWeights {
   mtp?: MtpWeights;
 }
 
-/** Assembles the structure from loaded tensors; `slots` makes an expert slot table per MoE layer. */
+/** Assembles the structure from loaded tensors; `slots(key)` makes the expert slot table of MoE block `key` (e.g. layers.3.mlp). */
 export function assembleWeights(
   config: Qwen35Config,
   tensors: Map<string, GpuTensor>,
-  slots: () => GPUBuffer,
+  slots: (key: string) => GPUBuffer,
 ): ModelWeights {
   const get = (key: string): GpuTensor => {
     const t = tensors.get(key);
@@ -86,7 +86,7 @@ export function assembleWeights(
     config.moe
       ? {
           kind: 'moe', router: get(`${key}.router`), expertsGateUp: get(`${key}.experts_gate_up`), expertsDown: get(`${key}.experts_down`),
-          slots: slots(), sharedGateUp: get(`${key}.shared_gate_up`), sharedDown: get(`${key}.shared_down`),
+          slots: slots(key), sharedGateUp: get(`${key}.shared_gate_up`), sharedDown: get(`${key}.shared_down`),
         }
       : { kind: 'dense', gateUp: get(`${key}.gate_up`), down: get(`${key}.down`) };
   const layer = (key: string, type: string): DecoderLayerWeights => ({

@@ -1,7 +1,11 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../gpu/errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
-import { forward, lmHead } from '../model/layers.ts';
+import { type ForwardSegment, forward, forwardSegments, lmHead } from '../model/layers.ts';
+import type { MoeWeights } from '../model/weights.ts';
+import { matvec } from '../kernels/matvec.ts';
+import { moeRoute } from '../kernels/moe_route.ts';
+import { ExpertCache, type ExpertStats } from './expert_cache.ts';
 import type { Model } from '../model/load.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
@@ -22,6 +26,9 @@ export class Session {
   /** Tokens processed so far (the position of the next token). */
   position = 0;
   private readonly plans = new Map<string, Promise<Dispatch[]>>();
+  private readonly segmentPlans = new Map<string, Promise<ForwardSegment[]>>();
+  /** Present when the model's experts are streamed (model.experts). */
+  private readonly experts?: ExpertCache;
 
   private constructor(
     readonly ctx: GpuContext,
@@ -29,7 +36,9 @@ export class Session {
     readonly capacity: number,
     readonly activations: Activations,
     private readonly states: LayerState[],
-  ) {}
+  ) {
+    this.experts = ExpertCache.of(ctx, model);
+  }
 
   static create(ctx: GpuContext, model: Model, options: SessionOptions): Session {
     const capacity = options.contextLength;
@@ -58,6 +67,17 @@ export class Session {
     }
     this.ctx.device.queue.submit([encoder.finish()]);
     this.position = 0;
+    this.experts?.resetStats();
+  }
+
+  /** Expert streaming figures since the last reset (one generation), or undefined when every expert is resident. */
+  expertStats(): ExpertStats | undefined {
+    return this.experts?.stats();
+  }
+
+  /** The model's expert cache, when its experts are streamed. */
+  get expertCache(): ExpertCache | undefined {
+    return this.experts;
   }
 
   private cached(key: string, build: () => Promise<Dispatch[]>): Promise<Dispatch[]> {
@@ -72,6 +92,62 @@ export class Session {
 
   private forwardPlan(tokens: number, input: 'ids' | 'token'): Promise<Dispatch[]> {
     return this.cached(`forward ${tokens} ${input}`, () => forward(this.ctx, this.model, this.states, this.activations, { tokens, input }));
+  }
+
+  private segmentsPlan(tokens: number, input: 'ids' | 'token'): Promise<ForwardSegment[]> {
+    const key = `${tokens} ${input}`;
+    let plan = this.segmentPlans.get(key);
+    if (!plan) {
+      plan = forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens, input });
+      this.segmentPlans.set(key, plan);
+      plan.catch(() => this.segmentPlans.delete(key));
+    }
+    return plan;
+  }
+
+  /**
+   * Decode prefetch: layer `layer`'s router applied to the current MoE input (the previous layer's), into
+   * row 1 of the router logits, and top-k over rows 0 and 1; row 0's routing is recomputed bit for bit, row
+   * 1's ids are that layer's likely experts. They come back with the chosen ids in the same readback.
+   */
+  private predictPlan(layer: number): Promise<Dispatch[]> {
+    return this.cached(`predict ${layer}`, async () => {
+      const { numExperts: E, topk } = this.model.config.moe!;
+      const m = this.activations.moe!;
+      const w = this.model.weights.layers[layer].mlp as MoeWeights;
+      return [
+        ...(await matvec(this.ctx, { w: w.router, x: this.activations.x, input: 'f32', y: m.logits, yOffset: E + 1, output: 'f32', epilogue: 'store' })),
+        await moeRoute(this.ctx, { logits: m.logits, tokens: 2, experts: E, topk, ids: m.ids, gates: m.gates }),
+      ];
+    });
+  }
+
+  /**
+   * The forward pass with streamed experts, segment by segment: after each MoE layer's routing the chosen
+   * ids are read back (the one per-layer readback, and only here), missing experts are read and uploaded,
+   * then the layer's experts run (in passes when a prefill chunk needs more experts than there are slots).
+   */
+  private async runStreamed(cache: ExpertCache, tokens: number, input: 'ids' | 'token', tail: Dispatch[], label: string, signal?: AbortSignal): Promise<void> {
+    const segments = await this.segmentsPlan(tokens, input);
+    const m = this.activations.moe!;
+    const k = this.model.config.moe!.topk;
+    const ahead = tokens === 1 && this.activations.maxTokens >= 2;
+    let readbackMs = 0;
+    for (const seg of segments) {
+      const experts = seg.experts;
+      if (!experts) {
+        this.ctx.run([...seg.dispatches, ...tail], label);
+        continue;
+      }
+      const next = experts.layer + 1 < this.model.weights.layers.length && ahead ? experts.layer + 1 : undefined;
+      this.ctx.run([...seg.dispatches, ...(next !== undefined ? await this.predictPlan(next) : [])], label);
+      const t0 = performance.now();
+      const ids = new Uint32Array(await this.ctx.read(m.ids, 0, (next !== undefined ? 2 : tokens) * k * 4));
+      readbackMs += performance.now() - t0;
+      if (next !== undefined) cache.prefetch(next, ids.subarray(k, 2 * k), signal);
+      await cache.runLayer(experts.layer, ids.subarray(0, tokens * k), () => this.ctx.run(experts.dispatches, label), signal);
+    }
+    cache.countTokens(tokens, readbackMs);
   }
 
   /** Logits of row `row` of the last forward call into the logits buffer. */
@@ -113,17 +189,20 @@ export class Session {
       this.ctx.write(this.activations.ids, 0, chunk);
       this.writeStep();
       const last = first + rows === ids.length;
-      this.ctx.run([...(await this.forwardPlan(rows, 'ids')), ...(last ? await this.lastLogitsPlan(rows - 1) : [])], 'prefill');
+      const tail = last ? await this.lastLogitsPlan(rows - 1) : [];
+      if (this.experts) await this.runStreamed(this.experts, rows, 'ids', tail, 'prefill', options.signal);
+      else this.ctx.run([...(await this.forwardPlan(rows, 'ids')), ...tail], 'prefill');
       this.position += rows;
       if (options.onChunk) await options.onChunk(first, rows);
     }
   }
 
   /** One decode step on the token the last pick left on the GPU; leaves its logits in activations.logits. */
-  async decode(): Promise<void> {
+  async decode(signal?: AbortSignal): Promise<void> {
     this.ensureRoom(1);
     this.writeStep();
-    this.ctx.run([...(await this.forwardPlan(1, 'token')), ...(await this.lastLogitsPlan(0))], 'decode');
+    if (this.experts) await this.runStreamed(this.experts, 1, 'token', await this.lastLogitsPlan(0), 'decode', signal);
+    else this.ctx.run([...(await this.forwardPlan(1, 'token')), ...(await this.lastLogitsPlan(0))], 'decode');
     this.position += 1;
   }
 

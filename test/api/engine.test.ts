@@ -7,14 +7,14 @@ import type { ChatCompletionRequest } from '../../src/api/types.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { AbortError, RequestError, SessionError } from '../../src/gpu/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
-import { FileSource } from '../../src/storage/file.ts';
+import { openModel } from '../../src/storage/locate.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';
 
 let ctx: GpuContext;
 let engine: Engine;
 beforeAll(async () => {
   ctx = await createNodeContext({ adapter: 'llvmpipe' });
-  engine = await Engine.load(ctx, new FileSource(fixtureDir('tiny-qwen35')), { dtype: 'f32', contextLength: 512 });
+  engine = await Engine.load(ctx, await openModel(fixtureDir('tiny-qwen35')), { dtype: 'f32', contextLength: 512 });
 });
 afterAll(() => {
   engine?.destroy();
@@ -134,7 +134,7 @@ describe('a model whose chat template fails', () => {
     const config = JSON.parse(readFileSync(configPath, 'utf8'));
     config.chat_template = "{{ raise_exception('this template only takes tools') }}";
     writeFileSync(configPath, JSON.stringify(config));
-    const broken = await Engine.load(ctx, new FileSource(dir), { dtype: 'f32', contextLength: 128 });
+    const broken = await Engine.load(ctx, await openModel(dir), { dtype: 'f32', contextLength: 128 });
     try {
       await expect(broken.chat.completions.create(ask())).rejects.toThrow(/this template only takes tools/);
       const r = await broken.completions.create({ prompt: 'The license', max_tokens: 4, temperature: 0 });

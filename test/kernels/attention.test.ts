@@ -4,7 +4,7 @@ import { attentionPrepare } from '../../src/kernels/attention_prepare.ts';
 import { attention, defaultSplits } from '../../src/kernels/attention.ts';
 import { ropeTable } from '../../src/kernels/rope.ts';
 import * as ref from '../../src/reference/attention.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { actBuffer, actTolerance, describeOnAdapters, readAct, roundAct, upload, uploadAct, writeAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
@@ -30,8 +30,8 @@ function layer(c: GpuContext, s: Shape, seed: number) {
   const cacheLen = nkv * capacity * D;
   const cpu = { kCache: new Float32Array(cacheLen), vCache: new Float32Array(cacheLen) };
   const gpu = {
-    kCache: c.storage('k', cacheLen * 4),
-    vCache: c.storage('v', cacheLen * 4),
+    kCache: actBuffer(c, 'k', cacheLen),
+    vCache: actBuffer(c, 'v', cacheLen),
     qNorm: upload(c, qNorm),
     kNorm: upload(c, kNorm),
     rope: upload(c, ropeTable(capacity, R, THETA)),
@@ -41,26 +41,33 @@ function layer(c: GpuContext, s: Shape, seed: number) {
   return {
     cpu,
     gpu,
-    /** One forward call: `tokens` new tokens at `pos`; compares q, both caches and the output. */
+    /**
+     * One forward call: `tokens` new tokens at `pos`; compares q, both caches and the output. The twin then takes q and
+     * the K cache as the GPU stored them (checked just before), so attention is judged on its own inputs: with f16
+     * activations a 1-ulp difference in one q element moves a short context's output by ~1e-4.
+     */
     async forward(pos: number, tokens: number, opts: { splits?: number; minSplitKeys?: number } = {}) {
-      const proj = randn(tokens * projStride, seed * 100 + ++call, 1.5);
-      const q = ref.attentionPrepare({
+      const proj = roundAct(c, randn(tokens * projStride, seed * 100 + ++call, 1.5));
+      const qExact = ref.attentionPrepare({
         proj, projStride, kOffset, vOffset, tokens, nq, nkv, headDim: D, rotaryDim: R, theta: THETA,
         qNorm, kNorm, eps: EPS, pos, kCache: cpu.kCache, vCache: cpu.vCache, capacity,
       });
-      const want = ref.attention({ q, proj, projStride, tokens, nq, nkv, headDim: D, kCache: cpu.kCache, vCache: cpu.vCache, capacity, pos });
       c.write(gpu.step, 0, new Uint32Array([pos, 0, 0, 0]));
-      const projBuf = upload(c, proj);
-      const qBuf = c.storage('q', tokens * nq * D * 4);
-      const out = c.storage('out', tokens * nq * D * 4);
+      const projBuf = uploadAct(c, proj);
+      const qBuf = actBuffer(c, 'q', tokens * nq * D);
+      const out = actBuffer(c, 'out', tokens * nq * D);
       const common = { proj: projBuf, projStride, tokens, nq, nkv, headDim: D, kCache: gpu.kCache, vCache: gpu.vCache, capacity, step: gpu.step };
       const prep = await attentionPrepare(c, { ...common, kOffset, vOffset, rotaryDim: R, qNorm: gpu.qNorm, kNorm: gpu.kNorm, eps: EPS, rope: gpu.rope, q: qBuf });
       const att = await attention(c, { ...common, q: qBuf, out, ...opts });
       c.run([prep, ...att]);
-      expectClose(await readF32(c, qBuf, q.length), q, 1e-5, 1e-5, 'q');
-      expectClose(await readF32(c, gpu.kCache, cacheLen), cpu.kCache, 1e-5, 1e-5, 'k cache');
-      expectClose(await readF32(c, gpu.vCache, cacheLen), cpu.vCache, 1e-30, 0, 'v cache (exact copy)');
-      expectClose(await readF32(c, out, want.length), want, 1e-5, 1e-4, 'out');
+      const q = await readAct(c, qBuf, qExact.length);
+      const kCache = await readAct(c, gpu.kCache, cacheLen);
+      expectClose(q, qExact, ...actTolerance(c, 1e-5, 1e-5), 'q');
+      expectClose(kCache, cpu.kCache, ...actTolerance(c, 1e-5, 1e-5), 'k cache');
+      expectClose(await readAct(c, gpu.vCache, cacheLen), cpu.vCache, 1e-30, 0, 'v cache (exact copy)');
+      cpu.kCache.set(kCache);
+      const want = ref.attention({ q, proj, projStride, tokens, nq, nkv, headDim: D, kCache: cpu.kCache, vCache: cpu.vCache, capacity, pos });
+      expectClose(await readAct(c, out, want.length), want, ...actTolerance(c, 1e-5, 1e-4), 'out');
       return att.length;
     },
   };
@@ -119,13 +126,13 @@ describeOnAdapters('attention', (ctx) => {
     const k = randn(filled, 5, 1);
     const v = randn(filled, 6, 1);
     for (let g = 0; g < s.nkv; g++) k.fill(0, (g * s.capacity + 700) * s.headDim, (g + 1) * s.capacity * s.headDim);
-    l.cpu.kCache.set(k);
-    l.cpu.vCache.set(v.map((x, i) => (k[i] === 0 ? 0 : x)));
-    c.write(l.gpu.kCache, 0, l.cpu.kCache);
-    c.write(l.gpu.vCache, 0, l.cpu.vCache);
+    l.cpu.kCache.set(roundAct(c, k));
+    l.cpu.vCache.set(roundAct(c, v.map((x, i) => (k[i] === 0 ? 0 : x))));
+    writeAct(c, l.gpu.kCache, l.cpu.kCache);
+    writeAct(c, l.gpu.vCache, l.cpu.vCache);
     expect(defaultSplits(1, 8, 768)).toBe(3);
     expect(await l.forward(700, 1)).toBe(2);
     expect(await l.forward(700, 1, { splits: 1 })).toBe(1);
     expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
   });
-});
+}, { act16: true });

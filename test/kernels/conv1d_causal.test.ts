@@ -1,38 +1,40 @@
 import { expect, it } from 'vitest';
 import { conv1dCausal } from '../../src/kernels/conv1d_causal.ts';
 import { conv1dCausal as reference } from '../../src/reference/conv1d_causal.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { type GpuContext } from '../../src/gpu/context.ts';
+import { actBuffer, actTolerance, describeOnAdapters, readAct, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
 describeOnAdapters('conv1d_causal', (ctx) => {
   // x rows are wider than the channels (the qkv columns of the fused projection); C not a multiple of 64.
-  const setup = (seed: number, T: number, C: number, K: number, wStride: number) => {
+  // x and state are activations: rounded to f16 first with f16 activations, so the reference reads what the kernel reads.
+  const setup = (c: GpuContext, seed: number, T: number, C: number, K: number, wStride: number) => {
     const xStride = C + 37;
     return {
-      x: randn(T * xStride, seed, 2),
+      x: roundAct(c, randn(T * xStride, seed, 2)),
       w: randn(C * wStride, seed + 1, 0.5),
-      state: randn((K - 1) * C, seed + 2),
+      state: roundAct(c, randn((K - 1) * C, seed + 2)),
       xStride, wStride,
     };
   };
 
   const run = async (a: { x: Float32Array; xStride: number; w: GPUBuffer; wStride: number; K: number; state: GPUBuffer; T: number; C: number }) => {
     const c = ctx();
-    const y = c.storage('y', a.T * a.C * 4);
-    c.run([await conv1dCausal(c, { x: upload(c, a.x), xStride: a.xStride, w: a.w, wStride: a.wStride, kernelSize: a.K, state: a.state, y, tokens: a.T, channels: a.C })]);
-    return readF32(c, y, a.T * a.C);
+    const y = actBuffer(c, 'y', a.T * a.C);
+    c.run([await conv1dCausal(c, { x: uploadAct(c, a.x), xStride: a.xStride, w: a.w, wStride: a.wStride, kernelSize: a.K, state: a.state, y, tokens: a.T, channels: a.C })]);
+    return readAct(c, y, a.T * a.C);
   };
 
   for (const [T, C, K, wStride] of [[1, 100, 4, 4], [3, 100, 4, 4], [10, 100, 4, 8], [10, 300, 2, 2], [5, 70, 8, 8], [2, 70, 8, 8], [300, 65, 4, 4]] as const) {
     it(`one call: T=${T} C=${C} K=${K}`, async () => {
       const c = ctx();
-      const s = setup(T * 7 + C + K, T, C, K, wStride);
-      const state = upload(c, s.state);
+      const s = setup(c, T * 7 + C + K, T, C, K, wStride);
+      const state = uploadAct(c, s.state);
       const y = await run({ ...s, w: upload(c, s.w), K, state, T, C });
       const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride, kernelSize: K, state: s.state, tokens: T, channels: C });
-      expectClose(y, want.y, 1e-5, 1e-5, 'y');
-      expect(await readF32(c, state, (K - 1) * C)).toEqual(want.state);
+      expectClose(y, want.y, ...actTolerance(c, 1e-5, 1e-5), 'y');
+      expect(await readAct(c, state, (K - 1) * C)).toEqual(want.state);
     });
   }
 
@@ -42,9 +44,9 @@ describeOnAdapters('conv1d_causal', (ctx) => {
       const c = ctx();
       const C = 130;
       const total = 16;
-      const s = setup(99 + K, total, C, K, K);
+      const s = setup(c, 99 + K, total, C, K, K);
       const w = upload(c, s.w);
-      const state = upload(c, s.state);
+      const state = uploadAct(c, s.state);
       const got = new Float32Array(total * C);
       let t0 = 0;
       for (const T of [3, 10, 1, 1, 1]) {
@@ -53,8 +55,8 @@ describeOnAdapters('conv1d_causal', (ctx) => {
         t0 += T;
       }
       const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride: K, kernelSize: K, state: s.state, tokens: total, channels: C });
-      expectClose(got, want.y, 1e-5, 1e-5, 'y');
-      expect(await readF32(c, state, (K - 1) * C)).toEqual(want.state);
+      expectClose(got, want.y, ...actTolerance(c, 1e-5, 1e-5), 'y');
+      expect(await readAct(c, state, (K - 1) * C)).toEqual(want.state);
     });
   }
 
@@ -65,4 +67,4 @@ describeOnAdapters('conv1d_causal', (ctx) => {
     expect(() => conv1dCausal(c, args)).toThrow(/conv1d_causal: kernelSize/);
     expect(() => conv1dCausal(c, { ...args, kernelSize: 4, y: b })).toThrow(/conv1d_causal: .*distinct/);
   });
-});
+}, { act16: true });

@@ -3,8 +3,9 @@ import { embedding } from '../../src/kernels/embedding.ts';
 import { embedding as reference } from '../../src/reference/embedding.ts';
 import { maskCaps } from '../../src/gpu/caps.ts';
 import { uploadTensor } from '../../src/gpu/upload.ts';
-import type { WeightDtype } from '../../src/gpu/tensor.ts';
+import { type WeightDtype, planTensorLayout } from '../../src/gpu/tensor.ts';
 import { roundToF16 } from '../../src/formats/half.ts';
+import { roundToQ4 } from '../../src/formats/q4.ts';
 import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
@@ -15,13 +16,13 @@ describeOnAdapters('embedding', (ctx) => {
     { vocab: 1000, cols: 1024, partRows: 0 },
     { vocab: 300, cols: 100, partRows: 37 },
   ];
-  for (const dtype of ['f32', 'f16'] as WeightDtype[]) {
+  for (const dtype of ['f32', 'f16', 'q4'] as WeightDtype[]) {
     for (const { vocab, cols, partRows } of cases) {
       it(`${dtype} [${vocab}, ${cols}]${partRows ? ` in parts of ${partRows} rows` : ''}`, async () => {
         const c = ctx();
         const values = randn(vocab * cols, vocab + cols, 2);
-        const bytes = dtype === 'f32' ? 4 : 2;
-        const caps = partRows ? maskCaps(c.caps, { maxStorageBindingBytes: partRows * Math.ceil(cols / 8) * 8 * bytes }) : c.caps;
+        const rowBytes = planTensorLayout('embed', [vocab, cols], dtype, c.caps).itemBytes;
+        const caps = partRows ? maskCaps(c.caps, { maxStorageBindingBytes: partRows * rowBytes }) : c.caps;
         const table = uploadTensor(c, 'embed', [vocab, cols], values, dtype, caps);
         expect(table.parts.length).toBe(partRows ? Math.ceil(vocab / partRows) : 1);
         // Ids at both ends of the vocabulary and of each part, repeated; read from an offset into the ids buffer.
@@ -31,7 +32,8 @@ describeOnAdapters('embedding', (ctx) => {
         const idsBuf = upload(c, new Uint32Array([9, 9, 9, ...ids]));
         const out = c.storage('out', ids.length * cols * 4);
         c.run(await embedding(c, { table, ids: idsBuf, idsOffset, tokens: ids.length, out }));
-        const want = reference(dtype === 'f16' ? roundToF16(values) : values, cols, ids);
+        const stored = dtype === 'f16' ? roundToF16(values) : dtype === 'q4' ? roundToQ4(values, [vocab, cols]) : values;
+        const want = reference(stored, cols, ids);
         expectClose(await readF32(c, out, want.length), want, 1e-30, 0, 'out (exact gather)');
       });
     }

@@ -4,7 +4,7 @@ import { type GatedDeltaNetArgs, gatedDeltaNetStep } from '../../src/kernels/gat
 import { type ChunkScratch, createChunkScratch, gatedDeltaNetChunk } from '../../src/kernels/gated_delta_net_chunk.ts';
 import { type GatedDeltaNetRefArgs, gatedDeltaNetChunked, gatedDeltaNetRecurrent, gates } from '../../src/reference/gated_delta_net.ts';
 import { l2norm } from '../../src/reference/l2norm.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
@@ -36,6 +36,11 @@ function makeInputs(seed: number, tokens: number, nk: number, nv: number, initia
   return { tokens, nk, nv, dk, dv, qkv, qkvStride, ba, baStride, bOffset, aOffset, aLog, dtBias, state };
 }
 
+/** The inputs as the context's activation buffers hold them (qkv and ba rounded to f16 with f16 activations). */
+function asActs(c: GpuContext, a: GatedDeltaNetRefArgs): GatedDeltaNetRefArgs {
+  return { ...a, qkv: roundAct(c, a.qkv), ba: roundAct(c, a.ba) };
+}
+
 /** Tokens [t0, t0 + n) of the inputs, starting from `state`. */
 function slice(a: GatedDeltaNetRefArgs, t0: number, n: number, state: ArrayLike<number>): GatedDeltaNetRefArgs {
   return {
@@ -45,29 +50,33 @@ function slice(a: GatedDeltaNetRefArgs, t0: number, n: number, state: ArrayLike<
   };
 }
 
-/** ~1e-4 relative to the tensor's scale (values near zero are judged against it, not against themselves). */
-function expectNear(got: ArrayLike<number>, want: ArrayLike<number>, label: string): void {
+/**
+ * ~1e-4 relative to the tensor's scale (values near zero are judged against it, not against themselves); out with
+ * f16 activations ~1e-3 (its own f16 rounding). The state is f32 either way.
+ */
+function expectNear(got: ArrayLike<number>, want: ArrayLike<number>, label: string, c?: GpuContext): void {
+  const tol = c?.activations === 'f16' && label === 'out' ? 1e-3 : 1e-4;
   let max = 0;
   for (let i = 0; i < want.length; i++) max = Math.max(max, Math.abs(want[i]));
-  expectClose(got, want, 1e-4 * max, 1e-4, label);
+  expectClose(got, want, tol * max, tol, label);
 }
 
 type Algo = 'step' | 'chunk';
 
 /** Runs one call on the GPU, updating `state` in place; returns out [T, nv, dv]. */
 async function runGpu(c: GpuContext, algo: Algo, a: GatedDeltaNetRefArgs, state: GPUBuffer, scratch?: ChunkScratch): Promise<Float32Array> {
-  const out = c.storage('out', a.tokens * a.nv * a.dv * 4);
+  const out = c.storage('out', a.tokens * a.nv * a.dv * c.activationBytes);
   const args: GatedDeltaNetArgs = {
     tokens: a.tokens, nk: a.nk, nv: a.nv, dk: a.dk, dv: a.dv,
-    qkv: upload(c, a.qkv), qkvStride: a.qkvStride,
-    ba: upload(c, a.ba), baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset,
+    qkv: uploadAct(c, a.qkv), qkvStride: a.qkvStride,
+    ba: uploadAct(c, a.ba), baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset,
     aLog: upload(c, a.aLog), dtBias: upload(c, a.dtBias), state, out,
   };
   const dispatches = algo === 'step'
     ? await gatedDeltaNetStep(c, args)
     : await gatedDeltaNetChunk(c, { ...args, scratch: scratch ?? createChunkScratch(c, a.tokens, a.nv, a.dk, a.dv) });
   c.run(dispatches);
-  return readF32(c, out, a.tokens * a.nv * a.dv);
+  return readAct(c, out, a.tokens * a.nv * a.dv);
 }
 
 const RATIOS = [[2, 2], [2, 4], [1, 4]] as const;
@@ -96,21 +105,21 @@ describeOnAdapters('gated_delta_net', (ctx) => {
     for (const T of [1, 5, 64]) {
       it(`step: nk=${nk} nv=${nv} T=${T}`, async () => {
         const c = ctx();
-        const a = makeInputs(T * 100 + nk * 10 + nv, T, nk, nv);
+        const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv, T, nk, nv));
         const state = upload(c, Float32Array.from(a.state));
         const want = gatedDeltaNetRecurrent(a);
-        expectNear(await runGpu(c, 'step', a, state), want.out, 'out');
-        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state');
+        expectNear(await runGpu(c, 'step', a, state), want.out, 'out', c);
+        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
       });
     }
     for (const T of [1, 5, 64, 65, 130]) {
       it(`chunk: nk=${nk} nv=${nv} T=${T}`, async () => {
         const c = ctx();
-        const a = makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65);
+        const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
         const state = upload(c, Float32Array.from(a.state));
         const want = gatedDeltaNetRecurrent(a);
-        expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out');
-        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state');
+        expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
+        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
       });
     }
   }
@@ -119,37 +128,37 @@ describeOnAdapters('gated_delta_net', (ctx) => {
   for (const algo of ['step', 'chunk'] as const) {
     it(`${algo}: odd head sizes dk=36 dv=40, T=70`, async () => {
       const c = ctx();
-      const a = makeInputs(4242, 70, 1, 2, true, 36, 40);
+      const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
       const state = upload(c, Float32Array.from(a.state));
       const want = gatedDeltaNetRecurrent(a);
-      expectNear(await runGpu(c, algo, a, state), want.out, 'out');
-      expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state');
+      expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
+      expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
     });
   }
 
   it('chunk(70) + chunk(60) == one run over 130 tokens, scratch reused', async () => {
     const c = ctx();
-    const a = makeInputs(777, 130, 2, 4);
+    const a = asActs(c, makeInputs(777, 130, 2, 4));
     const scratch = createChunkScratch(c, 70, 4, DK, DV);
     const state = upload(c, Float32Array.from(a.state));
     const got = new Float32Array(130 * 4 * DV);
     got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
     got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
     const want = gatedDeltaNetRecurrent(a);
-    expectNear(got, want.out, 'out');
-    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state');
+    expectNear(got, want.out, 'out', c);
+    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
   });
 
   it('chunk(65) then step × 3 (decode) == one run over 68 tokens', async () => {
     const c = ctx();
-    const a = makeInputs(778, 68, 1, 4, false);
+    const a = asActs(c, makeInputs(778, 68, 1, 4, false));
     const state = upload(c, Float32Array.from(a.state));
     const got = new Float32Array(68 * 4 * DV);
     got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
     for (let t = 65; t < 68; t++) got.set(await runGpu(c, 'step', slice(a, t, 1, a.state), state), t * 4 * DV);
     const want = gatedDeltaNetRecurrent(a);
-    expectNear(got, want.out, 'out');
-    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state');
+    expectNear(got, want.out, 'out', c);
+    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
   });
 
   it('rejects bad shapes and an undersized scratch', async () => {
@@ -164,4 +173,4 @@ describeOnAdapters('gated_delta_net', (ctx) => {
     await expect(gatedDeltaNetChunk(c, { ...base, nv: 4, qkvStride: 4 * DK + 4 * DV, baStride: 8, aOffset: 4, tokens: 65, scratch }))
       .rejects.toThrow(/gated_delta_net_chunk: 65 tokens is more than the scratch's maxTokens 64/);
   });
-});
+}, { act16: true });

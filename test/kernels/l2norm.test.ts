@@ -1,7 +1,7 @@
 import { it } from 'vitest';
 import { l2norm } from '../../src/kernels/l2norm.ts';
 import { l2norm as reference } from '../../src/reference/l2norm.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { actTolerance, describeOnAdapters, readAct, roundAct, uploadAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
@@ -17,13 +17,14 @@ describeOnAdapters('l2norm', (ctx) => {
     it(`tokens=${tokens} q/k heads=${2 * nk} dim=${dim}`, async () => {
       const c = ctx();
       const tokenStride = 2 * nk * dim + nv * dim;
-      const x = randn(tokens * tokenStride, tokens * 13 + dim, 3);
+      const raw = randn(tokens * tokenStride, tokens * 13 + dim, 3);
       // One head nearly zero: the 1e-6 inside the root matters there.
-      x.fill(1e-4, 0, dim);
-      const buf = upload(c, x);
+      raw.fill(1e-4, 0, dim);
+      const x = roundAct(c, raw);
+      const buf = uploadAct(c, x);
       const a = { tokens, heads: 2 * nk, dim, tokenStride, scaledHeads: nk, scale: 1 / Math.sqrt(dim) };
       c.run([await l2norm(c, { x: buf, ...a })]);
-      expectClose(await readF32(c, buf, x.length), reference(x, a), 1e-6, 1e-5);
+      expectClose(await readAct(c, buf, x.length), reference(x, a), ...actTolerance(c, 1e-6, 1e-5));
     });
   }
-});
+}, { act16: true });

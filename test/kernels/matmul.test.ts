@@ -3,11 +3,12 @@ import { MOE_TILE_TOKENS, matmul } from '../../src/kernels/matmul.ts';
 import { type MatmulEpilogue, matmulDense, matmulGrouped } from '../../src/reference/matmul.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import type { WeightDtype } from '../../src/gpu/tensor.ts';
-import { bytesPerElement, paddedCols } from '../../src/gpu/tensor.ts';
+import { planTensorLayout } from '../../src/gpu/tensor.ts';
 import { maskCaps } from '../../src/gpu/caps.ts';
 import { uploadTensor } from '../../src/gpu/upload.ts';
 import { roundToF16 } from '../../src/formats/half.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { roundToQ4 } from '../../src/formats/q4.ts';
+import { actTolerance, describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
@@ -29,7 +30,11 @@ function gather(buf: Float32Array, rows: number, cols: number, offset: number, s
 
 /** Binding limit that leaves `items` items of the tensor per part. */
 const partCaps = (c: GpuContext, shape: number[], dtype: WeightDtype, items: number) =>
-  maskCaps(c.caps, { maxStorageBindingBytes: items * (shape.length === 3 ? shape[1] : 1) * paddedCols(shape[shape.length - 1]) * bytesPerElement(dtype) });
+  maskCaps(c.caps, { maxStorageBindingBytes: items * planTensorLayout('w', shape, dtype, c.caps).itemBytes });
+
+/** The weights a tensor of this dtype holds (the reference runs on them: the quantiser's error is not the kernel's). */
+const stored = (values: Float32Array, shape: number[], dtype: WeightDtype) =>
+  dtype === 'f16' ? roundToF16(values) : dtype === 'q4' ? roundToQ4(values, shape) : values;
 
 interface DenseCase {
   tokens: number;
@@ -43,6 +48,14 @@ interface DenseCase {
   scales?: { index: number; stride: number };
   itemsPerPart?: number;
   columnGroups?: 1 | 2;
+  /** X and Y in f32 whatever the activations (the normed residual stream in, logits or the stream out). */
+  input?: 'f32';
+  output?: 'f32';
+}
+
+/** Y as read back: f32 logits, or activations (then judged with their rounding). */
+async function readY(c: GpuContext, y: GPUBuffer, length: number, f32Out: boolean): Promise<Float32Array> {
+  return f32Out ? readF32(c, y, length) : readAct(c, y, length);
 }
 
 async function dense(c: GpuContext, dtype: WeightDtype, t: DenseCase): Promise<void> {
@@ -52,11 +65,13 @@ async function dense(c: GpuContext, dtype: WeightDtype, t: DenseCase): Promise<v
   const wv = randn(shape.reduce((a, b) => a * b), seed, 1 / Math.sqrt(k));
   const w = uploadTensor(c, 'w', shape, wv, dtype, t.itemsPerPart ? partCaps(c, shape, dtype, t.itemsPerPart) : c.caps);
   if (t.itemsPerPart && w.parts.length < 3) throw new Error(`expected several parts, got ${w.parts.length}`);
-  const x = randn(tokens * k, seed + 1);
+  // Activations are rounded first (f16 activations), so the reference reads what the kernel reads.
+  const f32Out = t.output === 'f32';
+  const x = t.input === 'f32' ? randn(tokens * k, seed + 1) : roundAct(c, randn(tokens * k, seed + 1));
   const [xOffset, xStride, yOffset, yStride] = [t.xOffset ?? 0, t.xStride ?? k, t.yOffset ?? 0, t.yStride ?? n];
-  const y0 = randn(tokens * n, seed + 2);
+  const y0 = f32Out ? randn(tokens * n, seed + 2) : roundAct(c, randn(tokens * n, seed + 2));
   const yInit = strided(epilogue === 'add' ? y0 : new Float32Array(tokens * n).fill(SENTINEL), tokens, n, yOffset, yStride, SENTINEL);
-  const y = upload(c, yInit, 'y');
+  const y = f32Out ? upload(c, yInit, 'y') : uploadAct(c, yInit, 'y');
   let scales: Float32Array | undefined;
   let scaleBuffer: GPUBuffer | undefined;
   if (t.scales) {
@@ -64,13 +79,14 @@ async function dense(c: GpuContext, dtype: WeightDtype, t: DenseCase): Promise<v
     scaleBuffer = upload(c, strided(scales, tokens, 1, t.scales.index, t.scales.stride, NaN), 'scales');
   }
   const dispatches = await matmul(c, {
-    w, tokens, epilogue, x: upload(c, strided(x, tokens, k, xOffset, xStride, NaN), 'x'), xOffset, xStride, y, yOffset, yStride,
-    scales: scaleBuffer && t.scales ? { buffer: scaleBuffer, ...t.scales } : undefined, columnGroups: t.columnGroups,
+    w, tokens, epilogue, x: (t.input === 'f32' ? upload : uploadAct)(c, strided(x, tokens, k, xOffset, xStride, NaN), 'x'), xOffset, xStride, y, yOffset, yStride,
+    scales: scaleBuffer && t.scales ? { buffer: scaleBuffer, ...t.scales } : undefined, columnGroups: t.columnGroups, input: t.input, output: t.output,
   });
   c.run(dispatches);
-  const want = matmulDense(x, dtype === 'f16' ? roundToF16(wv) : wv, shape, tokens, epilogue, { y0, scales });
-  const got = await readF32(c, y, yInit.length);
-  expectClose(gather(got, tokens, n, yOffset, yStride), want, 2e-5, 1e-4, 'Y');
+  const want = matmulDense(x, stored(wv, shape, dtype), shape, tokens, epilogue, { y0, scales });
+  const got = await readY(c, y, yInit.length, f32Out);
+  const [atol, rtol] = f32Out ? [2e-5, 1e-4] : actTolerance(c, 2e-5, 1e-4);
+  expectClose(gather(got, tokens, n, yOffset, yStride), want, atol, rtol, 'Y');
   // Everything outside Y's rows must be untouched.
   expectClose(got, strided(gather(got, tokens, n, yOffset, yStride), tokens, n, yOffset, yStride, SENTINEL), 1e-12, 0, 'gaps');
 }
@@ -88,6 +104,9 @@ interface GroupedCase {
   yStride: number;
   itemsPerPart: number;
   columnGroups?: 1 | 2;
+  /** X / Y element types other than activations (the model reads the normed stream and writes expert outputs in f32). */
+  xType?: 'f32';
+  yType?: 'f32';
 }
 
 const E = 16;
@@ -133,8 +152,8 @@ async function grouped(c: GpuContext, dtype: WeightDtype, g: GroupedCase): Promi
   const rows = epilogue === 'swiglu' ? 2 * n : n;
   const shape = [E, rows, k];
   const wv = randn(E * rows * k, seed, 1 / Math.sqrt(k));
-  // The GPU tensor is indexed by slot; unused slots hold NaN.
-  const slotted = new Float32Array(SLOTS * rows * k).fill(NaN);
+  // The GPU tensor is indexed by slot; unused slots hold NaN (q4: large values, since NaN does not quantise).
+  const slotted = new Float32Array(SLOTS * rows * k).fill(dtype === 'q4' ? 1e4 : NaN);
   for (let e = 0; e < E; e++) slotted.set(wv.subarray(e * rows * k, (e + 1) * rows * k), slotOf(e) * rows * k);
   const w = uploadTensor(c, 'experts', [SLOTS, rows, k], slotted, dtype, partCaps(c, [SLOTS, rows, k], dtype, g.itemsPerPart));
   if (w.parts.length < 3) throw new Error(`expected several parts, got ${w.parts.length}`);
@@ -149,30 +168,30 @@ async function grouped(c: GpuContext, dtype: WeightDtype, g: GroupedCase): Promi
 
   const pairs = T * TOPK;
   const xRows = input === 'token' ? T : pairs;
-  const x = randn(xRows * k, seed + 1);
+  const x = g.xType === 'f32' ? randn(xRows * k, seed + 1) : roundAct(c, randn(xRows * k, seed + 1));
   const yInit = strided(new Float32Array(pairs * n).fill(SENTINEL), pairs, n, g.yOffset, g.yStride, SENTINEL);
-  const y = upload(c, yInit, 'y');
+  const y = (g.yType === 'f32' ? upload : uploadAct)(c, yInit, 'y');
   let scales: Float32Array | undefined;
   if (g.scaled) {
     scales = randn(T * (TOPK + 1), seed + 3);
     for (let t = 0; t < T; t++) scales[t * (TOPK + 1) + TOPK] = NaN; // the shared expert's column
   }
   const dispatches = await matmul(c, {
-    w, tokens: T, epilogue, x: upload(c, strided(x, xRows, k, 0, g.xStride, NaN), 'x'), xStride: g.xStride,
-    y, yOffset: g.yOffset, yStride: g.yStride,
+    w, tokens: T, epilogue, x: (g.xType === 'f32' ? upload : uploadAct)(c, strided(x, xRows, k, 0, g.xStride, NaN), 'x'), xStride: g.xStride,
+    y, yOffset: g.yOffset, yStride: g.yStride, input: g.xType, output: g.yType,
     scales: scales ? { buffer: upload(c, scales, 'scales'), index: 0, stride: 0 } : undefined,
     grouped: { order: upload(c, order, 'order'), tiles: upload(c, tiles, 'tiles'), args, argsOffset: g.argsOffset, slots: upload(c, slots, 'slots'), topk: TOPK, input },
     columnGroups: g.columnGroups,
   });
   c.run(dispatches);
-  const want = matmulGrouped(x, dtype === 'f16' ? roundToF16(wv) : wv, shape, ids, TOPK, input, epilogue, { scales });
-  const got = await readF32(c, y, yInit.length);
-  expectClose(gather(got, pairs, n, g.yOffset, g.yStride), want, 2e-5, 1e-4, 'Y');
+  const want = matmulGrouped(x, stored(wv, shape, dtype), shape, ids, TOPK, input, epilogue, { scales });
+  const got = await readY(c, y, yInit.length, g.yType === 'f32');
+  expectClose(gather(got, pairs, n, g.yOffset, g.yStride), want, ...(g.yType === 'f32' ? ([2e-5, 1e-4] as [number, number]) : actTolerance(c, 2e-5, 1e-4)), 'Y');
   expectClose(got, strided(gather(got, pairs, n, g.yOffset, g.yStride), pairs, n, g.yOffset, g.yStride, SENTINEL), 1e-12, 0, 'gaps');
 }
 
 describeOnAdapters('matmul', (ctx) => {
-  for (const dtype of ['f32', 'f16'] as const) {
+  for (const dtype of ['f32', 'f16', 'q4'] as const) {
     // Real widths (hidden 1024, head 256) and sizes that are not multiples of the 64 × 64 (or 64 × 128) tile or the
     // 16-wide K chunk; columnGroups 2 is the 128-column tile that large prefills get.
     for (const [tokens, k, n, columnGroups] of [[2, 128, 33, 1], [5, 100, 1, 1], [64, 1024, 256, 1], [130, 100, 600, 2], [130, 1024, 33, 1]] as const) {
@@ -188,12 +207,20 @@ describeOnAdapters('matmul', (ctx) => {
       dense(ctx(), dtype, { tokens: 130, k: 100, n: 33, epilogue: 'swiglu', xOffset: 1, xStride: 101, yOffset: 2, yStride: 40, scales: { index: 0, stride: 1 } }));
     it(`${dtype} store, tensor in parts T=5 K=100 N=600`, () =>
       dense(ctx(), dtype, { tokens: 5, k: 100, n: 600, epilogue: 'store', itemsPerPart: 47, columnGroups: 2 }));
+    // lm_head: logits stay f32 whatever the activations.
+    it(`${dtype} store into f32 logits, offset Y, in parts T=9 K=128 N=300`, () =>
+      dense(ctx(), dtype, { tokens: 9, k: 128, n: 300, epilogue: 'store', output: 'f32', yOffset: 3, itemsPerPart: 100 }));
+    // The residual stream: f32 in (its norm) and out (the add), whatever the activations.
+    it(`${dtype} add from and into f32, in parts T=7 K=256 N=300`, () =>
+      dense(ctx(), dtype, { tokens: 7, k: 256, n: 300, epilogue: 'add', input: 'f32', output: 'f32', itemsPerPart: 100 }));
     it(`${dtype} swiglu, tensor in parts T=64 K=128 I=33`, () =>
       dense(ctx(), dtype, { tokens: 64, k: 128, n: 33, epilogue: 'swiglu', itemsPerPart: 5, yStride: 50 }));
     it(`${dtype} grouped experts: token input, swiglu, scales`, () =>
-      grouped(ctx(), dtype, { k: 256, n: 40, epilogue: 'swiglu', input: 'token', scaled: true, argsOffset: 12, xStride: 256, yOffset: 0, yStride: 40, itemsPerPart: 3 }));
+      grouped(ctx(), dtype, { k: 256, n: 40, epilogue: 'swiglu', input: 'token', scaled: true, argsOffset: 12, xStride: 256, yOffset: 0, yStride: 40, itemsPerPart: 3, xType: 'f32' }));
+    it(`${dtype} grouped experts: token input in activations`, () =>
+      grouped(ctx(), dtype, { k: 128, n: 24, epilogue: 'swiglu', input: 'token', scaled: true, argsOffset: 0, xStride: 130, yOffset: 1, yStride: 30, itemsPerPart: 5 }));
     it(`${dtype} grouped experts: pair input, store`, () =>
-      grouped(ctx(), dtype, { k: 100, n: 72, epilogue: 'store', input: 'pair', scaled: false, argsOffset: 0, xStride: 103, yOffset: 3, yStride: 75, itemsPerPart: 6, columnGroups: 2 }));
+      grouped(ctx(), dtype, { k: 100, n: 72, epilogue: 'store', input: 'pair', scaled: false, argsOffset: 0, xStride: 103, yOffset: 3, yStride: 75, itemsPerPart: 6, columnGroups: 2, yType: 'f32' }));
   }
   it('rejects mismatched shapes, strides and buffers', async () => {
     const c = ctx();
@@ -203,7 +230,9 @@ describeOnAdapters('matmul', (ctx) => {
     const base = { w, tokens: 4, x, xStride: 16, y, yStride: 8, epilogue: 'store' } as const;
     await expect(matmul(c, { ...base, epilogue: 'swiglu' })).rejects.toThrow(/matmul\(w\): dense swiglu needs a \[I, 2, K\]/);
     await expect(matmul(c, { ...base, xStride: 15 })).rejects.toThrow(/xStride 15 < K 16/);
-    await expect(matmul(c, { ...base, tokens: 5 })).rejects.toThrow(/x holds 256 bytes/);
+    // Checks that fail with 2- and 4-byte activations alike; f32 logits are sized at 4 bytes.
+    await expect(matmul(c, { ...base, tokens: 9 })).rejects.toThrow(/x holds 256 bytes, 9 rows need/);
+    await expect(matmul(c, { ...base, output: 'f32', y: c.storage('y', 96) })).rejects.toThrow(/y holds 96 bytes, 4 rows need 128/);
     await expect(matmul(c, { ...base, y: x })).rejects.toThrow(/distinct/);
   });
-});
+}, { act16: true });

@@ -6,7 +6,8 @@ import { maskCaps } from '../../src/gpu/caps.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import type { WeightDtype } from '../../src/gpu/tensor.ts';
 import { roundToF16 } from '../../src/formats/half.ts';
-import { describeOnAdapters, readF32, upload } from '../helpers/gpu.ts';
+import { roundToQ4 } from '../../src/formats/q4.ts';
+import { actTolerance, describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
@@ -22,6 +23,9 @@ interface Case {
   maxBindingBytes?: number;
   tuning?: MatvecArgs['tuning'];
   minParts?: number;
+  /** x and y in f32 whatever the activations (the normed residual stream in, logits or the stream out). */
+  input?: 'f32';
+  output?: 'f32';
 }
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
@@ -44,17 +48,21 @@ async function runCase(ctx: GpuContext, c: Case): Promise<void> {
   const yStride = c.yStride ?? N;
   // x runs on past K with large values: the kernel must not read them into any row.
   const xLen = xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K + 13;
-  const x = randn(xLen, c.seed + 1, 1).map((v, i) => (i >= xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K ? 1e30 : v));
+  // With f16 activations x and y are rounded first (1e30 to infinity), so the reference reads what the kernel reads.
+  const f32In = c.input === 'f32';
+  const xRaw = randn(xLen, c.seed + 1, 1).map((v, i) => (i >= xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K ? 1e30 : v));
+  const x = f32In ? xRaw : roundAct(ctx, xRaw);
   const yLen = yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N + 5;
-  const y0 = randn(yLen, c.seed + 2, 1);
+  const f32Out = c.output === 'f32';
+  const y0 = f32Out ? randn(yLen, c.seed + 2, 1) : roundAct(ctx, randn(yLen, c.seed + 2, 1));
   const scales = c.scale ? randn(3 + topk, c.seed + 3, 1) : undefined;
   const slots = c.experts ? slotTable(c.experts.E) : undefined;
   const ids = c.experts ? pickIds(c.experts.E, topk, c.seed) : undefined;
   const idsOffset = c.experts ? 1 : 0;
 
-  const yBuf = upload(ctx, y0, 'y');
+  const yBuf = f32Out ? upload(ctx, y0, 'y') : uploadAct(ctx, y0, 'y');
   const dispatches = await matvec(ctx, {
-    w, x: upload(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, epilogue: c.epilogue,
+    w, x: f32In ? upload(ctx, x, 'x') : uploadAct(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, input: c.input, output: c.output, epilogue: c.epilogue,
     scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2 } : undefined,
     experts: c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
     tuning: c.tuning,
@@ -62,19 +70,23 @@ async function runCase(ctx: GpuContext, c: Case): Promise<void> {
   expect(dispatches.length).toBe(w.parts.length);
   ctx.run(dispatches);
   const want = reference({
-    w: c.dtype === 'f16' ? roundToF16(wValues) : wValues, shape: c.shape,
+    // The quantiser's error is not the kernel's: q4 is checked against the weights it stands for.
+    w: c.dtype === 'f16' ? roundToF16(wValues) : c.dtype === 'q4' ? roundToQ4(wValues, c.shape) : wValues, shape: c.shape,
     x, xOffset, xStride: c.xStride, y: y0, yOffset, yStride: c.yStride, epilogue: c.epilogue,
     scales: scales ? { values: scales, index: 2 } : undefined,
     experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
   });
-  // f32 sums of K terms of size ~1/sqrt(K): error grows like sqrt(K) ulps.
-  expectClose(await readF32(ctx, yBuf, yLen), want, 2e-5 * Math.sqrt(K / 128), 1e-5);
+  // f32 sums of K terms of size ~1/sqrt(K): error grows like sqrt(K) ulps; an f16 y adds its own rounding.
+  // 'sum' over several parts adds each part's share to y in turn: an f16 y is rounded once per part.
+  const partRoundings = mode === 'sum' && w.parts.length > 1 ? w.parts.length * 2 ** -11 * want.reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0;
+  const tol: [number, number] = f32Out ? [2e-5 * Math.sqrt(K / 128), 1e-5] : actTolerance(ctx, 2e-5 * Math.sqrt(K / 128), 1e-5, { atol: partRoundings });
+  expectClose(f32Out ? await readF32(ctx, yBuf, yLen) : await readAct(ctx, yBuf, yLen), want, ...tol);
 }
 
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
   `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} rows=${c.tuning.rows}` : ''}` +
-  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}`;
+  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}`;
 
 const cases: Case[] = [];
 for (const dtype of ['f32', 'f16'] as const) {
@@ -105,8 +117,35 @@ for (const dtype of ['f32', 'f16'] as const) {
     { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 17, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * 256 * 264 * b, minParts: 5 },
   );
 }
-// lm_head-like: many workgroups, short rows.
+// q4 (rows padded to 64; blocks 16-byte aligned when itemStride is a multiple of 256, else read word by word):
+// K 128/100/300/4100 unaligned, 256/1024/2560 aligned; parts hold whole items of itemStride * 9/16 bytes.
+const q4 = (shape: number[]) => (shape.length === 3 ? shape[1] : 1) * Math.ceil(shape[shape.length - 1] / 64) * 36;
+cases.push(
+  { shape: [256, 128], dtype: 'q4', epilogue: 'store', seed: 201 },
+  { shape: [7, 1024], dtype: 'q4', epilogue: 'add', seed: 202, xOffset: 3, yOffset: 5 },
+  { shape: [1000, 100], dtype: 'q4', epilogue: 'store', seed: 203, xOffset: 1, yOffset: 2, scale: true },
+  { shape: [256, 2560], dtype: 'q4', epilogue: 'store', seed: 205, xOffset: 7 },
+  { shape: [9, 4100], dtype: 'q4', epilogue: 'add', seed: 207, xOffset: 2 },
+  { shape: [100, 2, 1024], dtype: 'q4', epilogue: 'swiglu', seed: 208, scale: true, yOffset: 3 },
+  { shape: [33, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 209, scale: true },
+  { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 210, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, yStride: 100, yOffset: 1 },
+  { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 211, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, xOffset: 3, xStride: 265 },
+  { shape: [16, 7, 1024], dtype: 'q4', epilogue: 'add', seed: 212, scale: true, experts: { E: 16, topk: 4, mode: 'sum' } },
+  { shape: [16, 100, 100], dtype: 'q4', epilogue: 'store', seed: 213, experts: { E: 16, topk: 4, mode: 'each' } },
+  { shape: [300, 256], dtype: 'q4', epilogue: 'add', seed: 214, maxBindingBytes: 100 * q4([300, 256]), minParts: 3, yOffset: 4 },
+  { shape: [100, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 215, scale: true, maxBindingBytes: 40 * q4([100, 2, 300]), minParts: 3 },
+  { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 216, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * q4([16, 192, 256]), minParts: 4 },
+  { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 217, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * q4([16, 256, 260]), minParts: 5 },
+  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, rows: 8 } },
+);
+// lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
 cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
+cases.push({ shape: [1000, 1024], dtype: 'f16', epilogue: 'store', seed: 302, output: 'f32', yOffset: 3 });
+cases.push({ shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 303, output: 'f32', maxBindingBytes: 100 * q4([300, 256]), minParts: 3 });
+// The residual stream: f32 in (its norm) and out (the add), whatever the activations; experts summed into it.
+cases.push({ shape: [300, 1024], dtype: 'q4', epilogue: 'add', seed: 304, input: 'f32', output: 'f32', xOffset: 1 });
+cases.push({ shape: [16, 128, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 305, input: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'each' } });
+cases.push({ shape: [16, 256, 260], dtype: 'f16', epilogue: 'add', seed: 306, output: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'sum' } });
 // More than 65,535 workgroups: a 2-D grid (flat_id).
 cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, rows: 1 } });
 
@@ -116,15 +155,17 @@ describeOnAdapters('matvec', (ctx) => {
   it('rejects bad arguments', async () => {
     const c = ctx();
     const buf = (n: number) => c.storage('b', n * 4);
-    const dense = uploadTensor(c, 'dense', [6, 16], new Float32Array(96), 'f32');
+    // Sizes past 16 bytes (the smallest buffer): each check must fail with 2-byte activations too.
+    const dense = uploadTensor(c, 'dense', [10, 16], new Float32Array(160), 'f32');
     const experts = uploadTensor(c, 'experts', [4, 3, 16], new Float32Array(192), 'f32');
     const ex = (mode: 'each' | 'sum') => ({ ids: buf(4), slots: buf(4), topk: 2, mode });
     const cases: [Partial<MatvecArgs>, RegExp][] = [
       [{ w: experts, epilogue: 'store', experts: ex('sum') }, /'sum'.*epilogue 'add'/],
       [{ w: experts, epilogue: 'swiglu', experts: ex('each') }, /even row count/],
       [{ w: dense, epilogue: 'swiglu' }, /\[I, 2, K\]/],
-      [{ w: dense, x: buf(12), epilogue: 'store' }, /x needs 16 elements/],
-      [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 6 elements/],
+      [{ w: dense, x: buf(4), epilogue: 'store' }, /x needs 16 elements/],
+      [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
+      [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
       [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
       [{ w: dense, epilogue: 'store', tuning: { wg: 100 } }, /powers of two/],
       [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
@@ -135,4 +176,4 @@ describeOnAdapters('matvec', (ctx) => {
     const same = buf(64);
     await expect(matvec(c, { w: dense, x: same, y: same, epilogue: 'store' })).rejects.toThrow(/distinct/);
   });
-});
+}, { act16: true });

@@ -7,6 +7,7 @@ import { scoreIds } from '../../src/runtime/score.ts';
 import { generateIds } from '../../src/runtime/generation.ts';
 import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { FileSource } from '../../src/storage/file.ts';
+import { openModel } from '../../src/storage/locate.ts';
 import { ReferenceSession, loadReferenceModel, referenceGreedy } from '../../src/reference/model.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { rng } from '../helpers/random.ts';
@@ -48,7 +49,7 @@ describe('generated checkpoints vs the f64 reference', () => {
       const expected = new Float64Array(prompt.length * vocab);
       prompt.forEach((id, t) => expected.set(ref.next(id), t * vocab));
 
-      const model = await loadModel(ctx, new FileSource(dir), { dtype: 'f32' });
+      const model = await loadModel(ctx, await openModel(dir), { dtype: 'f32' });
       expect(model.unusedTensors).toEqual([]);
       const session = Session.create(ctx, model, { contextLength: promptLength + 16 });
       let maxAbs = 0;

@@ -7,6 +7,7 @@ import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { encodeSafetensors, readSafetensorsHeader } from '../../src/formats/safetensors.ts';
 import { loadModel } from '../../src/model/load.ts';
 import { FileSource } from '../../src/storage/file.ts';
+import { openModel } from '../../src/storage/locate.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 
 // Bad checkpoints fail before any GPU memory is allocated, with an error naming the file and the tensor or field.
@@ -18,7 +19,7 @@ beforeAll(async () => {
 });
 afterAll(() => ctx?.destroy());
 
-const load = (dir: string) => loadModel(ctx, new FileSource(dir), { dtype: 'f32' });
+const load = async (dir: string) => loadModel(ctx, await openModel(dir), { dtype: 'f32' });
 
 function editConfig(dir: string, edit: (c: { text_config: Record<string, unknown> } & Record<string, unknown>) => void): void {
   const path = join(dir, 'config.json');

@@ -6,7 +6,7 @@ import { loadModel } from '../../src/model/load.ts';
 import { Session } from '../../src/runtime/session.ts';
 import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { scoreIds } from '../../src/runtime/score.ts';
-import { FileSource } from '../../src/storage/file.ts';
+import { openModel } from '../../src/storage/locate.ts';
 import { compareLogprobs, fixtureDir, golden, goldenLogprobs } from '../helpers/fixtures.ts';
 import { describeOnAdapters, readF32 } from '../helpers/gpu.ts';
 
@@ -18,7 +18,7 @@ async function logitsAfter(session: Session): Promise<Float32Array> {
 
 describeOnAdapters('session', (ctx) => {
   it('prefill in 50-token chunks, and prefill then decode steps, give the logits of one whole prefill', async () => {
-    const model = await loadModel(ctx(), new FileSource(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
+    const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
     const ids = golden('tiny-qwen35-moe').prompt_ids.slice(0, 130);
     const whole = Session.create(ctx(), model, { contextLength: 200 });
     await whole.prefill(ids);
@@ -45,7 +45,7 @@ describeOnAdapters('session', (ctx) => {
   });
 
   it('refuses a prompt longer than the context, and bad token ids, without moving', async () => {
-    const model = await loadModel(ctx(), new FileSource(fixtureDir('tiny-qwen35')), { dtype: 'f32' });
+    const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35')), { dtype: 'f32' });
     const session = Session.create(ctx(), model, { contextLength: 10 });
     await expect(session.prefill(dense.prompt_ids.slice(0, 11))).rejects.toThrow(/11 tokens do not fit the session's context of 10/);
     await expect(session.prefill([1, 2, 5000])).rejects.toThrow(/token id 5000 at index 2 is outside the vocabulary/);
@@ -61,7 +61,7 @@ describeOnAdapters('session', (ctx) => {
 describe('a decode step', () => {
   it('maps exactly one buffer back to the CPU: the 4-byte sampled token id', async () => {
     const ctx: GpuContext = await createNodeContext({ adapter: 'llvmpipe' });
-    const model = await loadModel(ctx, new FileSource(fixtureDir('tiny-qwen35-moe')), { dtype: 'f16' });
+    const model = await loadModel(ctx, await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f16' });
     const session = Session.create(ctx, model, { contextLength: 64 });
     const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
     const prompt = dense.prompt_ids.slice(0, 20);
@@ -98,7 +98,7 @@ describe('tensors split to fit a small binding limit', () => {
   it('give the same logprobs as whole tensors (embedding, lm_head and experts in several parts)', async () => {
     const g = golden('tiny-qwen35-moe');
     const ctx = await createNodeContext({ adapter: 'llvmpipe', mask: { maxStorageBindingBytes: 384 * 1024 } });
-    const model = await loadModel(ctx, new FileSource(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
+    const model = await loadModel(ctx, await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
     expect(model.weights.embed.parts.length).toBeGreaterThan(1);
     expect(model.weights.lmHead.parts.length).toBeGreaterThan(1);
     const moe = model.weights.layers[0].mlp;

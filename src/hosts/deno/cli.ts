@@ -6,7 +6,7 @@ const encoder = new TextEncoder();
 const code = await runCli(Deno.args, {
   async createContext(o) {
     if (!navigator.gpu) throw new AdapterError('this Deno has no WebGPU (navigator.gpu)');
-    const ctx = await GpuContext.create(navigator.gpu, { backend: 'wgpu (Deno)', mask: o.mask });
+    const ctx = await GpuContext.create(navigator.gpu, { backend: 'wgpu (Deno)', mask: o.mask, activations: o.activations });
     if (o.adapter && !ctx.adapter.name.toLowerCase().includes(o.adapter.toLowerCase())) {
       ctx.destroy();
       throw new AdapterError(`Deno chose adapter "${ctx.adapter.name}", not "${o.adapter}" (Deno cannot pick adapters by name)`);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { GpuContext, type ContextOptions } from '../../gpu/context.ts';
-import { AdapterError } from '../../gpu/errors.ts';
+import { AdapterError, CapabilityError } from '../../gpu/errors.ts';
 
 const packageRoot = fileURLToPath(new URL('../../../', import.meta.url));
 const LAVAPIPE_ICD = `${packageRoot}.cache/lavapipe/lvp_icd.json`;
@@ -44,13 +44,16 @@ export async function createNodeContext(options: NodeGpuOptions = {}): Promise<G
     try {
       return await GpuContext.create(await dawn([`adapter=${options.adapter}`]), context);
     } catch (error) {
+      // The adapter was found; it lacks what was asked of it (f16 activations without shader-f16).
+      if (error instanceof CapabilityError) throw error;
       throw new AdapterError(`adapter "${options.adapter}": ${(error as Error).message}`);
     }
   }
-  const ctx = await GpuContext.create(await dawn([]), context);
-  if (ctx.adapter.isFallback && !/llvmpipe/i.test(ctx.adapter.name) && existsSync(LAVAPIPE_ICD)) {
-    ctx.destroy();
-    return GpuContext.create(await dawn(['adapter=llvmpipe']), context);
-  }
-  return ctx;
+  // Chosen from the adapter's info before a context is made: SwiftShader would refuse f16 activations.
+  const gpu = await dawn([]);
+  const info = (await gpu.requestAdapter({ powerPreference: 'high-performance' }))?.info;
+  const name = [info?.description, info?.device, info?.vendor].join(' ');
+  const fallback = Boolean((info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter);
+  if (fallback && !/llvmpipe/i.test(name) && existsSync(LAVAPIPE_ICD)) return GpuContext.create(await dawn(['adapter=llvmpipe']), context);
+  return GpuContext.create(gpu, context);
 }

@@ -1,6 +1,5 @@
 import { Engine, type EngineOptions } from '../../api/engine.ts';
-import { FileSource } from '../../storage/file.ts';
-import { HttpSource, isUrl } from '../../storage/http.ts';
+import { openModel } from '../../storage/locate.ts';
 import type { CapsMask } from '../../gpu/caps.ts';
 import { createNodeContext } from './gpu.ts';
 
@@ -15,7 +14,7 @@ export { createNodeContext } from './gpu.ts';
 export async function loadEngine(options: EngineOptions & { model: string; adapter?: string; mask?: CapsMask }): Promise<Engine> {
   const ctx = await createNodeContext({ adapter: options.adapter, mask: options.mask });
   try {
-    return await Engine.load(ctx, isUrl(options.model) ? new HttpSource(options.model) : new FileSource(options.model), options);
+    return await Engine.load(ctx, await openModel(options.model), options);
   } catch (error) {
     ctx.destroy();
     throw error;

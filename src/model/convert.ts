@@ -1,0 +1,69 @@
+import type { GpuContext } from '../gpu/context.ts';
+import { QwenError, throwIfAborted } from '../gpu/errors.ts';
+import type { WeightDtype } from '../gpu/tensor.ts';
+import type { Checkpoint } from '../formats/checkpoint.ts';
+import { type OutputSink, type PackedManifest, PackedWriter } from '../formats/packed.ts';
+import { allocateTensors, planCheckpoint, tensorDtype, uploadSources } from './load.ts';
+import type { LoadProgress } from './load.ts';
+
+/** Files beside the weights that a packed model keeps (when the checkpoint has them). */
+const SIDE_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'];
+
+export interface ConvertOptions {
+  /** How matrices are stored ('q4' = INT4); vectors stay f32, the embedding f16 under q4. */
+  dtype: WeightDtype;
+  sink: OutputSink;
+  shardBytes?: number;
+  /** Bytes read, converted and written per step: bounds host memory (default 8 MiB). */
+  pieceBytes?: number;
+  /** Keep the multi-token-prediction block (default true). */
+  mtp?: boolean;
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Writes a checkpoint (Hugging Face or GGUF) as the engine's packed model, one GPU tensor at a time: its
+ * sources are uploaded and converted (quantised for q4) on the GPU exactly as a load would, then read back
+ * in pieces into the writer, and freed. Host memory stays within a piece; GPU memory within one tensor.
+ */
+export async function convertModel(ctx: GpuContext, checkpoint: Checkpoint, options: ConvertOptions): Promise<PackedManifest> {
+  if (checkpoint.packed) throw new QwenError(`${checkpoint.location} is already a packed model`);
+  const plan = await planCheckpoint(checkpoint, { mtp: options.mtp });
+  const pieceBytes = Math.min(options.pieceBytes ?? 8 * 1024 * 1024, ctx.caps.maxStorageBindingBytes - 16);
+  const writer = new PackedWriter(options.sink, { config: plan.rawConfig, dtype: options.dtype, shardBytes: options.shardBytes, signal: options.signal });
+  try {
+    let loadedBytes = 0;
+    for (const spec of plan.specs) {
+      throwIfAborted(options.signal);
+      const owned: GPUBuffer[] = [];
+      try {
+        const tensor = allocateTensors(ctx, [spec], (s) => tensorDtype(s, options.dtype, plan.config), owned).get(spec.key)!;
+        for await (const step of uploadSources(ctx, checkpoint, [spec], new Map([[spec.key, tensor]]), { pieceBytes, signal: options.signal })) {
+          loadedBytes += step.bytes;
+          options.onProgress?.({ loadedBytes, totalBytes: plan.sourceBytes, tensor: step.tensor });
+        }
+        const itemBytes = tensor.parts[0].buffer.size / tensor.parts[0].count;
+        const itemsPerPiece = Math.max(1, Math.floor(pieceBytes / itemBytes));
+        const items = async function* () {
+          for (const part of tensor.parts) {
+            for (let i = 0; i < part.count; i += itemsPerPiece) {
+              const count = Math.min(itemsPerPiece, part.count - i);
+              yield new Uint8Array(await ctx.read(part.buffer, i * itemBytes, count * itemBytes));
+            }
+          }
+        };
+        await writer.addTensor({ key: spec.key, dtype: tensor.dtype, shape: spec.shape, rowStride: tensor.rowStride, itemStride: tensor.itemStride }, items());
+      } finally {
+        owned.forEach((b) => b.destroy());
+      }
+    }
+    for (const name of SIDE_FILES) {
+      if (await checkpoint.files.has(name)) await writer.addFile(name, await checkpoint.files.text(name));
+    }
+    return await writer.finish();
+  } catch (error) {
+    await writer.abort();
+    throw error;
+  }
+}

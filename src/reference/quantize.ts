@@ -1,0 +1,47 @@
+import type { SourceDtype } from '../kernels/cast.ts';
+import { bf16BitsToF32, f16BitsToF32 } from '../formats/half.ts';
+import { Q4_GROUP, q4ItemWords, quantizeQ4Group } from '../formats/q4.ts';
+
+export interface QuantizeReferenceArgs {
+  srcDtype: SourceDtype;
+  rows: number;
+  cols: number;
+  dstOffset: number;
+  dstRowStride: number;
+  rowStride: number;
+  itemStride: number;
+}
+
+/**
+ * The quantize_q4 op on the CPU: returns a copy of the destination part (u32 words) with the piece's rows
+ * quantised into their items' blocks (src/formats/q4.ts), every other word as it was.
+ */
+export function quantizeQ4(src: Uint8Array, dst: Uint32Array, a: QuantizeReferenceArgs): Uint32Array {
+  const out = dst.slice();
+  const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
+  const value = (e: number) =>
+    a.srcDtype === 'f32' ? view.getFloat32(4 * e, true)
+      : a.srcDtype === 'bf16' ? bf16BitsToF32(view.getUint16(2 * e, true)) : f16BitsToF32(view.getUint16(2 * e, true));
+  const itemWords = q4ItemWords(a.itemStride);
+  const row = new Float32Array(a.rowStride);
+  const nib = new Uint8Array(Q4_GROUP);
+  for (let r = 0; r < a.rows; r++) {
+    for (let c = 0; c < a.rowStride; c++) row[c] = c < a.cols ? value(r * a.cols + c) : 0;
+    const l = a.dstOffset + r * a.dstRowStride;
+    const item = Math.floor(l / a.itemStride);
+    const base = item * itemWords;
+    const at = l - item * a.itemStride;
+    for (let g = 0; g < a.rowStride / Q4_GROUP; g++) {
+      const h = quantizeQ4Group(row, g * Q4_GROUP, nib);
+      const e = at + g * Q4_GROUP;
+      for (let w = 0; w < 4; w++) {
+        let word = 0;
+        for (let k = 0; k < 8; k++) word |= nib[8 * w + k] << (4 * k);
+        out[base + e / 8 + w] = word >>> 0;
+      }
+      const s = base + a.itemStride / 8 + (e >> 6);
+      out[s] = (g & 1 ? (out[s] & 0xffff) | (h << 16) : (out[s] & 0xffff0000) | h) >>> 0;
+    }
+  }
+  return out;
+}

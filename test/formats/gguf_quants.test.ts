@@ -1,0 +1,121 @@
+import { describe, expect, it } from 'vitest';
+import { f32ToF16Bits } from '../../src/formats/half.ts';
+import { DEQUANTIZERS } from '../../src/formats/gguf_quants.ts';
+import { ggmlTypeByName } from '../../src/formats/gguf_types.ts';
+import { BLOCK, type GgmlTypeName, dequantizeReference, quantize } from '../helpers/gguf_writer.ts';
+import { randn } from '../helpers/random.ts';
+
+/** Deterministic bytes (xorshift), so a failure reproduces. */
+function randomBytes(n: number, seed: number): Uint8Array {
+  let s = seed >>> 0 || 1;
+  return Uint8Array.from({ length: n }, () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return s & 255;
+  });
+}
+
+const setF16 = (block: Uint8Array, at: number, value: number) => {
+  const h = f32ToF16Bits(value);
+  block[at] = h & 255;
+  block[at + 1] = h >> 8;
+};
+
+/** Blocks with random quants and hand-set scales: positive, negative, zero and large d; K-quant mins of both signs. */
+function handBuiltBlocks(type: GgmlTypeName, seed: number): Uint8Array {
+  const { bytes } = BLOCK[type];
+  const scales: [number, number][] = [[0.5, 0.25], [-0.75, 0.125], [0.001, -0.5], [0, 0], [-3.5, -2], [1e-4, 7.5]];
+  const out = randomBytes(bytes * scales.length, seed);
+  scales.forEach(([d, dmin], b) => {
+    const block = out.subarray(b * bytes, (b + 1) * bytes);
+    if (type === 'Q8_0' || type === 'Q4_0') setF16(block, 0, d);
+    if (type === 'Q4_K' || type === 'Q5_K') {
+      setF16(block, 0, d);
+      setF16(block, 2, dmin);
+    }
+    if (type === 'Q6_K') setF16(block, 208, d);
+  });
+  return out;
+}
+
+function dequantize(type: GgmlTypeName, bytes: Uint8Array, count: number): Float32Array {
+  const out = new Float32Array(count);
+  DEQUANTIZERS[type](bytes, out, count / BLOCK[type].size);
+  return out;
+}
+
+const QUANTS: GgmlTypeName[] = ['Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'];
+
+describe('GGUF dequantisers', () => {
+  it('block sizes agree with ggml', () => {
+    for (const type of [...QUANTS, 'F32', 'F16', 'BF16'] as GgmlTypeName[]) {
+      const t = ggmlTypeByName(type);
+      expect([t.blockSize, t.blockBytes]).toEqual([BLOCK[type].size, BLOCK[type].bytes]);
+    }
+  });
+
+  for (const type of QUANTS) {
+    it(`${type} equals the element-wise reference on hand-built blocks`, () => {
+      const bytes = handBuiltBlocks(type, 7 + type.length);
+      const count = (bytes.length / BLOCK[type].bytes) * BLOCK[type].size;
+      const actual = dequantize(type, bytes, count);
+      const expected = dequantizeReference(type, bytes, count);
+      expect(Array.from(actual)).toEqual(Array.from(expected));
+      // The blocks exercise what they should: negative values and, for K-quants, the mins.
+      expect(actual.some((v) => v < 0)).toBe(true);
+      expect(actual.some((v) => v > 0)).toBe(true);
+    });
+  }
+
+  it('decodes values worked out by hand', () => {
+    // Q8_0: d = -0.5, q = [0, 1, -1, 127, -128, ...].
+    const q8 = new Uint8Array(34);
+    setF16(q8, 0, -0.5);
+    q8.set([0, 1, 255, 127, 128], 2);
+    expect(Array.from(dequantize('Q8_0', q8, 32).slice(0, 5))).toEqual([-0, -0.5, 0.5, -63.5, 64]);
+    // Q4_0: d = 2; byte 0 = 0xF0 → element 0 is (0 − 8)·2, element 16 is (15 − 8)·2.
+    const q4 = new Uint8Array(18);
+    setF16(q4, 0, 2);
+    q4[2] = 0xf0;
+    const q4v = dequantize('Q4_0', q4, 32);
+    expect([q4v[0], q4v[16], q4v[1]]).toEqual([-16, 14, -16]);
+    // Q4_K: d = 1, dmin = 0.5; sub-block 0 scale 3 min 2, sub-block 5 scale 0b010001 = 17, min 0b100001 = 33.
+    const q4k = new Uint8Array(144);
+    setF16(q4k, 0, 1);
+    setF16(q4k, 2, 0.5);
+    q4k[4 + 0] = 3; // scale 0
+    q4k[4 + 4] = 2; // min 0
+    q4k[4 + 9] = (17 & 15) | ((33 & 15) << 4); // low bits of scale 5 and min 5
+    q4k[4 + 1] |= (17 >> 4) << 6; // high bits of scale 5 ride on scale 1's byte
+    q4k[4 + 5] |= (33 >> 4) << 6; // high bits of min 5 ride on min 1's byte
+    q4k[16 + 0] = 0x5a; // element 0: low nibble 10; element 32: high nibble 5
+    q4k[16 + 64 + 7] = 0xc0; // chunk 2, l = 7: element 128 + 32 + 7 = 167 is in sub-block 5, q = 12
+    const q4kv = dequantize('Q4_K', q4k, 256);
+    expect(q4kv[0]).toBe(3 * 10 - 0.5 * 2);
+    expect(q4kv[167]).toBe(17 * 12 - 0.5 * 33);
+    // Q6_K: d = 0.25, scale 0 = −4; element 0: low 4 bits 0xF, high 2 bits 3 → q = 63 − 32 = 31.
+    const q6k = new Uint8Array(210);
+    setF16(q6k, 208, 0.25);
+    q6k[192] = 256 - 4;
+    q6k[0] = 0x0f;
+    q6k[128] = 3;
+    expect(dequantize('Q6_K', q6k, 256)[0]).toBe(0.25 * -4 * 31);
+  });
+
+  for (const type of QUANTS) {
+    it(`${type}: the test writer's quantiser round-trips within its block error`, () => {
+      const values = randn(1024, 3, 0.05);
+      const back = dequantize(type, quantize(type, values), values.length);
+      const bits = { Q8_0: 8, Q4_0: 4, Q4_K: 4, Q5_K: 5, Q6_K: 6 }[type as 'Q8_0'];
+      let err = 0;
+      let amax = 0;
+      values.forEach((v, i) => {
+        err = Math.max(err, Math.abs(v - back[i]));
+        amax = Math.max(amax, Math.abs(v));
+      });
+      // A step is about (range / 2^bits); K-quants add 6-bit scale rounding.
+      expect(err).toBeLessThan((2 * amax) / 2 ** bits);
+    });
+  }
+});

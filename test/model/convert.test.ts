@@ -1,0 +1,84 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { createNodeContext } from '../../src/hosts/node/gpu.ts';
+import { convertModel } from '../../src/model/convert.ts';
+import { loadModel } from '../../src/model/load.ts';
+import { Session } from '../../src/runtime/session.ts';
+import { scoreIds } from '../../src/runtime/score.ts';
+import { FolderSink } from '../../src/storage/file_sink.ts';
+import { openModel } from '../../src/storage/locate.ts';
+import type { Checkpoint } from '../../src/formats/checkpoint.ts';
+import type { OutputSink } from '../../src/formats/packed.ts';
+import { fixtureDir, golden } from '../helpers/fixtures.ts';
+
+// Converting holds one piece at a time on the host: source reads, GPU readbacks and writes are each measured
+// and must stay within a cap far below the model's size (22 MB here), and the result must be the model.
+let ctx: GpuContext;
+beforeAll(async () => {
+  ctx = await createNodeContext({ adapter: 'llvmpipe' });
+});
+afterAll(() => ctx?.destroy());
+
+const CAP = 64 * 1024;
+
+function measured(ckpt: Checkpoint, largest: { bytes: number }): Checkpoint {
+  const tensors = new Map([...ckpt.tensors].map(([name, t]) => [name, {
+    ...t,
+    readRows: async (first: number, count: number, signal?: AbortSignal) => {
+      const bytes = await t.readRows(first, count, signal);
+      largest.bytes = Math.max(largest.bytes, bytes.length);
+      return bytes;
+    },
+  }]));
+  return { ...ckpt, tensors };
+}
+
+function measuredSink(sink: OutputSink, largest: { bytes: number }): OutputSink {
+  return {
+    location: sink.location,
+    create: async (name) => {
+      const file = await sink.create(name);
+      return { write: (b: Uint8Array) => ((largest.bytes = Math.max(largest.bytes, b.length)), file.write(b)), close: () => file.close() };
+    },
+    rename: (a, b) => sink.rename(a, b),
+    remove: (a) => sink.remove(a),
+  };
+}
+
+describe('convert', () => {
+  it('converts the MoE fixture to INT4 with host memory capped to a 64 KiB piece, and the result is the model', async () => {
+    const dir = fixtureDir('tiny-qwen35-moe');
+    const reads = { bytes: 0 };
+    const writes = { bytes: 0 };
+    const readbacks = { bytes: 0 };
+    const read = ctx.read.bind(ctx);
+    ctx.read = async (buffer, offset, size) => ((readbacks.bytes = Math.max(readbacks.bytes, size)), read(buffer, offset, size));
+    const out = mkdtempSync(join(tmpdir(), 'qwen-convert-'));
+    try {
+      const manifest = await convertModel(ctx, measured(await openModel(dir), reads), { dtype: 'q4', sink: measuredSink(new FolderSink(out), writes), pieceBytes: CAP, shardBytes: 1 << 20 });
+      expect(manifest.shards.length).toBeGreaterThan(1);
+    } finally {
+      ctx.read = read;
+    }
+    for (const [what, peak] of [['source read', reads], ['GPU readback', readbacks], ['write', writes]] as const) {
+      expect(peak.bytes, what).toBeGreaterThan(0);
+      expect(peak.bytes, what).toBeLessThanOrEqual(CAP);
+    }
+
+    const g = golden('tiny-qwen35-moe');
+    const scoreOf = async (model: Awaited<ReturnType<typeof loadModel>>) => {
+      const session = Session.create(ctx, model, { contextLength: g.prompt_ids.length });
+      const rows = new Float32Array(g.prompt_ids.length * g.vocab_size);
+      await scoreIds(session, g.prompt_ids, (r, first) => rows.set(r, first * g.vocab_size));
+      session.destroy();
+      model.destroy();
+      return rows;
+    };
+    const packed = await scoreOf(await loadModel(ctx, await openModel(out), { dtype: 'q4' }));
+    const direct = await scoreOf(await loadModel(ctx, await openModel(dir), { dtype: 'q4' }));
+    expect(packed).toEqual(direct);
+  });
+});

@@ -1,0 +1,180 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { RequestError } from '../../src/gpu/errors.ts';
+import { createNodeContext } from '../../src/hosts/node/gpu.ts';
+import { convertModel } from '../../src/model/convert.ts';
+import { type Model, loadModel } from '../../src/model/load.ts';
+import type { WeightDtype } from '../../src/gpu/tensor.ts';
+import { Session } from '../../src/runtime/session.ts';
+import { GpuSampler } from '../../src/runtime/sampler.ts';
+import { generateIds } from '../../src/runtime/generation.ts';
+import { scoreIds } from '../../src/runtime/score.ts';
+import { FolderSink } from '../../src/storage/file_sink.ts';
+import { openModel } from '../../src/storage/locate.ts';
+import { fixtureDir, golden } from '../helpers/fixtures.ts';
+import { writeCheckpoint } from '../helpers/checkpoint.ts';
+
+// Experts streamed from a packed model through a cache of fewer slots must give exactly the logits of the
+// all-resident model: each (token, expert) pair is computed once, with the same arithmetic, in some pass.
+
+let ctx: GpuContext;
+const dirs: string[] = [];
+beforeAll(async () => {
+  ctx = await createNodeContext({ adapter: 'llvmpipe' });
+});
+afterAll(() => {
+  ctx?.destroy();
+  dirs.forEach((d) => rmSync(d, { recursive: true, force: true }));
+});
+
+async function convertTo(dir: string, dtype: WeightDtype): Promise<string> {
+  const out = mkdtempSync(join(tmpdir(), 'qwen-experts-'));
+  dirs.push(out);
+  await convertModel(ctx, await openModel(dir), { dtype, sink: new FolderSink(out) });
+  return out;
+}
+
+interface Run {
+  ids: number[];
+  logprobs: Float32Array;
+  stats: ReturnType<Session['expertStats']>;
+  model: Model;
+}
+
+async function runModel(dir: string, budget: number | undefined, prompt: number[], steps: number): Promise<Run> {
+  const model = await loadModel(ctx, await openModel(dir), { dtype: 'f32', expertCacheBytes: budget });
+  const session = Session.create(ctx, model, { contextLength: prompt.length + steps + 1, prefillChunk: 32 });
+  const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+  try {
+    const V = model.config.vocabSize;
+    const logprobs = new Float32Array(prompt.length * V);
+    await scoreIds(session, prompt, (rows, first) => logprobs.set(rows, first * V));
+    const got = await generateIds(session, sampler, { promptIds: prompt, maxTokens: steps, sampling: { temperature: 0 } });
+    return { ids: got.ids, logprobs, stats: session.expertStats(), model };
+  } finally {
+    sampler.destroy();
+    session.destroy();
+  }
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', () => {
+  const g = golden('tiny-qwen35-moe');
+  const prompt = g.prompt_ids;
+  const steps = g.greedy_ids.length;
+  let packedDir: string;
+  let reference: Run;
+  let perExpert: number;
+
+  beforeAll(async () => {
+    packedDir = await convertTo(fixtureDir('tiny-qwen35-moe'), 'f32');
+    const packed = await openModel(packedDir);
+    perExpert = packed.packed!.tensors.get('layers.0.mlp.experts_gate_up')!.itemBytes + packed.packed!.tensors.get('layers.0.mlp.experts_down')!.itemBytes;
+    reference = await runModel(packedDir, undefined, prompt, steps);
+    reference.model.destroy();
+  }, 300_000);
+
+  it('the all-resident packed model gives the golden greedy ids', () => {
+    expect(reference.ids).toEqual(g.greedy_ids);
+    expect(reference.stats).toBeUndefined();
+  });
+
+  for (const [what, slots] of [['all', 16], ['half', 8], ['a quarter (the minimum: topk)', 4]] as const) {
+    it(`with a budget of ${what} of the experts: the same greedy ids and prefill logprobs, and consistent figures`, async () => {
+      const layers = 8;
+      const run = await runModel(packedDir, slots * layers * perExpert, prompt, steps);
+      try {
+        expect(run.ids).toEqual(reference.ids);
+        expect(run.ids).toEqual(g.greedy_ids);
+        expect(maxAbsDiff(run.logprobs, reference.logprobs)).toBeLessThanOrEqual(1e-6);
+        if (slots === 16) {
+          expect(run.model.experts).toBeUndefined();
+          expect(run.stats).toBeUndefined();
+          return;
+        }
+        expect(run.model.experts!.slots).toBe(slots);
+        const s = run.stats!;
+        expect(s.misses).toBeGreaterThan(0);
+        expect(s.hits).toBeGreaterThan(0);
+        expect(s.bytesStreamed).toBe(s.misses * perExpert);
+        expect(s.hitRate).toBeCloseTo(s.hits / (s.hits + s.misses), 12);
+        // The generation (prefill + decode steps) forwarded every prompt token and all but the last generated one.
+        expect(s.tokens).toBe(prompt.length + steps - 1);
+        expect(s.stallMsPerToken).toBeCloseTo(s.stallMs / s.tokens, 9);
+        // Expert GPU memory: `slots` per layer, not all 16.
+        const w = run.model.weights.layers[0].mlp;
+        if (w.kind !== 'moe') throw new Error('expected a MoE layer');
+        expect(w.expertsGateUp.shape[0]).toBe(slots);
+        if (slots === 4) expect(s.extraPasses).toBeGreaterThan(0);
+      } finally {
+        run.model.destroy();
+      }
+    }, 300_000);
+  }
+
+  it('refuses a budget below topk experts per layer, and a non-packed checkpoint below all experts, naming expertCacheBytes', async () => {
+    await expect(loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 3 * 8 * perExpert })).rejects.toThrow(/expertCacheBytes.*num_experts_per_tok = 4/);
+    const err = await loadModel(ctx, await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32', expertCacheBytes: 8 * 8 * perExpert }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RequestError);
+    expect(String(err)).toMatch(/packed model/);
+  });
+
+  it('a decode step with every expert resident (budget = all) still maps exactly one buffer back', async () => {
+    const model = await loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 16 * 8 * perExpert });
+    const session = Session.create(ctx, model, { contextLength: 64 });
+    const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    sampler.begin({ temperature: 0 }, prompt.slice(0, 20));
+    await session.prefill(prompt.slice(0, 20));
+    await session.sample(sampler);
+    await session.decode();
+    await session.sample(sampler);
+    const proto = Object.getPrototypeOf(session.activations.token) as GPUBuffer;
+    const original = proto.mapAsync;
+    const maps: string[] = [];
+    proto.mapAsync = function (this: GPUBuffer, mode: number, offset?: number, size?: number) {
+      maps.push(this.label);
+      return original.call(this, mode, offset, size);
+    };
+    try {
+      maps.length = 0;
+      await session.decode();
+      await session.sample(sampler);
+      expect(maps).toEqual(['readback']);
+    } finally {
+      proto.mapAsync = original;
+      sampler.destroy();
+      session.destroy();
+      model.destroy();
+    }
+  });
+});
+
+describe('expert streaming on an unseen shape (40 experts, top-10)', () => {
+  it('at a quarter budget gives the all-resident greedy ids and logprobs', async () => {
+    const dir = writeCheckpoint({ seed: 7, hidden: 64, layers: 4, heads: [2, 1], linearHeads: [1, 2], experts: { count: 40, topk: 10, intermediate: 32, shared: 32 }, tied: false, dtype: 'F32' });
+    dirs.push(dir);
+    const packedDir = await convertTo(dir, 'f16');
+    const packed = await openModel(packedDir);
+    const perExpert = packed.packed!.tensors.get('layers.0.mlp.experts_gate_up')!.itemBytes + packed.packed!.tensors.get('layers.0.mlp.experts_down')!.itemBytes;
+    const prompt = Array.from({ length: 70 }, (_, i) => (i * 37 + 11) % 1000);
+    const reference = await runModel(packedDir, undefined, prompt, 12);
+    reference.model.destroy();
+    const quarter = await runModel(packedDir, 10 * 4 * perExpert, prompt, 12);
+    try {
+      expect(quarter.model.experts!.slots).toBe(10);
+      expect(quarter.ids).toEqual(reference.ids);
+      expect(maxAbsDiff(quarter.logprobs, reference.logprobs)).toBeLessThanOrEqual(1e-6);
+      expect(quarter.stats!.bytesStreamed).toBe(quarter.stats!.misses * perExpert);
+    } finally {
+      quarter.model.destroy();
+    }
+  }, 300_000);
+});
