@@ -1,0 +1,183 @@
+import * as Comlink from 'comlink';
+import type { ActivationType } from '../../gpu/caps.ts';
+import type { AdapterSummary } from '../../gpu/context.ts';
+import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, QuotaError, QwenError, RequestError, SessionError } from '../../gpu/errors.ts';
+import type { WeightDtype } from '../../gpu/tensor.ts';
+import type { LoadProgress as ModelLoadProgress } from '../../model/load.ts';
+import type { StoredModel } from '../../storage/idb_store.ts';
+import type { StopReason } from '../../runtime/generation.ts';
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest } from '../../api/types.ts';
+
+/**
+ * What crosses between the page and the engine's worker: plain data only (structured-cloneable), plus
+ * Comlink proxies for callbacks. AbortSignals never cross; the client turns one into `abort(requestId)`.
+ */
+
+export type { StoredModel };
+
+/**
+ * Where a load is: 'download' (into IndexedDB: bytes of the whole model stored so far, with the rate and the
+ * seconds left), 'verify' (a packed model's shards against their sha256) and 'load' (onto the GPU: `tensor`).
+ */
+export interface LoadProgress extends ModelLoadProgress {
+  phase: 'download' | 'verify' | 'load';
+  /** The file being downloaded or checked ('download' and 'verify'). */
+  file?: string;
+  bytesPerSecond?: number;
+  secondsLeft?: number;
+}
+
+export interface LoadRequest {
+  /** URL of a Hugging Face folder, a packed model folder or a .gguf file (relative URLs resolve against the page). */
+  model: string;
+  /**
+   * How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own).
+   * 'int4' (also 'q4'): quantised while loading.
+   */
+  dtype?: WeightDtype | 'int4';
+  /** GPU memory for MoE experts; the rest stream from the source (EngineOptions.expertCacheBytes). */
+  expertCacheBytes?: number;
+  /** Storage type of activations and caches (default f32; f16 needs shader-f16). */
+  activations?: ActivationType;
+  /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
+  contextLength?: number;
+  /** Load the multi-token-prediction block (default true). */
+  mtp?: boolean;
+  /**
+   * Keep the model in IndexedDB (default true where IndexedDB exists): the first load downloads it (or
+   * resumes an interrupted download), later loads read it from there with no network. false: read over HTTP.
+   */
+  store?: boolean;
+}
+
+export interface LoadResult {
+  /** The model's name (the last part of its URL). */
+  name: string;
+  dtype: WeightDtype;
+  contextLength: number;
+  adapter: AdapterSummary;
+  loadMs: number;
+}
+
+export interface GenerateRequest {
+  promptIds: number[];
+  maxTokens: number;
+  /** Argmax decoding (temperature 0). Otherwise the sampling fields apply (temperature 1 by default). */
+  greedy?: boolean;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  seed?: number;
+  /** Go on past the model's eos ids. */
+  ignoreEos?: boolean;
+}
+
+export interface GenerateStats {
+  promptTokens: number;
+  generatedTokens: number;
+  /** Prompt in, first token out (its readback included). */
+  prefillMs: number;
+  /** The rest of the tokens. */
+  decodeMs: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  /**
+   * MoE models: the share of expert uses that found the expert on the GPU, the bytes streamed in for the
+   * others, and the wait for them per token (1, 0 and 0 when every expert is resident). Absent for dense models.
+   */
+  expertCacheHitRate?: number;
+  expertBytesStreamed?: number;
+  expertStallMsPerToken?: number;
+  /** Streamed MoE models: how often each expert was chosen, per layer ([layer][expert]), for a heatmap. */
+  expertUsage?: number[][];
+}
+
+export interface GenerateResult {
+  ids: number[];
+  stopReason: StopReason;
+  stats: GenerateStats;
+}
+
+/**
+ * The browser host's chat responses carry the request's measured figures: `stats` on the last streamed
+ * chunk (the one with `usage`) and on a whole completion: speeds, and for MoE models the expert cache.
+ */
+export type ChatCompletionChunkWithStats = ChatCompletionChunk & { stats?: GenerateStats };
+export type ChatCompletionWithStats = ChatCompletion & { stats?: GenerateStats };
+
+/** Requests as they cross: no AbortSignal, no callbacks. */
+export type WireChatRequest = Omit<ChatCompletionRequest, 'signal' | 'onToken'>;
+export type WireCompletionRequest = Omit<CompletionRequest, 'signal' | 'onToken'>;
+
+/** Receives streamed chunks in batches; the worker sends the next batch when this one has been taken. */
+export type ChunkSink<T> = (chunks: T[]) => void;
+
+/** The API the worker exposes with Comlink.expose. `requestId` names a request for `abort`. */
+export interface WorkerApi {
+  load(request: LoadRequest, requestId: number, onProgress?: (p: LoadProgress) => void): Promise<LoadResult>;
+  generate(request: GenerateRequest, requestId: number): Promise<GenerateResult>;
+  chat: {
+    completions: {
+      /** With `onChunks` (stream: true) it resolves to null once every chunk is delivered. */
+      create(request: WireChatRequest, requestId: number, onChunks?: ChunkSink<ChatCompletionChunk>): Promise<ChatCompletion | null>;
+    };
+  };
+  completions: {
+    create(request: WireCompletionRequest, requestId: number, onChunks?: ChunkSink<CompletionChunk>): Promise<Completion | null>;
+  };
+  /** Stops the request (generation stops within one step; it then fails with AbortError). Unknown ids are ignored. */
+  abort(requestId: number): void;
+  /** Models stored in IndexedDB (load with store: true puts them there). */
+  models: {
+    list(): Promise<StoredModel[]>;
+    /** Removes every record of the model; false when none was stored under `id`. */
+    delete(id: string): Promise<boolean>;
+  };
+  /** Releases the model (the GPU device stays for the next load). */
+  unload(): Promise<void>;
+  /** Releases the model and the GPU device. */
+  dispose(): Promise<void>;
+}
+
+const ERRORS: Record<string, new (...args: never[]) => QwenError> = {
+  QwenError, AdapterError, CapabilityError, ModelFormatError, ConfigError, RequestError, SessionError, AbortError, QuotaError,
+};
+
+interface WireError {
+  isError: true;
+  name: string;
+  message: string;
+  stack?: string;
+  fields: Record<string, string | number>;
+}
+
+/**
+ * Errors keep their class and fields (`RequestError.field`, `CapabilityError.capability`, ...) across the
+ * worker boundary, so `error instanceof AbortError` holds on the page. Installed on both sides.
+ */
+export function installErrorTransfer(): void {
+  const builtin = Comlink.transferHandlers.get('throw')!;
+  Comlink.transferHandlers.set('throw', {
+    canHandle: builtin.canHandle,
+    serialize(thrown: unknown) {
+      const value = (thrown as { value: unknown }).value;
+      if (!(value instanceof Error)) return builtin.serialize(thrown);
+      const fields: Record<string, string | number> = {};
+      for (const key of ['field', 'file', 'tensor', 'capability', 'bytesNeeded', 'bytesAvailable'] as const) {
+        const v = (value as unknown as Record<string, unknown>)[key];
+        if (typeof v === 'string' || typeof v === 'number') fields[key] = v;
+      }
+      const wire: WireError = { isError: true, name: value.name, message: value.message, stack: value.stack, fields };
+      return [wire, []];
+    },
+    deserialize(serialized: unknown) {
+      const wire = serialized as WireError;
+      if (!wire.isError || !('fields' in wire)) return builtin.deserialize(serialized);
+      const cls = ERRORS[wire.name];
+      const error: Error = cls ? Object.create(cls.prototype) : new Error(wire.message);
+      Object.assign(error, { message: wire.message, name: wire.name, stack: wire.stack, ...wire.fields });
+      throw error;
+    },
+  });
+}

@@ -1,0 +1,275 @@
+/**
+ * The engine in a module Web Worker: it owns the GPU device and the model, and serves the page through
+ * Comlink (`WorkerApi`). Models are stored in IndexedDB (idb_store.ts) or read over HTTP with Range requests; nothing here touches Node.
+ */
+import * as Comlink from 'comlink';
+import { Engine } from '../../api/engine.ts';
+import type { ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, Usage } from '../../api/types.ts';
+import { openCheckpoint } from '../../formats/open.ts';
+import { GpuContext } from '../../gpu/context.ts';
+import { AdapterError, QwenError, RequestError } from '../../gpu/errors.ts';
+import type { SamplingOptions } from '../../runtime/sampler.ts';
+import { HttpSource } from '../../storage/http.ts';
+import { deleteModel, listModels, storedModel } from '../../storage/idb_store.ts';
+import {
+  type ChatCompletionChunkWithStats, type ChatCompletionWithStats, type ChunkSink, type GenerateRequest, type GenerateStats, type GenerateResult, type LoadProgress, type LoadRequest, type LoadResult,
+  type WireChatRequest, type WireCompletionRequest, type WorkerApi, installErrorTransfer,
+} from './protocol.ts';
+
+const BROWSER_BACKEND = 'WebGPU (browser)';
+
+class WorkerEngine implements WorkerApi {
+  private ctx: GpuContext | undefined;
+  private engine: Engine | undefined;
+  private readonly requests = new Map<number, AbortController>();
+
+  readonly chat = {
+    completions: {
+      create: (request: WireChatRequest, requestId: number, onChunks?: ChunkSink<ChatCompletionChunk>): Promise<ChatCompletion | null> =>
+        this.serve(requestId, async (signal) => {
+          const engine = this.loaded();
+          const timer = tokenTimer();
+          if (!onChunks) {
+            const completion = await engine.chat.completions.create({ ...request, stream: false, signal, onToken: timer.onToken });
+            const withFigures: ChatCompletionWithStats = { ...completion, stats: timer.stats(engine, completion.usage) };
+            return withFigures;
+          }
+          const stream = await engine.chat.completions.create({ ...request, stream: true, signal, onToken: timer.onToken });
+          await pump(withStats(stream, (usage) => timer.stats(engine, usage)), onChunks);
+          return null;
+        }),
+    },
+  };
+
+  readonly completions = {
+    create: (request: WireCompletionRequest, requestId: number, onChunks?: ChunkSink<CompletionChunk>): Promise<Completion | null> =>
+      this.serve(requestId, async (signal) => {
+        const engine = this.loaded();
+        if (!onChunks) return engine.completions.create({ ...request, stream: false, signal });
+        await pump(await engine.completions.create({ ...request, stream: true, signal }), onChunks);
+        return null;
+      }),
+  };
+
+  async load(request: LoadRequest, requestId: number, onProgress?: (p: LoadProgress) => void): Promise<LoadResult> {
+    return this.serve(requestId, async (signal) => {
+      if (typeof request?.model !== 'string' || request.model.length === 0) throw new RequestError('must be the URL of a model', 'model');
+      if (request.dtype !== undefined && !['f32', 'f16', 'q4', 'int4'].includes(request.dtype)) {
+        throw new RequestError(`must be 'f32', 'f16' or 'int4', got ${JSON.stringify(request.dtype)}`, 'dtype');
+      }
+      const t0 = performance.now();
+      await this.unload();
+      const ctx = await this.context(request.activations ?? 'f32');
+      const url = new URL(request.model, self.location.href);
+      // A .gguf file is one file inside its folder; anything else is a model folder.
+      const gguf = /\.gguf$/i.test(url.pathname) ? decodeURIComponent(url.pathname.split('/').pop()!) : undefined;
+      if (gguf !== undefined) url.pathname = url.pathname.slice(0, url.pathname.lastIndexOf('/') + 1);
+      const progress = onProgress && latest(onProgress);
+      // store (the default where IndexedDB exists): download into IndexedDB or resume, or open what is stored
+      // there with no network at all; then the loader reads the IdbSource like any other source.
+      const source = (request.store ?? typeof indexedDB !== 'undefined')
+        ? await storedModel(gguf !== undefined ? new URL(gguf, url).href : url.href, {
+          signal,
+          onProgress: progress && ((p) => progress({
+            phase: p.phase, loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: '', file: p.file, bytesPerSecond: p.bytesPerSecond, secondsLeft: p.secondsLeft,
+          })),
+        })
+        : new HttpSource(url.href);
+      const checkpoint = await openCheckpoint(source, gguf);
+      this.engine = await Engine.load(ctx, checkpoint, {
+        dtype: request.dtype === 'int4' ? 'q4' : request.dtype, contextLength: request.contextLength, mtp: request.mtp, expertCacheBytes: request.expertCacheBytes,
+        onProgress: progress && ((p) => progress({ ...p, phase: 'load' })), signal,
+      });
+      return {
+        name: this.engine.name, dtype: this.engine.model.dtype, contextLength: this.engine.session.capacity,
+        adapter: ctx.adapter, loadMs: performance.now() - t0,
+      };
+    });
+  }
+
+  async generate(request: GenerateRequest, requestId: number): Promise<GenerateResult> {
+    return this.serve(requestId, async (signal) => {
+      const engine = this.loaded();
+      const sampling: SamplingOptions = request.greedy
+        ? { temperature: 0, seed: request.seed }
+        : { temperature: request.temperature, topP: request.top_p, topK: request.top_k, minP: request.min_p, seed: request.seed };
+      const r = await engine.generateIds({ promptIds: request.promptIds, maxTokens: request.maxTokens, sampling, ignoreEos: request.ignoreEos, signal });
+      return {
+        ids: r.ids,
+        stopReason: r.stopped,
+        stats: {
+          promptTokens: r.promptTokens, generatedTokens: r.ids.length, prefillMs: r.prefillMs, decodeMs: r.decodeMs,
+          prefillTokensPerSecond: rate(r.promptTokens, r.prefillMs), decodeTokensPerSecond: rate(r.ids.length - 1, r.decodeMs),
+          ...expertStats(engine),
+        },
+      };
+    });
+  }
+
+  readonly models = {
+    list: () => listModels(),
+    delete: (id: string) => {
+      if (typeof id !== 'string' || id.length === 0) throw new RequestError('must be the id of a stored model (models.list() gives them)', 'id');
+      return deleteModel(id);
+    },
+  };
+
+  abort(requestId: number): void {
+    this.requests.get(requestId)?.abort();
+  }
+
+  async unload(): Promise<void> {
+    const engine = this.engine;
+    this.engine = undefined;
+    if (engine) {
+      await engine.ctx.sync().catch(() => undefined);
+      engine.destroy();
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.unload();
+    this.ctx?.destroy();
+    this.ctx = undefined;
+  }
+
+  private async context(activations: 'f32' | 'f16'): Promise<GpuContext> {
+    if (this.ctx && this.ctx.activations === activations) return this.ctx;
+    this.ctx?.destroy();
+    this.ctx = undefined;
+    const gpu = (self.navigator as Navigator & { gpu?: GPU }).gpu;
+    if (!gpu) throw new AdapterError('this browser has no WebGPU in workers (navigator.gpu is missing; in Chromium on Linux start it with --enable-unsafe-webgpu)');
+    this.ctx = await GpuContext.create(gpu, { backend: BROWSER_BACKEND, activations });
+    return this.ctx;
+  }
+
+  private loaded(): Engine {
+    if (!this.engine) throw new QwenError('no model is loaded: call load({ model: url }) first');
+    return this.engine;
+  }
+
+  /** Runs a request with an AbortController that `abort(requestId)` reaches. */
+  private async serve<T>(requestId: number, body: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.requests.has(requestId)) throw new QwenError(`request id ${requestId} is already in use`);
+    const controller = new AbortController();
+    this.requests.set(requestId, controller);
+    try {
+      return await body(controller.signal);
+    } finally {
+      this.requests.delete(requestId);
+    }
+  }
+}
+
+/**
+ * Sends a stream's chunks to the page in batches: a batch goes as soon as the previous one has been taken,
+ * so the page gets tokens without delay when it keeps up, and fewer, larger messages when it does not.
+ */
+async function pump<T>(stream: AsyncIterable<T>, sink: ChunkSink<T>): Promise<void> {
+  let pending: T[] = [];
+  let inFlight: Promise<void> | undefined;
+  let failure: unknown;
+  const flush = (): void => {
+    if (inFlight || pending.length === 0 || failure !== undefined) return;
+    const batch = pending;
+    pending = [];
+    inFlight = Promise.resolve(sink(batch)).then(
+      () => {
+        inFlight = undefined;
+        flush();
+      },
+      (error: unknown) => {
+        inFlight = undefined;
+        failure = error;
+      },
+    );
+  };
+  const iterator = stream[Symbol.asyncIterator]();
+  let stopped: { error: unknown } | undefined;
+  try {
+    for (;;) {
+      if (failure !== undefined) throw failure;
+      const next = await iterator.next();
+      if (next.done) break;
+      pending.push(next.value);
+      flush();
+    }
+  } catch (error) {
+    stopped = { error };
+    await iterator.return?.().catch(() => undefined);
+  }
+  // What was produced reaches the page before the end (or the error, AbortError included).
+  while ((inFlight || pending.length) && failure === undefined) {
+    flush();
+    await inFlight;
+  }
+  if (stopped) throw stopped.error;
+  if (failure !== undefined) throw failure;
+}
+
+/** Forwards progress without queueing: while one call is in flight, only the newest value waits. */
+function latest<T>(callback: (value: T) => void): (value: T) => void {
+  let busy = false;
+  let waiting: { value: T } | undefined;
+  const send = (value: T): void => {
+    busy = true;
+    Promise.resolve(callback(value)).catch(() => undefined).finally(() => {
+      busy = false;
+      if (waiting) {
+        const next = waiting.value;
+        waiting = undefined;
+        send(next);
+      }
+    });
+  };
+  return (value) => {
+    if (busy) waiting = { value };
+    else send(value);
+  };
+}
+
+function rate(tokens: number, ms: number): number {
+  return ms > 0 ? (tokens * 1000) / ms : 0;
+}
+
+installErrorTransfer();
+Comlink.expose(new WorkerEngine());
+
+/** The generation's expert-cache figures (the session resets them per generation); none for a dense model. */
+function expertStats(engine: Engine): Partial<GenerateStats> {
+  if (!engine.model.config.moe) return {};
+  const s = engine.expertStats();
+  // Without a cache every expert is resident: every use hits and nothing streams.
+  if (!s) return { expertCacheHitRate: 1, expertBytesStreamed: 0, expertStallMsPerToken: 0 };
+  return { expertCacheHitRate: s.hitRate, expertBytesStreamed: s.bytesStreamed, expertStallMsPerToken: s.stallMsPerToken, expertUsage: s.usage };
+}
+
+/**
+ * Times a chat request by its tokens (`onToken`): prompt in, first token out is the prefill; the rest is decode.
+ * `stats` gives the figures `generate` reports, with the expert-cache ones, for the request's usage.
+ */
+function tokenTimer() {
+  const t0 = performance.now();
+  let first = 0;
+  let last = 0;
+  return {
+    onToken: (): void => {
+      last = performance.now();
+      if (first === 0) first = last;
+    },
+    stats(engine: Engine, usage: Usage): GenerateStats {
+      const prefillMs = first ? first - t0 : 0;
+      const decodeMs = first ? last - first : 0;
+      return {
+        promptTokens: usage.prompt_tokens, generatedTokens: usage.completion_tokens, prefillMs, decodeMs,
+        prefillTokensPerSecond: rate(usage.prompt_tokens, prefillMs), decodeTokensPerSecond: rate(usage.completion_tokens - 1, decodeMs),
+        ...expertStats(engine),
+      };
+    },
+  };
+}
+
+/** The stream with `stats` added to its last chunk (the one with `usage`). */
+async function* withStats(stream: AsyncIterable<ChatCompletionChunk>, stats: (usage: Usage) => GenerateStats): AsyncGenerator<ChatCompletionChunkWithStats> {
+  for await (const chunk of stream) yield chunk.usage ? { ...chunk, stats: stats(chunk.usage) } : chunk;
+}

@@ -1,0 +1,184 @@
+/**
+ * The demo page and the <qwen-chat> element in Chromium (SwiftShader WebGPU, no shader-f16): the demo built
+ * for production (vite build --mode demo) and a plain page that embeds dist/browser/qwen-chat.js with one
+ * script tag, both against the tiny fixture served from localhost, with every other request refused.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { FIXTURES_DIR } from '../helpers/fixtures.ts';
+import { DIST, ROOT, ensureBuild, launchChromium } from './browser.ts';
+import { type StaticServer, serveStatic } from './server.ts';
+
+const SHOTS = join(ROOT, 'test-results/browser');
+const TMP = mkdtempSync(join(tmpdir(), 'qwen-ui-'));
+const DEMO = join(TMP, 'demo');
+const MODEL = '/fixtures/tiny-qwen35/';
+
+const WIDGET_PAGE = `<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>an app with its own CSS</title>
+  <style>
+    * { color: rgb(255, 0, 0); font-family: serif; }
+    p { margin: 7px; font-size: 17px; }
+    div { padding: 3px; border: 2px solid rgb(0, 128, 0); }
+    button { background: rgb(255, 255, 0); }
+    qwen-chat { height: 360px; }
+  </style>
+  <script>window.globalsBefore = Object.getOwnPropertyNames(window);</script>
+  <script type="module" src="/dist/qwen-chat.js"></script>
+</head>
+<body>
+  <p id="para">The app's paragraph.</p>
+  <div id="box">The app's box.</div>
+  <qwen-chat model="${MODEL}" max-tokens="6" reasoning="off" system-prompt="Be brief."></qwen-chat>
+</body>
+</html>`;
+
+let server: StaticServer;
+let browser: Browser;
+const pageErrors: string[] = [];
+
+async function newPage(): Promise<Page> {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 800 } });
+  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
+  });
+  // Anything outside the local server is refused: no network.
+  await page.route(/^(?!http:\/\/127\.0\.0\.1:)/, (route) => route.abort());
+  return page;
+}
+
+beforeAll(async () => {
+  ensureBuild();
+  mkdirSync(SHOTS, { recursive: true });
+  execFileSync(process.execPath, [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', '--mode', 'demo', '--outDir', DEMO, '--logLevel', 'warn'], {
+    cwd: ROOT, stdio: 'pipe',
+  });
+  writeFileSync(join(TMP, 'widget.html'), WIDGET_PAGE);
+  server = await serveStatic({ '/demo/': DEMO, '/app.html': join(TMP, 'widget.html'), '/dist/': DIST, '/fixtures/': FIXTURES_DIR });
+  browser = await launchChromium();
+}, 180_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+test('the production demo loads a model from ?model=, streams a chat reply and shows tokens/s', async () => {
+  const page = await newPage();
+  await page.goto(`${server.url}/demo/index.html?model=${encodeURIComponent(MODEL)}`);
+  await page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement).disabled, undefined, { timeout: 120_000 });
+  expect(await page.locator('#status').textContent()).toMatch(/tiny-qwen35 \(f32.*WebGPU \(browser\).*loaded in/);
+  expect(await page.locator('#progress').evaluate((p: HTMLProgressElement) => p.value)).toBe(1);
+  expect(server.log.some((l) => l.startsWith(`GET ${MODEL}`) && l.includes('bytes='))).toBe(true);
+
+  await page.locator('#thinking').uncheck();
+  await page.locator('#max-tokens').fill('6');
+  await page.locator('#prompt').fill('Hello there');
+  // Record every text the reply shows while it streams.
+  await page.evaluate(() => {
+    const seen: string[] = [];
+    (window as unknown as { seen: string[] }).seen = seen;
+    new MutationObserver(() => {
+      const last = document.querySelector('#messages .msg.assistant:last-child span');
+      if (last?.textContent) seen.push(last.textContent);
+    }).observe(document.getElementById('messages')!, { subtree: true, childList: true, characterData: true });
+  });
+  await page.locator('#send').click();
+  await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
+  const figures = await page.locator('#messages .msg.assistant .stats').textContent();
+  expect(figures).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+  expect(Number(/· (\d+\.\d) tokens\/s/.exec(figures!)![1])).toBeGreaterThan(0);
+  expect(await page.locator('#messages .msg.user').textContent()).toBe('Hello there');
+  const seen = await page.evaluate(() => (window as unknown as { seen: string[] }).seen);
+  expect(seen.length).toBeGreaterThan(0);
+  await expect.poll(() => page.locator('#send').isDisabled()).toBe(false);
+  await page.screenshot({ path: join(SHOTS, 'demo.png'), fullPage: true });
+  expect(pageErrors).toEqual([]);
+  await page.close();
+}, 240_000);
+
+test('<qwen-chat> from one script tag loads, streams a reply, fires its events, and leaves the page styles alone', async () => {
+  const page = await newPage();
+  const probe = () => {
+    const pick = (el: Element) => {
+      const s = getComputedStyle(el);
+      return { color: s.color, font: s.fontFamily, size: s.fontSize, margin: s.margin, padding: s.padding, border: s.border, background: s.backgroundColor };
+    };
+    return { p: pick(document.getElementById('para')!), div: pick(document.getElementById('box')!), body: pick(document.body) };
+  };
+  // The page's styles with no widget in it, for comparison.
+  await page.route('**/dist/qwen-chat.js', (route) => route.fulfill({ contentType: 'text/javascript', body: '' }));
+  await page.goto(`${server.url}/app.html`);
+  const before = await page.evaluate(probe);
+  await page.unroute('**/dist/qwen-chat.js');
+
+  await page.goto(`${server.url}/app.html`);
+  await page.evaluate(() => {
+    const w = window as unknown as { events: { type: string; detail: unknown }[] };
+    w.events = [];
+    for (const type of ['qwen-ready', 'qwen-progress', 'qwen-message', 'qwen-error']) {
+      document.addEventListener(type, (e) => w.events.push({ type, detail: JSON.parse(JSON.stringify((e as CustomEvent).detail ?? null)) }));
+    }
+  });
+  await page.waitForFunction(() => {
+    const send = document.querySelector('qwen-chat')?.shadowRoot?.querySelector('button.send') as HTMLButtonElement | null;
+    return send && !send.disabled;
+  }, undefined, { timeout: 120_000 });
+  expect(await page.evaluate(() => customElements.get('qwen-chat') !== undefined)).toBe(true);
+  // No globals but the element's registration.
+  expect(await page.evaluate(() => {
+    const before = new Set((window as unknown as { globalsBefore: string[] }).globalsBefore);
+    return Object.getOwnPropertyNames(window).filter((n) => !before.has(n) && n !== 'events' && n !== 'globalsBefore');
+  })).toEqual([]);
+  // A second copy of the module is harmless.
+  // (A string, so that the test runner leaves the page's import() alone.)
+  expect(await page.evaluate("import('/dist/qwen-chat.js?again').then(() => customElements.get('qwen-chat').name)")).toBe('QwenChatElement');
+
+  const input = page.locator('qwen-chat textarea');
+  await input.fill('Hi');
+  await page.locator('qwen-chat button.send').click();
+  await page.waitForFunction(() => (window as unknown as { events: { type: string; detail: { role?: string } }[] }).events
+    .some((e) => e.type === 'qwen-message' && e.detail.role === 'assistant'), undefined, { timeout: 120_000 });
+  const events = await page.evaluate(() => (window as unknown as { events: { type: string; detail: { role?: string; content?: string } }[] }).events);
+  const types = events.map((e) => e.type);
+  expect(types).not.toContain('qwen-error');
+  expect(types).toContain('qwen-ready');
+  const messages = events.filter((e) => e.type === 'qwen-message').map((e) => e.detail);
+  expect(messages[0]).toEqual({ role: 'user', content: 'Hi' });
+  expect(messages[1].role).toBe('assistant');
+  expect(typeof messages[1].content).toBe('string');
+  expect(messages[1].content!.length).toBeGreaterThan(0);
+  // The reply shown in the element is the one the event carried.
+  expect(await page.locator('qwen-chat .msg.assistant span').textContent()).toBe(messages[1].content);
+  expect(await page.locator('qwen-chat .status').textContent()).toMatch(/tokens\/s/);
+
+  // The page's own elements kept their computed styles.
+  expect(await page.evaluate(probe)).toEqual(before);
+  // Inside, the element's own styles hold: the page's `* { color; font-family }`, `div` and `button` rules do not reach in.
+  const inside = await page.evaluate(() => {
+    const root = document.querySelector('qwen-chat')!.shadowRoot!;
+    const s = (sel: string) => getComputedStyle(root.querySelector(sel)!);
+    return {
+      message: { color: s('.msg.assistant').color, font: s('.msg.assistant').fontFamily, border: s('.msg.assistant').borderTopWidth },
+      button: s('button.send').backgroundColor,
+      textarea: s('textarea').color,
+    };
+  });
+  expect(inside.message.color).not.toBe('rgb(255, 0, 0)');
+  expect(inside.message.font).not.toBe('serif');
+  expect(inside.message.font).toContain('system-ui');
+  expect(inside.message.border).toBe('0px');
+  expect(inside.button).toBe('rgb(61, 109, 242)');
+  expect(inside.textarea).not.toBe('rgb(255, 0, 0)');
+  await page.screenshot({ path: join(SHOTS, 'widget.png'), fullPage: true });
+  expect(pageErrors).toEqual([]);
+  await page.close();
+}, 240_000);
