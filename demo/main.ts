@@ -53,12 +53,12 @@ async function load(model: string): Promise<void> {
   try {
     const dtype = $<HTMLSelectElement>('dtype').value || undefined;
     const expertMb = $<HTMLInputElement>('expert-mb').value;
-    const keep = models && $<HTMLInputElement>('store').checked;
     const r = await engine.load({
       model, signal: controller.signal,
       dtype: dtype as 'f32' | 'f16' | 'int4' | undefined,
       expertCacheBytes: expertMb === '' ? undefined : Math.round(Number(expertMb) * 2 ** 20),
-      ...(keep ? { store: true } : {}),
+      // Where the engine has a store, the box decides; unticked, the model is read over HTTP each time.
+      ...(models ? { store: $<HTMLInputElement>('store').checked } : {}),
       onProgress: (p: LoadProgress) => {
         progress.value = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
         const seconds = (performance.now() - t0) / 1000;

@@ -47,6 +47,14 @@ export function intFlag(args: Args, name: string, fallback?: number, min = 1): n
   return n;
 }
 
+export function numberFlag(args: Args, name: string, min = -Infinity): number | undefined {
+  const v = stringFlag(args, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min) throw new UsageError(`--${name} must be a number${min > -Infinity ? ` ≥ ${min}` : ''}, got "${v}"`);
+  return n;
+}
+
 export function idsFlag(args: Args, name: string): number[] {
   const text = stringFlag(args, name, true);
   const ids = text.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);

@@ -19,7 +19,7 @@ import { FolderSink } from '../storage/file_sink.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import type { ChatMessage } from '../text/chat_template.ts';
 import { renderChat } from '../text/chat_template.ts';
-import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, parseArgs, stringFlag } from './args.ts';
+import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberFlag, parseArgs, stringFlag } from './args.ts';
 import { progressBar } from './progress.ts';
 import { samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
@@ -66,8 +66,8 @@ common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with 
         --context N        context length (default: what the command needs, at least 4096 for chats)
         --no-mtp           do not load the multi-token-prediction block
         --verify           check a packed model's sha256 sums before loading it
-        --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU and stream the others from a packed
-                           model as routing asks for them (generate, score, bench; default: all resident)
+        --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
+                           from a packed model as routing asks for them (generate, score, bench; default: all resident)
 `;
 
 interface Command {
@@ -117,7 +117,10 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
 }
 
 const dtypeOf = (args: Args, ctx: GpuContext): WeightDtype => dtypeFlag(args, ctx.caps.f16);
-const expertCacheBytes = (args: Args): number | undefined => (args.flags.has('expert-cache-mb') ? intFlag(args, 'expert-cache-mb', undefined, 0) * 1024 * 1024 : undefined);
+const expertCacheBytes = (args: Args): number | undefined => {
+  const mib = numberFlag(args, 'expert-cache-mb', 0);
+  return mib === undefined ? undefined : Math.floor(mib * 1024 * 1024);
+};
 /** Expert streaming figures for --json output (absent when every expert is resident). */
 const expertJson = (session: Session) => {
   const s = session.expertStats();

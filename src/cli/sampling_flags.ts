@@ -1,15 +1,7 @@
 import type { SamplingOptions } from '../runtime/sampler.ts';
-import { type Args, UsageError, stringFlag } from './args.ts';
+import { type Args, UsageError, numberFlag } from './args.ts';
 
 const SAMPLING_FLAGS = ['temperature', 'top-p', 'top-k', 'min-p', 'presence-penalty', 'frequency-penalty', 'repetition-penalty'] as const;
-
-function numberFlag(args: Args, name: string): number | undefined {
-  const v = stringFlag(args, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${v}"`);
-  return n;
-}
 
 /**
  * Sampling settings from the command line. --greedy, or explicit settings, or else the model's own

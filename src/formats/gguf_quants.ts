@@ -63,25 +63,32 @@ function q4_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
   }
 }
 
-/** get_scale_min_k4: 6-bit scale and min of sub-block j from the 12 packed bytes at `at`. */
-function scaleK4(src: Uint8Array, at: number, j: number): number {
-  return j < 4 ? src[at + j] & 63 : (src[at + j + 4] & 15) | ((src[at + j - 4] >> 6) << 4);
-}
-function minK4(src: Uint8Array, at: number, j: number): number {
-  return j < 4 ? src[at + j + 4] & 63 : (src[at + j + 4] >> 4) | ((src[at + j] >> 6) << 4);
+/**
+ * get_scale_min_k4 for all 8 sub-blocks of a Q4_K/Q5_K block: unpacks the 6-bit scales and mins from the
+ * 12 bytes at `at` (sub-blocks 4..7 keep their top 2 bits in the high bits of bytes 0..7) and stores
+ * d·scale in `scales` and dmin·min in `mins`.
+ */
+function scalesMinsK4(src: Uint8Array, at: number, d: number, dmin: number, scales: Float64Array, mins: Float64Array): void {
+  for (let j = 0; j < 8; j++) {
+    const scale = j < 4 ? src[at + j] & 63 : (src[at + j + 4] & 15) | ((src[at + j - 4] >> 6) << 4);
+    const min = j < 4 ? src[at + j + 4] & 63 : (src[at + j + 4] >> 4) | ((src[at + j] >> 6) << 4);
+    scales[j] = d * scale;
+    mins[j] = dmin * min;
+  }
 }
 
 /** block_q4_K (144 bytes): f16 d, f16 dmin, scales[12], qs[128]; 8 sub-blocks of 32, x = d·sc·q − dmin·m. */
 function q4_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
   const table = f16();
+  const scales = new Float64Array(8); // f64, so d·scale stays exact as before the store to f32
+  const mins = new Float64Array(8);
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 144, y += 256) {
-    const d = half(table, src, s);
-    const dmin = half(table, src, s + 2);
+    scalesMinsK4(src, s + 4, half(table, src, s), half(table, src, s + 2), scales, mins);
     for (let j = 0; j < 4; j++) {
-      const d1 = d * scaleK4(src, s + 4, 2 * j);
-      const m1 = dmin * minK4(src, s + 4, 2 * j);
-      const d2 = d * scaleK4(src, s + 4, 2 * j + 1);
-      const m2 = dmin * minK4(src, s + 4, 2 * j + 1);
+      const d1 = scales[2 * j];
+      const m1 = mins[2 * j];
+      const d2 = scales[2 * j + 1];
+      const m2 = mins[2 * j + 1];
       const q = s + 16 + 32 * j;
       const out = y + 64 * j;
       for (let l = 0; l < 32; l++) {
@@ -95,15 +102,16 @@ function q4_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
 /** block_q5_K (176 bytes): f16 d, f16 dmin, scales[12], qh[32], qs[128]; the fifth bit of q comes from qh. */
 function q5_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
   const table = f16();
+  const scales = new Float64Array(8); // f64, so d·scale stays exact as before the store to f32
+  const mins = new Float64Array(8);
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 176, y += 256) {
-    const d = half(table, src, s);
-    const dmin = half(table, src, s + 2);
+    scalesMinsK4(src, s + 4, half(table, src, s), half(table, src, s + 2), scales, mins);
     const qh = s + 16;
     for (let j = 0; j < 4; j++) {
-      const d1 = d * scaleK4(src, s + 4, 2 * j);
-      const m1 = dmin * minK4(src, s + 4, 2 * j);
-      const d2 = d * scaleK4(src, s + 4, 2 * j + 1);
-      const m2 = dmin * minK4(src, s + 4, 2 * j + 1);
+      const d1 = scales[2 * j];
+      const m1 = mins[2 * j];
+      const d2 = scales[2 * j + 1];
+      const m2 = mins[2 * j + 1];
       const ql = s + 48 + 32 * j;
       const out = y + 64 * j;
       for (let l = 0; l < 32; l++) {

@@ -110,9 +110,8 @@ export async function downloadModel(url: string, options: DownloadOptions = {}):
   const { meta, prefetched } = await planModel(id, fetchImpl, signal);
   const old = await request<StoredModelMeta | undefined>('readonly', (s) => s.get(metaKey(id)));
   // A model that changed on the server since an interrupted download starts again.
-  if (old && JSON.stringify(old.files) !== JSON.stringify(meta.files)) await deleteModel(id);
-  if (!old || JSON.stringify(old.files) !== JSON.stringify(meta.files)) await request('readwrite', (s) => s.put(meta, metaKey(id)));
-  else meta.date = old.date;
+  const changed = old !== undefined && JSON.stringify(old.files) !== JSON.stringify(meta.files);
+  if (changed) await deleteModel(id);
 
   // What is stored already: whole files, and each other file's prefix of records.
   const state = await Promise.all(meta.files.map(async (f) => {
@@ -125,7 +124,10 @@ export async function downloadModel(url: string, options: DownloadOptions = {}):
   }));
   const storedBytes = (f: StoredFile, i: number) => (state[i].done ? f.bytes : state[i].records === 0 ? 0 : recordEnd(f, state[i].records - 1));
   const haveBytes = meta.files.reduce((sum, f, i) => sum + storedBytes(f, i), 0);
+  // Before anything is written: a model that cannot fit leaves no trace.
   await checkQuota(meta.bytes - haveBytes);
+  if (!old || changed) await request('readwrite', (s) => s.put(meta, metaKey(id)));
+  else meta.date = old.date;
 
   const rate = new Rate(meta.bytes, haveBytes);
   let lastReport = 0;

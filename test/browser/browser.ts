@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DIST = join(ROOT, 'dist/browser');
@@ -58,4 +58,33 @@ export function ensureBuild(): void {
     throw new Error(`npm run build failed: ${e.message}\n${e.stdout?.toString() ?? ''}${e.stderr?.toString() ?? ''}`);
   }
   if (builtAt() === 0) throw new Error('npm run build did not write dist/browser/index.js, worker.js and qwen-chat.js');
+}
+
+/** Refuses every request that is not for the local test server: the tests must not reach the network. */
+const LOCAL_ONLY = /^(?!http:\/\/127\.0\.0\.1:)/;
+export async function blockNetwork(target: Page | BrowserContext): Promise<void> {
+  await target.route(LOCAL_ONLY, (route) => route.abort());
+}
+
+/** The test page (page.html, page.js) and the built library it imports, as serveStatic mounts. */
+export const HARNESS_MOUNTS = {
+  '/': join(ROOT, 'test/browser/page.html'), '/page.js': join(ROOT, 'test/browser/page.js'), '/dist/': DIST,
+} as const;
+
+/** Calls window.harness[name](...args) in a page of test/browser/page.js. */
+export function callHarness<T>(page: Page, name: string, ...args: unknown[]): Promise<T> {
+  return page.evaluate(
+    ([n, a]) => (window as unknown as { harness: Record<string, (...x: unknown[]) => Promise<unknown>> }).harness[n as string](...(a as unknown[])),
+    [name, args] as const,
+  ) as Promise<T>;
+}
+
+/** Opens (or reloads, without `url`) the harness page and starts its engine; `errors` says why it did not start. */
+export async function openHarness(page: Page, url?: string, errors: string[] = []): Promise<void> {
+  if (url) await page.goto(url);
+  else await page.reload();
+  await page.waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 }).catch((error: unknown) => {
+    throw new Error(`the test page did not start: ${(error as Error).message}\n${errors.join('\n')}`);
+  });
+  await callHarness(page, 'start');
 }

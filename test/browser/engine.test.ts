@@ -10,24 +10,20 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { FIXTURES, FIXTURES_DIR, type FixtureName, fixtureDir, golden } from '../helpers/fixtures.ts';
-import { DIST, ROOT, ensureBuild, launchChromium } from './browser.ts';
-import { type StaticServer, serveStatic } from './server.ts';
+import { DIST, HARNESS_MOUNTS, ROOT, blockNetwork, callHarness, ensureBuild, launchChromium, openHarness } from './browser.ts';
+import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { openModel } from '../../src/storage/locate.ts';
 
 const SHOTS = join(ROOT, 'test-results/browser');
 /** The MoE fixture converted to the packed format (f32), which expert streaming reads experts from. */
 const PACKED = join(mkdtempSync(join(tmpdir(), 'qwen-browser-')), 'moe-packed');
-const HERE = join(ROOT, 'test/browser');
 
 let server: StaticServer;
 let browser: Browser;
 let page: Page;
 const pageErrors: string[] = [];
 
-/** Calls window.harness[name](...args) in the page. */
-function harness<T>(name: string, ...args: unknown[]): Promise<T> {
-  return page.evaluate(([n, a]) => (window as unknown as { harness: Record<string, (...x: unknown[]) => Promise<unknown>> }).harness[n as string](...(a as unknown[])), [name, args] as const) as Promise<T>;
-}
+const harness = <T>(name: string, ...args: unknown[]) => callHarness<T>(page, name, ...args);
 
 async function shot(name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
@@ -46,20 +42,15 @@ beforeAll(async () => {
   mkdirSync(SHOTS, { recursive: true });
   const converted = await runCli('node', ['convert', '--model', fixtureDir('tiny-qwen35-moe'), '--dtype', 'f32', '--out', PACKED]);
   expect(converted.code, converted.stderr).toBe(0);
-  server = await serveStatic({ '/': join(HERE, 'page.html'), '/page.js': join(HERE, 'page.js'), '/dist/': DIST, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED });
+  server = await serveStatic({ ...HARNESS_MOUNTS, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
   page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
   page.on('console', (m) => {
     if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
   });
-  // Anything outside the local server is refused: the test must not reach the network.
-  await page.route(/^(?!http:\/\/127\.0\.0\.1:)/, (route) => route.abort());
-  await page.goto(`${server.url}/`);
-  await page.waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 }).catch((error: unknown) => {
-    throw new Error(`the test page did not start: ${(error as Error).message}\n${pageErrors.join('\n')}`);
-  });
-  await harness('start');
+  await blockNetwork(page);
+  await openHarness(page, `${server.url}/`, pageErrors);
 });
 
 afterAll(async () => {

@@ -149,6 +149,22 @@ Object.assign(window.harness, {
       return { name: e.name, message: e.message, file: e.file, bytesNeeded: e.bytesNeeded, bytesAvailable: e.bytesAvailable };
     }
   },
+  /** A stored load that the page aborts once `afterBytes` bytes are downloaded: the error it ends with. */
+  async storeLoadAborted(model, afterBytes, options = {}) {
+    const controller = new AbortController();
+    try {
+      await engine.load({
+        model, contextLength: 512, ...options, signal: controller.signal,
+        onProgress: (p) => {
+          if (p.phase === 'download' && p.loadedBytes >= afterBytes) controller.abort();
+        },
+      });
+      return undefined;
+    } catch (e) {
+      log(`stored-load aborted: ${e.name}: ${e.message}`);
+      return { name: e.name, message: e.message, isAbortError: e instanceof AbortError };
+    }
+  },
   async listModels() {
     const models = await engine.models.list();
     for (const m of models) log(`stored: ${m.id} ${m.bytes} bytes ${m.complete ? 'complete' : 'incomplete'} ${m.date}`);

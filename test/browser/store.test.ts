@@ -1,26 +1,30 @@
 /**
  * The browser's model store end to end, in Chromium's real IndexedDB: a packed MoE model and a Hugging Face
  * folder downloaded through the page with progress, generating what the Node CLI does with experts
- * streamed from IndexedDB; a reloaded page that loads offline; an interrupted download that resumes; list
- * and delete.
+ * streamed from IndexedDB; a reloaded page that loads offline; downloads cut off or aborted that resume; a
+ * corrupt shard; too little storage, by the estimate and by refused writes; list and delete.
  */
-import { cpSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page, Route } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { FIXTURES_DIR, fixtureDir, golden } from '../helpers/fixtures.ts';
-import { DIST, ROOT, ensureBuild, launchChromium } from './browser.ts';
-import { type StaticServer, serveStatic } from './server.ts';
+import { HARNESS_MOUNTS, ROOT, blockNetwork, callHarness, ensureBuild, launchChromium, openHarness } from './browser.ts';
+import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { openModel } from '../../src/storage/locate.ts';
 
 const SHOTS = join(ROOT, 'test-results/browser');
-const HERE = join(ROOT, 'test/browser');
 const TMP = mkdtempSync(join(tmpdir(), 'qwen-store-'));
 /** The MoE fixture converted to the packed int4 format; a copy of it serves the interrupted download. */
 const PACKED = join(TMP, 'moe-int4');
 const PACKED_COPY = join(TMP, 'moe-int4-copy');
+/** Copies with one byte of the largest shard flipped, and for a download the page aborts. */
+const PACKED_CORRUPT = join(TMP, 'moe-int4-corrupt');
+const PACKED_ABORTED = join(TMP, 'moe-int4-aborted');
+/** Only a manifest, whose largest shard claims 32 TiB: more than any origin's quota. */
+const PACKED_HUGE = join(TMP, 'moe-int4-huge');
 const MAX_TOKENS = 8;
 
 let server: StaticServer;
@@ -32,18 +36,10 @@ let expertCacheBytes: number;
 let shardName: string;
 let modelBytes: number;
 
-function harness<T>(name: string, ...args: unknown[]): Promise<T> {
-  return page.evaluate(([n, a]) => (window as unknown as { harness: Record<string, (...x: unknown[]) => Promise<unknown>> }).harness[n as string](...(a as unknown[])), [name, args] as const) as Promise<T>;
-}
+const harness = <T>(name: string, ...args: unknown[]) => callHarness<T>(page, name, ...args);
 
 async function shot(name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `store-${name}.png`), fullPage: true });
-}
-
-async function openPage(): Promise<void> {
-  await page.goto(`${server.url}/`);
-  await page.waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 });
-  await harness('start');
 }
 
 interface Progress { phase: string; loadedBytes: number; totalBytes: number; file?: string; bytesPerSecond?: number; secondsLeft?: number }
@@ -61,7 +57,7 @@ beforeAll(async () => {
   mkdirSync(SHOTS, { recursive: true });
   const converted = await runCli('node', ['convert', '--model', fixtureDir('tiny-qwen35-moe'), '--dtype', 'int4', '--out', PACKED]);
   expect(converted.code, converted.stderr).toBe(0);
-  cpSync(PACKED, PACKED_COPY, { recursive: true });
+  for (const copy of [PACKED_COPY, PACKED_CORRUPT, PACKED_ABORTED]) cpSync(PACKED, copy, { recursive: true });
   const g = golden('tiny-qwen35-moe');
   const cli = await runCli('node', ['generate', '--model', PACKED, '--prompt-ids', g.prompt_ids.join(','), '--greedy', '--json', '--max-tokens', String(MAX_TOKENS)]);
   expect(cli.code, cli.stderr).toBe(0);
@@ -74,16 +70,24 @@ beforeAll(async () => {
   expertCacheBytes = (numExperts / 4) * layers * perExpert;
   const manifest = packed.manifest;
   shardName = [...manifest.shards].sort((a, b) => b.bytes - a.bytes)[0].name;
+  const corrupt = readFileSync(join(PACKED_CORRUPT, shardName));
+  corrupt[corrupt.length >> 1] ^= 0x40;
+  writeFileSync(join(PACKED_CORRUPT, shardName), corrupt);
+  mkdirSync(PACKED_HUGE);
+  const huge = JSON.parse(readFileSync(join(PACKED, 'qwen-webgpu.json'), 'utf8'));
+  huge.shards.find((f: { name: string }) => f.name === shardName).bytes = 2 ** 45;
+  writeFileSync(join(PACKED_HUGE, 'qwen-webgpu.json'), JSON.stringify(huge));
   modelBytes = [...manifest.shards, ...manifest.files].reduce((sum, f) => sum + f.bytes, 0) + Buffer.byteLength(readFileSync(join(PACKED, 'qwen-webgpu.json')));
 
   server = await serveStatic({
-    '/': join(HERE, 'page.html'), '/page.js': join(HERE, 'page.js'), '/dist/': DIST, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED, '/packed-copy/': PACKED_COPY,
+    ...HARNESS_MOUNTS, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED, '/packed-copy/': PACKED_COPY,
+    '/packed-corrupt/': PACKED_CORRUPT, '/packed-aborted/': PACKED_ABORTED, '/packed-huge/': PACKED_HUGE,
   });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
   page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  await page.context().route(/^(?!http:\/\/127\.0\.0\.1:)/, (route) => route.abort());
-  await openPage();
+  await blockNetwork(page.context());
+  await openHarness(page, `${server.url}/`, pageErrors);
 });
 
 afterAll(async () => {
@@ -119,9 +123,7 @@ test('a packed MoE model downloads into IndexedDB with progress and streams its 
 });
 
 test('after a reload, with every request to the model refused, it loads from IndexedDB and generates the same ids', async () => {
-  await page.reload();
-  await page.waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 });
-  await harness('start');
+  await openHarness(page);
   let refused = 0;
   const block = (route: Route) => {
     refused++;
@@ -178,6 +180,78 @@ test('a download cut off mid-shard is listed incomplete, and the next load resum
   const run = await harness<GenerateRun>('generate', { promptIds: golden('tiny-qwen35-moe').prompt_ids, maxTokens: MAX_TOKENS, greedy: true });
   expect(run.value.ids).toEqual(cliIds);
   expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, complete: true }));
+});
+
+test('a shard whose bytes do not match the sha256 of the manifest fails to load, naming it, and is not counted complete', async () => {
+  const failure = await harness<LoadFailure>('storeLoadError', '/packed-corrupt/', { expertCacheBytes });
+  expect(failure?.name).toBe('ModelFormatError');
+  expect(failure?.file).toBe(shardName);
+  expect(failure?.message).toMatch(/sha256 [0-9a-f]{64} does not match [0-9a-f]{64}/);
+  expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id: `${server.url}/packed-corrupt`, complete: false }));
+  // Served the same again, it fails the same way: a corrupt shard is never kept.
+  expect((await harness<LoadFailure>('storeLoadError', '/packed-corrupt/', { expertCacheBytes }))?.file).toBe(shardName);
+  expect(await harness<boolean>('deleteModel', `${server.url}/packed-corrupt`)).toBe(true);
+});
+
+test('a download the page aborts ends with an AbortError, is listed incomplete, and resumes on the next load', async () => {
+  const id = `${server.url}/packed-aborted`;
+  const aborted = await harness<{ name: string; isAbortError: boolean }>('storeLoadAborted', '/packed-aborted/', modelBytes / 3, { expertCacheBytes });
+  expect(aborted).toMatchObject({ name: 'AbortError', isAbortError: true });
+  expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, complete: false }));
+  const from = server.sent.length;
+  const loaded = await harness<StoreLoad>('storeLoad', '/packed-aborted/', { expertCacheBytes });
+  expect(loaded.phases).toEqual(['download', 'verify', 'load']);
+  expect(sentUnder('/packed-aborted/', from)).toBeLessThan(modelBytes);
+  const run = await harness<GenerateRun>('generate', { promptIds: golden('tiny-qwen35-moe').prompt_ids, maxTokens: MAX_TOKENS, greedy: true });
+  expect(run.value.ids).toEqual(cliIds);
+  expect(await harness<boolean>('deleteModel', id)).toBe(true);
+});
+
+test('a model larger than the storage estimate leaves fails before any download with a QuotaError, and stores nothing', async () => {
+  const before = server.log.length;
+  const failure = await harness<LoadFailure>('storeLoadError', '/packed-huge/', { expertCacheBytes });
+  expect(failure?.name).toBe('QuotaError');
+  expect(failure?.message).toMatch(/navigator\.storage\.estimate\(\) says this origin has \d+ bytes available/);
+  expect(failure?.bytesNeeded).toBeGreaterThan(2 ** 45);
+  expect(failure?.bytesAvailable).toBeLessThan(2 ** 45);
+  // Only the manifest was asked for, and nothing of the model is listed.
+  expect(server.log.slice(before).filter((l) => l.includes('/packed-huge/')).every((l) => l.includes('/packed-huge/qwen-webgpu.json'))).toBe(true);
+  expect((await harness<StoredModel[]>('listModels')).map((m) => m.id)).not.toContain(`${server.url}/packed-huge`);
+});
+
+test('a download that runs out of quota fails with a QuotaError, is not counted complete, and resumes once space is freed', async () => {
+  // A fresh browser context: its own empty IndexedDB, with the origin's quota cut to half the model.
+  const context = await browser.newContext();
+  await blockNetwork(context);
+  const other = await context.newPage();
+  const call = <T>(name: string, ...args: unknown[]) => callHarness<T>(other, name, ...args);
+  try {
+    await openHarness(other, `${server.url}/`);
+    const cdp = await context.newCDPSession(other);
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url, quotaSize: Math.floor(modelBytes / 2) });
+
+    const failure = await call<LoadFailure>('storeLoadError', '/packed/', { expertCacheBytes });
+    await other.screenshot({ path: join(SHOTS, 'store-quota.png'), fullPage: true });
+    expect(failure?.name).toBe('QuotaError');
+    expect(failure?.message).toMatch(/QuotaExceededError/);
+    expect(failure?.message).toMatch(/delete stored models/);
+    expect(failure?.bytesNeeded).toBeGreaterThan(0);
+    expect(failure?.bytesNeeded).toBeLessThan(modelBytes);
+    expect(await call<StoredModel[]>('listModels')).toEqual([expect.objectContaining({ id: `${server.url}/packed`, complete: false })]);
+
+    // Space again (the override lifted): the next load keeps what was written and fetches the rest.
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url });
+    const from = server.sent.length;
+    const loaded = await call<StoreLoad>('storeLoad', '/packed/', { expertCacheBytes });
+    expect(loaded.phases).toEqual(['download', 'verify', 'load']);
+    expect(sentUnder('/packed/', from)).toBeLessThan(modelBytes);
+    const run = await call<GenerateRun>('generate', { promptIds: golden('tiny-qwen35-moe').prompt_ids, maxTokens: MAX_TOKENS, greedy: true });
+    expect(run.value.ids).toEqual(cliIds);
+    expect(await call<StoredModel[]>('listModels')).toEqual([expect.objectContaining({ id: `${server.url}/packed`, complete: true })]);
+    await call('terminate');
+  } finally {
+    await context.close();
+  }
 });
 
 test('a Hugging Face folder downloads into IndexedDB and generates the golden greedy ids', async () => {

@@ -3,20 +3,24 @@
  * for production (vite build --mode demo) and a plain page that embeds dist/browser/qwen-chat.js with one
  * script tag, both against the tiny fixture served from localhost, with every other request refused.
  */
-import { execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { FIXTURES_DIR } from '../helpers/fixtures.ts';
-import { DIST, ROOT, ensureBuild, launchChromium } from './browser.ts';
-import { type StaticServer, serveStatic } from './server.ts';
+import { runCli } from '../helpers/cli.ts';
+import { FIXTURES_DIR, fixtureDir } from '../helpers/fixtures.ts';
+import { openModel } from '../../src/storage/locate.ts';
+import { DIST, ROOT, blockNetwork, ensureBuild, launchChromium } from './browser.ts';
+import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 
 const SHOTS = join(ROOT, 'test-results/browser');
 const TMP = mkdtempSync(join(tmpdir(), 'qwen-ui-'));
 const DEMO = join(TMP, 'demo');
 const MODEL = '/fixtures/tiny-qwen35/';
+/** The MoE fixture, packed (f32): what the demo streams experts from. */
+const PACKED = join(TMP, 'moe-packed');
 
 const WIDGET_PAGE = `<!doctype html>
 <html lang="en">
@@ -50,8 +54,7 @@ async function newPage(): Promise<Page> {
   page.on('console', (m) => {
     if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
   });
-  // Anything outside the local server is refused: no network.
-  await page.route(/^(?!http:\/\/127\.0\.0\.1:)/, (route) => route.abort());
+  await blockNetwork(page);
   return page;
 }
 
@@ -62,7 +65,9 @@ beforeAll(async () => {
     cwd: ROOT, stdio: 'pipe',
   });
   writeFileSync(join(TMP, 'widget.html'), WIDGET_PAGE);
-  server = await serveStatic({ '/demo/': DEMO, '/app.html': join(TMP, 'widget.html'), '/dist/': DIST, '/fixtures/': FIXTURES_DIR });
+  const converted = await runCli('node', ['convert', '--model', fixtureDir('tiny-qwen35-moe'), '--dtype', 'f32', '--out', PACKED]);
+  expect(converted.code, converted.stderr).toBe(0);
+  server = await serveStatic({ '/demo/': DEMO, '/app.html': join(TMP, 'widget.html'), '/dist/': DIST, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED });
   browser = await launchChromium();
 }, 180_000);
 
@@ -105,7 +110,100 @@ test('the production demo loads a model from ?model=, streams a chat reply and s
   await page.close();
 }, 240_000);
 
-test('<qwen-chat> from one script tag loads, streams a reply, fires its events, and leaves the page styles alone', async () => {
+test('`npm start`, as the README says: the dev server serves the demo and the fixtures, and a fixture model chats', async () => {
+  // `npm start` is `vite`; the port is pinned to a free one so that the test can find it.
+  const port = 20_000 + Math.floor(Math.random() * 20_000);
+  const dev: ChildProcess = spawn(process.execPath, [join(ROOT, 'node_modules/vite/bin/vite.js'), '--port', String(port), '--strictPort', '--host', '127.0.0.1'], {
+    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  dev.stdout!.on('data', (d) => (output += d));
+  dev.stderr!.on('data', (d) => (output += d));
+  try {
+    await expect.poll(() => output, { timeout: 60_000 }).toContain(`http://127.0.0.1:${port}/`);
+    const page = await newPage();
+    await page.goto(`http://127.0.0.1:${port}/?model=/fixtures/tiny-qwen35/`);
+    await page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement | null)?.disabled, undefined, { timeout: 180_000 });
+    expect(await page.locator('#status').textContent()).toMatch(/^tiny-qwen35 \(/);
+    await page.locator('#thinking').uncheck();
+    await page.locator('#max-tokens').fill('4');
+    await page.locator('#prompt').fill('Hello');
+    await page.locator('#send').click();
+    await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
+    expect(await page.locator('#messages .msg.assistant .stats').textContent()).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+    await page.screenshot({ path: join(SHOTS, 'npm-start.png'), fullPage: true });
+    // A file that is not among the fixtures is a plain 404, not the demo's HTML.
+    const missing = await page.evaluate(() => fetch('/fixtures/no-such-model/config.json').then((r) => r.status));
+    expect(missing).toBe(404);
+    expect(pageErrors.filter((e) => !e.includes('404'))).toEqual([]);
+    pageErrors.length = 0;
+    await page.close();
+  } finally {
+    dev.kill();
+  }
+}, 300_000);
+
+test('the demo streams the experts of a MoE model at a quarter budget: its panel shows the hit rate and a heatmap of expert use, and Stop ends a reply', async () => {
+  const config = JSON.parse(await (await openModel(fixtureDir('tiny-qwen35-moe'))).files.text('config.json'));
+  const { num_experts: experts, num_hidden_layers: layers, num_experts_per_tok: topk } = config.text_config ?? config;
+  const tensors = (await openModel(PACKED)).packed!.tensors;
+  const perExpert = tensors.get('layers.0.mlp.experts_gate_up')!.itemBytes + tensors.get('layers.0.mlp.experts_down')!.itemBytes;
+  const quarterMb = ((experts / 4) * layers * perExpert) / 2 ** 20;
+
+  const page = await newPage();
+  await page.goto(`${server.url}/demo/index.html`);
+  await page.locator('#model').fill('/packed/');
+  await page.locator('#expert-mb').fill(String(quarterMb));
+  await page.locator('#load').click();
+  await page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement).disabled, undefined, { timeout: 120_000 });
+  expect(await page.locator('#status').textContent()).toMatch(/^packed \(f32/);
+  // Kept in this browser (the box is ticked by default): the cached list names it.
+  await expect.poll(() => page.locator('#cached option').allTextContents()).toContainEqual(expect.stringContaining('/packed'));
+  expect(await page.locator('#experts-section').isHidden()).toBe(true);
+
+  await page.locator('#thinking').uncheck();
+  await page.locator('#max-tokens').fill('6');
+  await page.locator('#prompt').fill('Hello there');
+  await page.locator('#send').click();
+  await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
+  await expect.poll(() => page.locator('#send').isDisabled()).toBe(false);
+
+  expect(await page.locator('#experts-section').isVisible()).toBe(true);
+  const figures = (await page.locator('#expert-figures').textContent())!;
+  const m = /^hit rate (\d+\.\d)% · (\d+\.\d) MB streamed · (\d+\.\d\d) ms stall per token$/.exec(figures);
+  expect(m, figures).not.toBeNull();
+  expect(Number(m![1])).toBeGreaterThan(0);
+  expect(Number(m![1])).toBeLessThan(100);
+  // The heatmap: one row per layer, one column per expert; in every row at least topk experts were used
+  // (shaded below white) and the most used one has the darkest shade.
+  const heat = await page.locator('#heatmap').evaluate((canvas: HTMLCanvasElement) => {
+    const data = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height).data;
+    const rows: number[][] = [];
+    for (let y = 0; y < canvas.height; y++) rows.push(Array.from({ length: canvas.width }, (_, x) => data[(y * canvas.width + x) * 4]));
+    return { width: canvas.width, height: canvas.height, rows };
+  });
+  expect(heat).toMatchObject({ width: experts, height: layers });
+  for (const row of heat.rows) {
+    expect(row.filter((shade) => shade < 255).length).toBeGreaterThanOrEqual(topk);
+    expect(Math.min(...row)).toBe(55);
+  }
+  await page.screenshot({ path: join(SHOTS, 'demo-experts.png'), fullPage: true });
+
+  // Stop: a long reply ends at once, keeps what it showed, and the next message can be sent.
+  await page.locator('#max-tokens').fill('400');
+  await page.locator('#prompt').fill('Tell me a long story.');
+  await page.locator('#send').click();
+  await page.waitForFunction(() => (document.querySelector('#messages .msg.assistant:last-child span')?.textContent ?? '').length > 0, undefined, { timeout: 120_000 });
+  await page.locator('#stop').click();
+  await expect.poll(() => page.locator('#send').isDisabled(), { timeout: 60_000 }).toBe(false);
+  const stopped = await page.locator('#messages .msg.assistant').last().textContent();
+  expect(stopped!.length).toBeGreaterThan(0);
+  expect(await page.locator('#messages .msg.assistant .stats').last().textContent()).toMatch(/^stopped · about \d+\.\d tokens\/s$/);
+  expect(pageErrors).toEqual([]);
+  await page.close();
+}, 300_000);
+
+test('<qwen-chat> from one script tag loads, streams a reply, fires its events, stops a reply on Stop, and leaves the page styles alone', async () => {
   const page = await newPage();
   const probe = () => {
     const pick = (el: Element) => {
@@ -179,6 +277,24 @@ test('<qwen-chat> from one script tag loads, streams a reply, fires its events, 
   expect(inside.button).toBe('rgb(61, 109, 242)');
   expect(inside.textarea).not.toBe('rgb(255, 0, 0)');
   await page.screenshot({ path: join(SHOTS, 'widget.png'), fullPage: true });
+
+  // Its Stop button ends a long reply: what came so far stays, and is the message the event carries.
+  await page.evaluate(() => {
+    (document.querySelector('qwen-chat') as HTMLElement & { maxTokens: number }).maxTokens = 400;
+  });
+  await input.fill('Tell me a long story.');
+  await page.locator('qwen-chat button.send').click();
+  await page.waitForFunction(() => (document.querySelector('qwen-chat')!.shadowRoot!.querySelectorAll('.msg.assistant span')[1]?.textContent ?? '').length > 0,
+    undefined, { timeout: 120_000 });
+  await page.locator('qwen-chat button.stop').click();
+  await expect.poll(() => page.locator('qwen-chat .status').textContent(), { timeout: 60_000 }).toBe('Stopped.');
+  expect(await page.locator('qwen-chat button.send').isDisabled()).toBe(false);
+  const stopped = (await page.evaluate(() => (window as unknown as { events: { type: string; detail: { role?: string; content?: string } }[] }).events))
+    .filter((e) => e.type === 'qwen-message').map((e) => e.detail);
+  expect(stopped).toHaveLength(4);
+  expect(stopped[3].role).toBe('assistant');
+  expect(stopped[3].content!.length).toBeGreaterThan(0);
+  expect(await page.locator('qwen-chat .msg.assistant span').nth(1).textContent()).toBe(stopped[3].content);
   expect(pageErrors).toEqual([]);
   await page.close();
 }, 240_000);

@@ -56,6 +56,9 @@ describe('generate from text', () => {
     const bad = await runCli('node', ['generate', '--model', fixtureDir('tiny-qwen35'), '--prompt', 'Hello', '--max-tokens', '0']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--max-tokens must be an integer ≥ 1/);
+    const budget = await runCli('node', ['generate', '--model', fixtureDir('tiny-qwen35-moe'), '--prompt', 'Hello', '--expert-cache-mb', '-0.5']);
+    expect(budget.code).toBe(2);
+    expect(budget.stderr).toMatch(/--expert-cache-mb must be a number ≥ 0, got "-0.5"/);
     const file = join(dir, 'bad-role.json');
     writeFileSync(file, JSON.stringify([{ role: 'wizard', content: 'hi' }]));
     const role = await runCli('node', ['generate', '--model', fixtureDir('tiny-qwen35'), '--messages', file]);

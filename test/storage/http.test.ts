@@ -1,43 +1,19 @@
-import { createReadStream, statSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpSource } from '../../src/storage/http.ts';
 import { ModelFormatError } from '../../src/gpu/errors.ts';
-import { fixtureDir, golden } from '../helpers/fixtures.ts';
+import { FIXTURES_DIR, fixtureDir, golden } from '../helpers/fixtures.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
+import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 
-// A local static server with Range support (and a path without it), serving the fixture folders.
-let server: Server;
+// The fixture folders, with Range support under /ranged/ and without it under /plain/.
+let server: StaticServer;
 let base: string;
-const requests: string[] = [];
 
 beforeAll(async () => {
-  server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://x');
-    const [, mode, fixture, file] = url.pathname.split('/');
-    const path = join(fixtureDir(fixture as 'tiny-qwen35'), file ?? '');
-    let size: number;
-    try {
-      size = statSync(path).size;
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    requests.push(`${req.headers.range ?? 'whole'} ${file}`);
-    const range = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '');
-    if (range && mode === 'ranged') {
-      const [start, end] = [Number(range[1]), Math.min(Number(range[2]), size - 1)];
-      res.writeHead(206, { 'content-range': `bytes ${start}-${end}/${size}`, 'content-length': end - start + 1 });
-      createReadStream(path, { start, end }).pipe(res);
-    } else {
-      res.writeHead(200, { 'content-length': size });
-      createReadStream(path).pipe(res);
-    }
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  server = await serveStatic({ '/ranged/': FIXTURES_DIR, '/plain/': { path: FIXTURES_DIR, ranges: false } });
+  base = server.url;
 });
 afterAll(() => server?.close());
 
@@ -65,10 +41,12 @@ describe('HttpSource', () => {
 describe('the CLI on a model URL', () => {
   it('generates the golden ids from the sharded MoE fixture fetched in pieces', async () => {
     const g = golden('tiny-qwen35-moe');
-    requests.length = 0;
+    server.log.length = 0;
     const r = await runCli('node', ['generate', '--model', `${base}/ranged/tiny-qwen35-moe`, '--prompt-ids', g.prompt_ids.join(','), '--max-tokens', '6', '--greedy', '--dtype', 'f32', '--json', '--adapter', 'llvmpipe']);
     expect(jsonLine(r).ids).toEqual(g.greedy_ids.slice(0, 6));
-    expect(requests.filter((q) => q.endsWith('.safetensors') && q.startsWith('whole'))).toEqual([]);
-    expect(requests.some((q) => q.startsWith('bytes=') && q.endsWith('model-00002-of-00002.safetensors'))).toBe(true);
+    // Log lines are "METHOD PATH [RANGE]": a .safetensors request without a range would fetch the whole file.
+    const requests = server.log.map((line) => line.split(' '));
+    expect(requests.filter(([, path, range]) => path.endsWith('.safetensors') && range === undefined)).toEqual([]);
+    expect(requests.some(([, path, range]) => path.endsWith('/model-00002-of-00002.safetensors') && range?.startsWith('bytes='))).toBe(true);
   });
 });

@@ -22,12 +22,17 @@ export interface StaticServer {
   close(): Promise<void>;
 }
 
+/** A folder or file path, or one served as by a server without Range support. */
+export type Mount = string | { path: string; ranges: false };
+
 /**
- * A static HTTP server on 127.0.0.1 for the browser tests: `mounts` maps URL prefixes ('/dist/') to
+ * A static HTTP server on 127.0.0.1 for the tests: `mounts` maps URL prefixes ('/dist/') to
  * folders, or exact paths ('/') to files. GET and HEAD, with single-range `Range` requests (206 with
- * Content-Range, 416 when unsatisfiable), as model files are read.
+ * Content-Range, 416 when unsatisfiable), as model files are read. A mount given as
+ * `{ path, ranges: false }` ignores Range and always answers 200 with the whole file, to test
+ * clients against servers that cannot serve byte ranges.
  */
-export async function serveStatic(mounts: Record<string, string>): Promise<StaticServer> {
+export async function serveStatic(mounts: Record<string, Mount>): Promise<StaticServer> {
   const log: string[] = [];
   const sent: { path: string; bytes: number }[] = [];
   const server: Server = createServer((req, res) => {
@@ -50,20 +55,28 @@ export async function serveStatic(mounts: Record<string, string>): Promise<Stati
   };
 }
 
-function resolvePath(pathname: string, mounts: Record<string, string>): string | undefined {
-  if (pathname in mounts && !pathname.endsWith('/')) return mounts[pathname];
-  if (pathname === '/' && mounts['/']) return mounts['/'];
-  for (const [prefix, dir] of Object.entries(mounts)) {
+interface Target {
+  file: string;
+  ranges: boolean;
+}
+
+const targetOf = (mount: Mount): Target => (typeof mount === 'string' ? { file: mount, ranges: true } : { file: mount.path, ranges: false });
+
+function resolvePath(pathname: string, mounts: Record<string, Mount>): Target | undefined {
+  if (pathname in mounts && !pathname.endsWith('/')) return targetOf(mounts[pathname]);
+  if (pathname === '/' && mounts['/']) return targetOf(mounts['/']);
+  for (const [prefix, mount] of Object.entries(mounts)) {
     if (!prefix.endsWith('/') || prefix === '/' || !pathname.startsWith(prefix)) continue;
+    const { file: dir, ranges } = targetOf(mount);
     const root = resolve(dir);
     const file = resolve(root, `.${sep}${pathname.slice(prefix.length)}`);
     if (file !== root && !file.startsWith(root + sep)) return undefined; // no way out of the folder
-    return file;
+    return { file, ranges };
   }
   return undefined;
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, mounts: Record<string, string>, log: string[], sent: { path: string; bytes: number }[]): Promise<void> {
+async function handle(req: IncomingMessage, res: ServerResponse, mounts: Record<string, Mount>, log: string[], sent: { path: string; bytes: number }[]): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const range = req.headers.range;
   log.push(`${req.method} ${url.pathname}${range ? ` ${range}` : ''}`);
@@ -71,22 +84,23 @@ async function handle(req: IncomingMessage, res: ServerResponse, mounts: Record<
     res.writeHead(405, { allow: 'GET, HEAD' }).end();
     return;
   }
-  const file = resolvePath(decodeURIComponent(url.pathname), mounts);
-  const info = file ? await stat(file).catch(() => undefined) : undefined;
-  if (!file || !info?.isFile()) {
+  const target = resolvePath(decodeURIComponent(url.pathname), mounts);
+  const info = target ? await stat(target.file).catch(() => undefined) : undefined;
+  if (!target || !info?.isFile()) {
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
     return;
   }
+  const { file, ranges } = target;
   const headers: Record<string, string | number> = {
     'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
-    'accept-ranges': 'bytes',
     'cache-control': 'no-store',
   };
+  if (ranges) headers['accept-ranges'] = 'bytes';
   const size = info.size;
   let start = 0;
   let end = size - 1;
   let status = 200;
-  if (range) {
+  if (range && ranges) {
     const m = /^bytes=(\d*)-(\d*)$/.exec(range.trim());
     if (!m || (m[1] === '' && m[2] === '')) {
       res.writeHead(416, { 'content-range': `bytes */${size}` }).end();
