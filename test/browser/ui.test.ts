@@ -120,7 +120,8 @@ test('`npm start`, as the README says: the dev server serves the demo and the fi
   dev.stdout!.on('data', (d) => (output += d));
   dev.stderr!.on('data', (d) => (output += d));
   try {
-    await expect.poll(() => output, { timeout: 60_000 }).toContain(`http://127.0.0.1:${port}/`);
+    // Vite colours its banner where the environment asks for colour (CI does): read it without the escapes.
+    await expect.poll(() => output.replace(/\x1b\[[0-9;]*m/g, ''), { timeout: 60_000 }).toContain(`http://127.0.0.1:${port}/`);
     const page = await newPage();
     await page.goto(`http://127.0.0.1:${port}/?model=/fixtures/tiny-qwen35/`);
     await page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement | null)?.disabled, undefined, { timeout: 180_000 });
