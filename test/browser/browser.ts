@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
+import { type Browser, type Page, chromium } from 'playwright-core';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DIST = join(ROOT, 'dist/browser');
@@ -60,10 +60,21 @@ export function ensureBuild(): void {
   if (builtAt() === 0) throw new Error('npm run build did not write dist/browser/index.js, worker.js and qwen-chat.js');
 }
 
-/** Refuses every request that is not for the local test server: the tests must not reach the network. */
-const LOCAL_ONLY = /^(?!http:\/\/127\.0\.0\.1:)/;
-export async function blockNetwork(target: Page | BrowserContext): Promise<void> {
-  await target.route(LOCAL_ONLY, (route) => route.abort());
+/**
+ * A page in a context of its own (its own IndexedDB) that reaches only the local server and records its
+ * uncaught errors, and with `consoleErrors` the console's errors too, into `errors`.
+ */
+export async function newTestPage(browser: Browser, errors: string[], options: { height?: number; consoleErrors?: boolean } = {}): Promise<Page> {
+  const page = await browser.newPage({ viewport: { width: 1000, height: options.height ?? 700 } });
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  if (options.consoleErrors) {
+    page.on('console', (m) => {
+      if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+    });
+  }
+  // The tests must not reach the network: only the local test server answers.
+  await page.context().route(/^(?!http:\/\/127\.0\.0\.1:)/, (route) => route.abort());
+  return page;
 }
 
 /** The test page (page.html, page.js) and the built library it imports, as serveStatic mounts. */

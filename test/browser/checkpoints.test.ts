@@ -12,7 +12,7 @@ import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { rng } from '../helpers/random.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
-import { HARNESS_MOUNTS, ROOT, blockNetwork, callHarness, ensureBuild, launchChromium, openHarness } from './browser.ts';
+import { HARNESS_MOUNTS, ROOT, callHarness, ensureBuild, launchChromium, newTestPage, openHarness } from './browser.ts';
 import { openModel } from '../../src/storage/locate.ts';
 
 const SHOTS = join(ROOT, 'test-results/browser');
@@ -73,9 +73,7 @@ beforeAll(async () => {
   }
   server = await serveStatic(mounts);
   browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
-  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  await blockNetwork(page);
+  page = await newTestPage(browser, pageErrors);
   await openHarness(page, `${server.url}/`, pageErrors);
 });
 

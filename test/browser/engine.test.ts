@@ -10,7 +10,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { FIXTURES, FIXTURES_DIR, type FixtureName, fixtureDir, golden } from '../helpers/fixtures.ts';
-import { DIST, HARNESS_MOUNTS, ROOT, blockNetwork, callHarness, ensureBuild, launchChromium, openHarness } from './browser.ts';
+import { DIST, HARNESS_MOUNTS, ROOT, callHarness, ensureBuild, launchChromium, newTestPage, openHarness } from './browser.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { openModel } from '../../src/storage/locate.ts';
 
@@ -44,12 +44,7 @@ beforeAll(async () => {
   expect(converted.code, converted.stderr).toBe(0);
   server = await serveStatic({ ...HARNESS_MOUNTS, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED });
   browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
-  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
-  });
-  await blockNetwork(page);
+  page = await newTestPage(browser, pageErrors, { consoleErrors: true });
   await openHarness(page, `${server.url}/`, pageErrors);
 });
 

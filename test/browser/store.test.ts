@@ -11,7 +11,7 @@ import type { Browser, Page, Route } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { FIXTURES_DIR, fixtureDir, golden } from '../helpers/fixtures.ts';
-import { HARNESS_MOUNTS, ROOT, blockNetwork, callHarness, ensureBuild, launchChromium, openHarness } from './browser.ts';
+import { HARNESS_MOUNTS, ROOT, callHarness, ensureBuild, launchChromium, newTestPage, openHarness } from './browser.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { openModel } from '../../src/storage/locate.ts';
 
@@ -84,9 +84,7 @@ beforeAll(async () => {
     '/packed-corrupt/': PACKED_CORRUPT, '/packed-aborted/': PACKED_ABORTED, '/packed-huge/': PACKED_HUGE,
   });
   browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
-  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  await blockNetwork(page.context());
+  page = await newTestPage(browser, pageErrors);
   await openHarness(page, `${server.url}/`, pageErrors);
 });
 
@@ -220,10 +218,9 @@ test('a model larger than the storage estimate leaves fails before any download 
 });
 
 test('a download that runs out of quota fails with a QuotaError, is not counted complete, and resumes once space is freed', async () => {
-  // A fresh browser context: its own empty IndexedDB, with the origin's quota cut to half the model.
-  const context = await browser.newContext();
-  await blockNetwork(context);
-  const other = await context.newPage();
+  // A page in a fresh browser context: its own empty IndexedDB, with the origin's quota cut to half the model.
+  const other = await newTestPage(browser, pageErrors);
+  const context = other.context();
   const call = <T>(name: string, ...args: unknown[]) => callHarness<T>(other, name, ...args);
   try {
     await openHarness(other, `${server.url}/`);

@@ -7,12 +7,12 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { runCli } from '../helpers/cli.ts';
 import { FIXTURES_DIR, fixtureDir } from '../helpers/fixtures.ts';
 import { openModel } from '../../src/storage/locate.ts';
-import { DIST, ROOT, blockNetwork, ensureBuild, launchChromium } from './browser.ts';
+import { DIST, ROOT, ensureBuild, launchChromium, newTestPage } from './browser.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 
 const SHOTS = join(ROOT, 'test-results/browser');
@@ -48,15 +48,7 @@ let server: StaticServer;
 let browser: Browser;
 const pageErrors: string[] = [];
 
-async function newPage(): Promise<Page> {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 800 } });
-  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
-  });
-  await blockNetwork(page);
-  return page;
-}
+const newPage = () => newTestPage(browser, pageErrors, { height: 800, consoleErrors: true });
 
 beforeAll(async () => {
   ensureBuild();
