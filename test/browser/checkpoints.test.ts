@@ -1,7 +1,8 @@
 /**
  * MoE checkpoints written by the test (shapes the fixtures do not have) through dist/browser in Chromium
- * (SwiftShader): greedy ids with every expert resident (the Hugging Face folder over HTTP) and with a GPU
- * expert cache of a quarter of the experts (the packed model, experts streamed) must be the Node CLI's.
+ * (SwiftShader): greedy ids with every expert resident (the Hugging Face folder over HTTP, and the packed
+ * model with expertCacheBytes of all its experts) and with a GPU expert cache of a quarter of the experts (the
+ * packed model, experts streamed) must be the Node CLI's.
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
