@@ -1,4 +1,4 @@
-import { f16BitsToF32 } from './half.ts';
+import { f16Table } from './half.ts';
 
 /**
  * CPU dequantisers for the GGUF types we read, block layouts exactly as ggml-common.h defines them and values
@@ -6,17 +6,6 @@ import { f16BitsToF32 } from './half.ts';
  * computing in f64 and storing to f32 rounds once, as ggml's f32 arithmetic does: results are bit-identical.
  */
 export type Dequantizer = (src: Uint8Array, dst: Float32Array, blocks: number) => void;
-
-let f16Table: Float32Array | undefined;
-
-/** All 65,536 f16 values, built on first use: the K-quant loops read two scales per block. */
-function f16(): Float32Array {
-  if (!f16Table) {
-    f16Table = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32(h);
-  }
-  return f16Table;
-}
 
 const half = (table: Float32Array, src: Uint8Array, at: number): number => table[src[at] | (src[at + 1] << 8)];
 const int8 = (byte: number): number => (byte << 24) >> 24;
@@ -27,7 +16,7 @@ function f32(src: Uint8Array, dst: Float32Array, n: number): void {
 }
 
 function f16Row(src: Uint8Array, dst: Float32Array, n: number): void {
-  const table = f16();
+  const table = f16Table();
   for (let i = 0; i < n; i++) dst[i] = half(table, src, 2 * i);
 }
 
@@ -43,7 +32,7 @@ function bf16Row(src: Uint8Array, dst: Float32Array, n: number): void {
 
 /** block_q8_0 (34 bytes): f16 d, int8 qs[32]; x = d·q. */
 function q8_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
-  const table = f16();
+  const table = f16Table();
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 34, y += 32) {
     const d = half(table, src, s);
     for (let l = 0; l < 32; l++) dst[y + l] = d * int8(src[s + 2 + l]);
@@ -52,7 +41,7 @@ function q8_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
 
 /** block_q4_0 (18 bytes): f16 d, qs[16]; low nibbles are elements 0..15, high nibbles 16..31; x = d·(q − 8). */
 function q4_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
-  const table = f16();
+  const table = f16Table();
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 18, y += 32) {
     const d = half(table, src, s);
     for (let l = 0; l < 16; l++) {
@@ -78,46 +67,28 @@ function scalesMinsK4(src: Uint8Array, at: number, d: number, dmin: number, scal
 }
 
 /** block_q4_K (144 bytes): f16 d, f16 dmin, scales[12], qs[128]; 8 sub-blocks of 32, x = d·sc·q − dmin·m. */
-function q4_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
-  const table = f16();
-  const scales = new Float64Array(8); // f64, so d·scale stays exact as before the store to f32
-  const mins = new Float64Array(8);
-  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 144, y += 256) {
-    scalesMinsK4(src, s + 4, half(table, src, s), half(table, src, s + 2), scales, mins);
-    for (let j = 0; j < 4; j++) {
-      const d1 = scales[2 * j];
-      const m1 = mins[2 * j];
-      const d2 = scales[2 * j + 1];
-      const m2 = mins[2 * j + 1];
-      const q = s + 16 + 32 * j;
-      const out = y + 64 * j;
-      for (let l = 0; l < 32; l++) {
-        dst[out + l] = d1 * (src[q + l] & 15) - m1;
-        dst[out + 32 + l] = d2 * (src[q + l] >> 4) - m2;
-      }
-    }
-  }
-}
+const q4_K: Dequantizer = (src, dst, blocks) => kQuant(src, dst, blocks, 144, 16);
 
 /** block_q5_K (176 bytes): f16 d, f16 dmin, scales[12], qh[32], qs[128]; the fifth bit of q comes from qh. */
-function q5_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
-  const table = f16();
-  const scales = new Float64Array(8); // f64, so d·scale stays exact as before the store to f32
+const q5_K: Dequantizer = (src, dst, blocks) => kQuant(src, dst, blocks, 176, 48, 16);
+
+/**
+ * Q4_K and Q5_K: 4-bit quants at `qs` (low nibbles, then high nibbles, 64 values per pair of sub-blocks),
+ * and for Q5_K a fifth bit per value from the 32 bytes at `qh`.
+ */
+function kQuant(src: Uint8Array, dst: Float32Array, blocks: number, blockBytes: number, qs: number, qh?: number): void {
+  const table = f16Table();
+  const scales = new Float64Array(8); // f64, so d·scale stays exact until the store to f32
   const mins = new Float64Array(8);
-  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 176, y += 256) {
+  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += blockBytes, y += 256) {
     scalesMinsK4(src, s + 4, half(table, src, s), half(table, src, s + 2), scales, mins);
-    const qh = s + 16;
     for (let j = 0; j < 4; j++) {
-      const d1 = scales[2 * j];
-      const m1 = mins[2 * j];
-      const d2 = scales[2 * j + 1];
-      const m2 = mins[2 * j + 1];
-      const ql = s + 48 + 32 * j;
+      const q = s + qs + 32 * j;
       const out = y + 64 * j;
       for (let l = 0; l < 32; l++) {
-        const h = src[qh + l] >> (2 * j);
-        dst[out + l] = d1 * ((src[ql + l] & 15) | ((h & 1) << 4)) - m1;
-        dst[out + 32 + l] = d2 * ((src[ql + l] >> 4) | ((h & 2) << 3)) - m2;
+        const h = qh === undefined ? 0 : src[s + qh + l] >> (2 * j);
+        dst[out + l] = scales[2 * j] * ((src[q + l] & 15) | ((h & 1) << 4)) - mins[2 * j];
+        dst[out + 32 + l] = scales[2 * j + 1] * ((src[q + l] >> 4) | ((h & 2) << 3)) - mins[2 * j + 1];
       }
     }
   }
@@ -125,7 +96,7 @@ function q5_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
 
 /** block_q6_K (210 bytes): ql[128], qh[64], int8 scales[16], f16 d; x = d·sc·(q − 32), q = 4 low + 2 high bits. */
 function q6_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
-  const table = f16();
+  const table = f16Table();
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 210, y += 256) {
     const d = half(table, src, s + 208);
     for (let n = 0; n < 2; n++) {

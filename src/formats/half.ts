@@ -37,6 +37,17 @@ export function f16BitsToF32(h: number): number {
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
+let halves: Float32Array | undefined;
+
+/** All 65,536 f16 values as f32, built on first use: dequantising loops do one lookup per half. */
+export function f16Table(): Float32Array {
+  if (!halves) {
+    halves = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) halves[h] = f16BitsToF32(h);
+  }
+  return halves;
+}
+
 export function bf16BitsToF32(h: number): number {
   u32[0] = h << 16;
   return f32[0];

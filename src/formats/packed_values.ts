@@ -1,17 +1,6 @@
-import { f16BitsToF32 } from './half.ts';
+import { f16Table } from './half.ts';
 import { itemBytesOf, type PackedDtype } from './packed_manifest.ts';
 import { dequantizeQ4Item } from './q4.ts';
-
-let f16Table: Float32Array | undefined;
-
-/** All 65,536 halves as f32, built once: one lookup per element instead of bit arithmetic. */
-function halves(): Float32Array {
-  if (!f16Table) {
-    f16Table = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32(h);
-  }
-  return f16Table;
-}
 
 /**
  * The values one packed item stands for: itemStride f32 elements (rows padded as stored). f32 items are
@@ -24,7 +13,7 @@ export function itemValues(dtype: PackedDtype, itemStride: number, bytes: Uint8A
   const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   if (dtype === 'f32') return new Float32Array(aligned.buffer.slice(aligned.byteOffset, aligned.byteOffset + aligned.length));
   if (dtype === 'q4') return dequantizeQ4Item(new Uint32Array(aligned.buffer, aligned.byteOffset, aligned.length / 4), itemStride);
-  const table = halves();
+  const table = f16Table();
   const h = new Uint16Array(aligned.buffer, aligned.byteOffset, itemStride);
   const out = new Float32Array(itemStride);
   for (let i = 0; i < itemStride; i++) out[i] = table[h[i]];
