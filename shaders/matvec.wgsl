@@ -2,35 +2,101 @@
 //   nn.Linear (F.linear(x, W)) on one row. Epilogues: 'store' y = acc; 'add' y += acc (the residual add
 //   of an output projection); 'swiglu' y = silu(W_gate x) * (W_up x) (Qwen3_5MLP: act_fn(gate_proj(x)) *
 //   up_proj(x); Qwen3_5MoeExperts: gate_up_proj[e] = [gate; up], gate rows first). The optional scale
-//   multiplies the result before store/add (MoE routing weight); in 'sum' it weights each pick's term.
+//   multiplies the result before store/add (MoE routing weight); in 'sum' it weights each pick's term. NORM: x is
+//   RMS-normed first (Qwen3_5RMSNorm, norm_w [K] f32 zero-centred): W (x * (1 + norm_w)) is accumulated as for any x, and
+//   rsqrt(mean(x²) + eps) multiplies each row's sum at the end, from the squares of the x each set holds anyway.
 //   w (one part of a GpuTensor; element (item - first) * itemStride + row * rowStride + col, read a UNIT at a
 //     time: 8 elements (f32, f16) or one q4 group of 32 (its scale read once); strides are passed in UNITs):
 //     dense [N, K] (item = output row) · dense swiglu [I, 2, K] (item r: row 0 gate, row 1 up)
 //     experts [E, N, K] or swiglu [E, 2I, K] (item = slot; output row r reads row r, up row r + I)
-//   x: act [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride (staged as f32)
+//   x: act [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride
 //   y: act or f32 (the variant's; logits are f32) [N] at y_off + y_row0 (y_row0: a dense part's first row); experts 'each': [topk][N], pick j at
 //      y_off + j * y_stride
 //   ids: u32 [topk] at ids_off (chosen expert ids) · slots: u32 [E] expert id -> slot · scales: f32 at scale_idx
-//   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). Workgroup g owns rows g*ROWS ..+ROWS;
-//     each row is shared by TPR = WG / ROWS consecutive invocations that stride over its UNITs (coalesced
-//     16- or 32-byte loads), then row_sum (a tree over the row's TPR lanes). x is staged through workgroup
-//     memory in tiles of 4 * XT4 elements (every row of the workgroup reuses it). 'sum' runs over the picks as
-//     one dot product of length topk * KU units (KU = K rounded up to a UNIT), so the loads of different picks
-//     overlap instead of waiting on one another.
-//   preconditions (matvec.ts): WG, ROWS powers of two, ROWS <= WG; XT4 a multiple of UNIT / 4; 'sum': topk <=
-//     MAX_PICKS; rowStride, itemStride multiples of UNIT; x and y distinct; a pick whose slot is outside this
-//     part contributes nothing here (another part's dispatch serves it).
-override WG: u32 = 256u;
-override ROWS: u32 = 8u;
-override TPR: u32 = WG / ROWS;
-override XT4: u32 = 256u;
+//   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). The WG invocations form WG / TPR sets
+//     of TPR lanes; set s of workgroup g owns rows (g * WG / TPR + s) * rps ..+rps. The TPR lanes of a set
+//     share each row, every lane on its own columns: lane l holds units t + c * TPR + l (c < XU) of x in
+//     registers (hold / held_dot: XU HeldUnits, unrolled by matvec.ts) and walks the set's rows with them, so x
+//     is read once per set per K tile of TPR * XU units instead of once per row (on GPUs x from shared memory per
+//     row costs more than the weights; on CPU adapters it is a gather per element). STAGE (CPU adapters): each
+//     tile of x is first staged in workgroup memory as vec4s, so that a lane picks up a unit in 2 or 8 vector
+//     loads rather than 8 or 32 bounds-checked scalar ones (lavapipe compiles those slowly: seconds a pipeline). Each lane's per-row partial sum goes to `part`; after one
+//     barrier each row's TPR partials are summed in lane order. 'sum' runs over the picks as one dot product
+//     of length topk * KU units (KU = K rounded up to a UNIT).
+//   preconditions (matvec.ts): TPR a power of two dividing WG; PART >= WG / TPR * rps * (TPR + 1); 'sum':
+//     topk <= MAX_PICKS; rowStride, itemStride multiples of UNIT; x and y distinct; a pick whose slot is
+//     outside this part contributes nothing here (another part's dispatch serves it).
+override WG: u32 = 8u;
+override TPR: u32 = 8u;
+override PART: u32 = 72u;
+// STAGE: vec4s of one K tile (TPR * XU * UNIT / 4); else 1.
+override XT4: u32 = 1u;
 const MAX_PICKS = 32u;
 const NONE = 0xffffffffu;
 
+var<workgroup> part: array<vec2<f32>, PART>;
 var<workgroup> xs: array<vec4<f32>, XT4>;
+// NORM: each lane's Σ x² over the x it loaded.
+var<workgroup> lane_sq: array<f32, WG>;
 // 'sum': each pick's item offset in this part (in UNITs; NONE if elsewhere) and its scale.
 var<workgroup> pick_base: array<u32, MAX_PICKS>;
 var<workgroup> pick_scale: array<f32, MAX_PICKS>;
+
+// One unit of x that a lane holds: its values (times 1 + the norm weights with NORM), its UNIT offset within a
+// row's units (SUM: plus its pick's item; NONE past the end), its weight in the sum, and Σ x² of its raw values
+// (NORM without STAGE; staging sums the squares itself).
+struct HeldUnit { x: XUnit, at: u32, term: f32, sq: f32 }
+
+// Virtual unit q of x (q < len; 'sum': pick q / ku's unit q % ku), in the tile that starts at unit t.
+fn hold_unit(q: u32, t: u32, ku: u32, len: u32) -> HeldUnit {
+  let p = select(0u, min(q / ku, params.topk - 1u), SUM);
+  let u = q - p * ku;
+  var x: XUnit;
+  var sq = 0.0;
+  if (STAGE) {
+    x = x_staged((q - t) * (UNIT / 4u));
+  } else {
+    x = x_unit(params.x_off + p * params.x_stride, u);
+    if (NORM) {
+      sq = unit_sq(x);
+      x = norm_unit(u, x);
+    }
+  }
+  if (SUM) {
+    return HeldUnit(x, select(NONE, pick_base[p] + u, q < len && pick_base[p] != NONE), pick_scale[p], 0.0);
+  }
+  return HeldUnit(x, select(NONE, u, q < len), 1.0, sq);
+}
+
+// (gate or plain, up) partial dot products of one held unit with the row at UNIT offset rowu. A unit past the
+// end still reads (robust access keeps the index in bounds) and is then dropped: a select rather than a branch
+// keeps every lane on one path.
+fn unit_dot(rowu: u32, h: HeldUnit) -> vec2<f32> {
+  let gate = h.term * w_dot(rowu + h.at, h.x);
+  var up = 0.0;
+  if (SWIGLU) { up = w_dot(rowu + params.up_u + h.at, h.x); }
+  return select(vec2<f32>(0.0), vec2<f32>(gate, up), h.at != NONE);
+}
+
+// STAGE: vec4s [0, n4) of the tile at unit t into xs (normed with NORM); returns Σ x² of the raw values staged here.
+fn stage_tile(t: u32, ku: u32, n4: u32, li: u32) -> f32 {
+  var sq = 0.0;
+  for (var v = li; v < n4; v += WG) {
+    let e = t * UNIT + 4u * v;  // virtual element
+    let p = select(0u, e / (UNIT * ku), SUM);
+    let k = e - p * UNIT * ku;
+    let i = params.x_off + p * params.x_stride + k;
+    let raw = vec4<f32>(select(0.0, f32(x[i]), k < params.k), select(0.0, f32(x[i + 1u]), k + 1u < params.k),
+                        select(0.0, f32(x[i + 2u]), k + 2u < params.k), select(0.0, f32(x[i + 3u]), k + 3u < params.k));
+    if (NORM) {
+      sq += dot(raw, raw);
+      xs[v] = raw * norm4(k);
+    } else {
+      xs[v] = raw;
+    }
+  }
+  return sq;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -41,12 +107,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   // Returns before a barrier only on workgroup-uniform values: params, workgroup ids, and read-only
   // storage (ids, slots) indexed by them.
   if (j >= params.jobs) { return; }
-  let lane = li % TPR;
-  let r = g * ROWS + li / TPR;
-  let live = r < params.rows;
-  let ku = (params.k + UNIT - 1u) / UNIT;
-  let u4 = UNIT / 4u;
-  var rowu = 0u; // UNIT offset of row r (of pick j) in this part
+  var itemu = 0u; // 'each': UNIT offset of pick j's item in this part
+  if (EACH) {
+    let item = pick_item(j);
+    if (item >= params.items) { return; }
+    itemu = item * params.item_stride_u;
+  }
   if (SUM) {
     // All slot lookups at once, rather than a chain of dependent loads per pick.
     if (li < params.topk) {
@@ -54,49 +120,49 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       pick_base[li] = select(NONE, item * params.item_stride_u, item < params.items);
       pick_scale[li] = term_scale(li);
     }
-    rowu = r * params.row_stride_u;
-  } else if (DENSE) {
-    rowu = r * params.item_stride_u;
-  } else {
-    let item = pick_item(j);
-    if (item >= params.items) { return; }
-    rowu = item * params.item_stride_u + r * params.row_stride_u;
+    workgroupBarrier();
   }
-  // x as one virtual vector of npicks * ku units: pick p's K values, zero up to the next multiple of UNIT.
-  // Zeroing matters: x past K is live data of other tensors, and 0-padded weights times NaN is NaN.
+  let sets = WG / TPR;
+  let lane = li % TPR;
+  let first = (g * sets + li / TPR) * params.rps;
+  let ku = (params.k + UNIT - 1u) / UNIT;
   let len = select(1u, params.topk, SUM) * ku;
-  var acc = vec2<f32>(0.0);
-  for (var t = 0u; t < len; t += XT4 / u4) {
-    let n4 = min(XT4, u4 * (len - t));
-    workgroupBarrier();
-    for (var v = li; v < n4; v += WG) {
-      let e = 4u * (u4 * t + v);       // virtual element index
-      let p = select(0u, e / (UNIT * ku), SUM);
-      let k = e - p * UNIT * ku;
-      let i = params.x_off + p * params.x_stride + k;
-      xs[v] = vec4<f32>(select(0.0, f32(x[i]), k < params.k), select(0.0, f32(x[i + 1u]), k + 1u < params.k),
-                        select(0.0, f32(x[i + 2u]), k + 2u < params.k), select(0.0, f32(x[i + 3u]), k + 3u < params.k));
+  var sq = 0.0;
+  for (var t = 0u; t < len; t += TPR * XU) {
+    if (STAGE) {
+      workgroupBarrier();  // the previous tile's readers are done
+      sq += stage_tile(t, ku, min(XT4, (len - t) * (UNIT / 4u)), li);
+      workgroupBarrier();
     }
-    workgroupBarrier();
-    if (live) {
-      for (var c = lane; c < n4 / u4; c += TPR) {
-        let xv = x_unit(c);
-        let q = t + c;
-        if (SUM) {
-          let p = q / ku;
-          let base = pick_base[p];
-          if (base != NONE) { acc.x += pick_scale[p] * w_dot(base + rowu + q - p * ku, xv); }
-        } else {
-          acc.x += w_dot(rowu + q, xv);
-          if (SWIGLU) { acc.y += w_dot(rowu + params.up_u + q, xv); }
-        }
+    let held = hold(t, lane, ku, len);
+    if (NORM && !STAGE) { sq += held_sq(held); }
+    for (var rr = 0u; rr < params.rps; rr++) {
+      let r = first + rr;
+      if (r < params.rows) {
+        let rowu = select(r * params.row_stride_u + itemu, r * params.item_stride_u, DENSE);
+        let acc = held_dot(rowu, held);
+        let s = ((li / TPR) * params.rps + rr) * (TPR + 1u) + lane;
+        part[s] = select(part[s] + acc, acc, t == 0u);
       }
     }
   }
-  let a = row_sum(acc, li);
-  if (lane == 0u && live) {
-    var v = a.x;
-    if (SWIGLU) { v = silu(a.x) * a.y; }
-    emit(params.y_off + j * params.y_stride + params.y_row0 + r, v * out_scale(j));
+  if (NORM) { lane_sq[li] = sq; }
+  workgroupBarrier();
+  for (var i = li; i < sets * params.rps; i += WG) {
+    let r = g * sets * params.rps + i;
+    if (r < params.rows) {
+      var a = vec2<f32>(0.0);
+      for (var l = 0u; l < TPR; l++) { a += part[i * (TPR + 1u) + l]; }
+      if (NORM) {
+        // Staged, the workgroup loaded x once between all its lanes; else every set held all of x.
+        let s0 = select((i / params.rps) * TPR, 0u, STAGE);
+        var ss = 0.0;
+        for (var l = s0; l < s0 + select(TPR, WG, STAGE); l++) { ss += lane_sq[l]; }
+        a *= inverseSqrt(ss / f32(params.k) + params.eps);
+      }
+      var v = a.x;
+      if (SWIGLU) { v = silu(a.x) * a.y; }
+      emit(params.y_off + j * params.y_stride + params.y_row0 + r, v * out_scale(j));
+    }
   }
 }

@@ -34,20 +34,28 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   // Warm-up compiles every pipeline of both plans; the timed runs reuse them.
   await session.prefill(prompt);
   await session.sample(sampler);
-  await session.decode();
-  await session.sample(sampler);
+  await (await session.advance(sampler)).token;
   session.reset();
 
   const p0 = performance.now();
   await session.prefill(prompt);
   await session.sample(sampler);
   const prefillMs = performance.now() - p0;
+  // Decode as generation runs it: each step submitted before the previous step's token is awaited.
   const d0 = performance.now();
+  let hostMs = 0;
+  let pending: Promise<unknown> | undefined;
   for (let i = 0; i < decodeTokens; i++) {
-    await session.decode();
-    await session.sample(sampler);
+    const h0 = performance.now();
+    const { token } = await session.advance(sampler);
+    hostMs += performance.now() - h0;
+    if (!session.runsAhead) await token;
+    await pending;
+    pending = token;
   }
+  await pending;
   const decodeMs = performance.now() - d0;
+  const dispatches = (await session.decodeDispatches()) + (await sampler.dispatches(session.activations.logits, session.activations.token)).length;
   const copy = await copyBandwidth(ctx);
   const weightBytes = decodeWeightBytes(model);
   const decodeRate = (decodeTokens * 1000) / decodeMs;
@@ -56,6 +64,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
     model: model.location, layers: model.config.numLayers, dtype, adapter: ctx.adapter.name, backend: ctx.adapter.backend,
     load_ms: Math.round(loadMs), prompt_tokens: promptTokens, decode_tokens: decodeTokens,
     prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)), decode_tokens_per_s: round(decodeRate),
+    dispatches_per_step: dispatches, host_ms_per_step: round(hostMs / decodeTokens, 3),
     decode_weight_bytes: weightBytes, weight_gb_per_s: round(achieved / 1e9), copy_gb_per_s: round(copy / 1e9),
     bandwidth_fraction: round(achieved / copy, 3),
     ...expertFigures(session),
@@ -65,7 +74,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
       ? `${JSON.stringify(result)}\n`
       : `${result.model} (${result.layers} layers, ${dtype}) on ${result.adapter} [${result.backend}]
   prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
-  decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens)
+  decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens; ${dispatches} dispatches and ${result.host_ms_per_step} ms of host time per step)
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
 ${expertLine(session)}`,
   );

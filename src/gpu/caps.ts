@@ -6,6 +6,8 @@
 export interface Caps {
   /** shader-f16 enabled on the device: kernels may use f16 arithmetic. Storage never depends on it. */
   f16: boolean;
+  /** A CPU implementation (lavapipe, SwiftShader): workgroups run as SIMD lanes, kernels pick shapes for that. */
+  cpu: boolean;
   subgroups: boolean;
   timestampQuery: boolean;
   /** Largest storage binding; bigger tensors are split into parts (lavapipe: 128 MiB). */

@@ -63,6 +63,15 @@ const LIMIT_NAMES = [
   'maxUniformBuffersPerShaderStage', 'maxBindingsPerBindGroup', 'maxUniformBufferBindingSize',
 ] as const;
 
+/** Software adapters: Dawn marks them as fallback; Chromium names SwiftShader in the architecture. */
+function isCpuAdapter(info: GPUAdapterInfo | undefined): boolean {
+  if ((info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter) return true;
+  return /llvmpipe|lavapipe|swiftshader|software/i.test([info?.vendor, info?.architecture, info?.device, info?.description].join(' '));
+}
+
+/** Staging buffers kept for reuse: a decode step running ahead holds two, expert streaming one more. */
+const MAX_STAGING = 4;
+
 const isRange = (r: Resource): r is BufferRange => typeof r === 'object' && 'buffer' in r && !('mapAsync' in r);
 const isBuffer = (r: Resource): r is GPUBuffer => typeof r === 'object' && 'mapAsync' in r;
 
@@ -79,8 +88,8 @@ export class GpuContext {
   private readonly transientUniforms = new Map<string, GPUBuffer>();
   private readonly bufferIds = new WeakMap<GPUBuffer, number>();
   private nextBufferId = 1;
-  private staging: GPUBuffer | undefined;
-  private readQueue: Promise<unknown> = Promise.resolve();
+  /** Free staging buffers for readbacks, smallest first. */
+  private readonly staging: GPUBuffer[] = [];
   private failure: string | undefined;
 
   private constructor(
@@ -110,9 +119,11 @@ export class GpuContext {
     const limits = adapter.limits as unknown as Record<string, number | undefined>;
     for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
     const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits, label: 'qwen-webgpu' });
+    const info = adapter.info;
     const caps = maskCaps(
       {
         f16: device.features.has('shader-f16'),
+        cpu: isCpuAdapter(info),
         subgroups: device.features.has('subgroups'),
         timestampQuery: device.features.has('timestamp-query'),
         maxStorageBindingBytes: device.limits.maxStorageBufferBindingSize,
@@ -124,7 +135,6 @@ export class GpuContext {
       },
       options.mask,
     );
-    const info = adapter.info;
     const summary: AdapterSummary = {
       name: info?.description || info?.device || info?.vendor || 'unknown adapter',
       vendor: info?.vendor ?? '',
@@ -326,34 +336,64 @@ export class GpuContext {
 
   /** Encodes and submits dispatches in one compute pass. */
   run(dispatches: readonly Dispatch[], label = 'run'): void {
-    const encoder = this.device.createCommandEncoder({ label });
-    const pass = encoder.beginComputePass({ label });
-    this.encode(pass, dispatches);
-    pass.end();
-    this.device.queue.submit([encoder.finish()]);
+    this.submit(dispatches, label);
   }
 
-  /** Copies a range of a GPU buffer back to the CPU, through one reused staging buffer. */
+  /**
+   * Encodes dispatches in one compute pass and, in the same submission, a copy of `readback` into a staging
+   * buffer; returns a promise of those bytes (undefined without readback). Several may be in flight at once
+   * (each holds its own staging buffer until mapped), so a caller can submit the next step before the
+   * previous one's bytes are back.
+   */
+  submit(dispatches: readonly Dispatch[], label: string): void;
+  submit(dispatches: readonly Dispatch[], label: string, readback: BufferRange & { size: number }): Promise<ArrayBuffer>;
+  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Promise<ArrayBuffer> | void {
+    const encoder = this.device.createCommandEncoder({ label });
+    if (dispatches.length > 0) {
+      const pass = encoder.beginComputePass({ label });
+      this.encode(pass, dispatches);
+      pass.end();
+    }
+    const staged = readback && this.stage(encoder, readback.buffer, readback.offset ?? 0, readback.size);
+    this.device.queue.submit([encoder.finish()]);
+    return staged?.();
+  }
+
+  /** Copies a range of a GPU buffer back to the CPU. */
   read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
-    const task = this.readQueue.then(async () => {
-      this.throwIfFailed();
-      const bytes = Math.ceil(size / 4) * 4;
-      if (!this.staging || this.staging.size < bytes) {
-        this.staging?.destroy();
-        this.staging = this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    return this.submit([], 'readback', { buffer, offset, size });
+  }
+
+  /**
+   * Encodes a copy of the range into a free staging buffer; the returned function, called once the encoder is
+   * submitted, maps it and resolves to a copy of the bytes, then returns the staging buffer to the pool.
+   */
+  private stage(encoder: GPUCommandEncoder, buffer: GPUBuffer, offset: number, size: number): () => Promise<ArrayBuffer> {
+    this.throwIfFailed();
+    const bytes = Math.ceil(size / 4) * 4;
+    const index = this.staging.findIndex((b) => b.size >= bytes);
+    const staging = index >= 0 ? this.staging.splice(index, 1)[0] : this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
+    return async () => {
+      try {
+        await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+        const copy = staging.getMappedRange(0, bytes).slice(0, size);
+        staging.unmap();
+        this.throwIfFailed();
+        return copy;
+      } finally {
+        // A buffer whose mapping failed is dropped rather than reused in an unknown state.
+        if (staging.mapState === 'unmapped') this.recycle(staging);
+        else staging.destroy();
       }
-      const staging = this.staging;
-      const encoder = this.device.createCommandEncoder({ label: 'readback' });
-      encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
-      this.device.queue.submit([encoder.finish()]);
-      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-      const copy = staging.getMappedRange(0, bytes).slice(0, size);
-      staging.unmap();
-      this.throwIfFailed();
-      return copy;
-    });
-    this.readQueue = task.catch(() => undefined);
-    return task;
+    };
+  }
+
+  /** Keeps a few staging buffers (the largest) for reuse. */
+  private recycle(staging: GPUBuffer): void {
+    this.staging.push(staging);
+    this.staging.sort((a, b) => a.size - b.size);
+    if (this.staging.length > MAX_STAGING) this.staging.shift()?.destroy();
   }
 
   /** Waits for submitted work; surfaces device loss and validation errors as exceptions. */
@@ -371,7 +411,7 @@ export class GpuContext {
     this.uniforms.clear();
     this.transientUniforms.clear();
     this.bindGroups.clear();
-    this.staging?.destroy();
+    for (const b of this.staging.splice(0)) b.destroy();
     this.device.destroy();
   }
 }

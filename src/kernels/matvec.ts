@@ -1,6 +1,6 @@
 import { type ElementType, defineKernel, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { workgroupReduce } from '../gpu/wgsl.ts';
+import type { Caps } from '../gpu/caps.ts';
 import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
@@ -23,9 +23,22 @@ export interface MatvecArgs {
    *  'each': one output vector per j (grid over j), input shared (x at xOffset).
    *  'sum': y[r] (+)= Σ_j W_slot(j)[r] · x_j (input row j at xOffset + j*xStride); only with epilogue 'add' (parts accumulate). */
   experts?: { ids: GPUBuffer; idsOffset?: number; slots: GPUBuffer; topk: number; mode: 'each' | 'sum' };
-  /** Workgroup shape (powers of two): `wg` invocations, `rows` output rows each. Default: 256, with 32 invocations per row (8 when a row has fewer than 32 units: K < 256, q4 K < 1024). */
-  tuning?: { wg?: number; rows?: number };
+  /**
+   * RMS norm of x first (Qwen3_5RMSNorm: x · rsqrt(mean(x²) + eps) · (1 + w), `weight` the f32 [K] w, as
+   * rms_norm takes it): y = W norm(x). Each workgroup computes mean(x²) from the x it holds anyway, so the norm costs no
+   * dispatch of its own. Not with experts 'sum' (its x is the experts' activations, never normed).
+   */
+  norm?: { weight: GPUBuffer; eps: number };
+  /** Workgroup shape; default: matvecTuning for the adapter and shape. */
+  tuning?: MatvecTuning;
 }
+
+/**
+ * `wg` invocations in sets of `tpr` lanes (powers of two, tpr ≤ wg); a set shares each of its `rps` rows, every
+ * lane holding `xu` units of x (8 elements, a q4 group of 32) in registers per K tile of tpr · xu units; with
+ * `stage`, each tile of x passes through workgroup memory (see the shader).
+ */
+export interface MatvecTuning { wg: number; tpr: number; rps: number; xu: number; stage: boolean }
 
 export type ExpertMode = 'none' | 'each' | 'sum';
 
@@ -35,56 +48,92 @@ export interface MatvecVariant {
   experts: ExpertMode;
   /** A scales binding is present. */
   scaled: boolean;
+  /** x is RMS-normed first (a norm_w binding is present). */
+  norm: boolean;
   wg: number;
-  rows: number;
+  tpr: number;
+  xu: number;
+  stage: boolean;
+  /** Rows per set that the partial sums have room for (the workgroup array's size). */
+  rpsMax: number;
   /** WGSL element types of x and y. */
   x: ElementType;
   y: ElementType;
 }
 
 const Params = {
-  rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32',
+  rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32', rps: 'u32',
   k: 'u32', row_stride_u: 'u32', item_stride_u: 'u32', up_u: 'u32',
   x_off: 'u32', x_stride: 'u32', y_off: 'u32', y_stride: 'u32', y_row0: 'u32',
-  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32',
+  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32', eps: 'f32',
 } as const;
 
-/**
- * x tile in workgroup memory, in vec4s: 1024 floats (4 KiB). SwiftShader's pipeline compile time grows with
- * workgroup memory (about 1.2 s at 8 KiB against 0.5 s at 4 KiB), and two tiles cover most decode rows.
- */
-const XT4 = 256;
 /** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
 const MAX_PICKS = 32;
 
 /** Elements per weight read (the shader's UNIT): 8 for f32/f16 (w_load8), a q4 group of 32 (w_dot32: one scale). */
 const unitOf = (format: WeightFormat) => (format.dtype === 'q4' ? 32 : 8);
 
-/** How one unit of weights meets the matching unit of x in the x tile (xs, vec4s; unit c at xs[UNIT / 4 * c]). */
-function unitDot(format: WeightFormat): string {
+/**
+ * How one unit of weights meets the matching unit of x, and how a lane loads its units of x into registers:
+ * `x_unit(base, u)` is elements u * UNIT .. + UNIT of the x row at `base`, zero past K (x past K is live data of
+ * other tensors, and 0-padded weights times NaN is NaN).
+ */
+function unitDot(format: WeightFormat, norm: boolean): string {
+  const w8 = (load: (e: string) => string, o: number) =>
+    `W8(vec4<f32>(${[0, 1, 2, 3].map((i) => load(`${o + i}u`)).join(', ')}), vec4<f32>(${[4, 5, 6, 7].map((i) => load(`${o + i}u`)).join(', ')}))`;
+  const xLoad = (e: string) => `select(0.0, f32(x[base + k + ${e}]), k + ${e} < params.k)`;
+  const wLoad = (e: string) => `1.0 + norm_w[min(k + ${e}, params.k - 1u)]`;
+  // Norm weights of a unit (masked x makes the clamped reads past K harmless); without a norm, no reads at all.
+  const weights = (o: number) => (norm ? w8(wLoad, o) : 'W8(vec4<f32>(1.0), vec4<f32>(1.0))');
+  const norm4 = `fn norm4(k: u32) -> vec4<f32> { return ${norm ? `vec4<f32>(${[0, 1, 2, 3].map((i) => wLoad(`${i}u`)).join(', ')})` : 'vec4<f32>(1.0)'}; }`;
   if (format.dtype !== 'q4') {
     return `const UNIT = 8u;
-fn x_unit(c: u32) -> W8 { return W8(xs[2u * c], xs[2u * c + 1u]); }
+alias XUnit = W8;
+${norm4}
+fn x_staged(v: u32) -> W8 { return W8(xs[v], xs[v + 1u]); }
+fn x_unit(base: u32, u: u32) -> W8 { let k = u * UNIT; return ${w8(xLoad, 0)}; }
+fn norm_unit(u: u32, x: W8) -> W8 { let k = u * UNIT; let w = ${weights(0)}; return W8(x.lo * w.lo, x.hi * w.hi); }
+fn unit_sq(x: W8) -> f32 { return dot8(x, x); }
 fn w_dot(u: u32, x: W8) -> f32 { return dot8(w_load8(u), x); }`;
   }
+  const parts = ['a', 'b', 'c', 'd'];
   return `const UNIT = 32u;
-struct X32 { a: W8, b: W8, c: W8, d: W8 }
-fn x_unit(c: u32) -> X32 {
-  let b = 8u * c;
-  return X32(W8(xs[b], xs[b + 1u]), W8(xs[b + 2u], xs[b + 3u]), W8(xs[b + 4u], xs[b + 5u]), W8(xs[b + 6u], xs[b + 7u]));
+struct XUnit { a: W8, b: W8, c: W8, d: W8 }
+${norm4}
+fn x_staged(v: u32) -> XUnit { return XUnit(${parts.map((_, i) => `W8(xs[v + ${2 * i}u], xs[v + ${2 * i + 1}u])`).join(', ')}); }
+fn x_unit(base: u32, u: u32) -> XUnit { let k = u * UNIT; return XUnit(${parts.map((_, i) => w8(xLoad, 8 * i)).join(', ')}); }
+fn norm_unit(u: u32, x: XUnit) -> XUnit {
+  let k = u * UNIT;
+  ${parts.map((p, i) => `let w${p} = ${weights(8 * i)};`).join('\n  ')}
+  return XUnit(${parts.map((p) => `W8(x.${p}.lo * w${p}.lo, x.${p}.hi * w${p}.hi)`).join(', ')});
 }
-fn w_dot(u: u32, x: X32) -> f32 { return w_dot32(u, x.a, x.b, x.c, x.d); }`;
+fn unit_sq(x: XUnit) -> f32 { return dot8(x.a, x.a) + dot8(x.b, x.b) + dot8(x.c, x.c) + dot8(x.d, x.d); }
+fn w_dot(u: u32, x: XUnit) -> f32 { return w_dot32(u, x.a, x.b, x.c, x.d); }`;
+}
+
+/**
+ * The XU units of x a lane holds, unrolled as struct fields rather than an array: compilers keep them in
+ * registers without analysing indices (lavapipe's LLVM took seconds per pipeline on arrays of them).
+ */
+function heldUnits(xu: number): string {
+  const units = Array.from({ length: xu }, (_, c) => c);
+  return `struct Held { ${units.map((c) => `u${c}: HeldUnit`).join(', ')} }
+fn hold(t: u32, lane: u32, ku: u32, len: u32) -> Held { return Held(${units.map((c) => `hold_unit(t + ${c}u * TPR + lane, t, ku, len)`).join(', ')}); }
+fn held_sq(h: Held) -> f32 { return ${units.map((c) => `h.u${c}.sq`).join(' + ')}; }
+fn held_dot(rowu: u32, h: Held) -> vec2<f32> { return ${units.map((c) => `unit_dot(rowu, h.u${c})`).join(' + ')}; }`;
 }
 
 /**
  * y = W x for one token, bandwidth-bound (decode): dense linears, lm_head and routed experts, with 'store',
- * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / ROWS) workgroups (× topk for 'each').
+ * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / (sets · RPS)) workgroups (× topk for 'each').
  */
 export const matvecKernel = defineKernel<MatvecVariant>({
   name: 'matvec',
   bindings: (v) => [
     weight('w', v.format), read('x', v.x), write('y', v.y), uniform('params', Params),
     ...(v.scaled ? [read('scales')] : []),
+    ...(v.norm ? [read('norm_w')] : []),
     ...(v.experts !== 'none' ? [read('ids', 'u32'), read('slots', 'u32')] : []),
   ],
   helpers: (v) => {
@@ -92,8 +141,13 @@ export const matvecKernel = defineKernel<MatvecVariant>({
     return [
       `const SWIGLU = ${v.epilogue === 'swiglu'};`,
       `const DENSE = ${v.experts === 'none'};`,
+      `const EACH = ${v.experts === 'each'};`,
       `const SUM = ${v.experts === 'sum'};`,
-      unitDot(v.format),
+      `const NORM = ${v.norm};`,
+      `const STAGE = ${v.stage};`,
+      `const XU = ${v.xu}u;`,
+      heldUnits(v.xu),
+      unitDot(v.format, v.norm),
       // The part-local item of pick j: its slot minus the part's first (wrapping to huge when below it).
       v.experts === 'none'
         ? 'fn pick_item(j: u32) -> u32 { return 0u; }'
@@ -101,14 +155,59 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `fn term_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? scale('j') : '1.0'}; }`,
       `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale(v.experts === 'each' ? 'j' : '0u')}; }`,
       `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
-      // Per row: its TPR lanes' (gate, up) partial dot products.
-      workgroupReduce('row_sum', 'vec2<f32>', 'return a + b;', 'TPR'),
     ].join('\n');
   },
-  overrides: (v) => ({ WG: v.wg, ROWS: v.rows, XT4 }),
+  overrides: (v) => ({ WG: v.wg, TPR: v.tpr, PART: (v.wg / v.tpr) * v.rpsMax * (v.tpr + 1), XT4: stagedVec4s(v) }),
 });
 
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+const pow2Ceil = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+
+/** vec4s of the staged x tile (1, unused, without staging). */
+const stagedVec4s = (t: { tpr: number; xu: number; stage: boolean; format: WeightFormat }) => (t.stage ? (t.tpr * t.xu * unitOf(t.format)) / 4 : 1);
+
+/**
+ * Rows per set that the row partials (a vec2 per lane and row, padded to tpr + 1 lanes against bank conflicts) have
+ * room for beside the staged x tile and the small arrays, within WebGPU's guaranteed 16 KiB of workgroup memory, at
+ * most 64. One size per workgroup shape, and rps a uniform, so that shapes with different row counts share a pipeline.
+ */
+function rpsLimit(caps: Caps, t: { wg: number; tpr: number; xu: number; stage: boolean; format: WeightFormat }): number {
+  const fixed = 2 * 4 * MAX_PICKS + 4 * t.wg + 16 * stagedVec4s(t);
+  return Math.min(64, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / ((t.wg / t.tpr) * (t.tpr + 1) * 8)));
+}
+
+/**
+ * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows and `jobs`
+ * picks. CPU adapters (lavapipe, SwiftShader) run a workgroup as SIMD lanes of 4-8 floats: one set of 8 lanes,
+ * 4 q4 groups (or 16 units of 8) of x held per lane, and up to 64 rows per workgroup so that x is loaded once
+ * for many rows; a load of x per row would be a gather of one element per weight. GPUs: a row shared by up to
+ * 128 lanes with at most 64 floats of x each in registers, and rows per workgroup lowered until there are
+ * about 1,024 workgroups to keep every core streaming.
+ */
+export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; jobs: number }): MatvecTuning {
+  const { units, rows, jobs } = shape;
+  const q4 = format.dtype === 'q4';
+  const fit = (t: MatvecTuning, target: number): MatvecTuning => {
+    const perSet = Math.max(1, Math.floor(rows / ((t.wg / t.tpr) * Math.ceil(target / jobs))));
+    return { ...t, rps: Math.max(1, Math.min(t.rps, perSet, rpsLimit(caps, { ...t, format }))) };
+  };
+  if (caps.cpu) {
+    const tpr = 8;
+    return fit({ wg: tpr, tpr, rps: 64, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 16), stage: true }, 16);
+  }
+  const xuMax = q4 ? 2 : 8;
+  const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
+  return fit({ wg: 128, tpr, rps: 32, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false }, 1024);
+}
+
+function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {
+  const { wg, tpr, rps, xu } = t;
+  const ok = isPow2(wg) && isPow2(tpr) && tpr <= wg && wg <= Math.min(256, caps.maxInvocationsPerWorkgroup) &&
+    Number.isInteger(rps) && rps >= 1 && Number.isInteger(xu) && xu >= 1 && xu <= 16;
+  if (!ok) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps} xu=${xu}: wg and tpr must be powers of two with tpr <= wg <= 256, rps >= 1, 1 <= xu <= 16`);
+  const limit = ok ? rpsLimit(caps, { ...t, format }) : 0;
+  if (ok && rps > limit) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps}: at most ${limit} rows per set fit the workgroup memory`);
+}
 
 const check = checks('matvec');
 
@@ -117,7 +216,7 @@ const check = checks('matvec');
  * [E, N, K] ('store'/'add') or [E, 2I, K] ('swiglu'), reached through `slots[ids[j]]`.
  */
 export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatch[]> {
-  const { w, x, y, epilogue, scales, experts } = args;
+  const { w, x, y, epilogue, scales, experts, norm } = args;
   const shape = w.shape;
   const K = shape[shape.length - 1];
   const mode: ExpertMode = experts?.mode ?? 'none';
@@ -160,6 +259,12 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   check.index('yStride', yStride);
   if (mode === 'each' && yStride < N) check.fail(`yStride ${yStride} is less than the ${N} output rows: picks would overlap`);
   check.distinct({ x, y });
+  if (norm) {
+    if (mode === 'sum') check.fail(`norm is not taken with experts 'sum'`);
+    if (!(norm.eps > 0) || !Number.isFinite(norm.eps)) check.fail(`norm.eps = ${norm.eps} must be a positive number`);
+    if (norm.weight === y) check.fail('norm.weight and y must be distinct buffers');
+    check.fits('norm.weight', norm.weight, K);
+  }
   const xType = elementType(ctx, 'input', args.input, check.fail);
   const yType = elementType(ctx, 'output', args.output, check.fail);
   check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K, elementBytes(ctx, xType));
@@ -177,30 +282,31 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     check.fits('experts.slots', experts.slots, shape[0]);
   }
 
-  const wg = args.tuning?.wg ?? 256;
-  // 32 invocations per row (a warp's worth of 16-byte loads in a row); 8 for rows of fewer than 32 units, so fewer idle.
-  const rows = args.tuning?.rows ?? Math.max(1, wg / (Math.ceil(K / unit) >= 32 ? 32 : 8));
-  if (!isPow2(wg) || !isPow2(rows) || rows > wg || wg > Math.min(256, ctx.caps.maxInvocationsPerWorkgroup)) {
-    check.fail(`tuning wg=${wg} rows=${rows} must be powers of two with rows <= wg <= 256`);
-  }
-  const variant: MatvecVariant = { format, epilogue, experts: mode, scaled: Boolean(scales), wg, rows, x: xType, y: yType };
+  const jobs = mode === 'each' ? topk : 1;
+  const units = (mode === 'sum' ? topk : 1) * Math.ceil(K / unit);
+  const tuning = args.tuning ?? matvecTuning(ctx.caps, format, { units, rows: N, jobs });
+  checkTuning(ctx.caps, tuning, format);
+  const { wg, tpr, rps, xu, stage } = tuning;
+  const variant: MatvecVariant = {
+    format, epilogue, experts: mode, scaled: Boolean(scales), norm: Boolean(norm), wg, tpr, xu, stage, rpsMax: rpsLimit(ctx.caps, { ...tuning, format }), x: xType, y: yType,
+  };
   const common = {
     k: K, row_stride_u: w.rowStride / unit, item_stride_u: w.itemStride / unit, up_u: up / unit,
     x_off: xOffset, x_stride: xStride, y_off: yOffset, y_stride: yStride,
-    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0,
+    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0, eps: norm?.eps ?? 1,
   };
   const extra = {
     ...(scales ? { scales: scales.buffer } : {}),
     ...(experts ? { ids: experts.ids, slots: experts.slots } : {}),
+    ...(norm ? { norm_w: norm.weight } : {}),
   };
   return Promise.all(
     w.parts.map((part) => {
       // Dense parts own rows [first, first + count); expert parts own slots, and every row of each pick.
       const partRows = experts ? N : part.count;
-      const rowGroups = Math.ceil(partRows / rows);
-      const jobs = mode === 'each' ? topk : 1;
+      const rowGroups = Math.ceil(partRows / ((wg / tpr) * rps));
       const params = {
-        ...common, rows: partRows, row_groups: rowGroups, jobs, items: part.count,
+        ...common, rows: partRows, row_groups: rowGroups, jobs, items: part.count, rps,
         y_row0: experts ? 0 : part.first, slot0: experts ? part.first : 0,
       };
       return ctx.dispatch(matvecKernel, variant, { w: part.buffer, x, y, params, ...extra }, grid(rowGroups * jobs, ctx.caps));

@@ -13,7 +13,7 @@ import type { Model } from './load.ts';
  * hold the context's activation type (ctx.activations: f32 or f16).
  */
 export interface LayerState {
-  /** [K-1, conv_dim] act: last raw inputs of the causal conv. */
+  /** [K, conv_dim] act: a ring of the causal conv's last raw inputs, slot p % K for position p (conv1d_causal.wgsl). */
   conv?: GPUBuffer;
   /** [Nv, Dk, Dv] f32 delta-rule state (f32 whatever the activations: it accumulates over the whole sequence). */
   recurrent?: GPUBuffer;
@@ -174,7 +174,7 @@ export function stateBytes(model: Model, capacity: number, activationBytes = 4):
       sum +
       (t === 'full_attention'
         ? 2 * c.numKvHeads * capacity * c.headDim * activationBytes
-        : (c.convKernel - 1) * d.convDim * activationBytes + c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
+        : c.convKernel * d.convDim * activationBytes + c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
     0,
   );
 }
@@ -192,7 +192,7 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
     t === 'full_attention'
       ? { keys: ctx.storage(`layer ${i} keys`, kvBytes), values: ctx.storage(`layer ${i} values`, kvBytes) }
       : {
-          conv: ctx.storage(`layer ${i} conv state`, (c.convKernel - 1) * d.convDim * ab),
+          conv: ctx.storage(`layer ${i} conv state`, c.convKernel * d.convDim * ab),
           recurrent: ctx.storage(`layer ${i} recurrent state`, c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
         },
   );

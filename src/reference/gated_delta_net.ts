@@ -1,3 +1,7 @@
+import { conv1dCausal } from './conv1d_causal.ts';
+import { l2norm } from './l2norm.ts';
+import { rmsNormGated } from './rms_norm_gated.ts';
+
 /**
  * The Gated DeltaNet core of Qwen3_5GatedDeltaNet in f64, in its two algebraically equal forms (spec §2.3):
  * `gatedDeltaNetRecurrent` (HF torch_recurrent_gated_delta_rule) and `gatedDeltaNetChunked`
@@ -152,4 +156,30 @@ export function gatedDeltaNetChunked(a: GatedDeltaNetRefArgs, C = 64): GatedDelt
     }
   }
   return { out, state: S };
+}
+
+/**
+ * One decode token of the whole DeltaNet mixer between its projections (the fused gated_delta_net_decode kernel):
+ * causal conv over the ring + SiLU, l2norm of q (scaled by dk^-0.5) and k, the recurrent step, the gated RMS norm.
+ * `proj` is the in-projection row: qkv at [0, conv_dim), z at zOffset, b at bOffset, a at aOffset.
+ */
+export function gatedDeltaNetDecode(a: {
+  nk: number; nv: number; dk: number; dv: number;
+  proj: Float32Array; zOffset: number; bOffset: number; aOffset: number;
+  convW: Float32Array; wStride: number; kernelSize: number; convState: Float32Array; position: number;
+  aLog: Float32Array; dtBias: Float32Array; state: ArrayLike<number>; normW: Float32Array; eps: number;
+}): { y: Float32Array; convState: Float32Array; state: Float64Array } {
+  const { nk, nv, dk, dv } = a;
+  const convDim = 2 * nk * dk + nv * dv;
+  const conv = conv1dCausal({
+    x: a.proj, xStride: a.proj.length, w: a.convW, wStride: a.wStride, kernelSize: a.kernelSize, state: a.convState,
+    position: a.position, tokens: 1, channels: convDim,
+  });
+  const qkv = l2norm(conv.y, { tokens: 1, heads: 2 * nk, dim: dk, tokenStride: convDim, scaledHeads: nk, scale: dk ** -0.5 });
+  const core = gatedDeltaNetRecurrent({
+    tokens: 1, nk, nv, dk, dv, qkv, qkvStride: convDim, ba: a.proj, baStride: a.proj.length, bOffset: a.bOffset, aOffset: a.aOffset,
+    aLog: a.aLog, dtBias: a.dtBias, state: a.state,
+  });
+  const y = rmsNormGated({ x: Float32Array.from(core.out), z: a.proj, zTokenStride: a.proj.length, zOffset: a.zOffset, w: a.normW, rows: nv, heads: nv, dim: dv, eps: a.eps });
+  return { y, convState: conv.state, state: core.state };
 }

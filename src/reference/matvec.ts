@@ -1,9 +1,10 @@
 import type { Epilogue } from '../kernels/matvec.ts';
+import { rmsNorm } from './rms_norm.ts';
 
 /**
  * The matvec op on plain arrays, f64 accumulation. `w` is the logical (unpadded) row-major tensor of
  * `shape`: dense [N, K] or [I, 2, K] (swiglu), experts [E, N, K] or [E, 2I, K] (swiglu) indexed by slot.
- * Returns a copy of `y` with the outputs written (or added).
+ * Returns a copy of `y` with the outputs written (or added). With `norm`, x[xOffset ..][0, K) is RMS-normed first.
  */
 export interface MatvecReferenceArgs {
   w: Float32Array;
@@ -13,15 +14,18 @@ export interface MatvecReferenceArgs {
   epilogue: Epilogue;
   scales?: { values: Float32Array; index: number };
   experts?: { ids: ArrayLike<number>; idsOffset?: number; slots: ArrayLike<number>; topk: number; mode: 'each' | 'sum' };
+  norm?: { weight: Float32Array; eps: number };
 }
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
 
 export function matvec(args: MatvecReferenceArgs): Float32Array {
-  const { w, shape, x, epilogue, scales, experts } = args;
+  const { w, shape, epilogue, scales, experts, norm } = args;
   const K = shape[shape.length - 1];
   const y = args.y.slice();
   const xOffset = args.xOffset ?? 0;
+  const x = Float32Array.from(args.x);
+  if (norm) x.set(rmsNorm(args.x.slice(xOffset, xOffset + K), norm.weight, norm.eps), xOffset);
   const yOffset = args.yOffset ?? 0;
   const swiglu = epilogue === 'swiglu';
   // Element offset of (item, row) in w, and the distance from a gate row to its up row.

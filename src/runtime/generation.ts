@@ -55,10 +55,19 @@ export async function* generateTokens(session: Session, sampler: GpuSampler, pla
     thinking = false;
   };
 
+  // Submits the next step; its token is awaited later (an object, so that awaiting the submission does not await the token).
+  const next = async () => ({ token: handled((await session.advance(sampler, plan.signal)).token) });
+
   if (thinking && plan.reasoningBudget === 0) yield* closeThought([]);
+  // Run-ahead: the next step is submitted before this step's token is read whenever what follows does not depend
+  // on that token: not the last token allowed, and no thinking budget about to close (that feeds the token as
+  // prompt instead). A step submitted past an eos id or a stop is simply never read; each request resets the session.
+  let pending = handled(session.sample(sampler));
   while (produced < plan.maxTokens) {
     throwIfAborted(plan.signal);
-    const token = await session.sample(sampler);
+    const budgetNear = thinking && plan.reasoningBudget !== undefined && reasoningTokens + 1 >= plan.reasoningBudget;
+    const ahead = session.runsAhead && produced + 1 < plan.maxTokens && !budgetNear ? await next() : undefined;
+    const token = await pending;
     produced++;
     plan.onToken?.(token.id);
     if (plan.stopIds.has(token.id)) return 'stop';
@@ -67,10 +76,20 @@ export async function* generateTokens(session: Session, sampler: GpuSampler, pla
     else if (thinking) reasoningTokens++;
     yield { ...token, forced: false, reasoning: inThought };
     if (produced >= plan.maxTokens) break;
-    if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) yield* closeThought([token.id]);
-    else await session.decode();
+    if (ahead) pending = ahead.token;
+    else if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) {
+      yield* closeThought([token.id]);
+      if (produced >= plan.maxTokens) break;
+      pending = handled(session.sample(sampler));
+    } else pending = (await next()).token;
   }
   return 'length';
+}
+
+/** A step submitted ahead and never read must not surface as an unhandled rejection; awaiting it still throws. */
+function handled<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 export interface IdsResult {

@@ -23,7 +23,7 @@ export async function scoreIds(
       onChunk: async (first, rows) => {
         for (let r = 0; r < rows; r += block) {
           const n = Math.min(block, rows - r);
-          ctx.run([...(await lmHead(ctx, model, activations, r, n, logits)), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })], 'score');
+          ctx.run([...(await lmHead(ctx, model, activations, logits, { first: r, count: n })), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })], 'score');
           await onRows(new Float32Array(await ctx.read(logits, 0, n * V * 4)), first + r);
         }
       },

@@ -1,7 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../gpu/errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
-import { type ForwardSegment, forward, forwardSegments, lmHead } from '../model/layers.ts';
+import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
@@ -106,17 +106,19 @@ export class Session {
   }
 
   /**
-   * Decode prefetch: layer `layer`'s router applied to the current MoE input (the previous layer's), into
-   * row 1 of the router logits, and top-k over rows 0 and 1; row 0's routing is recomputed bit for bit, row
-   * 1's ids are that layer's likely experts. They come back with the chosen ids in the same readback.
+   * Decode prefetch: layer `layer`'s router applied to the current MoE input (the previous layer's: the residual
+   * stream under that layer's post-attention norm), into row 1 of the router logits, and top-k over rows 0 and 1;
+   * row 0's routing is recomputed bit for bit, row 1's ids are that layer's likely experts. They come back with
+   * the chosen ids in the same readback.
    */
   private predictPlan(layer: number): Promise<Dispatch[]> {
     return this.cached(`predict ${layer}`, async () => {
       const { numExperts: E, topk } = this.model.config.moe!;
       const m = this.activations.moe!;
       const w = this.model.weights.layers[layer].mlp as MoeWeights;
+      const x = residualNormed(this.model, this.activations, this.model.weights.layers[layer - 1].postNorm);
       return [
-        ...(await matvec(this.ctx, { w: w.router, x: this.activations.x, input: 'f32', y: m.logits, yOffset: E + 1, output: 'f32', epilogue: 'store' })),
+        ...(await matvec(this.ctx, { w: w.router, x: x.buffer, norm: x.norm, input: 'f32', y: m.logits, yOffset: E + 1, output: 'f32', epilogue: 'store' })),
         await moeRoute(this.ctx, { logits: m.logits, tokens: 2, experts: E, topk, ids: m.ids, gates: m.gates }),
       ];
     });
@@ -152,7 +154,12 @@ export class Session {
 
   /** Logits of row `row` of the last forward call into the logits buffer. */
   private lastLogitsPlan(row: number): Promise<Dispatch[]> {
-    return this.cached(`logits ${row}`, () => lmHead(this.ctx, this.model, this.activations, row, 1, this.activations.logits));
+    return this.cached(`logits ${row}`, () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, { first: row, count: 1 }));
+  }
+
+  /** Logits of a decode step's token (the final norm folded in: a decode forward leaves no normed rows). */
+  private decodedLogitsPlan(): Promise<Dispatch[]> {
+    return this.cached('logits decoded', () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, 'decoded'));
   }
 
   private ensureRoom(tokens: number): void {
@@ -201,8 +208,8 @@ export class Session {
   async decode(signal?: AbortSignal): Promise<void> {
     this.ensureRoom(1);
     this.writeStep();
-    if (this.experts) await this.runStreamed(this.experts, 1, 'token', await this.lastLogitsPlan(0), 'decode', signal);
-    else this.ctx.run([...(await this.forwardPlan(1, 'token')), ...(await this.lastLogitsPlan(0))], 'decode');
+    if (this.experts) await this.runStreamed(this.experts, 1, 'token', await this.decodedLogitsPlan(), 'decode', signal);
+    else this.ctx.run(await this.decodePlan(), 'decode');
     this.position += 1;
   }
 
@@ -211,8 +218,45 @@ export class Session {
    * only the sampler's result (the id, plus logprobs when asked).
    */
   async sample(sampler: GpuSampler): Promise<SampledToken> {
-    this.ctx.run(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample');
-    return sampler.parse(await this.ctx.read(sampler.result, 0, sampler.resultBytes));
+    const result = this.ctx.submit(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample', this.sampledResult(sampler));
+    return sampler.parse(await result);
+  }
+
+  /**
+   * A decode step and the pick of the token after it, in one submission: returns once the work is submitted,
+   * with the picked token still on its way back. Nothing in between is read back (except per MoE layer when
+   * experts are streamed), so a caller may submit the next step before awaiting this one's token: the GPU
+   * never waits for the host between steps.
+   */
+  async advance(sampler: GpuSampler, signal?: AbortSignal): Promise<{ token: Promise<SampledToken> }> {
+    if (this.experts) {
+      await this.decode(signal);
+      return { token: this.sample(sampler) };
+    }
+    this.ensureRoom(1);
+    const dispatches = [...(await this.decodePlan()), ...(await sampler.dispatches(this.activations.logits, this.activations.token))];
+    this.writeStep();
+    const result = this.ctx.submit(dispatches, 'decode', this.sampledResult(sampler));
+    this.position += 1;
+    return { token: result.then((bytes) => sampler.parse(bytes)) };
+  }
+
+  /** Whether steps can be submitted ahead of their tokens being read (no per-layer readback of expert ids). */
+  get runsAhead(): boolean {
+    return !this.experts;
+  }
+
+  /** Dispatches of one decode step without its sampling (bench figures). */
+  async decodeDispatches(): Promise<number> {
+    return this.experts ? (await this.segmentsPlan(1, 'token')).reduce((n, s) => n + s.dispatches.length + (s.experts?.dispatches.length ?? 0), 0) : (await this.decodePlan()).length;
+  }
+
+  private decodePlan(): Promise<Dispatch[]> {
+    return this.cached('decode', async () => [...(await this.forwardPlan(1, 'token')), ...(await this.decodedLogitsPlan())]);
+  }
+
+  private sampledResult(sampler: GpuSampler) {
+    return { buffer: sampler.result, offset: 0, size: sampler.resultBytes };
   }
 
   /** Puts a token chosen on the CPU where the next decode step reads it. */

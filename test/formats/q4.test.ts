@@ -59,7 +59,7 @@ async function readAll(t: SourceTensor): Promise<Float32Array> {
 
 const caps = (maxStorageBindingBytes: number, maxBufferBytes = 2 ** 40): Caps => ({
   f16: false, subgroups: false, timestampQuery: false, maxStorageBindingBytes, maxBufferBytes,
-  maxWorkgroupsPerDim: 65535, maxInvocationsPerWorkgroup: 256, maxWorkgroupStorageBytes: 16384, maxStorageBuffersPerStage: 8,
+  maxWorkgroupsPerDim: 65535, cpu: false, maxInvocationsPerWorkgroup: 256, maxWorkgroupStorageBytes: 16384, maxStorageBuffersPerStage: 8,
 });
 
 describe('q4 format', () => {

@@ -2,6 +2,7 @@ import { expect, it } from 'vitest';
 import { conv1dCausal } from '../../src/kernels/conv1d_causal.ts';
 import { conv1dCausal as reference } from '../../src/reference/conv1d_causal.ts';
 import { type GpuContext } from '../../src/gpu/context.ts';
+import { StepParams } from '../../src/gpu/kernel.ts';
 import { actBuffer, actTolerance, describeOnAdapters, readAct, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
@@ -14,27 +15,29 @@ describeOnAdapters('conv1d_causal', (ctx) => {
     return {
       x: roundAct(c, randn(T * xStride, seed, 2)),
       w: randn(C * wStride, seed + 1, 0.5),
-      state: roundAct(c, randn((K - 1) * C, seed + 2)),
+      state: roundAct(c, randn(K * C, seed + 2)),
       xStride, wStride,
     };
   };
 
-  const run = async (a: { x: Float32Array; xStride: number; w: GPUBuffer; wStride: number; K: number; state: GPUBuffer; T: number; C: number }) => {
+  const run = async (a: { x: Float32Array; xStride: number; w: GPUBuffer; wStride: number; K: number; state: GPUBuffer; position: number; T: number; C: number }) => {
     const c = ctx();
     const y = actBuffer(c, 'y', a.T * a.C);
-    c.run([await conv1dCausal(c, { x: uploadAct(c, a.x), xStride: a.xStride, w: a.w, wStride: a.wStride, kernelSize: a.K, state: a.state, y, tokens: a.T, channels: a.C })]);
+    const step = c.params(StepParams, { pos: a.position });
+    c.run([await conv1dCausal(c, { x: uploadAct(c, a.x), xStride: a.xStride, w: a.w, wStride: a.wStride, kernelSize: a.K, state: a.state, step, y, tokens: a.T, channels: a.C })]);
     return readAct(c, y, a.T * a.C);
   };
 
-  for (const [T, C, K, wStride] of [[1, 100, 4, 4], [3, 100, 4, 4], [10, 100, 4, 8], [10, 300, 2, 2], [5, 70, 8, 8], [2, 70, 8, 8], [300, 65, 4, 4]] as const) {
-    it(`one call: T=${T} C=${C} K=${K}`, async () => {
+  // position: where token 0 sits, so which ring slots hold its predecessors (a ring position past 2^32 / K too).
+  for (const [T, C, K, wStride, position] of [[1, 100, 4, 4, 0], [3, 100, 4, 4, 7], [10, 100, 4, 8, 2], [10, 300, 2, 2, 5], [5, 70, 8, 8, 13], [2, 70, 8, 8, 3], [300, 65, 4, 4, 1], [1, 65, 3, 4, 4000000001]] as const) {
+    it(`one call: T=${T} C=${C} K=${K} at position ${position}`, async () => {
       const c = ctx();
       const s = setup(c, T * 7 + C + K, T, C, K, wStride);
       const state = uploadAct(c, s.state);
-      const y = await run({ ...s, w: upload(c, s.w), K, state, T, C });
-      const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride, kernelSize: K, state: s.state, tokens: T, channels: C });
+      const y = await run({ ...s, w: upload(c, s.w), K, state, position, T, C });
+      const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride, kernelSize: K, state: s.state, position, tokens: T, channels: C });
       expectClose(y, want.y, ...actTolerance(c, 1e-5, 1e-5), 'y');
-      expect(await readAct(c, state, (K - 1) * C)).toEqual(want.state);
+      expect(await readAct(c, state, K * C)).toEqual(want.state);
     });
   }
 
@@ -51,19 +54,24 @@ describeOnAdapters('conv1d_causal', (ctx) => {
       let t0 = 0;
       for (const T of [3, 10, 1, 1, 1]) {
         const x = s.x.slice(t0 * s.xStride, (t0 + T) * s.xStride);
-        got.set(await run({ x, xStride: s.xStride, w, wStride: K, K, state, T, C }), t0 * C);
+        got.set(await run({ x, xStride: s.xStride, w, wStride: K, K, state, position: 5 + t0, T, C }), t0 * C);
         t0 += T;
       }
-      const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride: K, kernelSize: K, state: s.state, tokens: total, channels: C });
+      const want = reference({ x: s.x, xStride: s.xStride, w: s.w, wStride: K, kernelSize: K, state: s.state, position: 5, tokens: total, channels: C });
       expectClose(got, want.y, ...actTolerance(c, 1e-5, 1e-5), 'y');
-      expect(await readAct(c, state, (K - 1) * C)).toEqual(want.state);
+      // The slots of the last K-1 positions; the ring's one other slot holds an older position either way.
+      const ring = await readAct(c, state, K * C);
+      for (let p = 5 + total - (K - 1); p < 5 + total; p++) {
+        const slot = (p % K) * C;
+        expect(ring.slice(slot, slot + C), `slot of position ${p}`).toEqual(want.state.slice(slot, slot + C));
+      }
     });
   }
 
   it('rejects a kernel size outside 2..8 and aliased buffers', async () => {
     const c = ctx();
     const b = c.storage('b', 4096);
-    const args = { x: b, xStride: 8, w: c.storage('w', 4096), wStride: 9, kernelSize: 9, state: c.storage('s', 4096), y: c.storage('y', 4096), tokens: 2, channels: 8 };
+    const args = { x: b, xStride: 8, w: c.storage('w', 4096), wStride: 9, kernelSize: 9, state: c.storage('s', 4096), step: c.params(StepParams, { pos: 0 }), y: c.storage('y', 4096), tokens: 2, channels: 8 };
     expect(() => conv1dCausal(c, args)).toThrow(/conv1d_causal: kernelSize/);
     expect(() => conv1dCausal(c, { ...args, kernelSize: 4, y: b })).toThrow(/conv1d_causal: .*distinct/);
   });

@@ -1,5 +1,6 @@
 import { expect, it } from 'vitest';
-import { type Epilogue, type MatvecArgs, matvec } from '../../src/kernels/matvec.ts';
+import { type Epilogue, type MatvecArgs, matvec, matvecTuning } from '../../src/kernels/matvec.ts';
+import { weightFormat } from '../../src/gpu/tensor.ts';
 import { matvec as reference } from '../../src/reference/matvec.ts';
 import { uploadTensor } from '../../src/gpu/upload.ts';
 import { maskCaps } from '../../src/gpu/caps.ts';
@@ -26,13 +27,19 @@ interface Case {
   /** x and y in f32 whatever the activations (the normed residual stream in, logits or the stream out). */
   input?: 'f32';
   output?: 'f32';
+  /** RMS-norm x first (the residual stream into a projection), with weights of this seed. */
+  norm?: boolean;
 }
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
 const slotTable = (E: number) => Uint32Array.from({ length: E }, (_, e) => (e * 5 + 3) % E);
 const pickIds = (E: number, topk: number, seed: number) => Uint32Array.from({ length: topk + 2 }, (_, j) => (j === topk - 1 ? (seed * 7) % E : (seed + j * 11) % E));
 
-async function runCase(ctx: GpuContext, c: Case): Promise<void> {
+/**
+ * Runs a case with the tuning the case names, or the adapter's default (`other` false), or the default of the
+ * other class of adapter (`other` true: a GPU's shape on lavapipe), so both shapes are checked on every adapter.
+ */
+async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const K = c.shape[c.shape.length - 1];
   const mode = c.experts?.mode;
   const topk = c.experts?.topk ?? 1;
@@ -61,11 +68,13 @@ async function runCase(ctx: GpuContext, c: Case): Promise<void> {
   const idsOffset = c.experts ? 1 : 0;
 
   const yBuf = f32Out ? upload(ctx, y0, 'y') : uploadAct(ctx, y0, 'y');
+  const norm = c.norm ? { weight: randn(K, c.seed + 5, 0.3), eps: 1e-6 } : undefined;
   const dispatches = await matvec(ctx, {
     w, x: f32In ? upload(ctx, x, 'x') : uploadAct(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, input: c.input, output: c.output, epilogue: c.epilogue,
     scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2 } : undefined,
     experts: c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
-    tuning: c.tuning,
+    tuning: c.tuning ?? (other ? otherTuning(ctx, c, w) : undefined),
+    norm: norm && { weight: upload(ctx, norm.weight, 'norm'), eps: norm.eps },
   });
   expect(dispatches.length).toBe(w.parts.length);
   ctx.run(dispatches);
@@ -75,6 +84,7 @@ async function runCase(ctx: GpuContext, c: Case): Promise<void> {
     x, xOffset, xStride: c.xStride, y: y0, yOffset, yStride: c.yStride, epilogue: c.epilogue,
     scales: scales ? { values: scales, index: 2 } : undefined,
     experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
+    norm,
   });
   // f32 sums of K terms of size ~1/sqrt(K): error grows like sqrt(K) ulps; an f16 y adds its own rounding.
   // 'sum' over several parts adds each part's share to y in turn: an f16 y is rounded once per part.
@@ -83,10 +93,19 @@ async function runCase(ctx: GpuContext, c: Case): Promise<void> {
   expectClose(f32Out ? await readF32(ctx, yBuf, yLen) : await readAct(ctx, yBuf, yLen), want, ...tol);
 }
 
+function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStride: number }): MatvecArgs['tuning'] {
+  const K = c.shape[c.shape.length - 1];
+  const unit = c.dtype === 'q4' ? 32 : 8;
+  const mode = c.experts?.mode;
+  const rows = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
+  const units = (mode === 'sum' ? c.experts!.topk : 1) * Math.ceil(K / unit);
+  return matvecTuning({ ...ctx.caps, cpu: !ctx.caps.cpu }, weightFormat(w), { units, rows, jobs: mode === 'each' ? c.experts!.topk : 1 });
+}
+
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
-  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} rows=${c.tuning.rows}` : ''}` +
-  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}`;
+  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu}${c.tuning.stage ? ' staged' : ''}` : ''}` +
+  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}`;
 
 const cases: Case[] = [];
 for (const dtype of ['f32', 'f16'] as const) {
@@ -136,7 +155,11 @@ cases.push(
   { shape: [100, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 215, scale: true, maxBindingBytes: 40 * q4([100, 2, 300]), minParts: 3 },
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 216, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * q4([16, 192, 256]), minParts: 4 },
   { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 217, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * q4([16, 256, 260]), minParts: 5 },
-  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, rows: 8 } },
+  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false } },
+  // Several K tiles (x reloaded per tile), partial sums carried across them.
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false } },
+  { shape: [16, 33, 300], dtype: 'q4', epilogue: 'add', seed: 220, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true } },
 );
 // lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
 cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
@@ -146,11 +169,23 @@ cases.push({ shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 303, outpu
 cases.push({ shape: [300, 1024], dtype: 'q4', epilogue: 'add', seed: 304, input: 'f32', output: 'f32', xOffset: 1 });
 cases.push({ shape: [16, 128, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 305, input: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'each' } });
 cases.push({ shape: [16, 256, 260], dtype: 'f16', epilogue: 'add', seed: 306, output: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'sum' } });
+// The residual stream RMS-normed on the way in (the norm before each projection, fused).
+cases.push(
+  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 310, input: 'f32', norm: true },
+  { shape: [100, 2, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 311, input: 'f32', scale: true, norm: true },
+  { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 312, input: 'f32', scale: true, norm: true, experts: { E: 16, topk: 4, mode: 'each' } },
+  { shape: [7, 100], dtype: 'f32', epilogue: 'add', seed: 313, input: 'f32', output: 'f32', xOffset: 3, norm: true },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 316, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false } },
+  { shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 315, input: 'f32', output: 'f32', norm: true, maxBindingBytes: 100 * q4([300, 256]), minParts: 3 },
+);
 // More than 65,535 workgroups: a 2-D grid (flat_id).
-cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, rows: 1 } });
+cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false } });
 
-describeOnAdapters('matvec', (ctx) => {
+describeOnAdapters('matvec', (ctx, adapter) => {
   for (const c of cases) it(label(c), () => runCase(ctx(), c));
+  // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): once, on lavapipe.
+  if (adapter.name === 'lavapipe') for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
 
   it('rejects bad arguments', async () => {
     const c = ctx();
@@ -167,8 +202,11 @@ describeOnAdapters('matvec', (ctx) => {
       [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
       [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
       [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
-      [{ w: dense, epilogue: 'store', tuning: { wg: 100 } }, /powers of two/],
+      [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false } }, /powers of two/],
+      [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false } }, /rows per set fit the workgroup memory/],
       [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
+      [{ w: experts, epilogue: 'add', experts: ex('sum'), norm: { weight: buf(16), eps: 1e-6 } }, /norm is not taken with experts 'sum'/],
+      [{ w: dense, epilogue: 'store', norm: { weight: buf(8), eps: 1e-6 } }, /norm.weight needs 16 elements/],
     ];
     for (const [args, message] of cases) {
       await expect(matvec(c, { x: buf(64), y: buf(64), ...args } as MatvecArgs)).rejects.toThrow(message);

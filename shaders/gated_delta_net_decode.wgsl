@@ -1,0 +1,109 @@
+// gated_delta_net_decode: one decode token of Qwen3_5GatedDeltaNet from the in-projection to the gated norm, in one
+//   dispatch (what conv1d_causal, l2norm, gated_delta_net_step and rms_norm_gated do for T tokens):
+//     raw = proj[0 .. conv_dim)                       the qkv columns of the fused in-projection
+//     qkv = silu(causal conv of raw over the ring)    conv1d_causal with T = 1; the ring gets raw at slot pos % K
+//     q = l2norm(q) * DK^-0.5,  k = l2norm(k)         HF l2norm (eps 1e-6 inside the sqrt)
+//     beta = sigmoid(b);  g = -exp(A_log) * softplus(a + dt_bias)
+//     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q             (gated_delta_net_step, T = 1)
+//     y = o * rsqrt(mean(o²) + eps) * norm_w * silu(z)                       (Qwen3_5RMSNormGated)
+//   proj: [P] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
+//   conv_w: [conv_dim, w_stride] f32 · conv_state: [K, conv_dim] act ring (conv1d_causal.wgsl) · step: pos
+//   a_log, dt_bias: [nv] f32 · state: [nv, DK, DV] f32, read and updated · norm_w: [DV] f32 · y: [nv, DV] act
+//   grid: nv workgroups (flat_id), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
+//   invocation (col = li % DV, ks = li / DV) keeps rows d = ks + KSPLIT*r (r < RPT) of state column col in
+//   registers. Every workgroup of key head j computes j's q and k itself (the same values); only the first
+//   (h % ratio == 0) writes their raw inputs to the ring, and each workgroup writes its own head's v channels.
+//   Every read of the ring is of slots other than pos % K, so no workgroup reads what another writes.
+//   preconditions: nv % nk == 0; DK <= 256; DV * KSPLIT = WG <= 256; 2 <= K <= 8; all buffers distinct.
+const RPT: u32 = (DK + KSPLIT - 1u) / KSPLIT;
+var<workgroup> qk: array<f32, 2u * DK>;     // q then k of key head j, conv'd, then l2-normed
+var<workgroup> vv: array<f32, DV>;          // v of head h, conv'd
+var<workgroup> red: array<vec3<f32>, WG>;
+
+// Causal conv + SiLU of channel c for the current token (raw = its input now); also returns raw for the ring.
+fn conv_channel(c: u32) -> vec2<f32> {
+  let raw = f32(proj[c]);
+  var acc = conv_w[c * params.w_stride + params.k - 1u] * raw;
+  for (var j = 0u; j + 1u < params.k; j++) {
+    // Tap j reads position pos - (K-1) + j.
+    let slot = (step.pos + j + 1u) % params.k;
+    acc += conv_w[c * params.w_stride + j] * f32(conv_state[slot * params.conv_dim + c]);
+  }
+  return vec2<f32>(silu(acc), raw);
+}
+
+// Σ of v over the workgroup, returned to every invocation (a tree in `red`, one component per sum).
+fn workgroup_sum3(v: vec3<f32>, li: u32) -> vec3<f32> {
+  red[li] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let h = flat_id(wg, nwg);
+  if (h >= params.nv) { return; }  // workgroup-uniform
+  let j = h / params.ratio;
+  let col = li % DV;
+  let ks = li / DV;
+  let owner = h % params.ratio == 0u;
+  let slot_now = step.pos % params.k;
+
+  // q and k channels of key head j, then v of head h.
+  var ss = vec3<f32>(0.0);
+  for (var i = li; i < 2u * DK; i += WG) {
+    let c = select(params.nk * DK + j * DK + i - DK, j * DK + i, i < DK);
+    let r = conv_channel(c);
+    qk[i] = r.x;
+    if (i < DK) { ss.x += r.x * r.x; } else { ss.y += r.x * r.x; }
+    if (owner) { conv_state[slot_now * params.conv_dim + c] = act(r.y); }
+  }
+  if (ks == 0u) {
+    let c = 2u * params.nk * DK + h * DV + col;
+    let r = conv_channel(c);
+    vv[col] = r.x;
+    conv_state[slot_now * params.conv_dim + c] = act(r.y);
+  }
+  let norms = workgroup_sum3(ss, li);  // its barriers also publish qk and vv
+  let fq = inverseSqrt(norms.x + 1e-6) * inverseSqrt(f32(DK));
+  let fk = inverseSqrt(norms.y + 1e-6);
+
+  let beta = sigmoid(f32(proj[params.b_off + h]));
+  let decay = exp(-exp(a_log[h]) * softplus(f32(proj[params.a_off + h]) + dt_bias[h]));
+  let sbase = h * DK * DV + col;
+  var s: array<f32, RPT>;
+  var p = vec3<f32>(0.0);
+  for (var r = 0u; r < RPT; r++) {
+    let d = ks + KSPLIT * r;
+    if (d < DK) {
+      s[r] = state[sbase + d * DV];
+      let kd = qk[DK + d] * fk;
+      let qd = qk[d] * fq;
+      p += vec3<f32>(s[r] * kd, s[r] * qd, kd * qd);
+    }
+  }
+  red[li] = p;
+  workgroupBarrier();
+  var tot = vec3<f32>(0.0);
+  for (var m = 0u; m < KSPLIT; m++) { tot += red[col + DV * m]; }
+  workgroupBarrier();
+  let u = beta * (vv[col] - decay * tot.x);
+  for (var r = 0u; r < RPT; r++) {
+    let d = ks + KSPLIT * r;
+    if (d < DK) { state[sbase + d * DV] = decay * s[r] + qk[DK + d] * fk * u; }
+  }
+
+  let o = decay * tot.y + u * tot.z;
+  let sq = workgroup_sum3(vec3<f32>(select(0.0, o * o, ks == 0u), 0.0, 0.0), li).x;
+  if (ks == 0u) {
+    let inv = inverseSqrt(sq / f32(DV) + params.eps);
+    y[h * DV + col] = act(o * inv * norm_w[col] * silu(f32(proj[params.z_off + h * DV + col])));
+  }
+}

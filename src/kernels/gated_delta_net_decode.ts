@@ -1,0 +1,86 @@
+import { StepParams, defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { checks } from './checks.ts';
+import { grid } from './grid.ts';
+
+export interface GatedDeltaNetDecodeVariant {
+  dk: number;
+  dv: number;
+  /** Invocations sharing one state column (its dk rows split between them): the workgroup is dv · ksplit. */
+  ksplit: number;
+}
+
+const Params = {
+  nk: 'u32', nv: 'u32', ratio: 'u32', conv_dim: 'u32', w_stride: 'u32', k: 'u32',
+  z_off: 'u32', b_off: 'u32', a_off: 'u32', eps: 'f32',
+} as const;
+
+/** One decode token of a DeltaNet layer, in-projection to gated norm (see the shader). Grid: one workgroup per value head. */
+export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant>({
+  name: 'gated_delta_net_decode',
+  bindings: () => [
+    read('proj', 'act'), read('conv_w'), write('conv_state', 'act'), read('a_log'), read('dt_bias'), write('state'),
+    read('norm_w'), write('y', 'act'), uniform('params', Params), uniform('step', StepParams),
+  ],
+  helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;`,
+});
+
+export interface GatedDeltaNetDecodeArgs {
+  nk: number; nv: number; dk: number; dv: number;
+  /** The fused in-projection of one token: qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
+  proj: GPUBuffer; zOffset: number; bOffset: number; aOffset: number;
+  /** [conv_dim, wStride] f32 conv taps; [K, conv_dim] activation ring of raw inputs (conv1d_causal). */
+  convW: GPUBuffer; wStride: number; kernelSize: number; convState: GPUBuffer;
+  /** StepParams uniform: the token's position. */
+  step: GPUBuffer;
+  aLog: GPUBuffer; dtBias: GPUBuffer;
+  /** [nv, dk, dv] f32, read and updated. */
+  state: GPUBuffer;
+  /** [dv] f32 weight of the gated RMS norm. */
+  normW: GPUBuffer; eps: number;
+  /** [nv, dv] activations. */
+  y: GPUBuffer;
+}
+
+const check = checks('gated_delta_net_decode');
+const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/**
+ * conv1d_causal + l2norm + gated_delta_net_step + rms_norm_gated for one token (decode), with the same results: the
+ * conv ring, the recurrent state and y as those four dispatches leave them (up to f32 rounding of intermediates,
+ * which here are never rounded to the activation type).
+ */
+export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs): Promise<Dispatch> {
+  const { nk, nv, dk, dv, kernelSize: K } = a;
+  check.counts({ nk, nv, dk, dv });
+  if (nv % nk !== 0) check.fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
+  if (dk > 256) check.fail(`dk = ${dk} is more than 256`);
+  if (!isPow2(dv) || dv > 256) check.fail(`dv = ${dv} must be a power of two of at most 256`);
+  // As many invocations per column as fit 256 (a power of two: the workgroup sums are trees), no more than dk.
+  let ksplit = 256 / dv;
+  while (ksplit > 1 && ksplit > dk) ksplit /= 2;
+  check.count('kernelSize', K, 2, 8);
+  if (!Number.isInteger(a.wStride) || a.wStride < K) check.fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
+  if (!(a.eps > 0) || !Number.isFinite(a.eps)) check.fail(`eps = ${a.eps} must be a positive number`);
+  check.counts({ zOffset: a.zOffset, bOffset: a.bOffset, aOffset: a.aOffset }, 0);
+  check.distinct({ proj: a.proj, convW: a.convW, convState: a.convState, aLog: a.aLog, dtBias: a.dtBias, state: a.state, normW: a.normW, y: a.y });
+  const convDim = 2 * nk * dk + nv * dv;
+  const ab = ctx.activationBytes;
+  check.fits('proj', a.proj, Math.max(convDim, a.zOffset + nv * dv, a.bOffset + nv, a.aOffset + nv), ab);
+  check.fits('convW', a.convW, (convDim - 1) * a.wStride + K);
+  check.fits('convState', a.convState, K * convDim, ab);
+  check.fits('aLog', a.aLog, nv);
+  check.fits('dtBias', a.dtBias, nv);
+  check.fits('state', a.state, nv * dk * dv);
+  check.fits('normW', a.normW, dv);
+  check.fits('y', a.y, nv * dv, ab);
+  const params = {
+    nk, nv, ratio: nv / nk, conv_dim: convDim, w_stride: a.wStride, k: K,
+    z_off: a.zOffset, b_off: a.bOffset, a_off: a.aOffset, eps: a.eps,
+  };
+  const resources = {
+    proj: a.proj, conv_w: a.convW, conv_state: a.convState, a_log: a.aLog, dt_bias: a.dtBias, state: a.state,
+    norm_w: a.normW, y: a.y, params, step: a.step,
+  };
+  return ctx.dispatch(gatedDeltaNetDecodeKernel, { dk, dv, ksplit }, resources, grid(nv, ctx.caps));
+}
