@@ -5,7 +5,7 @@
 //     A = (kb k^T) ⊙ D with kb = beta k;  M = I + strict_lower(A)
 //     U = M^-1 (beta v)  [C, dv];  W = M^-1 (kb ⊙ e^cum)  [C, dk];  attn = (q k^T) ⊙ D, lower triangle incl. diagonal
 //   Every exponent is a sum of g's of one sign (never a difference of prefix sums), so strong decays keep f32 precision.
-//   qkv: [T, qkv_stride] act (layout of gated_delta_net_step) · ba: [T, ba_stride] act · a_log, dt_bias: [nv] f32
+//   qkv: [T, qkv_stride] act (q heads, then k heads, then v heads; gated_delta_net_chunk.ts) · ba: [T, ba_stride] act · a_log, dt_bias: [nv] f32
 //   uw:   [nv, tp, dv + dk] f32, row (h, t) = U row | W row  (tp = chunks * C)
 //   attn: [nv, tp, C] f32, row (h, t) = attn[i, 0..C) of t = chunk*C + i (zero above the diagonal)
 //   gate: [nv, tp, 2] f32, (e^cum_i, e^(cum_last - cum_i))

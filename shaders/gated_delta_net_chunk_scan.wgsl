@@ -3,7 +3,7 @@
 //   With U, W and gate from gated_delta_net_chunk_prepare, per chunk n (t0 = n*C, C = 64, rows < C valid):
 //     hs[n] = S;   v_new = U - W S   (written over U in uw);   S = e^cum_last S + (k ⊙ e^(cum_last - cum))^T v_new
 //   The outputs come after, in parallel over chunks (gated_delta_net_chunk_output reads hs and v_new).
-//   qkv:   [T, qkv_stride] act (layout of gated_delta_net_step); only k is read
+//   qkv:   [T, qkv_stride] act (q heads, then k heads, then v heads; gated_delta_net_chunk.ts); only k is read
 //   uw:    [nv, tp, dv + DK] f32, row (h, t) = U | W; U is replaced by v_new
 //   gate:  [nv, tp, 2] f32 (e^cum, e^(cum_last - cum)) · hs: [nv, chunks, DK, dv] f32, the state at each chunk's start
 //   state: [nv, DK, dv] f32, read and updated

@@ -1,10 +1,10 @@
 // gated_delta_net_decode: one decode token of Qwen3_5GatedDeltaNet from the in-projection to the gated norm, in one
-//   dispatch (what conv1d_causal, l2norm, gated_delta_net_step and rms_norm_gated do for T tokens):
+//   dispatch (what conv1d_causal, l2norm, gated_delta_net_chunk and rms_norm_gated do for T tokens):
 //     raw = proj[0 .. conv_dim)                       the qkv columns of the fused in-projection
 //     qkv = silu(causal conv of raw over the ring)    conv1d_causal with T = 1; the ring gets raw at slot pos % K
 //     q = l2norm(q) * DK^-0.5,  k = l2norm(k)         HF l2norm (eps 1e-6 inside the sqrt)
 //     beta = sigmoid(b);  g = -exp(A_log) * softplus(a + dt_bias)
-//     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q             (gated_delta_net_step, T = 1)
+//     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q             (HF torch_recurrent_gated_delta_rule, T = 1)
 //     y = o * rsqrt(mean(o²) + eps) * norm_w * silu(z)                       (Qwen3_5RMSNormGated)
 //   proj: [P] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
 //   conv_w: [conv_dim, w_stride] f32 · conv_state: [K, conv_dim] act ring (conv1d_causal.wgsl) · step: pos

@@ -46,7 +46,7 @@ const check = checks('gated_delta_net_decode');
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
 /**
- * conv1d_causal + l2norm + gated_delta_net_step + rms_norm_gated for one token (decode), with the same results: the
+ * conv1d_causal + l2norm + the delta rule + rms_norm_gated for one token (decode), with the same results: the
  * conv ring, the recurrent state and y as those four dispatches leave them (up to f32 rounding of intermediates,
  * which here are never rounded to the activation type).
  */
