@@ -16,7 +16,8 @@
 //   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). The WG invocations form WG / TPR sets
 //     of TPR lanes; set s of workgroup g owns rows (g * WG / TPR + s) * rps ..+rps. The TPR lanes of a set
 //     share each row, every lane on its own columns: lane l holds units t + c * TPR + l (c < XU) of x in
-//     registers (hold / held_dot: XU HeldUnits, unrolled by matvec.ts) and walks the set's rows with them, so x
+//     registers (hold / held_dot: XU HeldUnits, unrolled by matvec.ts) and walks the set's rows with them (RU rows
+//     at a time, so that their weight loads are in flight together: walk_rows, also unrolled), so x
 //     is read once per set per K tile of TPR * XU units instead of once per row (on GPUs x from shared memory per
 //     row costs more than the weights; on CPU adapters it is a gather per element). STAGE (CPU adapters): each
 //     tile of x is first staged in workgroup memory as vec4s, so that a lane picks up a unit in 2 or 8 vector
@@ -98,6 +99,17 @@ fn stage_tile(t: u32, ku: u32, n4: u32, li: u32) -> f32 {
   return sq;
 }
 
+// Row r's partial dot products, into its slot of `part` (the first tile stores, later tiles add). A row past the
+// set's (rr >= rps) or the tensor's end reads the last row instead and stores nothing, so the RU rows of walk_rows
+// are straight-line code whose loads all issue together.
+fn row_part(r: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held: Held) {
+  let live = rr < params.rps && r < params.rows;
+  let rc = min(r, params.rows - 1u);
+  let rowu = select(rc * params.row_stride_u + itemu, rc * params.item_stride_u, DENSE);
+  let acc = held_dot(rowu, held);
+  if (live) { part[slot] = select(part[slot] + acc, acc, first_tile); }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -136,14 +148,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let held = hold(t, lane, ku, len);
     if (NORM && !STAGE) { sq += held_sq(held); }
-    for (var rr = 0u; rr < params.rps; rr++) {
-      let r = first + rr;
-      if (r < params.rows) {
-        let rowu = select(r * params.row_stride_u + itemu, r * params.item_stride_u, DENSE);
-        let acc = held_dot(rowu, held);
-        let s = ((li / TPR) * params.rps + rr) * (TPR + 1u) + lane;
-        part[s] = select(part[s] + acc, acc, t == 0u);
-      }
+    for (var rr = 0u; rr < params.rps; rr += RU) {
+      walk_rows(first, rr, ((li / TPR) * params.rps + rr) * (TPR + 1u) + lane, itemu, t == 0u, held);
     }
   }
   if (NORM) { lane_sq[li] = sq; }

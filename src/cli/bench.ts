@@ -1,7 +1,7 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/load.ts';
-import { Session } from '../runtime/session.ts';
+import { type PendingToken, Session } from '../runtime/session.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticModel } from '../bench/synthetic.ts';
@@ -34,7 +34,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   // Warm-up compiles every pipeline of both plans; the timed runs reuse them.
   await session.prefill(prompt);
   await session.sample(sampler);
-  await (await session.advance(sampler)).token;
+  await (await session.advance(sampler)).read();
   session.reset();
 
   const p0 = performance.now();
@@ -44,16 +44,15 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   // Decode as generation runs it: each step submitted before the previous step's token is awaited.
   const d0 = performance.now();
   let hostMs = 0;
-  let pending: Promise<unknown> | undefined;
+  let pending: PendingToken | undefined;
   for (let i = 0; i < decodeTokens; i++) {
     const h0 = performance.now();
-    const { token } = await session.advance(sampler);
+    const next = await session.advance(sampler);
     hostMs += performance.now() - h0;
-    if (!session.runsAhead) await token;
-    await pending;
-    pending = token;
+    await pending?.read();
+    pending = next;
   }
-  await pending;
+  await pending?.read();
   const decodeMs = performance.now() - d0;
   const dispatches = (await session.decodeDispatches()) + (await sampler.dispatches(session.activations.logits, session.activations.token)).length;
   const copy = await copyBandwidth(ctx);

@@ -69,6 +69,12 @@ function isCpuAdapter(info: GPUAdapterInfo | undefined): boolean {
   return /llvmpipe|lavapipe|swiftshader|software/i.test([info?.vendor, info?.architecture, info?.device, info?.description].join(' '));
 }
 
+/** The bytes of a readback submitted with some work: mapped when first asked for, or given up unread. */
+export interface Readback {
+  bytes(): Promise<ArrayBuffer>;
+  discard(): void;
+}
+
 /** Staging buffers kept for reuse: a decode step running ahead holds two, expert streaming one more. */
 const MAX_STAGING = 4;
 
@@ -341,13 +347,13 @@ export class GpuContext {
 
   /**
    * Encodes dispatches in one compute pass and, in the same submission, a copy of `readback` into a staging
-   * buffer; returns a promise of those bytes (undefined without readback). Several may be in flight at once
-   * (each holds its own staging buffer until mapped), so a caller can submit the next step before the
-   * previous one's bytes are back.
+   * buffer, whose bytes the returned Readback maps when asked. Several may be in flight at once (each holds its own
+   * staging buffer until read or discarded), so a caller can submit the next step before reading this one: the map
+   * is requested only at `bytes()`, since Deno's mapAsync blocks the thread until the GPU is done.
    */
   submit(dispatches: readonly Dispatch[], label: string): void;
-  submit(dispatches: readonly Dispatch[], label: string, readback: BufferRange & { size: number }): Promise<ArrayBuffer>;
-  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Promise<ArrayBuffer> | void {
+  submit(dispatches: readonly Dispatch[], label: string, readback: BufferRange & { size: number }): Readback;
+  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Readback | void {
     const encoder = this.device.createCommandEncoder({ label });
     if (dispatches.length > 0) {
       const pass = encoder.beginComputePass({ label });
@@ -356,36 +362,47 @@ export class GpuContext {
     }
     const staged = readback && this.stage(encoder, readback.buffer, readback.offset ?? 0, readback.size);
     this.device.queue.submit([encoder.finish()]);
-    return staged?.();
+    return staged;
   }
 
   /** Copies a range of a GPU buffer back to the CPU. */
   read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
-    return this.submit([], 'readback', { buffer, offset, size });
+    return this.submit([], 'readback', { buffer, offset, size }).bytes();
   }
 
-  /**
-   * Encodes a copy of the range into a free staging buffer; the returned function, called once the encoder is
-   * submitted, maps it and resolves to a copy of the bytes, then returns the staging buffer to the pool.
-   */
-  private stage(encoder: GPUCommandEncoder, buffer: GPUBuffer, offset: number, size: number): () => Promise<ArrayBuffer> {
+  /** Encodes a copy of the range into a free staging buffer (see submit). */
+  private stage(encoder: GPUCommandEncoder, buffer: GPUBuffer, offset: number, size: number): Readback {
     this.throwIfFailed();
     const bytes = Math.ceil(size / 4) * 4;
     const index = this.staging.findIndex((b) => b.size >= bytes);
     const staging = index >= 0 ? this.staging.splice(index, 1)[0] : this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
-    return async () => {
-      try {
-        await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-        const copy = staging.getMappedRange(0, bytes).slice(0, size);
-        staging.unmap();
-        this.throwIfFailed();
-        return copy;
-      } finally {
-        // A buffer whose mapping failed is dropped rather than reused in an unknown state.
-        if (staging.mapState === 'unmapped') this.recycle(staging);
-        else staging.destroy();
-      }
+    let result: Promise<ArrayBuffer> | undefined;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      // A buffer whose mapping failed is dropped rather than reused in an unknown state.
+      if (staging.mapState === 'unmapped') this.recycle(staging);
+      else staging.destroy();
+    };
+    return {
+      bytes: () =>
+        (result ??= (async () => {
+          try {
+            await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+            const copy = staging.getMappedRange(0, bytes).slice(0, size);
+            staging.unmap();
+            this.throwIfFailed();
+            return copy;
+          } finally {
+            release();
+          }
+        })()),
+      // The copy may still be pending on the GPU: the queue orders it before any later use of the buffer.
+      discard: () => {
+        if (!result) release();
+      },
     };
   }
 

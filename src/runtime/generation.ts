@@ -1,5 +1,5 @@
 import { throwIfAborted } from '../gpu/errors.ts';
-import type { Session } from './session.ts';
+import type { PendingToken, Session } from './session.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
 
 /** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
@@ -55,41 +55,40 @@ export async function* generateTokens(session: Session, sampler: GpuSampler, pla
     thinking = false;
   };
 
-  // Submits the next step; its token is awaited later (an object, so that awaiting the submission does not await the token).
-  const next = async () => ({ token: handled((await session.advance(sampler, plan.signal)).token) });
-
   if (thinking && plan.reasoningBudget === 0) yield* closeThought([]);
   // Run-ahead: the next step is submitted before this step's token is read whenever what follows does not depend
   // on that token: not the last token allowed, and no thinking budget about to close (that feeds the token as
-  // prompt instead). A step submitted past an eos id or a stop is simply never read; each request resets the session.
-  let pending = handled(session.sample(sampler));
-  while (produced < plan.maxTokens) {
-    throwIfAborted(plan.signal);
-    const budgetNear = thinking && plan.reasoningBudget !== undefined && reasoningTokens + 1 >= plan.reasoningBudget;
-    const ahead = session.runsAhead && produced + 1 < plan.maxTokens && !budgetNear ? await next() : undefined;
-    const token = await pending;
-    produced++;
-    plan.onToken?.(token.id);
-    if (plan.stopIds.has(token.id)) return 'stop';
-    const inThought = thinking;
-    if (token.id === plan.thinkEndId) thinking = false;
-    else if (thinking) reasoningTokens++;
-    yield { ...token, forced: false, reasoning: inThought };
-    if (produced >= plan.maxTokens) break;
-    if (ahead) pending = ahead.token;
-    else if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) {
-      yield* closeThought([token.id]);
+  // prompt instead). A step submitted past an eos id or a stop is never read; each request resets the session.
+  let pending = await session.pick(sampler);
+  let ahead: PendingToken | undefined;
+  try {
+    while (produced < plan.maxTokens) {
+      throwIfAborted(plan.signal);
+      const budgetNear = thinking && plan.reasoningBudget !== undefined && reasoningTokens + 1 >= plan.reasoningBudget;
+      ahead = session.runsAhead && produced + 1 < plan.maxTokens && !budgetNear ? await session.advance(sampler, plan.signal) : undefined;
+      const token = await pending.read();
+      produced++;
+      plan.onToken?.(token.id);
+      if (plan.stopIds.has(token.id)) return 'stop';
+      const inThought = thinking;
+      if (token.id === plan.thinkEndId) thinking = false;
+      else if (thinking) reasoningTokens++;
+      yield { ...token, forced: false, reasoning: inThought };
       if (produced >= plan.maxTokens) break;
-      pending = handled(session.sample(sampler));
-    } else pending = (await next()).token;
+      if (ahead) pending = ahead;
+      else if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) {
+        yield* closeThought([token.id]);
+        if (produced >= plan.maxTokens) break;
+        pending = await session.pick(sampler);
+      } else pending = await session.advance(sampler, plan.signal);
+      ahead = undefined;
+    }
+    return 'length';
+  } finally {
+    // Steps submitted and never read give their staging buffers back.
+    pending.discard();
+    ahead?.discard();
   }
-  return 'length';
-}
-
-/** A step submitted ahead and never read must not surface as an unhandled rejection; awaiting it still throws. */
-function handled<T>(promise: Promise<T>): Promise<T> {
-  promise.catch(() => undefined);
-  return promise;
 }
 
 export interface IdsResult {

@@ -1,4 +1,4 @@
-import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../gpu/errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
 import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
@@ -16,6 +16,17 @@ export interface SessionOptions {
   /** Prefill chunk (tokens per forward call); defaults to what the adapter's binding limit allows, at most 512. */
   prefillChunk?: number;
 }
+
+/** A picked token on its way back: `read` maps it (once); `discard` gives it up unread. */
+export interface PendingToken {
+  read(): Promise<SampledToken>;
+  discard(): void;
+}
+
+const pendingToken = (sampler: GpuSampler, result: Readback): PendingToken => ({
+  read: async () => sampler.parse(await result.bytes()),
+  discard: () => result.discard(),
+});
 
 /**
  * One sequence on the GPU: the attention layers' KV cache, the DeltaNet layers' conv and recurrent states,
@@ -218,27 +229,31 @@ export class Session {
    * only the sampler's result (the id, plus logprobs when asked).
    */
   async sample(sampler: GpuSampler): Promise<SampledToken> {
-    const result = this.ctx.submit(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample', this.sampledResult(sampler));
-    return sampler.parse(await result);
+    return (await this.pick(sampler)).read();
+  }
+
+  /** `sample`, submitted but not yet read. */
+  async pick(sampler: GpuSampler): Promise<PendingToken> {
+    return pendingToken(sampler, this.ctx.submit(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample', this.sampledResult(sampler)));
   }
 
   /**
    * A decode step and the pick of the token after it, in one submission: returns once the work is submitted,
-   * with the picked token still on its way back. Nothing in between is read back (except per MoE layer when
-   * experts are streamed), so a caller may submit the next step before awaiting this one's token: the GPU
-   * never waits for the host between steps.
+   * with the picked token still to be read. Nothing in between is read back (except per MoE layer when experts
+   * are streamed), so a caller may submit the next step before reading this one's token: the GPU never waits for
+   * the host between steps.
    */
-  async advance(sampler: GpuSampler, signal?: AbortSignal): Promise<{ token: Promise<SampledToken> }> {
+  async advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
     if (this.experts) {
       await this.decode(signal);
-      return { token: this.sample(sampler) };
+      return this.pick(sampler);
     }
     this.ensureRoom(1);
     const dispatches = [...(await this.decodePlan()), ...(await sampler.dispatches(this.activations.logits, this.activations.token))];
     this.writeStep();
     const result = this.ctx.submit(dispatches, 'decode', this.sampledResult(sampler));
     this.position += 1;
-    return { token: result.then((bytes) => sampler.parse(bytes)) };
+    return pendingToken(sampler, result);
   }
 
   /** Whether steps can be submitted ahead of their tokens being read (no per-layer readback of expert ids). */

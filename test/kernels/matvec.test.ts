@@ -104,7 +104,7 @@ function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStri
 
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
-  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu}${c.tuning.stage ? ' staged' : ''}` : ''}` +
+  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu} ru=${c.tuning.ru}${c.tuning.stage ? ' staged' : ''}` : ''}` +
   `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}`;
 
 const cases: Case[] = [];
@@ -155,11 +155,11 @@ cases.push(
   { shape: [100, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 215, scale: true, maxBindingBytes: 40 * q4([100, 2, 300]), minParts: 3 },
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 216, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * q4([16, 192, 256]), minParts: 4 },
   { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 217, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * q4([16, 256, 260]), minParts: 5 },
-  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false } },
+  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false, ru: 3 } },
   // Several K tiles (x reloaded per tile), partial sums carried across them.
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true } },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false } },
-  { shape: [16, 33, 300], dtype: 'q4', epilogue: 'add', seed: 220, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 2 } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 4 } },
+  { shape: [16, 33, 300], dtype: 'q4', epilogue: 'add', seed: 220, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true, ru: 1 } },
 );
 // lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
 cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
@@ -175,12 +175,12 @@ cases.push(
   { shape: [100, 2, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 311, input: 'f32', scale: true, norm: true },
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 312, input: 'f32', scale: true, norm: true, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [7, 100], dtype: 'f32', epilogue: 'add', seed: 313, input: 'f32', output: 'f32', xOffset: 3, norm: true },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true } },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 316, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 3 } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 316, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2 } },
   { shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 315, input: 'f32', output: 'f32', norm: true, maxBindingBytes: 100 * q4([300, 256]), minParts: 3 },
 );
 // More than 65,535 workgroups: a 2-D grid (flat_id).
-cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false } });
+cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } });
 
 describeOnAdapters('matvec', (ctx, adapter) => {
   for (const c of cases) it(label(c), () => runCase(ctx(), c));
@@ -202,8 +202,8 @@ describeOnAdapters('matvec', (ctx, adapter) => {
       [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
       [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
       [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
-      [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false } }, /powers of two/],
-      [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false } }, /rows per set fit the workgroup memory/],
+      [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } }, /powers of two/],
+      [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1 } }, /rows per set fit the workgroup memory/],
       [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
       [{ w: experts, epilogue: 'add', experts: ex('sum'), norm: { weight: buf(16), eps: 1e-6 } }, /norm is not taken with experts 'sum'/],
       [{ w: dense, epilogue: 'store', norm: { weight: buf(8), eps: 1e-6 } }, /norm.weight needs 16 elements/],
