@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# On a GPU machine without Node or a network, from the repository root, with .devcarry/ (scripts/device/bundle.sh)
+# carried along: unpacks the bundle, adds the Vulkan loader and glvnd libraries if the system lacks them, points
+# Vulkan at the NVIDIA driver and runs the peer benchmark. Results in $OUT: table.md (the printed table),
+# results.jsonl, env.txt, run.log.
+#
+#   OUT        where results go (default /tmp/out)
+#   PEERS_ARGS bench-peers options (default "--peers vulkan,cuda"; e.g. "--variants qwen3.5-0.8b --layers 4")
+#   VK_ICD     a Vulkan ICD json to use instead of NVIDIA's (e.g. lavapipe's, to try the bundle on a machine
+#              without a GPU)
+#   DEVCARRY   the bundle folder (default .devcarry); WORK: where it is unpacked, GGUFs and builds go (/tmp/peers)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+DEVCARRY=${DEVCARRY:-.devcarry}
+WORK=${WORK:-/tmp/peers}
+mkdir -p "$OUT" "$WORK/cache"
+LOG=$OUT/run.log
+say() { echo "[device] $*" | tee -a "$LOG" >&2; }
+
+say "unpacking $DEVCARRY into $WORK"
+tar -xJf "$DEVCARRY/pkg.tar.xz" -C "$WORK" || { say "no $DEVCARRY/pkg.tar.xz: run scripts/device/bundle.sh first"; exit 1; }
+PKG=$WORK/pkg
+if [ ! -f "$WORK/cache/llama-src/CMakeLists.txt" ] && [ -f "$DEVCARRY/llama-src.tar.xz" ]; then
+  tar -xJf "$DEVCARRY/llama-src.tar.xz" -C "$WORK/cache"
+fi
+
+# The NVIDIA Vulkan driver needs the loader and glvnd; without them no adapter is found. Only what is missing is
+# unpacked into / (dpkg -x: no maintainer scripts run).
+if ! ldconfig -p | grep -q 'libvulkan.so.1 ' || ! ldconfig -p | grep -q 'libGLdispatch.so.0 '; then
+  say "installing libvulkan1 + glvnd with dpkg -x"
+  for f in "$PKG"/debs/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+
+if [ -n "${VK_ICD:-}" ]; then
+  ICD=$VK_ICD
+else
+  ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$ICD" ] || ICD=$(find / -xdev -name 'nvidia_icd*.json' 2>/dev/null | head -1)
+  EGL=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f "$EGL" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$EGL
+fi
+[ -f "$ICD" ] || { say "no Vulkan ICD found (set VK_ICD)"; exit 1; }
+# Both engines see this one driver: bench-peers passes the environment to each.
+export VK_DRIVER_FILES=$ICD
+export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-/tmp/cudacache} CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+
+{
+  echo "date $(date -u +%FT%TZ)"
+  echo "VK_DRIVER_FILES=$VK_DRIVER_FILES"
+  echo "node $("$PKG/bin/node" --version)"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm,clocks.max.mem --format=csv
+  echo "cpus $(nproc)"
+  free -g | head -2
+  "$PKG/bin/node" "$PKG/qwen-cli.mjs" adapter 2>&1
+} > "$OUT/env.txt" 2>&1
+
+say "bench-peers ${PEERS_ARGS:---peers vulkan,cuda}"
+# shellcheck disable=SC2086 # PEERS_ARGS is a list of options
+"$PKG/bin/node" "$PKG/bench-peers.mjs" --cache "$WORK/cache" --out "$OUT/results.jsonl" ${PEERS_ARGS:---peers vulkan,cuda} \
+  2> >(tee -a "$LOG" >&2) | tee "$OUT/table.md"
+status=${PIPESTATUS[0]}
+say "done (exit $status)"
+exit "$status"
