@@ -180,17 +180,17 @@ const stagedVec4s = (t: { tpr: number; xu: number; stage: boolean; format: Weigh
 /**
  * Rows per set that the row partials (a vec2 per lane and row, padded to tpr + 1 lanes against bank conflicts) have
  * room for beside the staged x tile and the small arrays, within WebGPU's guaranteed 16 KiB of workgroup memory, at
- * most 64. One size per workgroup shape, and rps a uniform, so that shapes with different row counts share a pipeline.
+ * most 128. One size per workgroup shape, and rps a uniform, so that shapes with different row counts share a pipeline.
  */
 function rpsLimit(caps: Caps, t: { wg: number; tpr: number; xu: number; stage: boolean; format: WeightFormat }): number {
   const fixed = 2 * 4 * MAX_PICKS + 4 * t.wg + 16 * stagedVec4s(t);
-  return Math.min(64, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / ((t.wg / t.tpr) * (t.tpr + 1) * 8)));
+  return Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / ((t.wg / t.tpr) * (t.tpr + 1) * 8)));
 }
 
 /**
  * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows and `jobs`
  * picks. CPU adapters (lavapipe, SwiftShader) run a workgroup as SIMD lanes of 4-8 floats: one set of 8 lanes,
- * 4 q4 groups (or 16 units of 8) of x held per lane, and up to 64 rows per workgroup so that x is loaded once
+ * 4 q4 groups (or 8 units of 8) of x held per lane, and up to 128 rows per workgroup so that x is loaded once
  * for many rows; a load of x per row would be a gather of one element per weight. GPUs: one set per workgroup, a
  * row shared by up to 128 lanes with at most 64 floats of x each in registers (x is then read once per 16 rows,
  * about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in flight per lane, and rows per workgroup
@@ -205,7 +205,7 @@ export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: n
   };
   if (caps.cpu) {
     const tpr = 8;
-    return fit({ wg: tpr, tpr, rps: 64, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 16), stage: true, ru: 1 }, 16);
+    return fit({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 8), stage: true, ru: 1 }, 16);
   }
   const xuMax = q4 ? 2 : 8;
   const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
