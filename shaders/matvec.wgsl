@@ -9,11 +9,14 @@
 //     time: 8 elements (f32, f16) or one q4 group of 32 (its scale read once); strides are passed in UNITs):
 //     dense [N, K] (item = output row) · dense swiglu [I, 2, K] (item r: row 0 gate, row 1 up)
 //     experts [E, N, K] or swiglu [E, 2I, K] (item = slot; output row r reads row r, up row r + I)
-//   x: act [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride
+//   x: act [K] at x_off; experts 'sum': [topk][K], pick p at x_off + p * x_stride; dense over tokens: token j at
+//      x_off + j * x_stride (x_stride is 0 for one token and for 'each')
 //   y: act or f32 (the variant's; logits are f32) [N] at y_off + y_row0 (y_row0: a dense part's first row); experts 'each': [topk][N], pick j at
-//      y_off + j * y_stride
-//   ids: u32 [topk] at ids_off (chosen expert ids) · slots: u32 [E] expert id -> slot · scales: f32 at scale_idx
-//   grid: flat_id = j * row_groups + g (j: the pick for 'each', else 0). The WG invocations form WG / TPR sets
+//      y_off + j * y_stride; dense over tokens likewise token j
+//   ids: u32 [topk] at ids_off (chosen expert ids) · slots: u32 [E] expert id -> slot · scales: f32, job j's at
+//      scale_idx + j * scale_stride
+//   grid: flat_id = g * jobs + j (j: the pick for 'each', the token for dense, else 0; a row group's jobs run side by
+//     side, so its weights are still in cache for the next token). The WG invocations form WG / TPR sets
 //     of TPR lanes; set s of workgroup g owns rows (g * WG / TPR + s) * rps ..+rps. The TPR lanes of a set
 //     share each row, every lane on its own columns: lane l holds units t + c * TPR + l (c < XU) of x in
 //     registers (hold / held_dot: XU HeldUnits, unrolled by matvec.ts) and walks the set's rows with them (RU rows
@@ -49,7 +52,7 @@ var<workgroup> pick_scale: array<f32, MAX_PICKS>;
 struct HeldUnit { x: XUnit, at: u32, term: f32, sq: f32 }
 
 // Virtual unit q of x (q < len; 'sum': pick q / ku's unit q % ku), in the tile that starts at unit t.
-fn hold_unit(q: u32, t: u32, ku: u32, len: u32) -> HeldUnit {
+fn hold_unit(q: u32, t: u32, ku: u32, len: u32, j: u32) -> HeldUnit {
   let p = select(0u, min(q / ku, params.topk - 1u), SUM);
   let u = q - p * ku;
   var x: XUnit;
@@ -57,7 +60,7 @@ fn hold_unit(q: u32, t: u32, ku: u32, len: u32) -> HeldUnit {
   if (STAGE) {
     x = x_staged((q - t) * (UNIT / 4u));
   } else {
-    x = x_unit(params.x_off + p * params.x_stride, u);
+    x = x_unit(params.x_off + (j + p) * params.x_stride, u);
     if (NORM) {
       sq = unit_sq(x);
       x = norm_unit(u, x);
@@ -80,13 +83,13 @@ fn unit_dot(rowu: u32, h: HeldUnit) -> vec2<f32> {
 }
 
 // STAGE: vec4s [0, n4) of the tile at unit t into xs (normed with NORM); returns Σ x² of the raw values staged here.
-fn stage_tile(t: u32, ku: u32, n4: u32, li: u32) -> f32 {
+fn stage_tile(t: u32, ku: u32, n4: u32, li: u32, j: u32) -> f32 {
   var sq = 0.0;
   for (var v = li; v < n4; v += WG) {
     let e = t * UNIT + 4u * v;  // virtual element
     let p = select(0u, e / (UNIT * ku), SUM);
     let k = e - p * UNIT * ku;
-    let i = params.x_off + p * params.x_stride + k;
+    let i = params.x_off + (j + p) * params.x_stride + k;
     let raw = vec4<f32>(select(0.0, f32(x[i]), k < params.k), select(0.0, f32(x[i + 1u]), k + 1u < params.k),
                         select(0.0, f32(x[i + 2u]), k + 2u < params.k), select(0.0, f32(x[i + 3u]), k + 3u < params.k));
     if (NORM) {
@@ -114,11 +117,11 @@ fn row_part(r: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held: Held
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
   let id = flat_id(wg, nwg);
-  let g = id % params.row_groups;
-  let j = id / params.row_groups;
+  let j = id % params.jobs;
+  let g = id / params.jobs;
   // Returns before a barrier only on workgroup-uniform values: params, workgroup ids, and read-only
   // storage (ids, slots) indexed by them.
-  if (j >= params.jobs) { return; }
+  if (g >= params.row_groups) { return; }
   var itemu = 0u; // 'each': UNIT offset of pick j's item in this part
   if (EACH) {
     let item = pick_item(j);
@@ -143,10 +146,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var t = 0u; t < len; t += TPR * XU) {
     if (STAGE) {
       workgroupBarrier();  // the previous tile's readers are done
-      sq += stage_tile(t, ku, min(XT4, (len - t) * (UNIT / 4u)), li);
+      sq += stage_tile(t, ku, min(XT4, (len - t) * (UNIT / 4u)), li, j);
       workgroupBarrier();
     }
-    let held = hold(t, lane, ku, len);
+    let held = hold(t, lane, ku, len, j);
     if (NORM && !STAGE) { sq += held_sq(held); }
     for (var rr = 0u; rr < params.rps; rr += RU) {
       walk_rows(first, rr, ((li / TPR) * params.rps + rr) * (TPR + 1u) + lane, itemu, t == 0u, held);

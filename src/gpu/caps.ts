@@ -25,13 +25,15 @@ export interface Caps {
  */
 export type ActivationType = 'f32' | 'f16';
 
-export type CapsMask = Partial<Pick<Caps, 'f16' | 'subgroups' | 'maxStorageBindingBytes'>>;
+/** `cpu: false` runs the GPUs' kernel shapes on a CPU adapter (tests of those paths on machines without a GPU). */
+export type CapsMask = Partial<Pick<Caps, 'f16' | 'cpu' | 'subgroups' | 'maxStorageBindingBytes'>>;
 
 /** Narrows caps: a mask can switch features off or lower the binding limit, never raise them. */
 export function maskCaps(caps: Caps, mask: CapsMask = {}): Caps {
   return {
     ...caps,
     f16: caps.f16 && mask.f16 !== false,
+    cpu: caps.cpu && mask.cpu !== false,
     subgroups: caps.subgroups && mask.subgroups !== false,
     maxStorageBindingBytes: Math.min(caps.maxStorageBindingBytes, mask.maxStorageBindingBytes ?? Infinity),
   };

@@ -10,15 +10,24 @@ export type Epilogue = 'store' | 'add' | 'swiglu';
 export interface MatvecArgs {
   w: GpuTensor;
   x: GPUBuffer; xOffset?: number;      // input vector at x[xOffset ..]; for experts 'sum': row j at xOffset + j * xStride
-  xStride?: number;
+  xStride?: number;                    //   (dense over `tokens`: token t at xOffset + t * xStride)
   y: GPUBuffer; yOffset?: number;      // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
-  yStride?: number;
+  yStride?: number;                    //   (dense over `tokens`: token t at yOffset + t * yStride)
+  /**
+   * Dense only: this many tokens, one after another, each its own matvec over the same weights (default 1). CPU
+   * adapters prefill this way: it reads the weights once per token, but at several times the rate their tiled
+   * matmul reaches.
+   */
+  tokens?: number;
   /** Element types of x and y: activations (default) or f32 (the residual stream, its norm, logits). */
   input?: ElementType;
   output?: ElementType;
   epilogue: Epilogue;
-  /** Dense: result *= scales.buffer[scales.index]. Experts 'each': result for j *= scales.buffer[scales.index + j]. */
-  scales?: { buffer: GPUBuffer; index: number };
+  /**
+   * Dense: result *= scales.buffer[scales.index] (token t: [index + t * stride]). Experts 'each': result for j *=
+   * scales.buffer[scales.index + j].
+   */
+  scales?: { buffer: GPUBuffer; index: number; stride?: number };
   /** MoE decode. ids[idsOffset + j] (u32) is the j-th chosen expert, j < topk; slots[expertId] its slot in w.
    *  'each': one output vector per j (grid over j), input shared (x at xOffset).
    *  'sum': y[r] (+)= Σ_j W_slot(j)[r] · x_j (input row j at xOffset + j*xStride); only with epilogue 'add' (parts accumulate). */
@@ -66,7 +75,7 @@ const Params = {
   rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32', rps: 'u32',
   k: 'u32', row_stride_u: 'u32', item_stride_u: 'u32', up_u: 'u32',
   x_off: 'u32', x_stride: 'u32', y_off: 'u32', y_stride: 'u32', y_row0: 'u32',
-  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32', eps: 'f32',
+  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32', scale_stride: 'u32', eps: 'f32',
 } as const;
 
 /** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
@@ -120,7 +129,7 @@ fn w_dot(u: u32, x: XUnit) -> f32 { return w_dot32(u, x.a, x.b, x.c, x.d); }`;
 function heldUnits(xu: number): string {
   const units = Array.from({ length: xu }, (_, c) => c);
   return `struct Held { ${units.map((c) => `u${c}: HeldUnit`).join(', ')} }
-fn hold(t: u32, lane: u32, ku: u32, len: u32) -> Held { return Held(${units.map((c) => `hold_unit(t + ${c}u * TPR + lane, t, ku, len)`).join(', ')}); }
+fn hold(t: u32, lane: u32, ku: u32, len: u32, j: u32) -> Held { return Held(${units.map((c) => `hold_unit(t + ${c}u * TPR + lane, t, ku, len, j)`).join(', ')}); }
 fn held_sq(h: Held) -> f32 { return ${units.map((c) => `h.u${c}.sq`).join(' + ')}; }
 fn held_dot(rowu: u32, h: Held) -> vec2<f32> { return ${units.map((c) => `unit_dot(rowu, h.u${c})`).join(' + ')}; }`;
 }
@@ -148,6 +157,7 @@ export const matvecKernel = defineKernel<MatvecVariant>({
   ],
   helpers: (v) => {
     const scale = (index: string) => (v.scaled ? `scales[params.scale_idx + ${index}]` : '1.0');
+    // Job j: the pick ('each') or the token (dense); its scale is scale_stride apart (1 for picks).
     return [
       `const SWIGLU = ${v.epilogue === 'swiglu'};`,
       `const DENSE = ${v.experts === 'none'};`,
@@ -164,7 +174,7 @@ export const matvecKernel = defineKernel<MatvecVariant>({
         ? 'fn pick_item(j: u32) -> u32 { return 0u; }'
         : 'fn pick_item(j: u32) -> u32 { return slots[ids[params.ids_off + j]] - params.slot0; }',
       `fn term_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? scale('j') : '1.0'}; }`,
-      `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale(v.experts === 'each' ? 'j' : '0u')}; }`,
+      `fn out_scale(j: u32) -> f32 { return ${v.experts === 'sum' ? '1.0' : scale('j * params.scale_stride')}; }`,
       `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
     ].join('\n');
   },
@@ -263,8 +273,12 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   const topk = experts?.topk ?? 1;
   const xOffset = args.xOffset ?? 0;
   const yOffset = args.yOffset ?? 0;
-  const xStride = mode === 'sum' ? (args.xStride ?? K) : 0;
-  const yStride = mode === 'each' ? (args.yStride ?? N) : 0;
+  const tokens = args.tokens ?? 1;
+  check.count('tokens', tokens);
+  if (tokens > 1 && mode !== 'none') check.fail(`tokens = ${tokens}: several tokens are for dense weights only`);
+  const xStride = mode === 'sum' || tokens > 1 ? (args.xStride ?? K) : 0;
+  const yStride = mode === 'each' || tokens > 1 ? (args.yStride ?? N) : 0;
+  if (tokens > 1 && yStride < N) check.fail(`yStride ${yStride} is less than the ${N} output rows: tokens would overlap`);
   check.index('xOffset', xOffset);
   check.index('yOffset', yOffset);
   check.index('xStride', xStride);
@@ -279,12 +293,14 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   }
   const xType = elementType(ctx, 'input', args.input, check.fail);
   const yType = elementType(ctx, 'output', args.output, check.fail);
-  check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K, elementBytes(ctx, xType));
-  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N, elementBytes(ctx, yType));
+  check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : (tokens - 1) * xStride) + K, elementBytes(ctx, xType));
+  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) : tokens - 1) * yStride + N, elementBytes(ctx, yType));
+  const scaleStride = mode === 'each' ? 1 : (scales?.stride ?? 0);
   if (scales) {
     check.index('scales.index', scales.index);
+    check.index('scales.stride', scaleStride);
     if (scales.buffer === y) check.fail('scales and y must be distinct buffers');
-    check.fits('scales', scales.buffer, scales.index + (experts ? topk : 1));
+    check.fits('scales', scales.buffer, scales.index + (experts ? topk : (tokens - 1) * scaleStride + 1));
   }
   if (experts) {
     const idsOffset = experts.idsOffset ?? 0;
@@ -294,7 +310,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     check.fits('experts.slots', experts.slots, shape[0]);
   }
 
-  const jobs = mode === 'each' ? topk : 1;
+  const jobs = mode === 'each' ? topk : tokens;
   const units = (mode === 'sum' ? topk : 1) * Math.ceil(K / unit);
   const tuning = args.tuning ?? matvecTuning(ctx.caps, format, { units, rows: N, jobs });
   checkTuning(ctx.caps, tuning, format);
@@ -305,7 +321,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   const common = {
     k: K, row_stride_u: w.rowStride / unit, item_stride_u: w.itemStride / unit, up_u: up / unit,
     x_off: xOffset, x_stride: xStride, y_off: yOffset, y_stride: yStride,
-    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0, eps: norm?.eps ?? 1,
+    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0, scale_stride: scaleStride, eps: norm?.eps ?? 1,
   };
   const extra = {
     ...(scales ? { scales: scales.buffer } : {}),

@@ -114,11 +114,16 @@ interface LinearArgs {
   scales?: { buffer: GPUBuffer; index: number; stride: number };
 }
 
-/** y (+)= x W^T for T rows: matvec for one token (bandwidth-bound decode), tiled matmul for more. */
+/**
+ * y (+)= x W^T for T rows: matvec for one token (bandwidth-bound decode), tiled matmul for more; on CPU adapters,
+ * where the tiled matmul runs far below what matvec reaches, matvec token after token.
+ */
 function linear(ctx: GpuContext, a: Activations, T: number, l: LinearArgs): Promise<Dispatch[]> {
   const { w, x, y, epilogue, scales } = l;
   const [input, output] = [elementOf(a, x.buffer), elementOf(a, y)];
-  if (T === 1) return matvec(ctx, { w, x: x.buffer, y, input, output, epilogue, scales: scales && { buffer: scales.buffer, index: scales.index }, norm: x.norm });
+  if (T === 1 || ctx.caps.cpu) {
+    return matvec(ctx, { w, x: x.buffer, xStride: l.xStride, y, yStride: l.yStride, input, output, epilogue, scales, norm: x.norm, tokens: T });
+  }
   if (x.norm) throw new Error('matmul takes a normed input only (its norm runs as a dispatch of its own)');
   return matmul(ctx, { w, tokens: T, x: x.buffer, xStride: l.xStride, y, yStride: l.yStride, input, output, epilogue, scales });
 }
@@ -263,8 +268,8 @@ export function lmHead(ctx: GpuContext, model: Model, a: Activations, logits: GP
     return matvec(ctx, { w, x: x.buffer, norm: x.norm, input: 'f32', y: logits, output: 'f32', epilogue: 'store' });
   }
   const { first, count } = rows;
-  return count === 1
-    ? matvec(ctx, { w, x: a.x, xOffset: first * H, input: 'f32', y: logits, output: 'f32', epilogue: 'store' })
+  return count === 1 || ctx.caps.cpu
+    ? matvec(ctx, { w, x: a.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens: count })
     : matmul(ctx, { w, tokens: count, x: a.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store' });
 }
 

@@ -29,6 +29,8 @@ interface Case {
   output?: 'f32';
   /** RMS-norm x first (the residual stream into a projection), with weights of this seed. */
   norm?: boolean;
+  /** Dense over several tokens (x and y rows xStride / yStride apart; scales strided too). */
+  tokens?: number;
 }
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
@@ -54,15 +56,17 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const yOffset = c.yOffset ?? 0;
   const yStride = c.yStride ?? N;
   // x runs on past K with large values: the kernel must not read them into any row.
-  const xLen = xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K + 13;
+  const tokens = c.tokens ?? 1;
+  const xLen = xOffset + (mode === 'sum' ? (topk - 1) * xStride : (tokens - 1) * xStride) + K + 13;
   // With f16 activations x and y are rounded first (1e30 to infinity), so the reference reads what the kernel reads.
   const f32In = c.input === 'f32';
-  const xRaw = randn(xLen, c.seed + 1, 1).map((v, i) => (i >= xOffset + (mode === 'sum' ? (topk - 1) * xStride : 0) + K ? 1e30 : v));
+  const xRaw = randn(xLen, c.seed + 1, 1).map((v, i) => (i >= xLen - 13 ? 1e30 : v));
   const x = f32In ? xRaw : roundAct(ctx, xRaw);
-  const yLen = yOffset + (mode === 'each' ? (topk - 1) * yStride : 0) + N + 5;
+  const yLen = yOffset + (mode === 'each' ? topk - 1 : tokens - 1) * yStride + N + 5;
   const f32Out = c.output === 'f32';
   const y0 = f32Out ? randn(yLen, c.seed + 2, 1) : roundAct(ctx, randn(yLen, c.seed + 2, 1));
-  const scales = c.scale ? randn(3 + topk, c.seed + 3, 1) : undefined;
+  const scaleStride = tokens > 1 ? 3 : undefined;
+  const scales = c.scale ? randn(3 + topk + (tokens - 1) * 3, c.seed + 3, 1) : undefined;
   const slots = c.experts ? slotTable(c.experts.E) : undefined;
   const ids = c.experts ? pickIds(c.experts.E, topk, c.seed) : undefined;
   const idsOffset = c.experts ? 1 : 0;
@@ -71,21 +75,26 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const norm = c.norm ? { weight: randn(K, c.seed + 5, 0.3), eps: 1e-6 } : undefined;
   const dispatches = await matvec(ctx, {
     w, x: f32In ? upload(ctx, x, 'x') : uploadAct(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, input: c.input, output: c.output, epilogue: c.epilogue,
-    scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2 } : undefined,
+    scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2, stride: scaleStride } : undefined,
+    tokens: c.tokens,
     experts: c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
     tuning: c.tuning ?? (other ? otherTuning(ctx, c, w) : undefined),
     norm: norm && { weight: upload(ctx, norm.weight, 'norm'), eps: norm.eps },
   });
   expect(dispatches.length).toBe(w.parts.length);
   ctx.run(dispatches);
-  const want = reference({
-    // The quantiser's error is not the kernel's: q4 is checked against the weights it stands for.
-    w: c.dtype === 'f16' ? roundToF16(wValues) : c.dtype === 'q4' ? roundToQ4(wValues, c.shape) : wValues, shape: c.shape,
-    x, xOffset, xStride: c.xStride, y: y0, yOffset, yStride: c.yStride, epilogue: c.epilogue,
-    scales: scales ? { values: scales, index: 2 } : undefined,
-    experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
-    norm,
-  });
+  // The quantiser's error is not the kernel's: q4 is checked against the weights it stands for.
+  const wRef = c.dtype === 'f16' ? roundToF16(wValues) : c.dtype === 'q4' ? roundToQ4(wValues, c.shape) : wValues;
+  let want = y0;
+  for (let t = 0; t < tokens; t++) {
+    want = reference({
+      w: wRef, shape: c.shape,
+      x, xOffset: xOffset + t * xStride, xStride: c.xStride, y: want, yOffset: yOffset + t * yStride, yStride: c.yStride, epilogue: c.epilogue,
+      scales: scales ? { values: scales, index: 2 + t * (scaleStride ?? 0) } : undefined,
+      experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
+      norm,
+    });
+  }
   // f32 sums of K terms of size ~1/sqrt(K): error grows like sqrt(K) ulps; an f16 y adds its own rounding.
   // 'sum' over several parts adds each part's share to y in turn: an f16 y is rounded once per part.
   const partRoundings = mode === 'sum' && w.parts.length > 1 ? w.parts.length * 2 ** -11 * want.reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0;
@@ -105,7 +114,7 @@ function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStri
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
   `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu} ru=${c.tuning.ru}${c.tuning.stage ? ' staged' : ''}` : ''}` +
-  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}`;
+  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}${c.tokens ? ` tokens=${c.tokens}` : ''}`;
 
 const cases: Case[] = [];
 for (const dtype of ['f32', 'f16'] as const) {
@@ -178,6 +187,12 @@ cases.push(
   { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 3 } },
   { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 316, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2 } },
   { shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 315, input: 'f32', output: 'f32', norm: true, maxBindingBytes: 100 * q4([300, 256]), minParts: 3 },
+);
+// Several tokens through one dispatch (prefill on CPU adapters): rows of x and y apart, scales per token.
+cases.push(
+  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 320, tokens: 5, xStride: 1030, yStride: 301, xOffset: 2 },
+  { shape: [100, 2, 300], dtype: 'f16', epilogue: 'swiglu', seed: 321, tokens: 3, xStride: 300, yStride: 100, scale: true },
+  { shape: [70, 260], dtype: 'f32', epilogue: 'add', seed: 322, tokens: 4, xStride: 270, yStride: 75, input: 'f32', output: 'f32' },
 );
 // More than 65,535 workgroups: a 2-D grid (flat_id).
 cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } });

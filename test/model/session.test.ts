@@ -16,6 +16,37 @@ async function logitsAfter(session: Session): Promise<Float32Array> {
   return readF32(session.ctx, session.activations.logits, session.model.config.vocabSize);
 }
 
+// CI has no GPU: the kernel shapes and paths chosen for GPUs (tiled matmul prefill, matvec without staging) run
+// here on lavapipe with `cpu` masked off, against what the CPU paths give.
+describe('session on GPU paths (lavapipe, cpu masked off)', () => {
+  for (const fixture of ['tiny-qwen35', 'tiny-qwen35-moe'] as const) {
+    it(`${fixture}: prefill and decode give the logits of the CPU paths`, async () => {
+      const ids = golden(fixture).prompt_ids.slice(0, 100);
+      const logits = async (mask?: { cpu: false }) => {
+        const c = await createNodeContext({ adapter: 'llvmpipe', mask });
+        expect(c.caps.cpu).toBe(!mask);
+        const model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'q4' });
+        const session = Session.create(c, model, { contextLength: 128 });
+        await session.prefill(ids.slice(0, 90));
+        const prefilled = await logitsAfter(session);
+        for (const id of ids.slice(90)) {
+          session.feed(id);
+          await session.decode();
+        }
+        const decoded = await logitsAfter(session);
+        session.destroy();
+        model.destroy();
+        c.destroy();
+        return { prefilled, decoded };
+      };
+      const cpu = await logits();
+      const gpu = await logits({ cpu: false });
+      expect(compareLogprobs(gpu.prefilled, cpu.prefilled, cpu.prefilled.length).maxAbs).toBeLessThan(1e-4);
+      expect(compareLogprobs(gpu.decoded, cpu.decoded, cpu.decoded.length).maxAbs).toBeLessThan(1e-4);
+    });
+  }
+});
+
 describeOnAdapters('session', (ctx) => {
   it('prefill in 50-token chunks, and prefill then decode steps, give the logits of one whole prefill', async () => {
     const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
