@@ -2,14 +2,15 @@
 export { Engine, type EngineOptions, type RenderedPrompt } from './api/engine.ts';
 export type * from './api/types.ts';
 export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/context.ts';
-export { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, QwenError, RequestError, SessionError } from './gpu/errors.ts';
+export { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QwenError, RequestError, SessionError } from './gpu/errors.ts';
 export { loadModel, type LoadOptions, type LoadProgress, type Model } from './model/load.ts';
 export { Session, type SessionOptions } from './runtime/session.ts';
 export type { ExpertStats } from './runtime/expert_cache.ts';
 export { GpuSampler, type SamplingOptions, type SampledToken } from './runtime/sampler.ts';
 export { generateIds } from './runtime/generation.ts';
 export { scoreIds } from './runtime/score.ts';
-export { HttpSource, isUrl } from './storage/http.ts';
+export { DEFAULT_HTTP_RETRIES, DEFAULT_HTTP_TIMEOUT_MS, HttpSource, type HttpOptions, isUrl } from './storage/http.ts';
+export { SMALL_FILE_LIMITS, smallFileLimit } from './storage/limits.ts';
 export type { WeightSource } from './storage/source.ts';
 export { Tokenizer } from './text/tokenizer.ts';
 export type { ChatMessage, ToolDefinition } from './text/chat_template.ts';

@@ -1,5 +1,5 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { RequestError, SessionError } from '../gpu/errors.ts';
+import { AbortError, RequestError, SessionError } from '../gpu/errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, type Model, loadModel } from '../model/load.ts';
 import { Session } from '../runtime/session.ts';
@@ -160,37 +160,80 @@ export class Engine {
   }
 
   private async streamChat(request: ChatCompletionRequest): Promise<AsyncIterable<ChatCompletionChunk>> {
-    return this.locked(this.chatStream(request));
+    return this.locked(this.chatStream(request), request.signal);
   }
 
   /**
-   * Holds the session from the first `next()` until the stream ends, fails or the consumer stops early
-   * (`return()`, e.g. `break` out of `for await`).
+   * Holds the session from the first `next()` (not from creation: a stream that is never iterated holds
+   * nothing) until the stream ends, fails, the consumer stops early (`return()`, e.g. `break` out of
+   * `for await`) or the request's signal aborts. An abort while the stream waits for its turn rejects that
+   * `next()` at once and gives the turn up; an abort between two `next()` calls frees the session at once
+   * (the next `next()` rejects with AbortError).
    */
-  private locked<T>(stream: AsyncGenerator<T>): AsyncIterable<T> {
-    let release: () => void = () => undefined;
-    const turn = new Promise<void>((started) => {
-      void this.exclusive(() => {
-        started();
-        return new Promise<void>((done) => (release = done));
-      });
+  private locked<T>(stream: AsyncGenerator<T>, signal?: AbortSignal): AsyncIterable<T> {
+    let release: (() => void) | undefined;
+    let closed = false;
+    let busy = false;
+    let turn: Promise<void> | undefined;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      signal?.removeEventListener('abort', onAbort);
+      // The generator runs its cleanup (steps submitted and never read) before the next request starts; a
+      // turn that has not come yet is passed on when it comes (the exclusive body below sees `closed`).
+      void stream.return(undefined as never).catch(() => {}).then(() => release?.());
+    };
+    // Aborted between two next() calls: free the session now (a next() in flight sees the signal itself).
+    const onAbort = () => {
+      if (!busy) close();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let cancelWait: (() => void) | undefined;
+    const aborted = new Promise<never>((_, fail) => {
+      cancelWait = () => fail(new AbortError('aborted'));
+      signal?.addEventListener('abort', cancelWait, { once: true });
     });
+    aborted.catch(() => {});
+    const acquire = () =>
+      (turn ??= new Promise<void>((started) => {
+        void this.exclusive(
+          () =>
+            new Promise<void>((done) => {
+              release = done;
+              if (closed) done(); // given up while waiting: pass the turn on
+              else started();
+            }),
+        );
+      }));
     return {
       [Symbol.asyncIterator]: () => ({
         next: async () => {
-          await turn;
+          if (closed) {
+            if (signal?.aborted) throw new AbortError('aborted');
+            return { done: true, value: undefined as never };
+          }
+          if (signal?.aborted) {
+            close();
+            throw new AbortError('aborted');
+          }
+          busy = true;
           try {
+            await Promise.race([acquire(), aborted]);
             const r = await stream.next();
-            if (r.done) release();
+            if (r.done) close();
             return r;
           } catch (error) {
-            release();
+            close();
             throw error;
+          } finally {
+            busy = false;
+            if (signal?.aborted) close();
+            if (closed && cancelWait) signal?.removeEventListener('abort', cancelWait);
           }
         },
         return: async () => {
-          release();
-          return stream.return(undefined as never);
+          close();
+          return { done: true, value: undefined as never };
         },
       }),
     };
@@ -202,8 +245,11 @@ export class Engine {
    */
   generateIds(request: { promptIds: number[]; maxTokens: number; sampling?: SamplingOptions; ignoreEos?: boolean; signal?: AbortSignal }): Promise<IdsResult> {
     const { promptIds, maxTokens } = request;
-    if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize)) {
-      throw new RequestError(`must be a non-empty array of token ids below ${this.model.config.vocabSize}`, 'promptIds');
+    // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
+    const size = this.model.tokenizerSize;
+    if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= size)) {
+      const bad = Array.isArray(promptIds) ? promptIds.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
+      throw new RequestError(`must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (promptIds[${bad}] is ${JSON.stringify(promptIds[bad])})` : ''}`, 'promptIds');
     }
     if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RequestError(`must be a positive integer, got ${String(maxTokens)}`, 'maxTokens');
     if (promptIds.length + maxTokens > this.session.capacity) {
@@ -277,7 +323,7 @@ export class Engine {
   }
 
   private async streamCompletion(request: CompletionRequest): Promise<AsyncIterable<CompletionChunk>> {
-    return this.locked(this.textStream(request));
+    return this.locked(this.textStream(request), request.signal);
   }
 
   /**

@@ -21,6 +21,7 @@ export function parseArgs(argv: string[], switches: ReadonlySet<string>): Args {
     else {
       const value = rest[++i];
       if (value === undefined) throw new UsageError(`--${name} needs a value`);
+      if (/^--[a-z]/.test(value)) throw new UsageError(`--${name} needs a value, not the flag ${value} (write --${name}=${value} for that value)`);
       flags.set(name, value);
     }
   }

@@ -1,14 +1,17 @@
-import { open, readFile } from 'node:fs/promises';
+import { access, constants, open, readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { Engine } from '../api/engine.ts';
 import { collectChat } from '../api/chat.ts';
 import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import type { ActivationType, CapsMask } from '../gpu/caps.ts';
-import { QwenError } from '../gpu/errors.ts';
+import { QwenError, RequestError } from '../gpu/errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type Model, loadModel } from '../model/load.ts';
 import { openModel } from '../storage/locate.ts';
-import type { WeightSource } from '../storage/source.ts';
+import type { Checkpoint } from '../formats/checkpoint.ts';
+import type { HttpOptions } from '../storage/http.ts';
+import { readGenerationConfig } from '../runtime/generation_config.ts';
 import { Session } from '../runtime/session.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { generateIds } from '../runtime/generation.ts';
@@ -21,7 +24,7 @@ import type { ChatMessage } from '../text/chat_template.ts';
 import { renderChat } from '../text/chat_template.ts';
 import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberFlag, parseArgs, stringFlag } from './args.ts';
 import { progressBar } from './progress.ts';
-import { samplingFromFlags } from './sampling_flags.ts';
+import { SAMPLING_FLAGS, samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
@@ -32,7 +35,7 @@ export interface CliHost {
   isTTY: boolean;
 }
 
-const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help']);
+const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
@@ -68,25 +71,67 @@ common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with 
         --verify           check a packed model's sha256 sums before loading it
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
                            from a packed model as routing asks for them (generate, score, bench; default: all resident)
+        --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are
+                           retried 3 times, resuming where they stopped)
+        --debug            print the stack trace of an error (otherwise one line)
+  each command takes only its own flags: an unknown or misspelt flag is an error
 `;
 
 interface Command {
   gpu: boolean;
+  /** Every flag the command reads (besides --help and --debug): any other is refused. */
+  flags: readonly string[];
   run(args: Args, ctx: GpuContext | undefined, host: CliHost): Promise<void>;
 }
 
+const GPU_FLAGS = ['adapter', 'no-f16', 'activations'];
+const LOAD_FLAGS = ['model', 'dtype', 'no-mtp', 'verify', 'expert-cache-mb', 'http-timeout'];
+/** generate's flags that only a chat (--prompt, --messages) reads, and those only --prompt-ids reads. */
+const CHAT_FLAGS = ['prompt', 'messages', 'no-think', 'reasoning-budget', 'stop', 'stream'];
+const IDS_FLAGS = ['prompt-ids', 'ignore-eos'];
+
 const COMMANDS: Record<string, Command> = {
-  score: { gpu: true, run: (a, c, h) => score(a, c!, h) },
-  generate: { gpu: true, run: (a, c, h) => (a.flags.has('prompt-ids') ? generateFromIds(a, c!, h) : generateChat(a, c!, h)) },
-  tokenize: { gpu: false, run: (a, _c, h) => tokenize(a, h) },
-  convert: { gpu: true, run: (a, c, h) => convert(a, c!, h) },
-  export: { gpu: false, run: (a, _c, h) => exportPacked(a, h) },
-  bench: { gpu: true, run: (a, c, h) => runBench(a, c!, h, (m, d) => loadWithProgress(m, d, a, c!, h)) },
-  adapter: { gpu: true, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
+  score: { gpu: true, flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'ids', 'out', 'context'], run: (a, c, h) => score(a, c!, h) },
+  generate: {
+    gpu: true,
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...CHAT_FLAGS, ...IDS_FLAGS, 'max-tokens', 'greedy', ...SAMPLING_FLAGS, 'seed', 'json', 'context'],
+    run: (a, c, h) => (a.flags.has('prompt-ids') ? generateFromIds(a, c!, h) : generateChat(a, c!, h)),
+  },
+  tokenize: { gpu: false, flags: ['model', 'text', 'messages', 'no-think', 'json', 'http-timeout'], run: (a, _c, h) => tokenize(a, h) },
+  convert: { gpu: true, flags: [...GPU_FLAGS, 'model', 'dtype', 'out', 'shard-mb', 'no-mtp', 'http-timeout'], run: (a, c, h) => convert(a, c!, h) },
+  export: { gpu: false, flags: ['model', 'out', 'http-timeout'], run: (a, _c, h) => exportPacked(a, h) },
+  bench: {
+    gpu: true,
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'json'],
+    run: (a, c, h) => runBench(a, c!, h, (m, d) => loadWithProgress(m, d, a, c!, h)),
+  },
+  adapter: { gpu: true, flags: GPU_FLAGS, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
 };
+
+/** Refuses a flag the command does not read, naming it (and the flag it most likely meant). */
+function checkFlags(command: string, args: Args): void {
+  const known = new Set([...COMMANDS[command].flags, 'help', 'debug']);
+  for (const name of args.flags.keys()) {
+    if (known.has(name)) continue;
+    const near = [...known].map((k) => [k, editDistance(name, k)] as const).sort((a, b) => a[1] - b[1])[0];
+    const hint = near && near[1] <= Math.max(2, Math.floor(name.length / 3)) ? ` (did you mean --${near[0]}?)` : '';
+    throw new UsageError(`unknown flag --${name} for ${command}${hint}`);
+  }
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length];
+}
 
 export async function runCli(argv: string[], host: CliHost): Promise<number> {
   let ctx: GpuContext | undefined;
+  const debug = argv.includes('--debug');
   try {
     const args = parseArgs(argv, SWITCHES);
     if (args.command === 'help' || args.flags.has('help')) {
@@ -94,7 +139,8 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
       return 0;
     }
     const command = COMMANDS[args.command];
-    if (!command) throw new UsageError(`unknown command "${args.command}"`);
+    if (!command) throw new UsageError(`unknown command "${args.command}" (${Object.keys(COMMANDS).join(', ')})`);
+    checkFlags(args.command, args);
     if (command.gpu) {
       ctx = await host.createContext({
         adapter: stringFlag(args, 'adapter'),
@@ -105,11 +151,14 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
     await command.run(args, ctx, host);
     return 0;
   } catch (error) {
+    // One line naming what is wrong; the stack trace only with --debug.
+    const stack = debug && error instanceof Error && error.stack ? `\n${error.stack}` : '';
     if (error instanceof UsageError) {
-      host.stderr(`error: ${error.message}\n\n${USAGE}`);
+      host.stderr(`error: ${error.message} ("qwen-webgpu help" shows the usage)${stack}\n`);
       return 2;
     }
-    host.stderr(`error: ${error instanceof QwenError ? error.message : (error as Error).stack ?? String(error)}\n`);
+    const message = error instanceof QwenError ? error.message : error instanceof Error ? `${error.name}: ${error.message}${debug ? '' : ' (--debug prints the stack trace)'}` : String(error);
+    host.stderr(`error: ${message.split('\n').join(' ')}${stack}\n`);
     return 1;
   } finally {
     ctx?.destroy();
@@ -127,9 +176,18 @@ const expertJson = (session: Session) => {
   return s && { expert_cache_hit_rate: round(s.hitRate * 1000) / 1000, expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) };
 };
 
-async function loadWithProgress(model: string, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
+/** --http-timeout as HttpSource options (model URLs). */
+function httpOptions(args: Args): { http: HttpOptions } {
+  const seconds = numberFlag(args, 'http-timeout', 0);
+  if (seconds === 0) throw new UsageError('--http-timeout must be a number of seconds > 0, got "0"');
+  return { http: { timeoutMs: seconds === undefined ? undefined : seconds * 1000 } };
+}
+
+const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(args, 'model', true), httpOptions(args));
+
+async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const loaded = await loadModel(ctx, await openModel(model), {
+  const loaded = await loadModel(ctx, typeof model === 'string' ? await openModel(model, httpOptions(args)) : model, {
     dtype, dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), expertCacheBytes: expertCacheBytes(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
@@ -147,9 +205,26 @@ const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx
 const round = (x: number) => Math.round(x * 100) / 100;
 const rate = (tokens: number, ms: number) => (tokens > 0 && ms > 0 ? round((tokens * 1000) / ms) : null);
 
-async function generationConfig(source: WeightSource): Promise<Record<string, unknown>> {
-  if (!(await source.has('generation_config.json'))) return {};
-  return JSON.parse(await source.text('generation_config.json'));
+/** Every id must be a token of the model: below vocab_size, and below the tokenizer's size (rows past it are padding). */
+function checkIds(flag: string, ids: number[], model: Model): void {
+  const { vocabSize } = model.config;
+  ids.forEach((id, i) => {
+    if (id >= vocabSize) throw new RequestError(`id ${id} (at position ${i}) is not below the model's vocab_size ${vocabSize}`, `--${flag}`);
+    if (id >= model.tokenizerSize) {
+      throw new RequestError(`id ${id} (at position ${i}) is not a token: the tokenizer has ${model.tokenizerSize} (ids ${model.tokenizerSize}..${vocabSize - 1} are padding rows)`, `--${flag}`);
+    }
+  });
+}
+
+/** The output file can be written (checked before the model loads): its folder exists, it is not a folder. */
+async function checkWritable(flag: string, path: string): Promise<void> {
+  const info = await stat(path).catch(() => undefined);
+  if (info?.isDirectory()) throw new RequestError(`${path} is a directory`, `--${flag}`);
+  const dir = dirname(resolve(path));
+  if (!info && !(await stat(dir).catch(() => undefined))?.isDirectory()) throw new RequestError(`cannot write ${path}: there is no directory ${dir}`, `--${flag}`);
+  await access(info ? path : dir, constants.W_OK).catch(() => {
+    throw new RequestError(`cannot write ${path}: ${info ? 'the file' : `the directory ${dir}`} is not writable`, `--${flag}`);
+  });
 }
 
 async function readMessages(path: string): Promise<ChatMessage[]> {
@@ -185,7 +260,7 @@ function reasoningOf(args: Args): Reasoning {
 }
 
 async function tokenize(args: Args, host: CliHost): Promise<void> {
-  const tokenizer = await Tokenizer.load((await openModel(stringFlag(args, 'model', true))).files);
+  const tokenizer = await Tokenizer.load((await openModelFlag(args)).files);
   let text = stringFlag(args, 'text');
   if (text !== undefined && args.flags.has('messages')) throw new UsageError('give --text or --messages, not both');
   if (text === undefined) {
@@ -201,11 +276,17 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
   const ids = idsFlag(args, 'ids');
   const outPath = stringFlag(args, 'out', true);
   const dtype = dtypeOf(args, ctx);
+  const contextLength = intFlag(args, 'context', ids.length);
+  if (contextLength < ids.length) throw new UsageError(`--ids has ${ids.length} ids, more than --context ${contextLength}`);
+  await checkWritable('out', outPath);
   const t0 = performance.now();
   const model = await loadWithProgress(stringFlag(args, 'model', true), dtype, args, ctx, host);
-  const session = Session.create(ctx, model, { contextLength: intFlag(args, 'context', ids.length) });
+  checkIds('ids', ids, model);
+  const session = Session.create(ctx, model, { contextLength });
   const t1 = performance.now();
-  const file = await open(outPath, 'w');
+  const file = await open(outPath, 'w').catch((error: { code?: string; message: string }) => {
+    throw new RequestError(`cannot write ${outPath} (${error.code ?? error.message})`, '--out');
+  });
   try {
     await scoreIds(session, ids, async (rows) => {
       await file.write(new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength));
@@ -224,13 +305,21 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
 
 /** Token ids in, token ids out: no tokenizer needed. */
 async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
+  for (const flag of CHAT_FLAGS) {
+    if (args.flags.has(flag)) throw new UsageError(flag === 'prompt' || flag === 'messages' ? 'give one of --prompt, --messages or --prompt-ids' : `--${flag} is for chats (--prompt, --messages), not --prompt-ids`);
+  }
   const prompt = idsFlag(args, 'prompt-ids');
   const maxTokens = intFlag(args, 'max-tokens', 256);
-  const modelArg = stringFlag(args, 'model', true);
+  const contextLength = intFlag(args, 'context', prompt.length + maxTokens);
+  if (prompt.length + maxTokens > contextLength) {
+    throw new UsageError(`--prompt-ids (${prompt.length} ids) + --max-tokens ${maxTokens} = ${prompt.length + maxTokens} tokens, more than --context ${contextLength}`);
+  }
   const dtype = dtypeOf(args, ctx);
-  const sampling = samplingFromFlags(args, await generationConfig((await openModel(modelArg)).files));
-  const model = await loadWithProgress(modelArg, dtype, args, ctx, host);
-  const session = Session.create(ctx, model, { contextLength: intFlag(args, 'context', prompt.length + maxTokens) });
+  const checkpoint = await openModelFlag(args);
+  const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
+  const model = await loadWithProgress(checkpoint, dtype, args, ctx, host);
+  checkIds('prompt-ids', prompt, model);
+  const session = Session.create(ctx, model, { contextLength });
   const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   const stopIds = args.flags.has('ignore-eos') ? [] : model.eosTokenIds;
   const r = await generateIds(session, sampler, { promptIds: prompt, maxTokens, sampling, stopIds });
@@ -249,12 +338,12 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
 
 /** A chat through the OpenAI-shaped API, streamed to stdout. */
 async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
+  if (args.flags.has('ignore-eos')) throw new UsageError('--ignore-eos is for --prompt-ids, not chats');
   const messages = await chatMessages(args);
   const reasoning = reasoningOf(args);
   const maxTokens = intFlag(args, 'max-tokens', 256);
-  const modelArg = stringFlag(args, 'model', true);
-  const checkpoint = await openModel(modelArg);
-  const sampling = samplingFromFlags(args, await generationConfig(checkpoint.files));
+  const checkpoint = await openModelFlag(args);
+  const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const engine = await Engine.load(ctx, checkpoint, {
     dtype: dtypeOf(args, ctx), dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), contextLength: intFlag(args, 'context', 4096),
@@ -314,7 +403,7 @@ async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void
   if (!args.flags.has('dtype')) throw new UsageError('convert takes --dtype int4, f16 or f32');
   const dtype = dtypeOf(args, ctx);
   const out = stringFlag(args, 'out', true);
-  const checkpoint = await openModel(stringFlag(args, 'model', true));
+  const checkpoint = await openModelFlag(args);
   const bar = progressBar(host.stderr, host.isTTY, 'converting');
   const t0 = performance.now();
   const manifest = await convertModel(ctx, checkpoint, {
@@ -328,7 +417,7 @@ async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void
 
 async function exportPacked(args: Args, host: CliHost): Promise<void> {
   const out = stringFlag(args, 'out', true);
-  const checkpoint = await openModel(stringFlag(args, 'model', true));
+  const checkpoint = await openModelFlag(args);
   if (!checkpoint.packed) throw new UsageError(`export reads a packed model (made by convert); ${checkpoint.location} is not one`);
   const bar = progressBar(host.stderr, host.isTTY, 'exporting');
   const result = await exportHf(checkpoint.packed, new FolderSink(out), { onProgress: (p) => bar.update(p.doneBytes, p.totalBytes, p.tensor) });

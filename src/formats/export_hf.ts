@@ -1,4 +1,5 @@
 import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
+import { checkCounts, checkLayerCount, countTensors } from '../model/counts.ts';
 import { parseConfig } from '../model/config.ts';
 import { type Naming, type Placement, type TensorSpec, mtpTensors, textModelTensors } from '../model/tensors.ts';
 import { PACKED_MANIFEST, type PackedTensorInfo } from './packed_manifest.ts';
@@ -104,8 +105,11 @@ export async function exportHf(packed: PackedModel, sink: OutputSink, options: E
 
 /** Every Hugging Face tensor behind the packed model's GPU tensors, after checking those are what the config implies. */
 function hfTensors(packed: PackedModel): HfTensor[] {
+  const counts = countTensors(packed.tensors);
+  checkLayerCount(packed.config, counts, PACKED_MANIFEST);
   const config = parseConfig(packed.config, PACKED_MANIFEST);
   const hasMtp = [...packed.tensors.keys()].some((k) => k.startsWith('mtp.'));
+  checkCounts(packed.config, config, counts, hasMtp, PACKED_MANIFEST);
   const specs: TensorSpec[] = [...textModelTensors(config, NAMING), ...(hasMtp ? mtpTensors(config, NAMING) : [])];
   const expected = new Set(specs.map((s) => s.key));
   for (const key of packed.tensors.keys()) {

@@ -29,6 +29,15 @@ export function synthesizeConfig(meta: GgufMetadata, tensors: Map<string, GgufTe
   const mtpLayers = meta.optionalInt(key('nextn_predict_layers')) ?? 0;
   if (mtpLayers >= blocks) throw new ModelFormatError(`metadata key ${key('nextn_predict_layers')}: ${mtpLayers} leaves no main layers of ${blocks} blocks`, meta.file);
   const numLayers = blocks - mtpLayers;
+  // Counts are checked against the file's own tensors before anything is built from them (one entry per layer).
+  const held = new Set<string>();
+  for (const name of tensors.keys()) {
+    const block = /^blk\.(\d+)\./.exec(name)?.[1];
+    if (block !== undefined) held.add(block);
+  }
+  if (numLayers > held.size) {
+    throw new ModelFormatError(`metadata key ${key('block_count')}: ${blocks} blocks (${numLayers} main layers), but the file's tensors hold ${held.size} blocks`, meta.file);
+  }
   const interval = meta.optionalInt(key('full_attention_interval'), 1) ?? 4;
 
   const headDim = meta.int(key('attention.key_length'));
@@ -75,6 +84,7 @@ export function synthesizeConfig(meta: GgufMetadata, tensors: Map<string, GgufTe
   };
   if (arch === 'qwen35moe') {
     json.num_experts = meta.int(key('expert_count'), 'required for qwen35moe');
+    checkExpertTensors(meta, tensors, key('expert_count'), json.num_experts as number);
     json.num_experts_per_tok = meta.int(key('expert_used_count'), 'required for qwen35moe');
     json.moe_intermediate_size = meta.int(key('expert_feed_forward_length'), 'required for qwen35moe');
     json.shared_expert_intermediate_size = meta.int(key('expert_shared_feed_forward_length'), 'required for qwen35moe');
@@ -86,6 +96,20 @@ export function synthesizeConfig(meta: GgufMetadata, tensors: Map<string, GgufTe
   if (bos !== undefined) json.bos_token_id = bos;
   if (eos !== undefined) json.eos_token_id = eos;
   return { json, layout };
+}
+
+/**
+ * Every stacked expert tensor ({cols, rows, E}) holds expert_count experts of non-empty rows: it is split into
+ * one tensor per expert, so its E is checked before that happens.
+ */
+function checkExpertTensors(meta: GgufMetadata, tensors: Map<string, GgufTensorInfo>, countKey: string, experts: number): void {
+  for (const [name, info] of tensors) {
+    if (!/^blk\.\d+\.ffn_(gate|up|down|gate_up)_exps\.weight$/.test(name) || info.dims.length !== 3) continue;
+    const [cols, rows, count] = info.dims;
+    if (count !== experts || cols < 1 || rows < 1) {
+      throw new ModelFormatError(`dims [${info.dims}] are not {cols, rows, ${experts}} (metadata key ${countKey} is ${experts})`, meta.file, name);
+    }
+  }
 }
 
 /** A number, or (llama.cpp allows it) one per layer: then the full-attention layers must agree. */

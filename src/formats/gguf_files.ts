@@ -1,4 +1,5 @@
 import { ModelFormatError } from '../gpu/errors.ts';
+import { checkSmallFile } from '../storage/limits.ts';
 import type { WeightSource } from '../storage/source.ts';
 
 /**
@@ -42,6 +43,8 @@ export class SynthesizedFiles implements WeightSource {
   }
 
   async text(file: string): Promise<string> {
-    return new TextDecoder().decode(this.bytes(file));
+    const bytes = this.bytes(file);
+    checkSmallFile(file, bytes.length);
+    return new TextDecoder().decode(bytes);
   }
 }

@@ -1,4 +1,5 @@
 import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
+import { checkSmallFile } from '../storage/limits.ts';
 import type { WeightSource } from '../storage/source.ts';
 import { PACKED_MANIFEST, type PackedDtype, type PackedFileInfo, type PackedManifest, type PackedTensorInfo, validateManifest } from './packed_manifest.ts';
 import { Sha256 } from './sha256.ts';
@@ -32,8 +33,6 @@ export interface PackedModel {
   verify(onProgress?: (p: VerifyProgress) => void, signal?: AbortSignal): Promise<void>;
 }
 
-/** Manifests larger than this are refused before they are read (a 397B model's is well under 1 MB). */
-const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 /** Bytes hashed per read in verify(). */
 const VERIFY_PIECE_BYTES = 16 * 1024 * 1024;
 /** Size probes in flight at once (HTTP: one request each). */
@@ -50,13 +49,15 @@ export async function openPacked(source: WeightSource): Promise<PackedModel> {
   if (!(await source.has(PACKED_MANIFEST))) {
     throw new ModelFormatError(`not found in ${source.location}: not a packed model, or its conversion did not finish`, PACKED_MANIFEST);
   }
+  // A manifest past its limit is refused before it is read (a 397B model's is well under 1 MB).
   const manifestBytes = await source.size(PACKED_MANIFEST);
-  if (manifestBytes > MAX_MANIFEST_BYTES) throw new ModelFormatError(`${manifestBytes} bytes is implausibly large for a manifest`, PACKED_MANIFEST);
+  checkSmallFile(PACKED_MANIFEST, manifestBytes);
+  // Read outside the try: a failed read (a dropped connection) is its own error, not "not valid JSON".
+  const bytes = await source.read(PACKED_MANIFEST, 0, manifestBytes);
   let raw: unknown;
   try {
-    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(await source.read(PACKED_MANIFEST, 0, manifestBytes)));
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (error) {
-    if (error instanceof ModelFormatError) throw error;
     throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST);
   }
   const manifest = validateManifest(raw);
@@ -189,6 +190,7 @@ class PackedFiles implements WeightSource {
 
   async text(file: string): Promise<string> {
     if (file === 'config.json') return new TextDecoder().decode(this.config);
+    checkSmallFile(file, this.entry(file).bytes);
     return new TextDecoder().decode(await this.source.read(file, 0, this.entry(file).bytes));
   }
 

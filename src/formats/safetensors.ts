@@ -1,5 +1,5 @@
 import { ModelFormatError } from '../gpu/errors.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { type WeightSource, readJson } from '../storage/source.ts';
 import type { Checkpoint, SourceTensor } from './checkpoint.ts';
 
 /** Element types the loader converts from; anything else is reported when a needed tensor has it. */
@@ -38,9 +38,11 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
   const headerLen = Number(new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true));
   if (headerLen > fileSize - 8) throw new ModelFormatError(`header claims ${headerLen} bytes but the file has ${fileSize - 8} after the length field (truncated?)`, file);
   if (headerLen > MAX_HEADER_BYTES) throw new ModelFormatError(`header of ${headerLen} bytes is implausibly large`, file);
+  // Read outside the try: a failed read (a dropped connection) is its own error, not "not valid JSON".
+  const headerBytes = await source.read(file, 8, headerLen);
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder().decode(await source.read(file, 8, headerLen)));
+    header = JSON.parse(new TextDecoder().decode(headerBytes));
   } catch (error) {
     throw new ModelFormatError(`header is not valid JSON (${(error as Error).message})`, file);
   }
@@ -70,6 +72,15 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
     }
     entries.push({ name, file, fileDtype: v.dtype, dtype: known?.dtype, shape: v.shape as number[], offset: dataStart + begin, bytes: end - begin });
   }
+  // No two tensors may share bytes: overlapping data_offsets would silently give one tensor another's values.
+  const spans = entries.filter((e) => e.bytes > 0).sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < spans.length; i++) {
+    const [prev, cur] = [spans[i - 1], spans[i]];
+    if (cur.offset < prev.offset + prev.bytes) {
+      const rel = (e: TensorEntry) => `[${e.offset - dataStart}, ${e.offset - dataStart + e.bytes}]`;
+      throw new ModelFormatError(`data_offsets ${rel(cur)} overlap those of ${prev.name} ${rel(prev)}`, file, cur.name);
+    }
+  }
   return entries;
 }
 
@@ -97,14 +108,11 @@ export async function readCheckpointTensors(source: WeightSource): Promise<Map<s
   let files: string[];
   let weightMap: Record<string, string> | undefined;
   if (await source.has(indexFile)) {
-    let index: { weight_map?: unknown };
-    try {
-      index = JSON.parse(await source.text(indexFile));
-    } catch (error) {
-      throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, indexFile);
-    }
-    if (typeof index.weight_map !== 'object' || index.weight_map === null) throw new ModelFormatError('has no weight_map', indexFile);
-    weightMap = index.weight_map as Record<string, string>;
+    const index = await readJson(source, indexFile);
+    if (typeof index !== 'object' || index === null || Array.isArray(index)) throw new ModelFormatError('is not a JSON object', indexFile);
+    const map = (index as { weight_map?: unknown }).weight_map;
+    if (typeof map !== 'object' || map === null || Array.isArray(map)) throw new ModelFormatError('has no weight_map object', indexFile);
+    weightMap = map as Record<string, string>;
     files = [...new Set(Object.values(weightMap))].sort();
     for (const f of files) {
       if (typeof f !== 'string' || f.includes('..') || f.startsWith('/')) throw new ModelFormatError(`names an invalid shard ${JSON.stringify(f)}`, indexFile);

@@ -69,3 +69,14 @@ export class QuotaError extends QwenError {
     super(message);
   }
 }
+
+/**
+ * A model file that could not be fetched: the connection failed or dropped (after the bounded retries), or
+ * the server went silent for longer than the timeout. `file` and `url` say which.
+ */
+export class NetworkError extends QwenError {
+  override name = 'NetworkError';
+  constructor(message: string, readonly file: string, readonly url: string) {
+    super(`${file}: ${message}`);
+  }
+}

@@ -6,6 +6,7 @@ import { quantizeQ4 } from '../kernels/quantize.ts';
 import { type Checkpoint, type SourceTensor, sourceBytes } from '../formats/checkpoint.ts';
 import { type WeightSource, readJson } from '../storage/source.ts';
 import { type Qwen35Config, parseConfig } from './config.ts';
+import { checkCounts, checkLayerCount, countTensors } from './counts.ts';
 import { type Naming, type Placement, type TensorSpec, mtpTensors, textModelTensors } from './tensors.ts';
 import { type ModelWeights, assembleWeights } from './weights.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
@@ -147,12 +148,16 @@ export interface CheckpointPlan {
 
 export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; tokenizer?: Tokenizer } = {}): Promise<CheckpointPlan> {
   const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & { text_config?: { eos_token_id?: unknown }; eos_token_id?: unknown };
-  const config = parseConfig(rawConfig);
-  const vocab = await vocabInfo(checkpoint.files, config.vocabSize, options.tokenizer, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
   const packed = checkpoint.packed;
+  // The config's counts are checked against the tensor index before anything is built from them.
+  const counts = countTensors(packed ? packed.tensors : checkpoint.tensors);
+  checkLayerCount(rawConfig, counts);
+  const config = parseConfig(rawConfig);
   const has = (name: string) => (packed ? packed.tensors.has(name) : checkpoint.tensors.has(name));
-  const naming = packed ? { prefix: '', fusedExperts: true } : detectNaming(checkpoint.tensors, config, checkpoint.location);
   const wantMtp = (options.mtp ?? true) && config.mtpLayers > 0 && has(packed ? 'mtp.fc' : 'mtp.fc.weight');
+  checkCounts(rawConfig, config, counts, wantMtp);
+  const vocab = await vocabInfo(checkpoint.files, config.vocabSize, options.tokenizer, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
+  const naming = packed ? { prefix: '', fusedExperts: true } : detectNaming(checkpoint.tensors, config, checkpoint.location);
   const specs = [...textModelTensors(config, naming), ...(wantMtp ? mtpTensors(config, naming) : [])];
   if (packed) {
     const unusedTensors = [...packed.tensors.keys()].filter((k) => !specs.some((s) => s.key === k) && !(k.startsWith('mtp.') && !wantMtp));

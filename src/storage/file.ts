@@ -1,6 +1,7 @@
 import { open, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelFormatError } from '../gpu/errors.ts';
+import { checkSmallFile } from './limits.ts';
 import type { WeightSource } from './source.ts';
 
 /** Model files in a local folder (Node and Deno both provide node:fs). */
@@ -37,7 +38,9 @@ export class FileSource implements WeightSource {
     }
   }
 
+  /** The whole file as text, at most its small-file limit (src/storage/limits.ts). */
   async text(file: string): Promise<string> {
+    checkSmallFile(file, await this.size(file));
     return readFile(join(this.location, file), 'utf8').catch(() => {
       throw new ModelFormatError(`missing from ${this.location}`, file);
     });

@@ -2,6 +2,7 @@ import { ModelFormatError, QwenError, throwIfAborted } from '../gpu/errors.ts';
 import {
   type CompleteMarker, type StoredFile, type StoredModelMeta, chunkRange, completeKey, metaKey, recordAt, recordEnd, request,
 } from './idb_records.ts';
+import { checkSmallFile } from './limits.ts';
 import type { WeightSource } from './source.ts';
 
 /**
@@ -63,6 +64,7 @@ export class IdbSource implements WeightSource {
   }
 
   async text(file: string): Promise<string> {
+    checkSmallFile(file, this.entry(file).bytes);
     return new TextDecoder().decode(await this.read(file, 0, this.entry(file).bytes));
   }
 

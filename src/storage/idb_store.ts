@@ -13,6 +13,7 @@ import { PACKED_MANIFEST, validateManifest } from '../formats/packed_manifest.ts
 import { Sha256 } from '../formats/sha256.ts';
 import { HttpSource } from './http.ts';
 import { IdbSource } from './idb_source.ts';
+import { checkSmallFile } from './limits.ts';
 import {
   type CompleteMarker, type StoredFile, type StoredModelMeta, chunkKey, completeKey, doneKey, expertItems, layoutRecords, metaKey,
   modelRange, modelsStore, recordEnd, request,
@@ -181,7 +182,9 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     files = await plain([gguf], false);
   } else if (await source.has(PACKED_MANIFEST)) {
     format = 'packed';
-    const bytes = await source.read(PACKED_MANIFEST, 0, await source.size(PACKED_MANIFEST), signal);
+    const manifestBytes = await source.size(PACKED_MANIFEST);
+    checkSmallFile(PACKED_MANIFEST, manifestBytes);
+    const bytes = await source.read(PACKED_MANIFEST, 0, manifestBytes, signal);
     let raw: unknown;
     try {
       raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
@@ -204,7 +207,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
       const text = await source.text('model.safetensors.index.json');
       let map: unknown;
       try {
-        map = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
+        map = (JSON.parse(text) as { weight_map?: unknown } | null)?.weight_map;
       } catch (error) {
         throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, 'model.safetensors.index.json');
       }

@@ -1,4 +1,4 @@
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { QwenError, RequestError } from '../gpu/errors.ts';
 
 export interface ChatToolCall {
@@ -48,13 +48,110 @@ export function renderChat(template: string, args: RenderChatArgs): string {
   if (args.enableThinking !== undefined) variables.enable_thinking = args.enableThinking;
   const compiled = compile(template);
   try {
-    return compiled.render(variables);
+    return renderBounded(compiled, variables, TEMPLATE_LIMITS);
   } catch (error) {
+    if (error instanceof TemplateLimitError) throw new QwenError(`chat template: ${error.message}`);
     const message = (error as Error).message;
     // raise_exception('...') messages are literals of the template: the template refuses this conversation.
     if (message !== '' && template.includes(message)) throw new RequestError(`rejected by the chat template: ${message}`, 'messages');
     throw new QwenError(`chat template failed to render: ${message}`);
   }
+}
+
+/**
+ * Bounds on one rendering of a chat template (a template is code from the model's files): a template that
+ * loops for ever, builds a huge text or asks for a huge range() stops with an error instead of taking the
+ * process's memory or time. Real Qwen3.5 prompts are far inside them.
+ */
+export const TEMPLATE_LIMITS = {
+  /** Characters of the rendered prompt, and of any one string value made while rendering. */
+  maxOutputChars: 16 * 1024 * 1024,
+  /** Characters of all the block outputs made while rendering (loop bodies included), summed. */
+  maxProducedChars: 64 * 1024 * 1024,
+  /** Wall-clock milliseconds. */
+  maxMs: 5000,
+  /** Items of one range(). */
+  maxRange: 1_000_000,
+};
+export type TemplateLimits = typeof TEMPLATE_LIMITS;
+
+class TemplateLimitError extends Error {}
+
+type Evaluate = (this: Interpreter, statement: unknown, environment: Environment) => { type: string; value: unknown };
+
+/**
+ * Template.render with limits (@huggingface/jinja has none): the same globals, an interpreter whose
+ * evaluate / evaluateBlock count time and the characters produced, and a range() that refuses huge ranges.
+ */
+export function renderBounded(template: Template, variables: Record<string, unknown>, limits: TemplateLimits = TEMPLATE_LIMITS): string {
+  const deadline = performance.now() + limits.maxMs;
+  const env = new Environment();
+  const globals: Record<string, unknown> = {
+    false: false, true: true, none: null, False: false, True: true, None: null,
+    raise_exception: (message: unknown) => {
+      throw new Error(String(message));
+    },
+    range: (start: number, stop?: number, step = 1) => boundedRange(start, stop, step, limits.maxRange),
+    strftime_now: (format: string) => strftime(new Date(), String(format)),
+  };
+  for (const [name, value] of Object.entries({ ...globals, ...variables })) env.set(name, value);
+  const interpreter = new Interpreter(env);
+  const proto = Interpreter.prototype as unknown as { evaluate: Evaluate; evaluateBlock: Evaluate };
+  let steps = 0;
+  let produced = 0;
+  const check = (value: { type: string; value: unknown }) => {
+    if (value?.type === 'StringValue' && (value.value as string).length > limits.maxOutputChars) {
+      throw new TemplateLimitError(`rendering made a text of ${(value.value as string).length} characters, more than the limit of ${limits.maxOutputChars}`);
+    }
+    return value;
+  };
+  const tick = () => {
+    if ((++steps & 255) === 0 && performance.now() > deadline) {
+      throw new TemplateLimitError(`rendering took more than ${limits.maxMs} ms (a template that loops without end?)`);
+    }
+  };
+  // Every expression and every block (a loop body, even an empty one, is one block per iteration) ticks.
+  Object.assign(interpreter, {
+    evaluate(this: Interpreter, statement: unknown, environment: Environment) {
+      tick();
+      return check(proto.evaluate.call(this, statement, environment));
+    },
+    evaluateBlock(this: Interpreter, statements: unknown, environment: Environment) {
+      tick();
+      const block = check(proto.evaluateBlock.call(this, statements, environment));
+      produced += (block.value as string).length;
+      if (produced > limits.maxProducedChars) throw new TemplateLimitError(`rendering produced more than ${limits.maxProducedChars} characters (a template that loops without end?)`);
+      return block;
+    },
+  });
+  return check(interpreter.run(template.parsed) as { type: string; value: unknown }).value as string;
+}
+
+/** Python's range(), refusing more than `max` items. */
+function boundedRange(start: number, stop: number | undefined, step: number, max: number): number[] {
+  if (stop === undefined) [start, stop] = [0, start];
+  if (step === 0) throw new Error('range() step must not be zero');
+  const steps = Math.ceil((stop - start) / step);
+  const count = Number.isNaN(steps) ? 0 : Math.max(0, steps);
+  if (!(count <= max)) throw new TemplateLimitError(`range(${start}, ${stop}, ${step}) has ${count} items, more than the limit of ${max}`);
+  return Array.from({ length: count }, (_, i) => start + i * step);
+}
+
+/** The strftime subset @huggingface/jinja's strftime_now knows. */
+function strftime(date: Date, format: string): string {
+  const pad2 = (n: number) => String(n).padStart(2, '0');
+  return format.replace(/%[YmdbBHM%]/g, (token) => {
+    switch (token) {
+      case '%Y': return String(date.getFullYear());
+      case '%m': return pad2(date.getMonth() + 1);
+      case '%d': return pad2(date.getDate());
+      case '%b': return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(date);
+      case '%B': return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(date);
+      case '%H': return pad2(date.getHours());
+      case '%M': return pad2(date.getMinutes());
+      default: return '%';
+    }
+  });
 }
 
 let cached: { source: string; template: Template } | undefined;

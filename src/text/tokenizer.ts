@@ -23,6 +23,10 @@ export class Tokenizer {
   static async load(source: WeightSource): Promise<Tokenizer> {
     if (!(await source.has('tokenizer.json'))) throw new ModelFormatError(`missing from ${source.location}`, 'tokenizer.json');
     const json = asObject(await readJson(source, 'tokenizer.json'), 'tokenizer.json', 'the top level');
+    // The library guesses a model from the fields of an unknown type (and would load it); only BPE is Qwen's.
+    const modelType = asObject(json.model, 'tokenizer.json', 'model').type;
+    if (modelType !== 'BPE') throw new ModelFormatError(`model.type ${JSON.stringify(modelType)} is not supported (Qwen3.5 tokenizers are byte-level "BPE")`, 'tokenizer.json');
+    for (const section of ['normalizer', 'pre_tokenizer', 'decoder', 'post_processor']) checkPatterns(json[section], section);
     const config = (await source.has('tokenizer_config.json'))
       ? asObject(await readJson(source, 'tokenizer_config.json'), 'tokenizer_config.json', 'the top level')
       : {};
@@ -33,6 +37,8 @@ export class Tokenizer {
     try {
       // HF transformers no longer cleans up spaces by default; the library still does, which would alter text.
       hf = new HfTokenizer({ ...json, added_tokens: addedTokens }, { ...config, clean_up_tokenization_spaces: config.clean_up_tokenization_spaces ?? false });
+      // The library reads parts of its config only when it first encodes or decodes: try both now.
+      hf.decode(hf.encode(TRIAL_TEXT, { add_special_tokens: false }).ids, { skip_special_tokens: false });
     } catch (error) {
       throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json');
     }
@@ -43,7 +49,11 @@ export class Tokenizer {
 
   /** Added tokens written in the text (`<|im_start|>`, `<think>`) become their ids, as in HF's default. */
   encode(text: string): number[] {
-    return this.hf.encode(text, { add_special_tokens: false }).ids;
+    try {
+      return this.hf.encode(text, { add_special_tokens: false }).ids;
+    } catch (error) {
+      throw new QwenError(`tokenizer.json: encoding failed (${(error as Error).message})`);
+    }
   }
 
   decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
@@ -60,6 +70,33 @@ export class Tokenizer {
   tokenId(token: string): number | undefined {
     return this.hf.token_to_id(token);
   }
+}
+
+/** Text with words, digits, punctuation, spaces, newlines and non-Latin script, encoded once at load. */
+const TRIAL_TEXT = 'Hello, world! 12 + 30 = 42.\n\tÉté 你好 ';
+
+const SPLIT_BEHAVIORS = ['removed', 'isolated', 'mergedwithprevious', 'mergedwithnext', 'contiguous'];
+
+/**
+ * The `pattern` of every Split and Replace step under `value` must be {"Regex": string} or {"String": string}:
+ * the library warns about any other and drops the step, which would tokenize differently without an error.
+ */
+function checkPatterns(value: unknown, where: string): void {
+  if (Array.isArray(value)) {
+    value.forEach((v, i) => checkPatterns(v, `${where}[${i}]`));
+    return;
+  }
+  if (typeof value !== 'object' || value === null) return;
+  const step = value as Json;
+  if (step.type === 'Split' || step.type === 'Replace') {
+    const pattern = step.pattern as Json | undefined;
+    const ok = typeof pattern === 'object' && pattern !== null && (typeof pattern.Regex === 'string' || typeof pattern.String === 'string');
+    if (!ok) throw new ModelFormatError(`${where}.pattern: ${JSON.stringify(step.pattern)} is not {"Regex": ...} or {"String": ...}`, 'tokenizer.json');
+  }
+  if (step.type === 'Split' && step.behavior !== undefined && !(typeof step.behavior === 'string' && SPLIT_BEHAVIORS.includes(step.behavior.toLowerCase()))) {
+    throw new ModelFormatError(`${where}.behavior: ${JSON.stringify(step.behavior)} is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous`, 'tokenizer.json');
+  }
+  for (const [key, v] of Object.entries(step)) if (typeof v === 'object' && v !== null && key !== 'pattern') checkPatterns(v, `${where}.${key}`);
 }
 
 function asObject(value: unknown, file: string, where: string): Json {

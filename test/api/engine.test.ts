@@ -154,3 +154,64 @@ describe('completions', () => {
     expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer.encode('The license').length, completion_tokens: 8 });
   });
 });
+
+// A stream holds the session from its first next(), never from its creation: a client that creates a stream
+// and walks away (or aborts it, or stops early) must not lock the engine for every later request.
+describe('the session queue and abandoned streams', () => {
+  /** The request's result, or a failure when it is still waiting for the session after `ms`. */
+  async function within<T>(ms: number, request: Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const blocked = new Promise<never>((_, fail) => (timer = setTimeout(() => fail(new Error(`still waiting for the session after ${ms} ms`)), ms)));
+    try {
+      return await Promise.race([request, blocked]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  const next = () => within(60_000, engine.chat.completions.create(ask({ temperature: 0, max_tokens: 2 })));
+
+  it('serves the next request while a stream that was created is never iterated', async () => {
+    const idle = await engine.chat.completions.create({ ...ask({ temperature: 0 }), stream: true });
+    expect((await next()).usage.completion_tokens).toBe(2);
+    // The idle stream still works when it is finally read, in its turn.
+    let chunks = 0;
+    for await (const _ of idle) chunks++;
+    expect(chunks).toBeGreaterThan(1);
+  }, 120_000);
+
+  it('frees the session when a stream is aborted before, between or while waiting for its turn', async () => {
+    // Aborted before its first next().
+    const early = new AbortController();
+    const a = await engine.chat.completions.create({ ...ask({ max_tokens: 50 }), stream: true, signal: early.signal });
+    early.abort();
+    await expect(a[Symbol.asyncIterator]().next()).rejects.toThrow(AbortError);
+    expect((await next()).usage.completion_tokens).toBe(2);
+
+    // Aborted after one chunk, with no further next(): the session is free at once.
+    const between = new AbortController();
+    const b = await engine.chat.completions.create({ ...ask({ max_tokens: 50 }), stream: true, signal: between.signal });
+    const it = b[Symbol.asyncIterator]();
+    await it.next();
+    between.abort();
+    expect((await next()).usage.completion_tokens).toBe(2);
+    await expect(it.next()).rejects.toThrow(AbortError);
+
+    // Waiting behind a stream that holds the session: its abort rejects at once and gives the turn up.
+    const holder = (await engine.chat.completions.create({ ...ask({ max_tokens: 50 }), stream: true }))[Symbol.asyncIterator]();
+    await holder.next();
+    const waiting = new AbortController();
+    const w = (await engine.chat.completions.create({ ...ask({ max_tokens: 50 }), stream: true, signal: waiting.signal }))[Symbol.asyncIterator]();
+    const pending = w.next();
+    waiting.abort();
+    await expect(within(10_000, pending)).rejects.toThrow(AbortError);
+    await holder.return!();
+    expect((await next()).usage.completion_tokens).toBe(2);
+  }, 180_000);
+
+  it('frees the session when the consumer stops early with return()', async () => {
+    const stream = (await engine.completions.create({ prompt: 'The license', max_tokens: 50, temperature: 0, stream: true }))[Symbol.asyncIterator]();
+    await stream.next();
+    await stream.return!();
+    expect((await next()).usage.completion_tokens).toBe(2);
+  }, 120_000);
+});

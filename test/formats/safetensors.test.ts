@@ -41,6 +41,11 @@ describe('safetensors', () => {
     ['negative dimensions', withHeader({ t: { dtype: 'F32', shape: [-4], data_offsets: [0, 16] } }, 16), /t: shape \[-4\]/],
     ['inverted offsets', withHeader({ t: { dtype: 'F32', shape: [0], data_offsets: [8, 0] } }, 16), /data_offsets/],
     ['a missing dtype', withHeader({ t: { shape: [4], data_offsets: [0, 16] } }, 16), /t: header entry has no dtype/],
+    [
+      'tensors whose data overlap (one would read the other\'s values)',
+      withHeader({ t: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, u: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } }, 16),
+      /u: data_offsets \[8, 16\] overlap those of t \[0, 16\]/,
+    ],
   ];
   for (const [what, bytes, message] of bad) {
     it(`refuses ${what}, naming the file`, async () => {
@@ -49,6 +54,18 @@ describe('safetensors', () => {
       await expect(readSafetensorsHeader(folder({ 'm.safetensors': bytes }), 'm.safetensors')).rejects.toThrow(new RegExp(`m\\.safetensors: .*${message.source}`));
     });
   }
+
+  it('accepts tensors that touch, and empty tensors anywhere', async () => {
+    const header = { t: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, u: { dtype: 'F32', shape: [2], data_offsets: [8, 16] }, e: { dtype: 'F32', shape: [0], data_offsets: [4, 4] } };
+    const entries = await readSafetensorsHeader(folder({ 'm.safetensors': withHeader(header, 16) }), 'm.safetensors');
+    expect(entries.map((e) => e.name)).toEqual(['t', 'u', 'e']);
+  });
+
+  it('names an index that is null or has no weight_map object', async () => {
+    for (const index of ['null', '[]', '{"weight_map": null}', '{"weight_map": ["a"]}']) {
+      await expect(readCheckpointTensors(folder({ 'model.safetensors.index.json': index, 's1.safetensors': good }))).rejects.toThrow(/^model\.safetensors\.index\.json: (is not a JSON object|has no weight_map object)$/);
+    }
+  });
 
   it('checks a shard index against the shards', async () => {
     const index = (map: Record<string, string>) => JSON.stringify({ weight_map: map });

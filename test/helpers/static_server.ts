@@ -26,17 +26,24 @@ export interface StaticServer {
 export type Mount = string | { path: string; ranges: false };
 
 /**
+ * Takes a request over before it is served (returns true when it did): tests make a server that drops a
+ * connection mid-body, stalls, never answers or sends an endless body. `file` is the mounted file the path
+ * names (undefined when none).
+ */
+export type Intercept = (req: IncomingMessage, res: ServerResponse, file: string | undefined) => boolean | Promise<boolean>;
+
+/**
  * A static HTTP server on 127.0.0.1 for the tests: `mounts` maps URL prefixes ('/dist/') to
  * folders, or exact paths ('/') to files. GET and HEAD, with single-range `Range` requests (206 with
  * Content-Range, 416 when unsatisfiable), as model files are read. A mount given as
  * `{ path, ranges: false }` ignores Range and always answers 200 with the whole file, to test
  * clients against servers that cannot serve byte ranges.
  */
-export async function serveStatic(mounts: Record<string, Mount>): Promise<StaticServer> {
+export async function serveStatic(mounts: Record<string, Mount>, options: { intercept?: Intercept } = {}): Promise<StaticServer> {
   const log: string[] = [];
   const sent: { path: string; bytes: number }[] = [];
   const server: Server = createServer((req, res) => {
-    handle(req, res, mounts, log, sent).catch((error: unknown) => {
+    handle(req, res, mounts, log, sent, options.intercept).catch((error: unknown) => {
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
       res.end(String(error));
     });
@@ -76,10 +83,13 @@ function resolvePath(pathname: string, mounts: Record<string, Mount>): Target | 
   return undefined;
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, mounts: Record<string, Mount>, log: string[], sent: { path: string; bytes: number }[]): Promise<void> {
+async function handle(
+  req: IncomingMessage, res: ServerResponse, mounts: Record<string, Mount>, log: string[], sent: { path: string; bytes: number }[], intercept?: Intercept,
+): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const range = req.headers.range;
   log.push(`${req.method} ${url.pathname}${range ? ` ${range}` : ''}`);
+  if (intercept && (await intercept(req, res, resolvePath(decodeURIComponent(url.pathname), mounts)?.file))) return;
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { allow: 'GET, HEAD' }).end();
     return;

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { QwenError, RequestError } from '../../src/gpu/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
-import { type ChatMessage, type ToolDefinition, renderChat } from '../../src/text/chat_template.ts';
+import { type ChatMessage, TEMPLATE_LIMITS, type ToolDefinition, renderBounded, renderChat } from '../../src/text/chat_template.ts';
+import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '../../src/text/tokenizer.ts';
 import { parseToolCalls } from '../../src/text/tool_calls.ts';
 import { FIXTURES, fixtureDir } from '../helpers/fixtures.ts';
@@ -184,5 +185,36 @@ describe('renderChat validation', () => {
     expect(() => renderChat(refusing, { messages: [user] })).toThrow(RequestError);
     expect(() => renderChat(refusing, { messages: [user] })).toThrow('messages: rejected by the chat template: System message must come first.');
     expect(() => renderChat('{{ messages[0].content.nope() }}', { messages: [user] })).toThrow(/^chat template failed to render: /);
+  });
+});
+
+// A chat template is code from the model's files: one that loops for ever, or builds a huge text, stops with
+// an error within its limits (time, characters, range size) instead of taking the process's memory.
+describe('bounded template rendering', () => {
+  const user: ChatMessage = { role: 'user', content: 'Hi' };
+
+  it('refuses a huge range() before building it', () => {
+    const rss0 = process.memoryUsage.rss();
+    const t0 = performance.now();
+    expect(() => renderChat('{% for i in range(100000000) %}x{% endfor %}', { messages: [user] })).toThrow(
+      new QwenError('chat template: range(0, 100000000, 1) has 100000000 items, more than the limit of 1000000'),
+    );
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(process.memoryUsage.rss() - rss0).toBeLessThan(100 * 1024 * 1024);
+  });
+
+  it('stops a template past its time, output or production limit', () => {
+    const limits = { ...TEMPLATE_LIMITS, maxMs: 60_000, maxOutputChars: 100_000, maxProducedChars: 1_000_000 };
+    const render = (source: string, maxMs = limits.maxMs) => () => renderBounded(new Template(source), { messages: [user] }, { ...limits, maxMs });
+    const t0 = performance.now();
+    expect(render('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', 300)).toThrow(/^rendering took more than 300 ms/);
+    expect(performance.now() - t0).toBeLessThan(3000);
+    expect(render("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}")).toThrow(/^rendering made a text of \d+ characters, more than the limit of 100000$/);
+    expect(render('{% for i in range(100000) %}{{ i }} and more text{% endfor %}')).toThrow(/^rendering (produced more than 1000000 characters|made a text of)/);
+  });
+
+  it('renders like @huggingface/jinja itself, globals included (the fixtures\' chat cases above go through it too)', () => {
+    const source = "{{ range(2, 7, 2)|join(',') }} {{ range(3)|join(',') }} {{ true }} {{ none is none }} {{ True and not False }} {{ strftime_now('%Y')|length }} {{ namespace(a=1).a }}";
+    expect(renderBounded(new Template(source), {})).toBe(new Template(source).render({}));
   });
 });

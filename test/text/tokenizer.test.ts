@@ -78,6 +78,24 @@ describe('loading a tokenizer', () => {
     );
   });
 
+  // Found by the fuzzer: the library drops a Split whose pattern it does not know (a warning, then a different
+  // tokenizer) and reads `behavior` only when it first encodes (a TypeError then).
+  it('refuses an unknown model type, a Split or Replace pattern it does not know and a bad Split behavior', async () => {
+    const split = (j: Record<string, unknown>) => (j.pre_tokenizer as { pretokenizers: Record<string, unknown>[] }).pretokenizers[0];
+    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => ((j.model as { type: string }).type = 'Unigram') }))).rejects.toThrow(
+      'tokenizer.json: model.type "Unigram" is not supported (Qwen3.5 tokenizers are byte-level "BPE")',
+    );
+    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (split(j).pattern = { Reg3x: '.' }) }))).rejects.toThrow(
+      'tokenizer.json: pre_tokenizer.pretokenizers[0].pattern: {"Reg3x":"."} is not {"Regex": ...} or {"String": ...}',
+    );
+    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (split(j).behavior = 7) }))).rejects.toThrow(
+      /^tokenizer\.json: pre_tokenizer\.pretokenizers\[0\]\.behavior: 7 is not one of Removed/,
+    );
+    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (j.normalizer = { type: 'Replace', pattern: {}, content: 'x' }) }))).rejects.toThrow(
+      'tokenizer.json: normalizer.pattern: {} is not {"Regex": ...} or {"String": ...}',
+    );
+  });
+
   it('is a ModelFormatError for a malformed tokenizer_config.json or generation_config.json', async () => {
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer_config.json': 'nope' }))).rejects.toThrow(ModelFormatError);
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer_config.json': 'nope' }))).rejects.toThrow(/^tokenizer_config\.json: not valid JSON/);

@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import type { ActivationType } from '../../gpu/caps.ts';
 import type { AdapterSummary } from '../../gpu/context.ts';
-import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, QuotaError, QwenError, RequestError, SessionError } from '../../gpu/errors.ts';
+import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError, SessionError } from '../../gpu/errors.ts';
 import type { WeightDtype } from '../../gpu/tensor.ts';
 import type { LoadProgress as ModelLoadProgress } from '../../model/load.ts';
 import type { StoredModel } from '../../storage/idb_store.ts';
@@ -141,7 +141,7 @@ export interface WorkerApi {
 }
 
 const ERRORS: Record<string, new (...args: never[]) => QwenError> = {
-  QwenError, AdapterError, CapabilityError, ModelFormatError, ConfigError, RequestError, SessionError, AbortError, QuotaError,
+  QwenError, AdapterError, CapabilityError, ModelFormatError, ConfigError, RequestError, SessionError, AbortError, QuotaError, NetworkError,
 };
 
 interface WireError {
@@ -164,7 +164,7 @@ export function installErrorTransfer(): void {
       const value = (thrown as { value: unknown }).value;
       if (!(value instanceof Error)) return builtin.serialize(thrown);
       const fields: Record<string, string | number> = {};
-      for (const key of ['field', 'file', 'tensor', 'capability', 'bytesNeeded', 'bytesAvailable'] as const) {
+      for (const key of ['field', 'file', 'tensor', 'capability', 'bytesNeeded', 'bytesAvailable', 'url'] as const) {
         const v = (value as unknown as Record<string, unknown>)[key];
         if (typeof v === 'string' || typeof v === 'number') fields[key] = v;
       }
