@@ -57,7 +57,8 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
                        [--prompt-tokens N] [--decode-tokens N]
-      prefill and decode tokens/s, and weight bandwidth against the adapter's own copy bandwidth
+      prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
+      adapter's own copy bandwidth (--json: one line of figures)
   qwen-webgpu adapter  prints the adapter the engine would use
 
 common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises

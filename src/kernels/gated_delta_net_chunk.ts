@@ -2,37 +2,8 @@ import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { CapabilityError } from '../gpu/errors.ts';
 import { grid } from './grid.ts';
-import { type Checks, checks } from './checks.ts';
-
-/** The Gated DeltaNet core over T tokens (spec §2.3): `out` and the updated `state` of HF's recurrent rule. */
-export interface GatedDeltaNetArgs {
-  tokens: number; nk: number; nv: number; dk: number; dv: number;   // nv % nk == 0; value head h reads key head h / (nv/nk)
-  qkv: GPUBuffer; qkvStride: number;   // activations; token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
-  ba: GPUBuffer; baStride: number; bOffset: number; aOffset: number;  // activations; b[t,h] = ba[t*baStride + bOffset + h], a likewise
-  aLog: GPUBuffer; dtBias: GPUBuffer;  // [nv] f32
-  state: GPUBuffer;                    // [nv, dk, dv] f32, read and updated (zero at sequence start)
-  out: GPUBuffer;                      // [T, nv, dv] activations
-}
-
-/** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `check`'s op. */
-export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs, actBytes: number): void {
-  const { fail, fits, counts } = check;
-  const { tokens: T, nk, nv, dk, dv } = a;
-  counts({ tokens: T, nk, nv, dk, dv });
-  if (nv % nk !== 0) fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
-  counts({ qkvStride: a.qkvStride, baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset }, 0);
-  const qkvWidth = 2 * nk * dk + nv * dv;
-  if (T > 1 && a.qkvStride < qkvWidth) fail(`qkvStride = ${a.qkvStride} is less than 2*nk*dk + nv*dv = ${qkvWidth}`);
-  if (T > 1 && a.baStride < Math.max(a.bOffset, a.aOffset) + nv) fail(`baStride = ${a.baStride} is less than max(bOffset, aOffset) + nv`);
-  const inputs = [a.qkv, a.ba, a.aLog, a.dtBias];
-  if (a.state === a.out || inputs.includes(a.state) || inputs.includes(a.out)) fail('state and out must be distinct from each other and from the inputs');
-  fits('qkv', a.qkv, (T - 1) * a.qkvStride + qkvWidth, actBytes);
-  fits('ba', a.ba, (T - 1) * a.baStride + Math.max(a.bOffset, a.aOffset) + nv, actBytes);
-  fits('aLog', a.aLog, nv);
-  fits('dtBias', a.dtBias, nv);
-  fits('state', a.state, nv * dk * dv);
-  fits('out', a.out, T * nv * dv, actBytes);
-}
+import { checks } from './checks.ts';
+import { type GatedDeltaNetArgs, checkGatedDeltaNetArgs } from './gated_delta_net_args.ts';
 
 /** Tokens per chunk (HF torch_chunk_gated_delta_rule's chunk_size); fixed by all three shaders. */
 export const CHUNK = 64;
@@ -135,7 +106,8 @@ export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: numbe
 }
 
 /**
- * Chunked GDN prefill (UT transform over chunks of 64, spec §2.3): the results of HF torch_recurrent_gated_delta_rule.
+ * Chunked GDN prefill (UT transform over chunks of 64, spec §2.3): the results of HF torch_recurrent_gated_delta_rule
+ * (and of gatedDeltaNetStep).
  * Three dispatches: prepare (parallel over chunks × value heads: gates, gram matrices, triangular solve), scan
  * (sequential over chunks, parallel over value heads × 16-column tiles: v_new and the state), output (parallel over
  * chunks × value heads × 16-column tiles).

@@ -8,6 +8,7 @@ import { conv1dCausal } from '../kernels/conv1d_causal.ts';
 import { l2norm } from '../kernels/l2norm.ts';
 import { gatedDeltaNetDecode } from '../kernels/gated_delta_net_decode.ts';
 import { gatedDeltaNetChunk } from '../kernels/gated_delta_net_chunk.ts';
+import { gatedDeltaNetStep } from '../kernels/gated_delta_net_step.ts';
 import { rmsNormGated } from '../kernels/rms_norm_gated.ts';
 import { attentionPrepare } from '../kernels/attention_prepare.ts';
 import { attention } from '../kernels/attention.ts';
@@ -131,7 +132,7 @@ function linear(ctx: GpuContext, a: Activations, T: number, l: LinearArgs): Prom
 /**
  * Qwen3_5GatedDeltaNet (spec §2.3): fused in-projection, causal conv, l2-normed delta rule, gated norm, out-projection.
  * One token (decode) runs everything between the projections in one kernel; more run each step on its own, the
- * delta rule chunked.
+ * delta rule chunked (GPUs) or token by token (CPU adapters).
  */
 async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, s: LayerState, a: Activations, x: Input, T: number): Promise<Dispatch[]> {
   const c = model.config;
@@ -159,7 +160,8 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, s: La
     ...inProj,
     await conv1dCausal(ctx, { ...conv, x: a.proj, xStride: P, w: vectorBuffer(w.conv), state: s.conv!, y: a.mix, tokens: T, channels: d.convDim }),
     await l2norm(ctx, { x: a.mix, tokens: T, heads: 2 * nk, dim: c.linearKeyDim, tokenStride: d.convDim, scaledHeads: nk, scale: 1 / Math.sqrt(c.linearKeyDim) }),
-    ...(await gatedDeltaNetChunk(ctx, { ...core, scratch: a.chunk })),
+    // Chunked on GPUs; token after token on CPU adapters, where the chunks' kernels compile for minutes and run slower.
+    ...(ctx.caps.cpu ? await gatedDeltaNetStep(ctx, core) : await gatedDeltaNetChunk(ctx, { ...core, scratch: a.chunk })),
     await rmsNormGated(ctx, {
       x: a.core, z: a.proj, zTokenStride: P, zOffset: d.convDim, w: vectorBuffer(w.norm), y: a.gated,
       rows: T * nv, heads: nv, dim: c.linearValueDim, eps: c.rmsNormEps,

@@ -38,7 +38,9 @@ export class Tokenizer {
       // HF transformers no longer cleans up spaces by default; the library still does, which would alter text.
       hf = new HfTokenizer({ ...json, added_tokens: addedTokens }, { ...config, clean_up_tokenization_spaces: config.clean_up_tokenization_spaces ?? false });
       // The library reads parts of its config only when it first encodes or decodes: try both now.
-      hf.decode(hf.encode(TRIAL_TEXT, { add_special_tokens: false }).ids, { skip_special_tokens: false });
+      // A vocabulary without byte tokens encodes it to nothing, and the library refuses to decode nothing.
+      const ids = hf.encode(TRIAL_TEXT, { add_special_tokens: false }).ids;
+      hf.decode(ids.length > 0 ? ids : [0], { skip_special_tokens: false });
     } catch (error) {
       throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json');
     }

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
-import { type ChunkScratch, type GatedDeltaNetArgs, createChunkScratch, gatedDeltaNetChunk } from '../../src/kernels/gated_delta_net_chunk.ts';
+import type { GatedDeltaNetArgs } from '../../src/kernels/gated_delta_net_args.ts';
+import { type ChunkScratch, createChunkScratch, gatedDeltaNetChunk } from '../../src/kernels/gated_delta_net_chunk.ts';
+import { gatedDeltaNetStep } from '../../src/kernels/gated_delta_net_step.ts';
 import { type GatedDeltaNetRefArgs, gatedDeltaNetChunked, gatedDeltaNetRecurrent, gates } from '../../src/reference/gated_delta_net.ts';
 import { l2norm } from '../../src/reference/l2norm.ts';
 import { describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
@@ -60,8 +62,10 @@ function expectNear(got: ArrayLike<number>, want: ArrayLike<number>, label: stri
   expectClose(got, want, tol * max, tol, label);
 }
 
-/** Runs one chunked call on the GPU, updating `state` in place; returns out [T, nv, dv]. */
-async function runGpu(c: GpuContext, a: GatedDeltaNetRefArgs, state: GPUBuffer, scratch?: ChunkScratch): Promise<Float32Array> {
+type Algo = 'step' | 'chunk';
+
+/** Runs one call on the GPU, updating `state` in place; returns out [T, nv, dv]. */
+async function runGpu(c: GpuContext, algo: Algo, a: GatedDeltaNetRefArgs, state: GPUBuffer, scratch?: ChunkScratch): Promise<Float32Array> {
   const out = c.storage('out', a.tokens * a.nv * a.dv * c.activationBytes);
   const args: GatedDeltaNetArgs = {
     tokens: a.tokens, nk: a.nk, nv: a.nv, dk: a.dk, dv: a.dv,
@@ -69,7 +73,9 @@ async function runGpu(c: GpuContext, a: GatedDeltaNetRefArgs, state: GPUBuffer, 
     ba: uploadAct(c, a.ba), baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset,
     aLog: upload(c, a.aLog), dtBias: upload(c, a.dtBias), state, out,
   };
-  c.run(await gatedDeltaNetChunk(c, { ...args, scratch: scratch ?? createChunkScratch(c, a.tokens, a.nv, a.dk, a.dv) }));
+  c.run(algo === 'step'
+    ? await gatedDeltaNetStep(c, args)
+    : await gatedDeltaNetChunk(c, { ...args, scratch: scratch ?? createChunkScratch(c, a.tokens, a.nv, a.dk, a.dv) }));
   return readAct(c, out, a.tokens * a.nv * a.dv);
 }
 
@@ -94,30 +100,43 @@ describe('gated_delta_net reference', () => {
   }
 });
 
-// One decode token runs through gated_delta_net_decode (its own test); prefill, of any length, through the chunks.
+// One decode token runs through gated_delta_net_decode (its own test); prefill through the chunks (GPUs) or the
+// recurrent step (CPU adapters).
 describeOnAdapters('gated_delta_net', (ctx) => {
   for (const [nk, nv] of RATIOS) {
+    for (const T of [1, 5, 64]) {
+      it(`step: nk=${nk} nv=${nv} T=${T}`, async () => {
+        const c = ctx();
+        const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv, T, nk, nv));
+        const state = upload(c, Float32Array.from(a.state));
+        const want = gatedDeltaNetRecurrent(a);
+        expectNear(await runGpu(c, 'step', a, state), want.out, 'out', c);
+        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
+      });
+    }
     for (const T of [1, 5, 64, 65, 130]) {
       it(`chunk: nk=${nk} nv=${nv} T=${T}`, async () => {
         const c = ctx();
         const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
         const state = upload(c, Float32Array.from(a.state));
         const want = gatedDeltaNetRecurrent(a);
-        expectNear(await runGpu(c, a, state), want.out, 'out', c);
+        expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
         expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
       });
     }
   }
 
   // Head sizes that are not multiples of the tiles (state columns per workgroup, dk split, 4×4 gram blocks).
-  it('chunk: odd head sizes dk=36 dv=40, T=70', async () => {
-    const c = ctx();
-    const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
-    const state = upload(c, Float32Array.from(a.state));
-    const want = gatedDeltaNetRecurrent(a);
-    expectNear(await runGpu(c, a, state), want.out, 'out', c);
-    expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
-  });
+  for (const algo of ['step', 'chunk'] as const) {
+    it(`${algo}: odd head sizes dk=36 dv=40, T=70`, async () => {
+      const c = ctx();
+      const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
+      const state = upload(c, Float32Array.from(a.state));
+      const want = gatedDeltaNetRecurrent(a);
+      expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
+      expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
+    });
+  }
 
   it('chunk(70) + chunk(60) == one run over 130 tokens, scratch reused', async () => {
     const c = ctx();
@@ -125,8 +144,20 @@ describeOnAdapters('gated_delta_net', (ctx) => {
     const scratch = createChunkScratch(c, 70, 4, DK, DV);
     const state = upload(c, Float32Array.from(a.state));
     const got = new Float32Array(130 * 4 * DV);
-    got.set(await runGpu(c, slice(a, 0, 70, a.state), state, scratch), 0);
-    got.set(await runGpu(c, slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
+    got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
+    got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
+    const want = gatedDeltaNetRecurrent(a);
+    expectNear(got, want.out, 'out', c);
+    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
+  });
+
+  it('chunk(65) then step(3) == one run over 68 tokens', async () => {
+    const c = ctx();
+    const a = asActs(c, makeInputs(778, 68, 1, 4, false));
+    const state = upload(c, Float32Array.from(a.state));
+    const got = new Float32Array(68 * 4 * DV);
+    got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
+    got.set(await runGpu(c, 'step', slice(a, 65, 3, a.state), state), 65 * 4 * DV);
     const want = gatedDeltaNetRecurrent(a);
     expectNear(got, want.out, 'out', c);
     expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
@@ -139,6 +170,7 @@ describeOnAdapters('gated_delta_net', (ctx) => {
       tokens: 2, nk: 2, nv: 3, dk: DK, dv: DV, qkv: b(), qkvStride: 2 * 2 * DK + 3 * DV, ba: b(), baStride: 6, bOffset: 0, aOffset: 3,
       aLog: b(), dtBias: b(), state: b(), out: b(),
     };
+    await expect(gatedDeltaNetStep(c, base)).rejects.toThrow(/gated_delta_net_step: nv = 3 is not a multiple of nk = 2/);
     const scratch = createChunkScratch(c, 64, 4, DK, DV);
     await expect(gatedDeltaNetChunk(c, { ...base, scratch })).rejects.toThrow(/gated_delta_net_chunk: nv = 3 is not a multiple of nk = 2/);
     await expect(gatedDeltaNetChunk(c, { ...base, nv: 4, qkvStride: 4 * DK + 4 * DV, baStride: 8, aOffset: 4, tokens: 65, scratch }))
