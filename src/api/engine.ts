@@ -1,7 +1,8 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { AbortError, RequestError, SessionError } from '../gpu/errors.ts';
+import { AbortError, RequestError, SessionError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import { type LoadProgress, type Model, loadModel } from '../model/load.ts';
+import { type LoadProgress, loadModel } from '../model/load.ts';
+import { type Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
@@ -82,7 +83,8 @@ export class Engine {
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
     const tokenizer = await Tokenizer.load(checkpoint.files);
     const model = await loadModel(ctx, checkpoint, {
-      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false, tokenizer, mtp: options.mtp, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
+      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false,
+      vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, mtp: options.mtp, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
     });
     try {
       const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);

@@ -1,7 +1,7 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { GpuTensor } from '../gpu/tensor.ts';
 import { bytesPerElement } from '../gpu/tensor.ts';
-import type { Model } from '../model/load.ts';
+import type { Model } from '../model/model.ts';
 
 /**
  * The adapter's own memory bandwidth as buffer copies see it: bytes read plus bytes written per second,

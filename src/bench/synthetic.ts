@@ -1,9 +1,11 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { ConfigError } from '../gpu/errors.ts';
+import { ConfigError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { fillRandom } from '../kernels/fill_random.ts';
 import { parseConfig } from '../model/config.ts';
-import { type Model, allocateTensors, finishModel, tensorDtype } from '../model/load.ts';
+import { type Model, finishModel } from '../model/model.ts';
+import { allocateTensors } from '../model/upload.ts';
+import { tensorDtype } from '../model/plan.ts';
 import { textModelTensors } from '../model/tensors.ts';
 import variants from './variants.json' with { type: 'json' };
 

@@ -1,6 +1,6 @@
 import { type Qwen35Config, parseConfig } from '../model/config.ts';
 import { type GgmlTypeName, type GgufLayout, type GgufTensorSpec, GgufType, type KeyValue, ggufLayout, ggufPieces, kv } from '../formats/gguf_writer.ts';
-import { f32ToF16Bits } from '../formats/half.ts';
+import { f32ToF16Bits } from '../numeric/half.ts';
 import variants from './variants.json' with { type: 'json' };
 
 /**

@@ -1,12 +1,12 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import type { Model } from '../model/load.ts';
+import type { Model } from '../model/model.ts';
 import { type PendingToken, Session } from '../runtime/session.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticModel } from '../bench/synthetic.ts';
 import { type Args, UsageError, dtypeFlag, intFlag, stringFlag } from './args.ts';
-import type { CliHost } from './main.ts';
+import type { CliHost } from './host.ts';
 
 /**
  * Prints measured figures (never asserts them): prefill and decode tokens/s, and the weight bandwidth a

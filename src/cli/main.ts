@@ -4,10 +4,10 @@ import { Engine } from '../api/engine.ts';
 import { collectChat } from '../api/chat.ts';
 import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
-import type { ActivationType, CapsMask } from '../gpu/caps.ts';
-import { QwenError, RequestError } from '../gpu/errors.ts';
+import { QwenError, RequestError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import { type Model, loadModel } from '../model/load.ts';
+import { type Model } from '../model/model.ts';
+import { loadModel } from '../model/load.ts';
 import { openModel } from '../storage/locate.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import type { HttpOptions } from '../storage/http.ts';
@@ -17,7 +17,7 @@ import { GpuSampler } from '../runtime/sampler.ts';
 import { generateIds } from '../runtime/generation.ts';
 import { scoreIds } from '../runtime/score.ts';
 import { convertModel } from '../model/convert.ts';
-import { exportHf } from '../formats/export_hf.ts';
+import { exportHf } from '../model/export_hf.ts';
 import { FolderSink } from '../storage/file_sink.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import type { ChatMessage } from '../text/chat_template.ts';
@@ -26,14 +26,9 @@ import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberF
 import { progressBar } from './progress.ts';
 import { SAMPLING_FLAGS, samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
+import type { CliHost } from './host.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
-export interface CliHost {
-  createContext(options: { adapter?: string; mask?: CapsMask; activations?: ActivationType }): Promise<GpuContext>;
-  stdout(text: string): void;
-  stderr(text: string): void;
-  isTTY: boolean;
-}
 
 const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
 

@@ -1,6 +1,6 @@
-import type { WeightSource } from '../storage/source.ts';
+import type { WeightSource } from './source.ts';
 import type { PackedModel } from './packed_reader.ts';
-import type { SourceDtype } from './safetensors.ts';
+import type { SourceDtype } from '../numeric/source_dtype.ts';
 
 /**
  * A checkpoint as the loader sees it, whatever its file format: Hugging Face tensor names and shapes, each
@@ -34,6 +34,3 @@ export interface Checkpoint {
   /** Set for the engine's packed format: GPU tensors to upload as they are (`tensors` is then empty). */
   packed?: PackedModel;
 }
-
-/** Bytes per element of a type readRows returns. */
-export const sourceBytes = (dtype: SourceDtype): number => (dtype === 'f32' ? 4 : 2);

@@ -1,5 +1,5 @@
-import { ModelFormatError } from '../gpu/errors.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError } from '../errors.ts';
+import type { WeightSource } from './source.ts';
 import type { Checkpoint, SourceTensor } from './checkpoint.ts';
 import { synthesizeConfig } from './gguf_config.ts';
 import { SynthesizedFiles } from './gguf_files.ts';

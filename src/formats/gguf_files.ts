@@ -1,6 +1,6 @@
-import { ModelFormatError } from '../gpu/errors.ts';
-import { checkSmallFile } from '../storage/limits.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError } from '../errors.ts';
+import { checkSmallFile } from './limits.ts';
+import type { WeightSource } from './source.ts';
 
 /**
  * A WeightSource of files made on demand (JSON synthesised from GGUF metadata): each is built once, on its

@@ -1,5 +1,5 @@
-import { ModelFormatError } from '../gpu/errors.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError } from '../errors.ts';
+import type { WeightSource } from './source.ts';
 import { type GgmlType, ggmlRowBytes, ggmlTypeById } from './gguf_types.ts';
 
 /**

@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../gpu/errors.ts';
+import { ModelFormatError } from '../errors.ts';
 import type { GgufScalar, GgufValue } from './gguf_header.ts';
 
 /** Typed access to a GGUF file's metadata: a missing or mistyped key is a ModelFormatError naming the file and key. */

@@ -1,4 +1,4 @@
-import { f16Table } from './half.ts';
+import { f16Table } from '../numeric/half.ts';
 
 /**
  * CPU dequantisers for the GGUF types we read, block layouts exactly as ggml-common.h defines them and values

@@ -1,10 +1,10 @@
-import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError, throwIfAborted } from '../errors.ts';
+import type { WeightSource } from './source.ts';
 import type { SourceTensor } from './checkpoint.ts';
 import type { GgufTensorInfo } from './gguf_header.ts';
 import { DEQUANTIZERS } from './gguf_quants.ts';
 import { ggmlRowBytes } from './gguf_types.ts';
-import type { SourceDtype } from './safetensors.ts';
+import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
 
 /**
  * A Hugging Face tensor as a view of a GGUF tensor: a range of its rows (one expert of a stacked tensor), a
@@ -26,7 +26,6 @@ export interface TensorView {
 }
 
 const RAW: Record<string, SourceDtype> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
-const RAW_BYTES: Record<SourceDtype, number> = { f32: 4, f16: 2, bf16: 2 };
 
 /** A read of the file rows a request needs, and where each file row lies in it. */
 interface RowBytes {
@@ -95,7 +94,7 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
       const { bytes, offsetOf } = await readFileRows(first, count, signal);
       throwIfAborted(signal);
       if (raw !== undefined) {
-        const rowBytes = cols * RAW_BYTES[raw];
+        const rowBytes = cols * SOURCE_BYTES[raw];
         const out = new Uint8Array(count * rowBytes);
         for (let i = 0; i < count; i++) {
           const at = offsetOf(fileRow(first + i));

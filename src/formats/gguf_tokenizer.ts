@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../gpu/errors.ts';
+import { ModelFormatError } from '../errors.ts';
 import type { GgufMetadata } from './gguf_metadata.ts';
 
 /**

@@ -1,4 +1,4 @@
-import { f16BitsToF32, f32ToF16Bits } from './half.ts';
+import { f16BitsToF32, f32ToF16Bits } from '../numeric/half.ts';
 import { ggmlTypeByName } from './gguf_types.ts';
 
 /**

@@ -1,5 +1,5 @@
-import { ModelFormatError } from '../gpu/errors.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError } from '../errors.ts';
+import type { WeightSource } from './source.ts';
 import type { Checkpoint } from './checkpoint.ts';
 import { openGgufCheckpoint } from './gguf.ts';
 import { isPackedModel, openPacked } from './packed_reader.ts';

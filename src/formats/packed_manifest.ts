@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../gpu/errors.ts';
+import { ModelFormatError } from '../errors.ts';
 
 /**
  * The manifest of a packed model (`qwen-webgpu.json`): the GPU tensors exactly as the engine holds them,

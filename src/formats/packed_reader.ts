@@ -1,6 +1,6 @@
-import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
-import { checkSmallFile } from '../storage/limits.ts';
-import type { WeightSource } from '../storage/source.ts';
+import { ModelFormatError, throwIfAborted } from '../errors.ts';
+import { checkSmallFile } from './limits.ts';
+import type { WeightSource } from './source.ts';
 import { PACKED_MANIFEST, type PackedDtype, type PackedFileInfo, type PackedManifest, type PackedTensorInfo, validateManifest } from './packed_manifest.ts';
 import { Sha256 } from './sha256.ts';
 

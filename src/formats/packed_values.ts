@@ -1,6 +1,6 @@
-import { f16Table } from './half.ts';
+import { f16Table } from '../numeric/half.ts';
 import { itemBytesOf, type PackedDtype } from './packed_manifest.ts';
-import { dequantizeQ4Item } from './q4.ts';
+import { dequantizeQ4Item } from '../numeric/q4.ts';
 
 /**
  * The values one packed item stands for: itemStride f32 elements (rows padded as stored). f32 items are

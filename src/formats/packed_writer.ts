@@ -1,4 +1,4 @@
-import { ModelFormatError, QwenError, throwIfAborted } from '../gpu/errors.ts';
+import { ModelFormatError, QwenError, throwIfAborted } from '../errors.ts';
 import {
   PACKED_FORMAT, PACKED_MANIFEST, PACKED_VERSION, RESERVED_NAMES, type PackedDtype, type PackedFileInfo, type PackedManifest,
   type PackedRun, type PackedTensorInfo, type PackedTensorMeta, checkTensorLayout, isPlainFileName, validateManifest,

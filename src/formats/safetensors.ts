@@ -1,9 +1,9 @@
-import { ModelFormatError } from '../gpu/errors.ts';
-import { type WeightSource, readJson } from '../storage/source.ts';
+import { ModelFormatError } from '../errors.ts';
+import { type WeightSource, readJson } from './source.ts';
 import type { Checkpoint, SourceTensor } from './checkpoint.ts';
+import type { SourceDtype } from '../numeric/source_dtype.ts';
 
 /** Element types the loader converts from; anything else is reported when a needed tensor has it. */
-export type SourceDtype = 'bf16' | 'f16' | 'f32';
 
 const DTYPES: Record<string, { dtype: SourceDtype; bytes: number }> = {
   BF16: { dtype: 'bf16', bytes: 2 },

@@ -1,4 +1,4 @@
-import { AdapterError, CapabilityError, QwenError } from './errors.ts';
+import { AdapterError, CapabilityError, QwenError } from '../errors.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
 import {
   type Binding,

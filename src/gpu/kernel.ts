@@ -1,8 +1,7 @@
 import type { ActivationType, Caps } from './caps.ts';
 import { prelude } from './wgsl.ts';
 import type { WeightFormat } from './tensor.ts';
-import { q4ItemWords } from '../formats/q4.ts';
-import { SHADERS } from '../kernels/shaders.generated.ts';
+import { q4ItemWords } from '../numeric/q4.ts';
 
 /**
  * Kernels are declared once in TypeScript: their bindings, their uniform params and the numeric constants
@@ -57,10 +56,8 @@ export interface KernelDef<V> {
   helpers?(variant: V, caps: Caps): string;
   /** Numeric tuning: WGSL `override` constants. */
   overrides?(variant: V, caps: Caps): Record<string, number>;
-}
-
-export function defineKernel<V = void>(def: KernelDef<V>): KernelDef<V> {
-  return def;
+  /** The WGSL that follows the generated declarations: `shaders/<name>.wgsl` (src/kernels/define.ts finds it). */
+  body: string;
 }
 
 const structName = (binding: string) => binding.replace(/(^|_)(\w)/g, (_, __, c: string) => c.toUpperCase());
@@ -155,9 +152,7 @@ export function declareBindings(bindings: Binding[]): string {
 
 /** The full WGSL of one kernel variant: prelude, declarations, variant helpers, then the shader file's body. */
 export function kernelSource<V>(def: KernelDef<V>, variant: V, caps: Caps, activations: ActivationType = 'f32'): string {
-  const body = SHADERS[def.name];
-  if (body === undefined) throw new Error(`no shader named ${def.name} (run npm run shaders)`);
-  return [prelude(caps, activations), declareBindings(def.bindings(variant)), def.helpers?.(variant, caps) ?? '', body].join('\n');
+  return [prelude(caps, activations), declareBindings(def.bindings(variant)), def.helpers?.(variant, caps) ?? '', def.body].join('\n');
 }
 
 export function layoutEntries(bindings: Binding[]): GPUBindGroupLayoutEntry[] {

@@ -1,6 +1,6 @@
-import { CapabilityError } from './errors.ts';
+import { CapabilityError } from '../errors.ts';
 import type { Caps } from './caps.ts';
-import { Q4_ROW_ALIGN, q4ItemWords } from '../formats/q4.ts';
+import { Q4_ROW_ALIGN, q4ItemWords } from '../numeric/q4.ts';
 
 /**
  * How a weight is stored on the GPU. f16 is two halves per u32 on every adapter (see wgsl.ts). q4 is the

@@ -1,5 +1,6 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { StepParams, defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { StepParams, read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import { checkAttentionShape } from './attention_prepare.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';

@@ -1,5 +1,6 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { StepParams, defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { StepParams, read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
 import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';

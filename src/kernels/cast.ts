@@ -1,10 +1,11 @@
-import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { ROW_ALIGN, type WeightDtype, bytesPerElement } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
+import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
 
-export type SourceDtype = 'bf16' | 'f16' | 'f32';
 
 export interface CastArgs {
   src: GPUBuffer;            // raw little-endian bytes of the source piece (buffer length padded to 4 bytes)
@@ -91,7 +92,6 @@ export const castKernel = defineKernel<CastVariant>({
   overrides: () => ({ WG }),
 });
 
-const SOURCE_BYTES: Record<SourceDtype, number> = { bf16: 2, f16: 2, f32: 4 };
 
 const check = checks('cast');
 

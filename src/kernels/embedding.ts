@@ -1,5 +1,6 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { defineKernel, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { read, uniform, weight, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';

@@ -1,7 +1,8 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { defineKernel, uniform, write } from '../gpu/kernel.ts';
+import { uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import { q4ItemWords } from '../formats/q4.ts';
+import { q4ItemWords } from '../numeric/q4.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 

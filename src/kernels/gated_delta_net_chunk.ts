@@ -1,6 +1,7 @@
-import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { CapabilityError } from '../gpu/errors.ts';
+import { CapabilityError } from '../errors.ts';
 import { grid } from './grid.ts';
 import { checks } from './checks.ts';
 import { type GatedDeltaNetArgs, checkGatedDeltaNetArgs } from './gated_delta_net_args.ts';

@@ -1,5 +1,6 @@
 import type { GpuContext, Dispatch } from '../gpu/context.ts';
-import { type Binding, type ElementType, defineKernel, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { type Binding, type ElementType, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';

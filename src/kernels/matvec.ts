@@ -1,4 +1,5 @@
-import { type ElementType, defineKernel, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { type ElementType, elementBytes, elementType, read, uniform, weight, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import type { Caps } from '../gpu/caps.ts';
 import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';

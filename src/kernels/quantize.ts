@@ -1,7 +1,9 @@
-import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { Q4_ROW_ALIGN, q4ItemWords } from '../formats/q4.ts';
-import { HALF_BITS, SOURCE_BITS, type SourceDtype } from './cast.ts';
+import { Q4_ROW_ALIGN, q4ItemWords } from '../numeric/q4.ts';
+import { HALF_BITS, SOURCE_BITS } from './cast.ts';
+import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -35,7 +37,6 @@ export const quantizeQ4Kernel = defineKernel<{ src: SourceDtype }>({
   overrides: () => ({ WG }),
 });
 
-const SOURCE_BYTES: Record<SourceDtype, number> = { bf16: 2, f16: 2, f32: 4 };
 
 const check = checks('quantize_q4');
 

@@ -1,4 +1,5 @@
-import { defineKernel, read, uniform, write } from '../gpu/kernel.ts';
+import { read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';

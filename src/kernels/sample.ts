@@ -1,5 +1,6 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { type ParamValues, defineKernel, packParams, read, uniform, write } from '../gpu/kernel.ts';
+import { type ParamValues, packParams, read, uniform, write } from '../gpu/kernel.ts';
+import { defineKernel } from './define.ts';
 import { grid } from './grid.ts';
 
 /**

@@ -1,12 +1,12 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { SessionError } from '../gpu/errors.ts';
+import { SessionError } from '../errors.ts';
 import { type ElementType, StepParams, paramsSize } from '../gpu/kernel.ts';
 import { CHUNK, type ChunkScratch, createChunkScratch } from '../kernels/gated_delta_net_chunk.ts';
 import { MOE_TILE_TOKENS } from '../kernels/matmul.ts';
 import { type MoeGroupScratch, createMoeGroupScratch, maxMoeTiles } from '../kernels/moe_group.ts';
 import { ropeTable } from '../kernels/rope.ts';
 import { dims } from './config.ts';
-import type { Model } from './load.ts';
+import type { Model } from './model.ts';
 
 /**
  * Per-layer sequence state: DeltaNet conv window and recurrent state, or the attention KV cache. "act" buffers

@@ -1,4 +1,4 @@
-import { ConfigError } from '../gpu/errors.ts';
+import { ConfigError } from '../errors.ts';
 
 /**
  * The text model's settings (spec §1), from config.json in any of the layouts real checkpoints use:

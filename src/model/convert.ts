@@ -1,9 +1,10 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { QwenError, throwIfAborted } from '../gpu/errors.ts';
+import { QwenError, throwIfAborted } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import { type OutputSink, type PackedManifest, PackedWriter } from '../formats/packed.ts';
-import { allocateTensors, planCheckpoint, tensorDtype, uploadSources } from './load.ts';
+import { allocateTensors, uploadSources } from './upload.ts';
+import { planCheckpoint, tensorDtype } from './plan.ts';
 import type { LoadProgress } from './load.ts';
 
 /** Files beside the weights that a packed model keeps (when the checkpoint has them). */

@@ -1,4 +1,4 @@
-import { ConfigError } from '../gpu/errors.ts';
+import { ConfigError } from '../errors.ts';
 import type { Qwen35Config } from './config.ts';
 
 /**

@@ -16,7 +16,7 @@ import { moeRoute } from '../kernels/moe_route.ts';
 import { moeGroup } from '../kernels/moe_group.ts';
 import { moeCombine } from '../kernels/moe_combine.ts';
 import { dims } from './config.ts';
-import type { Model } from './load.ts';
+import type { Model } from './model.ts';
 import type { AttentionWeights, DeltaNetWeights, DecoderLayerWeights, DenseMlpWeights, MoeWeights } from './weights.ts';
 import { vectorBuffer } from './weights.ts';
 import { type Activations, type LayerState, elementOf } from './activations.ts';

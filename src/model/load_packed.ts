@@ -1,5 +1,5 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
+import { ModelFormatError, throwIfAborted } from '../errors.ts';
 import type { GpuTensor } from '../gpu/tensor.ts';
 import type { PackedModel } from '../formats/packed.ts';
 import type { TensorSpec } from './tensors.ts';

@@ -1,6 +1,6 @@
-import type { SourceDtype } from '../kernels/cast.ts';
+import type { SourceDtype } from '../numeric/source_dtype.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../formats/half.ts';
+import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../numeric/half.ts';
 
 export interface CastReferenceArgs {
   srcDtype: SourceDtype;

@@ -1,7 +1,7 @@
-import { bf16BitsToF32, f16BitsToF32 } from '../formats/half.ts';
+import { bf16BitsToF32, f16BitsToF32 } from '../numeric/half.ts';
 import { type TensorEntry, readCheckpointTensors } from '../formats/safetensors.ts';
 import { type Qwen35Config, parseConfig } from '../model/config.ts';
-import { type WeightSource, readJson } from '../storage/source.ts';
+import { type WeightSource, readJson } from '../formats/source.ts';
 
 /**
  * The Qwen3.5 forward pass in plain TypeScript with f64 arithmetic, one token at a time, written from

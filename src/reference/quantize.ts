@@ -1,6 +1,6 @@
-import type { SourceDtype } from '../kernels/cast.ts';
-import { bf16BitsToF32, f16BitsToF32 } from '../formats/half.ts';
-import { Q4_GROUP, q4ItemWords, quantizeQ4Group } from '../formats/q4.ts';
+import type { SourceDtype } from '../numeric/source_dtype.ts';
+import { bf16BitsToF32, f16BitsToF32 } from '../numeric/half.ts';
+import { Q4_GROUP, q4ItemWords, quantizeQ4Group } from '../numeric/q4.ts';
 
 export interface QuantizeReferenceArgs {
   srcDtype: SourceDtype;

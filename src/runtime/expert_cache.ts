@@ -1,7 +1,7 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { throwIfAborted } from '../gpu/errors.ts';
+import { throwIfAborted } from '../errors.ts';
 import type { GpuTensor } from '../gpu/tensor.ts';
-import { type Model, NOT_RESIDENT } from '../model/load.ts';
+import { type Model, NOT_RESIDENT } from '../model/model.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import type { ExpertTensor } from '../storage/expert_source.ts';
 import { type EvictionPolicy, type PolicyName, type TraceStep, createPolicy } from './expert_policy.ts';

@@ -1,4 +1,4 @@
-import { throwIfAborted } from '../gpu/errors.ts';
+import { throwIfAborted } from '../errors.ts';
 import type { PendingToken, Session } from './session.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
 

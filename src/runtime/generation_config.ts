@@ -1,5 +1,5 @@
-import { ModelFormatError, RequestError } from '../gpu/errors.ts';
-import { type WeightSource, readJson } from '../storage/source.ts';
+import { ModelFormatError, RequestError } from '../errors.ts';
+import { type WeightSource, readJson } from '../formats/source.ts';
 import { type SamplingOptions, resolveSampling } from './sampler.ts';
 
 export const GENERATION_CONFIG = 'generation_config.json';

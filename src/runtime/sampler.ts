@@ -1,4 +1,4 @@
-import { RequestError } from '../gpu/errors.ts';
+import { RequestError } from '../errors.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import {
   SAMPLE_MAX_LOGPROBS,

@@ -1,12 +1,12 @@
 import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
-import { SessionError, throwIfAborted } from '../gpu/errors.ts';
+import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
 import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
 import { ExpertCache, type ExpertStats } from './expert_cache.ts';
-import type { Model } from '../model/load.ts';
+import type { Model } from '../model/model.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
 

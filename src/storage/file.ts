@@ -1,8 +1,8 @@
 import { open, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelFormatError } from '../gpu/errors.ts';
-import { checkSmallFile } from './limits.ts';
-import type { WeightSource } from './source.ts';
+import { ModelFormatError } from '../errors.ts';
+import { checkSmallFile } from '../formats/limits.ts';
+import type { WeightSource } from '../formats/source.ts';
 
 /** Model files in a local folder (Node and Deno both provide node:fs). */
 export class FileSource implements WeightSource {

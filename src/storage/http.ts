@@ -1,6 +1,6 @@
-import { AbortError, ModelFormatError, NetworkError, QwenError, RequestError } from '../gpu/errors.ts';
-import { smallFileLimit, tooLarge } from './limits.ts';
-import type { WeightSource } from './source.ts';
+import { AbortError, ModelFormatError, NetworkError, QwenError, RequestError } from '../errors.ts';
+import { smallFileLimit, tooLarge } from '../formats/limits.ts';
+import type { WeightSource } from '../formats/source.ts';
 
 export interface HttpOptions {
   /** The fetch to use (default: the global one). */

@@ -1,9 +1,9 @@
-import { ModelFormatError, QwenError, throwIfAborted } from '../gpu/errors.ts';
+import { ModelFormatError, QwenError, throwIfAborted } from '../errors.ts';
 import {
   type CompleteMarker, type StoredFile, type StoredModelMeta, chunkRange, completeKey, metaKey, recordAt, recordEnd, request,
 } from './idb_records.ts';
-import { checkSmallFile } from './limits.ts';
-import type { WeightSource } from './source.ts';
+import { checkSmallFile } from '../formats/limits.ts';
+import type { WeightSource } from '../formats/source.ts';
 
 /**
  * A model stored in IndexedDB by the model store (idb_store.ts), read as any other WeightSource: a range

@@ -8,12 +8,12 @@
  * record). A packed model's shards are then checked against the manifest's sha256, read back from IndexedDB.
  * The 'complete' marker is written last: a model interrupted anywhere before it is listed, but incomplete.
  */
-import { ModelFormatError, QuotaError, throwIfAborted } from '../gpu/errors.ts';
+import { ModelFormatError, QuotaError, throwIfAborted } from '../errors.ts';
 import { PACKED_MANIFEST, validateManifest } from '../formats/packed_manifest.ts';
 import { Sha256 } from '../formats/sha256.ts';
 import { HttpSource } from './http.ts';
 import { IdbSource } from './idb_source.ts';
-import { checkSmallFile } from './limits.ts';
+import { checkSmallFile } from '../formats/limits.ts';
 import {
   type CompleteMarker, type StoredFile, type StoredModelMeta, chunkKey, completeKey, doneKey, expertItems, layoutRecords, metaKey,
   modelRange, modelsStore, recordEnd, request,

@@ -1,5 +1,5 @@
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
-import { QwenError, RequestError } from '../gpu/errors.ts';
+import { QwenError, RequestError } from '../errors.ts';
 
 export interface ChatToolCall {
   id?: string;

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../../src/api/engine.ts';
 import type { ChatCompletionRequest } from '../../src/api/types.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
-import { AbortError, RequestError, SessionError } from '../../src/gpu/errors.ts';
+import { AbortError, RequestError, SessionError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';

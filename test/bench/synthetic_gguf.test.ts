@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { syntheticGguf } from '../../src/bench/synthetic_gguf.ts';
 import { readGgufHeader } from '../../src/formats/gguf_header.ts';
-import { f16BitsToF32 } from '../../src/formats/half.ts';
+import { f16BitsToF32 } from '../../src/numeric/half.ts';
 import { openCheckpoint } from '../../src/formats/open.ts';
 import { parseConfig } from '../../src/model/config.ts';
-import { planCheckpoint } from '../../src/model/load.ts';
+import { planCheckpoint } from '../../src/model/plan.ts';
 import { FileSource } from '../../src/storage/file.ts';
-import { readJson } from '../../src/storage/source.ts';
+import { readJson } from '../../src/formats/source.ts';
 import variants from '../../src/bench/variants.json' with { type: 'json' };
 
 const dirs: string[] = [];

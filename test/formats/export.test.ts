@@ -1,11 +1,11 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { exportHf } from '../../src/formats/export_hf.ts';
-import { roundToF16 } from '../../src/formats/half.ts';
+import { exportHf } from '../../src/model/export_hf.ts';
+import { roundToF16 } from '../../src/numeric/half.ts';
 import { type PackedDtype, type PackedModel, openPacked } from '../../src/formats/packed.ts';
 import { itemValues } from '../../src/formats/packed_values.ts';
-import { roundToQ4 } from '../../src/formats/q4.ts';
+import { roundToQ4 } from '../../src/numeric/q4.ts';
 import { readCheckpointTensors } from '../../src/formats/safetensors.ts';
 import { parseConfig } from '../../src/model/config.ts';
 import { mtpTensors, textModelTensors } from '../../src/model/tensors.ts';

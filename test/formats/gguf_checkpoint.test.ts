@@ -3,13 +3,13 @@ import type { Checkpoint, SourceTensor } from '../../src/formats/checkpoint.ts';
 import { readGgufHeader } from '../../src/formats/gguf_header.ts';
 import { ggufValueHead } from '../../src/formats/gguf_names.ts';
 import { ggufSourceTensor } from '../../src/formats/gguf_tensor.ts';
-import { bf16BitsToF32, f16BitsToF32, roundToF16 } from '../../src/formats/half.ts';
+import { bf16BitsToF32, f16BitsToF32, roundToF16 } from '../../src/numeric/half.ts';
 import { openCheckpoint } from '../../src/formats/open.ts';
 import { parseConfig } from '../../src/model/config.ts';
 import { mtpTensors, textModelTensors } from '../../src/model/tensors.ts';
 import { ReferenceSession } from '../../src/reference/model.ts';
 import { FileSource } from '../../src/storage/file.ts';
-import { readJson } from '../../src/storage/source.ts';
+import { readJson } from '../../src/formats/source.ts';
 import { FIXTURES, type FixtureName, compareLogprobs, fixtureDir, golden, goldenLogprobs } from '../helpers/fixtures.ts';
 import { type FixtureGguf, type FixtureGgufOptions, type GgmlTypeName, removeWrittenGgufs, tiledValueOrder, writeFixtureGguf } from '../helpers/gguf_writer.ts';
 

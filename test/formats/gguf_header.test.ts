@@ -6,9 +6,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/formats/gguf_header.ts';
 import { ggufSourceTensor } from '../../src/formats/gguf_tensor.ts';
 import { openCheckpoint } from '../../src/formats/open.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
-import type { WeightSource } from '../../src/storage/source.ts';
+import type { WeightSource } from '../../src/formats/source.ts';
 import { ByteWriter, GgufType, type KeyValue, kv, removeWrittenGgufs, writeFixtureGguf, writeKeyValue } from '../helpers/gguf_writer.ts';
 
 const madeDirs: string[] = [];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { f32ToF16Bits } from '../../src/formats/half.ts';
+import { f32ToF16Bits } from '../../src/numeric/half.ts';
 import { DEQUANTIZERS } from '../../src/formats/gguf_quants.ts';
 import { ggmlTypeByName } from '../../src/formats/gguf_types.ts';
 import { BLOCK, type GgmlTypeName, dequantizeReference, quantize } from '../helpers/gguf_writer.ts';

@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../../src/formats/open.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
-import { readJson } from '../../src/storage/source.ts';
+import { readJson } from '../../src/formats/source.ts';
 import { renderChat } from '../../src/text/chat_template.ts';
 import { Tokenizer } from '../../src/text/tokenizer.ts';
 import { FIXTURES, fixtureDir } from '../helpers/fixtures.ts';

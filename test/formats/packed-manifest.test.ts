@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PACKED_MANIFEST, type PackedManifest, openPacked, validateManifest } from '../../src/formats/packed.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { writeRandomPacked } from './packed_helpers.ts';
 

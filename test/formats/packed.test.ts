@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PACKED_MANIFEST, PackedWriter, isPackedModel, openPacked, shardName } from '../../src/formats/packed.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { FolderSink } from '../../src/storage/file_sink.ts';
 import { rng } from '../helpers/random.ts';

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type PackedDtype, type PackedManifest, PackedWriter, rowAlignment } from '../../src/formats/packed.ts';
-import { f32ToF16Bits } from '../../src/formats/half.ts';
-import { quantizeQ4Item } from '../../src/formats/q4.ts';
+import { f32ToF16Bits } from '../../src/numeric/half.ts';
+import { quantizeQ4Item } from '../../src/numeric/q4.ts';
 import { readCheckpointTensors } from '../../src/formats/safetensors.ts';
 import { parseConfig } from '../../src/model/config.ts';
 import { mtpTensors, textModelTensors } from '../../src/model/tensors.ts';

@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import {
   Q4_MAX_INPUT, dequantizeQ4Item, dequantizeQ4Tensor, q4ItemWords, quantizeQ4Item, quantizeQ4Tensor, roundToQ4,
-} from '../../src/formats/q4.ts';
-import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../../src/formats/half.ts';
+} from '../../src/numeric/q4.ts';
+import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../../src/numeric/half.ts';
 import { openSafetensorsCheckpoint } from '../../src/formats/safetensors.ts';
 import type { SourceTensor } from '../../src/formats/checkpoint.ts';
 import type { Caps } from '../../src/gpu/caps.ts';
-import { CapabilityError } from '../../src/gpu/errors.ts';
+import { CapabilityError } from '../../src/errors.ts';
 import { itemBytes, planTensorLayout, weightFormat } from '../../src/gpu/tensor.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { FIXTURES, fixtureDir } from '../helpers/fixtures.ts';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { encodeSafetensors, readCheckpointTensors, readSafetensorsHeader } from '../../src/formats/safetensors.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 
 function folder(files: Record<string, Uint8Array | string>): FileSource {

@@ -2,7 +2,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TensorData, encodeSafetensors } from '../../src/formats/safetensors.ts';
-import { f32ToF16Bits } from '../../src/formats/half.ts';
+import { f32ToF16Bits } from '../../src/numeric/half.ts';
 import { fixtureDir } from './fixtures.ts';
 import { randn } from './random.ts';
 

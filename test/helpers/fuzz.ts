@@ -4,10 +4,10 @@ import { encodeSafetensors, openSafetensorsCheckpoint } from '../../src/formats/
 import { openGgufCheckpoint } from '../../src/formats/gguf.ts';
 import { readGgufHeader } from '../../src/formats/gguf_header.ts';
 import { PACKED_MANIFEST, openPacked } from '../../src/formats/packed.ts';
-import { QwenError } from '../../src/gpu/errors.ts';
-import { planCheckpoint } from '../../src/model/load.ts';
+import { QwenError } from '../../src/errors.ts';
+import { planCheckpoint } from '../../src/model/plan.ts';
 import { readGenerationConfig } from '../../src/runtime/generation_config.ts';
-import type { WeightSource } from '../../src/storage/source.ts';
+import type { WeightSource } from '../../src/formats/source.ts';
 import { renderChat } from '../../src/text/chat_template.ts';
 import { Tokenizer } from '../../src/text/tokenizer.ts';
 import { writeRandomPacked } from '../formats/packed_helpers.ts';
@@ -259,7 +259,7 @@ export const FUZZ_TARGETS: FuzzTarget[] = [
         await fuzzBytes('GGUF', files, written.file, header.dataOffset + 64, async (s) => {
           const ckpt = await openGgufCheckpoint(s, written.file);
           for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) await ckpt.files.text(f);
-          await planCheckpoint(ckpt, { tokenizer });
+          await planCheckpoint(ckpt, { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
           let n = 0;
           for (const t of ckpt.tensors.values()) {
             if (t.dtype && n++ < 3) await t.readRows(0, 1);
@@ -288,7 +288,7 @@ export const FUZZ_TARGETS: FuzzTarget[] = [
     let tokenizer: Tokenizer | undefined;
     return jsonFileTarget('config.json', async () => folderFiles(fixtureDir('tiny-qwen35-moe')), 'config.json', async (s) => {
       tokenizer ??= await Tokenizer.load(s);
-      await planCheckpoint(await openSafetensorsCheckpoint(s), { tokenizer });
+      await planCheckpoint(await openSafetensorsCheckpoint(s), { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
     });
   })(),
   ...TOKENIZER_FILES.map((file) => jsonFileTarget(file, async () => folderFiles(fixtureDir('tiny-qwen35'), TOKENIZER_FILES), file, useTokenizer)),

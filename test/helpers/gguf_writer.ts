@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BLOCK, type GgmlTypeName, GgufType, type KeyValue, type TensorOut, encodeGguf, kv, quantize } from '../../src/formats/gguf_writer.ts';
-import { bf16BitsToF32, f16BitsToF32 } from '../../src/formats/half.ts';
+import { bf16BitsToF32, f16BitsToF32 } from '../../src/numeric/half.ts';
 import { openSafetensorsCheckpoint } from '../../src/formats/safetensors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { type FixtureName, fixtureDir } from './fixtures.ts';

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import type { ActivationType, CapsMask } from '../../src/gpu/caps.ts';
-import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../../src/formats/half.ts';
+import { f16BitsToF32, f32ToF16Bits, roundToF16 } from '../../src/numeric/half.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 
 export interface TestAdapter {

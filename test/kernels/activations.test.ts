@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { GpuContext } from '../../src/gpu/context.ts';
-import { CapabilityError } from '../../src/gpu/errors.ts';
+import { CapabilityError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { l2norm, l2normKernel } from '../../src/kernels/l2norm.ts';
 import { actBuffer } from '../helpers/gpu.ts';

@@ -1,8 +1,9 @@
 import { expect, it } from 'vitest';
-import { type CastArgs, type SourceDtype, cast } from '../../src/kernels/cast.ts';
+import { type CastArgs, cast } from '../../src/kernels/cast.ts';
+import type { SourceDtype } from '../../src/numeric/source_dtype.ts';
 import { cast as reference } from '../../src/reference/cast.ts';
 import { paddedCols, type WeightDtype } from '../../src/gpu/tensor.ts';
-import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../../src/formats/half.ts';
+import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../../src/numeric/half.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { describeOnAdapters, upload } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';

@@ -1,12 +1,12 @@
 import { expect, it } from 'vitest';
 import { type QuantizeQ4Args, quantizeQ4 } from '../../src/kernels/quantize.ts';
 import { quantizeQ4 as reference } from '../../src/reference/quantize.ts';
-import type { SourceDtype } from '../../src/kernels/cast.ts';
+import type { SourceDtype } from '../../src/numeric/source_dtype.ts';
 import { fillRandom } from '../../src/kernels/fill_random.ts';
-import { dequantizeQ4Item, q4ItemWords, q4RowStride, quantizeQ4Item } from '../../src/formats/q4.ts';
-import { f16BitsToF32, f32ToF16Bits } from '../../src/formats/half.ts';
+import { dequantizeQ4Item, q4ItemWords, q4RowStride, quantizeQ4Item } from '../../src/numeric/q4.ts';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/numeric/half.ts';
 import { maskCaps } from '../../src/gpu/caps.ts';
-import { uploadTensor } from '../../src/gpu/upload.ts';
+import { uploadTensor } from '../helpers/upload.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { describeOnAdapters, upload } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';

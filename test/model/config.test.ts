@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/model/config.ts';
-import { ConfigError } from '../../src/gpu/errors.ts';
+import { ConfigError } from '../../src/errors.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';
 
 const nested = JSON.parse(readFileSync(`${fixtureDir('tiny-qwen35-moe')}/config.json`, 'utf8'));

@@ -2,7 +2,7 @@ import { readFileSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
-import { ConfigError, ModelFormatError } from '../../src/gpu/errors.ts';
+import { ConfigError, ModelFormatError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { encodeSafetensors, readSafetensorsHeader } from '../../src/formats/safetensors.ts';
 import { loadModel } from '../../src/model/load.ts';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
-import { SessionError } from '../../src/gpu/errors.ts';
+import { SessionError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import { Session } from '../../src/runtime/session.ts';

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AbortError, ModelFormatError, NetworkError } from '../../src/gpu/errors.ts';
+import { AbortError, ModelFormatError, NetworkError } from '../../src/errors.ts';
 import { HttpSource } from '../../src/storage/http.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { FIXTURES_DIR, golden } from '../helpers/fixtures.ts';

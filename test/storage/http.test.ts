@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpSource } from '../../src/storage/http.ts';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
+import { ModelFormatError } from '../../src/errors.ts';
 import { FIXTURES_DIR, fixtureDir, golden } from '../helpers/fixtures.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { QwenError, RequestError } from '../../src/gpu/errors.ts';
+import { QwenError, RequestError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { type ChatMessage, TEMPLATE_LIMITS, type ToolDefinition, renderBounded, renderChat } from '../../src/text/chat_template.ts';
 import { Template } from '@huggingface/jinja';

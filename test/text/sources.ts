@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { ModelFormatError } from '../../src/gpu/errors.ts';
-import type { WeightSource } from '../../src/storage/source.ts';
+import { ModelFormatError } from '../../src/errors.ts';
+import type { WeightSource } from '../../src/formats/source.ts';
 import { type FixtureName, fixtureDir } from '../helpers/fixtures.ts';
 
 export interface TextGolden {

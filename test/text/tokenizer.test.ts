@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ModelFormatError, QwenError } from '../../src/gpu/errors.ts';
+import { ModelFormatError, QwenError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { Tokenizer } from '../../src/text/tokenizer.ts';
 import { FIXTURES, fixtureDir } from '../helpers/fixtures.ts';

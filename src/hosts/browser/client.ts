@@ -4,7 +4,7 @@
  * receives ids, chunks and completions.
  */
 import * as Comlink from 'comlink';
-import { AbortError } from '../../gpu/errors.ts';
+import { AbortError } from '../../errors.ts';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest } from '../../api/types.ts';
 import {
   type ChunkSink, type GenerateRequest, type GenerateResult, type LoadProgress, type LoadRequest, type LoadResult, type StoredModel, type WorkerApi,

@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import type { ActivationType } from '../../gpu/caps.ts';
 import type { AdapterSummary } from '../../gpu/context.ts';
-import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError, SessionError } from '../../gpu/errors.ts';
+import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError, SessionError } from '../../errors.ts';
 import type { WeightDtype } from '../../gpu/tensor.ts';
 import type { LoadProgress as ModelLoadProgress } from '../../model/load.ts';
 import type { StoredModel } from '../../storage/idb_store.ts';

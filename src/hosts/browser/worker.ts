@@ -7,7 +7,7 @@ import { Engine } from '../../api/engine.ts';
 import type { ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, Usage } from '../../api/types.ts';
 import { openCheckpoint } from '../../formats/open.ts';
 import { GpuContext } from '../../gpu/context.ts';
-import { AdapterError, QwenError, RequestError } from '../../gpu/errors.ts';
+import { AdapterError, QwenError, RequestError } from '../../errors.ts';
 import type { SamplingOptions } from '../../runtime/sampler.ts';
 import { HttpSource } from '../../storage/http.ts';
 import { deleteModel, listModels, storedModel } from '../../storage/idb_store.ts';

@@ -1,6 +1,6 @@
 import { runCli } from '../../cli/main.ts';
 import { GpuContext } from '../../gpu/context.ts';
-import { AdapterError } from '../../gpu/errors.ts';
+import { AdapterError } from '../../errors.ts';
 
 const encoder = new TextEncoder();
 const code = await runCli(Deno.args, {

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { GpuContext, type ContextOptions } from '../../gpu/context.ts';
-import { AdapterError, CapabilityError } from '../../gpu/errors.ts';
+import { AdapterError, CapabilityError } from '../../errors.ts';
 
 const packageRoot = fileURLToPath(new URL('../../../', import.meta.url));
 const LAVAPIPE_ICD = `${packageRoot}.cache/lavapipe/lvp_icd.json`;

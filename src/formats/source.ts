@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../gpu/errors.ts';
+import { ModelFormatError } from '../errors.ts';
 
 /**
  * Where model files come from. One interface for a local folder, an HTTP(S) server and (in the browser)

@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../gpu/errors.ts';
+import { ModelFormatError } from '../errors.ts';
 
 const MiB = 1024 * 1024;
 

@@ -1,7 +1,7 @@
-import type { GpuContext } from './context.ts';
-import { type GpuTensor, type WeightDtype, planTensorLayout } from './tensor.ts';
-import { f32ToF16Bits } from '../formats/half.ts';
-import { q4ItemWords, quantizeQ4Item } from '../formats/q4.ts';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { type GpuTensor, type WeightDtype, planTensorLayout } from '../../src/gpu/tensor.ts';
+import { f32ToF16Bits } from '../../src/numeric/half.ts';
+import { q4ItemWords, quantizeQ4Item } from '../../src/numeric/q4.ts';
 
 /**
  * Uploads a weight held in CPU memory as f32 (tests and synthetic weights; checkpoints go through the

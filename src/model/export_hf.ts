@@ -1,11 +1,11 @@
-import { ModelFormatError, throwIfAborted } from '../gpu/errors.ts';
-import { checkCounts, checkLayerCount, countTensors } from '../model/counts.ts';
-import { parseConfig } from '../model/config.ts';
-import { type Naming, type Placement, type TensorSpec, mtpTensors, textModelTensors } from '../model/tensors.ts';
-import { PACKED_MANIFEST, type PackedTensorInfo } from './packed_manifest.ts';
-import type { PackedModel } from './packed_reader.ts';
-import { type OutputSink, partialName } from './packed_sink.ts';
-import { itemValues } from './packed_values.ts';
+import { ModelFormatError, throwIfAborted } from '../errors.ts';
+import { checkCounts, checkLayerCount, countTensors } from './counts.ts';
+import { parseConfig } from './config.ts';
+import { type Naming, type Placement, type TensorSpec, mtpTensors, textModelTensors } from './tensors.ts';
+import { PACKED_MANIFEST, type PackedTensorInfo } from '../formats/packed_manifest.ts';
+import type { PackedModel } from '../formats/packed_reader.ts';
+import { type OutputSink, partialName } from '../formats/packed_sink.ts';
+import { itemValues } from '../formats/packed_values.ts';
 
 export interface ExportProgress {
   doneBytes: number;
