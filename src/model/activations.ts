@@ -29,7 +29,7 @@ export interface MoeActivations {
   ids: GPUBuffer;
   gates: GPUBuffer;
   /** [S, topk, Im] f32: the picked experts' weighted SwiGLU outputs. */
-  act: GPUBuffer;
+  swiglu: GPUBuffer;
   /** [S, topk, H] f32: their down projections, summed into the residual stream. */
   out: GPUBuffer;
   order: GPUBuffer;
@@ -52,13 +52,21 @@ export interface Activations {
   ids: GPUBuffer;
   /** The sampled token that the next decode step embeds (written on the GPU by the sampler). */
   token: GPUBuffer;
+  /** [S, H] f32: the residual stream. */
   h: GPUBuffer;
+  /** [S, H] f32: h RMS-normed by a dispatch of its own (prefill; decode folds the norm into the matvec). */
   x: GPUBuffer;
-  proj: GPUBuffer;
-  mix: GPUBuffer;
-  core: GPUBuffer;
-  gated: GPUBuffer;
-  act: GPUBuffer;
+  /** [S, proj] act: a mixer's fused in-projection, DeltaNet [qkv; z; b; a] or attention [q|gate; k; v]. */
+  mixerProj: GPUBuffer;
+  /** [S, mix] act: what a mixer's core reads: DeltaNet's convolved, l2-normed q, k, v; attention's normed, rotated q. */
+  coreInput: GPUBuffer;
+  /** [S, core] act: a mixer's core output: the delta rule's heads, or attention's gated heads (the o-projection's input). */
+  coreOutput: GPUBuffer;
+  /** [S, Nv·Dv] act: DeltaNet's gated RMS norm of coreOutput (the out-projection's input). */
+  gatedNorm: GPUBuffer;
+  /** [S, I] act: the SwiGLU of a dense MLP or of the shared expert (the down projection's input). */
+  swiglu: GPUBuffer;
+  /** [V] f32: one row of logits. */
   logits: GPUBuffer;
   step: GPUBuffer;
   rope: GPUBuffer;
@@ -134,7 +142,7 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
       logits: storage('moe logits', S * (E + 1)),
       ids: storage('moe ids', S * k),
       gates: storage('moe gates', S * (k + 1)),
-      act: storage('moe act', S * k * c.moe.expertIntermediate),
+      swiglu: storage('moe swiglu', S * k * c.moe.expertIntermediate),
       out: storage('moe out', S * k * c.hiddenSize),
       order: storage('moe order', S * k),
       tiles: storage('moe tiles', tiles * 4),
@@ -150,11 +158,11 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     token: storage('token', 4),
     h: storage('h', S * c.hiddenSize),
     x: storage('x', S * c.hiddenSize),
-    proj: act('proj', S * f.proj),
-    mix: act('mix', S * f.mix),
-    core: act('core', S * f.core),
-    gated: act('gated', S * d.valueDim),
-    act: act('act', S * f.act),
+    mixerProj: act('mixer projection', S * f.proj),
+    coreInput: act('core input', S * f.mix),
+    coreOutput: act('core output', S * f.core),
+    gatedNorm: act('gated norm', S * d.valueDim),
+    swiglu: act('swiglu', S * f.act),
     logits: storage('logits', c.vocabSize),
     actBuffers,
     step,

@@ -28,7 +28,7 @@ async function score(ctx: GpuContext, fixture: FixtureName, dtype: WeightDtype) 
     // Activation buffers are sized for the context's activation type; the residual stream stays f32.
     const padded = (bytes: number) => Math.ceil(bytes / 16) * 16;
     const S = session.activations.maxTokens;
-    expect(session.activations.gated.size).toBe(padded(S * dims(model.config).valueDim * ctx.activationBytes));
+    expect(session.activations.gatedNorm.size).toBe(padded(S * dims(model.config).valueDim * ctx.activationBytes));
     expect(session.activations.h.size).toBe(padded(S * model.config.hiddenSize * 4));
     const prefill = new Float32Array(ids.length * V);
     await scoreIds(session, ids, (rows, first) => prefill.set(rows, first * V));
