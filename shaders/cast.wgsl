@@ -3,7 +3,7 @@
 //   dtype (bf16, f16 or f32, little-endian) to the weight dtype (f32, or f16 packed two per u32, lower half
 //   = even element). Conversions are done on the bits, so they are exact where the value is representable
 //   (bf16 -> f32, f16 -> f32, f32 -> f32 copy, denormals included) and round to nearest even into f16 (as
-//   torch's .to(float16) and src/formats/half.ts): no dependence on an adapter's denormal or overflow
+//   torch's .to(float16) and src/numeric/half.ts): no dependence on an adapter's denormal or overflow
 //   handling in unpack2x16float / pack2x16float. NaN -> quiet NaN of the same sign; |x| >= 65520 -> inf.
 //   src: u32 words holding rows x cols source elements, row-major from element 0
 //   dst: u32 words of one GpuTensor part; source row r goes to elements dst_off + r * dst_row_stride

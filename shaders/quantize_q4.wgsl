@@ -1,5 +1,5 @@
 // quantize_q4: raw checkpoint rows (bf16, f16 or f32, little-endian) -> the q4 blocks of a GpuTensor part (the
-//   loader's path for q4 weights). The format and the quantiser are src/formats/q4.ts, which this repeats bit for
+//   loader's path for q4 weights). The format and the quantiser are src/numeric/q4.ts, which this repeats bit for
 //   bit: per group of 32, x clamped to ±MAX_IN, m = max |x|; candidate f16 scales m/7, m/7.5, m/8, m/8.5 and
 //   REFITS least-squares refits of the best; nearest levels q in [-8, 7]; least Σ (x - q·scale)² wins (the first on
 //   a tie). f16 rounding is exact (neighbour check on exact distances), q and the errors are integers on x fixed

@@ -82,7 +82,7 @@ fn ${name}_at(e: u32) -> f32 { return unpack2x16float(${name}[e / 8u][(e % 8u) /
 }
 
 /**
- * q4 (src/formats/q4.ts): logical element e of the part is element e % IS of item e / IS, whose block is IW
+ * q4 (src/numeric/q4.ts): logical element e of the part is element e % IS of item e / IS, whose block is IW
  * words at item * IW: nibble words first, then the scale words. With IW a multiple of 4 every block, and so
  * every group's 4 nibble words, is 16-byte aligned and read as one vec4.
  */

@@ -4,7 +4,7 @@ import { Q4_ROW_ALIGN, q4ItemWords } from '../numeric/q4.ts';
 
 /**
  * How a weight is stored on the GPU. f16 is two halves per u32 on every adapter (see wgsl.ts). q4 is the
- * INT4 format of src/formats/q4.ts: per item, nibble words then f16 group scales.
+ * INT4 format of src/numeric/q4.ts: per item, nibble words then f16 group scales.
  */
 export type WeightDtype = 'f32' | 'f16' | 'q4';
 

@@ -33,7 +33,7 @@ const WG = 256;
 /**
  * Exact f16 <-> f32 conversions on the bits (no dependence on an adapter's denormal or overflow handling in
  * unpack2x16float / pack2x16float): `f16_bits_to_f32_bits(h)` and `f32_bits_to_f16_bits(x)` (round to nearest
- * even, as f32ToF16Bits in src/formats/half.ts). Shared by cast and quantize_q4.
+ * even, as f32ToF16Bits in src/numeric/half.ts). Shared by cast and quantize_q4.
  */
 export const HALF_BITS = `// f32 bits of an f16 (exact: every f16, subnormals included, is a normal f32 or zero).
 fn f16_bits_to_f32_bits(h: u32) -> u32 {
@@ -47,7 +47,7 @@ fn f16_bits_to_f32_bits(h: u32) -> u32 {
   return sign | ((113u - shift) << 23u) | (((mant << shift) & 0x3ffu) << 13u);
 }
 
-// f16 bits of an f32, round to nearest even (the same steps as f32ToF16Bits in src/formats/half.ts).
+// f16 bits of an f32, round to nearest even (the same steps as f32ToF16Bits in src/numeric/half.ts).
 fn f32_bits_to_f16_bits(x: u32) -> u32 {
   let sign = (x >> 16u) & 0x8000u;
   let exp = (x >> 23u) & 0xffu;

@@ -25,7 +25,7 @@ const WG = 64;
 
 /**
  * Checkpoint bytes (bf16 / f16 / f32) → the q4 blocks of those rows in a weight part: the GPU twin of
- * quantizeQ4Item (src/formats/q4.ts), bit for bit. Grid: one invocation per 64 elements (two groups).
+ * quantizeQ4Item (src/numeric/q4.ts), bit for bit. Grid: one invocation per 64 elements (two groups).
  */
 export const quantizeQ4Kernel = defineKernel<{ src: SourceDtype }>({
   name: 'quantize_q4',

@@ -14,7 +14,7 @@ export interface QuantizeReferenceArgs {
 
 /**
  * The quantize_q4 op on the CPU: returns a copy of the destination part (u32 words) with the piece's rows
- * quantised into their items' blocks (src/formats/q4.ts), every other word as it was.
+ * quantised into their items' blocks (src/numeric/q4.ts), every other word as it was.
  */
 export function quantizeQ4(src: Uint8Array, dst: Uint32Array, a: QuantizeReferenceArgs): Uint32Array {
   const out = dst.slice();

@@ -38,7 +38,7 @@ export class FileSource implements WeightSource {
     }
   }
 
-  /** The whole file as text, at most its small-file limit (src/storage/limits.ts). */
+  /** The whole file as text, at most its small-file limit (src/formats/limits.ts). */
   async text(file: string): Promise<string> {
     checkSmallFile(file, await this.size(file));
     return readFile(join(this.location, file), 'utf8').catch(() => {

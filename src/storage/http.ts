@@ -30,7 +30,7 @@ class Retryable extends Error {}
  * Model files on an HTTP(S) server, read with Range requests. A Hugging Face repository URL
  * (https://huggingface.co/ORG/NAME) is read from its `resolve/main/` files. Every request has a timeout of
  * its own (no progress for `timeoutMs`), failed reads are retried a bounded number of times (a range read
- * resumes where the dropped one stopped), small files are read up to their limit (src/storage/limits.ts) and
+ * resumes where the dropped one stopped), small files are read up to their limit (src/formats/limits.ts) and
  * a range read takes no more than the bytes it asked for: a stalled, dropping or endless server ends in one
  * error naming the file and URL, never in a hang or unbounded memory.
  */
@@ -149,7 +149,7 @@ export class HttpSource implements WeightSource {
     });
   }
 
-  /** The whole file as text, at most its small-file limit (src/storage/limits.ts). */
+  /** The whole file as text, at most its small-file limit (src/formats/limits.ts). */
   async text(file: string): Promise<string> {
     const url = this.url(file);
     const limit = smallFileLimit(file);

@@ -6,7 +6,7 @@ import { q4ItemWords, quantizeQ4Item } from '../../src/numeric/q4.ts';
 /**
  * Uploads a weight held in CPU memory as f32 (tests and synthetic weights; checkpoints go through the
  * loader's streaming path). Rows are padded with zeros to the tensor's row stride; q4 goes through the CPU
- * quantiser (src/formats/q4.ts, the GPU one's twin). `caps` may be a masked copy with a smaller binding
+ * quantiser (src/numeric/q4.ts, the GPU one's twin). `caps` may be a masked copy with a smaller binding
  * limit, to split a small tensor into several parts.
  */
 export function uploadTensor(ctx: GpuContext, name: string, shape: number[], values: Float32Array, dtype: WeightDtype, caps = ctx.caps): GpuTensor {
