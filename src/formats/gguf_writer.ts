@@ -124,7 +124,10 @@ function writeScalar(w: ByteWriter, type: number, value: unknown): void {
 
 export function writeKeyValue(w: ByteWriter, entry: KeyValue): void {
   w.str(entry.key).u32(entry.type);
-  if (entry.type !== GgufType.ARRAY) return writeScalar(w, entry.type, entry.value);
+  if (entry.type !== GgufType.ARRAY) {
+    writeScalar(w, entry.type, entry.value);
+    return;
+  }
   const values = entry.value as unknown[];
   w.u32(entry.element!).u64(values.length);
   for (const v of values) writeScalar(w, entry.element!, v);

@@ -210,17 +210,17 @@ function rpsLimit(caps: Caps, t: { wg: number; tpr: number; xu: number; stage: b
 export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; jobs: number }): MatvecTuning {
   const { units, rows, jobs } = shape;
   const q4 = format.dtype === 'q4';
-  const fit = (t: MatvecTuning, target: number): MatvecTuning => {
+  const fitRows = (t: MatvecTuning, target: number): MatvecTuning => {
     const perSet = Math.max(1, Math.floor(rows / ((t.wg / t.tpr) * Math.ceil(target / jobs))));
     return { ...t, rps: Math.max(1, Math.min(t.rps, perSet, rpsLimit(caps, { ...t, format }))) };
   };
   if (caps.cpu) {
     const tpr = 8;
-    return fit({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 8), stage: true, ru: 1 }, 16);
+    return fitRows({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 8), stage: true, ru: 1 }, 16);
   }
   const xuMax = q4 ? 2 : 8;
   const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
-  return fit({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
+  return fitRows({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
 }
 
 function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {

@@ -16,7 +16,10 @@ export interface CastReferenceArgs {
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
-const f32Bits = (v: number) => ((f32[0] = v), u32[0]);
+const f32Bits = (v: number) => {
+  f32[0] = v;
+  return u32[0];
+};
 
 /** Source element e of a little-endian piece as a number (f32 exactly: bf16 and f16 widen without rounding). */
 function sourceValue(src: Uint8Array, dtype: SourceDtype, e: number): number {

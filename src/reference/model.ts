@@ -205,7 +205,7 @@ export class ReferenceSession {
       const half = R / 2;
       const out = v.slice();
       for (let i = 0; i < half; i++) {
-        const angle = this.pos * Math.pow(c.ropeTheta, (-2 * i) / R);
+        const angle = this.pos * c.ropeTheta ** ((-2 * i) / R);
         const cos = Math.cos(angle);
         const sin = Math.sin(angle);
         out[i] = v[i] * cos - v[i + half] * sin;

@@ -113,6 +113,7 @@ test('`npm start`, as the README says: the dev server serves the demo and the fi
   dev.stderr!.on('data', (d) => (output += d));
   try {
     // Vite colours its banner where the environment asks for colour (CI does): read it without the escapes.
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the escapes are what it removes
     await expect.poll(() => output.replace(/\x1b\[[0-9;]*m/g, ''), { timeout: 60_000 }).toContain(`http://127.0.0.1:${port}/`);
     const page = await newPage();
     await page.goto(`http://127.0.0.1:${port}/?model=/fixtures/tiny-qwen35/`);

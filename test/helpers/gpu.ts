@@ -77,7 +77,10 @@ export function actBuffer(ctx: GpuContext, label: string, elements: number): GPU
 
 /** Writes values into an activation buffer from element 0 (rounded to f16 with f16 activations). */
 export function writeAct(ctx: GpuContext, buffer: GPUBuffer, data: Float32Array): void {
-  if (!isAct16(ctx)) return ctx.write(buffer, 0, data);
+  if (!isAct16(ctx)) {
+    ctx.write(buffer, 0, data);
+    return;
+  }
   // Whole u32 words: writeBuffer takes multiples of 4 bytes.
   const bits = new Uint16Array(data.length + (data.length % 2));
   for (let i = 0; i < data.length; i++) bits[i] = f32ToF16Bits(data[i]);
