@@ -2,7 +2,10 @@
 export { Engine, type EngineOptions, type RenderedPrompt } from './api/engine.ts';
 export type * from './api/types.ts';
 export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/context.ts';
-export { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QwenError, RequestError, SessionError } from './errors.ts';
+export {
+  AbortError, AdapterError, CapabilityError, ConfigError, ContractError, InternalError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError,
+  SessionError, StorageError, TemplateError,
+} from './errors.ts';
 export { loadModel, type LoadOptions, type LoadProgress } from './model/load.ts';
 export { type Model } from './model/model.ts';
 export { Session, type SessionOptions } from './runtime/session.ts';

@@ -6,7 +6,8 @@ import { type GenerationPlan, type TokenEvent, generateTokens } from '../runtime
 import { TextStream } from './text_stream.ts';
 import type { Session } from '../runtime/session.ts';
 import type { GpuSampler } from '../runtime/sampler.ts';
-import type { ChatCompletion, ChatCompletionChunk, FinishReason, TokenLogprob, ToolCall, Usage } from './types.ts';
+import type { ChatCompletion, ChatCompletionChunk, CompletionChunk, FinishReason, TokenLogprob, ToolCall, Usage } from './types.ts';
+import { InternalError } from '../errors.ts';
 
 export interface StreamContext {
   session: Session;
@@ -23,6 +24,52 @@ export interface StreamContext {
 const TOOL_CALL_OPEN = '<tool_call>';
 
 /**
+ * The token loop under every stream (chat and text completions): iterate it with `for await`; afterwards
+ * `reason` and `count` say how the generation ended and after how many tokens (the eos id that ended it
+ * counts, though it is not yielded). `stopped()` is asked after each token has been handled (a stop string
+ * seen): the generation then ends as 'stop'. However the iteration ends (done, stopped, the consumer's
+ * `return()`, a failure), the token generator is closed, so steps it submitted ahead give their buffers back.
+ */
+export class TokenLoop implements AsyncIterable<TokenEvent> {
+  reason: FinishReason = 'length';
+  count = 0;
+
+  constructor(
+    private readonly c: Pick<StreamContext, 'session' | 'sampler' | 'plan'>,
+    private readonly stopped: () => boolean,
+  ) {}
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<TokenEvent> {
+    const tokens = generateTokens(this.c.session, this.c.sampler, this.c.plan);
+    try {
+      for (;;) {
+        const next = await tokens.next();
+        if (next.done) {
+          this.reason = next.value;
+          if (next.value === 'stop') this.count++; // the eos token itself
+          return;
+        }
+        this.count++;
+        yield next.value;
+        if (this.stopped()) {
+          this.reason = 'stop';
+          return;
+        }
+      }
+    } finally {
+      await tokens.return('stop');
+    }
+  }
+}
+
+const usage = (plan: GenerationPlan, completionTokens: number, reasoningTokens: number): Usage => ({
+  prompt_tokens: plan.promptIds.length,
+  completion_tokens: completionTokens,
+  total_tokens: plan.promptIds.length + completionTokens,
+  completion_tokens_details: { reasoning_tokens: reasoningTokens },
+});
+
+/**
  * The chat completion as a stream of chunks: reasoning and answer text decoded incrementally (never a
  * broken character), stop strings cut, tool calls parsed at the end into OpenAI `tool_calls`. The
  * non-streaming response is this stream collected (collectChat), so both agree token for token.
@@ -37,21 +84,11 @@ export async function* chatChunks(c: StreamContext): AsyncGenerator<ChatCompleti
   const answerText = new StreamDecoder(c.tokenizer);
   const withTools = c.tools.length > 0;
   const answer = new TextStream(c.stops, withTools ? [TOOL_CALL_OPEN] : [], c.plan.thinking);
-  let completionTokens = 0;
   let reasoningTokens = 0;
   yield chunk({ role: 'assistant', content: '' });
 
-  const tokens = generateTokens(c.session, c.sampler, c.plan);
-  let reason: FinishReason = 'length';
-  for (;;) {
-    const next = await tokens.next();
-    if (next.done) {
-      reason = next.value;
-      if (reason === 'stop') completionTokens++; // the eos token itself
-      break;
-    }
-    const t: TokenEvent = next.value;
-    completionTokens++;
+  const loop = new TokenLoop(c, () => answer.stopped);
+  for await (const t of loop) {
     if (t.reasoning) {
       reasoningTokens++;
       if (t.id !== c.plan.thinkEndId) {
@@ -63,12 +100,8 @@ export async function* chatChunks(c: StreamContext): AsyncGenerator<ChatCompleti
     const text = answer.push(answerText.push(t.id));
     const logprobs = c.withLogprobs && !t.forced ? [tokenLogprob(c.tokenizer, t)] : [];
     if (text || logprobs.length) yield chunk(text ? { content: text } : {}, null, logprobs);
-    if (answer.stopped) {
-      reason = 'stop';
-      await tokens.return('stop');
-      break;
-    }
   }
+  let reason = loop.reason;
   const lastReasoning = reasoningText.flush();
   if (lastReasoning) yield chunk({ reasoning_content: lastReasoning });
   const tail = answer.push(answerText.flush());
@@ -86,13 +119,26 @@ export async function* chatChunks(c: StreamContext): AsyncGenerator<ChatCompleti
     yield chunk({ tool_calls: toolCalls.map((call, index) => ({ index, ...call })) });
     reason = 'tool_calls';
   }
-  const usage: Usage = {
-    prompt_tokens: c.plan.promptIds.length,
-    completion_tokens: completionTokens,
-    total_tokens: c.plan.promptIds.length + completionTokens,
-    completion_tokens_details: { reasoning_tokens: reasoningTokens },
-  };
-  yield { ...chunk({}, reason), usage };
+  yield { ...chunk({}, reason), usage: usage(c.plan, loop.count, reasoningTokens) };
+}
+
+/** A text completion as a stream of chunks: the continuation decoded incrementally, stop strings cut. */
+export async function* completionChunks(c: Omit<StreamContext, 'tools'>): AsyncGenerator<CompletionChunk> {
+  const created = Math.floor(Date.now() / 1000);
+  const chunk = (piece: string, finish: FinishReason | null, logprobs: TokenLogprob[]): CompletionChunk => ({
+    id: c.id, object: 'text_completion', created, model: c.model,
+    choices: [{ index: 0, text: piece, finish_reason: finish, logprobs: c.withLogprobs ? { content: logprobs } : null }],
+  });
+  const decoder = new StreamDecoder(c.tokenizer);
+  const text = new TextStream(c.stops);
+  const loop = new TokenLoop(c, () => text.stopped);
+  for await (const t of loop) {
+    const piece = text.push(decoder.push(t.id));
+    const logprobs = c.withLogprobs ? [tokenLogprob(c.tokenizer, t)] : [];
+    if (piece || logprobs.length) yield chunk(piece, null, logprobs);
+  }
+  const rest = text.push(decoder.flush()) + text.finish().rest;
+  yield { ...chunk(rest, loop.reason, []), usage: usage(c.plan, loop.count, 0) };
 }
 
 export function tokenLogprob(tokenizer: Tokenizer, t: TokenEvent): TokenLogprob {
@@ -118,7 +164,7 @@ export async function collectChat(chunks: AsyncIterable<ChatCompletionChunk>, wi
     logprobs.push(...(ch.choices[0].logprobs?.content ?? []));
     last = ch;
   }
-  if (!last?.usage) throw new Error('internal: the chat stream ended without usage');
+  if (!last?.usage) throw new InternalError('internal: the chat stream ended without usage');
   return {
     id: last.id, object: 'chat.completion', created: last.created, model: last.model,
     choices: [{

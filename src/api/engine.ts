@@ -8,14 +8,12 @@ import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_template.ts';
-import { StreamDecoder } from '../text/stream_decoder.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
-import { chatChunks, collectChat, tokenLogprob } from './chat.ts';
-import { type GenerationPlan, type IdsResult, generateIds, generateTokens } from '../runtime/generation.ts';
-import { TextStream } from './text_stream.ts';
+import { chatChunks, collectChat, completionChunks } from './chat.ts';
+import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
 import type {
-  ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, FinishReason,
-  Reasoning, SamplingRequest, TokenLogprob,
+  ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, Reasoning,
+  SamplingRequest, TokenLogprob,
 } from './types.ts';
 
 export interface EngineOptions {
@@ -115,13 +113,7 @@ export class Engine {
   }
 
   private plan(request: SamplingRequest, promptIds: number[], thinking: boolean, reasoning?: Reasoning): GenerationPlan {
-    const room = this.session.capacity - promptIds.length;
-    if (room < 1) throw new SessionError(`the prompt has ${promptIds.length} tokens; the context holds ${this.session.capacity}`);
-    const maxTokens = request.max_tokens ?? room;
-    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RequestError(`must be a positive integer, got ${String(request.max_tokens)}`, 'max_tokens');
-    if (maxTokens > room) {
-      throw new SessionError(`the prompt (${promptIds.length} tokens) + max_tokens (${maxTokens}) exceed the context of ${this.session.capacity} tokens`);
-    }
+    const maxTokens = checkMaxTokens(request.max_tokens, 'max_tokens', promptIds.length, this.session.capacity);
     const topLogprobs = request.top_logprobs ?? 0;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 0 || topLogprobs > 20) throw new RequestError(`must be an integer from 0 to 20, got ${topLogprobs}`, 'top_logprobs');
     const sampling: SamplingOptions = {
@@ -245,18 +237,15 @@ export class Engine {
    * Token ids in, token ids out (no tokenizer): the browser worker's `generate`. Stops at an eos id of the
    * model unless `ignoreEos`; waits for the requests before it, like every request.
    */
-  generateIds(request: { promptIds: number[]; maxTokens: number; sampling?: SamplingOptions; ignoreEos?: boolean; signal?: AbortSignal }): Promise<IdsResult> {
-    const { promptIds, maxTokens } = request;
+  async generateIds(request: { promptIds: number[]; maxTokens: number; sampling?: SamplingOptions; ignoreEos?: boolean; signal?: AbortSignal }): Promise<IdsResult> {
+    const { promptIds } = request;
     // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
     const size = this.model.tokenizerSize;
     if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= size)) {
       const bad = Array.isArray(promptIds) ? promptIds.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
       throw new RequestError(`must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (promptIds[${bad}] is ${JSON.stringify(promptIds[bad])})` : ''}`, 'promptIds');
     }
-    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RequestError(`must be a positive integer, got ${String(maxTokens)}`, 'maxTokens');
-    if (promptIds.length + maxTokens > this.session.capacity) {
-      throw new SessionError(`the prompt (${promptIds.length} tokens) + maxTokens (${maxTokens}) exceed the context of ${this.session.capacity} tokens`);
-    }
+    const maxTokens = checkMaxTokens(request.maxTokens, 'maxTokens', promptIds.length, this.session.capacity);
     const sampling = request.sampling ?? { temperature: 0 };
     checkSampling(sampling, this.sampler.tokenizerSize);
     const stopIds = request.ignoreEos ? [] : this.model.eosTokenIds;
@@ -266,43 +255,11 @@ export class Engine {
   /** Checks the request now; the returned generator does the work. */
   private textStream(request: CompletionRequest): AsyncGenerator<CompletionChunk> {
     if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
-    const ids = this.tokenizer.encode(request.prompt);
-    return this.textChunks(request, ids, this.plan(request, ids, false), new TextStream(this.stops(request)));
-  }
-
-  private async *textChunks(request: CompletionRequest, ids: number[], plan: GenerationPlan, text: TextStream): AsyncGenerator<CompletionChunk> {
-    const decoder = new StreamDecoder(this.tokenizer);
-    const id = newId('cmpl');
-    const created = Math.floor(Date.now() / 1000);
-    const chunk = (piece: string, finish: FinishReason | null, logprobs: TokenLogprob[]): CompletionChunk => ({
-      id, object: 'text_completion', created, model: this.name,
-      choices: [{ index: 0, text: piece, finish_reason: finish, logprobs: request.logprobs ? { content: logprobs } : null }],
+    const plan = this.plan(request, this.tokenizer.encode(request.prompt), false);
+    return completionChunks({
+      session: this.session, sampler: this.sampler, tokenizer: this.tokenizer, plan, stops: this.stops(request),
+      withLogprobs: Boolean(request.logprobs), id: newId('cmpl'), model: this.name,
     });
-    const tokens = generateTokens(this.session, this.sampler, plan);
-    let produced = 0;
-    let reason: FinishReason = 'length';
-    for (;;) {
-      const next = await tokens.next();
-      if (next.done) {
-        reason = next.value;
-        if (reason === 'stop') produced++;
-        break;
-      }
-      produced++;
-      const piece = text.push(decoder.push(next.value.id));
-      const logprobs = request.logprobs ? [tokenLogprob(this.tokenizer, next.value)] : [];
-      if (piece || logprobs.length) yield chunk(piece, null, logprobs);
-      if (text.stopped) {
-        reason = 'stop';
-        await tokens.return('stop');
-        break;
-      }
-    }
-    const rest = text.push(decoder.flush()) + text.finish().rest;
-    yield {
-      ...chunk(rest, reason, []),
-      usage: { prompt_tokens: ids.length, completion_tokens: produced, total_tokens: ids.length + produced, completion_tokens_details: { reasoning_tokens: 0 } },
-    };
   }
 
   private async completeText(request: CompletionRequest): Promise<Completion> {
@@ -354,9 +311,21 @@ function checkSampling(sampling: SamplingOptions, tokenizerSize: number): void {
     resolveSampling(sampling, tokenizerSize);
   } catch (error) {
     if (!(error instanceof RequestError)) throw error;
-    const message = error.message.slice(error.field.length + 2);
-    throw new RequestError(message, API_FIELDS[error.field] ?? error.field);
+    throw new RequestError(error.detail, API_FIELDS[error.field] ?? error.field, { cause: error });
   }
+}
+
+/**
+ * `max_tokens` (named `field`) checked against the context: a positive integer, or undefined for all the room
+ * the prompt leaves. Returns the tokens to generate.
+ */
+function checkMaxTokens(requested: number | undefined, field: string, promptTokens: number, capacity: number): number {
+  if (requested !== undefined && (!Number.isInteger(requested) || requested < 1)) throw new RequestError(`must be a positive integer, got ${String(requested)}`, field);
+  const room = capacity - promptTokens;
+  if (room < 1) throw new SessionError(`the prompt has ${promptTokens} tokens; the context holds ${capacity}`);
+  const maxTokens = requested ?? room;
+  if (maxTokens > room) throw new SessionError(`the prompt (${promptTokens} tokens) + ${field} (${maxTokens}) exceed the context of ${capacity} tokens`);
+  return maxTokens;
 }
 
 function newId(prefix: string): string {

@@ -1,3 +1,4 @@
+import { ConfigError, InternalError, RequestError } from '../errors.ts';
 import { type Qwen35Config, parseConfig } from '../model/config.ts';
 import { type GgmlTypeName, type GgufLayout, type GgufTensorSpec, GgufType, type KeyValue, ggufLayout, ggufPieces, kv } from '../formats/gguf_writer.ts';
 import { f32ToF16Bits } from '../numeric/half.ts';
@@ -45,7 +46,7 @@ const Q4_0_BYTES = 18;
 export function syntheticGguf(variant: string | Record<string, unknown>, options: { layers?: number } = {}): SyntheticGguf {
   const raw = typeof variant === 'string' ? (variants as Record<string, Record<string, unknown>>)[variant] : variant;
   const name = typeof variant === 'string' ? variant : String(variant.name ?? 'custom');
-  if (!raw) throw new Error(`unknown synthetic model ${variant}; choose one of ${SYNTHETIC_GGUF_VARIANTS.join(', ')}`);
+  if (!raw) throw new RequestError(`unknown synthetic model ${variant}; choose one of ${SYNTHETIC_GGUF_VARIANTS.join(', ')}`, 'synthetic');
   const c = parseConfig({ ...raw, num_hidden_layers: options.layers ?? raw.num_hidden_layers }, `synthetic ${name}`);
   const metadata = syntheticMetadata(name, c);
   const tensors = syntheticTensors(c);
@@ -59,7 +60,7 @@ function syntheticMetadata(name: string, c: Qwen35Config): KeyValue[] {
   const a = (k: string) => `${arch}.${k}`;
   const interval = c.layerTypes.indexOf('full_attention') + 1;
   if (interval === 0 || c.layerTypes.some((t, i) => (t === 'full_attention') !== ((i + 1) % interval === 0))) {
-    throw new Error(`synthetic ${name}: GGUF needs full attention every Nth layer, got ${c.layerTypes.join(',')}`);
+    throw new ConfigError(`GGUF needs full attention every Nth layer, got ${c.layerTypes.join(',')}`, 'layer_types', `synthetic ${name}`);
   }
   // llama.cpp requires the M-RoPE sections; Qwen3.5's [11, 11, 10] split of 32 rotary pairs, scaled.
   const pairs = c.rotaryDim / 2;
@@ -238,6 +239,6 @@ function* tensorData(t: SyntheticGgufTensor, index: number): Generator<Uint8Arra
     for (let i = 0; i < count; i++) v[i] = f32ToF16Bits(value());
     yield new Uint8Array(v.buffer);
   } else {
-    throw new Error(`${t.name}: no synthetic fill for ${t.type}`);
+    throw new InternalError(`${t.name}: no synthetic fill for ${t.type}`);
   }
 }

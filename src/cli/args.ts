@@ -1,7 +1,7 @@
-/** `command --flag value --switch` parsing, with the errors a user needs to fix a command line. */
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+import { UsageError } from '../errors.ts';
+
+/** `command --flag value --switch` parsing, with the errors a user needs to fix a command line (UsageError). */
+export { UsageError };
 
 export interface Args {
   command: string;

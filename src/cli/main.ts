@@ -227,17 +227,18 @@ async function readMessages(path: string): Promise<ChatMessage[]> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
-  } catch {
-    throw new UsageError(`cannot read --messages file ${path}`);
-  }
-  try {
-    const parsed = JSON.parse(text);
-    const messages = Array.isArray(parsed) ? parsed : parsed?.messages;
-    if (!Array.isArray(messages)) throw new Error('expected a JSON array of messages (or an object with "messages")');
-    return messages;
   } catch (error) {
-    throw new UsageError(`${path}: ${(error as Error).message}`);
+    throw new UsageError(`cannot read --messages file ${path}`, { cause: error });
   }
+  let parsed;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`${path}: ${(error as Error).message}`, { cause: error });
+  }
+  const messages = Array.isArray(parsed) ? parsed : parsed?.messages;
+  if (!Array.isArray(messages)) throw new UsageError(`${path}: expected a JSON array of messages (or an object with "messages")`);
+  return messages;
 }
 
 async function chatMessages(args: Args): Promise<ChatMessage[]> {

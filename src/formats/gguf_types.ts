@@ -1,3 +1,5 @@
+import { ContractError } from '../errors.ts';
+
 /**
  * ggml's tensor types as GGUF stores them (ggml.h `enum ggml_type`, block sizes from ggml.c's type traits).
  * Every type ggml defines is listed so a header's sizes can be checked even for tensors we cannot decode.
@@ -29,7 +31,7 @@ export function ggmlTypeById(id: number): GgmlType | undefined {
 
 export function ggmlTypeByName(name: string): GgmlType {
   const type = BY_NAME.get(name);
-  if (!type) throw new Error(`unknown ggml type ${name}`);
+  if (!type) throw new ContractError(`unknown ggml type ${name}`, 'ggmlTypeByName');
   return type;
 }
 

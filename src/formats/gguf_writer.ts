@@ -1,3 +1,4 @@
+import { ContractError } from '../errors.ts';
 import { f16BitsToF32, f32ToF16Bits } from '../numeric/half.ts';
 import { ggmlTypeByName } from './gguf_types.ts';
 
@@ -118,7 +119,7 @@ function writeScalar(w: ByteWriter, type: number, value: unknown): void {
     case GgufType.U64: w.u64(value as number); break;
     case GgufType.I64: w.i64(value as number); break;
     case GgufType.F64: w.f64(value as number); break;
-    default: throw new Error(`cannot write GGUF value type ${type}`);
+    default: throw new ContractError(`cannot write GGUF value type ${type}`, 'writeKeyValue');
   }
 }
 
@@ -145,7 +146,7 @@ export interface GgufTensorSpec {
 /** Bytes of a tensor's data (ne0 must be whole blocks, as ggml requires). */
 export function ggufTensorBytes(t: GgufTensorSpec): number {
   const { size, bytes } = BLOCK[t.type];
-  if (t.dims[0] % size !== 0) throw new Error(`${t.name}: ne0 = ${t.dims[0]} is not whole ${t.type} blocks of ${size}`);
+  if (t.dims[0] % size !== 0) throw new ContractError(`${t.name}: ne0 = ${t.dims[0]} is not whole ${t.type} blocks of ${size}`, 'ggufTensorBytes');
   return (t.dims.reduce((a, b) => a * b, 1) / size) * bytes;
 }
 
@@ -196,10 +197,10 @@ export function* ggufPieces(layout: GgufLayout, data: (index: number) => Iterabl
     let written = 0;
     for (const piece of data(i)) {
       written += piece.length;
-      if (written > layout.sizes[i]) throw new Error(`tensor ${i}: more than its ${layout.sizes[i]} bytes`);
+      if (written > layout.sizes[i]) throw new ContractError(`tensor ${i}: more than its ${layout.sizes[i]} bytes`, 'ggufPieces');
       yield piece;
     }
-    if (written !== layout.sizes[i]) throw new Error(`tensor ${i}: ${written} bytes written of ${layout.sizes[i]}`);
+    if (written !== layout.sizes[i]) throw new ContractError(`tensor ${i}: ${written} bytes written of ${layout.sizes[i]}`, 'ggufPieces');
     const pad = ggufPadding(written, layout.alignment);
     if (pad) yield zeros.subarray(0, pad);
   }
@@ -345,7 +346,7 @@ const BLOCK_QUANTIZERS: Partial<Record<GgmlTypeName, (x: Float32Array, out: Uint
 /** Encodes values (a whole number of blocks) as `type`. */
 export function quantize(type: GgmlTypeName, values: Float32Array): Uint8Array {
   const { size, bytes } = BLOCK[type];
-  if (values.length % size !== 0) throw new Error(`${values.length} values are not whole ${type} blocks`);
+  if (values.length % size !== 0) throw new ContractError(`${values.length} values are not whole ${type} blocks`, 'quantize');
   const out = new Uint8Array((values.length / size) * bytes);
   const view = new DataView(out.buffer);
   if (type === 'F32') values.forEach((v, i) => view.setFloat32(4 * i, v, true));

@@ -1,4 +1,4 @@
-import { ModelFormatError, throwIfAborted } from '../errors.ts';
+import { ContractError, ModelFormatError, throwIfAborted } from '../errors.ts';
 import { checkSmallFile } from './limits.ts';
 import type { WeightSource } from './source.ts';
 import { PACKED_MANIFEST, type PackedDtype, type PackedFileInfo, type PackedManifest, type PackedTensorInfo, validateManifest } from './packed_manifest.ts';
@@ -58,7 +58,7 @@ export async function openPacked(source: WeightSource): Promise<PackedModel> {
   try {
     raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (error) {
-    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST);
+    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST, undefined, { cause: error });
   }
   const manifest = validateManifest(raw);
   await checkSizes(source, [...manifest.shards, ...manifest.files]);
@@ -102,7 +102,7 @@ async function readItems(
   const t = tensors.get(key);
   if (!t) throw new ModelFormatError('no such tensor in the packed model', PACKED_MANIFEST, key);
   if (!Number.isSafeInteger(firstItem) || !Number.isSafeInteger(count) || firstItem < 0 || count < 0 || firstItem + count > t.shape[0]) {
-    throw new RangeError(`${key}: items ${firstItem}..${firstItem + count} are outside its ${t.shape[0]} items`);
+    throw new ContractError(`${key}: items ${firstItem}..${firstItem + count} are outside its ${t.shape[0]} items`, 'readItems');
   }
   const pieces: Promise<Uint8Array>[] = [];
   // Runs are sorted and contiguous in item space: find the first one holding firstItem, then walk on.

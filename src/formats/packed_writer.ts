@@ -1,4 +1,4 @@
-import { ModelFormatError, QwenError, throwIfAborted } from '../errors.ts';
+import { ContractError, ModelFormatError, throwIfAborted } from '../errors.ts';
 import {
   PACKED_FORMAT, PACKED_MANIFEST, PACKED_VERSION, RESERVED_NAMES, type PackedDtype, type PackedFileInfo, type PackedManifest,
   type PackedRun, type PackedTensorInfo, type PackedTensorMeta, checkTensorLayout, isPlainFileName, validateManifest,
@@ -52,7 +52,7 @@ export class PackedWriter {
 
   constructor(private readonly sink: OutputSink, private readonly options: PackedWriterOptions) {
     this.shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES;
-    if (!Number.isSafeInteger(this.shardBytes) || this.shardBytes < 1) throw new RangeError(`shardBytes ${this.shardBytes} is not a positive integer`);
+    if (!Number.isSafeInteger(this.shardBytes) || this.shardBytes < 1) throw new ContractError(`shardBytes ${this.shardBytes} is not a positive integer`, 'PackedWriter');
   }
 
   /**
@@ -159,7 +159,7 @@ export class PackedWriter {
   }
 
   private async guard<T>(body: () => Promise<T>): Promise<T> {
-    if (this.state !== 'ready') throw new QwenError(`PackedWriter for ${this.sink.location}: ${this.state === 'busy' ? 'calls must not overlap' : `already ${this.state}`}`);
+    if (this.state !== 'ready') throw new ContractError(`${this.sink.location}: ${this.state === 'busy' ? 'calls must not overlap' : `already ${this.state}`}`, 'PackedWriter');
     this.state = 'busy';
     try {
       if (!this.started) {

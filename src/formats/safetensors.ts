@@ -44,7 +44,7 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
   try {
     header = JSON.parse(new TextDecoder().decode(headerBytes));
   } catch (error) {
-    throw new ModelFormatError(`header is not valid JSON (${(error as Error).message})`, file);
+    throw new ModelFormatError(`header is not valid JSON (${(error as Error).message})`, file, undefined, { cause: error });
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new ModelFormatError('header is not a JSON object', file);
   const dataStart = 8 + headerLen;

@@ -1,3 +1,5 @@
+import { ContractError } from '../errors.ts';
+
 /**
  * Incremental SHA-256 (FIPS 180-4) in plain TypeScript: the browser's Web Crypto only hashes a whole buffer
  * at once, and a model shard is too large to hold, so every host streams files through this instead.
@@ -27,7 +29,7 @@ export class Sha256 {
   private finished = false;
 
   update(bytes: Uint8Array): this {
-    if (this.finished) throw new Error('Sha256: update() after digest()');
+    if (this.finished) throw new ContractError('update() after digest()', 'Sha256');
     this.totalBytes += bytes.length;
     let at = 0;
     if (this.pendingBytes > 0) {
@@ -47,7 +49,7 @@ export class Sha256 {
 
   /** Lowercase hex of the hash; the object cannot be updated afterwards. */
   digest(): string {
-    if (this.finished) throw new Error('Sha256: digest() called twice');
+    if (this.finished) throw new ContractError('digest() called twice', 'Sha256');
     const bits = this.totalBytes * 8;
     const tail = new Uint8Array(this.pendingBytes < 56 ? 64 : 128);
     tail.set(this.pending.subarray(0, this.pendingBytes));

@@ -21,6 +21,6 @@ export async function readJson(source: WeightSource, file: string): Promise<unkn
   try {
     return JSON.parse(text);
   } catch (error) {
-    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, file);
+    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, file, undefined, { cause: error });
   }
 }

@@ -1,5 +1,6 @@
-import { AdapterError, CapabilityError, QwenError } from '../errors.ts';
+import { AdapterError, CapabilityError, ContractError } from '../errors.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
+import { memoise } from './memo.ts';
 import {
   type Binding,
   type KernelDef,
@@ -117,7 +118,7 @@ export class GpuContext {
 
   static async create(gpu: GPU, options: ContextOptions = {}): Promise<GpuContext> {
     const activations = options.activations ?? 'f32';
-    if (activations !== 'f32' && activations !== 'f16') throw new QwenError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`);
+    if (activations !== 'f32' && activations !== 'f16') throw new ContractError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`, 'GpuContext.create');
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
     const wanted = (['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
@@ -228,13 +229,7 @@ export class GpuContext {
   pipeline<V>(def: KernelDef<V>, variant: V): Promise<Pipeline> {
     const overrides = def.overrides?.(variant, this.caps) ?? {};
     const key = `${def.name}${stableJson(variant ?? {})}${stableJson(overrides)}:${this.capsKey}`;
-    let pending = this.pipelines.get(key);
-    if (!pending) {
-      pending = this.compile(def, variant, overrides, key);
-      this.pipelines.set(key, pending);
-      pending.catch(() => this.pipelines.delete(key));
-    }
-    return pending;
+    return memoise(this.pipelines, key, () => this.compile(def, variant, overrides, key));
   }
 
   private async compile<V>(def: KernelDef<V>, variant: V, constants: Record<string, number>, key: string): Promise<Pipeline> {
@@ -253,7 +248,7 @@ export class GpuContext {
     } catch (error) {
       const info = await module.getCompilationInfo();
       const messages = info.messages.map((m) => `${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join('\n');
-      throw new CapabilityError(`kernel ${key} failed to compile on "${this.adapter.name}": ${(error as Error).message}\n${messages}`, def.name);
+      throw new CapabilityError(`kernel ${key} failed to compile on "${this.adapter.name}": ${(error as Error).message}\n${messages}`, def.name, { cause: error });
     }
   }
 
@@ -280,7 +275,7 @@ export class GpuContext {
     const keyParts = [pipeline.key];
     pipeline.bindings.forEach((b, binding) => {
       const r = resources[b.name];
-      if (r === undefined) throw new Error(`${pipeline.key}: no resource for binding ${b.name}`);
+      if (r === undefined) throw new ContractError(`no resource for binding ${b.name}`, pipeline.key);
       let range: BufferRange;
       if (b.kind === 'uniform' && !isBuffer(r) && !isRange(r)) {
         const values = r as ParamValues<typeof b.schema>;
@@ -288,7 +283,7 @@ export class GpuContext {
       }
       else if (isBuffer(r)) range = { buffer: r };
       else if (isRange(r)) range = r;
-      else throw new Error(`${pipeline.key}: binding ${b.name} needs a buffer`);
+      else throw new ContractError(`binding ${b.name} needs a buffer`, pipeline.key);
       if (range.size !== undefined && range.size > this.caps.maxStorageBindingBytes && b.kind !== 'uniform') {
         throw new CapabilityError(`${pipeline.key}: binding ${b.name} of ${range.size} bytes passes maxStorageBufferBindingSize`, 'maxStorageBufferBindingSize');
       }

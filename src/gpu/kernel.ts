@@ -2,6 +2,7 @@ import type { ActivationType, Caps } from './caps.ts';
 import { prelude } from './wgsl.ts';
 import type { WeightFormat } from './tensor.ts';
 import { q4ItemWords } from '../numeric/q4.ts';
+import { ContractError, InternalError } from '../errors.ts';
 
 /**
  * Kernels are declared once in TypeScript: their bindings, their uniform params and the numeric constants
@@ -76,7 +77,7 @@ fn ${name}_at(e: u32) -> f32 { return unpack2x16float(${name}[e / 8u][(e % 8u) /
       return q4Decl(name, format.itemStride, index);
     default: {
       const never: never = format;
-      throw new Error(`unknown weight format ${JSON.stringify(never)}`);
+      throw new InternalError(`unknown weight format ${JSON.stringify(never)}`);
     }
   }
 }
@@ -87,7 +88,7 @@ fn ${name}_at(e: u32) -> f32 { return unpack2x16float(${name}[e / 8u][(e % 8u) /
  * every group's 4 nibble words, is 16-byte aligned and read as one vec4.
  */
 function q4Decl(name: string, itemStride: number, index: number): string {
-  if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % 64 !== 0) throw new Error(`weight ${name}: q4 itemStride ${itemStride} is not a positive multiple of 64`);
+  if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % 64 !== 0) throw new ContractError(`weight ${name}: itemStride ${itemStride} is not a positive multiple of 64`, 'q4');
   const iw = q4ItemWords(itemStride);
   const aligned = iw % 4 === 0;
   const n = name;
@@ -172,11 +173,11 @@ export function packParams<S extends ParamsSchema>(schema: S, values: ParamValue
   const view = new DataView(buffer);
   Object.entries(schema).forEach(([field, type], i) => {
     const v = values[field];
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`param ${field} is ${String(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ContractError(`param ${field} is ${String(v)}`, 'packParams');
     if (type === 'f32') view.setFloat32(i * 4, v, true);
     else if (type === 'i32') view.setInt32(i * 4, v, true);
     else {
-      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new Error(`param ${field} = ${v} is not a u32`);
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new ContractError(`param ${field} = ${v} is not a u32`, 'packParams');
       view.setUint32(i * 4, v, true);
     }
   });

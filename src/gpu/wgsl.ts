@@ -1,4 +1,5 @@
 import type { ActivationType, Caps } from './caps.ts';
+import { CapabilityError } from '../errors.ts';
 
 /**
  * The WGSL that every kernel starts with. Variation by capability lives here and only here.
@@ -8,7 +9,7 @@ import type { ActivationType, Caps } from './caps.ts';
  * activation types (the conversions vanish when act is f32).
  */
 export function prelude(caps: Caps, activations: ActivationType = 'f32'): string {
-  if (activations === 'f16' && !caps.f16) throw new Error('f16 activations need shader-f16');
+  if (activations === 'f16' && !caps.f16) throw new CapabilityError('f16 activations need shader-f16', 'shader-f16');
   return `${caps.f16 ? 'enable f16;\n' : ''}alias act = ${activations};
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }
 fn unpack_h8(v: vec4<u32>) -> W8 {

@@ -1,3 +1,5 @@
+import { ContractError } from '../errors.ts';
+
 /** Largest value of a u32 param: counts and offsets that pass it cannot be handed to a kernel. */
 export const U32_MAX = 0xffffffff;
 
@@ -29,7 +31,7 @@ const names = (list: string[]) => (list.length < 2 ? list.join('') : `${list.sli
 
 export function checks(op: string): Checks {
   const fail = (message: string): never => {
-    throw new Error(`${op}: ${message}`);
+    throw new ContractError(message, op);
   };
   const count = (what: string, n: number, min = 1, max = U32_MAX) => {
     if (!Number.isInteger(n) || n < min || n > max) fail(`${what} = ${n} must be ${describeRange(min, max)}`);

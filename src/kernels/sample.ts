@@ -1,6 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { type ParamValues, packParams, read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
+import { ContractError } from '../errors.ts';
 import { grid } from './grid.ts';
 
 /**
@@ -165,7 +166,7 @@ export interface SampleScratch {
 }
 
 function fail(message: string): never {
-  throw new Error(`sample: ${message}`);
+  throw new ContractError(message, 'sample');
 }
 
 export function createSampleScratch(ctx: GpuContext, vocab: number, n: number): SampleScratch {

@@ -1,5 +1,5 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { QwenError, throwIfAborted } from '../errors.ts';
+import { RequestError, throwIfAborted } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import { type OutputSink, type PackedManifest, PackedWriter } from '../formats/packed.ts';
@@ -29,7 +29,7 @@ export interface ConvertOptions {
  * in pieces into the writer, and freed. Host memory stays within a piece; GPU memory within one tensor.
  */
 export async function convertModel(ctx: GpuContext, checkpoint: Checkpoint, options: ConvertOptions): Promise<PackedManifest> {
-  if (checkpoint.packed) throw new QwenError(`${checkpoint.location} is already a packed model`);
+  if (checkpoint.packed) throw new RequestError(`${checkpoint.location} is already a packed model`, 'checkpoint');
   const plan = await planCheckpoint(checkpoint, { mtp: options.mtp });
   const pieceBytes = Math.min(options.pieceBytes ?? 8 * 1024 * 1024, ctx.caps.maxStorageBindingBytes - 16);
   const writer = new PackedWriter(options.sink, { config: plan.rawConfig, dtype: options.dtype, shardBytes: options.shardBytes, signal: options.signal });

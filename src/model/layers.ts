@@ -20,6 +20,7 @@ import type { Model } from './model.ts';
 import type { AttentionWeights, DeltaNetWeights, DecoderLayerWeights, DenseMlpWeights, MoeWeights } from './weights.ts';
 import { vectorBuffer } from './weights.ts';
 import { type Activations, type LayerState, elementOf } from './activations.ts';
+import { ContractError } from '../errors.ts';
 
 /**
  * The Qwen3.5 forward pass as a list of GPU dispatches, in the order of modeling_qwen3_5.py:
@@ -125,7 +126,7 @@ function linear(ctx: GpuContext, act: Activations, T: number, args: LinearArgs):
   if (T === 1 || ctx.caps.cpu) {
     return matvec(ctx, { w, x: x.buffer, xStride: args.xStride, y, yStride: args.yStride, input, output, epilogue, scales, norm: x.norm, tokens: T });
   }
-  if (x.norm) throw new Error('matmul takes a normed input only (its norm runs as a dispatch of its own)');
+  if (x.norm) throw new ContractError('takes a normed input only (its norm runs as a dispatch of its own)', 'matmul');
   return matmul(ctx, { w, tokens: T, x: x.buffer, xStride: args.xStride, y, yStride: args.yStride, input, output, epilogue, scales });
 }
 

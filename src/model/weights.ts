@@ -1,5 +1,6 @@
 import type { GpuTensor } from '../gpu/tensor.ts';
 import type { Qwen35Config } from './config.ts';
+import { InternalError } from '../errors.ts';
 
 /** The GPU tensors of one model, shaped like the HF modules they come from (keys from tensors.ts). */
 
@@ -76,7 +77,7 @@ export function assembleWeights(
 ): ModelWeights {
   const get = (key: string): GpuTensor => {
     const t = tensors.get(key);
-    if (!t) throw new Error(`internal: tensor ${key} was not loaded`);
+    if (!t) throw new InternalError(`internal: tensor ${key} was not loaded`);
     return t;
   };
   const attention = (key: string): AttentionWeights => ({
@@ -118,6 +119,6 @@ export function assembleWeights(
 
 /** The buffer holding a single-part f32 vector (norm weights, conv taps, A_log, dt_bias). */
 export const vectorBuffer = (t: GpuTensor): GPUBuffer => {
-  if (t.parts.length !== 1 || t.dtype !== 'f32') throw new Error(`internal: ${t.name} is not a one-part f32 vector`);
+  if (t.parts.length !== 1 || t.dtype !== 'f32') throw new InternalError(`internal: ${t.name} is not a one-part f32 vector`);
   return t.parts[0].buffer;
 };

@@ -1,4 +1,5 @@
 import { f16BitsToF32, f32ToF16Bits } from './half.ts';
+import { ContractError } from '../errors.ts';
 
 /**
  * The INT4 weight format ('q4'): symmetric 4-bit, one f16 scale per group of 32 consecutive elements along
@@ -46,7 +47,7 @@ const u32 = new Uint32Array(f32.buffer);
 
 function checkItemStride(itemStride: number): void {
   if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % Q4_ROW_ALIGN !== 0) {
-    throw new Error(`q4: itemStride ${itemStride} must be a positive multiple of ${Q4_ROW_ALIGN}`);
+    throw new ContractError(`itemStride ${itemStride} must be a positive multiple of ${Q4_ROW_ALIGN}`, 'q4');
   }
 }
 
@@ -163,7 +164,7 @@ export function quantizeQ4Group(values: ArrayLike<number>, at: number, nib: Uint
  */
 export function quantizeQ4Item(values: Float32Array, itemStride: number): Uint32Array {
   checkItemStride(itemStride);
-  if (values.length !== itemStride) throw new Error(`q4: an item of stride ${itemStride} needs ${itemStride} values, got ${values.length}`);
+  if (values.length !== itemStride) throw new ContractError(`an item of stride ${itemStride} needs ${itemStride} values, got ${values.length}`, 'q4');
   const words = new Uint32Array(q4ItemWords(itemStride));
   const nib = new Uint8Array(Q4_GROUP);
   const scaleBase = itemStride / 8;
@@ -182,7 +183,7 @@ export function quantizeQ4Item(values: Float32Array, itemStride: number): Uint32
 /** The values an item's block stands for: itemStride f32 values (each (n − 8) · scale, exact in f32). */
 export function dequantizeQ4Item(words: Uint32Array, itemStride: number): Float32Array {
   checkItemStride(itemStride);
-  if (words.length !== q4ItemWords(itemStride)) throw new Error(`q4: an item of stride ${itemStride} has ${q4ItemWords(itemStride)} words, got ${words.length}`);
+  if (words.length !== q4ItemWords(itemStride)) throw new ContractError(`an item of stride ${itemStride} has ${q4ItemWords(itemStride)} words, got ${words.length}`, 'q4');
   const out = new Float32Array(itemStride);
   const scaleBase = itemStride / 8;
   for (let g = 0; g < itemStride / Q4_GROUP; g++) {
@@ -197,7 +198,7 @@ export function dequantizeQ4Item(words: Uint32Array, itemStride: number): Float3
 
 /** A tensor's q4 geometry: shape [rows, cols] (items are rows) or [items, rows, cols]. */
 export function q4Geometry(shape: readonly number[]): { items: number; rowsPerItem: number; cols: number; rowStride: number; itemStride: number } {
-  if (shape.length !== 2 && shape.length !== 3) throw new Error(`q4: shape [${shape}] is not 2-D or 3-D`);
+  if (shape.length !== 2 && shape.length !== 3) throw new ContractError(`shape [${shape}] is not 2-D or 3-D`, 'q4');
   const cols = shape[shape.length - 1];
   const rowsPerItem = shape.length === 3 ? shape[1] : 1;
   const rowStride = q4RowStride(cols);
@@ -207,7 +208,7 @@ export function q4Geometry(shape: readonly number[]): { items: number; rowsPerIt
 /** Quantises a whole tensor (values row-major, unpadded): its items' blocks back to back. */
 export function quantizeQ4Tensor(values: Float32Array, shape: readonly number[]): Uint32Array {
   const { items, rowsPerItem, cols, rowStride, itemStride } = q4Geometry(shape);
-  if (values.length !== items * rowsPerItem * cols) throw new Error(`q4: [${shape}] needs ${items * rowsPerItem * cols} values, got ${values.length}`);
+  if (values.length !== items * rowsPerItem * cols) throw new ContractError(`[${shape}] needs ${items * rowsPerItem * cols} values, got ${values.length}`, 'q4');
   const itemWords = q4ItemWords(itemStride);
   const out = new Uint32Array(items * itemWords);
   const padded = new Float32Array(itemStride);
@@ -226,7 +227,7 @@ export function quantizeQ4Tensor(values: Float32Array, shape: readonly number[])
 export function dequantizeQ4Tensor(words: Uint32Array, shape: readonly number[]): Float32Array {
   const { items, rowsPerItem, cols, rowStride, itemStride } = q4Geometry(shape);
   const itemWords = q4ItemWords(itemStride);
-  if (words.length !== items * itemWords) throw new Error(`q4: [${shape}] takes ${items * itemWords} words, got ${words.length}`);
+  if (words.length !== items * itemWords) throw new ContractError(`[${shape}] takes ${items * itemWords} words, got ${words.length}`, 'q4');
   const out = new Float32Array(items * rowsPerItem * cols);
   for (let it = 0; it < items; it++) {
     const item = dequantizeQ4Item(words.subarray(it * itemWords, (it + 1) * itemWords), itemStride);

@@ -1,3 +1,4 @@
+import { ModelFormatError } from '../errors.ts';
 import { bf16BitsToF32, f16BitsToF32 } from '../numeric/half.ts';
 import { type TensorEntry, readCheckpointTensors } from '../formats/safetensors.ts';
 import { type Qwen35Config, parseConfig } from '../model/config.ts';
@@ -38,7 +39,7 @@ export async function loadReferenceModel(source: WeightSource): Promise<Referenc
       let m = cache.get(full);
       if (!m) {
         const r = raw.get(full);
-        if (!r) throw new Error(`reference: no tensor ${full}`);
+        if (!r) throw new ModelFormatError(`reference: no tensor ${full}`);
         m = decode(r.entry, r.bytes);
         cache.set(full, m);
       }

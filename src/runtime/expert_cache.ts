@@ -1,5 +1,5 @@
 import type { GpuContext } from '../gpu/context.ts';
-import { throwIfAborted } from '../errors.ts';
+import { InternalError, throwIfAborted } from '../errors.ts';
 import type { GpuTensor } from '../gpu/tensor.ts';
 import { type Model, NOT_RESIDENT } from '../model/model.ts';
 import type { MoeWeights } from '../model/weights.ts';
@@ -203,7 +203,7 @@ export class ExpertCache {
   private upload(t: GpuTensor, slot: number, bytes: Uint8Array, tensor: ExpertTensor): void {
     const part = t.parts.find((p) => slot >= p.first && slot < p.first + p.count);
     const itemBytes = this.model.experts!.source.itemBytes(tensor);
-    if (!part) throw new Error(`internal: slot ${slot} is in no part of ${t.name}`);
+    if (!part) throw new InternalError(`internal: slot ${slot} is in no part of ${t.name}`);
     this.ctx.write(part.buffer, (slot - part.first) * itemBytes, bytes);
   }
 }

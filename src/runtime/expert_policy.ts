@@ -1,3 +1,5 @@
+import { ContractError } from '../errors.ts';
+
 /**
  * Which resident expert a MoE layer's cache evicts. Each layer has its own policy; `now` counts the layer's
  * routing steps (one per forward call), and `weight` is what one step's use of an expert is worth (1, or
@@ -67,7 +69,7 @@ export function createPolicy(name: PolicyName, experts: number): EvictionPolicy 
       return new LrfuPolicy(experts);
     default: {
       const never: never = name;
-      throw new Error(`unknown eviction policy ${String(never)}`);
+      throw new ContractError(`unknown eviction policy ${String(never)}`, 'createPolicy');
     }
   }
 }

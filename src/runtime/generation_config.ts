@@ -37,7 +37,7 @@ export function parseGenerationConfig(raw: unknown, file = GENERATION_CONFIG): G
     } catch (error) {
       if (!(error instanceof RequestError)) throw error;
       const field = Object.entries(FIELDS).find(([, o]) => o === error.field)?.[0] ?? error.field;
-      throw new ModelFormatError(`${field}: ${error.message.slice(error.field.length + 2)}`, file);
+      throw new ModelFormatError(`${field}: ${error.detail}`, file, undefined, { cause: error });
     }
   }
   return { doSample, sampling };

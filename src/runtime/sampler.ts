@@ -1,5 +1,6 @@
-import { RequestError } from '../errors.ts';
+import { ContractError, RequestError } from '../errors.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { memoise } from '../gpu/memo.ts';
 import {
   SAMPLE_MAX_LOGPROBS,
   type SampleOptionValues,
@@ -38,7 +39,7 @@ export interface SampledToken {
 }
 
 function fail(message: string): never {
-  throw new Error(`sampler: ${message}`);
+  throw new ContractError(message, 'sampler');
 }
 
 function finite(name: keyof SamplingOptions, v: number | undefined, fallback: number): number {
@@ -172,15 +173,7 @@ export class GpuSampler {
     if (!byOut) this.plans.set(logits, (byOut = new Map()));
     let byLevels = byOut.get(out);
     if (!byLevels) byOut.set(out, (byLevels = new Map()));
-    const key = levels.join(',');
-    let plan = byLevels.get(key);
-    if (!plan) {
-      const cache = byLevels;
-      plan = sample(this.ctx, { logits, out, scratch: this.scratch, levels });
-      cache.set(key, plan);
-      plan.catch(() => cache.delete(key));
-    }
-    return plan;
+    return memoise(byLevels, levels.join(','), () => sample(this.ctx, { logits, out, scratch: this.scratch, levels }));
   }
 
   /** Tokens forced by the engine (e.g. `</think>` after a reasoning budget) still count as generated. */

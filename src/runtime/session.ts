@@ -1,6 +1,7 @@
 import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
+import { memoise } from '../gpu/memo.ts';
 import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
@@ -92,13 +93,7 @@ export class Session {
   }
 
   private cached(key: string, build: () => Promise<Dispatch[]>): Promise<Dispatch[]> {
-    let plan = this.plans.get(key);
-    if (!plan) {
-      plan = build();
-      this.plans.set(key, plan);
-      plan.catch(() => this.plans.delete(key));
-    }
-    return plan;
+    return memoise(this.plans, key, build);
   }
 
   private forwardPlan(tokens: number, input: 'ids' | 'token'): Promise<Dispatch[]> {
@@ -106,14 +101,7 @@ export class Session {
   }
 
   private segmentsPlan(tokens: number, input: 'ids' | 'token'): Promise<ForwardSegment[]> {
-    const key = `${tokens} ${input}`;
-    let plan = this.segmentPlans.get(key);
-    if (!plan) {
-      plan = forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens, input });
-      this.segmentPlans.set(key, plan);
-      plan.catch(() => this.segmentPlans.delete(key));
-    }
-    return plan;
+    return memoise(this.segmentPlans, `${tokens} ${input}`, () => forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens, input }));
   }
 
   /**

@@ -1,3 +1,5 @@
+import { ContractError, ModelFormatError } from '../errors.ts';
+
 /**
  * Where streamed MoE experts come from: one expert's block of one expert tensor of one layer, as the bytes
  * of its GPU item (the layout the GPU tensor gives one item), so uploading it is a plain write at
@@ -30,7 +32,7 @@ export function packedExpertSource(packed: ItemReader): ExpertSource {
   const info = (layer: number, tensor: ExpertTensor) => {
     const key = expertTensorKey(layer, tensor);
     const t = packed.tensors.get(key);
-    if (!t) throw new Error(`${packed.location}: the packed model has no tensor ${key}`);
+    if (!t) throw new ModelFormatError('no such tensor in the packed model', packed.location, key);
     return { key, t };
   };
   return {
@@ -38,9 +40,9 @@ export function packedExpertSource(packed: ItemReader): ExpertSource {
     itemBytes: (tensor) => info(0, tensor).t.itemBytes,
     async read(layer, tensor, expert, signal) {
       const { key, t } = info(layer, tensor);
-      if (!Number.isInteger(expert) || expert < 0 || expert >= t.shape[0]) throw new RangeError(`${key}: expert ${expert} is outside its ${t.shape[0]} experts`);
+      if (!Number.isInteger(expert) || expert < 0 || expert >= t.shape[0]) throw new ContractError(`${key}: expert ${expert} is outside its ${t.shape[0]} experts`, 'ExpertSource.read');
       const bytes = await packed.readItems(key, expert, 1, signal);
-      if (bytes.length !== t.itemBytes) throw new Error(`${packed.location}: ${key} expert ${expert} read ${bytes.length} bytes, expected ${t.itemBytes}`);
+      if (bytes.length !== t.itemBytes) throw new ModelFormatError(`expert ${expert} read ${bytes.length} bytes, expected ${t.itemBytes}`, packed.location, key);
       return bytes;
     },
   };

@@ -76,7 +76,7 @@ export class HttpSource implements WeightSource {
           throw new NetworkError(`no data from ${url} for ${this.timeoutMs / 1000} s (timed out: the server stalled or never answered)`, file, url);
         }
         if (error instanceof QwenError) throw error;
-        if (n >= this.retries) throw new NetworkError(`${describeFailure(error)} reading ${url} (gave up after ${n + 1} attempts)`, file, url);
+        if (n >= this.retries) throw new NetworkError(`${describeFailure(error)} reading ${url} (gave up after ${n + 1} attempts)`, file, url, { cause: error });
       } finally {
         call.done();
       }

@@ -1,4 +1,4 @@
-import { ModelFormatError, QwenError, throwIfAborted } from '../errors.ts';
+import { ModelFormatError, StorageError, throwIfAborted } from '../errors.ts';
 import {
   type CompleteMarker, type StoredFile, type StoredModelMeta, chunkRange, completeKey, metaKey, recordAt, recordEnd, request,
 } from './idb_records.ts';
@@ -25,7 +25,7 @@ export class IdbSource implements WeightSource {
       request<StoredModelMeta | undefined>('readonly', (s) => s.get(metaKey(id))),
       request<CompleteMarker | undefined>('readonly', (s) => s.get(completeKey(id))),
     ]);
-    if (!meta || !complete) throw new QwenError(`${id} is not a complete model in IndexedDB (download it with load({ model, store: true }))`);
+    if (!meta || !complete) throw new StorageError(`${id} is not a complete model in IndexedDB (download it with load({ model, store: true }))`);
     return new IdbSource(meta);
   }
 

@@ -8,7 +8,7 @@
  * record). A packed model's shards are then checked against the manifest's sha256, read back from IndexedDB.
  * The 'complete' marker is written last: a model interrupted anywhere before it is listed, but incomplete.
  */
-import { ModelFormatError, QuotaError, throwIfAborted } from '../errors.ts';
+import { ModelFormatError, QuotaError, StorageError, throwIfAborted } from '../errors.ts';
 import { PACKED_MANIFEST, validateManifest } from '../formats/packed_manifest.ts';
 import { Sha256 } from '../formats/sha256.ts';
 import { HttpSource } from './http.ts';
@@ -189,7 +189,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     try {
       raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
     } catch (error) {
-      throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST);
+      throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST, undefined, { cause: error });
     }
     const manifest = validateManifest(raw);
     prefetched.set(PACKED_MANIFEST, bytes);
@@ -209,7 +209,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
       try {
         map = (JSON.parse(text) as { weight_map?: unknown } | null)?.weight_map;
       } catch (error) {
-        throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, 'model.safetensors.index.json');
+        throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, 'model.safetensors.index.json', undefined, { cause: error });
       }
       if (typeof map !== 'object' || map === null) throw new ModelFormatError('has no weight_map object', 'model.safetensors.index.json');
       weights = ['model.safetensors.index.json', ...new Set(Object.values(map as Record<string, string>))];
@@ -236,19 +236,19 @@ async function checkQuota(needed: number): Promise<void> {
 const quotaError = (needed: number, available: number) =>
   new QuotaError(`the model still needs ${needed} bytes of storage but navigator.storage.estimate() says this origin has ${available} bytes available (free space, or delete stored models)`, needed, available);
 
-/** Wraps a write that fails for lack of space into the same clear QuotaError. */
+/** Wraps a write that fails for lack of space into the same clear QuotaError; any other failure into a StorageError. */
 async function write(key: IDBValidKey, value: ArrayBuffer, stillNeeded: number): Promise<void> {
   try {
     await request('readwrite', (s) => s.put(value, key));
   } catch (error) {
-    if ((error as DOMException)?.name !== 'QuotaExceededError') throw error;
+    if ((error as DOMException)?.name !== 'QuotaExceededError') throw new StorageError(`IndexedDB refused a write: ${(error as Error)?.message ?? String(error)}`, { cause: error });
     const { quota, usage } = (await globalThis.navigator?.storage?.estimate?.()) ?? {};
     const available = Math.max(0, (quota ?? 0) - (usage ?? 0));
     // The estimate can be coarse (incognito reports a fixed quota): the refused write is what counts.
     throw new QuotaError(
       `IndexedDB refused a write (QuotaExceededError): the model still needs ${stillNeeded} bytes of storage and this origin's quota is used up ` +
         `(navigator.storage.estimate() says ${available} bytes available); free space or delete stored models, then load again to resume`,
-      stillNeeded, available,
+      stillNeeded, available, { cause: error },
     );
   }
 }

@@ -1,5 +1,5 @@
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
-import { QwenError, RequestError } from '../errors.ts';
+import { QwenError, RequestError, TemplateError } from '../errors.ts';
 
 export interface ChatToolCall {
   id?: string;
@@ -50,11 +50,9 @@ export function renderChat(template: string, args: RenderChatArgs): string {
   try {
     return renderBounded(compiled, variables, TEMPLATE_LIMITS);
   } catch (error) {
-    if (error instanceof TemplateLimitError) throw new QwenError(`chat template: ${error.message}`);
-    const message = (error as Error).message;
-    // raise_exception('...') messages are literals of the template: the template refuses this conversation.
-    if (message !== '' && template.includes(message)) throw new RequestError(`rejected by the chat template: ${message}`, 'messages');
-    throw new QwenError(`chat template failed to render: ${message}`);
+    if (error instanceof TemplateError) throw new TemplateError(`chat template: ${error.message}`, { cause: error });
+    if (error instanceof QwenError) throw error; // raise_exception's RequestError
+    throw new TemplateError(`chat template failed to render: ${(error as Error).message}`, { cause: error });
   }
 }
 
@@ -75,8 +73,6 @@ export const TEMPLATE_LIMITS = {
 };
 export type TemplateLimits = typeof TEMPLATE_LIMITS;
 
-class TemplateLimitError extends Error {}
-
 type Evaluate = (this: Interpreter, statement: unknown, environment: Environment) => { type: string; value: unknown };
 
 /**
@@ -88,8 +84,9 @@ export function renderBounded(template: Template, variables: Record<string, unkn
   const env = new Environment();
   const globals: Record<string, unknown> = {
     false: false, true: true, none: null, False: false, True: true, None: null,
+    // The template refuses this conversation.
     raise_exception: (message: unknown) => {
-      throw new Error(String(message));
+      throw new RequestError(`rejected by the chat template: ${String(message)}`, 'messages');
     },
     range: (start: number, stop?: number, step = 1) => boundedRange(start, stop, step, limits.maxRange),
     strftime_now: (format: string) => strftime(new Date(), String(format)),
@@ -101,13 +98,13 @@ export function renderBounded(template: Template, variables: Record<string, unkn
   let produced = 0;
   const check = (value: { type: string; value: unknown }) => {
     if (value?.type === 'StringValue' && (value.value as string).length > limits.maxOutputChars) {
-      throw new TemplateLimitError(`rendering made a text of ${(value.value as string).length} characters, more than the limit of ${limits.maxOutputChars}`);
+      throw new TemplateError(`rendering made a text of ${(value.value as string).length} characters, more than the limit of ${limits.maxOutputChars}`);
     }
     return value;
   };
   const tick = () => {
     if ((++steps & 255) === 0 && performance.now() > deadline) {
-      throw new TemplateLimitError(`rendering took more than ${limits.maxMs} ms (a template that loops without end?)`);
+      throw new TemplateError(`rendering took more than ${limits.maxMs} ms (a template that loops without end?)`);
     }
   };
   // Every expression and every block (a loop body, even an empty one, is one block per iteration) ticks.
@@ -120,7 +117,7 @@ export function renderBounded(template: Template, variables: Record<string, unkn
       tick();
       const block = check(proto.evaluateBlock.call(this, statements, environment));
       produced += (block.value as string).length;
-      if (produced > limits.maxProducedChars) throw new TemplateLimitError(`rendering produced more than ${limits.maxProducedChars} characters (a template that loops without end?)`);
+      if (produced > limits.maxProducedChars) throw new TemplateError(`rendering produced more than ${limits.maxProducedChars} characters (a template that loops without end?)`);
       return block;
     },
   });
@@ -130,10 +127,10 @@ export function renderBounded(template: Template, variables: Record<string, unkn
 /** Python's range(), refusing more than `max` items. */
 function boundedRange(start: number, stop: number | undefined, step: number, max: number): number[] {
   if (stop === undefined) [start, stop] = [0, start];
-  if (step === 0) throw new Error('range() step must not be zero');
+  if (step === 0) throw new TemplateError('range() step must not be zero');
   const steps = Math.ceil((stop - start) / step);
   const count = Number.isNaN(steps) ? 0 : Math.max(0, steps);
-  if (!(count <= max)) throw new TemplateLimitError(`range(${start}, ${stop}, ${step}) has ${count} items, more than the limit of ${max}`);
+  if (!(count <= max)) throw new TemplateError(`range(${start}, ${stop}, ${step}) has ${count} items, more than the limit of ${max}`);
   return Array.from({ length: count }, (_, i) => start + i * step);
 }
 
@@ -158,12 +155,12 @@ let cached: { source: string; template: Template } | undefined;
 
 function compile(source: string): Template {
   if (cached?.source === source) return cached.template;
-  if (typeof source !== 'string' || source === '') throw new QwenError('chat template is empty or not a string');
+  if (typeof source !== 'string' || source === '') throw new TemplateError('chat template is empty or not a string');
   let template: Template;
   try {
     template = new Template(source);
   } catch (error) {
-    throw new QwenError(`chat template could not be parsed: ${(error as Error).message}`);
+    throw new TemplateError(`chat template could not be parsed: ${(error as Error).message}`, { cause: error });
   }
   cached = { source, template };
   return template;
@@ -210,7 +207,7 @@ function checkToolCall(value: unknown, path: string): Json {
     try {
       parsed = JSON.parse(args);
     } catch (error) {
-      throw new RequestError(`not valid JSON (${(error as Error).message})`, `${path}.function.arguments`);
+      throw new RequestError(`not valid JSON (${(error as Error).message})`, `${path}.function.arguments`, { cause: error });
     }
   }
   if (!isPlainObject(parsed)) throw new RequestError(`must be a JSON object of named arguments, not ${describe(parsed)}`, `${path}.function.arguments`);

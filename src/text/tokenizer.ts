@@ -1,5 +1,5 @@
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-import { ModelFormatError, QwenError } from '../errors.ts';
+import { ContractError, ModelFormatError } from '../errors.ts';
 import type { WeightSource } from '../formats/source.ts';
 import { type Json, readTokenizerFiles } from '../formats/tokenizer_files.ts';
 
@@ -27,7 +27,7 @@ export class Tokenizer {
       const ids = hf.encode(TRIAL_TEXT, { add_special_tokens: false }).ids;
       hf.decode(ids.length > 0 ? ids : [0], { skip_special_tokens: false });
     } catch (error) {
-      throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json');
+      throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json', undefined, { cause: error });
     }
     const chatTemplate = (await source.has('chat_template.jinja')) ? await source.text('chat_template.jinja') : configTemplate(config);
     return new Tokenizer(hf, size, eosTokenIds, chatTemplate);
@@ -38,7 +38,7 @@ export class Tokenizer {
     try {
       return this.hf.encode(text, { add_special_tokens: false }).ids;
     } catch (error) {
-      throw new QwenError(`tokenizer.json: encoding failed (${(error as Error).message})`);
+      throw new ModelFormatError(`encoding failed (${(error as Error).message})`, 'tokenizer.json', undefined, { cause: error });
     }
   }
 
@@ -47,7 +47,7 @@ export class Tokenizer {
     if (list.length === 0) return '';
     list.forEach((id, i) => {
       if (!Number.isInteger(id) || id < 0 || id >= this.size || this.hf.id_to_token(id) === undefined) {
-        throw new QwenError(`decode: token id ${id} at index ${i} is not in the tokenizer's vocabulary (ids 0..${this.size - 1})`);
+        throw new ContractError(`token id ${id} at index ${i} is not in the tokenizer's vocabulary (ids 0..${this.size - 1})`, 'decode');
       }
     });
     return this.hf.decode(list, { skip_special_tokens: options.skipSpecialTokens ?? false });

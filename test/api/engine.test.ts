@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../../src/api/engine.ts';
-import type { ChatCompletionRequest } from '../../src/api/types.ts';
+import type { ChatCompletionRequest, CompletionRequest } from '../../src/api/types.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { AbortError, RequestError, SessionError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
@@ -152,6 +152,43 @@ describe('completions', () => {
     for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0, stream: true })) text += chunk.choices[0].text;
     expect(text).toBe(full.choices[0].text);
     expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer.encode('The license').length, completion_tokens: 8 });
+  });
+
+  it('cuts the text at a stop string, streamed or not', async () => {
+    const full = (await engine.completions.create({ prompt: 'The license', max_tokens: 24, temperature: 0 })).choices[0].text;
+    const stop = full.slice(Math.floor(full.length / 2), Math.floor(full.length / 2) + 3);
+    const cut = await engine.completions.create({ prompt: 'The license', max_tokens: 24, temperature: 0, stop });
+    expect(cut.choices[0].text).toBe(full.slice(0, full.indexOf(stop)));
+    expect(cut.choices[0].finish_reason).toBe('stop');
+    let text = '';
+    let last;
+    for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 24, temperature: 0, stop, stream: true })) {
+      text += chunk.choices[0].text;
+      last = chunk;
+    }
+    expect(text).toBe(cut.choices[0].text);
+    expect(last?.usage).toEqual(cut.usage);
+  });
+
+  it('refuses max_tokens, the context and sampling settings in the words chat uses, as generateIds does', async () => {
+    const text = (extra: Partial<CompletionRequest>) => engine.completions.create({ prompt: 'The license', temperature: 0, ...extra, stream: false });
+    const ids = (extra: Partial<Parameters<Engine['generateIds']>[0]>) => engine.generateIds({ promptIds: [1], maxTokens: 2, ...extra });
+    const bad: [() => Promise<unknown>, typeof RequestError | typeof SessionError, RegExp, Record<string, unknown>][] = [
+      [() => text({ max_tokens: 0 }), RequestError, /^max_tokens: must be a positive integer, got 0$/, { field: 'max_tokens' }],
+      [() => ids({ maxTokens: 0 }), RequestError, /^maxTokens: must be a positive integer, got 0$/, { field: 'maxTokens' }],
+      [() => text({ max_tokens: 600 }), SessionError, /^the prompt \(\d+ tokens\) \+ max_tokens \(600\) exceed the context of 512 tokens$/, {}],
+      [() => ids({ maxTokens: 600 }), SessionError, /^the prompt \(1 tokens\) \+ maxTokens \(600\) exceed the context of 512 tokens$/, {}],
+      [() => ids({ promptIds: Array(512).fill(1) }), SessionError, /^the prompt has 512 tokens; the context holds 512$/, {}],
+      [() => text({ top_p: 2 }), RequestError, /^top_p: 2 must be in \(0, 1\] \(1 = off\)$/, { field: 'top_p', detail: '2 must be in (0, 1] (1 = off)' }],
+      [() => ids({ sampling: { topP: 2 } }), RequestError, /^top_p: 2 must be in \(0, 1\] \(1 = off\)$/, { field: 'top_p' }],
+      [() => text({ stop: [''] }), RequestError, /^stop: /, { field: 'stop' }],
+    ];
+    for (const [request, type, message, fields] of bad) {
+      const error = await request().catch((e: unknown) => e);
+      expect(error, String(message)).toBeInstanceOf(type);
+      expect((error as Error).message).toMatch(message);
+      expect(error).toMatchObject(fields);
+    }
   });
 });
 

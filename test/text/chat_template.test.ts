@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { QwenError, RequestError } from '../../src/errors.ts';
+import { RequestError, TemplateError } from '../../src/errors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { type ChatMessage, TEMPLATE_LIMITS, type ToolDefinition, renderBounded, renderChat } from '../../src/text/chat_template.ts';
 import { Template } from '@huggingface/jinja';
@@ -180,7 +180,7 @@ describe('renderChat validation', () => {
 
   it('names template problems: a syntax error, a refusal by raise_exception, a failure while rendering', () => {
     expect(() => renderChat('{% for m in messages %}', { messages: [user] })).toThrow(/^chat template could not be parsed: /);
-    expect(() => renderChat('', { messages: [user] })).toThrow(QwenError);
+    expect(() => renderChat('', { messages: [user] })).toThrow(TemplateError);
     const refusing = "{% if messages[0].role != 'system' %}{{ raise_exception('System message must come first.') }}{% endif %}";
     expect(() => renderChat(refusing, { messages: [user] })).toThrow(RequestError);
     expect(() => renderChat(refusing, { messages: [user] })).toThrow('messages: rejected by the chat template: System message must come first.');
@@ -197,7 +197,7 @@ describe('bounded template rendering', () => {
     const rss0 = process.memoryUsage.rss();
     const t0 = performance.now();
     expect(() => renderChat('{% for i in range(100000000) %}x{% endfor %}', { messages: [user] })).toThrow(
-      new QwenError('chat template: range(0, 100000000, 1) has 100000000 items, more than the limit of 1000000'),
+      new TemplateError('chat template: range(0, 100000000, 1) has 100000000 items, more than the limit of 1000000'),
     );
     expect(performance.now() - t0).toBeLessThan(1000);
     expect(process.memoryUsage.rss() - rss0).toBeLessThan(100 * 1024 * 1024);

@@ -4,7 +4,7 @@
  * receives ids, chunks and completions.
  */
 import * as Comlink from 'comlink';
-import { AbortError } from '../../errors.ts';
+import { AbortError, AdapterError, ContractError, RequestError } from '../../errors.ts';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest } from '../../api/types.ts';
 import {
   type ChunkSink, type GenerateRequest, type GenerateResult, type LoadProgress, type LoadRequest, type LoadResult, type StoredModel, type WorkerApi,
@@ -55,14 +55,14 @@ export interface BrowserEngine {
 
 /** Starts the engine's worker. Nothing is loaded until `load({ model: url })`. */
 export async function createEngine(options: CreateEngineOptions = {}): Promise<BrowserEngine> {
-  if (typeof Worker === 'undefined') throw new Error('createEngine needs Web Workers (call it on a web page)');
+  if (typeof Worker === 'undefined') throw new AdapterError('createEngine needs Web Workers (call it on a web page)');
   installErrorTransfer();
   const worker = options.workerUrl
     ? new Worker(options.workerUrl, { type: 'module', name: 'qwen-webgpu' })
     : new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'qwen-webgpu' });
   const failed = new Promise<never>((_, reject) => {
     worker.addEventListener('error', (event) => {
-      reject(new Error(`the qwen-webgpu worker failed: ${event.message || 'it did not start (is worker.js served beside index.js?)'}`));
+      reject(new AdapterError(`the qwen-webgpu worker failed: ${event.message || 'it did not start (is worker.js served beside index.js?)'}`));
     });
   });
   failed.catch(() => undefined);
@@ -76,7 +76,7 @@ export async function createEngine(options: CreateEngineOptions = {}): Promise<B
 
   /** Runs one remote call under an id that the signal's abort event reaches. */
   const call = async <T>(signal: AbortSignal | undefined, body: (id: number) => Promise<T>, id = nextId++): Promise<T> => {
-    if (terminated) throw new Error('this engine was terminated');
+    if (terminated) throw new ContractError('this engine was terminated', 'engine');
     if (signal?.aborted) throw new AbortError('aborted');
     const onAbort = () => void remote.abort(id).catch(() => undefined);
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -91,7 +91,7 @@ export async function createEngine(options: CreateEngineOptions = {}): Promise<B
     send: (request: Omit<Req, 'signal' | 'onToken'>, id: number, onChunks?: ChunkSink<Chunk>) => Promise<unknown>,
   ) => async (request: Req): Promise<unknown> => {
     const { signal, onToken, ...wire } = request;
-    if (onToken !== undefined) throw new TypeError('onToken is not available in the browser client; use stream: true');
+    if (onToken !== undefined) throw new RequestError('is not available in the browser client; use stream: true', 'onToken');
     if (!request.stream) return call(signal, (id) => send(wire, id));
     if (signal?.aborted) throw new AbortError('aborted');
     const id = nextId++;

@@ -7,4 +7,7 @@ export { createEngine, type BrowserEngine, type BrowserGenerateRequest, type Bro
 export type { ChatCompletionChunkWithStats, ChatCompletionWithStats, GenerateRequest, GenerateResult, GenerateStats, LoadProgress, LoadRequest, LoadResult, StoredModel } from './protocol.ts';
 export type * from '../../api/types.ts';
 export type { AdapterSummary } from '../../gpu/context.ts';
-export { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, QuotaError, QwenError, RequestError, SessionError } from '../../errors.ts';
+export {
+  AbortError, AdapterError, CapabilityError, ConfigError, ContractError, InternalError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError,
+  SessionError, StorageError, TemplateError,
+} from '../../errors.ts';

@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import type { ActivationType } from '../../gpu/caps.ts';
 import type { AdapterSummary } from '../../gpu/context.ts';
-import { AbortError, AdapterError, CapabilityError, ConfigError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError, SessionError } from '../../errors.ts';
+import { ERROR_CLASSES, QwenError } from '../../errors.ts';
 import type { WeightDtype } from '../../gpu/tensor.ts';
 import type { LoadProgress as ModelLoadProgress } from '../../model/load.ts';
 import type { StoredModel } from '../../storage/idb_store.ts';
@@ -140,10 +140,6 @@ export interface WorkerApi {
   dispose(): Promise<void>;
 }
 
-const ERRORS: Record<string, new (...args: never[]) => QwenError> = {
-  QwenError, AdapterError, CapabilityError, ModelFormatError, ConfigError, RequestError, SessionError, AbortError, QuotaError, NetworkError,
-};
-
 interface WireError {
   isError: true;
   name: string;
@@ -153,8 +149,9 @@ interface WireError {
 }
 
 /**
- * Errors keep their class and fields (`RequestError.field`, `CapabilityError.capability`, ...) across the
- * worker boundary, so `error instanceof AbortError` holds on the page. Installed on both sides.
+ * Errors keep their class and fields (`RequestError.field`, `CapabilityError.capability`, ...: every own string or
+ * number property) across the worker boundary, so `error instanceof AbortError` holds on the page. An error of
+ * another class arrives as a QwenError under its own name. Installed on both sides.
  */
 export function installErrorTransfer(): void {
   const builtin = Comlink.transferHandlers.get('throw')!;
@@ -164,9 +161,8 @@ export function installErrorTransfer(): void {
       const value = (thrown as { value: unknown }).value;
       if (!(value instanceof Error)) return builtin.serialize(thrown);
       const fields: Record<string, string | number> = {};
-      for (const key of ['field', 'file', 'tensor', 'capability', 'bytesNeeded', 'bytesAvailable', 'url'] as const) {
-        const v = (value as unknown as Record<string, unknown>)[key];
-        if (typeof v === 'string' || typeof v === 'number') fields[key] = v;
+      for (const [key, v] of Object.entries(value)) {
+        if (key !== 'name' && (typeof v === 'string' || typeof v === 'number')) fields[key] = v;
       }
       const wire: WireError = { isError: true, name: value.name, message: value.message, stack: value.stack, fields };
       return [wire, []];
@@ -174,8 +170,7 @@ export function installErrorTransfer(): void {
     deserialize(serialized: unknown) {
       const wire = serialized as WireError;
       if (!wire.isError || !('fields' in wire)) return builtin.deserialize(serialized);
-      const cls = ERRORS[wire.name];
-      const error: Error = cls ? Object.create(cls.prototype) : new Error(wire.message);
+      const error: QwenError = Object.create((ERROR_CLASSES[wire.name] ?? QwenError).prototype);
       Object.assign(error, { message: wire.message, name: wire.name, stack: wire.stack, ...wire.fields });
       throw error;
     },

@@ -15,6 +15,7 @@
  * qwen-ready (the LoadResult), qwen-message {role, content} for each message sent and each finished reply,
  * qwen-error {error}.
  */
+import { QwenError } from '../../errors.ts';
 import type { ChatMessage } from '../../text/chat_template.ts';
 import { type BrowserEngine, createEngine } from './index.ts';
 import type { ChatCompletionChunkWithStats, LoadProgress } from './index.ts';
@@ -244,7 +245,7 @@ export class QwenChatElement extends HTMLElement {
   }
 
   private fail(error: unknown): void {
-    const e = error instanceof Error ? error : new Error(String(error));
+    const e = error instanceof Error ? error : new QwenError(String(error));
     this.ui.status.textContent = `${e.name}: ${e.message}`;
     this.add('error', `${e.name}: ${e.message}`);
     this.emit('qwen-error', { error: e });

@@ -7,7 +7,7 @@ import { Engine } from '../../api/engine.ts';
 import type { ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, Usage } from '../../api/types.ts';
 import { openCheckpoint } from '../../formats/open.ts';
 import { GpuContext } from '../../gpu/context.ts';
-import { AdapterError, QwenError, RequestError } from '../../errors.ts';
+import { AdapterError, ContractError, RequestError } from '../../errors.ts';
 import type { SamplingOptions } from '../../runtime/sampler.ts';
 import { HttpSource } from '../../storage/http.ts';
 import { deleteModel, listModels, storedModel } from '../../storage/idb_store.ts';
@@ -56,6 +56,9 @@ class WorkerEngine implements WorkerApi {
       if (typeof request?.model !== 'string' || request.model.length === 0) throw new RequestError('must be the URL of a model', 'model');
       if (request.dtype !== undefined && !['f32', 'f16', 'q4', 'int4'].includes(request.dtype)) {
         throw new RequestError(`must be 'f32', 'f16' or 'int4', got ${JSON.stringify(request.dtype)}`, 'dtype');
+      }
+      if (request.activations !== undefined && request.activations !== 'f32' && request.activations !== 'f16') {
+        throw new RequestError(`must be 'f32' or 'f16', got ${JSON.stringify(request.activations)}`, 'activations');
       }
       const t0 = performance.now();
       await this.unload();
@@ -144,13 +147,13 @@ class WorkerEngine implements WorkerApi {
   }
 
   private loaded(): Engine {
-    if (!this.engine) throw new QwenError('no model is loaded: call load({ model: url }) first');
+    if (!this.engine) throw new ContractError('no model is loaded: call load({ model: url }) first', 'engine');
     return this.engine;
   }
 
   /** Runs a request with an AbortController that `abort(requestId)` reaches. */
   private async serve<T>(requestId: number, body: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    if (this.requests.has(requestId)) throw new QwenError(`request id ${requestId} is already in use`);
+    if (this.requests.has(requestId)) throw new ContractError(`request id ${requestId} is already in use`, 'worker');
     const controller = new AbortController();
     this.requests.set(requestId, controller);
     try {

@@ -46,7 +46,7 @@ export async function createNodeContext(options: NodeGpuOptions = {}): Promise<G
     } catch (error) {
       // The adapter was found; it lacks what was asked of it (f16 activations without shader-f16).
       if (error instanceof CapabilityError) throw error;
-      throw new AdapterError(`adapter "${options.adapter}": ${(error as Error).message}`);
+      throw new AdapterError(`adapter "${options.adapter}": ${(error as Error).message}`, { cause: error });
     }
   }
   // Chosen from the adapter's info before a context is made: SwiftShader would refuse f16 activations.
