@@ -184,7 +184,7 @@ async function gatedAttention(ctx: GpuContext, model: Model, w: AttentionWeights
       ...heads, ...cache, proj: a.proj, projStride: P, kOffset, vOffset: kOffset + c.numKvHeads * c.headDim,
       rotaryDim: c.rotaryDim, qNorm: vectorBuffer(w.qNorm), kNorm: vectorBuffer(w.kNorm), eps: c.rmsNormEps, rope: a.rope, q: a.mix,
     }),
-    ...(await attention(ctx, { ...heads, ...cache, q: a.mix, proj: a.proj, projStride: P, out: a.core })),
+    ...(await attention(ctx, { ...heads, ...cache, q: a.mix, proj: a.proj, projStride: P, out: a.core, scratch: a.partials })),
     ...(await linear(ctx, a, T, { w: w.oProj, x: { buffer: a.core }, xStride: d.attentionOut, y: a.h, yStride: c.hiddenSize, epilogue: 'add' })),
   ];
 }
