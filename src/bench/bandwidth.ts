@@ -25,8 +25,7 @@ export async function copyBandwidth(ctx: GpuContext): Promise<number> {
     const ms = await copies(n);
     return (2 * bytes * n) / (ms / 1000);
   } finally {
-    src.destroy();
-    dst.destroy();
+    ctx.free(src, dst);
   }
 }
 

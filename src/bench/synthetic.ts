@@ -26,7 +26,11 @@ export async function syntheticModel(ctx: GpuContext, name: string, options: { l
   for (const tensor of tensors.values()) {
     // 1/sqrt(fan-in) keeps activations in range through many layers; vectors (norms, gates) stay small.
     const scale = tensor.shape.length === 3 || tensor.shape[0] > 1 ? 1 / Math.sqrt(tensor.shape[tensor.shape.length - 1]) : 0.1;
-    for (const part of tensor.parts) ctx.run([await fillRandom(ctx, { y: part.buffer, dtype: tensor.dtype, itemStride: tensor.itemStride, seed: seed++, scale })], 'fill');
+    for (const part of tensor.parts) {
+      const fill = await fillRandom(ctx, { y: part.buffer, dtype: tensor.dtype, itemStride: tensor.itemStride, seed: seed++, scale });
+      ctx.run([fill], 'fill');
+      ctx.release([fill]);
+    }
   }
   await ctx.sync();
   return finishModel(

@@ -79,22 +79,55 @@ export interface Readback {
 /** Staging buffers kept for reuse: a decode step running ahead holds two, expert streaming one more. */
 const MAX_STAGING = 4;
 
+/** A cached uniform buffer and the bind groups that hold it (pinned: handed out by `params`, so never freed). */
+interface CachedUniform {
+  key: string;
+  buffer: GPUBuffer;
+  refs: number;
+  pinned: boolean;
+}
+
+/** A cached bind group, the uniform buffers (by content key) it holds, and the dispatches made with it. */
+interface CachedGroup {
+  key: string;
+  group: GPUBindGroup;
+  uniforms: string[];
+  refs: number;
+}
+
+/** Live GPU buffers made through a context (GpuContext.memory). */
+export interface GpuMemory {
+  buffers: number;
+  bytes: number;
+  /** Bind groups the context caches. */
+  bindGroups: number;
+}
+
 const isRange = (r: Resource): r is BufferRange => typeof r === 'object' && 'buffer' in r && !('mapAsync' in r);
 const isBuffer = (r: Resource): r is GPUBuffer => typeof r === 'object' && 'mapAsync' in r;
 
 /**
  * The device and everything cached against it: pipelines by variant, bind groups by resource identity,
  * uniform buffers by content. Host-agnostic: a host hands in its `GPU` object.
+ *
+ * Bind groups and the uniform buffers made for them are counted: each Dispatch holds one reference to its bind
+ * group until `release`d, each bind group one to each uniform it made, and what nobody holds is freed. Plans
+ * that are built per prompt length (Session) release theirs when dropped, so these caches do not grow per request.
  */
 export class GpuContext {
   /** Storage type of activation buffers: kernels declare them `array<act>`. */
   readonly activations: ActivationType;
   private readonly pipelines = new Map<string, Promise<Pipeline>>();
-  private readonly bindGroups = new Map<string, GPUBindGroup>();
-  private readonly uniforms = new Map<string, GPUBuffer>();
+  private readonly bindGroups = new Map<string, CachedGroup>();
+  /** The bind group reference each dispatch holds (deleted when released, so a second release does nothing). */
+  private readonly dispatchGroups = new WeakMap<Dispatch, CachedGroup>();
+  private readonly uniforms = new Map<string, CachedUniform>();
   private readonly transientUniforms = new Map<string, GPUBuffer>();
   private readonly bufferIds = new WeakMap<GPUBuffer, number>();
   private nextBufferId = 1;
+  /** Bytes of each live buffer made here; `free` forgets it, so a buffer is counted out once. */
+  private readonly liveBytes = new WeakMap<GPUBuffer, number>();
+  private live = { buffers: 0, bytes: 0 };
   /** Free staging buffers for readbacks, smallest first. */
   private readonly staging: GPUBuffer[] = [];
   private failure: string | undefined;
@@ -183,7 +216,7 @@ export class GpuContext {
     pass.end();
     this.device.queue.submit([encoder.finish()]);
     const got = new Uint32Array(await this.read(out, 0, n * 4));
-    out.destroy();
+    this.free(out);
     for (let i = 0; i < n; i++) {
       if (got[i] !== ((Math.imul(i, 2654435761) + 7) >>> 0)) {
         throw new AdapterError(`adapter "${this.adapter.name}" does not compute correctly (a null or fake adapter?)`);
@@ -207,7 +240,33 @@ export class GpuContext {
     }
     const buffer = this.device.createBuffer({ label, size: Math.max(16, Math.ceil(size / 16) * 16), usage });
     this.bufferIds.set(buffer, this.nextBufferId++);
+    this.liveBytes.set(buffer, buffer.size);
+    this.live.buffers += 1;
+    this.live.bytes += buffer.size;
     return buffer;
+  }
+
+  /**
+   * Destroys buffers made by this context and counts them out of `memory()` (undefined entries are skipped, a
+   * buffer freed twice is counted once). Work already submitted that reads them still completes: WebGPU frees
+   * the memory only once the queue is done with it.
+   */
+  free(...buffers: (GPUBuffer | undefined)[]): void {
+    for (const buffer of buffers) {
+      if (!buffer) continue;
+      const bytes = this.liveBytes.get(buffer);
+      if (bytes !== undefined) {
+        this.liveBytes.delete(buffer);
+        this.live.buffers -= 1;
+        this.live.bytes -= bytes;
+      }
+      buffer.destroy();
+    }
+  }
+
+  /** Buffers made by this context and not yet freed (`free`), their bytes, and the bind groups cached. */
+  memory(): GpuMemory {
+    return { ...this.live, bindGroups: this.bindGroups.size };
   }
 
   /** A storage buffer that kernels read and write and that can be copied to and from. */
@@ -252,34 +311,53 @@ export class GpuContext {
     }
   }
 
-  /** A uniform buffer holding these params; identical params share one buffer. */
+  /** A uniform buffer holding these params; identical params share one buffer. It lives as long as the context. */
   params<S extends ParamsSchema>(schema: S, values: ParamValues<S>): GPUBuffer {
+    const uniform = this.uniform(schema, values);
+    uniform.pinned = true;
+    return uniform.buffer;
+  }
+
+  private uniform<S extends ParamsSchema>(schema: S, values: ParamValues<S>): CachedUniform {
     const bytes = packParams(schema, values);
     const key = Array.from(new Uint32Array(bytes)).join(',');
-    let buffer = this.uniforms.get(key);
-    if (!buffer) {
-      buffer = this.createBuffer('params', bytes.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    let uniform = this.uniforms.get(key);
+    if (!uniform) {
+      const buffer = this.createBuffer('params', bytes.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
       this.write(buffer, 0, bytes);
-      this.uniforms.set(key, buffer);
+      uniform = { key, buffer, refs: 0, pinned: false };
+      this.uniforms.set(key, uniform);
     }
-    return buffer;
+    return uniform;
   }
 
   /**
    * The bind group for these resources, created once per distinct set of buffers and ranges. With
    * `transient`, param values go into one uniform buffer per pipeline and binding, rewritten each time:
    * for one-off dispatches (weight upload pieces) that are submitted before the next one is bound.
+   * A group got here directly is never freed; `dispatch` hands out groups that `release` gives back.
    */
   bind(pipeline: Pipeline, resources: Record<string, Resource>, transient = false): GPUBindGroup {
+    return this.cachedGroup(pipeline, resources, transient).group;
+  }
+
+  /** The cached group for these resources, with one more reference taken. */
+  private cachedGroup(pipeline: Pipeline, resources: Record<string, Resource>, transient: boolean): CachedGroup {
     const entries: GPUBindGroupEntry[] = [];
     const keyParts = [pipeline.key];
+    const uniforms: CachedUniform[] = [];
     pipeline.bindings.forEach((b, binding) => {
       const r = resources[b.name];
       if (r === undefined) throw new ContractError(`no resource for binding ${b.name}`, pipeline.key);
       let range: BufferRange;
       if (b.kind === 'uniform' && !isBuffer(r) && !isRange(r)) {
         const values = r as ParamValues<typeof b.schema>;
-        range = { buffer: transient ? this.transientParams(`${pipeline.key}/${b.name}`, b.schema, values) : this.params(b.schema, values) };
+        if (transient) range = { buffer: this.transientParams(`${pipeline.key}/${b.name}`, b.schema, values) };
+        else {
+          const uniform = this.uniform(b.schema, values);
+          uniforms.push(uniform);
+          range = { buffer: uniform.buffer };
+        }
       }
       else if (isBuffer(r)) range = { buffer: r };
       else if (isRange(r)) range = r;
@@ -294,12 +372,36 @@ export class GpuContext {
       keyParts.push(`${this.bufferIds.get(range.buffer) ?? range.buffer.label}:${range.offset ?? 0}:${range.size ?? -1}`);
     });
     const key = keyParts.join('|');
-    let group = this.bindGroups.get(key);
-    if (!group) {
-      group = this.device.createBindGroup({ label: pipeline.key, layout: pipeline.layout, entries });
-      this.bindGroups.set(key, group);
+    let cached = this.bindGroups.get(key);
+    if (!cached) {
+      const group = this.device.createBindGroup({ label: pipeline.key, layout: pipeline.layout, entries });
+      cached = { key, group, uniforms: uniforms.map((u) => u.key), refs: 0 };
+      for (const u of uniforms) u.refs += 1;
+      this.bindGroups.set(key, cached);
     }
-    return group;
+    cached.refs += 1;
+    return cached;
+  }
+
+  /**
+   * Gives back the bind groups of dispatches that will not be submitted again (a dropped plan): a group no
+   * dispatch holds any more leaves the cache, and a uniform buffer no group holds is freed. Dispatches already
+   * submitted still run. Releasing a dispatch twice, or one not made by `dispatch`, does nothing.
+   */
+  release(dispatches: Iterable<Dispatch>): void {
+    for (const d of dispatches) {
+      const cached = this.dispatchGroups.get(d);
+      if (!cached) continue;
+      this.dispatchGroups.delete(d);
+      if (--cached.refs > 0) continue;
+      this.bindGroups.delete(cached.key);
+      for (const key of cached.uniforms) {
+        const uniform = this.uniforms.get(key);
+        if (!uniform || --uniform.refs > 0 || uniform.pinned) continue;
+        this.uniforms.delete(key);
+        this.free(uniform.buffer);
+      }
+    }
   }
 
   private transientParams<S extends ParamsSchema>(key: string, schema: S, values: ParamValues<S>): GPUBuffer {
@@ -319,7 +421,10 @@ export class GpuContext {
    */
   async dispatch<V>(def: KernelDef<V>, variant: V, resources: Record<string, Resource>, workgroups: Workgroups, transient = false): Promise<Dispatch> {
     const pipeline = await this.pipeline(def, variant);
-    return { pipeline, bindGroup: this.bind(pipeline, resources, transient), workgroups };
+    const cached = this.cachedGroup(pipeline, resources, transient);
+    const dispatch: Dispatch = { pipeline, bindGroup: cached.group, workgroups };
+    this.dispatchGroups.set(dispatch, cached);
+    return dispatch;
   }
 
   encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
@@ -379,7 +484,7 @@ export class GpuContext {
       released = true;
       // A buffer whose mapping failed is dropped rather than reused in an unknown state.
       if (staging.mapState === 'unmapped') this.recycle(staging);
-      else staging.destroy();
+      else this.free(staging);
     };
     return {
       bytes: () =>
@@ -405,7 +510,7 @@ export class GpuContext {
   private recycle(staging: GPUBuffer): void {
     this.staging.push(staging);
     this.staging.sort((a, b) => a.size - b.size);
-    if (this.staging.length > MAX_STAGING) this.staging.shift()?.destroy();
+    if (this.staging.length > MAX_STAGING) this.free(this.staging.shift());
   }
 
   /** Waits for submitted work; surfaces device loss and validation errors as exceptions. */
@@ -419,11 +524,12 @@ export class GpuContext {
   }
 
   destroy(): void {
-    for (const b of [...this.uniforms.values(), ...this.transientUniforms.values()]) b.destroy();
+    this.free(...[...this.uniforms.values()].map((u) => u.buffer), ...this.transientUniforms.values(), ...this.staging.splice(0));
     this.uniforms.clear();
     this.transientUniforms.clear();
     this.bindGroups.clear();
-    for (const b of this.staging.splice(0)) b.destroy();
     this.device.destroy();
+    // Every buffer went with the device.
+    this.live = { buffers: 0, bytes: 0 };
   }
 }

@@ -62,8 +62,11 @@ export interface AttentionArgs {
   splits?: number;
   /** A split takes at least this many keys (default 256), so short contexts use few splits. */
   minSplitKeys?: number;
-  /** Scratch for the split partials (default: one buffer per context, grown on demand). */
-  scratch?: GPUBuffer;
+  /**
+   * Scratch for the split partials, of attentionScratchBytes for these shapes: owned by the caller (the session's
+   * activations), so that no buffer outlives the dispatches that bind it.
+   */
+  scratch: GPUBuffer;
 }
 
 /**
@@ -74,23 +77,28 @@ export interface AttentionArgs {
 const TARGET_WORKGROUPS = 1024;
 const MAX_SPLITS = 64;
 
-const scratchByCtx = new WeakMap<GpuContext, GPUBuffer>();
-
-/** Split partials live in one buffer per context: dispatches are ordered, so every attention layer can share it. */
-function sharedScratch(ctx: GpuContext, bytes: number): GPUBuffer {
-  let buffer = scratchByCtx.get(ctx);
-  if (!buffer || buffer.size < bytes) {
-    // The old buffer is not destroyed: dispatches built earlier may still bind it.
-    buffer = ctx.storage('attention.partials', Math.max(bytes, 16));
-    scratchByCtx.set(ctx, buffer);
-  }
-  return buffer;
-}
-
 export function defaultSplits(tokens: number, nq: number, capacity: number, minSplitKeys = 256): number {
   const rows = tokens * nq;
   if (rows >= TARGET_WORKGROUPS) return 1;
   return Math.max(1, Math.min(MAX_SPLITS, Math.ceil(TARGET_WORKGROUPS / rows), Math.ceil(capacity / minSplitKeys)));
+}
+
+/** Bytes of split partials that `tokens` tokens need (16 without splits: the binding still needs a buffer). */
+function partialsBytes(tokens: number, nq: number, headDim: number, splits: number): number {
+  return splits === 1 ? 16 : tokens * nq * splits * (headDim + 4) * 4;
+}
+
+/**
+ * Scratch bytes for every call of up to `maxTokens` tokens (default splits, or `splits`): sized once for the
+ * largest, since a call's need depends on its token count and every prompt length must fit the same buffer.
+ */
+export function attentionScratchBytes(s: { maxTokens: number; nq: number; capacity: number; headDim: number; splits?: number; minSplitKeys?: number }): number {
+  let bytes = 16;
+  for (let t = 1; t <= s.maxTokens; t++) {
+    const splits = s.splits ?? defaultSplits(t, s.nq, s.capacity, s.minSplitKeys);
+    bytes = Math.max(bytes, partialsBytes(t, s.nq, s.headDim, splits));
+  }
+  return bytes;
 }
 
 const check = checks('attention');
@@ -112,9 +120,8 @@ export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Disp
   check.fits('out', a.out, tokens * nq * D, ctx.activationBytes);
 
   const rows = tokens * nq;
-  const scratchBytes = splits === 1 ? 16 : rows * splits * (D + 4) * 4;
-  if (a.scratch) check.fits('scratch', a.scratch, scratchBytes / 4);
-  const part = a.scratch ?? sharedScratch(ctx, scratchBytes);
+  check.fits('scratch', a.scratch, partialsBytes(tokens, nq, D, splits) / 4);
+  const part = a.scratch;
   const params = {
     tokens, nq, group: nq / nkv, capacity, proj_stride: projStride, splits, min_chunk: minSplitKeys, scale: 1 / Math.sqrt(D),
   };

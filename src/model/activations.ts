@@ -5,6 +5,7 @@ import { CHUNK, type ChunkScratch, createChunkScratch } from '../kernels/gated_d
 import { MOE_TILE_TOKENS } from '../kernels/matmul.ts';
 import { type MoeGroupScratch, createMoeGroupScratch, maxMoeTiles } from '../kernels/moe_group.ts';
 import { ropeTable } from '../kernels/rope.ts';
+import { attentionScratchBytes } from '../kernels/attention.ts';
 import { dims } from './config.ts';
 import type { Model } from './model.ts';
 
@@ -70,6 +71,8 @@ export interface Activations {
   logits: GPUBuffer;
   step: GPUBuffer;
   rope: GPUBuffer;
+  /** f32 split partials of attention, sized for every token count up to maxTokens (one per session, shared by layers). */
+  partials: GPUBuffer;
   chunk: ChunkScratch;
   moe?: MoeActivations;
   /** The buffers that hold the activation type; every other float buffer is f32. */
@@ -138,6 +141,7 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     const args = ctx.indirect('moe args', 6 * 4);
     buffers.push(args);
     const groupScratch = createMoeGroupScratch(ctx, E);
+    buffers.push(groupScratch.counts, groupScratch.cursor);
     moe = {
       logits: storage('moe logits', S * (E + 1)),
       ids: storage('moe ids', S * k),
@@ -151,6 +155,9 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
       tileTokens: MOE_TILE_TOKENS,
     };
   }
+  const chunk = createChunkScratch(ctx, S, c.linearValueHeads, c.linearKeyDim, c.linearValueDim);
+  // Every buffer here is the session's to free (Session.destroy frees `buffers`).
+  buffers.push(chunk.uw, chunk.attn, chunk.gate, chunk.hs);
   return {
     maxTokens: S,
     capacity,
@@ -167,7 +174,8 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     actBuffers,
     step,
     rope,
-    chunk: createChunkScratch(ctx, S, c.linearValueHeads, c.linearKeyDim, c.linearValueDim),
+    partials: storage('attention partials', c.layerTypes.includes('full_attention') ? attentionScratchBytes({ maxTokens: S, nq: c.numHeads, capacity, headDim: c.headDim }) / 4 : 4),
+    chunk,
     moe,
     buffers,
   };

@@ -56,7 +56,7 @@ export async function convertModel(ctx: GpuContext, checkpoint: Checkpoint, opti
         };
         await writer.addTensor({ key: spec.key, dtype: tensor.dtype, shape: spec.shape, rowStride: tensor.rowStride, itemStride: tensor.itemStride }, items());
       } finally {
-        owned.forEach((b) => b.destroy());
+        ctx.free(...owned);
       }
     }
     for (const name of SIDE_FILES) {

@@ -185,7 +185,7 @@ async function gatedAttention(ctx: GpuContext, model: Model, w: AttentionWeights
       ...heads, ...cache, proj: act.mixerProj, projStride: projWidth, kOffset, vOffset: kOffset + config.numKvHeads * config.headDim,
       rotaryDim: config.rotaryDim, qNorm: vectorBuffer(w.qNorm), kNorm: vectorBuffer(w.kNorm), eps: config.rmsNormEps, rope: act.rope, q: act.coreInput,
     }),
-    ...(await attention(ctx, { ...heads, ...cache, q: act.coreInput, proj: act.mixerProj, projStride: projWidth, out: act.coreOutput })),
+    ...(await attention(ctx, { ...heads, ...cache, q: act.coreInput, proj: act.mixerProj, projStride: projWidth, out: act.coreOutput, scratch: act.partials })),
     ...(await linear(ctx, act, T, { w: w.oProj, x: { buffer: act.coreOutput }, xStride: dim.attentionOut, y: act.h, yStride: config.hiddenSize, epilogue: 'add' })),
   ];
 }

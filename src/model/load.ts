@@ -70,7 +70,7 @@ export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options
     }
     return finishModel(ctx, { ...plan.vocab, config: plan.config, dtype, location: checkpoint.location, unusedTensors: plan.unusedTensors, experts }, gpu, owned);
   } catch (error) {
-    owned.forEach((b) => b.destroy());
+    ctx.free(...owned);
     throw error;
   }
 }

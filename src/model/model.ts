@@ -55,5 +55,5 @@ export function finishModel(
     return buffer;
   });
   const gpuBytes = [...tensors.values()].reduce((sum, t) => sum + t.parts.reduce((s, p) => s + p.buffer.size, 0), 0);
-  return { ...info, weights, gpuBytes, destroy: () => owned.forEach((b) => b.destroy()) };
+  return { ...info, weights, gpuBytes, destroy: () => ctx.free(...owned) };
 }

@@ -38,7 +38,7 @@ export async function* uploadSources(
     }
     await ctx.sync();
   } finally {
-    staging.destroy();
+    ctx.free(staging);
   }
 }
 
@@ -105,6 +105,8 @@ async function* uploadPlacement(
       const piece = { src: staging, srcDtype: entry.dtype!, rows, cols, dst: part.buffer, dstOffset: base + r * run.stride, dstRowStride: run.stride, rowStride: dst.rowStride, transient: true };
       const d = dst.dtype === 'q4' ? await quantizeQ4(ctx, { ...piece, itemStride: dst.itemStride }) : await cast(ctx, { ...piece, dstDtype: dst.dtype });
       ctx.run([d], 'upload');
+      // A piece's bind group binds the staging buffer, freed after the load: nothing is kept for it.
+      ctx.release([d]);
       yield rows * fileRowBytes;
     }
   }

@@ -204,8 +204,11 @@ export class GpuSampler {
   }
 
   destroy(): void {
-    this.scratch.buffers.forEach((b) => b.destroy());
+    for (const byOut of this.plans.values()) {
+      for (const byLevels of byOut.values()) for (const plan of byLevels.values()) plan.then((d) => this.ctx.release(d), () => {});
+    }
     this.plans.clear();
+    this.ctx.free(...this.scratch.buffers);
   }
 
   private checkId(id: number, what: string): void {

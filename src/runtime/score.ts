@@ -1,3 +1,4 @@
+import type { Dispatch } from '../gpu/context.ts';
 import { logSoftmax } from '../kernels/log_softmax.ts';
 import { lmHead } from '../model/layers.ts';
 import type { Session } from './session.ts';
@@ -16,6 +17,8 @@ export async function scoreIds(
   const V = model.config.vocabSize;
   const block = Math.max(1, Math.min(activations.maxTokens, 64, Math.floor(ctx.caps.maxStorageBindingBytes / (V * 4))));
   const logits = ctx.storage('score logits', block * V * 4);
+  // Bound to this call's logits buffer: released with it, so repeated scoring does not grow the context's caches.
+  const built: Dispatch[] = [];
   try {
     session.reset();
     await session.prefill(ids, {
@@ -23,12 +26,15 @@ export async function scoreIds(
       onChunk: async (first, rows) => {
         for (let r = 0; r < rows; r += block) {
           const n = Math.min(block, rows - r);
-          ctx.run([...(await lmHead(ctx, model, activations, logits, { first: r, count: n })), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })], 'score');
+          const dispatches = [...(await lmHead(ctx, model, activations, logits, { first: r, count: n })), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })];
+          built.push(...dispatches);
+          ctx.run(dispatches, 'score');
           await onRows(new Float32Array(await ctx.read(logits, 0, n * V * 4)), first + r);
         }
       },
     });
   } finally {
-    logits.destroy();
+    ctx.release(built);
+    ctx.free(logits);
   }
 }

@@ -1,7 +1,7 @@
 import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
-import { memoise } from '../gpu/memo.ts';
+import { type PromiseCache, memoise } from '../gpu/memo.ts';
 import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
@@ -24,6 +24,73 @@ export interface PendingToken {
   discard(): void;
 }
 
+/**
+ * Plans by key, built once; past `limit` entries the least recently used is dropped and its dispatches released
+ * (GpuContext.release frees the uniform buffers and bind groups that no other plan holds). The plan in use is the
+ * most recent one, so it is never the one dropped; work already submitted with a dropped plan still runs.
+ */
+class PlanCache<P> implements PromiseCache<string, P> {
+  private readonly plans = new Map<string, { plan: Promise<P>; built?: P }>();
+
+  constructor(
+    private readonly ctx: GpuContext,
+    private readonly limit: number,
+    private readonly dispatchesOf: (plan: P) => Dispatch[],
+  ) {}
+
+  /** The plan under `key`, built (memoise: once, forgotten if the build fails) when there is none. */
+  plan(key: string, build: () => Promise<P>): Promise<P> {
+    return memoise(this, key, build);
+  }
+
+  get(key: string): Promise<P> | undefined {
+    const hit = this.plans.get(key);
+    if (!hit) return undefined;
+    // Map order is insertion order: moving a hit to the end keeps the least recently used first.
+    this.plans.delete(key);
+    this.plans.set(key, hit);
+    return hit.plan;
+  }
+
+  set(key: string, plan: Promise<P>): void {
+    const entry: { plan: Promise<P>; built?: P } = { plan };
+    this.plans.set(key, entry);
+    plan.then(
+      (built) => void (entry.built = built),
+      () => {},
+    );
+    for (const [old, dropped] of this.plans) {
+      if (this.plans.size <= this.limit) break;
+      this.plans.delete(old);
+      this.release(dropped);
+    }
+  }
+
+  delete(key: string): void {
+    this.plans.delete(key);
+  }
+
+  /** Drops every plan (a plan still being built is released once built). */
+  clear(): void {
+    for (const entry of this.plans.values()) this.release(entry);
+    this.plans.clear();
+  }
+
+  private release(entry: { plan: Promise<P>; built?: P }): void {
+    if (entry.built) this.ctx.release(this.dispatchesOf(entry.built));
+    else entry.plan.then((p) => this.ctx.release(this.dispatchesOf(p)), () => {});
+  }
+}
+
+/**
+ * Prefill plans kept per kind (forward, LM head row, streamed segments): a prompt runs full chunks (one length) and
+ * a last chunk of any length, so a few cover the full chunk and recent repeats; every other length builds a plan
+ * again (a few ms) rather than keeping one per length seen, each holding a few hundred uniform buffers.
+ */
+const PREFILL_PLANS = 4;
+
+const segmentDispatches = (segments: ForwardSegment[]): Dispatch[] => segments.flatMap((s) => [...s.dispatches, ...(s.experts?.dispatches ?? [])]);
+
 const pendingToken = (sampler: GpuSampler, result: Readback): PendingToken => ({
   read: async () => sampler.parse(await result.bytes()),
   discard: () => result.discard(),
@@ -37,8 +104,13 @@ const pendingToken = (sampler: GpuSampler, result: Readback): PendingToken => ({
 export class Session {
   /** Tokens processed so far (the position of the next token). */
   position = 0;
-  private readonly plans = new Map<string, Promise<Dispatch[]>>();
-  private readonly segmentPlans = new Map<string, Promise<ForwardSegment[]>>();
+  /** Plans built once per session: decode, its LM head, the MoE read-ahead per layer (few, and used every step). */
+  private readonly plans: PlanCache<Dispatch[]>;
+  /** Plans per prefill chunk length, a few at a time. */
+  private readonly prefillPlans: PlanCache<Dispatch[]>;
+  private readonly logitsPlans: PlanCache<Dispatch[]>;
+  private readonly segmentPlans: PlanCache<ForwardSegment[]>;
+  private readonly prefillSegmentPlans: PlanCache<ForwardSegment[]>;
   /** Present when the model's experts are streamed (model.experts). */
   private readonly experts?: ExpertCache;
 
@@ -50,6 +122,12 @@ export class Session {
     private readonly states: LayerState[],
   ) {
     this.experts = ExpertCache.of(ctx, model);
+    const dispatches = (d: Dispatch[]) => d;
+    this.plans = new PlanCache(ctx, Infinity, dispatches);
+    this.prefillPlans = new PlanCache(ctx, PREFILL_PLANS, dispatches);
+    this.logitsPlans = new PlanCache(ctx, PREFILL_PLANS, dispatches);
+    this.segmentPlans = new PlanCache(ctx, Infinity, segmentDispatches);
+    this.prefillSegmentPlans = new PlanCache(ctx, PREFILL_PLANS, segmentDispatches);
   }
 
   static create(ctx: GpuContext, model: Model, options: SessionOptions): Session {
@@ -65,7 +143,7 @@ export class Session {
       session.reset();
       return session;
     } catch (error) {
-      states.forEach((s) => [s.conv, s.recurrent, s.keys, s.values].forEach((b) => b?.destroy()));
+      states.forEach((s) => ctx.free(s.conv, s.recurrent, s.keys, s.values));
       throw error;
     }
   }
@@ -92,16 +170,14 @@ export class Session {
     return this.experts;
   }
 
-  private cached(key: string, build: () => Promise<Dispatch[]>): Promise<Dispatch[]> {
-    return memoise(this.plans, key, build);
-  }
-
   private forwardPlan(tokens: number, input: 'ids' | 'token'): Promise<Dispatch[]> {
-    return this.cached(`forward ${tokens} ${input}`, () => forward(this.ctx, this.model, this.states, this.activations, { tokens, input }));
+    const build = () => forward(this.ctx, this.model, this.states, this.activations, { tokens, input });
+    return input === 'token' ? this.plans.plan(`forward ${tokens} token`, build) : this.prefillPlans.plan(`${tokens}`, build);
   }
 
   private segmentsPlan(tokens: number, input: 'ids' | 'token'): Promise<ForwardSegment[]> {
-    return memoise(this.segmentPlans, `${tokens} ${input}`, () => forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens, input }));
+    const build = () => forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens, input });
+    return input === 'token' ? this.segmentPlans.plan(`${tokens}`, build) : this.prefillSegmentPlans.plan(`${tokens}`, build);
   }
 
   /**
@@ -111,7 +187,7 @@ export class Session {
    * the chosen ids in the same readback.
    */
   private predictPlan(layer: number): Promise<Dispatch[]> {
-    return this.cached(`predict ${layer}`, async () => {
+    return this.plans.plan(`predict ${layer}`, async () => {
       const { numExperts: E, topk } = this.model.config.moe!;
       const m = this.activations.moe!;
       const w = this.model.weights.layers[layer].mlp as MoeWeights;
@@ -153,12 +229,12 @@ export class Session {
 
   /** Logits of row `row` of the last forward call into the logits buffer. */
   private lastLogitsPlan(row: number): Promise<Dispatch[]> {
-    return this.cached(`logits ${row}`, () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, { first: row, count: 1 }));
+    return this.logitsPlans.plan(`${row}`, () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, { first: row, count: 1 }));
   }
 
   /** Logits of a decode step's token (the final norm folded in: a decode forward leaves no normed rows). */
   private decodedLogitsPlan(): Promise<Dispatch[]> {
-    return this.cached('logits decoded', () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, 'decoded'));
+    return this.plans.plan('logits decoded', () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, 'decoded'));
   }
 
   private ensureRoom(tokens: number): void {
@@ -255,7 +331,7 @@ export class Session {
   }
 
   private decodePlan(): Promise<Dispatch[]> {
-    return this.cached('decode', async () => [...(await this.forwardPlan(1, 'token')), ...(await this.decodedLogitsPlan())]);
+    return this.plans.plan('decode', async () => [...(await this.forwardPlan(1, 'token')), ...(await this.decodedLogitsPlan())]);
   }
 
   private sampledResult(sampler: GpuSampler) {
@@ -269,7 +345,8 @@ export class Session {
   }
 
   destroy(): void {
-    for (const s of this.states) [s.conv, s.recurrent, s.keys, s.values].forEach((b) => b?.destroy());
-    this.activations.buffers.forEach((b) => b.destroy());
+    for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
+    for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
+    this.ctx.free(...this.activations.buffers);
   }
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { attentionPrepare } from '../../src/kernels/attention_prepare.ts';
-import { attention, defaultSplits } from '../../src/kernels/attention.ts';
+import { attention, attentionScratchBytes, defaultSplits } from '../../src/kernels/attention.ts';
 import { ropeTable } from '../../src/kernels/rope.ts';
 import * as ref from '../../src/reference/attention.ts';
 import { actBuffer, actTolerance, describeOnAdapters, readAct, roundAct, upload, uploadAct, writeAct } from '../helpers/gpu.ts';
@@ -58,7 +58,8 @@ function layer(c: GpuContext, s: Shape, seed: number) {
       const out = actBuffer(c, 'out', tokens * nq * D);
       const common = { proj: projBuf, projStride, tokens, nq, nkv, headDim: D, kCache: gpu.kCache, vCache: gpu.vCache, capacity, step: gpu.step };
       const prep = await attentionPrepare(c, { ...common, kOffset, vOffset, rotaryDim: R, qNorm: gpu.qNorm, kNorm: gpu.kNorm, eps: EPS, rope: gpu.rope, q: qBuf });
-      const att = await attention(c, { ...common, q: qBuf, out, ...opts });
+      const scratch = c.storage('partials', attentionScratchBytes({ maxTokens: tokens, nq, capacity, headDim: D, ...opts }));
+      const att = await attention(c, { ...common, q: qBuf, out, scratch, ...opts });
       c.run([prep, ...att]);
       const q = await readAct(c, qBuf, qExact.length);
       const kCache = await readAct(c, gpu.kCache, cacheLen);
