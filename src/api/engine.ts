@@ -23,7 +23,6 @@ export interface EngineOptions {
   contextLength?: number;
   /** Whether `dtype` was the caller's choice rather than a default (the CLI says which). */
   dtypeGiven?: boolean;
-  mtp?: boolean;
   /** Check a packed model's sha256 sums before loading it. */
   verify?: boolean;
   /**
@@ -82,7 +81,7 @@ export class Engine {
     const tokenizer = await Tokenizer.load(checkpoint.files);
     const model = await loadModel(ctx, checkpoint, {
       dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false,
-      vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, mtp: options.mtp, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
+      vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
     });
     try {
       const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);

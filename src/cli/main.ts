@@ -46,8 +46,9 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       (--json: {"ids": [...], "text": the text that was tokenized})
   qwen-webgpu score    --model <dir|url> --ids ID,ID,... --out FILE
       writes float32 little-endian [n, vocab_size]: row t = log_softmax of the logits after ids[0..t]
-  qwen-webgpu convert  --model <hf dir|url|file.gguf> --dtype int4|f16|f32 --out DIR [--shard-mb N]
-      writes the engine's packed model (manifest with sha256 + shards); --model DIR then loads it
+  qwen-webgpu convert  --model <hf dir|url|file.gguf> --dtype int4|f16|f32 --out DIR [--shard-mb N] [--no-mtp]
+      writes the engine's packed model (manifest with sha256 + shards); --model DIR then loads it; --no-mtp
+      leaves out the multi-token-prediction block (other commands never load it: nothing runs it yet)
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
@@ -63,7 +64,6 @@ common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with 
         --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)
         --no-f16           do not use shader-f16 even where the adapter has it
         --context N        context length (default: what the command needs, at least 4096 for chats)
-        --no-mtp           do not load the multi-token-prediction block
         --verify           check a packed model's sha256 sums before loading it
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
                            from a packed model as routing asks for them (generate, score, bench; default: all resident)
@@ -81,7 +81,7 @@ interface Command {
 }
 
 const GPU_FLAGS = ['adapter', 'no-f16', 'activations'];
-const LOAD_FLAGS = ['model', 'dtype', 'no-mtp', 'verify', 'expert-cache-mb', 'http-timeout'];
+const LOAD_FLAGS = ['model', 'dtype', 'verify', 'expert-cache-mb', 'http-timeout'];
 /** generate's flags that only a chat (--prompt, --messages) reads, and those only --prompt-ids reads. */
 const CHAT_FLAGS = ['prompt', 'messages', 'no-think', 'reasoning-budget', 'stop', 'stream'];
 const IDS_FLAGS = ['prompt-ids', 'ignore-eos'];
@@ -184,7 +184,7 @@ const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(
 async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const loaded = await loadModel(ctx, typeof model === 'string' ? await openModel(model, httpOptions(args)) : model, {
-    dtype, dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), expertCacheBytes: expertCacheBytes(args),
+    dtype, dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), expertCacheBytes: expertCacheBytes(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();
@@ -343,7 +343,7 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const engine = await Engine.load(ctx, checkpoint, {
-    dtype: dtypeOf(args, ctx), dtypeGiven: args.flags.has('dtype'), mtp: !args.flags.has('no-mtp'), verify: args.flags.has('verify'), contextLength: intFlag(args, 'context', 4096),
+    dtype: dtypeOf(args, ctx), dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), contextLength: intFlag(args, 'context', 4096),
     expertCacheBytes: expertCacheBytes(args), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();

@@ -8,8 +8,6 @@ export interface Caps {
   f16: boolean;
   /** A CPU implementation (lavapipe, SwiftShader): workgroups run as SIMD lanes, kernels pick shapes for that. */
   cpu: boolean;
-  subgroups: boolean;
-  timestampQuery: boolean;
   /** Largest storage binding; bigger tensors are split into parts (lavapipe: 128 MiB). */
   maxStorageBindingBytes: number;
   maxBufferBytes: number;
@@ -26,7 +24,7 @@ export interface Caps {
 export type ActivationType = 'f32' | 'f16';
 
 /** `cpu: false` runs the GPUs' kernel shapes on a CPU adapter (tests of those paths on machines without a GPU). */
-export type CapsMask = Partial<Pick<Caps, 'f16' | 'cpu' | 'subgroups' | 'maxStorageBindingBytes'>>;
+export type CapsMask = Partial<Pick<Caps, 'f16' | 'cpu' | 'maxStorageBindingBytes'>>;
 
 /** Narrows caps: a mask can switch features off or lower the binding limit, never raise them. */
 export function maskCaps(caps: Caps, mask: CapsMask = {}): Caps {
@@ -34,12 +32,11 @@ export function maskCaps(caps: Caps, mask: CapsMask = {}): Caps {
     ...caps,
     f16: caps.f16 && mask.f16 !== false,
     cpu: caps.cpu && mask.cpu !== false,
-    subgroups: caps.subgroups && mask.subgroups !== false,
     maxStorageBindingBytes: Math.min(caps.maxStorageBindingBytes, mask.maxStorageBindingBytes ?? Infinity),
   };
 }
 
 /** Stable key for pipeline caches: two devices with equal fingerprints compile the same WGSL. */
 export function capsFingerprint(caps: Caps): string {
-  return `${caps.f16 ? 'f16' : 'f32'}${caps.subgroups ? '+sg' : ''}`;
+  return caps.f16 ? 'f16' : 'f32';
 }

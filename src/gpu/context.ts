@@ -154,7 +154,7 @@ export class GpuContext {
     if (activations !== 'f32' && activations !== 'f16') throw new ContractError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`, 'GpuContext.create');
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
-    const wanted = (['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+    const wanted = (['shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
     const requiredLimits: Record<string, number> = {};
     const limits = adapter.limits as unknown as Record<string, number | undefined>;
     for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
@@ -164,8 +164,6 @@ export class GpuContext {
       {
         f16: device.features.has('shader-f16'),
         cpu: isCpuAdapter(info),
-        subgroups: device.features.has('subgroups'),
-        timestampQuery: device.features.has('timestamp-query'),
         maxStorageBindingBytes: device.limits.maxStorageBufferBindingSize,
         maxBufferBytes: device.limits.maxBufferSize,
         maxWorkgroupsPerDim: device.limits.maxComputeWorkgroupsPerDimension,

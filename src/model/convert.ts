@@ -30,7 +30,7 @@ export interface ConvertOptions {
  */
 export async function convertModel(ctx: GpuContext, checkpoint: Checkpoint, options: ConvertOptions): Promise<PackedManifest> {
   if (checkpoint.packed) throw new RequestError(`${checkpoint.location} is already a packed model`, 'checkpoint');
-  const plan = await planCheckpoint(checkpoint, { mtp: options.mtp });
+  const plan = await planCheckpoint(checkpoint, { mtp: options.mtp ?? true });
   const pieceBytes = Math.min(options.pieceBytes ?? 8 * 1024 * 1024, ctx.caps.maxStorageBindingBytes - 16);
   const writer = new PackedWriter(options.sink, { config: plan.rawConfig, dtype: options.dtype, shardBytes: options.shardBytes, signal: options.signal });
   try {

@@ -22,8 +22,6 @@ export interface LoadOptions {
   dtypeGiven?: boolean;
   /** The tokenizer's size and eos ids, when the caller has loaded it already (else read from its files). */
   vocab?: VocabInfo;
-  /** Keep the multi-token-prediction block when the checkpoint has one (default true). */
-  mtp?: boolean;
   /** Check a packed model's sha256 sums before uploading it (reads everything once more). */
   verify?: boolean;
   /**

@@ -19,6 +19,10 @@ export interface CheckpointPlan {
   sourceBytes: number;
 }
 
+/**
+ * `mtp`: plan the multi-token-prediction block too (convert keeps it in the packed model; a load leaves it out,
+ * since nothing runs it yet).
+ */
 export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; vocab?: VocabInfo } = {}): Promise<CheckpointPlan> {
   const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & { text_config?: { eos_token_id?: unknown }; eos_token_id?: unknown };
   const packed = checkpoint.packed;
@@ -27,7 +31,7 @@ export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: bo
   checkLayerCount(rawConfig, counts);
   const config = parseConfig(rawConfig);
   const has = (name: string) => (packed ? packed.tensors.has(name) : checkpoint.tensors.has(name));
-  const wantMtp = (options.mtp ?? true) && config.mtpLayers > 0 && has(packed ? 'mtp.fc' : 'mtp.fc.weight');
+  const wantMtp = (options.mtp ?? false) && config.mtpLayers > 0 && has(packed ? 'mtp.fc' : 'mtp.fc.weight');
   checkCounts(rawConfig, config, counts, wantMtp);
   const vocab = await vocabInfo(checkpoint.files, config.vocabSize, options.vocab, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
   const naming = packed ? { prefix: '', fusedExperts: true } : detectNaming(checkpoint.tensors, config, checkpoint.location);

@@ -52,21 +52,12 @@ export interface DecoderLayerWeights {
   mlp: DenseMlpWeights | MoeWeights;
 }
 
-export interface MtpWeights {
-  fc: GpuTensor;
-  preFcNormEmbedding: GpuTensor;
-  preFcNormHidden: GpuTensor;
-  norm: GpuTensor;
-  layers: DecoderLayerWeights[];
-}
-
 export interface ModelWeights {
   embed: GpuTensor;
   layers: DecoderLayerWeights[];
   norm: GpuTensor;
   /** The embedding itself when tie_word_embeddings. */
   lmHead: GpuTensor;
-  mtp?: MtpWeights;
 }
 
 /** Assembles the structure from loaded tensors; `slots(key)` makes the expert slot table of MoE block `key` (e.g. layers.3.mlp). */
@@ -108,12 +99,6 @@ export function assembleWeights(
     layers: config.layerTypes.map((type, i) => layer(`layers.${i}`, type)),
     norm: get('norm'),
     lmHead: config.tieWordEmbeddings ? embed : get('lm_head'),
-    mtp: tensors.has('mtp.fc')
-      ? {
-          fc: get('mtp.fc'), preFcNormEmbedding: get('mtp.pre_fc_norm_embedding'), preFcNormHidden: get('mtp.pre_fc_norm_hidden'), norm: get('mtp.norm'),
-          layers: Array.from({ length: config.mtpLayers }, (_, i) => layer(`mtp.layers.${i}`, 'full_attention')),
-        }
-      : undefined,
   };
 }
 

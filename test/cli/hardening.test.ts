@@ -85,7 +85,7 @@ describe('flags', () => {
     // Both --model and --synthetic: bench's own check answers, so no flag was refused before it.
     const r = await run([
       'bench', '--model', '/nonexistent', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--prompt-tokens', '4', '--decode-tokens', '2', '--json',
-      '--dtype', 'f32', '--activations', 'f32', '--adapter', 'llvmpipe', '--no-f16', '--expert-cache-mb', '64', '--no-mtp', '--verify', '--http-timeout', '5',
+      '--dtype', 'f32', '--activations', 'f32', '--adapter', 'llvmpipe', '--no-f16', '--expert-cache-mb', '64', '--verify', '--http-timeout', '5',
     ]);
     expect(errorLine(r)).toMatch(/^error: bench takes --model <dir> or --synthetic <name>/);
   }, 60_000);
@@ -168,9 +168,10 @@ function writeMessages(): string {
 describe('counts checked against the tensor index', () => {
   it('mtp_num_hidden_layers and num_hidden_layers without layer_types', async () => {
     const mtp = copyOf('tiny-qwen35', (d) => editJson(d, 'config.json', (c) => ((c.text_config.mtp_num_hidden_layers = 1_000_000), c)));
-    expect(errorLine(await generateIds(mtp))).toBe("error: config.json: text_config.mtp_num_hidden_layers: 1000000 MTP layers, but the checkpoint's tensors hold 1");
-    // Without the MTP block nothing is built from it: the model loads.
-    expect(jsonLine(await generateIds(mtp, '--no-mtp', '--greedy', '--json')).ids).toHaveLength(2);
+    // convert copies the MTP block, so it plans it and refuses the count; generate never loads it, so nothing is built from it.
+    const convert = await run(['convert', '--model', mtp, '--dtype', 'f32', '--out', join(mkdtempSync(join(tmpdir(), 'qwen-hardening-')), 'packed'), '--adapter', 'llvmpipe']);
+    expect(errorLine(convert)).toBe("error: config.json: text_config.mtp_num_hidden_layers: 1000000 MTP layers, but the checkpoint's tensors hold 1");
+    expect(jsonLine(await generateIds(mtp, '--greedy', '--json')).ids).toHaveLength(2);
     const layers = copyOf('tiny-qwen35', (d) => editJson(d, 'config.json', (c) => {
       c.text_config.num_hidden_layers = 5e7;
       delete c.text_config.layer_types;

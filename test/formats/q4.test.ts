@@ -58,7 +58,7 @@ async function readAll(t: SourceTensor): Promise<Float32Array> {
 }
 
 const caps = (maxStorageBindingBytes: number, maxBufferBytes = 2 ** 40): Caps => ({
-  f16: false, subgroups: false, timestampQuery: false, maxStorageBindingBytes, maxBufferBytes,
+  f16: false, maxStorageBindingBytes, maxBufferBytes,
   maxWorkgroupsPerDim: 65535, cpu: false, maxInvocationsPerWorkgroup: 256, maxWorkgroupStorageBytes: 16384, maxStorageBuffersPerStage: 8,
 });
 

@@ -42,7 +42,6 @@ export interface LoadRequest {
   /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
   contextLength?: number;
   /** Load the multi-token-prediction block (default true). */
-  mtp?: boolean;
   /**
    * Keep the model in IndexedDB (default true where IndexedDB exists): the first load downloads it (or
    * resumes an interrupted download), later loads read it from there with no network. false: read over HTTP.

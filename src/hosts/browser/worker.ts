@@ -80,7 +80,7 @@ class WorkerEngine implements WorkerApi {
         : new HttpSource(url.href);
       const checkpoint = await openCheckpoint(source, gguf);
       this.engine = await Engine.load(ctx, checkpoint, {
-        dtype: request.dtype === 'int4' ? 'q4' : request.dtype, contextLength: request.contextLength, mtp: request.mtp, expertCacheBytes: request.expertCacheBytes,
+        dtype: request.dtype === 'int4' ? 'q4' : request.dtype, contextLength: request.contextLength, expertCacheBytes: request.expertCacheBytes,
         onProgress: progress && ((p) => progress({ ...p, phase: 'load' })), signal,
       });
       return {
