@@ -11,6 +11,7 @@ import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_
 import { Tokenizer } from '../text/tokenizer.ts';
 import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
+import { scoreIds } from '../runtime/score.ts';
 import type {
   ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, Reasoning,
   SamplingRequest, TokenLogprob,
@@ -70,7 +71,8 @@ export class Engine {
   private constructor(
     readonly ctx: GpuContext,
     readonly model: Model,
-    readonly tokenizer: Tokenizer,
+    /** Undefined for a checkpoint without tokenizer.json: token ids in and out (generateIds, score) still work. */
+    readonly tokenizer: Tokenizer | undefined,
     readonly session: Session,
     readonly name: string,
   ) {
@@ -78,10 +80,10 @@ export class Engine {
   }
 
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
-    const tokenizer = await Tokenizer.load(checkpoint.files);
+    const tokenizer = (await checkpoint.files.has('tokenizer.json')) ? await Tokenizer.load(checkpoint.files) : undefined;
     const model = await loadModel(ctx, checkpoint, {
       dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false,
-      vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
+      vocab: tokenizer && { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
     });
     try {
       const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);
@@ -95,13 +97,19 @@ export class Engine {
 
   /** The chat prompt as text and ids, with the generation prompt added (what `tokenize --messages` prints). */
   renderPrompt(messages: ChatMessage[], options: { tools?: ToolDefinition[]; reasoning?: Reasoning } = {}): RenderedPrompt {
-    const template = this.tokenizer.chatTemplate;
+    const template = this.text.chatTemplate;
     if (!template) throw new RequestError('the model has no chat_template in tokenizer_config.json; use completions.create with a raw prompt', 'messages');
     if (!Array.isArray(messages) || messages.length === 0) throw new RequestError('must be a non-empty array', 'messages');
     const text = renderChat(template, { messages, tools: options.tools, addGenerationPrompt: true, enableThinking: (options.reasoning ?? 'on') !== 'off' });
     const open = text.lastIndexOf('<think>');
     const thinking = open > text.lastIndexOf('</think>') && open > text.lastIndexOf('<|im_start|>');
-    return { text, ids: this.tokenizer.encode(text), thinking };
+    return { text, ids: this.text.encode(text), thinking };
+  }
+
+  /** The tokenizer that text requests need. */
+  private get text(): Tokenizer {
+    if (!this.tokenizer) throw new RequestError(`${this.name} has no tokenizer.json: only token ids can be generated (generateIds) or scored`, 'model');
+    return this.tokenizer;
   }
 
   /** Runs `body` when the requests before it are done. */
@@ -123,11 +131,11 @@ export class Engine {
     checkSampling(sampling, this.sampler.tokenizerSize);
     const budget = typeof reasoning === 'object' ? reasoning.budget : undefined;
     if (budget !== undefined && (!Number.isInteger(budget) || budget < 0)) throw new RequestError(`must be a non-negative integer, got ${budget}`, 'reasoning.budget');
-    const thinkEndId = this.tokenizer.tokenId('</think>');
+    const thinkEndId = this.text.tokenId('</think>');
     return {
       promptIds, maxTokens, sampling, thinking, reasoningBudget: budget, thinkEndId,
-      thinkEndIds: thinkEndId === undefined ? undefined : this.tokenizer.encode('</think>\n\n'),
-      stopIds: new Set(this.tokenizer.eosTokenIds), signal: request.signal, onToken: request.onToken,
+      thinkEndIds: thinkEndId === undefined ? undefined : this.text.encode('</think>\n\n'),
+      stopIds: new Set(this.text.eosTokenIds), signal: request.signal, onToken: request.onToken,
     };
   }
 
@@ -142,7 +150,7 @@ export class Engine {
     const prompt = this.renderPrompt(request.messages, { tools: request.tools, reasoning: request.reasoning });
     const plan = this.plan(request, prompt.ids, prompt.thinking, request.reasoning);
     return chatChunks({
-      session: this.session, sampler: this.sampler, tokenizer: this.tokenizer, plan, stops: this.stops(request),
+      session: this.session, sampler: this.sampler, tokenizer: this.text, plan, stops: this.stops(request),
       tools: request.tools ?? [], withLogprobs: Boolean(request.logprobs), id: newId('chatcmpl'), model: this.name,
     });
   }
@@ -254,9 +262,9 @@ export class Engine {
   /** Checks the request now; the returned generator does the work. */
   private textStream(request: CompletionRequest): AsyncGenerator<CompletionChunk> {
     if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
-    const plan = this.plan(request, this.tokenizer.encode(request.prompt), false);
+    const plan = this.plan(request, this.text.encode(request.prompt), false);
     return completionChunks({
-      session: this.session, sampler: this.sampler, tokenizer: this.tokenizer, plan, stops: this.stops(request),
+      session: this.session, sampler: this.sampler, tokenizer: this.text, plan, stops: this.stops(request),
       withLogprobs: Boolean(request.logprobs), id: newId('cmpl'), model: this.name,
     });
   }
@@ -282,6 +290,20 @@ export class Engine {
 
   private async streamCompletion(request: CompletionRequest): Promise<AsyncIterable<CompletionChunk>> {
     return this.locked(this.textStream(request), request.signal);
+  }
+
+  /**
+   * The model's logits after each prefix of `ids` (row t follows ids[0..t]), handed to `onRows` a chunk of rows at a
+   * time ([rows, vocab_size] f32; `first` is the row of the chunk's first).
+   */
+  async score(ids: number[], onRows: (rows: Float32Array, first: number) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
+    const { vocabSize } = this.model.config;
+    const bad = Array.isArray(ids) ? ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize) : -1;
+    if (!Array.isArray(ids) || ids.length === 0 || bad >= 0) {
+      throw new RequestError(`must be a non-empty array of token ids below vocab_size ${vocabSize}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`, 'ids');
+    }
+    if (ids.length > this.session.capacity) throw new RequestError(`${ids.length} ids are more than the context of ${this.session.capacity}`, 'ids');
+    return this.exclusive(() => scoreIds(this.session, ids, onRows, signal));
   }
 
   /**

@@ -12,10 +12,7 @@ import { openModel } from '../storage/locate.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import type { HttpOptions } from '../storage/http.ts';
 import { readGenerationConfig } from '../runtime/generation_config.ts';
-import { Session } from '../runtime/session.ts';
-import { GpuSampler } from '../runtime/sampler.ts';
-import { generateIds } from '../runtime/generation.ts';
-import { scoreIds } from '../runtime/score.ts';
+import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { convertModel } from '../model/convert.ts';
 import { exportHf } from '../model/export_hf.ts';
 import { FolderSink } from '../storage/file_sink.ts';
@@ -167,8 +164,8 @@ const expertCacheBytes = (args: Args): number | undefined => {
   return mib === undefined ? undefined : Math.floor(mib * 1024 * 1024);
 };
 /** Expert streaming figures for --json output (absent when every expert is resident). */
-const expertJson = (session: Session) => {
-  const s = session.expertStats();
+const expertJson = (source: { expertStats(): ExpertStats | undefined }) => {
+  const s = source.expertStats();
   return s && { expert_cache_hit_rate: round(s.hitRate * 1000) / 1000, expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) };
 };
 
@@ -181,6 +178,19 @@ function httpOptions(args: Args): { http: HttpOptions } {
 
 const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(args, 'model', true), httpOptions(args));
 
+/** The Engine for --model (opened once), with a progress bar on a terminal; generate and score run on it. */
+async function loadEngine(checkpoint: Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost, contextLength: number): Promise<Engine> {
+  const bar = progressBar(host.stderr, host.isTTY, 'loading');
+  const engine = await Engine.load(ctx, checkpoint, {
+    dtype, dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), contextLength,
+    expertCacheBytes: expertCacheBytes(args), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+  });
+  bar.done();
+  warnUnused(engine.model, host);
+  return engine;
+}
+
+/** bench measures the session itself, below the Engine: it loads the bare model. */
 async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const loaded = await loadModel(ctx, typeof model === 'string' ? await openModel(model, httpOptions(args)) : model, {
@@ -272,32 +282,33 @@ async function tokenize(args: Args, host: CliHost): Promise<void> {
 async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
   const ids = idsFlag(args, 'ids');
   const outPath = stringFlag(args, 'out', true);
-  const dtype = dtypeOf(args, ctx);
   const contextLength = intFlag(args, 'context', ids.length);
   if (contextLength < ids.length) throw new UsageError(`--ids has ${ids.length} ids, more than --context ${contextLength}`);
+  const dtype = dtypeOf(args, ctx);
   await checkWritable('out', outPath);
   const t0 = performance.now();
-  const model = await loadWithProgress(stringFlag(args, 'model', true), dtype, args, ctx, host);
-  checkIds('ids', ids, model);
-  const session = Session.create(ctx, model, { contextLength });
-  const t1 = performance.now();
-  const file = await open(outPath, 'w').catch((error: { code?: string; message: string }) => {
-    throw new RequestError(`cannot write ${outPath} (${error.code ?? error.message})`, '--out');
-  });
+  const engine = await loadEngine(await openModelFlag(args), dtype, args, ctx, host, contextLength);
   try {
-    await scoreIds(session, ids, async (rows) => {
-      await file.write(new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength));
+    checkIds('ids', ids, engine.model);
+    const t1 = performance.now();
+    const file = await open(outPath, 'w').catch((error: { code?: string; message: string }) => {
+      throw new RequestError(`cannot write ${outPath} (${error.code ?? error.message})`, '--out');
     });
+    try {
+      await engine.score(ids, async (rows) => {
+        await file.write(new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength));
+      });
+    } finally {
+      await file.close();
+    }
+    const t2 = performance.now();
+    host.stdout(`${JSON.stringify({
+      command: 'score', tokens: ids.length, vocab_size: engine.model.config.vocabSize, out: outPath, dtype: engine.model.dtype,
+      load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), ...expertJson(engine), adapter: adapterJson(ctx),
+    })}\n`);
   } finally {
-    await file.close();
+    engine.destroy();
   }
-  const t2 = performance.now();
-  host.stdout(`${JSON.stringify({
-    command: 'score', tokens: ids.length, vocab_size: model.config.vocabSize, out: outPath, dtype: model.dtype,
-    load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), ...expertJson(session), adapter: adapterJson(ctx),
-  })}\n`);
-  session.destroy();
-  model.destroy();
 }
 
 /** Token ids in, token ids out: no tokenizer needed. */
@@ -314,23 +325,21 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
   const dtype = dtypeOf(args, ctx);
   const checkpoint = await openModelFlag(args);
   const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
-  const model = await loadWithProgress(checkpoint, dtype, args, ctx, host);
-  checkIds('prompt-ids', prompt, model);
-  const session = Session.create(ctx, model, { contextLength });
-  const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
-  const stopIds = args.flags.has('ignore-eos') ? [] : model.eosTokenIds;
-  const r = await generateIds(session, sampler, { promptIds: prompt, maxTokens, sampling, stopIds });
-  host.stdout(
-    args.flags.has('json')
-      ? `${JSON.stringify({
-          ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype: model.dtype,
-          prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), ...expertJson(session), adapter: adapterJson(ctx),
-        })}\n`
-      : `${r.ids.join(',')}\n`,
-  );
-  sampler.destroy();
-  session.destroy();
-  model.destroy();
+  const engine = await loadEngine(checkpoint, dtype, args, ctx, host, contextLength);
+  try {
+    checkIds('prompt-ids', prompt, engine.model);
+    const r = await engine.generateIds({ promptIds: prompt, maxTokens, sampling, ignoreEos: args.flags.has('ignore-eos') });
+    host.stdout(
+      args.flags.has('json')
+        ? `${JSON.stringify({
+            ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype: engine.model.dtype,
+            prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), ...expertJson(engine), adapter: adapterJson(ctx),
+          })}\n`
+        : `${r.ids.join(',')}\n`,
+    );
+  } finally {
+    engine.destroy();
+  }
 }
 
 /** A chat through the OpenAI-shaped API, streamed to stdout. */
@@ -341,13 +350,7 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const maxTokens = intFlag(args, 'max-tokens', 256);
   const checkpoint = await openModelFlag(args);
   const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
-  const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const engine = await Engine.load(ctx, checkpoint, {
-    dtype: dtypeOf(args, ctx), dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), contextLength: intFlag(args, 'context', 4096),
-    expertCacheBytes: expertCacheBytes(args), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
-  });
-  bar.done();
-  warnUnused(engine.model, host);
+  const engine = await loadEngine(checkpoint, dtypeOf(args, ctx), args, ctx, host, intFlag(args, 'context', 4096));
   const prompt = engine.renderPrompt(messages, { reasoning });
   const ids: number[] = [];
   const stop = stringFlag(args, 'stop');

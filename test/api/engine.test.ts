@@ -96,13 +96,13 @@ describe('chat.completions', () => {
 
   it('closes the thought after the reasoning budget: at most N reasoning tokens, then </think>, then content', async () => {
     const budget = 4;
-    const thinkEnd = engine.tokenizer.tokenId('</think>')!;
+    const thinkEnd = engine.tokenizer!.tokenId('</think>')!;
     const out: number[] = [];
     const r = await engine.chat.completions.create({ ...ask({ max_tokens: 16, temperature: 0 }), reasoning: { budget }, onToken: (id) => out.push(id) });
     const at = out.indexOf(thinkEnd);
     expect(at).toBeGreaterThanOrEqual(0);
     expect(at).toBeLessThanOrEqual(budget);
-    expect(out.slice(at, at + 1 + engine.tokenizer.encode('\n\n').length)).toEqual(engine.tokenizer.encode('</think>\n\n'));
+    expect(out.slice(at, at + 1 + engine.tokenizer!.encode('\n\n').length)).toEqual(engine.tokenizer!.encode('</think>\n\n'));
     expect(r.usage.completion_tokens_details.reasoning_tokens).toBeLessThanOrEqual(budget + 1);
     expect(typeof r.choices[0].message.content).toBe('string');
   });
@@ -151,7 +151,7 @@ describe('completions', () => {
     let text = '';
     for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0, stream: true })) text += chunk.choices[0].text;
     expect(text).toBe(full.choices[0].text);
-    expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer.encode('The license').length, completion_tokens: 8 });
+    expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer!.encode('The license').length, completion_tokens: 8 });
   });
 
   it('cuts the text at a stop string, streamed or not', async () => {
