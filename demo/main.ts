@@ -16,7 +16,12 @@ const stopButton = $<HTMLButtonElement>('stop');
 const engine = await createEngine();
 
 /** Models the engine keeps in this browser, where the engine has such a store (feature-detected). */
-interface CachedModel { id: string; name?: string; bytes?: number; url?: string }
+interface CachedModel {
+  id: string;
+  name?: string;
+  bytes?: number;
+  url?: string;
+}
 const models = (engine as unknown as { models?: { list(): Promise<CachedModel[]>; delete(id: string): Promise<void> } }).models;
 
 async function showCached(): Promise<void> {
@@ -54,7 +59,8 @@ async function load(model: string): Promise<void> {
     const dtype = $<HTMLSelectElement>('dtype').value || undefined;
     const expertMb = $<HTMLInputElement>('expert-mb').value;
     const r = await engine.load({
-      model, signal: controller.signal,
+      model,
+      signal: controller.signal,
       dtype: dtype as 'f32' | 'f16' | 'int4' | undefined,
       expertCacheBytes: expertMb === '' ? undefined : Math.round(Number(expertMb) * 2 ** 20),
       // Where the engine has a store, the box decides; unticked, the model is read over HTTP each time.
@@ -64,8 +70,7 @@ async function load(model: string): Promise<void> {
         const seconds = (performance.now() - t0) / 1000;
         const rate = seconds > 0 ? p.loadedBytes / seconds : 0;
         const left = rate > 0 && p.totalBytes ? (p.totalBytes - p.loadedBytes) / rate : undefined;
-        status.textContent = `${mb(p.loadedBytes)} of ${mb(p.totalBytes)}` + (rate ? `, ${mb(rate)}/s` : '') +
-          (left !== undefined ? `, ${left.toFixed(0)} s left` : '');
+        status.textContent = `${mb(p.loadedBytes)} of ${mb(p.totalBytes)}${rate ? `, ${mb(rate)}/s` : ''}${left !== undefined ? `, ${left.toFixed(0)} s left` : ''}`;
       },
     });
     progress.value = 1;
@@ -113,7 +118,9 @@ async function send(): Promise<void> {
   let tokens = 0;
   try {
     const stream = await engine.chat.completions.create({
-      messages: history, stream: true, signal: chatController.signal,
+      messages: history,
+      stream: true,
+      signal: chatController.signal,
       reasoning: $<HTMLInputElement>('thinking').checked ? 'on' : 'off',
       max_tokens: Number($<HTMLInputElement>('max-tokens').value) || 256,
     });
@@ -138,9 +145,8 @@ async function send(): Promise<void> {
   } catch (error) {
     const e = error as Error;
     // Stopped: the speed of what came so far, measured here (pieces of text, roughly tokens).
-    figures.textContent = e.name === 'AbortError'
-      ? `stopped · about ${(tokens / ((performance.now() - t0) / 1000)).toFixed(1)} tokens/s`
-      : `${e.name}: ${e.message}`;
+    figures.textContent =
+      e.name === 'AbortError' ? `stopped · about ${(tokens / ((performance.now() - t0) / 1000)).toFixed(1)} tokens/s` : `${e.name}: ${e.message}`;
   } finally {
     reply.append(figures);
     history.push({ role: 'assistant', content: text });
@@ -163,8 +169,10 @@ stopButton.onclick = () => chatController?.abort();
 function showExperts(stats: GenerateStats): void {
   if (stats.expertCacheHitRate === undefined) return;
   $('experts-section').hidden = false;
-  $('expert-figures').textContent = `hit rate ${(stats.expertCacheHitRate * 100).toFixed(1)}% · ${mb(stats.expertBytesStreamed ?? 0)} streamed · ` +
-    `${(stats.expertStallMsPerToken ?? 0).toFixed(2)} ms stall per token` + (stats.expertUsage ? '' : ' (every expert is on the GPU)');
+  $('expert-figures').textContent =
+    `hit rate ${(stats.expertCacheHitRate * 100).toFixed(1)}% · ${mb(stats.expertBytesStreamed ?? 0)} streamed · ` +
+    `${(stats.expertStallMsPerToken ?? 0).toFixed(2)} ms stall per token` +
+    (stats.expertUsage ? '' : ' (every expert is on the GPU)');
   const canvas = $<HTMLCanvasElement>('heatmap');
   const usage = stats.expertUsage;
   canvas.hidden = !usage;

@@ -61,9 +61,20 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options | 'help' {
-  const o: Options = { variants: SYNTHETIC_GGUF_VARIANTS, promptTokens: 512, decodeTokens: 64, dtypes: ['int4'], peers: ['vulkan'], timeoutS: 1800, cudaFlashAttention: false };
+  const o: Options = {
+    variants: SYNTHETIC_GGUF_VARIANTS,
+    promptTokens: 512,
+    decodeTokens: 64,
+    dtypes: ['int4'],
+    peers: ['vulkan'],
+    timeoutS: 1800,
+    cudaFlashAttention: false,
+  };
   const list = (v: string, allowed: string[], flag: string) => {
-    const items = v.split(',').map((s) => s.trim()).filter(Boolean);
+    const items = v
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     const bad = items.filter((s) => !allowed.includes(s));
     if (items.length === 0 || bad.length) throw new UsageError(`${flag}: ${bad.join(', ') || 'empty'}; choose from ${allowed.join(', ')}`);
     return items;
@@ -85,22 +96,43 @@ function parseArgs(argv: string[]): Options | 'help' {
       return v;
     };
     switch (flag) {
-      case '--variants': o.variants = list(value(), SYNTHETIC_GGUF_VARIANTS, flag); break;
-      case '--layers': o.layers = int(value(), flag); break;
-      case '--prompt-tokens': o.promptTokens = int(value(), flag); break;
-      case '--decode-tokens': o.decodeTokens = int(value(), flag); break;
-      case '--adapter': o.adapter = value(); break;
-      case '--dtypes': o.dtypes = list(value(), ['int4', 'f16', 'f32'], flag); break;
+      case '--variants':
+        o.variants = list(value(), SYNTHETIC_GGUF_VARIANTS, flag);
+        break;
+      case '--layers':
+        o.layers = int(value(), flag);
+        break;
+      case '--prompt-tokens':
+        o.promptTokens = int(value(), flag);
+        break;
+      case '--decode-tokens':
+        o.decodeTokens = int(value(), flag);
+        break;
+      case '--adapter':
+        o.adapter = value();
+        break;
+      case '--dtypes':
+        o.dtypes = list(value(), ['int4', 'f16', 'f32'], flag);
+        break;
       case '--peers': {
         const v = value();
         o.peers = v === 'none' ? [] : list(v, ['vulkan', 'cuda', 'cpu'], flag);
         break;
       }
-      case '--out': o.out = value(); break;
-      case '--timeout': o.timeoutS = int(value(), flag); break;
-      case '--cache': o.cache = resolve(value()); break;
-      case '--nlc': o.nlc = resolve(value()); break;
-      default: throw new UsageError(`unknown option ${flag}`);
+      case '--out':
+        o.out = value();
+        break;
+      case '--timeout':
+        o.timeoutS = int(value(), flag);
+        break;
+      case '--cache':
+        o.cache = resolve(value());
+        break;
+      case '--nlc':
+        o.nlc = resolve(value());
+        break;
+      default:
+        throw new UsageError(`unknown option ${flag}`);
     }
   }
   return o;
@@ -140,7 +172,11 @@ function run(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cw
 }
 
 const lastJson = (stdout: string): Record<string, any> | undefined => {
-  const line = stdout.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  const line = stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{'));
   return line ? JSON.parse(line) : undefined;
 };
 
@@ -150,7 +186,12 @@ const tail = (s: string, lines = 15) => s.trim().split('\n').slice(-lines).join(
 function failure(what: string, r: RunResult, timeoutS: number): string {
   if (r.timedOut) return `${what} timed out after ${timeoutS} s`;
   const json = lastJson(r.stdout);
-  const said = json?.error ?? r.stderr.split('\n').find((l) => /^(error|\w*Error)\b/.test(l.trim()))?.trim();
+  const said =
+    json?.error ??
+    r.stderr
+      .split('\n')
+      .find((l) => /^(error|\w*Error)\b/.test(l.trim()))
+      ?.trim();
   return `${what} exited with ${r.code}${said ? `: ${said}` : ''}\n${tail(r.stderr)}`;
 }
 
@@ -234,7 +275,8 @@ async function main(): Promise<void> {
   const findVulkanDevice = async (): Promise<VulkanDevice | PeerError> => {
     const probe = async (index: string | undefined) => {
       const r = await run(process.execPath, [runner, '--nlc', nlcDir!, '--gpu', 'vulkan', '--probe'], {
-        env: { ...env, ...(index === undefined ? {} : { GGML_VK_VISIBLE_DEVICES: index }) }, timeoutS: 120,
+        env: { ...env, ...(index === undefined ? {} : { GGML_VK_VISIBLE_DEVICES: index }) },
+        timeoutS: 120,
       });
       return r.code === 0 ? (lastJson(r.stdout)?.devices as string[] | undefined) : undefined;
     };
@@ -244,7 +286,10 @@ async function main(): Promise<void> {
       const hit = listed.find((n) => matchesAdapter(n, o.adapter, ourAdapter));
       return hit && listed.length === 1
         ? { index: env.GGML_VK_VISIBLE_DEVICES, name: hit, all: listed }
-        : { status: 'refused', error: `GGML_VK_VISIBLE_DEVICES=${env.GGML_VK_VISIBLE_DEVICES} gives llama.cpp ${JSON.stringify(listed)}: not one device matching our adapter ${ourAdapter ?? o.adapter}` };
+        : {
+            status: 'refused',
+            error: `GGML_VK_VISIBLE_DEVICES=${env.GGML_VK_VISIBLE_DEVICES} gives llama.cpp ${JSON.stringify(listed)}: not one device matching our adapter ${ourAdapter ?? o.adapter}`,
+          };
     }
     // One device per process: ggml_vulkan hides CPU-type devices unless named by index, and splits layers over
     // every device it uses. An index past the last device makes the process fail: the end of the list.
@@ -255,7 +300,8 @@ async function main(): Promise<void> {
       names.push(found[0] ?? '?');
     }
     const index = names.findIndex((n) => matchesAdapter(n, o.adapter, ourAdapter));
-    if (index < 0) return { status: 'refused', error: `no Vulkan device of llama.cpp (${JSON.stringify(names)}) matches our adapter "${ourAdapter ?? o.adapter}"` };
+    if (index < 0)
+      return { status: 'refused', error: `no Vulkan device of llama.cpp (${JSON.stringify(names)}) matches our adapter "${ourAdapter ?? o.adapter}"` };
     return { index: String(index), name: names[index], all: names };
   };
 
@@ -275,7 +321,19 @@ async function main(): Promise<void> {
     const variantRows: Row[] = [];
     for (const dtype of o.dtypes) {
       progress(`ours: ${variant} (${layers} layers) ${dtype}`);
-      const args = [...ours, 'bench', '--synthetic', variant, '--dtype', dtype, '--prompt-tokens', String(o.promptTokens), '--decode-tokens', String(o.decodeTokens), '--json'];
+      const args = [
+        ...ours,
+        'bench',
+        '--synthetic',
+        variant,
+        '--dtype',
+        dtype,
+        '--prompt-tokens',
+        String(o.promptTokens),
+        '--decode-tokens',
+        String(o.decodeTokens),
+        '--json',
+      ];
       if (o.layers) args.push('--layers', String(o.layers));
       if (o.adapter) args.push('--adapter', o.adapter);
       const r = await run(process.execPath, args, { env, cwd: bundled ? undefined : root, timeoutS: o.timeoutS });
@@ -313,14 +371,26 @@ async function main(): Promise<void> {
         // One GPU, as ours uses one: llama-bench would split layers over every visible GPU.
         const visible = env.CUDA_VISIBLE_DEVICES ?? '0';
         const r = await run(b.bin, ['-m', gguf!, '-p', String(o.promptTokens), '-n', String(o.decodeTokens), '-ngl', '99', '-r', '3', '-o', 'jsonl'], {
-          env: { ...env, LD_LIBRARY_PATH: libs, CUDA_VISIBLE_DEVICES: visible }, timeoutS: o.timeoutS,
+          env: { ...env, LD_LIBRARY_PATH: libs, CUDA_VISIBLE_DEVICES: visible },
+          timeoutS: o.timeoutS,
         });
         try {
           if (r.code !== 0) throw new Error(failure('llama-bench', r, o.timeoutS));
           const result = parseLlamaBench(r.stdout);
           setPeer(peer, result);
-          record({ kind: 'llama.cpp cuda', variant, layers, prompt_tokens: o.promptTokens, decode_tokens: o.decodeTokens, release: b.release, arch: b.arch, ...result });
-          notes.add(`${title}: llama-bench (llama.cpp ${b.release}, sm_${b.arch}, -ngl 99 -r 3, median of 3 samples) on ${result.gpu_info ?? '?'} (CUDA_VISIBLE_DEVICES=${visible}), flash_attn ${JSON.stringify(result.flash_attn)}`);
+          record({
+            kind: 'llama.cpp cuda',
+            variant,
+            layers,
+            prompt_tokens: o.promptTokens,
+            decode_tokens: o.decodeTokens,
+            release: b.release,
+            arch: b.arch,
+            ...result,
+          });
+          notes.add(
+            `${title}: llama-bench (llama.cpp ${b.release}, sm_${b.arch}, -ngl 99 -r 3, median of 3 samples) on ${result.gpu_info ?? '?'} (CUDA_VISIBLE_DEVICES=${visible}), flash_attn ${JSON.stringify(result.flash_attn)}`,
+          );
           for (const n of b.notes) notes.add(`${title}: ${n}`);
         } catch (error) {
           setPeer(peer, { status: 'failed', error: (error as Error).message });
@@ -330,7 +400,19 @@ async function main(): Promise<void> {
         continue;
       }
       // node-llama-cpp: Vulkan (verified to be on the adapter ours used) or CPU.
-      const args = [runner, '--nlc', nlcDir!, '--model', gguf!, '--prompt-tokens', String(o.promptTokens), '--decode-tokens', String(o.decodeTokens), '--vocab', String(plan.config.vocabSize)];
+      const args = [
+        runner,
+        '--nlc',
+        nlcDir!,
+        '--model',
+        gguf!,
+        '--prompt-tokens',
+        String(o.promptTokens),
+        '--decode-tokens',
+        String(o.decodeTokens),
+        '--vocab',
+        String(plan.config.vocabSize),
+      ];
       const runEnv = { ...env };
       if (peer === 'vulkan') {
         // Found once; a failed search is tried again (our adapter's name may be known by the next variant).
@@ -361,9 +443,13 @@ async function main(): Promise<void> {
         record({ kind: `llama.cpp ${peer}`, variant, layers, ...json });
         progress(`  ${json.prefill_tokens_per_s} / ${json.decode_tokens_per_s} tok/s on ${json.devices?.[0] ?? 'CPU'}`);
         notes.add(`${title}, ${variant}: ${llamaNote(json, peer === 'vulkan' && plan.config.tieWordEmbeddings)}`);
-        if (json.decode_tokens < o.decodeTokens) notes.add(`${title}, ${variant}: decode stopped at an end-of-generation id after ${json.decode_tokens} tokens (rate over those)`);
+        if (json.decode_tokens < o.decodeTokens)
+          notes.add(`${title}, ${variant}: decode stopped at an end-of-generation id after ${json.decode_tokens} tokens (rate over those)`);
       } else {
-        const why = r.code === 0 && json ? `llama.cpp did not run on ${wanted ?? 'the device'}: devices ${JSON.stringify(json.devices)}, model buffers ${JSON.stringify(buffers(json.log ?? []))}` : failure(`llama.cpp ${peer}`, r, o.timeoutS);
+        const why =
+          r.code === 0 && json
+            ? `llama.cpp did not run on ${wanted ?? 'the device'}: devices ${JSON.stringify(json.devices)}, model buffers ${JSON.stringify(buffers(json.log ?? []))}`
+            : failure(`llama.cpp ${peer}`, r, o.timeoutS);
         // Exit 2: the runner itself found the model off the GPU.
         const status = ran || r.code === 2 ? 'refused' : 'failed';
         setPeer(peer, { status, error: why });
@@ -382,16 +468,21 @@ async function main(): Promise<void> {
     '',
     `- ours: qwen-webgpu \`bench --synthetic V${o.layers ? ` --layers ${o.layers}` : ''} --prompt-tokens ${o.promptTokens} --decode-tokens ${o.decodeTokens}${o.adapter ? ` --adapter ${o.adapter}` : ''}\` on ${ourAdapter ? `${ourAdapter} [${ourBackend}]` : '? (no run of ours finished)'}`,
     ...(o.peers.length ? [`- peers: ${peerTitles.join(', ')}, on a GGUF of the same shapes (every matrix Q4_0: the bytes our int4 reads)`] : []),
-    ...(device && 'name' in device ? [`- llama.cpp Vulkan device: ${device.name} (GGML_VK_VISIBLE_DEVICES=${device.index}; devices seen: ${device.all.join(', ')})`] : []),
+    ...(device && 'name' in device
+      ? [`- llama.cpp Vulkan device: ${device.name} (GGML_VK_VISIBLE_DEVICES=${device.index}; devices seen: ${device.all.join(', ')})`]
+      : []),
     `- Vulkan driver (both engines): ${driverNote}`,
     `- tok/s, prefill ${o.promptTokens} tokens / decode ${o.decodeTokens} greedy steps after one warm-up run; ours ÷ llama.cpp above 1 means ours is faster`,
     '',
     formatTable(rows, o.peers),
     '',
   ];
-  if (ourAdapter && CPU_TYPE.test(ourAdapter)) notes.add('software adapter: both engines run on this machine\'s CPU cores through the Vulkan driver; the figures say nothing about a GPU');
+  if (ourAdapter && CPU_TYPE.test(ourAdapter))
+    notes.add("software adapter: both engines run on this machine's CPU cores through the Vulkan driver; the figures say nothing about a GPU");
   if (o.peers.includes('vulkan') || o.peers.includes('cpu')) {
-    notes.add('llama.cpp through node-llama-cpp samples each decode step on the host (the logits come back every step); ours samples on the GPU and reads back the token id');
+    notes.add(
+      'llama.cpp through node-llama-cpp samples each decode step on the host (the logits come back every step); ours samples on the GPU and reads back the token id',
+    );
   }
   if (notes.size) lines.push('Notes:', ...[...notes].map((n) => `- ${n}`), '');
   process.stdout.write(lines.join('\n'));
@@ -409,13 +500,19 @@ function buffers(log: string[]): string[] {
 
 function llamaNote(json: Record<string, any>, tied: boolean): string {
   const log: string[] = json.log ?? [];
-  const parts = [`${json.runtime} (llama.cpp ${json.llama_cpp_release ?? '?'})`, `${json.gpu_layers} layers offloaded`, `${json.threads} CPU threads`, `flash attention ${json.flash_attention ? 'on' : 'off'}`];
+  const parts = [
+    `${json.runtime} (llama.cpp ${json.llama_cpp_release ?? '?'})`,
+    `${json.gpu_layers} layers offloaded`,
+    `${json.threads} CPU threads`,
+    `flash attention ${json.flash_attention ? 'on' : 'off'}`,
+  ];
   if (json.simulator_bypassed) parts.push("node-llama-cpp's memory simulator bypassed");
   parts.push(`buffers: ${buffers(log).join(', ')}`);
   const splits = log.map((l) => /splits = (\d+)/.exec(l)?.[1]).find(Boolean);
   if (splits) parts.push(`graph splits ${splits}`);
   const onCpu = log.find((l) => /cannot be used with preferred buffer type/.test(l));
-  if (onCpu) parts.push(`"${onCpu.replace(/^\S+: /, '')}"${tied ? ' (tied embeddings: the output projection shares token_embd, so it runs on the CPU too)' : ''}`);
+  if (onCpu)
+    parts.push(`"${onCpu.replace(/^\S+: /, '')}"${tied ? ' (tied embeddings: the output projection shares token_embd, so it runs on the CPU too)' : ''}`);
   return parts.join('; ');
 }
 

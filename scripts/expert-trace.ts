@@ -23,14 +23,22 @@ import { FolderSink } from '../src/storage/file_sink.ts';
 import { openModel } from '../src/storage/locate.ts';
 
 const { values } = parseArgs({
-  options: { model: { type: 'string' }, 'prompt-tokens': { type: 'string', default: '96' }, 'decode-tokens': { type: 'string', default: '160' }, adapter: { type: 'string' } },
+  options: {
+    model: { type: 'string' },
+    'prompt-tokens': { type: 'string', default: '96' },
+    'decode-tokens': { type: 'string', default: '160' },
+    adapter: { type: 'string' },
+  },
 });
 const ctx = await createNodeContext(values.adapter ? { adapter: values.adapter } : {});
 let dir = values.model;
 let temp: string | undefined;
 if (!dir) {
   temp = dir = mkdtempSync(join(tmpdir(), 'qwen-trace-'));
-  await convertModel(ctx, await openModel(new URL('../../shared/fixtures/tiny-qwen35-moe', import.meta.url).pathname), { dtype: 'f32', sink: new FolderSink(dir) });
+  await convertModel(ctx, await openModel(new URL('../../shared/fixtures/tiny-qwen35-moe', import.meta.url).pathname), {
+    dtype: 'f32',
+    sink: new FolderSink(dir),
+  });
 }
 try {
   const checkpoint = await openModel(dir);
@@ -56,16 +64,25 @@ try {
   const t0 = performance.now();
   await generateIds(session, sampler, { promptIds: prompt, maxTokens: decodeTokens, sampling: { temperature: 0 } });
   const s = session.expertStats()!;
-  console.log(`${dir}: ${L} layers, ${E} experts, top-${topk}, ${expertBytes} bytes per expert; ${promptTokens} prompt + ${decodeTokens} decoded tokens in ${Math.round(performance.now() - t0)} ms`);
-  console.log(`live run at ${topk} slots (lrfu + router prefetch): hit rate ${(s.hitRate * 100).toFixed(1)}%, ${(s.bytesStreamed / 1e6).toFixed(2)} MB streamed, ` +
-    `stall ${s.stallMsPerToken.toFixed(3)} ms/token, readback ${(s.readbackMs / Math.max(1, s.tokens)).toFixed(3)} ms/token, prefetched ${s.prefetched} (used ${s.prefetchUsed})`);
+  console.log(
+    `${dir}: ${L} layers, ${E} experts, top-${topk}, ${expertBytes} bytes per expert; ${promptTokens} prompt + ${decodeTokens} decoded tokens in ${Math.round(performance.now() - t0)} ms`,
+  );
+  console.log(
+    `live run at ${topk} slots (lrfu + router prefetch): hit rate ${(s.hitRate * 100).toFixed(1)}%, ${(s.bytesStreamed / 1e6).toFixed(2)} MB streamed, ` +
+      `stall ${s.stallMsPerToken.toFixed(3)} ms/token, readback ${(s.readbackMs / Math.max(1, s.tokens)).toFixed(3)} ms/token, prefetched ${s.prefetched} (used ${s.prefetchUsed})`,
+  );
   const decodeOnly = trace.filter((step) => step.experts.length <= topk);
-  const sizes = [...new Set([topk, Math.ceil(1.5 * topk), 2 * topk, Math.floor(E / 2), Math.floor((3 * E) / 4)])].filter((n) => n >= topk && n < E).sort((a, b) => a - b);
+  const sizes = [...new Set([topk, Math.ceil(1.5 * topk), 2 * topk, Math.floor(E / 2), Math.floor((3 * E) / 4)])]
+    .filter((n) => n >= topk && n < E)
+    .sort((a, b) => a - b);
   const policies = [
     { name: 'lru', make: (n: number) => new LruPolicy(n) },
     ...[0, 0.02, 0.05, 0.2, 1].map((lambda) => ({ name: `lrfu λ=${lambda}`, make: (n: number) => new LrfuPolicy(n, lambda) })),
   ];
-  for (const [what, steps] of [['whole trace (prefill chunks + decode)', trace], ['decode steps only', decodeOnly]] as const) {
+  for (const [what, steps] of [
+    ['whole trace (prefill chunks + decode)', trace],
+    ['decode steps only', decodeOnly],
+  ] as const) {
     console.log(`\nhit rate, ${what}: ${steps.length} layer steps`);
     console.log(`${'slots/layer'.padEnd(14)}${policies.map((p) => p.name.padStart(14)).join('')}`);
     for (const slots of sizes) {

@@ -23,7 +23,11 @@ export class AdapterError extends QwenError {
 /** A request the adapter cannot satisfy: a missing feature or a limit that is too small. */
 export class CapabilityError extends QwenError {
   override name = 'CapabilityError';
-  constructor(message: string, readonly capability: string, options?: ErrorOptions) {
+  constructor(
+    message: string,
+    readonly capability: string,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 }
@@ -31,7 +35,12 @@ export class CapabilityError extends QwenError {
 /** A checkpoint that is malformed or does not match its config. `file` and `tensor` say where. */
 export class ModelFormatError extends QwenError {
   override name = 'ModelFormatError';
-  constructor(readonly detail: string, readonly file?: string, readonly tensor?: string, options?: ErrorOptions) {
+  constructor(
+    readonly detail: string,
+    readonly file?: string,
+    readonly tensor?: string,
+    options?: ErrorOptions,
+  ) {
     super([file, tensor].filter(Boolean).join(': ') + (file || tensor ? ': ' : '') + detail, options);
   }
 }
@@ -39,7 +48,12 @@ export class ModelFormatError extends QwenError {
 /** A config.json field that is missing, of the wrong type, or not a Qwen3.5 value. */
 export class ConfigError extends QwenError {
   override name = 'ConfigError';
-  constructor(readonly detail: string, readonly field: string, readonly file = 'config.json', options?: ErrorOptions) {
+  constructor(
+    readonly detail: string,
+    readonly field: string,
+    readonly file = 'config.json',
+    options?: ErrorOptions,
+  ) {
     super(`${file}: ${field}: ${detail}`, options);
   }
 }
@@ -51,7 +65,11 @@ export class ConfigError extends QwenError {
  */
 export class RequestError extends QwenError {
   override name = 'RequestError';
-  constructor(readonly detail: string, readonly field: string, options?: ErrorOptions) {
+  constructor(
+    readonly detail: string,
+    readonly field: string,
+    options?: ErrorOptions,
+  ) {
     super(`${field}: ${detail}`, options);
   }
 }
@@ -90,7 +108,12 @@ export class StorageError extends QwenError {
  */
 export class QuotaError extends StorageError {
   override name = 'QuotaError';
-  constructor(message: string, readonly bytesNeeded: number, readonly bytesAvailable: number, options?: ErrorOptions) {
+  constructor(
+    message: string,
+    readonly bytesNeeded: number,
+    readonly bytesAvailable: number,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 }
@@ -101,7 +124,12 @@ export class QuotaError extends StorageError {
  */
 export class NetworkError extends QwenError {
   override name = 'NetworkError';
-  constructor(readonly detail: string, readonly file: string, readonly url: string, options?: ErrorOptions) {
+  constructor(
+    readonly detail: string,
+    readonly file: string,
+    readonly url: string,
+    options?: ErrorOptions,
+  ) {
     super(`${file}: ${detail}`, options);
   }
 }
@@ -113,7 +141,11 @@ export class NetworkError extends QwenError {
  */
 export class ContractError extends QwenError {
   override name = 'ContractError';
-  constructor(readonly detail: string, readonly op: string, options?: ErrorOptions) {
+  constructor(
+    readonly detail: string,
+    readonly op: string,
+    options?: ErrorOptions,
+  ) {
     super(`${op}: ${detail}`, options);
   }
 }
@@ -130,6 +162,19 @@ export class UsageError extends QwenError {
 
 /** Every class above by its `name`: what crosses a worker boundary is rebuilt as its own class. */
 export const ERROR_CLASSES: Readonly<Record<string, new (...args: never[]) => QwenError>> = {
-  QwenError, AdapterError, CapabilityError, ModelFormatError, ConfigError, RequestError, SessionError, AbortError, TemplateError,
-  StorageError, QuotaError, NetworkError, ContractError, InternalError, UsageError,
+  QwenError,
+  AdapterError,
+  CapabilityError,
+  ModelFormatError,
+  ConfigError,
+  RequestError,
+  SessionError,
+  AbortError,
+  TemplateError,
+  StorageError,
+  QuotaError,
+  NetworkError,
+  ContractError,
+  InternalError,
+  UsageError,
 };

@@ -3,11 +3,23 @@ export { Engine, type EngineOptions, type RenderedPrompt } from './api/engine.ts
 export type * from './api/types.ts';
 export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/context.ts';
 export {
-  AbortError, AdapterError, CapabilityError, ConfigError, ContractError, InternalError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError,
-  SessionError, StorageError, TemplateError,
+  AbortError,
+  AdapterError,
+  CapabilityError,
+  ConfigError,
+  ContractError,
+  InternalError,
+  ModelFormatError,
+  NetworkError,
+  QuotaError,
+  QwenError,
+  RequestError,
+  SessionError,
+  StorageError,
+  TemplateError,
 } from './errors.ts';
 export { loadModel, type LoadOptions, type LoadProgress } from './model/load.ts';
-export { type Model } from './model/model.ts';
+export type { Model } from './model/model.ts';
 export { Session, type SessionOptions } from './runtime/session.ts';
 export type { ExpertStats } from './runtime/expert_cache.ts';
 export { GpuSampler, type SamplingOptions, type SampledToken } from './runtime/sampler.ts';

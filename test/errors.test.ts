@@ -2,9 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as errors from '../src/errors.ts';
-import {
-  CapabilityError, ContractError, ERROR_CLASSES, ModelFormatError, QwenError, RequestError, TemplateError, UsageError,
-} from '../src/errors.ts';
+import { CapabilityError, ContractError, ERROR_CLASSES, ModelFormatError, QwenError, RequestError, TemplateError, UsageError } from '../src/errors.ts';
 import { parseArgs } from '../src/cli/args.ts';
 import { ggmlTypeByName } from '../src/formats/gguf_types.ts';
 import { Sha256 } from '../src/formats/sha256.ts';
@@ -37,7 +35,11 @@ describe('one error hierarchy', () => {
     const plain = /new (Error|TypeError|RangeError|SyntaxError)\(/;
     const found = sources(SRC)
       .filter((file) => relative(SRC, file) !== 'errors.ts')
-      .flatMap((file) => readFileSync(file, 'utf8').split('\n').map((line, i) => [`${relative(SRC, file)}:${i + 1}`, line] as const))
+      .flatMap((file) =>
+        readFileSync(file, 'utf8')
+          .split('\n')
+          .map((line, i) => [`${relative(SRC, file)}:${i + 1}`, line] as const),
+      )
       .filter(([, line]) => plain.test(line))
       .map(([at]) => at);
     expect(found).toEqual([]);
@@ -58,14 +60,28 @@ describe('one error hierarchy', () => {
       ['a kernel argument', () => checks('rms_norm').count('rows', 0), ContractError, { op: 'rms_norm', detail: 'rows = 0 must be a positive integer' }],
       ['a q4 item of the wrong size', () => quantizeQ4Item(new Float32Array(3), 64), ContractError, { op: 'q4' }],
       ['a params value', () => packParams({ n: 'u32' }, { n: Number.NaN }), ContractError, { op: 'packParams' }],
-      ['a hash finished twice', () => { const h = new Sha256(); h.digest(); h.digest(); }, ContractError, { op: 'Sha256' }],
+      [
+        'a hash finished twice',
+        () => {
+          const h = new Sha256();
+          h.digest();
+          h.digest();
+        },
+        ContractError,
+        { op: 'Sha256' },
+      ],
       ['an unknown ggml type', () => ggmlTypeByName('Q9_9'), ContractError, { op: 'ggmlTypeByName' }],
       ['too many workgroups', () => grid(2 ** 40, { maxWorkgroupsPerDim: 65535 } as Caps), CapabilityError, { capability: 'maxComputeWorkgroupsPerDimension' }],
       ['a sampling option', () => resolveSampling({ temperature: -1 }, 10), RequestError, { field: 'temperature', detail: '-1 must be ≥ 0 (0 = greedy)' }],
       ['a generation_config value', () => parseGenerationConfig({ do_sample: true, top_p: 2 }), ModelFormatError, { file: 'generation_config.json' }],
       ['a template that does not parse', () => renderChat('{% for %}', { messages: [{ role: 'user', content: 'hi' }] }), TemplateError, {}],
       ['a template that fails to render', () => renderChat('{{ x.y.z() }}', { messages: [{ role: 'user', content: 'hi' }] }), TemplateError, {}],
-      ['a conversation the template refuses', () => renderChat("{{ raise_exception('no ' + messages[0].role) }}", { messages: [{ role: 'user', content: 'hi' }] }), RequestError, { field: 'messages', detail: 'rejected by the chat template: no user' }],
+      [
+        'a conversation the template refuses',
+        () => renderChat("{{ raise_exception('no ' + messages[0].role) }}", { messages: [{ role: 'user', content: 'hi' }] }),
+        RequestError,
+        { field: 'messages', detail: 'rejected by the chat template: no user' },
+      ],
       ['a command line', () => parseArgs(['generate', 'stray'], new Set()), UsageError, {}],
     ];
     for (const [what, body, cls, fields] of cases) {

@@ -74,7 +74,9 @@ function cublasFlags(toolkit: string): { flags: string[]; notes: string[] } | un
     const lib = (name: string) => {
       const dir = join(root, 'lib');
       if (!existsSync(dir)) return undefined;
-      const hit = readdirSync(dir).filter((f) => f.startsWith(`${name}.so`)).sort()[0];
+      const hit = readdirSync(dir)
+        .filter((f) => f.startsWith(`${name}.so`))
+        .sort()[0];
       return hit ? join(dir, hit) : undefined;
     };
     const cublas = lib('libcublas');
@@ -127,14 +129,20 @@ export function ensureLlamaBenchCuda(cacheDir: string, nlcDir: string, options: 
   if (!options.flashAttention) notes.push('CUDA build without FlashAttention kernels (GGML_CUDA_FA=OFF: minutes less to build)');
   if (!existsSync(bin)) {
     const cublas = cublasFlags(toolkit);
-    if (!cublas) return { ok: false, reason: `cuBLAS (cublas_v2.h with libcublas) not found in the CUDA toolkit at ${toolkit} or under ${SEARCH_ROOTS.join(', ')}` };
+    if (!cublas)
+      return { ok: false, reason: `cuBLAS (cublas_v2.h with libcublas) not found in the CUDA toolkit at ${toolkit} or under ${SEARCH_ROOTS.join(', ')}` };
     notes.push(...cublas.notes);
     // Only llama-bench: the other tools would triple the build.
     writeFileSync(join(src, 'tools/CMakeLists.txt'), 'add_subdirectory(llama-bench)\n');
     mkdirSync(build, { recursive: true });
     const logFile = join(build, 'build.log');
     const run = (args: string[], timeout: number) => {
-      const r = spawnSync(cmake, args, { encoding: 'utf8', maxBuffer: 1 << 28, timeout, env: { ...process.env, PATH: `${dirname(nvcc)}:${process.env.PATH}` } });
+      const r = spawnSync(cmake, args, {
+        encoding: 'utf8',
+        maxBuffer: 1 << 28,
+        timeout,
+        env: { ...process.env, PATH: `${dirname(nvcc)}:${process.env.PATH}` },
+      });
       writeFileSync(logFile, `${r.stdout ?? ''}${r.stderr ?? ''}`, { flag: 'a' });
       return r.status === 0;
     };
@@ -142,10 +150,25 @@ export function ensureLlamaBenchCuda(cacheDir: string, nlcDir: string, options: 
     log(`configuring llama-bench (CUDA sm_${arch}, llama.cpp ${rel}) in ${build}`);
     const configured = run(
       [
-        '-S', src, '-B', build, ...generator, '-DCMAKE_BUILD_TYPE=Release', '-DGGML_CUDA=ON', `-DCMAKE_CUDA_ARCHITECTURES=${arch}`,
-        `-DGGML_CUDA_FA=${options.flashAttention ? 'ON' : 'OFF'}`, '-DGGML_CUDA_NCCL=OFF', '-DGGML_NATIVE=OFF', '-DLLAMA_CURL=OFF',
-        '-DLLAMA_OPENSSL=OFF', '-DLLAMA_BUILD_TESTS=OFF', '-DLLAMA_BUILD_EXAMPLES=OFF', '-DLLAMA_BUILD_SERVER=OFF', '-DLLAMA_BUILD_TOOLS=ON',
-        '-DLLAMA_BUILD_APP=OFF', ...cublas.flags,
+        '-S',
+        src,
+        '-B',
+        build,
+        ...generator,
+        '-DCMAKE_BUILD_TYPE=Release',
+        '-DGGML_CUDA=ON',
+        `-DCMAKE_CUDA_ARCHITECTURES=${arch}`,
+        `-DGGML_CUDA_FA=${options.flashAttention ? 'ON' : 'OFF'}`,
+        '-DGGML_CUDA_NCCL=OFF',
+        '-DGGML_NATIVE=OFF',
+        '-DLLAMA_CURL=OFF',
+        '-DLLAMA_OPENSSL=OFF',
+        '-DLLAMA_BUILD_TESTS=OFF',
+        '-DLLAMA_BUILD_EXAMPLES=OFF',
+        '-DLLAMA_BUILD_SERVER=OFF',
+        '-DLLAMA_BUILD_TOOLS=ON',
+        '-DLLAMA_BUILD_APP=OFF',
+        ...cublas.flags,
       ],
       600_000,
     );
@@ -169,7 +192,10 @@ export interface CudaResult {
 
 /** `llama-bench -o jsonl` lines → the median of each test's samples (its first sample can carry warm-up). */
 export function parseLlamaBench(jsonl: string): CudaResult {
-  const rows = jsonl.split('\n').filter((l) => l.trim().startsWith('{')).map((l) => JSON.parse(l));
+  const rows = jsonl
+    .split('\n')
+    .filter((l) => l.trim().startsWith('{'))
+    .map((l) => JSON.parse(l));
   const prefill = rows.find((r) => r.n_prompt > 0 && r.n_gen === 0);
   const decode = rows.find((r) => r.n_gen > 0 && r.n_prompt === 0);
   if (!prefill || !decode) throw new Error(`llama-bench printed no prefill and decode rows: ${jsonl.slice(0, 500)}`);
@@ -178,7 +204,9 @@ export function parseLlamaBench(jsonl: string): CudaResult {
   return {
     prefill_tokens_per_s: Math.round(median(samples(prefill)) * 100) / 100,
     decode_tokens_per_s: Math.round(median(samples(decode)) * 100) / 100,
-    gpu_info: prefill.gpu_info, backends: prefill.backends, flash_attn: prefill.flash_attn,
+    gpu_info: prefill.gpu_info,
+    backends: prefill.backends,
+    flash_attn: prefill.flash_attn,
     samples: { prefill: samples(prefill), decode: samples(decode) },
   };
 }

@@ -15,7 +15,8 @@ import { pathToFileURL } from 'node:url';
 
 const verbose = Boolean(process.env.PEERS_VERBOSE);
 // llama.cpp's log is how we learn where buffers went; the lines that say so are kept, the rest dropped.
-const KEEP = /ggml_vulkan: (Found|\d+ =|No devices)|ggml_cuda_init|Device \d+:|load_backend|using device|buffer size|offload|flash_attn|graph splits|splits =|cannot be used with preferred buffer type|error|failed/i;
+const KEEP =
+  /ggml_vulkan: (Found|\d+ =|No devices)|ggml_cuda_init|Device \d+:|load_backend|using device|buffer size|offload|flash_attn|graph splits|splits =|cannot be used with preferred buffer type|error|failed/i;
 const log = [];
 const logger = (level, message) => {
   for (const line of String(message).split('\n')) {
@@ -42,8 +43,12 @@ const gpu = args.gpu === 'false' ? false : args.gpu;
 const llama = await getLlama({ gpu, build: 'never', logLevel: 'debug', logger });
 const devices = gpu ? await llama.getGpuDeviceNames() : [];
 const base = {
-  engine: 'llama.cpp', runtime: `node-llama-cpp ${version}`, gpu: llama.gpu, devices,
-  llama_cpp_release: llama.llamaCppRelease?.release, visible_devices: process.env.GGML_VK_VISIBLE_DEVICES ?? null,
+  engine: 'llama.cpp',
+  runtime: `node-llama-cpp ${version}`,
+  gpu: llama.gpu,
+  devices,
+  llama_cpp_release: llama.llamaCppRelease?.release,
+  visible_devices: process.env.GGML_VK_VISIBLE_DEVICES ?? null,
 };
 if (args.probe) {
   console.log(JSON.stringify({ ...base, log }));
@@ -91,11 +96,19 @@ await once(); // warm-up: pipelines compiled, buffers sized
 const r = await once();
 const onDevice = log.some((l) => /(Vulkan|CUDA)\d+ model buffer size/.test(l));
 const result = {
-  ...base, model: path.basename(args.model), load_ms: Math.round(loadMs), gpu_layers: model.gpuLayers,
-  threads: context.currentThreads, flash_attention: flashAttention, simulator_bypassed: Boolean(args['bypass-simulator']),
-  prompt_tokens: P, decode_tokens: r.n,
-  prefill_tokens_per_s: round((P * 1000) / r.prefillMs), decode_tokens_per_s: round((r.n * 1000) / r.decodeMs),
-  on_device: onDevice, log,
+  ...base,
+  model: path.basename(args.model),
+  load_ms: Math.round(loadMs),
+  gpu_layers: model.gpuLayers,
+  threads: context.currentThreads,
+  flash_attention: flashAttention,
+  simulator_bypassed: Boolean(args['bypass-simulator']),
+  prompt_tokens: P,
+  decode_tokens: r.n,
+  prefill_tokens_per_s: round((P * 1000) / r.prefillMs),
+  decode_tokens_per_s: round((r.n * 1000) / r.decodeMs),
+  on_device: onDevice,
+  log,
 };
 console.log(JSON.stringify(result));
 if (gpu && !onDevice) {

@@ -29,7 +29,11 @@ const isSpeed = (x: unknown): x is Speed => typeof x === 'object' && x !== null 
 /** Markdown: variant | ours | each peer | ours / peer, prefill / decode tok/s, plus our per-step figures when given. */
 export function formatTable(rows: Row[], peers: string[]): string {
   const extras = (['copy_gb_per_s', 'dispatches_per_step', 'host_ms_per_step'] as const).filter((k) => rows.some((r) => r.ours?.[k] !== undefined));
-  const extraTitle: Record<string, string> = { copy_gb_per_s: 'ours copy GB/s', dispatches_per_step: 'ours dispatches/step', host_ms_per_step: 'ours host ms/step' };
+  const extraTitle: Record<string, string> = {
+    copy_gb_per_s: 'ours copy GB/s',
+    dispatches_per_step: 'ours dispatches/step',
+    host_ms_per_step: 'ours host ms/step',
+  };
   const head = ['variant', 'ours prefill / decode'];
   for (const p of peers) head.push(`${PEER_TITLES[p]} prefill / decode`, `ours ÷ ${PEER_TITLES[p]} prefill / decode`);
   head.push(...extras.map((k) => extraTitle[k]));

@@ -76,8 +76,15 @@ const usage = (plan: GenerationPlan, completionTokens: number, reasoningTokens: 
  */
 export async function* chatChunks(c: StreamContext): AsyncGenerator<ChatCompletionChunk> {
   const created = Math.floor(Date.now() / 1000);
-  const chunk = (delta: ChatCompletionChunk['choices'][0]['delta'], finish: FinishReason | null = null, logprobs: TokenLogprob[] = []): ChatCompletionChunk => ({
-    id: c.id, object: 'chat.completion.chunk', created, model: c.model,
+  const chunk = (
+    delta: ChatCompletionChunk['choices'][0]['delta'],
+    finish: FinishReason | null = null,
+    logprobs: TokenLogprob[] = [],
+  ): ChatCompletionChunk => ({
+    id: c.id,
+    object: 'chat.completion.chunk',
+    created,
+    model: c.model,
     choices: [{ index: 0, delta, finish_reason: finish, logprobs: c.withLogprobs && logprobs.length ? { content: logprobs } : null }],
   });
   const reasoningText = new StreamDecoder(c.tokenizer);
@@ -126,7 +133,10 @@ export async function* chatChunks(c: StreamContext): AsyncGenerator<ChatCompleti
 export async function* completionChunks(c: Omit<StreamContext, 'tools'>): AsyncGenerator<CompletionChunk> {
   const created = Math.floor(Date.now() / 1000);
   const chunk = (piece: string, finish: FinishReason | null, logprobs: TokenLogprob[]): CompletionChunk => ({
-    id: c.id, object: 'text_completion', created, model: c.model,
+    id: c.id,
+    object: 'text_completion',
+    created,
+    model: c.model,
     choices: [{ index: 0, text: piece, finish_reason: finish, logprobs: c.withLogprobs ? { content: logprobs } : null }],
   });
   const decoder = new StreamDecoder(c.tokenizer);
@@ -166,18 +176,23 @@ export async function collectChat(chunks: AsyncIterable<ChatCompletionChunk>, wi
   }
   if (!last?.usage) throw new InternalError('internal: the chat stream ended without usage');
   return {
-    id: last.id, object: 'chat.completion', created: last.created, model: last.model,
-    choices: [{
-      index: 0,
-      message: {
-        role: 'assistant',
-        content: content.length > 0 || toolCalls.length === 0 ? content : null,
-        ...(reasoning ? { reasoning_content: reasoning.trim() } : {}),
-        ...(toolCalls.length ? { tool_calls: toolCalls } : {}),
+    id: last.id,
+    object: 'chat.completion',
+    created: last.created,
+    model: last.model,
+    choices: [
+      {
+        index: 0,
+        message: {
+          role: 'assistant',
+          content: content.length > 0 || toolCalls.length === 0 ? content : null,
+          ...(reasoning ? { reasoning_content: reasoning.trim() } : {}),
+          ...(toolCalls.length ? { tool_calls: toolCalls } : {}),
+        },
+        finish_reason: last.choices[0].finish_reason ?? 'length',
+        logprobs: withLogprobs ? { content: logprobs } : null,
       },
-      finish_reason: last.choices[0].finish_reason ?? 'length',
-      logprobs: withLogprobs ? { content: logprobs } : null,
-    }],
+    ],
     usage: last.usage,
   };
 }

@@ -2,7 +2,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import { AbortError, RequestError, SessionError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, loadModel } from '../model/load.ts';
-import { type Model } from '../model/model.ts';
+import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
@@ -13,8 +13,15 @@ import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
 import { scoreIds } from '../runtime/score.ts';
 import type {
-  ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest, Reasoning,
-  SamplingRequest, TokenLogprob,
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  Completion,
+  CompletionChunk,
+  CompletionRequest,
+  Reasoning,
+  SamplingRequest,
+  TokenLogprob,
 } from './types.ts';
 
 export interface EngineOptions {
@@ -53,8 +60,7 @@ export class Engine {
 
   readonly chat = {
     completions: {
-      create: ((request: ChatCompletionRequest) =>
-        request.stream ? this.streamChat(request) : this.completeChat(request)) as {
+      create: ((request: ChatCompletionRequest) => (request.stream ? this.streamChat(request) : this.completeChat(request))) as {
         (request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
         (request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
       },
@@ -82,8 +88,13 @@ export class Engine {
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
     const tokenizer = (await checkpoint.files.has('tokenizer.json')) ? await Tokenizer.load(checkpoint.files) : undefined;
     const model = await loadModel(ctx, checkpoint, {
-      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'), dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false,
-      vocab: tokenizer && { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds }, verify: options.verify, expertCacheBytes: options.expertCacheBytes, onProgress: options.onProgress, signal: options.signal,
+      dtype: options.dtype ?? (ctx.caps.f16 ? 'f16' : 'f32'),
+      dtypeGiven: options.dtype !== undefined && options.dtypeGiven !== false,
+      vocab: tokenizer && { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds },
+      verify: options.verify,
+      expertCacheBytes: options.expertCacheBytes,
+      onProgress: options.onProgress,
+      signal: options.signal,
     });
     try {
       const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);
@@ -122,20 +133,35 @@ export class Engine {
   private plan(request: SamplingRequest, promptIds: number[], thinking: boolean, reasoning?: Reasoning): GenerationPlan {
     const maxTokens = checkMaxTokens(request.max_tokens, 'max_tokens', promptIds.length, this.session.capacity);
     const topLogprobs = request.top_logprobs ?? 0;
-    if (!Number.isInteger(topLogprobs) || topLogprobs < 0 || topLogprobs > 20) throw new RequestError(`must be an integer from 0 to 20, got ${topLogprobs}`, 'top_logprobs');
+    if (!Number.isInteger(topLogprobs) || topLogprobs < 0 || topLogprobs > 20)
+      throw new RequestError(`must be an integer from 0 to 20, got ${topLogprobs}`, 'top_logprobs');
     const sampling: SamplingOptions = {
-      temperature: request.temperature, topK: request.top_k, topP: request.top_p, minP: request.min_p,
-      presencePenalty: request.presence_penalty, frequencyPenalty: request.frequency_penalty, repetitionPenalty: request.repetition_penalty,
-      seed: request.seed, logprobs: request.logprobs ? Math.max(1, topLogprobs) : 0,
+      temperature: request.temperature,
+      topK: request.top_k,
+      topP: request.top_p,
+      minP: request.min_p,
+      presencePenalty: request.presence_penalty,
+      frequencyPenalty: request.frequency_penalty,
+      repetitionPenalty: request.repetition_penalty,
+      seed: request.seed,
+      logprobs: request.logprobs ? Math.max(1, topLogprobs) : 0,
     };
     checkSampling(sampling, this.sampler.tokenizerSize);
     const budget = typeof reasoning === 'object' ? reasoning.budget : undefined;
-    if (budget !== undefined && (!Number.isInteger(budget) || budget < 0)) throw new RequestError(`must be a non-negative integer, got ${budget}`, 'reasoning.budget');
+    if (budget !== undefined && (!Number.isInteger(budget) || budget < 0))
+      throw new RequestError(`must be a non-negative integer, got ${budget}`, 'reasoning.budget');
     const thinkEndId = this.text.tokenId('</think>');
     return {
-      promptIds, maxTokens, sampling, thinking, reasoningBudget: budget, thinkEndId,
+      promptIds,
+      maxTokens,
+      sampling,
+      thinking,
+      reasoningBudget: budget,
+      thinkEndId,
       thinkEndIds: thinkEndId === undefined ? undefined : this.text.encode('</think>\n\n'),
-      stopIds: new Set(this.text.eosTokenIds), signal: request.signal, onToken: request.onToken,
+      stopIds: new Set(this.text.eosTokenIds),
+      signal: request.signal,
+      onToken: request.onToken,
     };
   }
 
@@ -150,8 +176,15 @@ export class Engine {
     const prompt = this.renderPrompt(request.messages, { tools: request.tools, reasoning: request.reasoning });
     const plan = this.plan(request, prompt.ids, prompt.thinking, request.reasoning);
     return chatChunks({
-      session: this.session, sampler: this.sampler, tokenizer: this.text, plan, stops: this.stops(request),
-      tools: request.tools ?? [], withLogprobs: Boolean(request.logprobs), id: newId('chatcmpl'), model: this.name,
+      session: this.session,
+      sampler: this.sampler,
+      tokenizer: this.text,
+      plan,
+      stops: this.stops(request),
+      tools: request.tools ?? [],
+      withLogprobs: Boolean(request.logprobs),
+      id: newId('chatcmpl'),
+      model: this.name,
     });
   }
 
@@ -182,7 +215,10 @@ export class Engine {
       signal?.removeEventListener('abort', onAbort);
       // The generator runs its cleanup (steps submitted and never read) before the next request starts; a
       // turn that has not come yet is passed on when it comes (the exclusive body below sees `closed`).
-      void stream.return(undefined as never).catch(() => {}).then(() => release?.());
+      void stream
+        .return(undefined as never)
+        .catch(() => {})
+        .then(() => release?.());
     };
     // Aborted between two next() calls: free the session now (a next() in flight sees the signal itself).
     const onAbort = () => {
@@ -201,7 +237,8 @@ export class Engine {
           () =>
             new Promise<void>((done) => {
               release = done;
-              if (closed) done(); // given up while waiting: pass the turn on
+              if (closed)
+                done(); // given up while waiting: pass the turn on
               else started();
             }),
         );
@@ -244,13 +281,22 @@ export class Engine {
    * Token ids in, token ids out (no tokenizer): the browser worker's `generate`. Stops at an eos id of the
    * model unless `ignoreEos`; waits for the requests before it, like every request.
    */
-  async generateIds(request: { promptIds: number[]; maxTokens: number; sampling?: SamplingOptions; ignoreEos?: boolean; signal?: AbortSignal }): Promise<IdsResult> {
+  async generateIds(request: {
+    promptIds: number[];
+    maxTokens: number;
+    sampling?: SamplingOptions;
+    ignoreEos?: boolean;
+    signal?: AbortSignal;
+  }): Promise<IdsResult> {
     const { promptIds } = request;
     // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
     const size = this.model.tokenizerSize;
     if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= size)) {
       const bad = Array.isArray(promptIds) ? promptIds.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
-      throw new RequestError(`must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (promptIds[${bad}] is ${JSON.stringify(promptIds[bad])})` : ''}`, 'promptIds');
+      throw new RequestError(
+        `must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (promptIds[${bad}] is ${JSON.stringify(promptIds[bad])})` : ''}`,
+        'promptIds',
+      );
     }
     const maxTokens = checkMaxTokens(request.maxTokens, 'maxTokens', promptIds.length, this.session.capacity);
     const sampling = request.sampling ?? { temperature: 0 };
@@ -264,8 +310,14 @@ export class Engine {
     if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
     const plan = this.plan(request, this.text.encode(request.prompt), false);
     return completionChunks({
-      session: this.session, sampler: this.sampler, tokenizer: this.text, plan, stops: this.stops(request),
-      withLogprobs: Boolean(request.logprobs), id: newId('cmpl'), model: this.name,
+      session: this.session,
+      sampler: this.sampler,
+      tokenizer: this.text,
+      plan,
+      stops: this.stops(request),
+      withLogprobs: Boolean(request.logprobs),
+      id: newId('cmpl'),
+      model: this.name,
     });
   }
 
@@ -281,7 +333,10 @@ export class Engine {
         last = ch;
       }
       return {
-        id: last!.id, object: 'text_completion', created: last!.created, model: last!.model,
+        id: last!.id,
+        object: 'text_completion',
+        created: last!.created,
+        model: last!.model,
         choices: [{ index: 0, text, finish_reason: last!.choices[0].finish_reason ?? 'length', logprobs: request.logprobs ? { content: logprobs } : null }],
         usage: last!.usage!,
       };
@@ -300,7 +355,10 @@ export class Engine {
     const { vocabSize } = this.model.config;
     const bad = Array.isArray(ids) ? ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize) : -1;
     if (!Array.isArray(ids) || ids.length === 0 || bad >= 0) {
-      throw new RequestError(`must be a non-empty array of token ids below vocab_size ${vocabSize}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`, 'ids');
+      throw new RequestError(
+        `must be a non-empty array of token ids below vocab_size ${vocabSize}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`,
+        'ids',
+      );
     }
     if (ids.length > this.session.capacity) throw new RequestError(`${ids.length} ids are more than the context of ${this.session.capacity}`, 'ids');
     return this.exclusive(() => scoreIds(this.session, ids, onRows, signal));
@@ -322,8 +380,13 @@ export class Engine {
 }
 
 const API_FIELDS: Record<string, string> = {
-  topK: 'top_k', topP: 'top_p', minP: 'min_p', repetitionPenalty: 'repetition_penalty', presencePenalty: 'presence_penalty',
-  frequencyPenalty: 'frequency_penalty', logprobs: 'top_logprobs',
+  topK: 'top_k',
+  topP: 'top_p',
+  minP: 'min_p',
+  repetitionPenalty: 'repetition_penalty',
+  presencePenalty: 'presence_penalty',
+  frequencyPenalty: 'frequency_penalty',
+  logprobs: 'top_logprobs',
 };
 
 /** The sampler's own checks, before the request waits for the session, naming the request's fields. */
@@ -341,7 +404,8 @@ function checkSampling(sampling: SamplingOptions, tokenizerSize: number): void {
  * the prompt leaves. Returns the tokens to generate.
  */
 function checkMaxTokens(requested: number | undefined, field: string, promptTokens: number, capacity: number): number {
-  if (requested !== undefined && (!Number.isInteger(requested) || requested < 1)) throw new RequestError(`must be a positive integer, got ${String(requested)}`, field);
+  if (requested !== undefined && (!Number.isInteger(requested) || requested < 1))
+    throw new RequestError(`must be a positive integer, got ${String(requested)}`, field);
   const room = capacity - promptTokens;
   if (room < 1) throw new SessionError(`the prompt has ${promptTokens} tokens; the context holds ${capacity}`);
   const maxTokens = requested ?? room;

@@ -42,7 +42,8 @@ export function decodeWeightBytes(model: Model): number {
     if (f.kind === 'dense') bytes += tensorBytes(f.gateUp) + tensorBytes(f.down);
     else {
       const k = model.config.moe!.topk;
-      bytes += tensorBytes(f.router) + tensorBytes(f.expertsGateUp, k) + tensorBytes(f.expertsDown, k) + tensorBytes(f.sharedGateUp) + tensorBytes(f.sharedDown);
+      bytes +=
+        tensorBytes(f.router) + tensorBytes(f.expertsGateUp, k) + tensorBytes(f.expertsDown, k) + tensorBytes(f.sharedGateUp) + tensorBytes(f.sharedDown);
     }
   }
   return bytes;

@@ -103,7 +103,11 @@ function syntheticMetadata(name: string, c: Qwen35Config): KeyValue[] {
   entries.push(
     kv.str('tokenizer.ggml.model', 'gpt2'),
     kv.str('tokenizer.ggml.pre', 'qwen35'),
-    kv.array('tokenizer.ggml.tokens', GgufType.STRING, Array.from({ length: V }, (_, i) => `<t${i}>`)),
+    kv.array(
+      'tokenizer.ggml.tokens',
+      GgufType.STRING,
+      Array.from({ length: V }, (_, i) => `<t${i}>`),
+    ),
     kv.array('tokenizer.ggml.token_type', GgufType.I32, new Array<number>(V).fill(1)),
     kv.array('tokenizer.ggml.merges', GgufType.STRING, []),
     kv.u32('tokenizer.ggml.eos_token_id', V - 1),
@@ -224,10 +228,14 @@ function* tensorData(t: SyntheticGgufTensor, index: number): Generator<Uint8Arra
   const next = rng(index + 1);
   const value = (): number => {
     switch (t.fill) {
-      case 'one': return 1;
-      case 'zero': return 0;
-      case 'neg': return -0.5;
-      default: return 0.02 * Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+      case 'one':
+        return 1;
+      case 'zero':
+        return 0;
+      case 'neg':
+        return -0.5;
+      default:
+        return 0.02 * Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
     }
   };
   if (t.type === 'F32') {

@@ -58,7 +58,11 @@ export function numberFlag(args: Args, name: string, min = -Infinity): number | 
 
 export function idsFlag(args: Args, name: string): number[] {
   const text = stringFlag(args, name, true);
-  const ids = text.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const ids = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
   if (ids.length === 0 || ids.some((n) => !Number.isInteger(n) || n < 0)) throw new UsageError(`--${name} must be comma-separated token ids, got "${text}"`);
   return ids;
 }

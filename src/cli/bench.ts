@@ -60,11 +60,21 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
   const decodeRate = (decodeTokens * 1000) / decodeMs;
   const achieved = weightBytes * decodeRate;
   const result = {
-    model: model.location, layers: model.config.numLayers, dtype, adapter: ctx.adapter.name, backend: ctx.adapter.backend,
-    load_ms: Math.round(loadMs), prompt_tokens: promptTokens, decode_tokens: decodeTokens,
-    prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)), decode_tokens_per_s: round(decodeRate),
-    dispatches_per_step: dispatches, host_ms_per_step: round(hostMs / decodeTokens, 3),
-    decode_weight_bytes: weightBytes, weight_gb_per_s: round(achieved / 1e9), copy_gb_per_s: round(copy / 1e9),
+    model: model.location,
+    layers: model.config.numLayers,
+    dtype,
+    adapter: ctx.adapter.name,
+    backend: ctx.adapter.backend,
+    load_ms: Math.round(loadMs),
+    prompt_tokens: promptTokens,
+    decode_tokens: decodeTokens,
+    prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)),
+    decode_tokens_per_s: round(decodeRate),
+    dispatches_per_step: dispatches,
+    host_ms_per_step: round(hostMs / decodeTokens, 3),
+    decode_weight_bytes: weightBytes,
+    weight_gb_per_s: round(achieved / 1e9),
+    copy_gb_per_s: round(copy / 1e9),
     bandwidth_fraction: round(achieved / copy, 3),
     ...expertFigures(session),
   };
@@ -90,7 +100,9 @@ function expertFigures(session: Session) {
 
 function expertLine(session: Session): string {
   const s = session.expertStats();
-  return s ? `  experts  ${(s.hitRate * 100).toFixed(1)}% cache hits, ${(s.bytesStreamed / 1e6).toFixed(1)} MB streamed, ${round(s.stallMsPerToken)} ms stall per token (timed run)\n` : '';
+  return s
+    ? `  experts  ${(s.hitRate * 100).toFixed(1)}% cache hits, ${(s.bytesStreamed / 1e6).toFixed(1)} MB streamed, ${round(s.stallMsPerToken)} ms stall per token (timed run)\n`
+    : '';
 }
 
 const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;

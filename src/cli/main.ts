@@ -6,7 +6,7 @@ import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import { QwenError, RequestError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
-import { type Model } from '../model/model.ts';
+import type { Model } from '../model/model.ts';
 import { loadModel } from '../model/load.ts';
 import { openModel } from '../storage/locate.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
@@ -150,7 +150,12 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
       host.stderr(`error: ${error.message} ("qwen-webgpu help" shows the usage)${stack}\n`);
       return 2;
     }
-    const message = error instanceof QwenError ? error.message : error instanceof Error ? `${error.name}: ${error.message}${debug ? '' : ' (--debug prints the stack trace)'}` : String(error);
+    const message =
+      error instanceof QwenError
+        ? error.message
+        : error instanceof Error
+          ? `${error.name}: ${error.message}${debug ? '' : ' (--debug prints the stack trace)'}`
+          : String(error);
     host.stderr(`error: ${message.split('\n').join(' ')}${stack}\n`);
     return 1;
   } finally {
@@ -166,7 +171,9 @@ const expertCacheBytes = (args: Args): number | undefined => {
 /** Expert streaming figures for --json output (absent when every expert is resident). */
 const expertJson = (source: { expertStats(): ExpertStats | undefined }) => {
   const s = source.expertStats();
-  return s && { expert_cache_hit_rate: round(s.hitRate * 1000) / 1000, expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) };
+  return (
+    s && { expert_cache_hit_rate: round(s.hitRate * 1000) / 1000, expert_bytes_streamed: s.bytesStreamed, expert_stall_ms_per_token: round(s.stallMsPerToken) }
+  );
 };
 
 /** --http-timeout as HttpSource options (model URLs). */
@@ -182,8 +189,12 @@ const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(
 async function loadEngine(checkpoint: Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost, contextLength: number): Promise<Engine> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const engine = await Engine.load(ctx, checkpoint, {
-    dtype, dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), contextLength,
-    expertCacheBytes: expertCacheBytes(args), onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+    dtype,
+    dtypeGiven: args.flags.has('dtype'),
+    verify: args.flags.has('verify'),
+    contextLength,
+    expertCacheBytes: expertCacheBytes(args),
+    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();
   warnUnused(engine.model, host);
@@ -194,7 +205,10 @@ async function loadEngine(checkpoint: Checkpoint, dtype: WeightDtype, args: Args
 async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const loaded = await loadModel(ctx, typeof model === 'string' ? await openModel(model, httpOptions(args)) : model, {
-    dtype, dtypeGiven: args.flags.has('dtype'), verify: args.flags.has('verify'), expertCacheBytes: expertCacheBytes(args),
+    dtype,
+    dtypeGiven: args.flags.has('dtype'),
+    verify: args.flags.has('verify'),
+    expertCacheBytes: expertCacheBytes(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();
@@ -204,10 +218,17 @@ async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, 
 
 function warnUnused(model: Model, host: CliHost): void {
   const unused = model.unusedTensors;
-  if (unused.length > 0) host.stderr(`warning: ${unused.length} checkpoint tensors are not used: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}\n`);
+  if (unused.length > 0)
+    host.stderr(`warning: ${unused.length} checkpoint tensors are not used: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}\n`);
 }
 
-const adapterJson = (ctx: GpuContext) => ({ name: ctx.adapter.name, backend: ctx.adapter.backend, features: ctx.adapter.features, f16: ctx.caps.f16, activations: ctx.activations });
+const adapterJson = (ctx: GpuContext) => ({
+  name: ctx.adapter.name,
+  backend: ctx.adapter.backend,
+  features: ctx.adapter.features,
+  f16: ctx.caps.f16,
+  activations: ctx.activations,
+});
 const round = (x: number) => Math.round(x * 100) / 100;
 const rate = (tokens: number, ms: number) => (tokens > 0 && ms > 0 ? round((tokens * 1000) / ms) : null);
 
@@ -217,7 +238,10 @@ function checkIds(flag: string, ids: number[], model: Model): void {
   ids.forEach((id, i) => {
     if (id >= vocabSize) throw new RequestError(`id ${id} (at position ${i}) is not below the model's vocab_size ${vocabSize}`, `--${flag}`);
     if (id >= model.tokenizerSize) {
-      throw new RequestError(`id ${id} (at position ${i}) is not a token: the tokenizer has ${model.tokenizerSize} (ids ${model.tokenizerSize}..${vocabSize - 1} are padding rows)`, `--${flag}`);
+      throw new RequestError(
+        `id ${id} (at position ${i}) is not a token: the tokenizer has ${model.tokenizerSize} (ids ${model.tokenizerSize}..${vocabSize - 1} are padding rows)`,
+        `--${flag}`,
+      );
     }
   });
 }
@@ -227,7 +251,8 @@ async function checkWritable(flag: string, path: string): Promise<void> {
   const info = await stat(path).catch(() => undefined);
   if (info?.isDirectory()) throw new RequestError(`${path} is a directory`, `--${flag}`);
   const dir = dirname(resolve(path));
-  if (!info && !(await stat(dir).catch(() => undefined))?.isDirectory()) throw new RequestError(`cannot write ${path}: there is no directory ${dir}`, `--${flag}`);
+  if (!info && !(await stat(dir).catch(() => undefined))?.isDirectory())
+    throw new RequestError(`cannot write ${path}: there is no directory ${dir}`, `--${flag}`);
   await access(info ? path : dir, constants.W_OK).catch(() => {
     throw new RequestError(`cannot write ${path}: ${info ? 'the file' : `the directory ${dir}`} is not writable`, `--${flag}`);
   });
@@ -240,13 +265,13 @@ async function readMessages(path: string): Promise<ChatMessage[]> {
   } catch (error) {
     throw new UsageError(`cannot read --messages file ${path}`, { cause: error });
   }
-  let parsed;
+  let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (error) {
     throw new UsageError(`${path}: ${(error as Error).message}`, { cause: error });
   }
-  const messages = Array.isArray(parsed) ? parsed : parsed?.messages;
+  const messages = Array.isArray(parsed) ? parsed : (parsed as { messages?: unknown } | null)?.messages;
   if (!Array.isArray(messages)) throw new UsageError(`${path}: expected a JSON array of messages (or an object with "messages")`);
   return messages;
 }
@@ -302,10 +327,20 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
       await file.close();
     }
     const t2 = performance.now();
-    host.stdout(`${JSON.stringify({
-      command: 'score', tokens: ids.length, vocab_size: engine.model.config.vocabSize, out: outPath, dtype: engine.model.dtype,
-      load_ms: round(t1 - t0), score_ms: round(t2 - t1), tokens_per_s: rate(ids.length, t2 - t1), ...expertJson(engine), adapter: adapterJson(ctx),
-    })}\n`);
+    host.stdout(
+      `${JSON.stringify({
+        command: 'score',
+        tokens: ids.length,
+        vocab_size: engine.model.config.vocabSize,
+        out: outPath,
+        dtype: engine.model.dtype,
+        load_ms: round(t1 - t0),
+        score_ms: round(t2 - t1),
+        tokens_per_s: rate(ids.length, t2 - t1),
+        ...expertJson(engine),
+        adapter: adapterJson(ctx),
+      })}\n`,
+    );
   } finally {
     engine.destroy();
   }
@@ -314,13 +349,20 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
 /** Token ids in, token ids out: no tokenizer needed. */
 async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Promise<void> {
   for (const flag of CHAT_FLAGS) {
-    if (args.flags.has(flag)) throw new UsageError(flag === 'prompt' || flag === 'messages' ? 'give one of --prompt, --messages or --prompt-ids' : `--${flag} is for chats (--prompt, --messages), not --prompt-ids`);
+    if (args.flags.has(flag))
+      throw new UsageError(
+        flag === 'prompt' || flag === 'messages'
+          ? 'give one of --prompt, --messages or --prompt-ids'
+          : `--${flag} is for chats (--prompt, --messages), not --prompt-ids`,
+      );
   }
   const prompt = idsFlag(args, 'prompt-ids');
   const maxTokens = intFlag(args, 'max-tokens', 256);
   const contextLength = intFlag(args, 'context', prompt.length + maxTokens);
   if (prompt.length + maxTokens > contextLength) {
-    throw new UsageError(`--prompt-ids (${prompt.length} ids) + --max-tokens ${maxTokens} = ${prompt.length + maxTokens} tokens, more than --context ${contextLength}`);
+    throw new UsageError(
+      `--prompt-ids (${prompt.length} ids) + --max-tokens ${maxTokens} = ${prompt.length + maxTokens} tokens, more than --context ${contextLength}`,
+    );
   }
   const dtype = dtypeOf(args, ctx);
   const checkpoint = await openModelFlag(args);
@@ -332,8 +374,14 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
     host.stdout(
       args.flags.has('json')
         ? `${JSON.stringify({
-            ids: r.ids, prompt_tokens: r.promptTokens, stop_reason: r.stopped, dtype: engine.model.dtype,
-            prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs), decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs), ...expertJson(engine), adapter: adapterJson(ctx),
+            ids: r.ids,
+            prompt_tokens: r.promptTokens,
+            stop_reason: r.stopped,
+            dtype: engine.model.dtype,
+            prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs),
+            decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs),
+            ...expertJson(engine),
+            adapter: adapterJson(ctx),
           })}\n`
         : `${r.ids.join(',')}\n`,
     );
@@ -357,9 +405,18 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const t0 = performance.now();
   let first = 0;
   const stream = await engine.chat.completions.create({
-    messages, reasoning, max_tokens: maxTokens, stream: true, stop,
-    temperature: sampling.temperature, top_p: sampling.topP, top_k: sampling.topK, min_p: sampling.minP,
-    presence_penalty: sampling.presencePenalty, frequency_penalty: sampling.frequencyPenalty, repetition_penalty: sampling.repetitionPenalty,
+    messages,
+    reasoning,
+    max_tokens: maxTokens,
+    stream: true,
+    stop,
+    temperature: sampling.temperature,
+    top_p: sampling.topP,
+    top_k: sampling.topK,
+    min_p: sampling.minP,
+    presence_penalty: sampling.presencePenalty,
+    frequency_penalty: sampling.frequencyPenalty,
+    repetition_penalty: sampling.repetitionPenalty,
     seed: sampling.seed,
     onToken: (id) => {
       if (ids.push(id) === 1) first = performance.now();
@@ -390,11 +447,22 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const end = performance.now();
   if (!json) host.stdout('\n');
   else {
-    const response = await collectChat((async function* () { yield* chunks; })(), false);
-    host.stdout(`${JSON.stringify({
-      ...response, prompt_ids: prompt.ids, ids,
-      prefill_tokens_per_s: rate(prompt.ids.length, first - t0), decode_tokens_per_s: rate(ids.length - 1, end - first), adapter: adapterJson(ctx),
-    })}\n`);
+    const response = await collectChat(
+      (async function* () {
+        yield* chunks;
+      })(),
+      false,
+    );
+    host.stdout(
+      `${JSON.stringify({
+        ...response,
+        prompt_ids: prompt.ids,
+        ids,
+        prefill_tokens_per_s: rate(prompt.ids.length, first - t0),
+        decode_tokens_per_s: rate(ids.length - 1, end - first),
+        adapter: adapterJson(ctx),
+      })}\n`,
+    );
   }
   engine.destroy();
 }
@@ -407,12 +475,17 @@ async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void
   const bar = progressBar(host.stderr, host.isTTY, 'converting');
   const t0 = performance.now();
   const manifest = await convertModel(ctx, checkpoint, {
-    dtype, sink: new FolderSink(out), shardBytes: intFlag(args, 'shard-mb', 256) * 1024 * 1024, mtp: !args.flags.has('no-mtp'),
+    dtype,
+    sink: new FolderSink(out),
+    shardBytes: intFlag(args, 'shard-mb', 256) * 1024 * 1024,
+    mtp: !args.flags.has('no-mtp'),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });
   bar.done();
   const bytes = manifest.shards.reduce((sum, s) => sum + s.bytes, 0);
-  host.stdout(`${JSON.stringify({ command: 'convert', out, dtype: manifest.dtype, tensors: manifest.tensors.length, shards: manifest.shards.length, bytes, ms: round(performance.now() - t0) })}\n`);
+  host.stdout(
+    `${JSON.stringify({ command: 'convert', out, dtype: manifest.dtype, tensors: manifest.tensors.length, shards: manifest.shards.length, bytes, ms: round(performance.now() - t0) })}\n`,
+  );
 }
 
 async function exportPacked(args: Args, host: CliHost): Promise<void> {

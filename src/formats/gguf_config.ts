@@ -27,7 +27,8 @@ export function synthesizeConfig(meta: GgufMetadata, tensors: Map<string, GgufTe
   const key = (k: string) => `${arch}.${k}`;
   const blocks = meta.int(key('block_count'));
   const mtpLayers = meta.optionalInt(key('nextn_predict_layers')) ?? 0;
-  if (mtpLayers >= blocks) throw new ModelFormatError(`metadata key ${key('nextn_predict_layers')}: ${mtpLayers} leaves no main layers of ${blocks} blocks`, meta.file);
+  if (mtpLayers >= blocks)
+    throw new ModelFormatError(`metadata key ${key('nextn_predict_layers')}: ${mtpLayers} leaves no main layers of ${blocks} blocks`, meta.file);
   const numLayers = blocks - mtpLayers;
   // Counts are checked against the file's own tensors before anything is built from them (one entry per layer).
   const held = new Set<string>();
@@ -36,14 +37,20 @@ export function synthesizeConfig(meta: GgufMetadata, tensors: Map<string, GgufTe
     if (block !== undefined) held.add(block);
   }
   if (numLayers > held.size) {
-    throw new ModelFormatError(`metadata key ${key('block_count')}: ${blocks} blocks (${numLayers} main layers), but the file's tensors hold ${held.size} blocks`, meta.file);
+    throw new ModelFormatError(
+      `metadata key ${key('block_count')}: ${blocks} blocks (${numLayers} main layers), but the file's tensors hold ${held.size} blocks`,
+      meta.file,
+    );
   }
   const interval = meta.optionalInt(key('full_attention_interval'), 1) ?? 4;
 
   const headDim = meta.int(key('attention.key_length'));
   const valueLength = meta.optionalInt(key('attention.value_length'), 1);
   if (valueLength !== undefined && valueLength !== headDim) {
-    throw new ModelFormatError(`metadata key ${key('attention.value_length')}: ${valueLength} differs from attention.key_length ${headDim} (Qwen3.5 uses one head_dim)`, meta.file);
+    throw new ModelFormatError(
+      `metadata key ${key('attention.value_length')}: ${valueLength} differs from attention.key_length ${headDim} (Qwen3.5 uses one head_dim)`,
+      meta.file,
+    );
   }
   const rotaryDim = meta.int(key('rope.dimension_count'));
   const valueHeads = meta.int(key('ssm.time_step_rank'));

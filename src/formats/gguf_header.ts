@@ -141,18 +141,30 @@ class HeaderReader {
   private number(type: ValueType, at: number): GgufScalar {
     const v = this.view;
     switch (type) {
-      case ValueType.U8: return v.getUint8(at);
-      case ValueType.I8: return v.getInt8(at);
-      case ValueType.U16: return v.getUint16(at, true);
-      case ValueType.I16: return v.getInt16(at, true);
-      case ValueType.U32: return v.getUint32(at, true);
-      case ValueType.I32: return v.getInt32(at, true);
-      case ValueType.F32: return shortestF32(v.getFloat32(at, true));
-      case ValueType.BOOL: return v.getUint8(at) !== 0;
-      case ValueType.U64: return safeNumber(v.getBigUint64(at, true));
-      case ValueType.I64: return safeNumber(v.getBigInt64(at, true));
-      case ValueType.F64: return v.getFloat64(at, true);
-      default: return this.fail(`value type ${type} is not a number`);
+      case ValueType.U8:
+        return v.getUint8(at);
+      case ValueType.I8:
+        return v.getInt8(at);
+      case ValueType.U16:
+        return v.getUint16(at, true);
+      case ValueType.I16:
+        return v.getInt16(at, true);
+      case ValueType.U32:
+        return v.getUint32(at, true);
+      case ValueType.I32:
+        return v.getInt32(at, true);
+      case ValueType.F32:
+        return shortestF32(v.getFloat32(at, true));
+      case ValueType.BOOL:
+        return v.getUint8(at) !== 0;
+      case ValueType.U64:
+        return safeNumber(v.getBigUint64(at, true));
+      case ValueType.I64:
+        return safeNumber(v.getBigInt64(at, true));
+      case ValueType.F64:
+        return v.getFloat64(at, true);
+      default:
+        return this.fail(`value type ${type} is not a number`);
     }
   }
 }

@@ -85,7 +85,8 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
       if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > rows) {
         throw new ModelFormatError(`rows [${first}, ${first + count}) are outside the tensor's ${rows} rows`, file, view.name);
       }
-      if (dtype === undefined) throw new ModelFormatError(`ggml type ${info.type.name} cannot be decoded (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)`, file, view.name);
+      if (dtype === undefined)
+        throw new ModelFormatError(`ggml type ${info.type.name} cannot be decoded (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)`, file, view.name);
       if (count === 0) return new Uint8Array(0);
       const identity = view.rowOf === undefined;
       if (raw !== undefined && identity) {

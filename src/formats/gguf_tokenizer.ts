@@ -41,7 +41,8 @@ function readVocab(meta: GgufMetadata): Vocab {
 
 function tokenId(meta: GgufMetadata, key: string, vocab: Vocab): number | undefined {
   const id = meta.optionalInt(key);
-  if (id !== undefined && id >= vocab.tokens.length) throw new ModelFormatError(`metadata key ${key}: ${id} is not a token id (0..${vocab.tokens.length - 1})`, meta.file);
+  if (id !== undefined && id >= vocab.tokens.length)
+    throw new ModelFormatError(`metadata key ${key}: ${id} is not a token id (0..${vocab.tokens.length - 1})`, meta.file);
   return id;
 }
 
@@ -49,7 +50,8 @@ export function synthesizeTokenizerJson(meta: GgufMetadata): Record<string, unkn
   const vocab = readVocab(meta);
   const pre = meta.string('tokenizer.ggml.pre', 'required for the split regex');
   const regex = SPLIT_REGEX[pre];
-  if (!regex) throw new ModelFormatError(`metadata key tokenizer.ggml.pre: "${pre}" is not a Qwen pre-tokenizer (${Object.keys(SPLIT_REGEX).join(', ')})`, meta.file);
+  if (!regex)
+    throw new ModelFormatError(`metadata key tokenizer.ggml.pre: "${pre}" is not a Qwen pre-tokenizer (${Object.keys(SPLIT_REGEX).join(', ')})`, meta.file);
   const merges = meta.stringArray('tokenizer.ggml.merges', 'required for BPE').map((merge, i) => {
     const parts = merge.split(' ');
     if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
@@ -85,8 +87,16 @@ export function synthesizeTokenizerJson(meta: GgufMetadata): Record<string, unkn
     post_processor: byteLevel,
     decoder: byteLevel,
     model: {
-      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '',
-      fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab: bpe, merges,
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: '',
+      end_of_word_suffix: '',
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab: bpe,
+      merges,
     },
   };
 }

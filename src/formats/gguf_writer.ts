@@ -58,16 +58,56 @@ export class ByteWriter {
     const at = this.reserve(n);
     return [this.view, at];
   }
-  u8(v: number) { const [d, at] = this.at(1); d.setUint8(at, v); return this; }
-  i8(v: number) { const [d, at] = this.at(1); d.setInt8(at, v); return this; }
-  u16(v: number) { const [d, at] = this.at(2); d.setUint16(at, v, true); return this; }
-  i16(v: number) { const [d, at] = this.at(2); d.setInt16(at, v, true); return this; }
-  u32(v: number) { const [d, at] = this.at(4); d.setUint32(at, v, true); return this; }
-  i32(v: number) { const [d, at] = this.at(4); d.setInt32(at, v, true); return this; }
-  f32(v: number) { const [d, at] = this.at(4); d.setFloat32(at, v, true); return this; }
-  f64(v: number) { const [d, at] = this.at(8); d.setFloat64(at, v, true); return this; }
-  u64(v: number | bigint) { const [d, at] = this.at(8); d.setBigUint64(at, BigInt(v), true); return this; }
-  i64(v: number | bigint) { const [d, at] = this.at(8); d.setBigInt64(at, BigInt(v), true); return this; }
+  u8(v: number) {
+    const [d, at] = this.at(1);
+    d.setUint8(at, v);
+    return this;
+  }
+  i8(v: number) {
+    const [d, at] = this.at(1);
+    d.setInt8(at, v);
+    return this;
+  }
+  u16(v: number) {
+    const [d, at] = this.at(2);
+    d.setUint16(at, v, true);
+    return this;
+  }
+  i16(v: number) {
+    const [d, at] = this.at(2);
+    d.setInt16(at, v, true);
+    return this;
+  }
+  u32(v: number) {
+    const [d, at] = this.at(4);
+    d.setUint32(at, v, true);
+    return this;
+  }
+  i32(v: number) {
+    const [d, at] = this.at(4);
+    d.setInt32(at, v, true);
+    return this;
+  }
+  f32(v: number) {
+    const [d, at] = this.at(4);
+    d.setFloat32(at, v, true);
+    return this;
+  }
+  f64(v: number) {
+    const [d, at] = this.at(8);
+    d.setFloat64(at, v, true);
+    return this;
+  }
+  u64(v: number | bigint) {
+    const [d, at] = this.at(8);
+    d.setBigUint64(at, BigInt(v), true);
+    return this;
+  }
+  i64(v: number | bigint) {
+    const [d, at] = this.at(8);
+    d.setBigInt64(at, BigInt(v), true);
+    return this;
+  }
   str(s: string) {
     const b = new TextEncoder().encode(s);
     return this.u64(b.length).bytes(b);
@@ -107,19 +147,44 @@ export const kv = {
 
 function writeScalar(w: ByteWriter, type: number, value: unknown): void {
   switch (type) {
-    case GgufType.U8: w.u8(value as number); break;
-    case GgufType.I8: w.i8(value as number); break;
-    case GgufType.U16: w.u16(value as number); break;
-    case GgufType.I16: w.i16(value as number); break;
-    case GgufType.U32: w.u32(value as number); break;
-    case GgufType.I32: w.i32(value as number); break;
-    case GgufType.F32: w.f32(value as number); break;
-    case GgufType.BOOL: w.u8(value ? 1 : 0); break;
-    case GgufType.STRING: w.str(value as string); break;
-    case GgufType.U64: w.u64(value as number); break;
-    case GgufType.I64: w.i64(value as number); break;
-    case GgufType.F64: w.f64(value as number); break;
-    default: throw new ContractError(`cannot write GGUF value type ${type}`, 'writeKeyValue');
+    case GgufType.U8:
+      w.u8(value as number);
+      break;
+    case GgufType.I8:
+      w.i8(value as number);
+      break;
+    case GgufType.U16:
+      w.u16(value as number);
+      break;
+    case GgufType.I16:
+      w.i16(value as number);
+      break;
+    case GgufType.U32:
+      w.u32(value as number);
+      break;
+    case GgufType.I32:
+      w.i32(value as number);
+      break;
+    case GgufType.F32:
+      w.f32(value as number);
+      break;
+    case GgufType.BOOL:
+      w.u8(value ? 1 : 0);
+      break;
+    case GgufType.STRING:
+      w.str(value as string);
+      break;
+    case GgufType.U64:
+      w.u64(value as number);
+      break;
+    case GgufType.I64:
+      w.i64(value as number);
+      break;
+    case GgufType.F64:
+      w.f64(value as number);
+      break;
+    default:
+      throw new ContractError(`cannot write GGUF value type ${type}`, 'writeKeyValue');
   }
 }
 
@@ -340,7 +405,11 @@ function quantizeQ6_K(x: Float32Array, out: Uint8Array): void {
 }
 
 const BLOCK_QUANTIZERS: Partial<Record<GgmlTypeName, (x: Float32Array, out: Uint8Array) => void>> = {
-  Q8_0: quantizeQ8_0, Q4_0: quantizeQ4_0Block, Q4_K: quantizeQ4_K, Q5_K: quantizeQ5_K, Q6_K: quantizeQ6_K,
+  Q8_0: quantizeQ8_0,
+  Q4_0: quantizeQ4_0Block,
+  Q4_K: quantizeQ4_K,
+  Q5_K: quantizeQ5_K,
+  Q6_K: quantizeQ6_K,
 };
 
 /** Encodes values (a whole number of blocks) as `type`. */

@@ -154,7 +154,8 @@ async function verify(source: WeightSource, manifest: PackedManifest, onProgress
       onProgress?.({ file: f.name, doneBytes, totalBytes });
     }
     const actual = hash.digest();
-    if (actual !== f.sha256) throw new ModelFormatError(`sha256 ${actual} does not match ${f.sha256} in ${PACKED_MANIFEST}: the file is corrupt or was replaced`, f.name);
+    if (actual !== f.sha256)
+      throw new ModelFormatError(`sha256 ${actual} does not match ${f.sha256} in ${PACKED_MANIFEST}: the file is corrupt or was replaced`, f.name);
   }
 }
 
@@ -164,7 +165,10 @@ class PackedFiles implements WeightSource {
   private readonly config: Uint8Array;
   private readonly listed: Map<string, PackedFileInfo>;
 
-  constructor(private readonly source: WeightSource, manifest: PackedManifest) {
+  constructor(
+    private readonly source: WeightSource,
+    manifest: PackedManifest,
+  ) {
     this.location = source.location;
     this.config = new TextEncoder().encode(JSON.stringify(manifest.config, null, 2));
     this.listed = new Map(manifest.files.map((f) => [f.name, f]));
@@ -184,7 +188,8 @@ class PackedFiles implements WeightSource {
       this.entry(file);
       return this.source.read(file, offset, length, signal);
     }
-    if (offset < 0 || offset + length > this.config.length) throw new ModelFormatError(`bytes ${offset}..${offset + length} are past its end (${this.config.length})`, file);
+    if (offset < 0 || offset + length > this.config.length)
+      throw new ModelFormatError(`bytes ${offset}..${offset + length} are past its end (${this.config.length})`, file);
     return this.config.slice(offset, offset + length);
   }
 

@@ -9,7 +9,8 @@ import { ContractError } from '../errors.ts';
  */
 export function itemValues(dtype: PackedDtype, itemStride: number, bytes: Uint8Array): Float32Array {
   const expected = itemBytesOf(dtype, itemStride);
-  if (bytes.length !== expected) throw new ContractError(`a ${dtype} item of ${itemStride} elements takes ${expected} bytes, got ${bytes.length}`, 'itemValues');
+  if (bytes.length !== expected)
+    throw new ContractError(`a ${dtype} item of ${itemStride} elements takes ${expected} bytes, got ${bytes.length}`, 'itemValues');
   // Typed-array views need aligned offsets; a copy is one item at most.
   const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   if (dtype === 'f32') return new Float32Array(aligned.buffer.slice(aligned.byteOffset, aligned.byteOffset + aligned.length));

@@ -1,7 +1,18 @@
 import { ContractError, ModelFormatError, throwIfAborted } from '../errors.ts';
 import {
-  PACKED_FORMAT, PACKED_MANIFEST, PACKED_VERSION, RESERVED_NAMES, type PackedDtype, type PackedFileInfo, type PackedManifest,
-  type PackedRun, type PackedTensorInfo, type PackedTensorMeta, checkTensorLayout, isPlainFileName, validateManifest,
+  PACKED_FORMAT,
+  PACKED_MANIFEST,
+  PACKED_VERSION,
+  RESERVED_NAMES,
+  type PackedDtype,
+  type PackedFileInfo,
+  type PackedManifest,
+  type PackedRun,
+  type PackedTensorInfo,
+  type PackedTensorMeta,
+  checkTensorLayout,
+  isPlainFileName,
+  validateManifest,
 } from './packed_manifest.ts';
 import { type OutputSink, type SinkFile, partialName } from './packed_sink.ts';
 import { Sha256 } from './sha256.ts';
@@ -50,9 +61,13 @@ export class PackedWriter {
   private state: 'ready' | 'busy' | 'failed' | 'finished' = 'ready';
   private started = false;
 
-  constructor(private readonly sink: OutputSink, private readonly options: PackedWriterOptions) {
+  constructor(
+    private readonly sink: OutputSink,
+    private readonly options: PackedWriterOptions,
+  ) {
     this.shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES;
-    if (!Number.isSafeInteger(this.shardBytes) || this.shardBytes < 1) throw new ContractError(`shardBytes ${this.shardBytes} is not a positive integer`, 'PackedWriter');
+    if (!Number.isSafeInteger(this.shardBytes) || this.shardBytes < 1)
+      throw new ContractError(`shardBytes ${this.shardBytes} is not a positive integer`, 'PackedWriter');
   }
 
   /**
@@ -102,7 +117,15 @@ export class PackedWriter {
       if (item !== total || inItem !== 0) {
         fail(`got ${item} items${inItem > 0 ? ` and ${inItem} bytes` : ''}, expected ${total} items of ${itemBytes} bytes`);
       }
-      const info: PackedTensorInfo = { key: meta.key, dtype: meta.dtype, shape: [...meta.shape], rowStride: meta.rowStride, itemStride: meta.itemStride, itemBytes, runs };
+      const info: PackedTensorInfo = {
+        key: meta.key,
+        dtype: meta.dtype,
+        shape: [...meta.shape],
+        rowStride: meta.rowStride,
+        itemStride: meta.itemStride,
+        itemBytes,
+        runs,
+      };
       this.keys.add(meta.key);
       this.tensors.push(info);
       return info;
@@ -132,8 +155,13 @@ export class PackedWriter {
     return this.guard(async () => {
       await this.closeShard();
       const manifest: PackedManifest = {
-        format: PACKED_FORMAT, version: PACKED_VERSION, config: this.options.config, dtype: this.options.dtype,
-        tensors: this.tensors, shards: this.shards, files: this.files,
+        format: PACKED_FORMAT,
+        version: PACKED_VERSION,
+        config: this.options.config,
+        dtype: this.options.dtype,
+        tensors: this.tensors,
+        shards: this.shards,
+        files: this.files,
       };
       // The reader's own check: a writer bug must not produce a model the reader refuses.
       validateManifest(JSON.parse(JSON.stringify(manifest)), partialName(PACKED_MANIFEST));
@@ -159,7 +187,8 @@ export class PackedWriter {
   }
 
   private async guard<T>(body: () => Promise<T>): Promise<T> {
-    if (this.state !== 'ready') throw new ContractError(`${this.sink.location}: ${this.state === 'busy' ? 'calls must not overlap' : `already ${this.state}`}`, 'PackedWriter');
+    if (this.state !== 'ready')
+      throw new ContractError(`${this.sink.location}: ${this.state === 'busy' ? 'calls must not overlap' : `already ${this.state}`}`, 'PackedWriter');
     this.state = 'busy';
     try {
       if (!this.started) {

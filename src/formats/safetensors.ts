@@ -36,7 +36,8 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
   if (fileSize < 8) throw new ModelFormatError(`${fileSize} bytes is too short for a safetensors file`, file);
   const lenBytes = await source.read(file, 0, 8);
   const headerLen = Number(new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true));
-  if (headerLen > fileSize - 8) throw new ModelFormatError(`header claims ${headerLen} bytes but the file has ${fileSize - 8} after the length field (truncated?)`, file);
+  if (headerLen > fileSize - 8)
+    throw new ModelFormatError(`header claims ${headerLen} bytes but the file has ${fileSize - 8} after the length field (truncated?)`, file);
   if (headerLen > MAX_HEADER_BYTES) throw new ModelFormatError(`header of ${headerLen} bytes is implausibly large`, file);
   // Read outside the try: a failed read (a dropped connection) is its own error, not "not valid JSON".
   const headerBytes = await source.read(file, 8, headerLen);
@@ -68,7 +69,11 @@ export async function readSafetensorsHeader(source: WeightSource, file: string):
     const elementBytes = known?.bytes ?? OTHER_DTYPE_BYTES[v.dtype];
     const elements = (v.shape as number[]).reduce((a, b) => a * b, 1);
     if (elementBytes !== undefined && elements * elementBytes !== end - begin) {
-      throw new ModelFormatError(`shape ${JSON.stringify(v.shape)} of ${v.dtype} needs ${elements * elementBytes} bytes but data_offsets span ${end - begin}`, file, name);
+      throw new ModelFormatError(
+        `shape ${JSON.stringify(v.shape)} of ${v.dtype} needs ${elements * elementBytes} bytes but data_offsets span ${end - begin}`,
+        file,
+        name,
+      );
     }
     entries.push({ name, file, fileDtype: v.dtype, dtype: known?.dtype, shape: v.shape as number[], offset: dataStart + begin, bytes: end - begin });
   }
@@ -92,7 +97,12 @@ export async function openSafetensorsCheckpoint(source: WeightSource): Promise<C
     const elements = e.shape.reduce((a, b) => a * b, 1);
     const rowBytes = elements > 0 ? (e.bytes / elements) * cols : 0;
     tensors.set(name, {
-      name, shape: e.shape, dtype: e.dtype, fileDtype: e.fileDtype, file: e.file, bytes: e.bytes,
+      name,
+      shape: e.shape,
+      dtype: e.dtype,
+      fileDtype: e.fileDtype,
+      file: e.file,
+      bytes: e.bytes,
       readRows: (first, count, signal) => source.read(e.file, e.offset + first * rowBytes, count * rowBytes, signal),
     });
   }

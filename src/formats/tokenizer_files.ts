@@ -26,7 +26,8 @@ export async function readTokenizerFiles(source: WeightSource): Promise<Tokenize
   const json = asObject(await readJson(source, 'tokenizer.json'), 'tokenizer.json', 'the top level');
   // The library guesses a model from the fields of an unknown type (and would load it); only BPE is Qwen's.
   const model = asObject(json.model, 'tokenizer.json', 'model');
-  if (model.type !== 'BPE') throw new ModelFormatError(`model.type ${JSON.stringify(model.type)} is not supported (Qwen3.5 tokenizers are byte-level "BPE")`, 'tokenizer.json');
+  if (model.type !== 'BPE')
+    throw new ModelFormatError(`model.type ${JSON.stringify(model.type)} is not supported (Qwen3.5 tokenizers are byte-level "BPE")`, 'tokenizer.json');
   for (const section of ['normalizer', 'pre_tokenizer', 'decoder', 'post_processor']) checkPatterns(json[section], section);
   const config = (await source.has('tokenizer_config.json'))
     ? asObject(await readJson(source, 'tokenizer_config.json'), 'tokenizer_config.json', 'the top level')
@@ -34,7 +35,8 @@ export async function readTokenizerFiles(source: WeightSource): Promise<Tokenize
   const addedTokens = mergeAddedTokens(json, config);
   const size = highestId(json, addedTokens) + 1;
   const vocab = asObject(model.vocab ?? {}, 'tokenizer.json', 'model.vocab');
-  const tokenId = (content: string) => addedTokens.find((t) => t.content === content)?.id ?? (Object.hasOwn(vocab, content) ? (vocab[content] as number) : undefined);
+  const tokenId = (content: string) =>
+    addedTokens.find((t) => t.content === content)?.id ?? (Object.hasOwn(vocab, content) ? (vocab[content] as number) : undefined);
   const eosTokenIds = await readEos(source, config, tokenId, size);
   return { json, config, addedTokens, size, eosTokenIds };
 }
@@ -58,7 +60,10 @@ function checkPatterns(value: unknown, where: string): void {
     if (!ok) throw new ModelFormatError(`${where}.pattern: ${JSON.stringify(step.pattern)} is not {"Regex": ...} or {"String": ...}`, 'tokenizer.json');
   }
   if (step.type === 'Split' && step.behavior !== undefined && !(typeof step.behavior === 'string' && SPLIT_BEHAVIORS.includes(step.behavior.toLowerCase()))) {
-    throw new ModelFormatError(`${where}.behavior: ${JSON.stringify(step.behavior)} is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous`, 'tokenizer.json');
+    throw new ModelFormatError(
+      `${where}.behavior: ${JSON.stringify(step.behavior)} is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous`,
+      'tokenizer.json',
+    );
   }
   for (const [key, v] of Object.entries(step)) if (typeof v === 'object' && v !== null && key !== 'pattern') checkPatterns(v, `${where}.${key}`);
 }
@@ -82,7 +87,10 @@ function mergeAddedTokens(json: Json, config: Json): AddedTokenJson[] {
     const known = byId.get(token.id);
     if (known === undefined) tokens.push(token);
     else if (known.content !== token.content) {
-      throw new ModelFormatError(`${field}: is ${JSON.stringify(token.content)} but tokenizer.json has ${JSON.stringify(known.content)} for that id`, 'tokenizer_config.json');
+      throw new ModelFormatError(
+        `${field}: is ${JSON.stringify(token.content)} but tokenizer.json has ${JSON.stringify(known.content)} for that id`,
+        'tokenizer_config.json',
+      );
     }
   }
   return tokens;
@@ -100,7 +108,8 @@ function highestId(json: Json, addedTokens: AddedTokenJson[]): number {
   const vocab = asObject(model.vocab ?? {}, 'tokenizer.json', 'model.vocab');
   let max = -1;
   for (const [token, id] of Object.entries(vocab)) {
-    if (!Number.isInteger(id) || (id as number) < 0) throw new ModelFormatError(`model.vocab[${JSON.stringify(token)}] is not a non-negative integer id`, 'tokenizer.json');
+    if (!Number.isInteger(id) || (id as number) < 0)
+      throw new ModelFormatError(`model.vocab[${JSON.stringify(token)}] is not a non-negative integer id`, 'tokenizer.json');
     if ((id as number) > max) max = id as number;
   }
   for (const t of addedTokens) if (t.id > max) max = t.id;

@@ -1,16 +1,7 @@
 import { AdapterError, CapabilityError, ContractError } from '../errors.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
 import { memoise } from './memo.ts';
-import {
-  type Binding,
-  type KernelDef,
-  type ParamValues,
-  type ParamsSchema,
-  kernelSource,
-  layoutEntries,
-  packParams,
-  stableJson,
-} from './kernel.ts';
+import { type Binding, type KernelDef, type ParamValues, type ParamsSchema, kernelSource, layoutEntries, packParams, stableJson } from './kernel.ts';
 
 /** What the engine reports about its adapter (CLI JSON, bug reports). */
 export interface AdapterSummary {
@@ -58,10 +49,18 @@ export interface Dispatch {
 }
 
 const LIMIT_NAMES = [
-  'maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupsPerDimension',
-  'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupSizeY',
-  'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupStorageSize', 'maxStorageBuffersPerShaderStage',
-  'maxUniformBuffersPerShaderStage', 'maxBindingsPerBindGroup', 'maxUniformBufferBindingSize',
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupStorageSize',
+  'maxStorageBuffersPerShaderStage',
+  'maxUniformBuffersPerShaderStage',
+  'maxBindingsPerBindGroup',
+  'maxUniformBufferBindingSize',
 ] as const;
 
 /** Software adapters: Dawn marks them as fallback; Chromium names SwiftShader in the architecture. */
@@ -151,7 +150,8 @@ export class GpuContext {
 
   static async create(gpu: GPU, options: ContextOptions = {}): Promise<GpuContext> {
     const activations = options.activations ?? 'f32';
-    if (activations !== 'f32' && activations !== 'f16') throw new ContractError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`, 'GpuContext.create');
+    if (activations !== 'f32' && activations !== 'f16')
+      throw new ContractError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`, 'GpuContext.create');
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
     const wanted = (['shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
@@ -216,7 +216,7 @@ export class GpuContext {
     const got = new Uint32Array(await this.read(out, 0, n * 4));
     this.free(out);
     for (let i = 0; i < n; i++) {
-      if (got[i] !== ((Math.imul(i, 2654435761) + 7) >>> 0)) {
+      if (got[i] !== (Math.imul(i, 2654435761) + 7) >>> 0) {
         throw new AdapterError(`adapter "${this.adapter.name}" does not compute correctly (a null or fake adapter?)`);
       }
     }
@@ -305,7 +305,9 @@ export class GpuContext {
     } catch (error) {
       const info = await module.getCompilationInfo();
       const messages = info.messages.map((m) => `${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join('\n');
-      throw new CapabilityError(`kernel ${key} failed to compile on "${this.adapter.name}": ${(error as Error).message}\n${messages}`, def.name, { cause: error });
+      throw new CapabilityError(`kernel ${key} failed to compile on "${this.adapter.name}": ${(error as Error).message}\n${messages}`, def.name, {
+        cause: error,
+      });
     }
   }
 
@@ -356,15 +358,20 @@ export class GpuContext {
           uniforms.push(uniform);
           range = { buffer: uniform.buffer };
         }
-      }
-      else if (isBuffer(r)) range = { buffer: r };
+      } else if (isBuffer(r)) range = { buffer: r };
       else if (isRange(r)) range = r;
       else throw new ContractError(`binding ${b.name} needs a buffer`, pipeline.key);
       if (range.size !== undefined && range.size > this.caps.maxStorageBindingBytes && b.kind !== 'uniform') {
-        throw new CapabilityError(`${pipeline.key}: binding ${b.name} of ${range.size} bytes passes maxStorageBufferBindingSize`, 'maxStorageBufferBindingSize');
+        throw new CapabilityError(
+          `${pipeline.key}: binding ${b.name} of ${range.size} bytes passes maxStorageBufferBindingSize`,
+          'maxStorageBufferBindingSize',
+        );
       }
       if (range.size === undefined && b.kind !== 'uniform' && range.buffer.size - (range.offset ?? 0) > this.caps.maxStorageBindingBytes) {
-        throw new CapabilityError(`${pipeline.key}: binding ${b.name} (buffer ${range.buffer.label}, ${range.buffer.size} bytes) passes maxStorageBufferBindingSize`, 'maxStorageBufferBindingSize');
+        throw new CapabilityError(
+          `${pipeline.key}: binding ${b.name} (buffer ${range.buffer.label}, ${range.buffer.size} bytes) passes maxStorageBufferBindingSize`,
+          'maxStorageBufferBindingSize',
+        );
       }
       entries.push({ binding, resource: range });
       keyParts.push(`${this.bufferIds.get(range.buffer) ?? range.buffer.label}:${range.offset ?? 0}:${range.size ?? -1}`);
@@ -451,7 +458,7 @@ export class GpuContext {
    */
   submit(dispatches: readonly Dispatch[], label: string): void;
   submit(dispatches: readonly Dispatch[], label: string, readback: BufferRange & { size: number }): Readback;
-  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Readback | void {
+  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Readback | undefined {
     const encoder = this.device.createCommandEncoder({ label });
     if (dispatches.length > 0) {
       const pass = encoder.beginComputePass({ label });
@@ -473,7 +480,8 @@ export class GpuContext {
     this.throwIfFailed();
     const bytes = Math.ceil(size / 4) * 4;
     const index = this.staging.findIndex((b) => b.size >= bytes);
-    const staging = index >= 0 ? this.staging.splice(index, 1)[0] : this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const staging =
+      index >= 0 ? this.staging.splice(index, 1)[0] : this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
     let result: Promise<ArrayBuffer> | undefined;
     let released = false;

@@ -88,7 +88,8 @@ fn ${name}_at(e: u32) -> f32 { return unpack2x16float(${name}[e / 8u][(e % 8u) /
  * every group's 4 nibble words, is 16-byte aligned and read as one vec4.
  */
 function q4Decl(name: string, itemStride: number, index: number): string {
-  if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % 64 !== 0) throw new ContractError(`weight ${name}: itemStride ${itemStride} is not a positive multiple of 64`, 'q4');
+  if (!Number.isInteger(itemStride) || itemStride <= 0 || itemStride % 64 !== 0)
+    throw new ContractError(`weight ${name}: itemStride ${itemStride} is not a positive multiple of 64`, 'q4');
   const iw = q4ItemWords(itemStride);
   const aligned = iw % 4 === 0;
   const n = name;

@@ -34,7 +34,14 @@ export const attentionKernel = defineKernel<AttentionVariant>({
     write('out', 'vec4<act>'),
     write('part', 'vec4<f32>'),
     uniform('params', {
-      tokens: 'u32', nq: 'u32', group: 'u32', capacity: 'u32', proj_stride: 'u32', splits: 'u32', min_chunk: 'u32', scale: 'f32',
+      tokens: 'u32',
+      nq: 'u32',
+      group: 'u32',
+      capacity: 'u32',
+      proj_stride: 'u32',
+      splits: 'u32',
+      min_chunk: 'u32',
+      scale: 'f32',
     }),
   ],
   overrides: (v) => ({ WG, KB, HD: v.headDim, STAGE: STAGES[v.stage], NACC: Math.ceil(v.headDim / 4 / WG) }),
@@ -123,7 +130,14 @@ export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Disp
   check.fits('scratch', a.scratch, partialsBytes(tokens, nq, D, splits) / 4);
   const part = a.scratch;
   const params = {
-    tokens, nq, group: nq / nkv, capacity, proj_stride: projStride, splits, min_chunk: minSplitKeys, scale: 1 / Math.sqrt(D),
+    tokens,
+    nq,
+    group: nq / nkv,
+    capacity,
+    proj_stride: projStride,
+    splits,
+    min_chunk: minSplitKeys,
+    scale: 1 / Math.sqrt(D),
   };
   const resources = { q: a.q, k_cache: a.kCache, v_cache: a.vCache, proj: a.proj, step: a.step, out: a.out, part, params };
   if (splits === 1) {

@@ -21,8 +21,16 @@ export const attentionPrepareKernel = defineKernel({
     write('k_cache', 'act'),
     write('v_cache', 'act'),
     uniform('params', {
-      tokens: 'u32', nq: 'u32', nkv: 'u32', head_dim: 'u32', rotary_dim: 'u32', proj_stride: 'u32',
-      k_offset: 'u32', v_offset: 'u32', capacity: 'u32', eps: 'f32',
+      tokens: 'u32',
+      nq: 'u32',
+      nkv: 'u32',
+      head_dim: 'u32',
+      rotary_dim: 'u32',
+      proj_stride: 'u32',
+      k_offset: 'u32',
+      v_offset: 'u32',
+      capacity: 'u32',
+      eps: 'f32',
     }),
   ],
   helpers: () => WORKGROUP_SUM,
@@ -58,8 +66,15 @@ export interface AttentionPrepareArgs {
 
 /** What attentionPrepare writes and attention reads: q [tokens, nq, headDim] and the cache, per kv head [capacity, headDim]. */
 export interface AttentionShape {
-  tokens: number; nq: number; nkv: number; headDim: number; projStride: number; capacity: number;
-  q: GPUBuffer; kCache: GPUBuffer; vCache: GPUBuffer;
+  tokens: number;
+  nq: number;
+  nkv: number;
+  headDim: number;
+  projStride: number;
+  capacity: number;
+  q: GPUBuffer;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
 }
 
 /** The checks both attention kernels make of that layout (activations of `actBytes`); errors name `check`'s op. */
@@ -98,10 +113,25 @@ export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Prom
     attentionPrepareKernel,
     undefined,
     {
-      proj: a.proj, q_norm: a.qNorm, k_norm: a.kNorm, rope: a.rope, step: a.step, q: a.q, k_cache: a.kCache, v_cache: a.vCache,
+      proj: a.proj,
+      q_norm: a.qNorm,
+      k_norm: a.kNorm,
+      rope: a.rope,
+      step: a.step,
+      q: a.q,
+      k_cache: a.kCache,
+      v_cache: a.vCache,
       params: {
-        tokens, nq, nkv, head_dim: D, rotary_dim: R, proj_stride: projStride,
-        k_offset: a.kOffset, v_offset: a.vOffset, capacity, eps: a.eps,
+        tokens,
+        nq,
+        nkv,
+        head_dim: D,
+        rotary_dim: R,
+        proj_stride: projStride,
+        k_offset: a.kOffset,
+        v_offset: a.vOffset,
+        capacity,
+        eps: a.eps,
       },
     },
     grid(tokens * (nq + nkv), ctx.caps),

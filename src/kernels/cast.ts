@@ -6,17 +6,19 @@ import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
 
-
 export interface CastArgs {
-  src: GPUBuffer;            // raw little-endian bytes of the source piece (buffer length padded to 4 bytes)
+  src: GPUBuffer; // raw little-endian bytes of the source piece (buffer length padded to 4 bytes)
   srcDtype: SourceDtype;
-  rows: number; cols: number;          // source piece: rows x cols elements, row-major, starting at element 0
-  dst: GPUBuffer; dstDtype: WeightDtype;  // a GpuTensor part buffer
-  dstOffset: number;         // element offset of the piece's first row in dst (a multiple of 8)
-  dstRowStride: number;      // elements between consecutive piece rows in dst (≥ rowStride, multiple of 8)
-  rowStride: number;         // the tensor's padded row length (multiple of 8): columns cols..rowStride-1 are written as 0
+  rows: number;
+  cols: number; // source piece: rows x cols elements, row-major, starting at element 0
+  dst: GPUBuffer;
+  dstDtype: WeightDtype; // a GpuTensor part buffer
+  dstOffset: number; // element offset of the piece's first row in dst (a multiple of 8)
+  dstRowStride: number; // elements between consecutive piece rows in dst (≥ rowStride, multiple of 8)
+  rowStride: number; // the tensor's padded row length (multiple of 8): columns cols..rowStride-1 are written as 0
   /** Optional affine transform y = x * scale + bias, applied in f32 before storing (GGUF norms are stored as 1+w: bias -1). */
-  scale?: number; bias?: number;
+  scale?: number;
+  bias?: number;
   /** A one-off upload piece: its params go to a reused uniform buffer (GpuContext.dispatch's `transient`). */
   transient?: boolean;
 }
@@ -85,13 +87,13 @@ export const SOURCE_BITS: Record<SourceDtype, string> = {
 export const castKernel = defineKernel<CastVariant>({
   name: 'cast',
   bindings: () => [
-    read('src', 'u32'), write('dst', 'u32'),
+    read('src', 'u32'),
+    write('dst', 'u32'),
     uniform('params', { words: 'u32', row_words: 'u32', cols: 'u32', dst_off: 'u32', dst_row_stride: 'u32', scale: 'f32', bias: 'f32' }),
   ],
   helpers: (v) => [`const DST_F16 = ${v.dst === 'f16'};`, `const AFFINE = ${v.affine};`, HALF_BITS, SOURCE_BITS[v.src]].join('\n'),
   overrides: () => ({ WG }),
 });
-
 
 const check = checks('cast');
 
@@ -101,7 +103,11 @@ export async function cast(ctx: GpuContext, args: CastArgs): Promise<Dispatch> {
   if (dstDtype === 'q4') check.fail('a q4 destination is written by quantizeQ4 (src/kernels/quantize.ts)');
   if (dstDtype !== 'f32' && dstDtype !== 'f16') check.fail(`unknown destination dtype ${String(dstDtype)}`);
   check.counts({ rows, cols });
-  for (const [name, v] of [['dstOffset', dstOffset], ['dstRowStride', dstRowStride], ['rowStride', rowStride]] as const) {
+  for (const [name, v] of [
+    ['dstOffset', dstOffset],
+    ['dstRowStride', dstRowStride],
+    ['rowStride', rowStride],
+  ] as const) {
     if (!Number.isInteger(v) || v < 0 || v % ROW_ALIGN !== 0) check.fail(`${name} = ${v} must be a non-negative multiple of ${ROW_ALIGN}`);
   }
   if (rowStride < cols) check.fail(`rowStride ${rowStride} is shorter than the ${cols} columns`);

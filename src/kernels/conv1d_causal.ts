@@ -19,9 +19,11 @@ export const conv1dCausalKernel = defineKernel({
 
 export interface Conv1dCausalArgs {
   /** [T, xStride]: channel c of token t at x[t*xStride + c] */
-  x: GPUBuffer; xStride: number;
+  x: GPUBuffer;
+  xStride: number;
   /** [C, wStride]: tap j of channel c at w[c*wStride + j] */
-  w: GPUBuffer; wStride: number;
+  w: GPUBuffer;
+  wStride: number;
   kernelSize: number;
   /** [K, C] ring of raw inputs: slot p % K holds position p's (zeros at sequence start; see the shader) */
   state: GPUBuffer;
@@ -29,7 +31,8 @@ export interface Conv1dCausalArgs {
   step: GPUBuffer;
   /** [T, C] */
   y: GPUBuffer;
-  tokens: number; channels: number;
+  tokens: number;
+  channels: number;
 }
 
 const check = checks('conv1d_causal');

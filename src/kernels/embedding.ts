@@ -47,7 +47,9 @@ export function embedding(ctx: GpuContext, a: EmbeddingArgs): Promise<Dispatch[]
         embeddingKernel,
         { format: weightFormat(table) },
         {
-          table: part.buffer, ids: a.ids, out: a.out,
+          table: part.buffer,
+          ids: a.ids,
+          out: a.out,
           params: { tokens, ids_offset: idsOffset, first: part.first, count: part.count, row_stride: table.rowStride, cols },
         },
         grid(tokens, ctx.caps),

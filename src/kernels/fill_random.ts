@@ -21,7 +21,10 @@ export const fillRandomKernel = defineKernel({
 
 const check = checks('fill_random');
 
-export async function fillRandom(ctx: GpuContext, a: { y: GPUBuffer; dtype: WeightDtype; seed: number; scale: number; itemStride?: number }): Promise<Dispatch> {
+export async function fillRandom(
+  ctx: GpuContext,
+  a: { y: GPUBuffer; dtype: WeightDtype; seed: number; scale: number; itemStride?: number },
+): Promise<Dispatch> {
   if (!(a.dtype in MODES)) check.fail(`unknown dtype ${String(a.dtype)}`);
   const itemStride = a.itemStride ?? 0;
   if (a.dtype === 'q4' && !(Number.isInteger(itemStride) && itemStride > 0 && itemStride % 64 === 0)) {
@@ -34,8 +37,12 @@ export async function fillRandom(ctx: GpuContext, a: { y: GPUBuffer; dtype: Weig
     {
       y: a.y,
       params: {
-        words, seed: a.seed >>> 0, scale: a.scale, mode: MODES[a.dtype],
-        item_words: a.dtype === 'q4' ? q4ItemWords(itemStride) : 1, nib_words: a.dtype === 'q4' ? itemStride / 8 : 1,
+        words,
+        seed: a.seed >>> 0,
+        scale: a.scale,
+        mode: MODES[a.dtype],
+        item_words: a.dtype === 'q4' ? q4ItemWords(itemStride) : 1,
+        nib_words: a.dtype === 'q4' ? itemStride / 8 : 1,
       },
     },
     grid(Math.ceil(words / WG), ctx.caps),

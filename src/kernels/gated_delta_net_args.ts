@@ -5,12 +5,21 @@ import type { Checks } from './checks.ts';
  * (gatedDeltaNetChunk) kernels take it: both give `out` and the updated `state` of HF's recurrent rule.
  */
 export interface GatedDeltaNetArgs {
-  tokens: number; nk: number; nv: number; dk: number; dv: number;   // nv % nk == 0; value head h reads key head h / (nv/nk)
-  qkv: GPUBuffer; qkvStride: number;   // activations; token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
-  ba: GPUBuffer; baStride: number; bOffset: number; aOffset: number;  // activations; b[t,h] = ba[t*baStride + bOffset + h], a likewise
-  aLog: GPUBuffer; dtBias: GPUBuffer;  // [nv] f32
-  state: GPUBuffer;                    // [nv, dk, dv] f32, read and updated (zero at sequence start)
-  out: GPUBuffer;                      // [T, nv, dv] activations
+  tokens: number;
+  nk: number;
+  nv: number;
+  dk: number;
+  dv: number; // nv % nk == 0; value head h reads key head h / (nv/nk)
+  qkv: GPUBuffer;
+  qkvStride: number; // activations; token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk (already l2-normed/scaled)
+  ba: GPUBuffer;
+  baStride: number;
+  bOffset: number;
+  aOffset: number; // activations; b[t,h] = ba[t*baStride + bOffset + h], a likewise
+  aLog: GPUBuffer;
+  dtBias: GPUBuffer; // [nv] f32
+  state: GPUBuffer; // [nv, dk, dv] f32, read and updated (zero at sequence start)
+  out: GPUBuffer; // [T, nv, dv] activations
 }
 
 /** Checks the shared GDN contract (shapes, strides, buffer sizes, aliasing); errors name `check`'s op. */

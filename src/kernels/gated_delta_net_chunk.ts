@@ -14,19 +14,42 @@ const SCAN_DVT = 16;
 const MAX_DK = 128;
 
 const PrepareParams = {
-  tokens: 'u32', nk: 'u32', nv: 'u32', dk: 'u32', dv: 'u32', ratio: 'u32',
-  qkv_stride: 'u32', ba_stride: 'u32', b_off: 'u32', a_off: 'u32', tp: 'u32', chunks: 'u32',
+  tokens: 'u32',
+  nk: 'u32',
+  nv: 'u32',
+  dk: 'u32',
+  dv: 'u32',
+  ratio: 'u32',
+  qkv_stride: 'u32',
+  ba_stride: 'u32',
+  b_off: 'u32',
+  a_off: 'u32',
+  tp: 'u32',
+  chunks: 'u32',
 } as const;
 
 const ScanParams = {
-  tokens: 'u32', nk: 'u32', nv: 'u32', dv: 'u32', ratio: 'u32', qkv_stride: 'u32', tp: 'u32', chunks: 'u32',
+  tokens: 'u32',
+  nk: 'u32',
+  nv: 'u32',
+  dv: 'u32',
+  ratio: 'u32',
+  qkv_stride: 'u32',
+  tp: 'u32',
+  chunks: 'u32',
 } as const;
 
 /** Per (chunk, value head): gates, decay sums, gram matrices and the triangular solve. Grid: chunks * nv. */
 export const gatedDeltaNetChunkPrepareKernel = defineKernel({
   name: 'gated_delta_net_chunk_prepare',
   bindings: () => [
-    read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('uw'), write('attn'), write('gate'),
+    read('qkv', 'act'),
+    read('ba', 'act'),
+    read('a_log'),
+    read('dt_bias'),
+    write('uw'),
+    write('attn'),
+    write('gate'),
     uniform('params', PrepareParams),
   ],
 });
@@ -98,7 +121,10 @@ export function createChunkScratch(ctx: GpuContext, maxTokens: number, nv: numbe
     }
   }
   return {
-    maxTokens, nv, dk, dv,
+    maxTokens,
+    nv,
+    dk,
+    dv,
     uw: ctx.storage('gdn chunk U|W', bytes.uw),
     attn: ctx.storage('gdn chunk attn', bytes.attn),
     gate: ctx.storage('gdn chunk gate', bytes.gate),
@@ -121,7 +147,8 @@ export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs &
   if (a.tokens > scratch.maxTokens) check.fail(`${a.tokens} tokens is more than the scratch's maxTokens ${scratch.maxTokens}; split the call`);
   const need = scratchBytes(a.tokens, a.nv, a.dk, a.dv);
   for (const name of ['uw', 'attn', 'gate', 'hs'] as const) {
-    if (need[name] > scratch[name].size) check.fail(`scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
+    if (need[name] > scratch[name].size)
+      check.fail(`scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
   }
   const inputs = [a.qkv, a.ba, a.aLog, a.dtBias, a.state, a.out];
   if ([scratch.uw, scratch.attn, scratch.gate, scratch.hs].some((b) => inputs.includes(b))) check.fail('scratch buffers must not be arguments');
@@ -134,14 +161,24 @@ export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs &
   const tiles = Math.ceil(a.dv / SCAN_DVT);
   return Promise.all([
     ctx.dispatch(
-      gatedDeltaNetChunkPrepareKernel, undefined,
-      { qkv: a.qkv, ba: a.ba, a_log: a.aLog, dt_bias: a.dtBias, uw, attn, gate,
-        params: { ...common, dk: a.dk, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset } },
+      gatedDeltaNetChunkPrepareKernel,
+      undefined,
+      {
+        qkv: a.qkv,
+        ba: a.ba,
+        a_log: a.aLog,
+        dt_bias: a.dtBias,
+        uw,
+        attn,
+        gate,
+        params: { ...common, dk: a.dk, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset },
+      },
       grid(chunks * a.nv, ctx.caps),
     ),
     ctx.dispatch(gatedDeltaNetChunkScanKernel, { dk: a.dk }, { qkv: a.qkv, uw, gate, hs, state: a.state, params: common }, grid(a.nv * tiles, ctx.caps)),
     ctx.dispatch(
-      gatedDeltaNetChunkOutputKernel, { dk: a.dk },
+      gatedDeltaNetChunkOutputKernel,
+      { dk: a.dk },
       { qkv: a.qkv, uw, attn, gate, hs, out: a.out, params: common },
       grid(chunks * a.nv * tiles, ctx.caps),
     ),

@@ -12,33 +12,60 @@ export interface GatedDeltaNetDecodeVariant {
 }
 
 const Params = {
-  nk: 'u32', nv: 'u32', ratio: 'u32', conv_dim: 'u32', w_stride: 'u32', k: 'u32',
-  z_off: 'u32', b_off: 'u32', a_off: 'u32', eps: 'f32',
+  nk: 'u32',
+  nv: 'u32',
+  ratio: 'u32',
+  conv_dim: 'u32',
+  w_stride: 'u32',
+  k: 'u32',
+  z_off: 'u32',
+  b_off: 'u32',
+  a_off: 'u32',
+  eps: 'f32',
 } as const;
 
 /** One decode token of a DeltaNet layer, in-projection to gated norm (see the shader). Grid: one workgroup per value head. */
 export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant>({
   name: 'gated_delta_net_decode',
   bindings: () => [
-    read('proj', 'act'), read('conv_w'), write('conv_state', 'act'), read('a_log'), read('dt_bias'), write('state'),
-    read('norm_w'), write('y', 'act'), uniform('params', Params), uniform('step', StepParams),
+    read('proj', 'act'),
+    read('conv_w'),
+    write('conv_state', 'act'),
+    read('a_log'),
+    read('dt_bias'),
+    write('state'),
+    read('norm_w'),
+    write('y', 'act'),
+    uniform('params', Params),
+    uniform('step', StepParams),
   ],
   helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;`,
 });
 
 export interface GatedDeltaNetDecodeArgs {
-  nk: number; nv: number; dk: number; dv: number;
+  nk: number;
+  nv: number;
+  dk: number;
+  dv: number;
   /** The fused in-projection of one token: qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
-  proj: GPUBuffer; zOffset: number; bOffset: number; aOffset: number;
+  proj: GPUBuffer;
+  zOffset: number;
+  bOffset: number;
+  aOffset: number;
   /** [conv_dim, wStride] f32 conv taps; [K, conv_dim] activation ring of raw inputs (conv1d_causal). */
-  convW: GPUBuffer; wStride: number; kernelSize: number; convState: GPUBuffer;
+  convW: GPUBuffer;
+  wStride: number;
+  kernelSize: number;
+  convState: GPUBuffer;
   /** StepParams uniform: the token's position. */
   step: GPUBuffer;
-  aLog: GPUBuffer; dtBias: GPUBuffer;
+  aLog: GPUBuffer;
+  dtBias: GPUBuffer;
   /** [nv, dk, dv] f32, read and updated. */
   state: GPUBuffer;
   /** [dv] f32 weight of the gated RMS norm. */
-  normW: GPUBuffer; eps: number;
+  normW: GPUBuffer;
+  eps: number;
   /** [nv, dv] activations. */
   y: GPUBuffer;
 }
@@ -76,12 +103,28 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   check.fits('normW', a.normW, dv);
   check.fits('y', a.y, nv * dv, ab);
   const params = {
-    nk, nv, ratio: nv / nk, conv_dim: convDim, w_stride: a.wStride, k: K,
-    z_off: a.zOffset, b_off: a.bOffset, a_off: a.aOffset, eps: a.eps,
+    nk,
+    nv,
+    ratio: nv / nk,
+    conv_dim: convDim,
+    w_stride: a.wStride,
+    k: K,
+    z_off: a.zOffset,
+    b_off: a.bOffset,
+    a_off: a.aOffset,
+    eps: a.eps,
   };
   const resources = {
-    proj: a.proj, conv_w: a.convW, conv_state: a.convState, a_log: a.aLog, dt_bias: a.dtBias, state: a.state,
-    norm_w: a.normW, y: a.y, params, step: a.step,
+    proj: a.proj,
+    conv_w: a.convW,
+    conv_state: a.convState,
+    a_log: a.aLog,
+    dt_bias: a.dtBias,
+    state: a.state,
+    norm_w: a.normW,
+    y: a.y,
+    params,
+    step: a.step,
   };
   return ctx.dispatch(gatedDeltaNetDecodeKernel, { dk, dv, ksplit }, resources, grid(nv, ctx.caps));
 }

@@ -13,8 +13,15 @@ export interface GatedDeltaNetStepVariant {
 }
 
 const Params = {
-  tokens: 'u32', nk: 'u32', nv: 'u32', dv: 'u32', ratio: 'u32',
-  qkv_stride: 'u32', ba_stride: 'u32', b_off: 'u32', a_off: 'u32',
+  tokens: 'u32',
+  nk: 'u32',
+  nv: 'u32',
+  dv: 'u32',
+  ratio: 'u32',
+  qkv_stride: 'u32',
+  ba_stride: 'u32',
+  b_off: 'u32',
+  a_off: 'u32',
 } as const;
 
 /** Value columns per workgroup (workgroup = DVT × ksplit invocations). */
@@ -28,9 +35,7 @@ const KSPLIT = 8;
  */
 export const gatedDeltaNetStepKernel = defineKernel<GatedDeltaNetStepVariant>({
   name: 'gated_delta_net_step',
-  bindings: () => [
-    read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('state'), write('out', 'act'), uniform('params', Params),
-  ],
+  bindings: () => [read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('state'), write('out', 'act'), uniform('params', Params)],
   helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst KSPLIT: u32 = ${v.ksplit}u;`,
   overrides: () => ({ DVT }),
 });
@@ -45,8 +50,15 @@ export async function gatedDeltaNetStep(ctx: GpuContext, a: GatedDeltaNetArgs): 
   checkGatedDeltaNetArgs(check, a, ctx.activationBytes);
   if (a.dk > 256) check.fail(`dk = ${a.dk} is more than 256 (the register slice per invocation)`);
   const params = {
-    tokens: a.tokens, nk: a.nk, nv: a.nv, dv: a.dv, ratio: a.nv / a.nk,
-    qkv_stride: a.qkvStride, ba_stride: a.baStride, b_off: a.bOffset, a_off: a.aOffset,
+    tokens: a.tokens,
+    nk: a.nk,
+    nv: a.nv,
+    dv: a.dv,
+    ratio: a.nv / a.nk,
+    qkv_stride: a.qkvStride,
+    ba_stride: a.baStride,
+    b_off: a.bOffset,
+    a_off: a.aOffset,
   };
   const resources = { qkv: a.qkv, ba: a.ba, a_log: a.aLog, dt_bias: a.dtBias, state: a.state, out: a.out, params };
   const workgroups = grid(a.nv * Math.ceil(a.dv / DVT), ctx.caps);

@@ -18,9 +18,13 @@ export const l2normKernel = defineKernel({
 export interface L2normArgs {
   /** [T, tokenStride]; head h of token t at x[t*tokenStride + h*dim ..][0, dim) */
   x: GPUBuffer;
-  tokens: number; heads: number; dim: number; tokenStride: number;
+  tokens: number;
+  heads: number;
+  dim: number;
+  tokenStride: number;
   /** heads h < scaledHeads are also multiplied by `scale` (the q heads, scale Dk^-0.5) */
-  scaledHeads: number; scale: number;
+  scaledHeads: number;
+  scale: number;
 }
 
 const check = checks('l2norm');

@@ -11,11 +11,7 @@ import { grid } from './grid.ts';
  */
 export const logSoftmaxKernel = defineKernel<{ inPlace: boolean }>({
   name: 'log_softmax',
-  bindings: (v) => [
-    ...(v.inPlace ? [] : [read('x')]),
-    write('y'),
-    uniform('params', { rows: 'u32', cols: 'u32' }),
-  ],
+  bindings: (v) => [...(v.inPlace ? [] : [read('x')]), write('y'), uniform('params', { rows: 'u32', cols: 'u32' })],
   helpers: (v) =>
     [
       `fn load_x(i: u32) -> f32 { return ${v.inPlace ? 'y' : 'x'}[i]; }`,

@@ -83,9 +83,7 @@ export const matmulKernel = defineKernel<MatmulVariant>({
     [
       `const NW = ${v.epilogue === 'swiglu' ? 2 : 1}u;`,
       `const CG = ${v.cg}u;`,
-      v.epilogue === 'swiglu'
-        ? 'fn finish(g: f32, u: f32) -> f32 { return silu(g) * u; }'
-        : 'fn finish(g: f32, u: f32) -> f32 { return g; }',
+      v.epilogue === 'swiglu' ? 'fn finish(g: f32, u: f32) -> f32 { return silu(g) * u; }' : 'fn finish(g: f32, u: f32) -> f32 { return g; }',
       `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
       v.scaled
         ? 'fn row_scale(r: u32) -> f32 { return scales[params.s_index + (r / params.s_div) * params.s_stride + r % params.s_div]; }'
@@ -203,13 +201,22 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   const { TM, TN, BK } = tileSizes(variant);
   const nw = epilogue === 'swiglu' ? 2 : 1;
   const wgBytes = 4 * (TM * BK + nw * TN * BK + TM);
-  if (wgBytes > ctx.caps.maxWorkgroupStorageBytes) fail(`tiles need ${wgBytes} bytes of workgroup memory, the adapter has ${ctx.caps.maxWorkgroupStorageBytes}`);
+  if (wgBytes > ctx.caps.maxWorkgroupStorageBytes)
+    fail(`tiles need ${wgBytes} bytes of workgroup memory, the adapter has ${ctx.caps.maxWorkgroupStorageBytes}`);
   const invocations = (TN / (4 * cg)) * (TM / 4);
   if (invocations > ctx.caps.maxInvocationsPerWorkgroup) fail(`tiles need ${invocations} invocations per workgroup`);
 
   const base = {
-    k: K, x_offset: xOffset, x_stride: args.xStride, x_div: grouped?.input === 'token' ? topk : 1,
-    y_offset: yOffset, y_stride: args.yStride, s_index: sIndex, s_stride: sStride, s_div: sDiv, tokens,
+    k: K,
+    x_offset: xOffset,
+    x_stride: args.xStride,
+    x_div: grouped?.input === 'token' ? topk : 1,
+    y_offset: yOffset,
+    y_stride: args.yStride,
+    s_index: sIndex,
+    s_stride: sStride,
+    s_div: sDiv,
+    tokens,
   };
   const resources = (part: GpuTensor['parts'][number]) => ({
     w: part.buffer,
@@ -225,8 +232,16 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
       w.parts.map((part) => {
         const colTiles = Math.ceil(part.count / TN);
         const params = {
-          ...base, ncols: part.count, col0: part.first, n_stride8: nStride8, h_stride8: hStride8, item_stride8: 0,
-          part_first: 0, part_count: 0, col_tiles: colTiles, tiles_total: colTiles * tokTiles,
+          ...base,
+          ncols: part.count,
+          col0: part.first,
+          n_stride8: nStride8,
+          h_stride8: hStride8,
+          item_stride8: 0,
+          part_first: 0,
+          part_count: 0,
+          col_tiles: colTiles,
+          tiles_total: colTiles * tokTiles,
         };
         return ctx.dispatch(matmulKernel, variant, { ...resources(part), params }, grid(colTiles * tokTiles, ctx.caps));
       }),
@@ -249,8 +264,16 @@ export async function matmul(ctx: GpuContext, args: MatmulArgs): Promise<Dispatc
   return Promise.all(
     w.parts.map((part) => {
       const params = {
-        ...base, ncols: N, col0: 0, n_stride8: nStride8, h_stride8: hStride8, item_stride8: w.itemStride / 8,
-        part_first: part.first, part_count: part.count, col_tiles: colTiles, tiles_total: 0,
+        ...base,
+        ncols: N,
+        col0: 0,
+        n_stride8: nStride8,
+        h_stride8: hStride8,
+        item_stride8: w.itemStride / 8,
+        part_first: part.first,
+        part_count: part.count,
+        col_tiles: colTiles,
+        tiles_total: 0,
       };
       return ctx.dispatch(matmulKernel, variant, { ...resources(part), params }, { indirect, offset: argsOffset });
     }),

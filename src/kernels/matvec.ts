@@ -10,10 +10,12 @@ export type Epilogue = 'store' | 'add' | 'swiglu';
 
 export interface MatvecArgs {
   w: GpuTensor;
-  x: GPUBuffer; xOffset?: number;      // input vector at x[xOffset ..]; for experts 'sum': row j at xOffset + j * xStride
-  xStride?: number;                    //   (dense over `tokens`: token t at xOffset + t * xStride)
-  y: GPUBuffer; yOffset?: number;      // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
-  yStride?: number;                    //   (dense over `tokens`: token t at yOffset + t * yStride)
+  x: GPUBuffer;
+  xOffset?: number; // input vector at x[xOffset ..]; for experts 'sum': row j at xOffset + j * xStride
+  xStride?: number; //   (dense over `tokens`: token t at xOffset + t * xStride)
+  y: GPUBuffer;
+  yOffset?: number; // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
+  yStride?: number; //   (dense over `tokens`: token t at yOffset + t * yStride)
   /**
    * Dense only: this many tokens, one after another, each its own matvec over the same weights (default 1). CPU
    * adapters prefill this way: it reads the weights once per token, but at several times the rate their tiled
@@ -48,7 +50,14 @@ export interface MatvecArgs {
  * lane holding `xu` units of x (8 elements, a q4 group of 32) in registers per K tile of tpr · xu units, and
  * walking its rows `ru` at a time; with `stage`, each tile of x passes through workgroup memory (see the shader).
  */
-export interface MatvecTuning { wg: number; tpr: number; rps: number; xu: number; stage: boolean; ru: number }
+export interface MatvecTuning {
+  wg: number;
+  tpr: number;
+  rps: number;
+  xu: number;
+  stage: boolean;
+  ru: number;
+}
 
 export type ExpertMode = 'none' | 'each' | 'sum';
 
@@ -73,10 +82,26 @@ export interface MatvecVariant {
 }
 
 const Params = {
-  rows: 'u32', row_groups: 'u32', jobs: 'u32', items: 'u32', rps: 'u32',
-  k: 'u32', row_stride_u: 'u32', item_stride_u: 'u32', up_u: 'u32',
-  x_off: 'u32', x_stride: 'u32', y_off: 'u32', y_stride: 'u32', y_row0: 'u32',
-  slot0: 'u32', ids_off: 'u32', topk: 'u32', scale_idx: 'u32', scale_stride: 'u32', eps: 'f32',
+  rows: 'u32',
+  row_groups: 'u32',
+  jobs: 'u32',
+  items: 'u32',
+  rps: 'u32',
+  k: 'u32',
+  row_stride_u: 'u32',
+  item_stride_u: 'u32',
+  up_u: 'u32',
+  x_off: 'u32',
+  x_stride: 'u32',
+  y_off: 'u32',
+  y_stride: 'u32',
+  y_row0: 'u32',
+  slot0: 'u32',
+  ids_off: 'u32',
+  topk: 'u32',
+  scale_idx: 'u32',
+  scale_stride: 'u32',
+  eps: 'f32',
 } as const;
 
 /** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
@@ -151,7 +176,10 @@ fn walk_rows(first: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held:
 export const matvecKernel = defineKernel<MatvecVariant>({
   name: 'matvec',
   bindings: (v) => [
-    weight('w', v.format), read('x', v.x), write('y', v.y), uniform('params', Params),
+    weight('w', v.format),
+    read('x', v.x),
+    write('y', v.y),
+    uniform('params', Params),
     ...(v.scaled ? [read('scales')] : []),
     ...(v.norm ? [read('norm_w')] : []),
     ...(v.experts !== 'none' ? [read('ids', 'u32'), read('slots', 'u32')] : []),
@@ -225,9 +253,23 @@ export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: n
 
 function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {
   const { wg, tpr, rps, xu, ru } = t;
-  const ok = isPow2(wg) && isPow2(tpr) && tpr <= wg && wg <= Math.min(256, caps.maxInvocationsPerWorkgroup) &&
-    Number.isInteger(rps) && rps >= 1 && Number.isInteger(xu) && xu >= 1 && xu <= 16 && Number.isInteger(ru) && ru >= 1 && ru <= 8;
-  if (!ok) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps} xu=${xu} ru=${ru}: wg and tpr must be powers of two with tpr <= wg <= 256, rps >= 1, 1 <= xu <= 16, 1 <= ru <= 8`);
+  const ok =
+    isPow2(wg) &&
+    isPow2(tpr) &&
+    tpr <= wg &&
+    wg <= Math.min(256, caps.maxInvocationsPerWorkgroup) &&
+    Number.isInteger(rps) &&
+    rps >= 1 &&
+    Number.isInteger(xu) &&
+    xu >= 1 &&
+    xu <= 16 &&
+    Number.isInteger(ru) &&
+    ru >= 1 &&
+    ru <= 8;
+  if (!ok)
+    check.fail(
+      `tuning wg=${wg} tpr=${tpr} rps=${rps} xu=${xu} ru=${ru}: wg and tpr must be powers of two with tpr <= wg <= 256, rps >= 1, 1 <= xu <= 16, 1 <= ru <= 8`,
+    );
   const limit = ok ? rpsLimit(caps, { ...t, format }) : 0;
   if (ok && rps > limit) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps}: at most ${limit} rows per set fit the workgroup memory`);
 }
@@ -269,7 +311,8 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   if (!(K >= 1 && N >= 1)) check.fail(`empty weight ${w.name} [${shape}]`);
   const format = weightFormat(w);
   const unit = unitOf(format);
-  if (w.rowStride % unit !== 0 || w.itemStride % unit !== 0 || w.rowStride < K) check.fail(`${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
+  if (w.rowStride % unit !== 0 || w.itemStride % unit !== 0 || w.rowStride < K)
+    check.fail(`${w.name} strides (${w.rowStride}, ${w.itemStride}) are not padded rows of ${K}`);
 
   const topk = experts?.topk ?? 1;
   const xOffset = args.xOffset ?? 0;
@@ -295,7 +338,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   const xType = elementType(ctx, 'input', args.input, check.fail);
   const yType = elementType(ctx, 'output', args.output, check.fail);
   check.fits('x', x, xOffset + (mode === 'sum' ? (topk - 1) * xStride : (tokens - 1) * xStride) + K, elementBytes(ctx, xType));
-  check.fits('y', y, yOffset + (mode === 'each' ? (topk - 1) : tokens - 1) * yStride + N, elementBytes(ctx, yType));
+  check.fits('y', y, yOffset + (mode === 'each' ? topk - 1 : tokens - 1) * yStride + N, elementBytes(ctx, yType));
   const scaleStride = mode === 'each' ? 1 : (scales?.stride ?? 0);
   if (scales) {
     check.index('scales.index', scales.index);
@@ -317,12 +360,34 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
   checkTuning(ctx.caps, tuning, format);
   const { wg, tpr, rps, xu, stage, ru } = tuning;
   const variant: MatvecVariant = {
-    format, epilogue, experts: mode, scaled: Boolean(scales), norm: Boolean(norm), wg, tpr, xu, stage, ru, rpsMax: rpsLimit(ctx.caps, { ...tuning, format }), x: xType, y: yType,
+    format,
+    epilogue,
+    experts: mode,
+    scaled: Boolean(scales),
+    norm: Boolean(norm),
+    wg,
+    tpr,
+    xu,
+    stage,
+    ru,
+    rpsMax: rpsLimit(ctx.caps, { ...tuning, format }),
+    x: xType,
+    y: yType,
   };
   const common = {
-    k: K, row_stride_u: w.rowStride / unit, item_stride_u: w.itemStride / unit, up_u: up / unit,
-    x_off: xOffset, x_stride: xStride, y_off: yOffset, y_stride: yStride,
-    ids_off: experts?.idsOffset ?? 0, topk: mode === 'sum' ? topk : 1, scale_idx: scales?.index ?? 0, scale_stride: scaleStride, eps: norm?.eps ?? 1,
+    k: K,
+    row_stride_u: w.rowStride / unit,
+    item_stride_u: w.itemStride / unit,
+    up_u: up / unit,
+    x_off: xOffset,
+    x_stride: xStride,
+    y_off: yOffset,
+    y_stride: yStride,
+    ids_off: experts?.idsOffset ?? 0,
+    topk: mode === 'sum' ? topk : 1,
+    scale_idx: scales?.index ?? 0,
+    scale_stride: scaleStride,
+    eps: norm?.eps ?? 1,
   };
   const extra = {
     ...(scales ? { scales: scales.buffer } : {}),
@@ -335,8 +400,14 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
       const partRows = experts ? N : part.count;
       const rowGroups = Math.ceil(partRows / ((wg / tpr) * rps));
       const params = {
-        ...common, rows: partRows, row_groups: rowGroups, jobs, items: part.count, rps,
-        y_row0: experts ? 0 : part.first, slot0: experts ? part.first : 0,
+        ...common,
+        rows: partRows,
+        row_groups: rowGroups,
+        jobs,
+        items: part.count,
+        rps,
+        y_row0: experts ? 0 : part.first,
+        slot0: experts ? part.first : 0,
       };
       return ctx.dispatch(matvecKernel, variant, { w: part.buffer, x, y, params, ...extra }, grid(rowGroups * jobs, ctx.caps));
     }),

@@ -16,10 +16,7 @@ export const moeCombineKernel = defineKernel({
 const check = checks('moe_combine');
 
 /** h[t*hidden + c] += Σ_{j<topk} out[(t*topk + j)*hidden + c] (residual add of the routed experts). */
-export async function moeCombine(
-  ctx: GpuContext,
-  a: { h: GPUBuffer; out: GPUBuffer; tokens: number; hidden: number; topk: number },
-): Promise<Dispatch> {
+export async function moeCombine(ctx: GpuContext, a: { h: GPUBuffer; out: GPUBuffer; tokens: number; hidden: number; topk: number }): Promise<Dispatch> {
   check.counts({ tokens: a.tokens, hidden: a.hidden, topk: a.topk });
   const rows = a.tokens * a.topk * a.hidden;
   if (rows > 0xffffffff) check.fail(`${rows} elements of out do not fit u32 indices`);

@@ -23,7 +23,10 @@ export const moeGroupCountKernel = defineKernel({
 export const moeGroupScanKernel = defineKernel({
   name: 'moe_group_scan',
   bindings: () => [
-    write('counts', 'atomic<u32>'), write('cursor', 'atomic<u32>'), write('tiles', 'vec4<u32>'), write('args', 'u32'),
+    write('counts', 'atomic<u32>'),
+    write('cursor', 'atomic<u32>'),
+    write('tiles', 'vec4<u32>'),
+    write('args', 'u32'),
     uniform('params', { experts: 'u32', tile_tokens: 'u32' }),
   ],
   overrides,
@@ -68,8 +71,15 @@ export function createMoeGroupScratch(ctx: GpuContext, experts: number): MoeGrou
 export async function moeGroup(
   ctx: GpuContext,
   a: {
-    ids: GPUBuffer; tokens: number; experts: number; topk: number; tileTokens: number;
-    order: GPUBuffer; tiles: GPUBuffer; args: GPUBuffer; scratch: MoeGroupScratch;
+    ids: GPUBuffer;
+    tokens: number;
+    experts: number;
+    topk: number;
+    tileTokens: number;
+    order: GPUBuffer;
+    tiles: GPUBuffer;
+    args: GPUBuffer;
+    scratch: MoeGroupScratch;
   },
 ): Promise<Dispatch[]> {
   const { tokens, experts, topk, tileTokens } = a;

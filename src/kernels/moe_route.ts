@@ -18,10 +18,7 @@ export const MOE_ROUTE_MAX_EXPERTS = 32 * WG;
  */
 export const moeRouteKernel = defineKernel({
   name: 'moe_route',
-  bindings: () => [
-    read('logits'), write('ids', 'u32'), write('gates'),
-    uniform('params', { tokens: 'u32', experts: 'u32', topk: 'u32' }),
-  ],
+  bindings: () => [read('logits'), write('ids', 'u32'), write('gates'), uniform('params', { tokens: 'u32', experts: 'u32', topk: 'u32' })],
   helpers: () => WORKGROUP_BEST,
   overrides: () => ({ WG }),
 });

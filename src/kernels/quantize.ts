@@ -8,15 +8,16 @@ import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 export interface QuantizeQ4Args {
-  src: GPUBuffer;            // raw little-endian bytes of the source piece (buffer length padded to 4 bytes)
+  src: GPUBuffer; // raw little-endian bytes of the source piece (buffer length padded to 4 bytes)
   srcDtype: SourceDtype;
-  rows: number; cols: number;          // source piece: rows x cols elements, row-major, starting at element 0
-  dst: GPUBuffer;            // a q4 GpuTensor part
+  rows: number;
+  cols: number; // source piece: rows x cols elements, row-major, starting at element 0
+  dst: GPUBuffer; // a q4 GpuTensor part
   /** Logical element of the piece's first row in the part, and between its rows (multiples of rowStride). */
   dstOffset: number;
   dstRowStride: number;
-  rowStride: number;         // the tensor's padded row length (a multiple of 64): columns past cols quantise as 0
-  itemStride: number;        // the tensor's item stride (a multiple of rowStride)
+  rowStride: number; // the tensor's padded row length (a multiple of 64): columns past cols quantise as 0
+  itemStride: number; // the tensor's item stride (a multiple of rowStride)
   /** A one-off upload piece: its params go to a reused uniform buffer (GpuContext.dispatch's `transient`). */
   transient?: boolean;
 }
@@ -30,13 +31,13 @@ const WG = 64;
 export const quantizeQ4Kernel = defineKernel<{ src: SourceDtype }>({
   name: 'quantize_q4',
   bindings: () => [
-    read('src', 'u32'), write('dst', 'u32'),
+    read('src', 'u32'),
+    write('dst', 'u32'),
     uniform('params', { pairs: 'u32', row_pairs: 'u32', cols: 'u32', dst_off: 'u32', dst_row_stride: 'u32', item_stride: 'u32', item_words: 'u32' }),
   ],
   helpers: (v) => [HALF_BITS, SOURCE_BITS[v.src]].join('\n'),
   overrides: () => ({ WG }),
 });
-
 
 const check = checks('quantize_q4');
 
@@ -49,7 +50,11 @@ export async function quantizeQ4(ctx: GpuContext, args: QuantizeQ4Args): Promise
   if (rowStride < cols) check.fail(`rowStride ${rowStride} is shorter than the ${cols} columns`);
   // Rows that start at multiples of rowStride never straddle two items.
   check.count('itemStride', itemStride);
-  for (const [name, v] of [['itemStride', itemStride], ['dstOffset', dstOffset], ['dstRowStride', dstRowStride]] as const) {
+  for (const [name, v] of [
+    ['itemStride', itemStride],
+    ['dstOffset', dstOffset],
+    ['dstRowStride', dstRowStride],
+  ] as const) {
     if (!Number.isInteger(v) || v < 0 || v % rowStride !== 0) check.fail(`${name} = ${v} must be a non-negative multiple of rowStride ${rowStride}`);
   }
   if (rows > 1 && dstRowStride < rowStride) check.fail(`dstRowStride ${dstRowStride} is shorter than rowStride ${rowStride}: rows would overlap`);
@@ -68,7 +73,8 @@ export async function quantizeQ4(ctx: GpuContext, args: QuantizeQ4Args): Promise
     quantizeQ4Kernel,
     { src: srcDtype },
     {
-      src, dst,
+      src,
+      dst,
       params: { pairs, row_pairs: rowPairs, cols, dst_off: dstOffset, dst_row_stride: dstRowStride, item_stride: itemStride, item_words: itemWords },
     },
     grid(Math.ceil(pairs / WG), ctx.caps),

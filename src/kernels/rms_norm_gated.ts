@@ -19,12 +19,17 @@ export interface RmsNormGatedArgs {
   /** [rows, dim], rows = T * heads */
   x: GPUBuffer;
   /** gate of row r (t = r / heads, h = r % heads) at z[t*zTokenStride + zOffset + h*dim ..][0, dim) */
-  z: GPUBuffer; zTokenStride: number; zOffset: number;
+  z: GPUBuffer;
+  zTokenStride: number;
+  zOffset: number;
   /** [dim] plain weight (not 1 + w) */
   w: GPUBuffer;
   /** [rows, dim] */
   y: GPUBuffer;
-  rows: number; heads: number; dim: number; eps: number;
+  rows: number;
+  heads: number;
+  dim: number;
+  eps: number;
 }
 
 const check = checks('rms_norm_gated');
@@ -35,7 +40,8 @@ export function rmsNormGated(ctx: GpuContext, a: RmsNormGatedArgs): Promise<Disp
   check.counts({ rows, heads, dim });
   if (rows % heads !== 0) check.fail(`rows = ${rows} is not a multiple of heads = ${heads}`);
   check.index('zOffset', a.zOffset);
-  if (!Number.isInteger(a.zTokenStride) || (rows > heads && a.zTokenStride < heads * dim)) check.fail(`zTokenStride = ${a.zTokenStride} is less than heads * dim = ${heads * dim}`);
+  if (!Number.isInteger(a.zTokenStride) || (rows > heads && a.zTokenStride < heads * dim))
+    check.fail(`zTokenStride = ${a.zTokenStride} is less than heads * dim = ${heads * dim}`);
   if (!(a.eps > 0) || !Number.isFinite(a.eps)) check.fail(`eps = ${a.eps} must be a positive number`);
   check.distinct({ x: a.x, z: a.z, w: a.w, y: a.y });
   const ab = ctx.activationBytes;

@@ -36,8 +36,16 @@ export const SAMPLE_MAX_IDS = 1 << 24;
 
 /** A request's options as the kernels read them (one uniform buffer). */
 export const SampleOptions = {
-  greedy: 'u32', temperature: 'f32', top_k: 'u32', top_p: 'f32', min_p: 'f32',
-  repetition: 'f32', presence: 'f32', frequency: 'f32', seed: 'u32', logprobs: 'u32',
+  greedy: 'u32',
+  temperature: 'f32',
+  top_k: 'u32',
+  top_p: 'f32',
+  min_p: 'f32',
+  repetition: 'f32',
+  presence: 'f32',
+  frequency: 'f32',
+  seed: 'u32',
+  logprobs: 'u32',
 } as const;
 export type SampleOptionValues = ParamValues<typeof SampleOptions>;
 
@@ -102,8 +110,14 @@ const overrides = () => ({ WG: SAMPLE_WG });
 export const samplePrepareKernel = defineKernel({
   name: 'sample_prepare',
   bindings: () => [
-    read('logits'), read('seen', 'u32'), read('counts', 'u32'), write('z'), write('stats', 'u32'), write('cand', 'u32'),
-    uniform('opts', SampleOptions), uniform('params', SampleParams),
+    read('logits'),
+    read('seen', 'u32'),
+    read('counts', 'u32'),
+    write('z'),
+    write('stats', 'u32'),
+    write('cand', 'u32'),
+    uniform('opts', SampleOptions),
+    uniform('params', SampleParams),
   ],
   helpers: () => COMMON,
   overrides,
@@ -112,9 +126,7 @@ export const samplePrepareKernel = defineKernel({
 /** Search levels (params.level 0..16; sampleLevels says which a request needs). Grid: one workgroup per block. */
 export const sampleSearchKernel = defineKernel({
   name: 'sample_search',
-  bindings: () => [
-    read('z'), read('stats', 'u32'), write('part'), write('state', 'u32'), uniform('opts', SampleOptions), uniform('params', SearchParams),
-  ],
+  bindings: () => [read('z'), read('stats', 'u32'), write('part'), write('state', 'u32'), uniform('opts', SampleOptions), uniform('params', SearchParams)],
   helpers: () => `${COMMON}\n${STATS}`,
   overrides,
 });
@@ -123,8 +135,16 @@ export const sampleSearchKernel = defineKernel({
 export const samplePickKernel = defineKernel({
   name: 'sample_pick',
   bindings: () => [
-    read('z'), read('stats', 'u32'), read('cand', 'u32'), read('part'), write('state', 'u32'), write('counts', 'u32'),
-    write('out', 'u32'), write('result', 'u32'), uniform('opts', SampleOptions), uniform('params', SampleParams),
+    read('z'),
+    read('stats', 'u32'),
+    read('cand', 'u32'),
+    read('part'),
+    write('state', 'u32'),
+    write('counts', 'u32'),
+    write('out', 'u32'),
+    write('result', 'u32'),
+    uniform('opts', SampleOptions),
+    uniform('params', SampleParams),
   ],
   helpers: () => `${COMMON}\n${STATS}`,
   overrides,
@@ -176,7 +196,9 @@ export function createSampleScratch(ctx: GpuContext, vocab: number, n: number): 
   const blocks = Math.ceil(n / SAMPLE_BLOCK);
   const s = (label: string, bytes: number) => ctx.storage(`sample ${label}`, bytes);
   const scratch: Omit<SampleScratch, 'buffers'> = {
-    vocab, n, blocks,
+    vocab,
+    n,
+    blocks,
     opts: ctx.createBuffer('sample opts', 48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
     seen: s('seen', n * 4),
     counts: s('counts', n * 4),
@@ -193,7 +215,8 @@ export function createSampleScratch(ctx: GpuContext, vocab: number, n: number): 
 /** Writes a request's options (validated by the caller; see GpuSampler.begin). */
 export function writeSampleOptions(ctx: GpuContext, scratch: SampleScratch, values: SampleOptionValues): void {
   if (values.greedy === 0 && !(values.temperature > 0)) fail(`temperature ${values.temperature} must be > 0 unless greedy`);
-  if (values.logprobs > SAMPLE_MAX_LOGPROBS || values.logprobs > scratch.n) fail(`logprobs ${values.logprobs} passes ${Math.min(SAMPLE_MAX_LOGPROBS, scratch.n)}`);
+  if (values.logprobs > SAMPLE_MAX_LOGPROBS || values.logprobs > scratch.n)
+    fail(`logprobs ${values.logprobs} passes ${Math.min(SAMPLE_MAX_LOGPROBS, scratch.n)}`);
   if (values.top_k >= scratch.n) fail(`top_k ${values.top_k} must be below n = ${scratch.n} (0 = off)`);
   ctx.write(scratch.opts, 0, packParams(SampleOptions, values));
 }
@@ -238,8 +261,16 @@ export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GP
     samplePickKernel,
     undefined,
     {
-      z: s.z, stats: s.stats, cand: s.cand, part: s.part, state: s.state, counts: s.counts, out: a.out, result: s.result,
-      opts: s.opts, params: { n: s.n, blocks: s.blocks },
+      z: s.z,
+      stats: s.stats,
+      cand: s.cand,
+      part: s.part,
+      state: s.state,
+      counts: s.counts,
+      out: a.out,
+      result: s.result,
+      opts: s.opts,
+      params: { n: s.n, blocks: s.blocks },
     },
     [1],
   );
@@ -265,9 +296,5 @@ export async function sample(
   a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[] },
 ): Promise<Dispatch[]> {
   if (a.levels.some((l, i) => i > 0 && l <= a.levels[i - 1])) fail(`levels ${a.levels.join(',')} must rise`);
-  return Promise.all([
-    samplePrepare(ctx, a),
-    ...a.levels.map((level) => sampleSearch(ctx, { scratch: a.scratch, level })),
-    samplePick(ctx, a),
-  ]);
+  return Promise.all([samplePrepare(ctx, a), ...a.levels.map((level) => sampleSearch(ctx, { scratch: a.scratch, level })), samplePick(ctx, a)]);
 }

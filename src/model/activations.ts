@@ -174,7 +174,10 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     actBuffers,
     step,
     rope,
-    partials: storage('attention partials', c.layerTypes.includes('full_attention') ? attentionScratchBytes({ maxTokens: S, nq: c.numHeads, capacity, headDim: c.headDim }) / 4 : 4),
+    partials: storage(
+      'attention partials',
+      c.layerTypes.includes('full_attention') ? attentionScratchBytes({ maxTokens: S, nq: c.numHeads, capacity, headDim: c.headDim }) / 4 : 4,
+    ),
     chunk,
     moe,
     buffers,
@@ -202,7 +205,9 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
   const kvBytes = c.numKvHeads * capacity * c.headDim * ab;
   if (kvBytes > ctx.caps.maxStorageBindingBytes) {
     const most = Math.floor(ctx.caps.maxStorageBindingBytes / (c.numKvHeads * c.headDim * ab));
-    throw new SessionError(`a context of ${capacity} tokens needs ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens)`);
+    throw new SessionError(
+      `a context of ${capacity} tokens needs ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens)`,
+    );
   }
   return c.layerTypes.map((t, i) =>
     t === 'full_attention'

@@ -91,7 +91,11 @@ export function parseConfig(raw: unknown, file = 'config.json'): Qwen35Config {
   const partial = num(rope.partial_rotary_factor ?? text.partial_rotary_factor, ropeAt('partial_rotary_factor'), 0.25);
   const rotaryDim = Math.round(headDim * partial);
   if (partial > 1 || rotaryDim % 2 !== 0) {
-    throw new ConfigError(`${partial} gives a rotary dimension of ${headDim * partial}, which must be even and at most head_dim`, ropeAt('partial_rotary_factor'), file);
+    throw new ConfigError(
+      `${partial} gives a rotary dimension of ${headDim * partial}, which must be even and at most head_dim`,
+      ropeAt('partial_rotary_factor'),
+      file,
+    );
   }
   const ropeType = rope.rope_type ?? text.rope_type ?? 'default';
   if (ropeType !== 'default') throw new ConfigError(`"${String(ropeType)}" is not supported (Qwen3.5 uses default RoPE)`, ropeAt('rope_type'), file);
@@ -104,7 +108,11 @@ export function parseConfig(raw: unknown, file = 'config.json'): Qwen35Config {
   const linearKeyHeads = int('linear_num_key_heads');
   const linearValueHeads = int('linear_num_value_heads');
   if (linearValueHeads % linearKeyHeads !== 0) {
-    throw new ConfigError(`linear_num_value_heads ${linearValueHeads} is not a multiple of linear_num_key_heads ${linearKeyHeads}`, at('linear_num_value_heads'), file);
+    throw new ConfigError(
+      `linear_num_value_heads ${linearValueHeads} is not a multiple of linear_num_key_heads ${linearKeyHeads}`,
+      at('linear_num_value_heads'),
+      file,
+    );
   }
 
   let moe: MoeConfig | undefined;

@@ -52,7 +52,11 @@ export function checkLayerCount(raw: unknown, counts: TensorCounts, file = 'conf
   const text = nested ? (raw.text_config as Json) : raw;
   const n = text.num_hidden_layers;
   if (typeof n === 'number' && n > counts.layers) {
-    throw new ConfigError(`${n} layers, but the checkpoint's tensors hold ${counts.layers}`, nested ? 'text_config.num_hidden_layers' : 'num_hidden_layers', file);
+    throw new ConfigError(
+      `${n} layers, but the checkpoint's tensors hold ${counts.layers}`,
+      nested ? 'text_config.num_hidden_layers' : 'num_hidden_layers',
+      file,
+    );
   }
 }
 

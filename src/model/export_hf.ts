@@ -74,16 +74,19 @@ export async function exportHf(packed: PackedModel, sink: OutputSink, options: E
   try {
     let doneBytes = 0;
     for (const shard of shards) {
-      await writeFile(shard.name, (async function* () {
-        yield safetensorsHeader(shard.tensors);
-        for (const t of shard.tensors) {
-          for await (const values of placementValues(packed, t.packed, t.placement, signal)) {
-            yield new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-            doneBytes += values.byteLength;
-            onProgress?.({ doneBytes, totalBytes, tensor: t.name });
+      await writeFile(
+        shard.name,
+        (async function* () {
+          yield safetensorsHeader(shard.tensors);
+          for (const t of shard.tensors) {
+            for await (const values of placementValues(packed, t.packed, t.placement, signal)) {
+              yield new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+              doneBytes += values.byteLength;
+              onProgress?.({ doneBytes, totalBytes, tensor: t.name });
+            }
           }
-        }
-      })());
+        })(),
+      );
     }
     if (shards.length > 1) {
       const weightMap = Object.fromEntries(shards.flatMap((s) => s.tensors.map((t) => [t.name, s.name])));
@@ -151,7 +154,10 @@ function planShards(tensors: HfTensor[], shardBytes: number): ShardPlan[] {
     }
   }
   const n = String(groups.length).padStart(5, '0');
-  return groups.map((g, i) => ({ name: groups.length === 1 ? 'model.safetensors' : `model-${String(i + 1).padStart(5, '0')}-of-${n}.safetensors`, tensors: g }));
+  return groups.map((g, i) => ({
+    name: groups.length === 1 ? 'model.safetensors' : `model-${String(i + 1).padStart(5, '0')}-of-${n}.safetensors`,
+    tensors: g,
+  }));
 }
 
 /** The length field and JSON header of a safetensors file holding `tensors` as F32, in order. */

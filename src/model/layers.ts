@@ -104,13 +104,16 @@ export interface Input {
 
 /** The residual stream, normed with `weight` inside whichever matvec reads it. */
 export const residualNormed = (model: Model, act: Activations, weight: GpuTensor): Input => ({
-  buffer: act.h, norm: { weight: vectorBuffer(weight), eps: model.config.rmsNormEps },
+  buffer: act.h,
+  norm: { weight: vectorBuffer(weight), eps: model.config.rmsNormEps },
 });
 
 interface LinearArgs {
   w: GpuTensor;
-  x: Input; xStride: number;
-  y: GPUBuffer; yStride: number;
+  x: Input;
+  xStride: number;
+  y: GPUBuffer;
+  yStride: number;
   epilogue: 'store' | 'add' | 'swiglu';
   /** Routing weight of each token's output: buffer[index + t * stride]. */
   scales?: { buffer: GPUBuffer; index: number; stride: number };
@@ -145,34 +148,93 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
   const gates = { bOffset: dim.convDim + dim.valueDim, aOffset: dim.convDim + dim.valueDim + nv, aLog: vectorBuffer(w.aLog), dtBias: vectorBuffer(w.dtBias) };
   const conv = { wStride: w.conv.rowStride, kernelSize: config.convKernel, step: act.step };
   const inProj = await linear(ctx, act, T, { w: w.inProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' });
-  const outProj = await linear(ctx, act, T, { w: w.outProj, x: { buffer: act.gatedNorm }, xStride: dim.valueDim, y: act.h, yStride: config.hiddenSize, epilogue: 'add' });
+  const outProj = await linear(ctx, act, T, {
+    w: w.outProj,
+    x: { buffer: act.gatedNorm },
+    xStride: dim.valueDim,
+    y: act.h,
+    yStride: config.hiddenSize,
+    epilogue: 'add',
+  });
   if (T === 1) {
     return [
       ...inProj,
       await gatedDeltaNetDecode(ctx, {
-        ...heads, ...gates, ...conv, proj: act.mixerProj, zOffset: dim.convDim, convW: vectorBuffer(w.conv), convState: state.conv!,
-        state: state.recurrent!, normW: vectorBuffer(w.norm), eps: config.rmsNormEps, y: act.gatedNorm,
+        ...heads,
+        ...gates,
+        ...conv,
+        proj: act.mixerProj,
+        zOffset: dim.convDim,
+        convW: vectorBuffer(w.conv),
+        convState: state.conv!,
+        state: state.recurrent!,
+        normW: vectorBuffer(w.norm),
+        eps: config.rmsNormEps,
+        y: act.gatedNorm,
       }),
       ...outProj,
     ];
   }
-  const core = { ...heads, ...gates, tokens: T, qkv: act.coreInput, qkvStride: dim.convDim, ba: act.mixerProj, baStride: projWidth, state: state.recurrent!, out: act.coreOutput };
+  const core = {
+    ...heads,
+    ...gates,
+    tokens: T,
+    qkv: act.coreInput,
+    qkvStride: dim.convDim,
+    ba: act.mixerProj,
+    baStride: projWidth,
+    state: state.recurrent!,
+    out: act.coreOutput,
+  };
   return [
     ...inProj,
-    await conv1dCausal(ctx, { ...conv, x: act.mixerProj, xStride: projWidth, w: vectorBuffer(w.conv), state: state.conv!, y: act.coreInput, tokens: T, channels: dim.convDim }),
-    await l2norm(ctx, { x: act.coreInput, tokens: T, heads: 2 * nk, dim: config.linearKeyDim, tokenStride: dim.convDim, scaledHeads: nk, scale: 1 / Math.sqrt(config.linearKeyDim) }),
+    await conv1dCausal(ctx, {
+      ...conv,
+      x: act.mixerProj,
+      xStride: projWidth,
+      w: vectorBuffer(w.conv),
+      state: state.conv!,
+      y: act.coreInput,
+      tokens: T,
+      channels: dim.convDim,
+    }),
+    await l2norm(ctx, {
+      x: act.coreInput,
+      tokens: T,
+      heads: 2 * nk,
+      dim: config.linearKeyDim,
+      tokenStride: dim.convDim,
+      scaledHeads: nk,
+      scale: 1 / Math.sqrt(config.linearKeyDim),
+    }),
     // Chunked on GPUs; token after token on CPU adapters, where the chunks' kernels compile for minutes and run slower.
     ...(ctx.caps.cpu ? await gatedDeltaNetStep(ctx, core) : await gatedDeltaNetChunk(ctx, { ...core, scratch: act.chunk })),
     await rmsNormGated(ctx, {
-      x: act.coreOutput, z: act.mixerProj, zTokenStride: projWidth, zOffset: dim.convDim, w: vectorBuffer(w.norm), y: act.gatedNorm,
-      rows: T * nv, heads: nv, dim: config.linearValueDim, eps: config.rmsNormEps,
+      x: act.coreOutput,
+      z: act.mixerProj,
+      zTokenStride: projWidth,
+      zOffset: dim.convDim,
+      w: vectorBuffer(w.norm),
+      y: act.gatedNorm,
+      rows: T * nv,
+      heads: nv,
+      dim: config.linearValueDim,
+      eps: config.rmsNormEps,
     }),
     ...outProj,
   ];
 }
 
 /** Qwen3_5Attention (spec §2.4): [q | gate] per head, q/k norm, partial RoPE, causal GQA over the KV cache, sigmoid gate. */
-async function gatedAttention(ctx: GpuContext, model: Model, w: AttentionWeights, state: LayerState, act: Activations, x: Input, T: number): Promise<Dispatch[]> {
+async function gatedAttention(
+  ctx: GpuContext,
+  model: Model,
+  w: AttentionWeights,
+  state: LayerState,
+  act: Activations,
+  x: Input,
+  T: number,
+): Promise<Dispatch[]> {
   const config = model.config;
   const dim = dims(config);
   const projWidth = dim.attentionProj;
@@ -182,11 +244,28 @@ async function gatedAttention(ctx: GpuContext, model: Model, w: AttentionWeights
   return [
     ...(await linear(ctx, act, T, { w: w.qkvProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' })),
     await attentionPrepare(ctx, {
-      ...heads, ...cache, proj: act.mixerProj, projStride: projWidth, kOffset, vOffset: kOffset + config.numKvHeads * config.headDim,
-      rotaryDim: config.rotaryDim, qNorm: vectorBuffer(w.qNorm), kNorm: vectorBuffer(w.kNorm), eps: config.rmsNormEps, rope: act.rope, q: act.coreInput,
+      ...heads,
+      ...cache,
+      proj: act.mixerProj,
+      projStride: projWidth,
+      kOffset,
+      vOffset: kOffset + config.numKvHeads * config.headDim,
+      rotaryDim: config.rotaryDim,
+      qNorm: vectorBuffer(w.qNorm),
+      kNorm: vectorBuffer(w.kNorm),
+      eps: config.rmsNormEps,
+      rope: act.rope,
+      q: act.coreInput,
     }),
     ...(await attention(ctx, { ...heads, ...cache, q: act.coreInput, proj: act.mixerProj, projStride: projWidth, out: act.coreOutput, scratch: act.partials })),
-    ...(await linear(ctx, act, T, { w: w.oProj, x: { buffer: act.coreOutput }, xStride: dim.attentionOut, y: act.h, yStride: config.hiddenSize, epilogue: 'add' })),
+    ...(await linear(ctx, act, T, {
+      w: w.oProj,
+      x: { buffer: act.coreOutput },
+      xStride: dim.attentionOut,
+      y: act.h,
+      yStride: config.hiddenSize,
+      epilogue: 'add',
+    })),
   ];
 }
 
@@ -214,9 +293,29 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
     ...(await linear(ctx, act, T, { w: w.router, x, xStride: config.hiddenSize, y: moeAct.logits, yStride: E + 1, epilogue: 'store' })),
     await moeRoute(ctx, { logits: moeAct.logits, tokens: T, experts: E, topk: k, ids: moeAct.ids, gates: moeAct.gates }),
     // Prefill: the T·topk (token, expert) pairs grouped by expert into tiles.
-    ...(T === 1 ? [] : await moeGroup(ctx, { ids: moeAct.ids, tokens: T, experts: E, topk: k, tileTokens: moeAct.tileTokens, order: moeAct.order, tiles: moeAct.tiles, args: moeAct.args, scratch: moeAct.groupScratch })),
+    ...(T === 1
+      ? []
+      : await moeGroup(ctx, {
+          ids: moeAct.ids,
+          tokens: T,
+          experts: E,
+          topk: k,
+          tileTokens: moeAct.tileTokens,
+          order: moeAct.order,
+          tiles: moeAct.tiles,
+          args: moeAct.args,
+          scratch: moeAct.groupScratch,
+        })),
     // The shared expert's SwiGLU, sigmoid-gated, before any expert adds into h: a decode input is h itself.
-    ...(await linear(ctx, act, T, { w: w.sharedGateUp, x, xStride: config.hiddenSize, y: act.swiglu, yStride: config.moe!.sharedIntermediate, epilogue: 'swiglu', scales: { buffer: moeAct.gates, index: k, stride: k + 1 } })),
+    ...(await linear(ctx, act, T, {
+      w: w.sharedGateUp,
+      x,
+      xStride: config.hiddenSize,
+      y: act.swiglu,
+      yStride: config.moe!.sharedIntermediate,
+      epilogue: 'swiglu',
+      scales: { buffer: moeAct.gates, index: k, stride: k + 1 },
+    })),
   ];
 }
 
@@ -230,19 +329,56 @@ async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: 
     const experts = { ids: moeAct.ids, slots: w.slots, topk: k };
     return [
       ...(await matvec(ctx, {
-        w: w.expertsGateUp, x: x.buffer, norm: x.norm, input: 'f32', y: moeAct.swiglu, output: elementOf(act, moeAct.swiglu), yStride: Im, epilogue: 'swiglu',
-        scales: { buffer: moeAct.gates, index: 0 }, experts: { ...experts, mode: 'each' },
+        w: w.expertsGateUp,
+        x: x.buffer,
+        norm: x.norm,
+        input: 'f32',
+        y: moeAct.swiglu,
+        output: elementOf(act, moeAct.swiglu),
+        yStride: Im,
+        epilogue: 'swiglu',
+        scales: { buffer: moeAct.gates, index: 0 },
+        experts: { ...experts, mode: 'each' },
       })),
-      ...(await matvec(ctx, { w: w.expertsDown, x: moeAct.swiglu, input: elementOf(act, moeAct.swiglu), xStride: Im, y: act.h, output: 'f32', epilogue: 'add', experts: { ...experts, mode: 'sum' } })),
+      ...(await matvec(ctx, {
+        w: w.expertsDown,
+        x: moeAct.swiglu,
+        input: elementOf(act, moeAct.swiglu),
+        xStride: Im,
+        y: act.h,
+        output: 'f32',
+        epilogue: 'add',
+        experts: { ...experts, mode: 'sum' },
+      })),
     ];
   }
   const grouped = { order: moeAct.order, tiles: moeAct.tiles, args: moeAct.args, slots: w.slots, topk: k };
   return [
     ...(await matmul(ctx, {
-      w: w.expertsGateUp, tokens: T, x: x.buffer, input: 'f32', xStride: H, y: moeAct.swiglu, output: elementOf(act, moeAct.swiglu), yStride: Im, epilogue: 'swiglu',
-      scales: { buffer: moeAct.gates, index: 0, stride: 0 }, grouped: { ...grouped, argsOffset: 0, input: 'token' },
+      w: w.expertsGateUp,
+      tokens: T,
+      x: x.buffer,
+      input: 'f32',
+      xStride: H,
+      y: moeAct.swiglu,
+      output: elementOf(act, moeAct.swiglu),
+      yStride: Im,
+      epilogue: 'swiglu',
+      scales: { buffer: moeAct.gates, index: 0, stride: 0 },
+      grouped: { ...grouped, argsOffset: 0, input: 'token' },
     })),
-    ...(await matmul(ctx, { w: w.expertsDown, tokens: T, x: moeAct.swiglu, input: elementOf(act, moeAct.swiglu), xStride: Im, y: moeAct.out, output: 'f32', yStride: H, epilogue: 'store', grouped: { ...grouped, argsOffset: 12, input: 'pair' } })),
+    ...(await matmul(ctx, {
+      w: w.expertsDown,
+      tokens: T,
+      x: moeAct.swiglu,
+      input: elementOf(act, moeAct.swiglu),
+      xStride: Im,
+      y: moeAct.out,
+      output: 'f32',
+      yStride: H,
+      epilogue: 'store',
+      grouped: { ...grouped, argsOffset: 12, input: 'pair' },
+    })),
   ];
 }
 
@@ -262,7 +398,13 @@ async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Acti
  * Logits into `logits` ([rows, V] f32 whatever the activations): of the final-normed hidden rows [first, first + rows)
  * that a prefill forward left in act.x, or after a decode forward (`decoded`: one row, the final norm folded in here).
  */
-export function lmHead(ctx: GpuContext, model: Model, act: Activations, logits: GPUBuffer, rows: { first: number; count: number } | 'decoded'): Promise<Dispatch[]> {
+export function lmHead(
+  ctx: GpuContext,
+  model: Model,
+  act: Activations,
+  logits: GPUBuffer,
+  rows: { first: number; count: number } | 'decoded',
+): Promise<Dispatch[]> {
   const H = model.config.hiddenSize;
   const V = model.config.vocabSize;
   const w = model.weights.lmHead;
@@ -275,4 +417,3 @@ export function lmHead(ctx: GpuContext, model: Model, act: Activations, logits: 
     ? matvec(ctx, { w, x: act.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens: count })
     : matmul(ctx, { w, tokens: count, x: act.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store' });
 }
-

@@ -46,27 +46,45 @@ export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options
   let dtype = options.dtype;
   if (packed) {
     if (options.dtypeGiven && options.dtype !== packed.dtype) {
-      throw new ModelFormatError(`holds ${packed.dtype} weights; they cannot be loaded as ${options.dtype} (convert the original checkpoint again)`, 'qwen-webgpu.json');
+      throw new ModelFormatError(
+        `holds ${packed.dtype} weights; they cannot be loaded as ${options.dtype} (convert the original checkpoint again)`,
+        'qwen-webgpu.json',
+      );
     }
     dtype = packed.dtype;
     dtypeOf = (spec) => packed.tensors.get(spec.key)!.dtype;
     checkPackedTensors(packed, plan.specs, (spec, d) => planTensorLayout(spec.key, spec.shape, d, ctx.caps));
-    if (options.verify) await packed.verify((p) => options.onProgress?.({ loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: `verifying ${p.file}` }), options.signal);
+    if (options.verify)
+      await packed.verify((p) => options.onProgress?.({ loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: `verifying ${p.file}` }), options.signal);
   }
   const experts = expertStreaming(ctx, checkpoint, plan, dtypeOf, options.expertCacheBytes);
   // Streamed expert tensors get `slots` items and are filled by the runtime, not here.
   const streamed = (spec: TensorSpec) => experts !== undefined && /^layers\.\d+\.mlp\.experts_/.test(spec.key);
   const specs = plan.specs.map((spec) => (streamed(spec) ? { ...spec, shape: [experts!.slots, ...spec.shape.slice(1)] } : spec));
-  const totalBytes = experts ? plan.sourceBytes - plan.specs.filter(streamed).reduce((sum, s) => sum + s.shape[0] * experts.source.itemBytes(s.key.endsWith('gate_up') ? 'gate_up' : 'down'), 0) : plan.sourceBytes;
+  const totalBytes = experts
+    ? plan.sourceBytes -
+      plan.specs.filter(streamed).reduce((sum, s) => sum + s.shape[0] * experts.source.itemBytes(s.key.endsWith('gate_up') ? 'gate_up' : 'down'), 0)
+    : plan.sourceBytes;
   const owned: GPUBuffer[] = [];
   try {
     const gpu = allocateTensors(ctx, specs, dtypeOf, owned);
     let loadedBytes = 0;
-    for await (const step of uploadSources(ctx, checkpoint, specs.filter((s) => !streamed(s)), gpu, { signal: options.signal })) {
+    for await (const step of uploadSources(
+      ctx,
+      checkpoint,
+      specs.filter((s) => !streamed(s)),
+      gpu,
+      { signal: options.signal },
+    )) {
       loadedBytes += step.bytes;
       options.onProgress?.({ loadedBytes, totalBytes, tensor: step.tensor });
     }
-    return finishModel(ctx, { ...plan.vocab, config: plan.config, dtype, location: checkpoint.location, unusedTensors: plan.unusedTensors, experts }, gpu, owned);
+    return finishModel(
+      ctx,
+      { ...plan.vocab, config: plan.config, dtype, location: checkpoint.location, unusedTensors: plan.unusedTensors, experts },
+      gpu,
+      owned,
+    );
   } catch (error) {
     ctx.free(...owned);
     throw error;

@@ -35,7 +35,11 @@ export async function* uploadPacked(
 }
 
 /** The packed tensor for each spec must exist and match what allocateTensors gives it (checked before allocation). */
-export function checkPackedTensors(packed: PackedModel, specs: TensorSpec[], layout: (spec: TensorSpec, dtype: GpuTensor['dtype']) => { rowStride: number; itemStride: number }): void {
+export function checkPackedTensors(
+  packed: PackedModel,
+  specs: TensorSpec[],
+  layout: (spec: TensorSpec, dtype: GpuTensor['dtype']) => { rowStride: number; itemStride: number },
+): void {
   for (const spec of specs) {
     const t = packed.tensors.get(spec.key);
     if (!t) throw new ModelFormatError(`tensor ${spec.key} is missing from the manifest`, 'qwen-webgpu.json', spec.key);
@@ -44,7 +48,11 @@ export function checkPackedTensors(packed: PackedModel, specs: TensorSpec[], lay
     if (spec.kind === 'vector' && t.dtype !== 'f32') throw new ModelFormatError(`is ${t.dtype}; vectors are stored as f32`, 'qwen-webgpu.json', spec.key);
     const want = layout(spec, t.dtype);
     if (t.rowStride !== want.rowStride || t.itemStride !== want.itemStride) {
-      throw new ModelFormatError(`row/item strides ${t.rowStride}/${t.itemStride} differ from this engine's ${want.rowStride}/${want.itemStride}`, 'qwen-webgpu.json', spec.key);
+      throw new ModelFormatError(
+        `row/item strides ${t.rowStride}/${t.itemStride} differ from this engine's ${want.rowStride}/${want.itemStride}`,
+        'qwen-webgpu.json',
+        spec.key,
+      );
     }
   }
 }

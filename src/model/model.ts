@@ -50,7 +50,11 @@ export function finishModel(
     const buffer = ctx.storage(`${key} expert slots`, n * 4);
     // Streamed layers start with no expert resident; the runtime's ExpertCache fills slots as routing asks.
     const streamed = info.experts !== undefined && key.startsWith('layers.');
-    ctx.write(buffer, 0, Uint32Array.from({ length: n }, (_, e) => (streamed ? NOT_RESIDENT : e)));
+    ctx.write(
+      buffer,
+      0,
+      Uint32Array.from({ length: n }, (_, e) => (streamed ? NOT_RESIDENT : e)),
+    );
     owned.push(buffer);
     return buffer;
   });

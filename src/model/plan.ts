@@ -24,7 +24,10 @@ export interface CheckpointPlan {
  * since nothing runs it yet).
  */
 export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; vocab?: VocabInfo } = {}): Promise<CheckpointPlan> {
-  const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & { text_config?: { eos_token_id?: unknown }; eos_token_id?: unknown };
+  const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & {
+    text_config?: { eos_token_id?: unknown };
+    eos_token_id?: unknown;
+  };
   const packed = checkpoint.packed;
   // The config's counts are checked against the tensor index before anything is built from them.
   const counts = countTensors(packed ? packed.tensors : checkpoint.tensors);
@@ -96,6 +99,7 @@ async function vocabInfo(source: WeightSource, vocabSize: number, given: VocabIn
     const eos = (Array.isArray(configEos) ? configEos : [configEos]).filter((id): id is number => Number.isInteger(id) && id >= 0 && id < vocabSize);
     return { tokenizerSize: vocabSize, eosTokenIds: eos };
   }
-  if (vocab.tokenizerSize > vocabSize) throw new ModelFormatError(`has token id ${vocab.tokenizerSize - 1}, beyond the model's vocab_size ${vocabSize}`, 'tokenizer.json');
+  if (vocab.tokenizerSize > vocabSize)
+    throw new ModelFormatError(`has token id ${vocab.tokenizerSize - 1}, beyond the model's vocab_size ${vocabSize}`, 'tokenizer.json');
   return vocab;
 }

@@ -40,7 +40,10 @@ const whole = (source: string, shape: number[], item = 0, row = 0): Placement =>
 };
 
 const vector = (key: string, source: string, n: number): TensorSpec => ({
-  key, shape: [1, n], kind: 'vector', sources: [{ source, shape: [n], view: [1, 1], item: 0, row: 0 }],
+  key,
+  shape: [1, n],
+  kind: 'vector',
+  sources: [{ source, shape: [n], view: [1, 1], item: 0, row: 0 }],
 });
 
 function attentionLayer(c: Qwen35Config, key: string, p: string): TensorSpec[] {
@@ -50,7 +53,10 @@ function attentionLayer(c: Qwen35Config, key: string, p: string): TensorSpec[] {
   const kvRows = c.numKvHeads * c.headDim;
   return [
     {
-      key: `${key}.qkv_proj`, shape: [d.attentionProj, H], kind: 'matrix', sources: [
+      key: `${key}.qkv_proj`,
+      shape: [d.attentionProj, H],
+      kind: 'matrix',
+      sources: [
         whole(`${p}.self_attn.q_proj.weight`, [qRows, H]),
         whole(`${p}.self_attn.k_proj.weight`, [kvRows, H], qRows),
         whole(`${p}.self_attn.v_proj.weight`, [kvRows, H], qRows + kvRows),
@@ -68,7 +74,10 @@ function deltaNetLayer(c: Qwen35Config, key: string, p: string): TensorSpec[] {
   const nv = c.linearValueHeads;
   return [
     {
-      key: `${key}.in_proj`, shape: [d.deltaNetProj, H], kind: 'matrix', sources: [
+      key: `${key}.in_proj`,
+      shape: [d.deltaNetProj, H],
+      kind: 'matrix',
+      sources: [
         whole(`${p}.linear_attn.in_proj_qkv.weight`, [d.convDim, H]),
         whole(`${p}.linear_attn.in_proj_z.weight`, [d.valueDim, H], d.convDim),
         whole(`${p}.linear_attn.in_proj_b.weight`, [nv, H], d.convDim + d.valueDim),
@@ -76,7 +85,9 @@ function deltaNetLayer(c: Qwen35Config, key: string, p: string): TensorSpec[] {
       ],
     },
     {
-      key: `${key}.conv`, shape: [d.convDim, c.convKernel], kind: 'vector',
+      key: `${key}.conv`,
+      shape: [d.convDim, c.convKernel],
+      kind: 'vector',
       sources: [{ source: `${p}.linear_attn.conv1d.weight`, shape: [d.convDim, 1, c.convKernel], view: [d.convDim, 1], item: 0, row: 0 }],
     },
     vector(`${key}.a_log`, `${p}.linear_attn.A_log`, nv),
@@ -89,7 +100,10 @@ function deltaNetLayer(c: Qwen35Config, key: string, p: string): TensorSpec[] {
 /** SwiGLU pair as [I, 2, H]: item i holds gate row i then up row i, so a split never separates a pair. */
 function swigluPair(key: string, gate: string, up: string, I: number, H: number): TensorSpec {
   return {
-    key, shape: [I, 2, H], kind: 'matrix', sources: [
+    key,
+    shape: [I, 2, H],
+    kind: 'matrix',
+    sources: [
       { source: gate, shape: [I, H], view: [I, 1], item: 0, row: 0 },
       { source: up, shape: [I, H], view: [I, 1], item: 0, row: 1 },
     ],
@@ -113,23 +127,33 @@ function mlp(c: Qwen35Config, key: string, p: string, naming: Naming): TensorSpe
       ]
     : [
         {
-          key: `${key}.experts_gate_up`, shape: [E, 2 * Im, H], kind: 'matrix' as const,
+          key: `${key}.experts_gate_up`,
+          shape: [E, 2 * Im, H],
+          kind: 'matrix' as const,
           sources: Array.from({ length: E }, (_, e) => [
             { source: `${p}.mlp.experts.${e}.gate_proj.weight`, shape: [Im, H], view: [1, Im] as [number, number], item: e, row: 0 },
             { source: `${p}.mlp.experts.${e}.up_proj.weight`, shape: [Im, H], view: [1, Im] as [number, number], item: e, row: Im },
           ]).flat(),
         },
         {
-          key: `${key}.experts_down`, shape: [E, H, Im], kind: 'matrix' as const,
-          sources: Array.from({ length: E }, (_, e) => ({ source: `${p}.mlp.experts.${e}.down_proj.weight`, shape: [H, Im], view: [1, H] as [number, number], item: e, row: 0 })),
+          key: `${key}.experts_down`,
+          shape: [E, H, Im],
+          kind: 'matrix' as const,
+          sources: Array.from({ length: E }, (_, e) => ({
+            source: `${p}.mlp.experts.${e}.down_proj.weight`,
+            shape: [H, Im],
+            view: [1, H] as [number, number],
+            item: e,
+            row: 0,
+          })),
         },
       ];
   return [
     {
-      key: `${key}.router`, shape: [E + 1, H], kind: 'matrix', sources: [
-        whole(`${p}.mlp.gate.weight`, [E, H]),
-        whole(`${p}.mlp.shared_expert_gate.weight`, [1, H], E),
-      ],
+      key: `${key}.router`,
+      shape: [E + 1, H],
+      kind: 'matrix',
+      sources: [whole(`${p}.mlp.gate.weight`, [E, H]), whole(`${p}.mlp.shared_expert_gate.weight`, [1, H], E)],
     },
     ...experts,
     swigluPair(`${key}.shared_gate_up`, `${p}.mlp.shared_expert.gate_proj.weight`, `${p}.mlp.shared_expert.up_proj.weight`, Is, H),
@@ -141,9 +165,7 @@ function mlp(c: Qwen35Config, key: string, p: string, naming: Naming): TensorSpe
 export function textModelTensors(c: Qwen35Config, naming: Naming): TensorSpec[] {
   const H = c.hiddenSize;
   const p = naming.prefix;
-  const specs: TensorSpec[] = [
-    { key: 'embed', shape: [c.vocabSize, H], kind: 'matrix', sources: [whole(`${p}embed_tokens.weight`, [c.vocabSize, H])] },
-  ];
+  const specs: TensorSpec[] = [{ key: 'embed', shape: [c.vocabSize, H], kind: 'matrix', sources: [whole(`${p}embed_tokens.weight`, [c.vocabSize, H])] }];
   c.layerTypes.forEach((type, i) => {
     const key = `layers.${i}`;
     const lp = `${p}layers.${i}`;

@@ -102,7 +102,17 @@ async function* uploadPlacement(
       const padded = bytes.length % 4 === 0 ? bytes : copyPadded(bytes);
       ctx.write(staging, 0, padded);
       const base = (run.dstItem - part.first) * dst.itemStride + run.dstRow * dst.rowStride;
-      const piece = { src: staging, srcDtype: entry.dtype!, rows, cols, dst: part.buffer, dstOffset: base + r * run.stride, dstRowStride: run.stride, rowStride: dst.rowStride, transient: true };
+      const piece = {
+        src: staging,
+        srcDtype: entry.dtype!,
+        rows,
+        cols,
+        dst: part.buffer,
+        dstOffset: base + r * run.stride,
+        dstRowStride: run.stride,
+        rowStride: dst.rowStride,
+        transient: true,
+      };
       const d = dst.dtype === 'q4' ? await quantizeQ4(ctx, { ...piece, itemStride: dst.itemStride }) : await cast(ctx, { ...piece, dstDtype: dst.dtype });
       ctx.run([d], 'upload');
       // A piece's bind group binds the staging buffer, freed after the load: nothing is kept for it.

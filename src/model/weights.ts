@@ -61,24 +61,29 @@ export interface ModelWeights {
 }
 
 /** Assembles the structure from loaded tensors; `slots(key)` makes the expert slot table of MoE block `key` (e.g. layers.3.mlp). */
-export function assembleWeights(
-  config: Qwen35Config,
-  tensors: Map<string, GpuTensor>,
-  slots: (key: string) => GPUBuffer,
-): ModelWeights {
+export function assembleWeights(config: Qwen35Config, tensors: Map<string, GpuTensor>, slots: (key: string) => GPUBuffer): ModelWeights {
   const get = (key: string): GpuTensor => {
     const t = tensors.get(key);
     if (!t) throw new InternalError(`internal: tensor ${key} was not loaded`);
     return t;
   };
   const attention = (key: string): AttentionWeights => ({
-    kind: 'full_attention', qkvProj: get(`${key}.qkv_proj`), qNorm: get(`${key}.q_norm`), kNorm: get(`${key}.k_norm`), oProj: get(`${key}.o_proj`),
+    kind: 'full_attention',
+    qkvProj: get(`${key}.qkv_proj`),
+    qNorm: get(`${key}.q_norm`),
+    kNorm: get(`${key}.k_norm`),
+    oProj: get(`${key}.o_proj`),
   });
   const mlp = (key: string): DenseMlpWeights | MoeWeights =>
     config.moe
       ? {
-          kind: 'moe', router: get(`${key}.router`), expertsGateUp: get(`${key}.experts_gate_up`), expertsDown: get(`${key}.experts_down`),
-          slots: slots(key), sharedGateUp: get(`${key}.shared_gate_up`), sharedDown: get(`${key}.shared_down`),
+          kind: 'moe',
+          router: get(`${key}.router`),
+          expertsGateUp: get(`${key}.experts_gate_up`),
+          expertsDown: get(`${key}.experts_down`),
+          slots: slots(key),
+          sharedGateUp: get(`${key}.shared_gate_up`),
+          sharedDown: get(`${key}.shared_down`),
         }
       : { kind: 'dense', gateUp: get(`${key}.gate_up`), down: get(`${key}.down`) };
   const layer = (key: string, type: string): DecoderLayerWeights => ({
@@ -87,8 +92,13 @@ export function assembleWeights(
       type === 'full_attention'
         ? attention(`${key}.attn`)
         : {
-            kind: 'linear_attention', inProj: get(`${key}.linear.in_proj`), conv: get(`${key}.linear.conv`), aLog: get(`${key}.linear.a_log`),
-            dtBias: get(`${key}.linear.dt_bias`), norm: get(`${key}.linear.norm`), outProj: get(`${key}.linear.out_proj`),
+            kind: 'linear_attention',
+            inProj: get(`${key}.linear.in_proj`),
+            conv: get(`${key}.linear.conv`),
+            aLog: get(`${key}.linear.a_log`),
+            dtBias: get(`${key}.linear.dt_bias`),
+            norm: get(`${key}.linear.norm`),
+            outProj: get(`${key}.linear.out_proj`),
           },
     postNorm: get(`${key}.post_norm`),
     mlp: mlp(`${key}.mlp`),

@@ -35,7 +35,12 @@ export const q4ItemWords = (itemStride: number): number => (itemStride * 9) / 64
 /** Fixed-point bits below the group's leading exponent. */
 const FIX = 16;
 /** Candidate scales m · 2^j / D, as [D, j]: 7, 7.5, 8, 8.5. */
-const DIVISORS: readonly [number, number][] = [[7, 0], [15, 1], [8, 0], [17, 1]];
+const DIVISORS: readonly [number, number][] = [
+  [7, 0],
+  [15, 1],
+  [8, 0],
+  [17, 1],
+];
 const REFITS = 2;
 const MAX_F16 = 0x7bff;
 const SATURATED = 0xffffffff;
@@ -183,7 +188,8 @@ export function quantizeQ4Item(values: Float32Array, itemStride: number): Uint32
 /** The values an item's block stands for: itemStride f32 values (each (n − 8) · scale, exact in f32). */
 export function dequantizeQ4Item(words: Uint32Array, itemStride: number): Float32Array {
   checkItemStride(itemStride);
-  if (words.length !== q4ItemWords(itemStride)) throw new ContractError(`an item of stride ${itemStride} has ${q4ItemWords(itemStride)} words, got ${words.length}`, 'q4');
+  if (words.length !== q4ItemWords(itemStride))
+    throw new ContractError(`an item of stride ${itemStride} has ${q4ItemWords(itemStride)} words, got ${words.length}`, 'q4');
   const out = new Float32Array(itemStride);
   const scaleBase = itemStride / 8;
   for (let g = 0; g < itemStride / Q4_GROUP; g++) {
@@ -208,7 +214,8 @@ export function q4Geometry(shape: readonly number[]): { items: number; rowsPerIt
 /** Quantises a whole tensor (values row-major, unpadded): its items' blocks back to back. */
 export function quantizeQ4Tensor(values: Float32Array, shape: readonly number[]): Uint32Array {
   const { items, rowsPerItem, cols, rowStride, itemStride } = q4Geometry(shape);
-  if (values.length !== items * rowsPerItem * cols) throw new ContractError(`[${shape}] needs ${items * rowsPerItem * cols} values, got ${values.length}`, 'q4');
+  if (values.length !== items * rowsPerItem * cols)
+    throw new ContractError(`[${shape}] needs ${items * rowsPerItem * cols} values, got ${values.length}`, 'q4');
   const itemWords = q4ItemWords(itemStride);
   const out = new Uint32Array(items * itemWords);
   const padded = new Float32Array(itemStride);

@@ -100,12 +100,12 @@ export function attention(a: AttentionRef): Float32Array {
         max = Math.max(max, scores[p]);
       }
       let sum = 0;
-      for (let p = 0; p < keys; p++) sum += (scores[p] = Math.exp(scores[p] - max));
+      for (let p = 0; p < keys; p++) sum += scores[p] = Math.exp(scores[p] - max);
       for (let d = 0; d < D; d++) {
         let o = 0;
         for (let p = 0; p < keys; p++) o += scores[p] * a.vCache[(g * a.capacity + p) * D + d];
         const gate = a.proj[t * a.projStride + h * 2 * D + D + d];
-        out[qo + d] = (o / sum) / (1 + Math.exp(-gate));
+        out[qo + d] = o / sum / (1 + Math.exp(-gate));
       }
     }
   }

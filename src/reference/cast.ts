@@ -50,7 +50,9 @@ export function cast(src: Uint8Array, dst: Uint32Array, a: CastReferenceArgs): U
       // Padding stays 0 (kernels read it as zero weights), affine or not.
       if (affine && c < a.cols) v = Math.fround(Math.fround(v * (a.scale ?? 1)) + (a.bias ?? 0));
       if (a.dstDtype === 'f16') halves[base + c] = f32ToF16Bits(v);
-      else out[base + c] = a.srcDtype === 'f32' && !affine && c < a.cols ? new DataView(src.buffer, src.byteOffset).getUint32(4 * (r * a.cols + c), true) : f32Bits(v);
+      else
+        out[base + c] =
+          a.srcDtype === 'f32' && !affine && c < a.cols ? new DataView(src.buffer, src.byteOffset).getUint32(4 * (r * a.cols + c), true) : f32Bits(v);
     }
   }
   return out;

@@ -5,8 +5,15 @@
  * Returns y [T, C] and the new ring [K, C] (positions pos+T-(K-1) .. pos+T-1 written; other slots as they were).
  */
 export function conv1dCausal(a: {
-  x: Float32Array; xStride: number; w: Float32Array; wStride: number; kernelSize: number;
-  state: Float32Array; position: number; tokens: number; channels: number;
+  x: Float32Array;
+  xStride: number;
+  w: Float32Array;
+  wStride: number;
+  kernelSize: number;
+  state: Float32Array;
+  position: number;
+  tokens: number;
+  channels: number;
 }): { y: Float32Array; state: Float32Array } {
   const { x, xStride, w, wStride, kernelSize: K, state, position: pos, tokens: T, channels: C } = a;
   const slot = (tau: number) => (((pos + tau) % K) + K) % K;

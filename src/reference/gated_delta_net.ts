@@ -9,12 +9,21 @@ import { rmsNormGated } from './rms_norm_gated.ts';
  * q and k in `qkv` are already l2-normed (q also scaled by Dk^-0.5); value head h reads key head h / (nv / nk).
  */
 export interface GatedDeltaNetRefArgs {
-  tokens: number; nk: number; nv: number; dk: number; dv: number;
+  tokens: number;
+  nk: number;
+  nv: number;
+  dk: number;
+  dv: number;
   /** token t: q heads at t*qkvStride + [0, nk*dk), k at + nk*dk, v at + 2*nk*dk */
-  qkv: Float32Array; qkvStride: number;
+  qkv: Float32Array;
+  qkvStride: number;
   /** b[t,h] = ba[t*baStride + bOffset + h], a[t,h] = ba[t*baStride + aOffset + h] */
-  ba: Float32Array; baStride: number; bOffset: number; aOffset: number;
-  aLog: Float32Array; dtBias: Float32Array;
+  ba: Float32Array;
+  baStride: number;
+  bOffset: number;
+  aOffset: number;
+  aLog: Float32Array;
+  dtBias: Float32Array;
   /** [nv, dk, dv] state before the first token; not modified. */
   state: ArrayLike<number>;
 }
@@ -85,10 +94,16 @@ export function gatedDeltaNetChunked(a: GatedDeltaNetRefArgs, C = 64): GatedDelt
   const { tokens: T, nv, dk, dv } = a;
   const S = Float64Array.from(a.state);
   const out = new Float64Array(T * nv * dv);
-  const q = new Float64Array(C * dk), k = new Float64Array(C * dk), v = new Float64Array(C * dv);
-  const beta = new Float64Array(C), cum = new Float64Array(C);
-  const A = new Float64Array(C * C), QK = new Float64Array(C * C);
-  const U = new Float64Array(C * dv), W = new Float64Array(C * dk), vNew = new Float64Array(C * dv);
+  const q = new Float64Array(C * dk),
+    k = new Float64Array(C * dk),
+    v = new Float64Array(C * dv);
+  const beta = new Float64Array(C),
+    cum = new Float64Array(C);
+  const A = new Float64Array(C * C),
+    QK = new Float64Array(C * C);
+  const U = new Float64Array(C * dv),
+    W = new Float64Array(C * dk),
+    vNew = new Float64Array(C * dv);
   for (let h = 0; h < nv; h++) {
     const s = S.subarray(h * dk * dv, (h + 1) * dk * dv);
     for (let t0 = 0; t0 < T; t0 += C) {
@@ -98,11 +113,15 @@ export function gatedDeltaNetChunked(a: GatedDeltaNetRefArgs, C = 64): GatedDelt
         if (t < T) {
           const gt = gates(a, t, h);
           const vec = vectors(a, t, h);
-          q.set(vec.q, i * dk); k.set(vec.k, i * dk); v.set(vec.v, i * dv);
+          q.set(vec.q, i * dk);
+          k.set(vec.k, i * dk);
+          v.set(vec.v, i * dv);
           beta[i] = gt.beta;
           acc += gt.g;
         } else {
-          q.fill(0, i * dk, (i + 1) * dk); k.fill(0, i * dk, (i + 1) * dk); v.fill(0, i * dv, (i + 1) * dv);
+          q.fill(0, i * dk, (i + 1) * dk);
+          k.fill(0, i * dk, (i + 1) * dk);
+          v.fill(0, i * dv, (i + 1) * dv);
           beta[i] = 0;
         }
         cum[i] = acc;
@@ -110,8 +129,12 @@ export function gatedDeltaNetChunked(a: GatedDeltaNetRefArgs, C = 64): GatedDelt
       const D = (i: number, j: number) => Math.exp(cum[i] - cum[j]);
       for (let i = 0; i < C; i++) {
         for (let j = 0; j <= i; j++) {
-          let kk = 0, qk = 0;
-          for (let d = 0; d < dk; d++) { kk += k[i * dk + d] * k[j * dk + d]; qk += q[i * dk + d] * k[j * dk + d]; }
+          let kk = 0,
+            qk = 0;
+          for (let d = 0; d < dk; d++) {
+            kk += k[i * dk + d] * k[j * dk + d];
+            qk += q[i * dk + d] * k[j * dk + d];
+          }
           A[i * C + j] = beta[i] * kk * D(i, j);
           QK[i * C + j] = qk * D(i, j);
         }
@@ -164,22 +187,65 @@ export function gatedDeltaNetChunked(a: GatedDeltaNetRefArgs, C = 64): GatedDelt
  * `proj` is the in-projection row: qkv at [0, conv_dim), z at zOffset, b at bOffset, a at aOffset.
  */
 export function gatedDeltaNetDecode(a: {
-  nk: number; nv: number; dk: number; dv: number;
-  proj: Float32Array; zOffset: number; bOffset: number; aOffset: number;
-  convW: Float32Array; wStride: number; kernelSize: number; convState: Float32Array; position: number;
-  aLog: Float32Array; dtBias: Float32Array; state: ArrayLike<number>; normW: Float32Array; eps: number;
+  nk: number;
+  nv: number;
+  dk: number;
+  dv: number;
+  proj: Float32Array;
+  zOffset: number;
+  bOffset: number;
+  aOffset: number;
+  convW: Float32Array;
+  wStride: number;
+  kernelSize: number;
+  convState: Float32Array;
+  position: number;
+  aLog: Float32Array;
+  dtBias: Float32Array;
+  state: ArrayLike<number>;
+  normW: Float32Array;
+  eps: number;
 }): { y: Float32Array; convState: Float32Array; state: Float64Array } {
   const { nk, nv, dk, dv } = a;
   const convDim = 2 * nk * dk + nv * dv;
   const conv = conv1dCausal({
-    x: a.proj, xStride: a.proj.length, w: a.convW, wStride: a.wStride, kernelSize: a.kernelSize, state: a.convState,
-    position: a.position, tokens: 1, channels: convDim,
+    x: a.proj,
+    xStride: a.proj.length,
+    w: a.convW,
+    wStride: a.wStride,
+    kernelSize: a.kernelSize,
+    state: a.convState,
+    position: a.position,
+    tokens: 1,
+    channels: convDim,
   });
   const qkv = l2norm(conv.y, { tokens: 1, heads: 2 * nk, dim: dk, tokenStride: convDim, scaledHeads: nk, scale: dk ** -0.5 });
   const core = gatedDeltaNetRecurrent({
-    tokens: 1, nk, nv, dk, dv, qkv, qkvStride: convDim, ba: a.proj, baStride: a.proj.length, bOffset: a.bOffset, aOffset: a.aOffset,
-    aLog: a.aLog, dtBias: a.dtBias, state: a.state,
+    tokens: 1,
+    nk,
+    nv,
+    dk,
+    dv,
+    qkv,
+    qkvStride: convDim,
+    ba: a.proj,
+    baStride: a.proj.length,
+    bOffset: a.bOffset,
+    aOffset: a.aOffset,
+    aLog: a.aLog,
+    dtBias: a.dtBias,
+    state: a.state,
   });
-  const y = rmsNormGated({ x: Float32Array.from(core.out), z: a.proj, zTokenStride: a.proj.length, zOffset: a.zOffset, w: a.normW, rows: nv, heads: nv, dim: dv, eps: a.eps });
+  const y = rmsNormGated({
+    x: Float32Array.from(core.out),
+    z: a.proj,
+    zTokenStride: a.proj.length,
+    zOffset: a.zOffset,
+    w: a.normW,
+    rows: nv,
+    heads: nv,
+    dim: dv,
+    eps: a.eps,
+  });
   return { y, convState: conv.state, state: core.state };
 }

@@ -3,7 +3,10 @@
  * Returns a copy of x where, for t < tokens and h < heads, v = x[t*tokenStride + h*dim ..][0, dim) becomes
  * v * 1/sqrt(Σv² + 1e-6) * (h < scaledHeads ? scale : 1). Everything else is copied unchanged.
  */
-export function l2norm(x: Float32Array, a: { tokens: number; heads: number; dim: number; tokenStride: number; scaledHeads: number; scale: number }): Float32Array {
+export function l2norm(
+  x: Float32Array,
+  a: { tokens: number; heads: number; dim: number; tokenStride: number; scaledHeads: number; scale: number },
+): Float32Array {
   const y = Float32Array.from(x);
   for (let t = 0; t < a.tokens; t++) {
     for (let h = 0; h < a.heads; h++) {

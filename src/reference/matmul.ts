@@ -17,7 +17,15 @@ function dot(x: Float32Array, xo: number, w: Float32Array, wo: number, k: number
 const silu = (g: number) => g / (1 + Math.exp(-g));
 
 /** One output row: `gate`/`up` are the offsets of the W rows (up < 0 when not swiglu). */
-function outputRow(x: Float32Array, xo: number, w: Float32Array, rowsOf: (n: number) => [number, number], n: number, k: number, epilogue: MatmulEpilogue): Float32Array {
+function outputRow(
+  x: Float32Array,
+  xo: number,
+  w: Float32Array,
+  rowsOf: (n: number) => [number, number],
+  n: number,
+  k: number,
+  epilogue: MatmulEpilogue,
+): Float32Array {
   const out = new Float32Array(n);
   for (let c = 0; c < n; c++) {
     const [g, u] = rowsOf(c);
@@ -28,7 +36,14 @@ function outputRow(x: Float32Array, xo: number, w: Float32Array, rowsOf: (n: num
 }
 
 /** Dense: x [T, K] contiguous; w [N, K] (store/add) or [I, 2, K] (swiglu: row 0 gate, row 1 up). Returns Y [T, N]. */
-export function matmulDense(x: Float32Array, w: Float32Array, shape: number[], tokens: number, epilogue: MatmulEpilogue, options: MatmulRefOptions = {}): Float32Array {
+export function matmulDense(
+  x: Float32Array,
+  w: Float32Array,
+  shape: number[],
+  tokens: number,
+  epilogue: MatmulEpilogue,
+  options: MatmulRefOptions = {},
+): Float32Array {
   const k = shape[shape.length - 1];
   const n = shape[0];
   const rowsOf = (c: number): [number, number] => (epilogue === 'swiglu' ? [2 * c * k, (2 * c + 1) * k] : [c * k, -1]);
@@ -47,8 +62,14 @@ export function matmulDense(x: Float32Array, w: Float32Array, shape: number[], t
  * Returns Y [T * topk, N].
  */
 export function matmulGrouped(
-  x: Float32Array, w: Float32Array, shape: number[], ids: ArrayLike<number>, topk: number, input: 'token' | 'pair',
-  epilogue: MatmulEpilogue, options: MatmulRefOptions = {},
+  x: Float32Array,
+  w: Float32Array,
+  shape: number[],
+  ids: ArrayLike<number>,
+  topk: number,
+  input: 'token' | 'pair',
+  epilogue: MatmulEpilogue,
+  options: MatmulRefOptions = {},
 ): Float32Array {
   const k = shape[2];
   const n = epilogue === 'swiglu' ? shape[1] / 2 : shape[1];

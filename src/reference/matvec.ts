@@ -9,8 +9,12 @@ import { rmsNorm } from './rms_norm.ts';
 export interface MatvecReferenceArgs {
   w: Float32Array;
   shape: number[];
-  x: Float32Array; xOffset?: number; xStride?: number;
-  y: Float32Array; yOffset?: number; yStride?: number;
+  x: Float32Array;
+  xOffset?: number;
+  xStride?: number;
+  y: Float32Array;
+  yOffset?: number;
+  yStride?: number;
   epilogue: Epilogue;
   scales?: { values: Float32Array; index: number };
   experts?: { ids: ArrayLike<number>; idsOffset?: number; slots: ArrayLike<number>; topk: number; mode: 'each' | 'sum' };

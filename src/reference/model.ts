@@ -54,9 +54,11 @@ function decode(entry: TensorEntry, bytes: Uint8Array): Matrix {
   const data = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     data[i] =
-      entry.fileDtype === 'F32' ? view.getFloat32(4 * i, true)
-      : entry.fileDtype === 'F16' ? f16BitsToF32(view.getUint16(2 * i, true))
-      : bf16BitsToF32(view.getUint16(2 * i, true));
+      entry.fileDtype === 'F32'
+        ? view.getFloat32(4 * i, true)
+        : entry.fileDtype === 'F16'
+          ? f16BitsToF32(view.getUint16(2 * i, true))
+          : bf16BitsToF32(view.getUint16(2 * i, true));
   }
   const cols = entry.shape[entry.shape.length - 1] ?? 1;
   return { rows: n / cols, cols, data };
@@ -236,7 +238,7 @@ export class ReferenceSession {
         max = Math.max(max, scores[j]);
       }
       let sum = 0;
-      for (let j = 0; j < n; j++) sum += (scores[j] = Math.exp(scores[j] - max));
+      for (let j = 0; j < n; j++) sum += scores[j] = Math.exp(scores[j] - max);
       for (let i = 0; i < D; i++) {
         let acc = 0;
         for (let j = 0; j < n; j++) acc += scores[j] * s.values[j * nkv + g][i];
@@ -250,7 +252,10 @@ export class ReferenceSession {
     const t = (name: string) => this.m.tensor(`${p}mlp.${name}`);
     const g = matvec(t('gate_proj.weight'), x);
     const u = matvec(t('up_proj.weight'), x);
-    return matvec(t('down_proj.weight'), g.map((v, i) => silu(v) * u[i]));
+    return matvec(
+      t('down_proj.weight'),
+      g.map((v, i) => silu(v) * u[i]),
+    );
   }
 
   private moe(p: string, x: Vec): Vec {
@@ -270,7 +275,9 @@ export class ReferenceSession {
     for (const v of logits) max = Math.max(max, v);
     const probs = logits.map((v) => Math.exp(v - max));
     const total = probs.reduce((a, b) => a + b, 0);
-    const order = Array.from({ length: E }, (_, e) => e).sort((a, b) => probs[b] - probs[a] || a - b).slice(0, topk);
+    const order = Array.from({ length: E }, (_, e) => e)
+      .sort((a, b) => probs[b] - probs[a] || a - b)
+      .slice(0, topk);
     const chosen = order.reduce((s, e) => s + probs[e] / total, 0);
     const y = new Float64Array(c.hiddenSize);
     const fused = has('experts.gate_up_proj');
@@ -288,14 +295,20 @@ export class ReferenceSession {
       } else {
         g = matvec(t(`experts.${e}.gate_proj.weight`), x);
         u = matvec(t(`experts.${e}.up_proj.weight`), x);
-        down = matvec(t(`experts.${e}.down_proj.weight`), g.map((v, i) => silu(v) * u[i]));
+        down = matvec(
+          t(`experts.${e}.down_proj.weight`),
+          g.map((v, i) => silu(v) * u[i]),
+        );
       }
       for (let i = 0; i < y.length; i++) y[i] += weight * down[i];
     }
     const sg = t('shared_expert.gate_proj.weight');
     const gs = matvec(sg, x);
     const us = matvec(t('shared_expert.up_proj.weight'), x);
-    const shared = matvec(t('shared_expert.down_proj.weight'), gs.map((v, i) => silu(v) * us[i]));
+    const shared = matvec(
+      t('shared_expert.down_proj.weight'),
+      gs.map((v, i) => silu(v) * us[i]),
+    );
     const gate = sigmoid(matvec(t('shared_expert_gate.weight'), x)[0]);
     for (let i = 0; i < y.length; i++) y[i] += gate * shared[i];
     return y;

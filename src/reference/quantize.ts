@@ -20,8 +20,11 @@ export function quantizeQ4(src: Uint8Array, dst: Uint32Array, a: QuantizeReferen
   const out = dst.slice();
   const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
   const value = (e: number) =>
-    a.srcDtype === 'f32' ? view.getFloat32(4 * e, true)
-      : a.srcDtype === 'bf16' ? bf16BitsToF32(view.getUint16(2 * e, true)) : f16BitsToF32(view.getUint16(2 * e, true));
+    a.srcDtype === 'f32'
+      ? view.getFloat32(4 * e, true)
+      : a.srcDtype === 'bf16'
+        ? bf16BitsToF32(view.getUint16(2 * e, true))
+        : f16BitsToF32(view.getUint16(2 * e, true));
   const itemWords = q4ItemWords(a.itemStride);
   const row = new Float32Array(a.rowStride);
   const nib = new Uint8Array(Q4_GROUP);

@@ -3,8 +3,15 @@
  *   y[r*dim + i] = x[r*dim + i] / sqrt(mean_i(x²) + eps) * w[i] * silu(z[t*zTokenStride + zOffset + h*dim + i]).
  */
 export function rmsNormGated(a: {
-  x: Float32Array; z: Float32Array; zTokenStride: number; zOffset: number; w: Float32Array;
-  rows: number; heads: number; dim: number; eps: number;
+  x: Float32Array;
+  z: Float32Array;
+  zTokenStride: number;
+  zOffset: number;
+  w: Float32Array;
+  rows: number;
+  heads: number;
+  dim: number;
+  eps: number;
 }): Float32Array {
   const { x, z, w, dim } = a;
   const y = new Float32Array(a.rows * dim);

@@ -30,13 +30,7 @@ export interface FilterOptions {
  * Logits of ids < n after the penalties: repetition first (l > 0 ? l / r : l · r for ids in prompt or
  * generated), then l -= presence · [count > 0] + frequency · count over the generated ids (vLLM's order).
  */
-export function penalize(
-  logits: ArrayLike<number>,
-  n: number,
-  o: PenaltyOptions,
-  prompt: ArrayLike<number>,
-  generated: ArrayLike<number>,
-): Float64Array {
+export function penalize(logits: ArrayLike<number>, n: number, o: PenaltyOptions, prompt: ArrayLike<number>, generated: ArrayLike<number>): Float64Array {
   const r = o.repetitionPenalty ?? 1;
   const presence = o.presencePenalty ?? 0;
   const frequency = o.frequencyPenalty ?? 0;

@@ -59,14 +59,23 @@ export class ExpertCache {
   private counters = zeroCounters();
   private usage: number[][] = [];
 
-  private constructor(private readonly ctx: GpuContext, private readonly model: Model, policy: PolicyName) {
+  private constructor(
+    private readonly ctx: GpuContext,
+    private readonly model: Model,
+    policy: PolicyName,
+  ) {
     const streaming = model.experts!;
     const E = model.config.moe!.numExperts;
     this.slots = streaming.slots;
     this.expertBytes = streaming.expertBytes;
     this.layers = model.weights.layers.map((l, layer) => ({
-      layer, w: l.mlp as MoeWeights, slotOf: new Int32Array(E).fill(-1), expertIn: new Int32Array(streaming.slots).fill(-1),
-      policy: createPolicy(policy, E), now: 0, ahead: new Map(),
+      layer,
+      w: l.mlp as MoeWeights,
+      slotOf: new Int32Array(E).fill(-1),
+      expertIn: new Int32Array(streaming.slots).fill(-1),
+      policy: createPolicy(policy, E),
+      now: 0,
+      ahead: new Map(),
     }));
     this.resetStats();
   }
@@ -100,7 +109,10 @@ export class ExpertCache {
   stats(): ExpertStats {
     const c = this.counters;
     return {
-      ...c, hitRate: c.hits / Math.max(1, c.hits + c.misses), bytesStreamed: c.misses * this.expertBytes, stallMsPerToken: c.stallMs / Math.max(1, c.tokens),
+      ...c,
+      hitRate: c.hits / Math.max(1, c.hits + c.misses),
+      bytesStreamed: c.misses * this.expertBytes,
+      stallMsPerToken: c.stallMs / Math.max(1, c.tokens),
       usage: this.usage.map((row) => [...row]),
     };
   }

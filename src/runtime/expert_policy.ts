@@ -43,7 +43,10 @@ export class LruPolicy implements EvictionPolicy {
 export class LrfuPolicy implements EvictionPolicy {
   readonly name: string;
   private readonly key: Float64Array;
-  constructor(experts: number, readonly lambda = 0.05) {
+  constructor(
+    experts: number,
+    readonly lambda = 0.05,
+  ) {
     this.name = `lrfu(λ=${lambda})`;
     this.key = new Float64Array(experts).fill(-Infinity);
   }

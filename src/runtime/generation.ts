@@ -110,7 +110,11 @@ export async function generateIds(
   const t0 = performance.now();
   let first = 0;
   const tokens = generateTokens(session, sampler, {
-    promptIds: a.promptIds, maxTokens: a.maxTokens, sampling: a.sampling, stopIds: new Set(a.stopIds ?? []), thinking: false,
+    promptIds: a.promptIds,
+    maxTokens: a.maxTokens,
+    sampling: a.sampling,
+    stopIds: new Set(a.stopIds ?? []),
+    thinking: false,
     signal: a.signal,
     onToken: (id) => {
       if (ids.push(id) === 1) first = performance.now();

@@ -11,7 +11,11 @@ export interface GenerationDefaults {
 }
 
 const FIELDS = {
-  temperature: 'temperature', top_p: 'topP', top_k: 'topK', min_p: 'minP', repetition_penalty: 'repetitionPenalty',
+  temperature: 'temperature',
+  top_p: 'topP',
+  top_k: 'topK',
+  min_p: 'minP',
+  repetition_penalty: 'repetitionPenalty',
 } as const satisfies Record<string, keyof SamplingOptions>;
 
 /**
@@ -20,7 +24,8 @@ const FIELDS = {
  * ModelFormatError naming the file and field. A missing or null field is the sampler's default.
  */
 export function parseGenerationConfig(raw: unknown, file = GENERATION_CONFIG): GenerationDefaults {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ModelFormatError(`the top level is ${raw === null ? 'null' : Array.isArray(raw) ? 'a list' : `a ${typeof raw}`}, not a JSON object`, file);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ModelFormatError(`the top level is ${raw === null ? 'null' : Array.isArray(raw) ? 'a list' : `a ${typeof raw}`}, not a JSON object`, file);
   const g = raw as Record<string, unknown>;
   const doSample = g.do_sample ?? false;
   if (typeof doSample !== 'boolean') throw new ModelFormatError(`do_sample: ${JSON.stringify(doSample)} is not true or false`, file);

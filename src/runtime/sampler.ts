@@ -205,7 +205,12 @@ export class GpuSampler {
 
   destroy(): void {
     for (const byOut of this.plans.values()) {
-      for (const byLevels of byOut.values()) for (const plan of byLevels.values()) plan.then((d) => this.ctx.release(d), () => {});
+      for (const byLevels of byOut.values())
+        for (const plan of byLevels.values())
+          plan.then(
+            (d) => this.ctx.release(d),
+            () => {},
+          );
     }
     this.plans.clear();
     this.ctx.free(...this.scratch.buffers);

@@ -26,7 +26,10 @@ export async function scoreIds(
       onChunk: async (first, rows) => {
         for (let r = 0; r < rows; r += block) {
           const n = Math.min(block, rows - r);
-          const dispatches = [...(await lmHead(ctx, model, activations, logits, { first: r, count: n })), await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V })];
+          const dispatches = [
+            ...(await lmHead(ctx, model, activations, logits, { first: r, count: n })),
+            await logSoftmax(ctx, { x: logits, y: logits, rows: n, cols: V }),
+          ];
           built.push(...dispatches);
           ctx.run(dispatches, 'score');
           await onRows(new Float32Array(await ctx.read(logits, 0, n * V * 4)), first + r);

@@ -78,7 +78,11 @@ class PlanCache<P> implements PromiseCache<string, P> {
 
   private release(entry: { plan: Promise<P>; built?: P }): void {
     if (entry.built) this.ctx.release(this.dispatchesOf(entry.built));
-    else entry.plan.then((p) => this.ctx.release(this.dispatchesOf(p)), () => {});
+    else
+      entry.plan.then(
+        (p) => this.ctx.release(this.dispatchesOf(p)),
+        () => {},
+      );
   }
 }
 
@@ -252,10 +256,7 @@ export class Session {
    * final-normed hidden rows (activations.x) before the next chunk overwrites them. Leaves the logits of
    * the last token in activations.logits.
    */
-  async prefill(
-    ids: ArrayLike<number>,
-    options: { signal?: AbortSignal; onChunk?: (first: number, rows: number) => Promise<void> } = {},
-  ): Promise<void> {
+  async prefill(ids: ArrayLike<number>, options: { signal?: AbortSignal; onChunk?: (first: number, rows: number) => Promise<void> } = {}): Promise<void> {
     if (ids.length === 0) throw new SessionError('prefill needs at least one token');
     this.ensureRoom(ids.length);
     const vocab = this.model.config.vocabSize;
@@ -265,7 +266,8 @@ export class Session {
       const rows = Math.min(S, ids.length - first);
       const chunk = Uint32Array.from({ length: rows }, (_, i) => {
         const id = ids[first + i];
-        if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new SessionError(`token id ${id} at index ${first + i} is outside the vocabulary (0..${vocab - 1})`);
+        if (!Number.isInteger(id) || id < 0 || id >= vocab)
+          throw new SessionError(`token id ${id} at index ${first + i} is outside the vocabulary (0..${vocab - 1})`);
         return id;
       });
       this.ctx.write(this.activations.ids, 0, chunk);
@@ -298,7 +300,10 @@ export class Session {
 
   /** `sample`, submitted but not yet read. */
   async pick(sampler: GpuSampler): Promise<PendingToken> {
-    return pendingToken(sampler, this.ctx.submit(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample', this.sampledResult(sampler)));
+    return pendingToken(
+      sampler,
+      this.ctx.submit(await sampler.dispatches(this.activations.logits, this.activations.token), 'sample', this.sampledResult(sampler)),
+    );
   }
 
   /**
@@ -327,7 +332,9 @@ export class Session {
 
   /** Dispatches of one decode step without its sampling (bench figures). */
   async decodeDispatches(): Promise<number> {
-    return this.experts ? (await this.segmentsPlan(1, 'token')).reduce((n, s) => n + s.dispatches.length + (s.experts?.dispatches.length ?? 0), 0) : (await this.decodePlan()).length;
+    return this.experts
+      ? (await this.segmentsPlan(1, 'token')).reduce((n, s) => n + s.dispatches.length + (s.experts?.dispatches.length ?? 0), 0)
+      : (await this.decodePlan()).length;
   }
 
   private decodePlan(): Promise<Dispatch[]> {

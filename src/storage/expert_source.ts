@@ -40,9 +40,11 @@ export function packedExpertSource(packed: ItemReader): ExpertSource {
     itemBytes: (tensor) => info(0, tensor).t.itemBytes,
     async read(layer, tensor, expert, signal) {
       const { key, t } = info(layer, tensor);
-      if (!Number.isInteger(expert) || expert < 0 || expert >= t.shape[0]) throw new ContractError(`${key}: expert ${expert} is outside its ${t.shape[0]} experts`, 'ExpertSource.read');
+      if (!Number.isInteger(expert) || expert < 0 || expert >= t.shape[0])
+        throw new ContractError(`${key}: expert ${expert} is outside its ${t.shape[0]} experts`, 'ExpertSource.read');
       const bytes = await packed.readItems(key, expert, 1, signal);
-      if (bytes.length !== t.itemBytes) throw new ModelFormatError(`expert ${expert} read ${bytes.length} bytes, expected ${t.itemBytes}`, packed.location, key);
+      if (bytes.length !== t.itemBytes)
+        throw new ModelFormatError(`expert ${expert} read ${bytes.length} bytes, expected ${t.itemBytes}`, packed.location, key);
       return bytes;
     },
   };

@@ -9,7 +9,10 @@ export class FileSource implements WeightSource {
   constructor(readonly location: string) {}
 
   async has(file: string): Promise<boolean> {
-    return stat(join(this.location, file)).then((s) => s.isFile(), () => false);
+    return stat(join(this.location, file)).then(
+      (s) => s.isFile(),
+      () => false,
+    );
   }
 
   async size(file: string): Promise<number> {

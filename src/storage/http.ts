@@ -46,7 +46,8 @@ export class HttpSource implements WeightSource {
     this.fetchImpl = o.fetch ?? globalThis.fetch.bind(globalThis);
     this.timeoutMs = o.timeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS;
     this.retries = o.retries ?? DEFAULT_HTTP_RETRIES;
-    if (!(this.timeoutMs > 0) || !Number.isFinite(this.timeoutMs)) throw new RequestError(`must be a positive number of milliseconds, got ${this.timeoutMs}`, 'timeoutMs');
+    if (!(this.timeoutMs > 0) || !Number.isFinite(this.timeoutMs))
+      throw new RequestError(`must be a positive number of milliseconds, got ${this.timeoutMs}`, 'timeoutMs');
     if (!Number.isInteger(this.retries) || this.retries < 0) throw new RequestError(`must be a non-negative integer, got ${this.retries}`, 'retries');
     const u = new URL(url);
     if (u.hostname === 'huggingface.co' && !u.pathname.includes('/resolve/') && u.pathname.split('/').filter(Boolean).length === 2) {
@@ -76,7 +77,8 @@ export class HttpSource implements WeightSource {
           throw new NetworkError(`no data from ${url} for ${this.timeoutMs / 1000} s (timed out: the server stalled or never answered)`, file, url);
         }
         if (error instanceof QwenError) throw error;
-        if (n >= this.retries) throw new NetworkError(`${describeFailure(error)} reading ${url} (gave up after ${n + 1} attempts)`, file, url, { cause: error });
+        if (n >= this.retries)
+          throw new NetworkError(`${describeFailure(error)} reading ${url} (gave up after ${n + 1} attempts)`, file, url, { cause: error });
       } finally {
         call.done();
       }
@@ -192,7 +194,10 @@ class Call {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private readonly onAbort = () => this.controller.abort();
 
-  constructor(private readonly timeoutMs: number, private readonly outer: AbortSignal | undefined) {
+  constructor(
+    private readonly timeoutMs: number,
+    private readonly outer: AbortSignal | undefined,
+  ) {
     outer?.addEventListener('abort', this.onAbort, { once: true });
     this.progress();
   }

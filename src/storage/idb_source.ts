@@ -1,7 +1,5 @@
 import { ModelFormatError, StorageError, throwIfAborted } from '../errors.ts';
-import {
-  type CompleteMarker, type StoredFile, type StoredModelMeta, chunkRange, completeKey, metaKey, recordAt, recordEnd, request,
-} from './idb_records.ts';
+import { type CompleteMarker, type StoredFile, type StoredModelMeta, chunkRange, completeKey, metaKey, recordAt, recordEnd, request } from './idb_records.ts';
 import { checkSmallFile } from '../formats/limits.ts';
 import type { WeightSource } from '../formats/source.ts';
 
@@ -57,7 +55,8 @@ export class IdbSource implements WeightSource {
       const start = f.starts[first + k];
       const from = Math.max(offset, start);
       const to = Math.min(offset + length, recordEnd(f, first + k));
-      if (buffer.byteLength !== recordEnd(f, first + k) - start) throw new ModelFormatError(`record ${first + k} in IndexedDB has ${buffer.byteLength} bytes, not ${recordEnd(f, first + k) - start}`, file);
+      if (buffer.byteLength !== recordEnd(f, first + k) - start)
+        throw new ModelFormatError(`record ${first + k} in IndexedDB has ${buffer.byteLength} bytes, not ${recordEnd(f, first + k) - start}`, file);
       out.set(new Uint8Array(buffer, from - start, to - from), from - offset);
     });
     return out;

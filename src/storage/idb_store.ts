@@ -15,8 +15,19 @@ import { HttpSource } from './http.ts';
 import { IdbSource } from './idb_source.ts';
 import { checkSmallFile } from '../formats/limits.ts';
 import {
-  type CompleteMarker, type StoredFile, type StoredModelMeta, chunkKey, completeKey, doneKey, expertItems, layoutRecords, metaKey,
-  modelRange, modelsStore, recordEnd, request,
+  type CompleteMarker,
+  type StoredFile,
+  type StoredModelMeta,
+  chunkKey,
+  completeKey,
+  doneKey,
+  expertItems,
+  layoutRecords,
+  metaKey,
+  modelRange,
+  modelsStore,
+  recordEnd,
+  request,
 } from './idb_records.ts';
 
 export type StorePhase = 'download' | 'verify';
@@ -115,14 +126,16 @@ export async function downloadModel(url: string, options: DownloadOptions = {}):
   if (changed) await deleteModel(id);
 
   // What is stored already: whole files, and each other file's prefix of records.
-  const state = await Promise.all(meta.files.map(async (f) => {
-    const done = (await request<unknown>('readonly', (s) => s.get(doneKey(id, f.name)))) !== undefined;
-    const keys = done ? [] : await request<IDBValidKey[]>('readonly', (s) => s.getAllKeys(chunkRangeOf(id, f)));
-    let records = 0;
-    const have = new Set(keys.map((k) => (k as [string, string, string, number])[3]));
-    while (have.has(records)) records++;
-    return { done, records };
-  }));
+  const state = await Promise.all(
+    meta.files.map(async (f) => {
+      const done = (await request<unknown>('readonly', (s) => s.get(doneKey(id, f.name)))) !== undefined;
+      const keys = done ? [] : await request<IDBValidKey[]>('readonly', (s) => s.getAllKeys(chunkRangeOf(id, f)));
+      let records = 0;
+      const have = new Set(keys.map((k) => (k as [string, string, string, number])[3]));
+      while (have.has(records)) records++;
+      return { done, records };
+    }),
+  );
   const storedBytes = (f: StoredFile, i: number) => (state[i].done ? f.bytes : state[i].records === 0 ? 0 : recordEnd(f, state[i].records - 1));
   const haveBytes = meta.files.reduce((sum, f, i) => sum + storedBytes(f, i), 0);
   // Before anything is written: a model that cannot fit leaves no trace.
@@ -171,7 +184,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
   const source = new HttpSource(gguf ? id.slice(0, id.lastIndexOf('/') + 1) : id, fetchImpl);
   const prefetched = new Map<string, Uint8Array>();
   const plain = async (names: string[], optional: boolean): Promise<StoredFile[]> => {
-    const found = await Promise.all(names.map(async (name) => ((!optional || (await source.has(name))) ? { name, bytes: await source.size(name) } : undefined)));
+    const found = await Promise.all(names.map(async (name) => (!optional || (await source.has(name)) ? { name, bytes: await source.size(name) } : undefined)));
     return found.filter((f) => f !== undefined).map((f) => ({ ...f, starts: layoutRecords(f.bytes) }));
   };
   let format: StoredModelMeta['format'];
@@ -197,7 +210,12 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     const experts = expertItems(manifest);
     files = [
       { name: PACKED_MANIFEST, bytes: bytes.length, starts: layoutRecords(bytes.length) },
-      ...[...manifest.shards, ...manifest.files].map((f) => ({ name: f.name, bytes: f.bytes, sha256: f.sha256, starts: layoutRecords(f.bytes, experts.get(f.name)) })),
+      ...[...manifest.shards, ...manifest.files].map((f) => ({
+        name: f.name,
+        bytes: f.bytes,
+        sha256: f.sha256,
+        starts: layoutRecords(f.bytes, experts.get(f.name)),
+      })),
     ];
   } else {
     format = 'hf';
@@ -217,8 +235,13 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     files = [...side, ...(await plain(weights, false))];
   }
   const meta: StoredModelMeta = {
-    id, url: gguf !== undefined ? id : source.location, format, files, bytes: files.reduce((sum, f) => sum + f.bytes, 0),
-    date: new Date().toISOString(), ...(gguf !== undefined ? { gguf } : {}),
+    id,
+    url: gguf !== undefined ? id : source.location,
+    format,
+    files,
+    bytes: files.reduce((sum, f) => sum + f.bytes, 0),
+    date: new Date().toISOString(),
+    ...(gguf !== undefined ? { gguf } : {}),
   };
   return { meta, prefetched };
 }
@@ -234,29 +257,41 @@ async function checkQuota(needed: number): Promise<void> {
 }
 
 const quotaError = (needed: number, available: number) =>
-  new QuotaError(`the model still needs ${needed} bytes of storage but navigator.storage.estimate() says this origin has ${available} bytes available (free space, or delete stored models)`, needed, available);
+  new QuotaError(
+    `the model still needs ${needed} bytes of storage but navigator.storage.estimate() says this origin has ${available} bytes available (free space, or delete stored models)`,
+    needed,
+    available,
+  );
 
 /** Wraps a write that fails for lack of space into the same clear QuotaError; any other failure into a StorageError. */
 async function write(key: IDBValidKey, value: ArrayBuffer, stillNeeded: number): Promise<void> {
   try {
     await request('readwrite', (s) => s.put(value, key));
   } catch (error) {
-    if ((error as DOMException)?.name !== 'QuotaExceededError') throw new StorageError(`IndexedDB refused a write: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+    if ((error as DOMException)?.name !== 'QuotaExceededError')
+      throw new StorageError(`IndexedDB refused a write: ${(error as Error)?.message ?? String(error)}`, { cause: error });
     const { quota, usage } = (await globalThis.navigator?.storage?.estimate?.()) ?? {};
     const available = Math.max(0, (quota ?? 0) - (usage ?? 0));
     // The estimate can be coarse (incognito reports a fixed quota): the refused write is what counts.
     throw new QuotaError(
       `IndexedDB refused a write (QuotaExceededError): the model still needs ${stillNeeded} bytes of storage and this origin's quota is used up ` +
         `(navigator.storage.estimate() says ${available} bytes available); free space or delete stored models, then load again to resume`,
-      stillNeeded, available, { cause: error },
+      stillNeeded,
+      available,
+      { cause: error },
     );
   }
 }
 
 /** Fetches `file` from record `first` on (HTTP Range) and writes each record once it is whole. */
 async function downloadFile(
-  meta: StoredModelMeta, f: StoredFile, first: number, prefetched: Uint8Array | undefined, fetchImpl: typeof fetch,
-  signal: AbortSignal | undefined, progress: (storedBytes: number) => void,
+  meta: StoredModelMeta,
+  f: StoredFile,
+  first: number,
+  prefetched: Uint8Array | undefined,
+  fetchImpl: typeof fetch,
+  signal: AbortSignal | undefined,
+  progress: (storedBytes: number) => void,
 ): Promise<void> {
   if (first >= f.starts.length || f.bytes === 0) {
     progress(f.bytes);
@@ -302,7 +337,8 @@ async function downloadFile(
       await take(piece);
     }
   }
-  if (at !== f.bytes) throw new ModelFormatError(`the download ended after ${at} of ${f.bytes} bytes (the records stored so far are kept: load again to resume)`, f.name);
+  if (at !== f.bytes)
+    throw new ModelFormatError(`the download ended after ${at} of ${f.bytes} bytes (the records stored so far are kept: load again to resume)`, f.name);
 }
 
 /** The URL of a file of the model. */
@@ -332,14 +368,20 @@ async function verifyFile(meta: StoredModelMeta, f: StoredFile, signal: AbortSig
   const actual = hash.digest();
   if (actual !== f.sha256) {
     await request('readwrite', (s) => s.delete(IDBKeyRange.bound(chunkKey(meta.id, f.name, 0), chunkKey(meta.id, f.name, f.starts.length))));
-    throw new ModelFormatError(`sha256 ${actual} does not match ${f.sha256} in ${PACKED_MANIFEST}: the downloaded shard is corrupt (its records were removed; load again to fetch it anew)`, f.name);
+    throw new ModelFormatError(
+      `sha256 ${actual} does not match ${f.sha256} in ${PACKED_MANIFEST}: the downloaded shard is corrupt (its records were removed; load again to fetch it anew)`,
+      f.name,
+    );
   }
 }
 
 /** Transfer rate over this call: bytes that arrived since it began, per second. */
 class Rate {
   private readonly t0 = performance.now();
-  constructor(private readonly total: number, private readonly startBytes: number) {}
+  constructor(
+    private readonly total: number,
+    private readonly startBytes: number,
+  ) {}
   at(doneBytes: number): { bytesPerSecond: number; secondsLeft: number } {
     const seconds = (performance.now() - this.t0) / 1000;
     const moved = doneBytes - this.startBytes;

@@ -83,7 +83,12 @@ export function renderBounded(template: Template, variables: Record<string, unkn
   const deadline = performance.now() + limits.maxMs;
   const env = new Environment();
   const globals: Record<string, unknown> = {
-    false: false, true: true, none: null, False: false, True: true, None: null,
+    false: false,
+    true: true,
+    none: null,
+    False: false,
+    True: true,
+    None: null,
     // The template refuses this conversation.
     raise_exception: (message: unknown) => {
       throw new RequestError(`rejected by the chat template: ${String(message)}`, 'messages');
@@ -117,7 +122,8 @@ export function renderBounded(template: Template, variables: Record<string, unkn
       tick();
       const block = check(proto.evaluateBlock.call(this, statements, environment));
       produced += (block.value as string).length;
-      if (produced > limits.maxProducedChars) throw new TemplateError(`rendering produced more than ${limits.maxProducedChars} characters (a template that loops without end?)`);
+      if (produced > limits.maxProducedChars)
+        throw new TemplateError(`rendering produced more than ${limits.maxProducedChars} characters (a template that loops without end?)`);
       return block;
     },
   });
@@ -139,14 +145,22 @@ function strftime(date: Date, format: string): string {
   const pad2 = (n: number) => String(n).padStart(2, '0');
   return format.replace(/%[YmdbBHM%]/g, (token) => {
     switch (token) {
-      case '%Y': return String(date.getFullYear());
-      case '%m': return pad2(date.getMonth() + 1);
-      case '%d': return pad2(date.getDate());
-      case '%b': return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(date);
-      case '%B': return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(date);
-      case '%H': return pad2(date.getHours());
-      case '%M': return pad2(date.getMinutes());
-      default: return '%';
+      case '%Y':
+        return String(date.getFullYear());
+      case '%m':
+        return pad2(date.getMonth() + 1);
+      case '%d':
+        return pad2(date.getDate());
+      case '%b':
+        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(date);
+      case '%B':
+        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(date);
+      case '%H':
+        return pad2(date.getHours());
+      case '%M':
+        return pad2(date.getMinutes());
+      default:
+        return '%';
     }
   });
 }

@@ -27,7 +27,9 @@ export class Tokenizer {
       const ids = hf.encode(TRIAL_TEXT, { add_special_tokens: false }).ids;
       hf.decode(ids.length > 0 ? ids : [0], { skip_special_tokens: false });
     } catch (error) {
-      throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json', undefined, { cause: error });
+      throw new ModelFormatError(`not a tokenizer @huggingface/tokenizers can load (${(error as Error).message})`, 'tokenizer.json', undefined, {
+        cause: error,
+      });
     }
     const chatTemplate = (await source.has('chat_template.jinja')) ? await source.text('chat_template.jinja') : configTemplate(config);
     return new Tokenizer(hf, size, eosTokenIds, chatTemplate);
@@ -73,4 +75,3 @@ function configTemplate(config: Json): string | undefined {
   }
   throw new ModelFormatError('chat_template is neither a string nor a list of {name, template}', 'tokenizer_config.json');
 }
-

@@ -23,8 +23,14 @@ afterAll(() => {
 
 type Request = ChatCompletionRequest & { stream?: false };
 const ask = (extra: Partial<ChatCompletionRequest> = {}): Request => ({
-  messages: [{ role: 'system', content: 'Answer briefly.' }, { role: 'user', content: 'What is a license?' }],
-  max_tokens: 12, reasoning: 'off', ...extra, stream: false,
+  messages: [
+    { role: 'system', content: 'Answer briefly.' },
+    { role: 'user', content: 'What is a license?' },
+  ],
+  max_tokens: 12,
+  reasoning: 'off',
+  ...extra,
+  stream: false,
 });
 
 async function ids(request: Request): Promise<number[]> {
@@ -79,7 +85,12 @@ describe('chat.completions', () => {
     const controller = new AbortController();
     const seen: number[] = [];
     let abortedAt = -1;
-    const stream = await engine.chat.completions.create({ ...ask({ max_tokens: 100, temperature: 0 }), stream: true, signal: controller.signal, onToken: (id) => seen.push(id) });
+    const stream = await engine.chat.completions.create({
+      ...ask({ max_tokens: 100, temperature: 0 }),
+      stream: true,
+      signal: controller.signal,
+      onToken: (id) => seen.push(id),
+    });
     await expect(
       (async () => {
         for await (const _ of stream) {
@@ -149,7 +160,8 @@ describe('completions', () => {
   it('continues raw text, streamed or not, the same way', async () => {
     const full = await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0 });
     let text = '';
-    for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0, stream: true })) text += chunk.choices[0].text;
+    for await (const chunk of await engine.completions.create({ prompt: 'The license', max_tokens: 8, temperature: 0, stream: true }))
+      text += chunk.choices[0].text;
     expect(text).toBe(full.choices[0].text);
     expect(full.usage).toMatchObject({ prompt_tokens: engine.tokenizer!.encode('The license').length, completion_tokens: 8 });
   });

@@ -17,13 +17,32 @@ afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
 /** Real variants' proportions at a size a test can write. */
 const SMALL = {
-  model_type: 'qwen3_5_text', hidden_size: 64, num_hidden_layers: 4, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 32,
-  linear_num_key_heads: 2, linear_num_value_heads: 4, linear_key_head_dim: 32, linear_value_head_dim: 32, linear_conv_kernel_dim: 4,
-  intermediate_size: 96, vocab_size: 512, tie_word_embeddings: false, rope_theta: 1e7, partial_rotary_factor: 0.25, rms_norm_eps: 1e-6,
+  model_type: 'qwen3_5_text',
+  hidden_size: 64,
+  num_hidden_layers: 4,
+  num_attention_heads: 2,
+  num_key_value_heads: 1,
+  head_dim: 32,
+  linear_num_key_heads: 2,
+  linear_num_value_heads: 4,
+  linear_key_head_dim: 32,
+  linear_value_head_dim: 32,
+  linear_conv_kernel_dim: 4,
+  intermediate_size: 96,
+  vocab_size: 512,
+  tie_word_embeddings: false,
+  rope_theta: 1e7,
+  partial_rotary_factor: 0.25,
+  rms_norm_eps: 1e-6,
   max_position_embeddings: 4096,
 };
 const SMALL_MOE = {
-  ...SMALL, model_type: 'qwen3_5_moe_text', intermediate_size: undefined, num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32,
+  ...SMALL,
+  model_type: 'qwen3_5_moe_text',
+  intermediate_size: undefined,
+  num_experts: 4,
+  num_experts_per_tok: 2,
+  moe_intermediate_size: 32,
   shared_expert_intermediate_size: 32,
 };
 
@@ -37,25 +56,42 @@ function write(config: Record<string, unknown>): { dir: string; file: string; by
 }
 
 describe('synthetic GGUF', () => {
-  for (const [name, raw] of [['dense', SMALL], ['MoE', SMALL_MOE]] as const) {
+  for (const [name, raw] of [
+    ['dense', SMALL],
+    ['MoE', SMALL_MOE],
+  ] as const) {
     it(`${name}: our GGUF reader sees the config it was made from and every tensor the model needs`, async () => {
       const { dir, file, bytes } = write(raw);
       expect(bytes.reduce((s, b) => s + b.length, 0)).toBe(syntheticGguf(raw).layout.totalBytes);
       const checkpoint = await openCheckpoint(new FileSource(dir), file);
       const config = parseConfig(await readJson(checkpoint.files, 'config.json'));
       const want = parseConfig(raw);
-      for (const key of ['hiddenSize', 'numLayers', 'layerTypes', 'numHeads', 'numKvHeads', 'headDim', 'rotaryDim', 'linearKeyHeads', 'linearValueHeads', 'intermediateSize', 'moe', 'vocabSize', 'tieWordEmbeddings'] as const) {
+      for (const key of [
+        'hiddenSize',
+        'numLayers',
+        'layerTypes',
+        'numHeads',
+        'numKvHeads',
+        'headDim',
+        'rotaryDim',
+        'linearKeyHeads',
+        'linearValueHeads',
+        'intermediateSize',
+        'moe',
+        'vocabSize',
+        'tieWordEmbeddings',
+      ] as const) {
         expect(config[key], key).toEqual(want[key]);
       }
       const plan = await planCheckpoint(checkpoint);
       expect(plan.unusedTensors).toEqual([]);
 
       // Matrices are Q4_0 with the 1/(4.6·sqrt(fan-in)) scale; norms 1, ssm_a −0.5 (A_log = log 0.5 as read back).
-      const q = checkpoint.tensors.get('model.layers.0.mlp.' + (name === 'MoE' ? 'shared_expert.up_proj.weight' : 'up_proj.weight'))!;
+      const q = checkpoint.tensors.get(`model.layers.0.mlp.${name === 'MoE' ? 'shared_expert.up_proj.weight' : 'up_proj.weight'}`)!;
       expect(q.fileDtype).toBe('Q4_0');
       const header = await readGgufHeader(new FileSource(dir), file);
       const info = header.tensors.find((t) => t.name === (name === 'MoE' ? 'blk.0.ffn_up_shexp.weight' : 'blk.0.ffn_up.weight'))!;
-      const block = (await new FileSource(dir).read(file, info.offset, 18));
+      const block = await new FileSource(dir).read(file, info.offset, 18);
       expect(f16BitsToF32(block[0] | (block[1] << 8))).toBeCloseTo(1 / (4.6 * 8), 4);
       const norm = checkpoint.tensors.get('model.layers.0.input_layernorm.weight')!;
       const normValues = new Float32Array((await norm.readRows(0, 1)).slice().buffer);
@@ -66,7 +102,7 @@ describe('synthetic GGUF', () => {
     });
   }
 
-  it('has the real variants\' shapes: Q4_0 matrices whole blocks, sizes as expected, pieces that add up', () => {
+  it("has the real variants' shapes: Q4_0 matrices whole blocks, sizes as expected, pieces that add up", () => {
     const sizes: Record<string, number> = {};
     for (const name of Object.keys(variants)) {
       const g = syntheticGguf(name);

@@ -20,8 +20,13 @@ export async function launchChromium(): Promise<Browser> {
     executablePath: CHROMIUM,
     headless: true,
     args: [
-      '--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run', '--disable-quic',
+      '--no-sandbox',
+      '--enable-unsafe-webgpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
     ],
     env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? mkdtempSync(join(tmpdir(), 'xdg-')) },
   });
@@ -79,7 +84,9 @@ export async function newTestPage(browser: Browser, errors: string[], options: {
 
 /** The test page (page.html, page.js) and the built library it imports, as serveStatic mounts. */
 export const HARNESS_MOUNTS = {
-  '/': join(ROOT, 'test/browser/page.html'), '/page.js': join(ROOT, 'test/browser/page.js'), '/dist/': DIST,
+  '/': join(ROOT, 'test/browser/page.html'),
+  '/page.js': join(ROOT, 'test/browser/page.js'),
+  '/dist/': DIST,
 } as const;
 
 /** Calls window.harness[name](...args) in a page of test/browser/page.js. */
@@ -94,8 +101,10 @@ export function callHarness<T>(page: Page, name: string, ...args: unknown[]): Pr
 export async function openHarness(page: Page, url?: string, errors: string[] = []): Promise<void> {
   if (url) await page.goto(url);
   else await page.reload();
-  await page.waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 }).catch((error: unknown) => {
-    throw new Error(`the test page did not start: ${(error as Error).message}\n${errors.join('\n')}`);
-  });
+  await page
+    .waitForFunction(() => (window as unknown as { harnessReady?: boolean }).harnessReady === true, undefined, { timeout: 30_000 })
+    .catch((error: unknown) => {
+      throw new Error(`the test page did not start: ${(error as Error).message}\n${errors.join('\n')}`);
+    });
   await callHarness(page, 'start');
 }

@@ -22,18 +22,43 @@ const MAX_TOKENS = 8;
 const SPECS: Record<string, CheckpointSpec> = {
   // More experts than the fixture, ten routed (a quarter is exactly topk slots: the smallest cache allowed).
   'experts-40-top-10': {
-    seed: 31, hidden: 64, layers: 4, heads: [2, 1], linearHeads: [1, 2], experts: { count: 40, topk: 10, intermediate: 32, shared: 32 }, tied: false, dtype: 'F32',
+    seed: 31,
+    hidden: 64,
+    layers: 4,
+    heads: [2, 1],
+    linearHeads: [1, 2],
+    experts: { count: 40, topk: 10, intermediate: 32, shared: 32 },
+    tied: false,
+    dtype: 'F32',
   },
   // Per-expert tensor names, BF16, a flat config, two shards, a wider model.
   'experts-24-top-4-bf16': {
-    seed: 32, hidden: 128, layers: 4, heads: [4, 2], linearHeads: [2, 4], experts: { count: 24, topk: 4, intermediate: 48, shared: 64, perExpert: true },
-    tied: false, dtype: 'BF16', flat: true, shards: 2,
+    seed: 32,
+    hidden: 128,
+    layers: 4,
+    heads: [4, 2],
+    linearHeads: [2, 4],
+    experts: { count: 24, topk: 4, intermediate: 48, shared: 64, perExpert: true },
+    tied: false,
+    dtype: 'BF16',
+    flat: true,
+    shards: 2,
   },
 };
 
-interface Case { dir: string; packed: string; prompt: number[]; allBytes: number }
-interface Run { value: { ids: number[]; stats: Record<string, number> } }
-interface Cli { ids: number[]; expert_bytes_streamed?: number }
+interface Case {
+  dir: string;
+  packed: string;
+  prompt: number[];
+  allBytes: number;
+}
+interface Run {
+  value: { ids: number[]; stats: Record<string, number> };
+}
+interface Cli {
+  ids: number[];
+  expert_bytes_streamed?: number;
+}
 
 const cases = new Map<string, Case>();
 let server: StaticServer;
@@ -52,7 +77,19 @@ const harness = <T>(name: string, ...args: unknown[]) => callHarness<T>(page, na
 async function cliGenerate(model: string, prompt: number[], expertCacheBytes?: number): Promise<Cli> {
   const budget = expertCacheBytes === undefined ? [] : ['--expert-cache-mb', String(expertCacheBytes / 2 ** 20)];
   const r = await runCli('node', [
-    'generate', '--model', model, '--prompt-ids', prompt.join(','), '--max-tokens', String(MAX_TOKENS), '--greedy', '--ignore-eos', '--dtype', 'f32', '--json', ...budget,
+    'generate',
+    '--model',
+    model,
+    '--prompt-ids',
+    prompt.join(','),
+    '--max-tokens',
+    String(MAX_TOKENS),
+    '--greedy',
+    '--ignore-eos',
+    '--dtype',
+    'f32',
+    '--json',
+    ...budget,
   ]);
   expect(r.code, r.stderr).toBe(0);
   return jsonLine(r) as unknown as Cli;

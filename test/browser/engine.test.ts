@@ -72,7 +72,9 @@ describe.each(FIXTURES)('%s in Chromium', (name: FixtureName) => {
 
   test('loads over HTTP and generates the golden greedy ids, as the Node CLI does, with the page responsive meanwhile', async () => {
     const loaded = await harness<{ dtype: string; adapter: { backend: string; name: string }; progressCalls: number; name: string }>(
-      'load', `/fixtures/${name}/`, { store: false },
+      'load',
+      `/fixtures/${name}/`,
+      { store: false },
     );
     expect(loaded.dtype).toBe('f32');
     expect(loaded.adapter.backend).toBe('WebGPU (browser)');
@@ -99,8 +101,17 @@ describe.each(FIXTURES)('%s in Chromium', (name: FixtureName) => {
     expect(run.frames).toBeGreaterThan(0);
 
     const cli = await runCli('node', [
-      'generate', '--model', fixtureDir(name), '--prompt-ids', g.prompt_ids.join(','), '--max-tokens', String(g.greedy_ids.length),
-      '--greedy', '--dtype', 'f32', '--json',
+      'generate',
+      '--model',
+      fixtureDir(name),
+      '--prompt-ids',
+      g.prompt_ids.join(','),
+      '--max-tokens',
+      String(g.greedy_ids.length),
+      '--greedy',
+      '--dtype',
+      'f32',
+      '--json',
     ]);
     expect(cli.code, cli.stderr).toBe(0);
     expect(run.value.ids).toEqual(jsonLine(cli).ids);
@@ -110,7 +121,9 @@ describe.each(FIXTURES)('%s in Chromium', (name: FixtureName) => {
   test('a streamed chat completion stops when its signal aborts, and the engine serves the next request', async () => {
     const maxTokens = 200;
     const r = await harness<{ chunks: number; error?: { name: string; isAbortError: boolean }; finishReasons: string[] }>(
-      'chatAborted', { messages: [{ role: 'user', content: 'Tell me a long story.' }], max_tokens: maxTokens, temperature: 0 }, 2,
+      'chatAborted',
+      { messages: [{ role: 'user', content: 'Tell me a long story.' }], max_tokens: maxTokens, temperature: 0 },
+      2,
     );
     await shot(`${name}-abort`);
     expect(r.error?.name ?? r.finishReasons.at(-1)).toBe('AbortError');
@@ -125,9 +138,12 @@ describe.each(FIXTURES)('%s in Chromium', (name: FixtureName) => {
 
 test('a streamed chat runs to its end with usage, and errors keep their class and field across the worker', async () => {
   // The MoE fixture is still loaded from the tests above.
-  const chunks = await harness<{ choices: { finish_reason: string | null }[]; usage?: { completion_tokens: number } }[]>(
-    'chatStreamed', { messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, temperature: 0, reasoning: 'off' },
-  );
+  const chunks = await harness<{ choices: { finish_reason: string | null }[]; usage?: { completion_tokens: number } }[]>('chatStreamed', {
+    messages: [{ role: 'user', content: 'Hi' }],
+    max_tokens: 4,
+    temperature: 0,
+    reasoning: 'off',
+  });
   expect(chunks.at(-1)?.choices[0].finish_reason).toMatch(/^(length|stop)$/);
   expect(chunks.at(-1)?.usage?.completion_tokens).toBeGreaterThan(0);
   expect(chunks.at(-1)?.usage?.completion_tokens).toBeLessThanOrEqual(4);

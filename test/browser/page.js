@@ -46,7 +46,10 @@ window.harness = {
     let calls = 0;
     let last;
     const r = await engine.load({
-      model, dtype: 'f32', contextLength: 512, ...options,
+      model,
+      dtype: 'f32',
+      contextLength: 512,
+      ...options,
       onProgress: (p) => {
         calls++;
         last = p;
@@ -59,8 +62,10 @@ window.harness = {
     const r = await timed(() => engine.generate(request));
     const { stats } = r.value;
     log(`generate: ${r.value.ids.join(',')}`);
-    log(`  prefill ${stats.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${stats.decodeTokensPerSecond.toFixed(1)} tok/s; ` +
-      `main thread: ${r.ticks} ticks, ${r.frames} frames, longest gap ${r.maxGapMs.toFixed(0)} ms in ${r.ms.toFixed(0)} ms`);
+    log(
+      `  prefill ${stats.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${stats.decodeTokensPerSecond.toFixed(1)} tok/s; ` +
+        `main thread: ${r.ticks} ticks, ${r.frames} frames, longest gap ${r.maxGapMs.toFixed(0)} ms in ${r.ms.toFixed(0)} ms`,
+    );
     return r;
   },
   /** A streamed chat that the page aborts after `abortAfter` chunks. */
@@ -80,7 +85,9 @@ window.harness = {
     }
     log(`chat: ${chunks.length} chunks, then ${error ? `${error.name}: ${error.message}` : 'the end'}`);
     return {
-      chunks: chunks.length, error, ms: performance.now() - t0,
+      chunks: chunks.length,
+      error,
+      ms: performance.now() - t0,
       finishReasons: chunks.map((c) => c.choices[0]?.finish_reason).filter((r) => r !== null && r !== undefined),
       text: chunks.map((c) => (c.choices[0]?.delta.content ?? '') + (c.choices[0]?.delta.reasoning_content ?? '')).join(''),
     };
@@ -128,7 +135,9 @@ Object.assign(window.harness, {
     const last = {};
     let calls = 0;
     const r = await engine.load({
-      model, contextLength: 512, ...options,
+      model,
+      contextLength: 512,
+      ...options,
       onProgress: (p) => {
         calls++;
         if (phases.at(-1) !== p.phase) phases.push(p.phase);
@@ -154,7 +163,10 @@ Object.assign(window.harness, {
     const controller = new AbortController();
     try {
       await engine.load({
-        model, contextLength: 512, ...options, signal: controller.signal,
+        model,
+        contextLength: 512,
+        ...options,
+        signal: controller.signal,
         onProgress: (p) => {
           if (p.phase === 'download' && p.loadedBytes >= afterBytes) controller.abort();
         },

@@ -42,14 +42,45 @@ async function shot(name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `store-${name}.png`), fullPage: true });
 }
 
-interface Progress { phase: string; loadedBytes: number; totalBytes: number; file?: string; bytesPerSecond?: number; secondsLeft?: number }
-interface StoreLoad { name: string; dtype: string; phases: string[]; last: Record<string, Progress>; progressCalls: number }
-interface StoredModel { id: string; url: string; bytes: number; complete: boolean; date: string }
-interface LoadFailure { name: string; message: string; file?: string; bytesNeeded?: number; bytesAvailable?: number }
-interface GenerateRun { value: { ids: number[]; stats: Record<string, number> } }
+interface Progress {
+  phase: string;
+  loadedBytes: number;
+  totalBytes: number;
+  file?: string;
+  bytesPerSecond?: number;
+  secondsLeft?: number;
+}
+interface StoreLoad {
+  name: string;
+  dtype: string;
+  phases: string[];
+  last: Record<string, Progress>;
+  progressCalls: number;
+}
+interface StoredModel {
+  id: string;
+  url: string;
+  bytes: number;
+  complete: boolean;
+  date: string;
+}
+interface LoadFailure {
+  name: string;
+  message: string;
+  file?: string;
+  bytesNeeded?: number;
+  bytesAvailable?: number;
+}
+interface GenerateRun {
+  value: { ids: number[]; stats: Record<string, number> };
+}
 
 /** Bytes the server sent for paths under `prefix` from log entry `from` on. */
-const sentUnder = (prefix: string, from = 0) => server.sent.slice(from).filter((s) => s.path.startsWith(prefix)).reduce((sum, s) => sum + s.bytes, 0);
+const sentUnder = (prefix: string, from = 0) =>
+  server.sent
+    .slice(from)
+    .filter((s) => s.path.startsWith(prefix))
+    .reduce((sum, s) => sum + s.bytes, 0);
 const modelRequests = (prefix: string, from = 0) => server.log.slice(from).filter((l) => l.includes(` ${prefix}`)).length;
 
 beforeAll(async () => {
@@ -59,7 +90,17 @@ beforeAll(async () => {
   expect(converted.code, converted.stderr).toBe(0);
   for (const copy of [PACKED_COPY, PACKED_CORRUPT, PACKED_ABORTED]) cpSync(PACKED, copy, { recursive: true });
   const g = golden('tiny-qwen35-moe');
-  const cli = await runCli('node', ['generate', '--model', PACKED, '--prompt-ids', g.prompt_ids.join(','), '--greedy', '--json', '--max-tokens', String(MAX_TOKENS)]);
+  const cli = await runCli('node', [
+    'generate',
+    '--model',
+    PACKED,
+    '--prompt-ids',
+    g.prompt_ids.join(','),
+    '--greedy',
+    '--json',
+    '--max-tokens',
+    String(MAX_TOKENS),
+  ]);
   expect(cli.code, cli.stderr).toBe(0);
   cliIds = jsonLine(cli).ids as number[];
 
@@ -80,8 +121,13 @@ beforeAll(async () => {
   modelBytes = [...manifest.shards, ...manifest.files].reduce((sum, f) => sum + f.bytes, 0) + Buffer.byteLength(readFileSync(join(PACKED, 'qwen-webgpu.json')));
 
   server = await serveStatic({
-    ...HARNESS_MOUNTS, '/fixtures/': FIXTURES_DIR, '/packed/': PACKED, '/packed-copy/': PACKED_COPY,
-    '/packed-corrupt/': PACKED_CORRUPT, '/packed-aborted/': PACKED_ABORTED, '/packed-huge/': PACKED_HUGE,
+    ...HARNESS_MOUNTS,
+    '/fixtures/': FIXTURES_DIR,
+    '/packed/': PACKED,
+    '/packed-copy/': PACKED_COPY,
+    '/packed-corrupt/': PACKED_CORRUPT,
+    '/packed-aborted/': PACKED_ABORTED,
+    '/packed-huge/': PACKED_HUGE,
   });
   browser = await launchChromium();
   page = await newTestPage(browser, pageErrors);
@@ -213,7 +259,12 @@ test('a model larger than the storage estimate leaves fails before any download 
   expect(failure?.bytesNeeded).toBeGreaterThan(2 ** 45);
   expect(failure?.bytesAvailable).toBeLessThan(2 ** 45);
   // Only the manifest was asked for, and nothing of the model is listed.
-  expect(server.log.slice(before).filter((l) => l.includes('/packed-huge/')).every((l) => l.includes('/packed-huge/qwen-webgpu.json'))).toBe(true);
+  expect(
+    server.log
+      .slice(before)
+      .filter((l) => l.includes('/packed-huge/'))
+      .every((l) => l.includes('/packed-huge/qwen-webgpu.json')),
+  ).toBe(true);
   expect((await harness<StoredModel[]>('listModels')).map((m) => m.id)).not.toContain(`${server.url}/packed-huge`);
 });
 

@@ -54,7 +54,8 @@ beforeAll(async () => {
   ensureBuild();
   mkdirSync(SHOTS, { recursive: true });
   execFileSync(process.execPath, [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', '--mode', 'demo', '--outDir', DEMO, '--logLevel', 'warn'], {
-    cwd: ROOT, stdio: 'pipe',
+    cwd: ROOT,
+    stdio: 'pipe',
   });
   writeFileSync(join(TMP, 'widget.html'), WIDGET_PAGE);
   const converted = await runCli('node', ['convert', '--model', fixtureDir('tiny-qwen35-moe'), '--dtype', 'f32', '--out', PACKED]);
@@ -105,9 +106,14 @@ test('the production demo loads a model from ?model=, streams a chat reply and s
 test('`npm start`, as the README says: the dev server serves the demo and the fixtures, and a fixture model chats', async () => {
   // `npm start` is `vite`; the port is pinned to a free one so that the test can find it.
   const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const dev: ChildProcess = spawn(process.execPath, [join(ROOT, 'node_modules/vite/bin/vite.js'), '--port', String(port), '--strictPort', '--host', '127.0.0.1'], {
-    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const dev: ChildProcess = spawn(
+    process.execPath,
+    [join(ROOT, 'node_modules/vite/bin/vite.js'), '--port', String(port), '--strictPort', '--host', '127.0.0.1'],
+    {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let output = '';
   dev.stdout!.on('data', (d) => (output += d));
   dev.stderr!.on('data', (d) => (output += d));
@@ -187,7 +193,9 @@ test('the demo streams the experts of a MoE model at a quarter budget: its panel
   await page.locator('#max-tokens').fill('400');
   await page.locator('#prompt').fill('Tell me a long story.');
   await page.locator('#send').click();
-  await page.waitForFunction(() => (document.querySelector('#messages .msg.assistant:last-child span')?.textContent ?? '').length > 0, undefined, { timeout: 120_000 });
+  await page.waitForFunction(() => (document.querySelector('#messages .msg.assistant:last-child span')?.textContent ?? '').length > 0, undefined, {
+    timeout: 120_000,
+  });
   await page.locator('#stop').click();
   await expect.poll(() => page.locator('#send').isDisabled(), { timeout: 60_000 }).toBe(false);
   const stopped = await page.locator('#messages .msg.assistant').last().textContent();
@@ -220,16 +228,22 @@ test('<qwen-chat> from one script tag loads, streams a reply, fires its events, 
       document.addEventListener(type, (e) => w.events.push({ type, detail: JSON.parse(JSON.stringify((e as CustomEvent).detail ?? null)) }));
     }
   });
-  await page.waitForFunction(() => {
-    const send = document.querySelector('qwen-chat')?.shadowRoot?.querySelector('button.send') as HTMLButtonElement | null;
-    return send && !send.disabled;
-  }, undefined, { timeout: 120_000 });
+  await page.waitForFunction(
+    () => {
+      const send = document.querySelector('qwen-chat')?.shadowRoot?.querySelector('button.send') as HTMLButtonElement | null;
+      return send && !send.disabled;
+    },
+    undefined,
+    { timeout: 120_000 },
+  );
   expect(await page.evaluate(() => customElements.get('qwen-chat') !== undefined)).toBe(true);
   // No globals but the element's registration.
-  expect(await page.evaluate(() => {
-    const before = new Set((window as unknown as { globalsBefore: string[] }).globalsBefore);
-    return Object.getOwnPropertyNames(window).filter((n) => !before.has(n) && n !== 'events' && n !== 'globalsBefore');
-  })).toEqual([]);
+  expect(
+    await page.evaluate(() => {
+      const before = new Set((window as unknown as { globalsBefore: string[] }).globalsBefore);
+      return Object.getOwnPropertyNames(window).filter((n) => !before.has(n) && n !== 'events' && n !== 'globalsBefore');
+    }),
+  ).toEqual([]);
   // A second copy of the module is harmless.
   // (A string, so that the test runner leaves the page's import() alone.)
   expect(await page.evaluate("import('/dist/qwen-chat.js?again').then(() => customElements.get('qwen-chat').name)")).toBe('QwenChatElement');
@@ -237,8 +251,14 @@ test('<qwen-chat> from one script tag loads, streams a reply, fires its events, 
   const input = page.locator('qwen-chat textarea');
   await input.fill('Hi');
   await page.locator('qwen-chat button.send').click();
-  await page.waitForFunction(() => (window as unknown as { events: { type: string; detail: { role?: string } }[] }).events
-    .some((e) => e.type === 'qwen-message' && e.detail.role === 'assistant'), undefined, { timeout: 120_000 });
+  await page.waitForFunction(
+    () =>
+      (window as unknown as { events: { type: string; detail: { role?: string } }[] }).events.some(
+        (e) => e.type === 'qwen-message' && e.detail.role === 'assistant',
+      ),
+    undefined,
+    { timeout: 120_000 },
+  );
   const events = await page.evaluate(() => (window as unknown as { events: { type: string; detail: { role?: string; content?: string } }[] }).events);
   const types = events.map((e) => e.type);
   expect(types).not.toContain('qwen-error');
@@ -278,13 +298,17 @@ test('<qwen-chat> from one script tag loads, streams a reply, fires its events, 
   });
   await input.fill('Tell me a long story.');
   await page.locator('qwen-chat button.send').click();
-  await page.waitForFunction(() => (document.querySelector('qwen-chat')!.shadowRoot!.querySelectorAll('.msg.assistant span')[1]?.textContent ?? '').length > 0,
-    undefined, { timeout: 120_000 });
+  await page.waitForFunction(
+    () => (document.querySelector('qwen-chat')!.shadowRoot!.querySelectorAll('.msg.assistant span')[1]?.textContent ?? '').length > 0,
+    undefined,
+    { timeout: 120_000 },
+  );
   await page.locator('qwen-chat button.stop').click();
   await expect.poll(() => page.locator('qwen-chat .status').textContent(), { timeout: 60_000 }).toBe('Stopped.');
   expect(await page.locator('qwen-chat button.send').isDisabled()).toBe(false);
   const stopped = (await page.evaluate(() => (window as unknown as { events: { type: string; detail: { role?: string; content?: string } }[] }).events))
-    .filter((e) => e.type === 'qwen-message').map((e) => e.detail);
+    .filter((e) => e.type === 'qwen-message')
+    .map((e) => e.detail);
   expect(stopped).toHaveLength(4);
   expect(stopped[3].role).toBe('assistant');
   expect(stopped[3].content!.length).toBeGreaterThan(0);

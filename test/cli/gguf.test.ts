@@ -47,7 +47,9 @@ for (const fixture of FIXTURES) {
 
       const score = async (model: string, name: string) => {
         const file = join(out, `${fixture}-${name}.f32`);
-        const line = jsonLine(await runCli('node', ['score', '--model', model, '--ids', g.prompt_ids.join(','), '--dtype', 'f32', '--out', file, '--adapter', 'llvmpipe']));
+        const line = jsonLine(
+          await runCli('node', ['score', '--model', model, '--ids', g.prompt_ids.join(','), '--dtype', 'f32', '--out', file, '--adapter', 'llvmpipe']),
+        );
         expect(line.tokens).toBe(g.prompt_ids.length);
         const bytes = readFileSync(file);
         return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
@@ -57,7 +59,23 @@ for (const fixture of FIXTURES) {
       expect(compareLogprobs(fromGguf, fromHf, g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
 
       const greedy = async (model: string) =>
-        jsonLine(await runCli('node', ['generate', '--model', model, '--prompt-ids', g.prompt_ids.join(','), '--max-tokens', '12', '--greedy', '--dtype', 'f32', '--json', '--adapter', 'llvmpipe'])).ids;
+        jsonLine(
+          await runCli('node', [
+            'generate',
+            '--model',
+            model,
+            '--prompt-ids',
+            g.prompt_ids.join(','),
+            '--max-tokens',
+            '12',
+            '--greedy',
+            '--dtype',
+            'f32',
+            '--json',
+            '--adapter',
+            'llvmpipe',
+          ]),
+        ).ids;
       expect(await greedy(ggufPath)).toEqual(await greedy(hf));
     });
   });

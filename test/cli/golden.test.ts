@@ -21,7 +21,18 @@ for (const fixture of FIXTURES) {
       for (const dtype of ['f32', 'f16'] as const) {
         it(`score --dtype ${dtype}`, async () => {
           const file = join(out, `${fixture}-${adapter.flags[1]}-${dtype}.f32`);
-          const r = await runCli('node', ['score', '--model', fixtureDir(fixture), '--ids', g.prompt_ids.join(','), '--dtype', dtype, '--out', file, ...adapter.flags]);
+          const r = await runCli('node', [
+            'score',
+            '--model',
+            fixtureDir(fixture),
+            '--ids',
+            g.prompt_ids.join(','),
+            '--dtype',
+            dtype,
+            '--out',
+            file,
+            ...adapter.flags,
+          ]);
           const line = jsonLine(r);
           expect(r.code).toBe(0);
           expect(line).toMatchObject({ tokens: g.prompt_ids.length, vocab_size: g.vocab_size, dtype });
@@ -38,7 +49,20 @@ for (const fixture of FIXTURES) {
         });
       }
       it('generate --greedy --dtype f32', async () => {
-        const r = await runCli('node', ['generate', '--model', fixtureDir(fixture), '--prompt-ids', g.prompt_ids.join(','), '--max-tokens', String(g.greedy_ids.length), '--greedy', '--dtype', 'f32', '--json', ...adapter.flags]);
+        const r = await runCli('node', [
+          'generate',
+          '--model',
+          fixtureDir(fixture),
+          '--prompt-ids',
+          g.prompt_ids.join(','),
+          '--max-tokens',
+          String(g.greedy_ids.length),
+          '--greedy',
+          '--dtype',
+          'f32',
+          '--json',
+          ...adapter.flags,
+        ]);
         const line = jsonLine(r);
         expect(line.ids).toEqual(g.greedy_ids);
         expect(line.prefill_tokens_per_s).toBeGreaterThan(0);

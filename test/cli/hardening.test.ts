@@ -20,7 +20,8 @@ const run = async (args: string[]): Promise<BoundedResult> => {
   expect(r.ms).toBeLessThan(60_000);
   return r;
 };
-const generateIds = (model: string, ...extra: string[]) => run(['generate', '--model', model, '--prompt-ids', ids, '--max-tokens', '2', '--adapter', 'llvmpipe', ...extra]);
+const generateIds = (model: string, ...extra: string[]) =>
+  run(['generate', '--model', model, '--prompt-ids', ids, '--max-tokens', '2', '--adapter', 'llvmpipe', ...extra]);
 
 /** A writable copy of a fixture, with `edit` applied to it. */
 function copyOf(fixture: FixtureName, edit: (dir: string) => void): string {
@@ -40,8 +41,20 @@ describe('token ids', () => {
     const past = await run(['generate', '--model', fixtureDir('tiny-qwen35'), '--prompt-ids', '977,1024', '--max-tokens', '4', '--adapter', 'llvmpipe']);
     expect(errorLine(past)).toBe("error: --prompt-ids: id 1024 (at position 1) is not below the model's vocab_size 1024");
     const padding = await run(['generate', '--model', fixtureDir('tiny-qwen35'), '--prompt-ids', '977,1010', '--max-tokens', '4', '--adapter', 'llvmpipe']);
-    expect(errorLine(padding)).toMatch(/^error: --prompt-ids: id 1010 \(at position 1\) is not a token: the tokenizer has 1009 \(ids 1009\.\.1023 are padding rows\)$/);
-    const score = await run(['score', '--model', fixtureDir('tiny-qwen35'), '--ids', '5,1020', '--out', join(tmpdir(), 'qwen-hardening-x.f32'), '--adapter', 'llvmpipe']);
+    expect(errorLine(padding)).toMatch(
+      /^error: --prompt-ids: id 1010 \(at position 1\) is not a token: the tokenizer has 1009 \(ids 1009\.\.1023 are padding rows\)$/,
+    );
+    const score = await run([
+      'score',
+      '--model',
+      fixtureDir('tiny-qwen35'),
+      '--ids',
+      '5,1020',
+      '--out',
+      join(tmpdir(), 'qwen-hardening-x.f32'),
+      '--adapter',
+      'llvmpipe',
+    ]);
     expect(errorLine(score)).toMatch(/^error: --ids: id 1020 \(at position 1\) is not a token/);
   }, 120_000);
 
@@ -50,7 +63,19 @@ describe('token ids', () => {
     expect(both.code).toBe(2);
     expect(errorLine(both)).toMatch(/^error: give one of --prompt, --messages or --prompt-ids/);
     // The model does not exist: the refusal comes before it is opened.
-    const context = await run(['generate', '--model', '/nonexistent/model', '--prompt-ids', '1,2,3', '--max-tokens', '10', '--context', '8', '--adapter', 'llvmpipe']);
+    const context = await run([
+      'generate',
+      '--model',
+      '/nonexistent/model',
+      '--prompt-ids',
+      '1,2,3',
+      '--max-tokens',
+      '10',
+      '--context',
+      '8',
+      '--adapter',
+      'llvmpipe',
+    ]);
     expect(context.code).toBe(2);
     expect(errorLine(context)).toMatch(/^error: --prompt-ids \(3 ids\) \+ --max-tokens 10 = 13 tokens, more than --context 8/);
   }, 60_000);
@@ -68,11 +93,15 @@ describe('flags', () => {
     ['bench', ['--synthetic', 'qwen3.5-0.8b'], '--decode-token', '--decode-tokens'],
     ['adapter', [], '--adaptor', '--adapter'],
   ]).map(([command, args, typo, meant]) => ({ command, args, typo, meant }));
-  it.each(typos)('$command refuses the unknown flag $typo', async ({ command, args, typo, meant }) => {
-    const r = await run([command, ...args, typo, '4']);
-    expect(r.code).toBe(2);
-    expect(errorLine(r)).toBe(`error: unknown flag ${typo} for ${command} (did you mean ${meant}?) ("qwen-webgpu help" shows the usage)`);
-  }, 60_000);
+  it.each(typos)(
+    '$command refuses the unknown flag $typo',
+    async ({ command, args, typo, meant }) => {
+      const r = await run([command, ...args, typo, '4']);
+      expect(r.code).toBe(2);
+      expect(errorLine(r)).toBe(`error: unknown flag ${typo} for ${command} (did you mean ${meant}?) ("qwen-webgpu help" shows the usage)`);
+    },
+    60_000,
+  );
 
   it('refuses a flag of another command, and chat flags with --prompt-ids', async () => {
     const other = await run(['tokenize', '--model', fixtureDir('tiny-qwen35'), '--text', 'Hi', '--max-tokens', '4']);
@@ -81,11 +110,33 @@ describe('flags', () => {
     expect(errorLine(stop)).toMatch(/^error: --stop is for chats \(--prompt, --messages\), not --prompt-ids/);
   }, 60_000);
 
-  it("accepts every flag bench reads", async () => {
+  it('accepts every flag bench reads', async () => {
     // Both --model and --synthetic: bench's own check answers, so no flag was refused before it.
     const r = await run([
-      'bench', '--model', '/nonexistent', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--prompt-tokens', '4', '--decode-tokens', '2', '--json',
-      '--dtype', 'f32', '--activations', 'f32', '--adapter', 'llvmpipe', '--no-f16', '--expert-cache-mb', '64', '--verify', '--http-timeout', '5',
+      'bench',
+      '--model',
+      '/nonexistent',
+      '--synthetic',
+      'qwen3.5-0.8b',
+      '--layers',
+      '1',
+      '--prompt-tokens',
+      '4',
+      '--decode-tokens',
+      '2',
+      '--json',
+      '--dtype',
+      'f32',
+      '--activations',
+      'f32',
+      '--adapter',
+      'llvmpipe',
+      '--no-f16',
+      '--expert-cache-mb',
+      '64',
+      '--verify',
+      '--http-timeout',
+      '5',
     ]);
     expect(errorLine(r)).toMatch(/^error: bench takes --model <dir> or --synthetic <name>/);
   }, 60_000);
@@ -132,13 +183,17 @@ describe('model files', () => {
     const headerLen = Number(bytes.readBigUInt64LE(0));
     const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString());
     // Two tensors of the same size: the second now points at the first one's bytes.
-    const [a, b] = entries.filter((e) => e.shape.join() === entries.find((x) => x.name.endsWith('layers.1.input_layernorm.weight'))!.shape.join() && e.name.includes('layernorm'));
+    const [a, b] = entries.filter(
+      (e) => e.shape.join() === entries.find((x) => x.name.endsWith('layers.1.input_layernorm.weight'))!.shape.join() && e.name.includes('layernorm'),
+    );
     header[b.name].data_offsets = header[a.name].data_offsets;
     let json = JSON.stringify(header);
     json += ' '.repeat(Math.max(0, headerLen - json.length));
     expect(json.length).toBe(headerLen);
     writeFileSync(join(dir, 'model.safetensors'), Buffer.concat([bytes.subarray(0, 8), Buffer.from(json), bytes.subarray(8 + headerLen)]));
-    expect(errorLine(await generateIds(dir))).toMatch(new RegExp(`^error: model\\.safetensors: (${a.name}|${b.name}): data_offsets \\[\\d+, \\d+\\] overlap those of (${a.name}|${b.name})`));
+    expect(errorLine(await generateIds(dir))).toMatch(
+      new RegExp(`^error: model\\.safetensors: (${a.name}|${b.name}): data_offsets \\[\\d+, \\d+\\] overlap those of (${a.name}|${b.name})`),
+    );
   }, 60_000);
 
   it('refuses a tokenizer.json of an unknown model type', async () => {
@@ -148,10 +203,17 @@ describe('model files', () => {
   }, 60_000);
 
   it('stops a chat template that loops without end', async () => {
-    const dir = copyOf('tiny-qwen35', (d) => editJson(d, 'tokenizer_config.json', (c) => ({ ...c, chat_template: '{% for i in range(100000000) %}x{% endfor %}' })));
+    const dir = copyOf('tiny-qwen35', (d) =>
+      editJson(d, 'tokenizer_config.json', (c) => ({ ...c, chat_template: '{% for i in range(100000000) %}x{% endfor %}' })),
+    );
     const r = await run(['tokenize', '--model', dir, '--messages', writeMessages()]);
     expect(errorLine(r)).toMatch(/^error: chat template: range\(0, 100000000, 1\) has 100000000 items, more than the limit of 1000000$/);
-    const nested = copyOf('tiny-qwen35', (d) => editJson(d, 'tokenizer_config.json', (c) => ({ ...c, chat_template: '{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}' })));
+    const nested = copyOf('tiny-qwen35', (d) =>
+      editJson(d, 'tokenizer_config.json', (c) => ({
+        ...c,
+        chat_template: '{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}',
+      })),
+    );
     const slow = await run(['tokenize', '--model', nested, '--messages', writeMessages()]);
     expect(errorLine(slow)).toMatch(/^error: chat template: (rendering took more than 5000 ms|rendering produced more than)/);
   }, 120_000);
@@ -169,32 +231,63 @@ describe('counts checked against the tensor index', () => {
   it('mtp_num_hidden_layers and num_hidden_layers without layer_types', async () => {
     const mtp = copyOf('tiny-qwen35', (d) => editJson(d, 'config.json', (c) => ((c.text_config.mtp_num_hidden_layers = 1_000_000), c)));
     // convert copies the MTP block, so it plans it and refuses the count; generate never loads it, so nothing is built from it.
-    const convert = await run(['convert', '--model', mtp, '--dtype', 'f32', '--out', join(mkdtempSync(join(tmpdir(), 'qwen-hardening-')), 'packed'), '--adapter', 'llvmpipe']);
+    const convert = await run([
+      'convert',
+      '--model',
+      mtp,
+      '--dtype',
+      'f32',
+      '--out',
+      join(mkdtempSync(join(tmpdir(), 'qwen-hardening-')), 'packed'),
+      '--adapter',
+      'llvmpipe',
+    ]);
     expect(errorLine(convert)).toBe("error: config.json: text_config.mtp_num_hidden_layers: 1000000 MTP layers, but the checkpoint's tensors hold 1");
     expect(jsonLine(await generateIds(mtp, '--greedy', '--json')).ids).toHaveLength(2);
-    const layers = copyOf('tiny-qwen35', (d) => editJson(d, 'config.json', (c) => {
-      c.text_config.num_hidden_layers = 5e7;
-      delete c.text_config.layer_types;
-      return c;
-    }));
-    expect(errorLine(await generateIds(layers))).toBe("error: config.json: text_config.num_hidden_layers: 50000000 layers, but the checkpoint's tensors hold 4");
+    const layers = copyOf('tiny-qwen35', (d) =>
+      editJson(d, 'config.json', (c) => {
+        c.text_config.num_hidden_layers = 5e7;
+        delete c.text_config.layer_types;
+        return c;
+      }),
+    );
+    expect(errorLine(await generateIds(layers))).toBe(
+      "error: config.json: text_config.num_hidden_layers: 50000000 layers, but the checkpoint's tensors hold 4",
+    );
   }, 120_000);
 
   it('num_experts of a checkpoint with one tensor per expert', async () => {
-    const spec: CheckpointSpec = { seed: 9, hidden: 64, layers: 2, heads: [2, 1], linearHeads: [1, 2], experts: { count: 4, topk: 2, intermediate: 32, shared: 32, perExpert: true }, tied: true, dtype: 'BF16' };
+    const spec: CheckpointSpec = {
+      seed: 9,
+      hidden: 64,
+      layers: 2,
+      heads: [2, 1],
+      linearHeads: [1, 2],
+      experts: { count: 4, topk: 2, intermediate: 32, shared: 32, perExpert: true },
+      tied: true,
+      dtype: 'BF16',
+    };
     const dir = writeCheckpoint(spec);
     editJson(dir, 'config.json', (c) => ((c.text_config.num_experts = 2e8), c));
-    expect(errorLine(await generateIds(dir))).toBe("error: config.json: text_config.num_experts: 200000000 experts, but the checkpoint's tensors hold 4 per layer");
+    expect(errorLine(await generateIds(dir))).toBe(
+      "error: config.json: text_config.num_experts: 200000000 experts, but the checkpoint's tensors hold 4 per layer",
+    );
   }, 60_000);
 
   it('a GGUF block_count, and an expert_count its expert tensors do not hold', async () => {
     const blocks = await writeFixtureGguf('tiny-qwen35', { metadata: (e) => e.map((k) => (k.key === 'qwen35.block_count' ? kv.u32(k.key, 50_000_000) : k)) });
     expect(errorLine(await generateIds(join(blocks.dir, blocks.file)))).toMatch(
-      new RegExp(`^error: ${blocks.file}: metadata key qwen35\\.block_count: 50000000 blocks \\(49999999 main layers\\), but the file's tensors hold 5 blocks$`),
+      new RegExp(
+        `^error: ${blocks.file}: metadata key qwen35\\.block_count: 50000000 blocks \\(49999999 main layers\\), but the file's tensors hold 5 blocks$`,
+      ),
     );
-    const experts = await writeFixtureGguf('tiny-qwen35-moe', { metadata: (e) => e.map((k) => (k.key === 'qwen35moe.expert_count' ? kv.u32(k.key, 200_000_000) : k)) });
+    const experts = await writeFixtureGguf('tiny-qwen35-moe', {
+      metadata: (e) => e.map((k) => (k.key === 'qwen35moe.expert_count' ? kv.u32(k.key, 200_000_000) : k)),
+    });
     expect(errorLine(await generateIds(join(experts.dir, experts.file)))).toMatch(
-      new RegExp(`^error: ${experts.file}: blk\\.0\\.ffn_\\w+_exps\\.weight: dims \\[\\d+,\\d+,\\d+\\] are not \\{cols, rows, 200000000\\} \\(metadata key qwen35moe\\.expert_count is 200000000\\)$`),
+      new RegExp(
+        `^error: ${experts.file}: blk\\.0\\.ffn_\\w+_exps\\.weight: dims \\[\\d+,\\d+,\\d+\\] are not \\{cols, rows, 200000000\\} \\(metadata key qwen35moe\\.expert_count is 200000000\\)$`,
+      ),
     );
   }, 120_000);
 });

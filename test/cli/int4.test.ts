@@ -25,14 +25,19 @@ for (const fixture of FIXTURES) {
   describe(fixture, () => {
     it('--dtype int4, and convert → packed model, match f32 on the exported dequantised weights; bad uses are refused', async () => {
       const packed = join(out, `${fixture}-packed`);
-      const converted = jsonLine(await runCli('node', ['convert', '--model', fixtureDir(fixture), '--dtype', 'int4', '--out', packed, '--adapter', 'llvmpipe']));
+      const converted = jsonLine(
+        await runCli('node', ['convert', '--model', fixtureDir(fixture), '--dtype', 'int4', '--out', packed, '--adapter', 'llvmpipe']),
+      );
       expect(converted).toMatchObject({ command: 'convert', dtype: 'q4' });
       const hf = join(out, `${fixture}-hf`);
       expect(jsonLine(await runCli('node', ['export', '--model', packed, '--out', hf]))).toMatchObject({ command: 'export' });
 
       const reference = await score('export-f32', ['--model', hf, '--dtype', 'f32']);
       expect(reference.line.dtype).toBe('f32');
-      for (const [name, args] of [['int4', ['--model', fixtureDir(fixture), '--dtype', 'int4', '--activations', 'f32']], ['packed', ['--model', packed]]] as const) {
+      for (const [name, args] of [
+        ['int4', ['--model', fixtureDir(fixture), '--dtype', 'int4', '--activations', 'f32']],
+        ['packed', ['--model', packed]],
+      ] as const) {
         const run = await score(name, [...args]);
         expect(run.line.dtype, name).toBe('q4');
         const { maxAbs } = compareLogprobs(run.rows, reference.rows, g.vocab_size);
@@ -45,7 +50,17 @@ for (const fixture of FIXTURES) {
         ['packed-act16-deno', 'deno', ['--model', packed]],
       ] as const) {
         const file = join(out, `${fixture}-${name}.f32`);
-        const result = await runCli(runtime, ['score', '--ids', ids, '--out', file, ...(runtime === 'node' ? ['--adapter', 'llvmpipe'] : []), ...args, '--activations', 'f16']);
+        const result = await runCli(runtime, [
+          'score',
+          '--ids',
+          ids,
+          '--out',
+          file,
+          ...(runtime === 'node' ? ['--adapter', 'llvmpipe'] : []),
+          ...args,
+          '--activations',
+          'f16',
+        ]);
         expect((jsonLine(result).adapter as { activations: string }).activations, name).toBe('f16');
         const { maxAbs, top1Agreement } = compareLogprobs(read(file), reference.rows, g.vocab_size);
         expect(maxAbs, name).toBeLessThanOrEqual(0.2);
@@ -53,7 +68,19 @@ for (const fixture of FIXTURES) {
         // Rounding happened: f16 activations are not the f32 result.
         expect(maxAbs, name).toBeGreaterThan(1e-4);
       }
-      const swift = await runCli('node', ['score', '--model', packed, '--ids', '1,2', '--out', join(out, 'x.f32'), '--adapter', 'SwiftShader', '--activations', 'f16']);
+      const swift = await runCli('node', [
+        'score',
+        '--model',
+        packed,
+        '--ids',
+        '1,2',
+        '--out',
+        join(out, 'x.f32'),
+        '--adapter',
+        'SwiftShader',
+        '--activations',
+        'f16',
+      ]);
       expect(swift.code).toBe(1);
       expect(swift.stderr).toMatch(/f16 activations need the shader-f16 feature, which is not supported on adapter "SwiftShader/);
 

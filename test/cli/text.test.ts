@@ -31,7 +31,15 @@ for (const fixture of FIXTURES) {
       for (const [i, c] of g.chat_cases.entries()) {
         const file = join(dir, `${fixture}-chat-${i}.json`);
         writeFileSync(file, JSON.stringify(c.messages));
-        const r = await runCli('node', ['tokenize', '--model', fixtureDir(fixture), '--messages', file, '--json', ...(c.enable_thinking === false ? ['--no-think'] : [])]);
+        const r = await runCli('node', [
+          'tokenize',
+          '--model',
+          fixtureDir(fixture),
+          '--messages',
+          file,
+          '--json',
+          ...(c.enable_thinking === false ? ['--no-think'] : []),
+        ]);
         expect(jsonLine(r).text).toBe(c.rendered);
       }
     });
@@ -39,7 +47,19 @@ for (const fixture of FIXTURES) {
     it('generate --messages --greedy --json gives the golden prompt ids and greedy ids', async () => {
       const file = join(dir, `${fixture}-prompt.json`);
       writeFileSync(file, JSON.stringify(g.prompt_messages));
-      const r = await runCli('node', ['generate', '--model', fixtureDir(fixture), '--messages', file, '--greedy', '--max-tokens', String(g.greedy_ids.length), '--dtype', 'f32', '--json']);
+      const r = await runCli('node', [
+        'generate',
+        '--model',
+        fixtureDir(fixture),
+        '--messages',
+        file,
+        '--greedy',
+        '--max-tokens',
+        String(g.greedy_ids.length),
+        '--dtype',
+        'f32',
+        '--json',
+      ]);
       const out = jsonLine(r);
       expect(out.prompt_ids).toEqual(g.prompt_ids);
       expect(out.ids).toEqual(g.greedy_ids);
@@ -50,7 +70,20 @@ for (const fixture of FIXTURES) {
 
 describe('generate from text', () => {
   it('streams text and exits 0; bad input exits with a clear error', async () => {
-    const ok = await runCli('node', ['generate', '--model', fixtureDir('tiny-qwen35'), '--prompt', 'Hello', '--max-tokens', '5', '--seed', '3', '--temperature', '0.8', '--no-think']);
+    const ok = await runCli('node', [
+      'generate',
+      '--model',
+      fixtureDir('tiny-qwen35'),
+      '--prompt',
+      'Hello',
+      '--max-tokens',
+      '5',
+      '--seed',
+      '3',
+      '--temperature',
+      '0.8',
+      '--no-think',
+    ]);
     expect(ok.code).toBe(0);
     expect(ok.stdout.length).toBeGreaterThan(1);
     const bad = await runCli('node', ['generate', '--model', fixtureDir('tiny-qwen35'), '--prompt', 'Hello', '--max-tokens', '0']);

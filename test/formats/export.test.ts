@@ -109,7 +109,9 @@ describe('export to Hugging Face', () => {
     const m = await fixtureValues('tiny-qwen35-moe');
     const experts = m.get('model.language_model.layers.0.mlp.experts.gate_up_proj')!;
     const [E, rows, H] = experts.shape;
-    expect(await packedRow(moe, 'layers.0.mlp.experts_gate_up', 3, rows - 1)).toEqual(experts.values.subarray((3 * rows + rows - 1) * H, (3 * rows + rows) * H));
+    expect(await packedRow(moe, 'layers.0.mlp.experts_gate_up', 3, rows - 1)).toEqual(
+      experts.values.subarray((3 * rows + rows - 1) * H, (3 * rows + rows) * H),
+    );
     expect(await packedRow(moe, 'layers.0.mlp.router', E)).toEqual(m.get('model.language_model.layers.0.mlp.shared_expert_gate.weight')!.values);
   });
 
@@ -128,20 +130,30 @@ describe('export to Hugging Face', () => {
   it('refuses a packed model whose tensors are not what its config implies, naming the tensor', async () => {
     const packed = await openPacked(new FileSource((await packFixture('tiny-qwen35', 'f32', 1 << 20)).dir));
     const without = (key: string): PackedModel => ({ ...packed, tensors: new Map([...packed.tensors].filter(([k]) => k !== key)) });
-    await expect(exportHf(without('layers.2.linear.conv'), new FolderSink(tempDir()))).rejects.toThrow(/^qwen-webgpu\.json: layers\.2\.linear\.conv: missing \(the config implies shape \[1024,4\]\)/);
+    await expect(exportHf(without('layers.2.linear.conv'), new FolderSink(tempDir()))).rejects.toThrow(
+      /^qwen-webgpu\.json: layers\.2\.linear\.conv: missing \(the config implies shape \[1024,4\]\)/,
+    );
     const reshaped = new Map(packed.tensors);
     reshaped.set('norm', { ...packed.tensors.get('norm')!, shape: [2, 128] });
-    await expect(exportHf({ ...packed, tensors: reshaped }, new FolderSink(tempDir()))).rejects.toThrow(/^qwen-webgpu\.json: norm: shape \[2,128\] does not match \[1,128\]/);
+    await expect(exportHf({ ...packed, tensors: reshaped }, new FolderSink(tempDir()))).rejects.toThrow(
+      /^qwen-webgpu\.json: norm: shape \[2,128\] does not match \[1,128\]/,
+    );
     const extra = new Map(packed.tensors);
     extra.set('layers.9.attn.o_proj', packed.tensors.get('layers.3.attn.o_proj')!);
-    await expect(exportHf({ ...packed, tensors: extra }, new FolderSink(tempDir()))).rejects.toThrow(/layers\.9\.attn\.o_proj: is not a tensor of the model its config describes/);
+    await expect(exportHf({ ...packed, tensors: extra }, new FolderSink(tempDir()))).rejects.toThrow(
+      /layers\.9\.attn\.o_proj: is not a tensor of the model its config describes/,
+    );
   });
 
   it('stops when aborted, leaving no checkpoint and no partial files', async () => {
     const packed = await openPacked(new FileSource((await packFixture('tiny-qwen35-moe', 'f16', 1 << 20)).dir));
     const out = tempDir();
     const controller = new AbortController();
-    const run = exportHf(packed, new FolderSink(out), { shardBytes: 4096 * KiB, signal: controller.signal, onProgress: (p) => p.doneBytes > p.totalBytes / 2 && controller.abort() });
+    const run = exportHf(packed, new FolderSink(out), {
+      shardBytes: 4096 * KiB,
+      signal: controller.signal,
+      onProgress: (p) => p.doneBytes > p.totalBytes / 2 && controller.abort(),
+    });
     await expect(run).rejects.toThrow(/aborted/);
     expect(readdirSync(out)).toEqual([]);
   });

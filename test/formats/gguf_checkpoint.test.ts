@@ -88,7 +88,13 @@ describe('GGUF V-head order', () => {
     expect(Array.from(tiledValueOrder(2, 6, 1))).toEqual([0, 3, 1, 4, 2, 5]);
     expect(Array.from(tiledValueOrder(2, 4, 2))).toEqual([0, 1, 4, 5, 2, 3, 6, 7]);
     // The reader's inverse: HF head h is in GGUF head ggufValueHead(h).
-    for (const [nk, nv] of [[2, 4], [2, 6], [16, 64], [16, 48], [4, 4]]) {
+    for (const [nk, nv] of [
+      [2, 4],
+      [2, 6],
+      [16, 64],
+      [16, 48],
+      [4, 4],
+    ]) {
       const order = tiledValueOrder(nk, nv, 1);
       for (let h = 0; h < nv; h++) expect(order[ggufValueHead(h, nk, nv)]).toBe(h);
     }
@@ -142,12 +148,23 @@ describe('GGUF checkpoints from the fixtures', () => {
     it(`${fixture}: rows read in pieces equal the whole tensor's rows`, async () => {
       const types = (name: string, dims: number[]): GgmlTypeName => (dims.length === 1 ? 'F32' : name.includes('ssm_out') ? 'Q6_K' : 'Q8_0');
       const { checkpoint } = await open({ types }, fixture);
-      for (const name of ['model.layers.0.linear_attn.in_proj_qkv.weight', 'model.layers.0.linear_attn.conv1d.weight', 'model.layers.0.linear_attn.in_proj_a.weight', 'model.layers.0.linear_attn.out_proj.weight', 'model.embed_tokens.weight']) {
+      for (const name of [
+        'model.layers.0.linear_attn.in_proj_qkv.weight',
+        'model.layers.0.linear_attn.conv1d.weight',
+        'model.layers.0.linear_attn.in_proj_a.weight',
+        'model.layers.0.linear_attn.out_proj.weight',
+        'model.embed_tokens.weight',
+      ]) {
         const tensor = checkpoint.tensors.get(name)!;
         const cols = tensor.shape[tensor.shape.length - 1];
         const whole = await readAll(tensor);
         const rows = rowsOf(tensor.shape);
-        for (const [first, count] of [[0, 1], [rows - 1, 1], [Math.floor(rows / 3), Math.ceil(rows / 2)], [5 % rows, Math.min(rows - (5 % rows), 300)]]) {
+        for (const [first, count] of [
+          [0, 1],
+          [rows - 1, 1],
+          [Math.floor(rows / 3), Math.ceil(rows / 2)],
+          [5 % rows, Math.min(rows - (5 % rows), 300)],
+        ]) {
           const piece = decode(tensor, await tensor.readRows(first, count));
           expect(Array.from(piece), `${name} rows ${first}+${count}`).toEqual(Array.from(whole.subarray(first * cols, (first + count) * cols)));
         }

@@ -24,9 +24,15 @@ class GuardedSource implements WeightSource {
   constructor(readonly location: string) {
     this.inner = new FileSource(location);
   }
-  has(file: string) { return this.inner.has(file); }
-  size(file: string) { return this.inner.size(file); }
-  text(file: string) { return this.inner.text(file); }
+  has(file: string) {
+    return this.inner.has(file);
+  }
+  size(file: string) {
+    return this.inner.size(file);
+  }
+  text(file: string) {
+    return this.inner.text(file);
+  }
   async read(file: string, offset: number, length: number): Promise<Uint8Array> {
     const size = await this.inner.size(file);
     if (!(offset >= 0 && length >= 0 && offset + length <= size)) throw new Error(`read of [${offset}, ${offset + length}) beyond the ${size}-byte file`);
@@ -97,8 +103,17 @@ async function expectRefused(bytes: Uint8Array, message: RegExp) {
 describe('GGUF header', () => {
   it('reads a hand-made file: metadata types, tensor dims, absolute offsets', async () => {
     const bytes = handMade({
-      kvs: [kv.str('general.architecture', 'qwen35'), kv.f32('x.eps', 1e-6), kv.array('x.list', GgufType.I32, [1, -2, 3]), { key: 'x.big', type: GgufType.U64, value: 2 ** 40 }, kv.bool('x.flag', true)],
-      tensors: [{ name: 'a.weight', dims: [32, 2], type: 0, offset: 0 }, { name: 'b.weight', dims: [64], type: 8, offset: 256 }],
+      kvs: [
+        kv.str('general.architecture', 'qwen35'),
+        kv.f32('x.eps', 1e-6),
+        kv.array('x.list', GgufType.I32, [1, -2, 3]),
+        { key: 'x.big', type: GgufType.U64, value: 2 ** 40 },
+        kv.bool('x.flag', true),
+      ],
+      tensors: [
+        { name: 'a.weight', dims: [32, 2], type: 0, offset: 0 },
+        { name: 'b.weight', dims: [64], type: 8, offset: 256 },
+      ],
       dataBytes: 256 + 68,
     });
     const header = await readGgufHeader(folderWith(FILE, bytes), FILE);
@@ -115,7 +130,10 @@ describe('GGUF header', () => {
   });
 
   it('agrees with @huggingface/gguf on a file the test writer made from a fixture', async () => {
-    const { dir, file } = await writeFixtureGguf('tiny-qwen35-moe', { alignment: 64, types: (name, dims) => (dims.length === 1 ? 'F32' : name.includes('ssm_out') ? 'Q4_K' : 'Q8_0') });
+    const { dir, file } = await writeFixtureGguf('tiny-qwen35-moe', {
+      alignment: 64,
+      types: (name, dims) => (dims.length === 1 ? 'F32' : name.includes('ssm_out') ? 'Q4_K' : 'Q8_0'),
+    });
     const ours = await readGgufHeader(new FileSource(dir), file);
     const theirs = await parseWithHuggingFace(join(dir, file), { allowLocalFile: true });
     expect(Number(theirs.tensorDataOffset)).toBe(ours.dataOffset);
@@ -139,25 +157,99 @@ describe('GGUF header', () => {
     ['a metadata_kv_count the file cannot hold', handMade({ kvCount: 1_000_000 }), /metadata_kv_count 1000000 cannot fit/],
     ['a count past 2^53', handMade({ kvCount: 2n ** 63n }), /metadata_kv_count: 9223372036854775808 is beyond any plausible size/],
     ['an absurdly long key', handMade({ kvs: [], raw: (w) => w.u64(1 << 30) }), /metadata key 0: string of 1073741824 bytes is longer than the limit of 65536/],
-    ['a key whose length runs past the end', handMade({ kvs: [], raw: (w) => w.u64(5000) }), /metadata key 0: string of 5000 bytes runs past the end of the file/],
-    ['a string value whose length lies', handMade({ kvs: [], raw: (w) => w.str('general.name').u32(GgufType.STRING).u64(5000) }), /general\.name: string of 5000 bytes runs past the end/],
-    ['an array whose length lies', handMade({ kvs: [], raw: (w) => w.str('tokenizer.ggml.tokens').u32(GgufType.ARRAY).u32(GgufType.STRING).u64(1e12) }), /tokenizer\.ggml\.tokens: array of 1000000000000 string needs at least/],
+    [
+      'a key whose length runs past the end',
+      handMade({ kvs: [], raw: (w) => w.u64(5000) }),
+      /metadata key 0: string of 5000 bytes runs past the end of the file/,
+    ],
+    [
+      'a string value whose length lies',
+      handMade({ kvs: [], raw: (w) => w.str('general.name').u32(GgufType.STRING).u64(5000) }),
+      /general\.name: string of 5000 bytes runs past the end/,
+    ],
+    [
+      'an array whose length lies',
+      handMade({ kvs: [], raw: (w) => w.str('tokenizer.ggml.tokens').u32(GgufType.ARRAY).u32(GgufType.STRING).u64(1e12) }),
+      /tokenizer\.ggml\.tokens: array of 1000000000000 string needs at least/,
+    ],
     ['an unknown value type', handMade({ kvs: [], raw: (w) => w.str('x.y').u32(99) }), /x\.y: unknown value type 99/],
     ['nested arrays', handMade({ kvs: [], raw: (w) => w.str('x.y').u32(GgufType.ARRAY).u32(GgufType.ARRAY).u64(1) }), /x\.y: nested arrays/],
-    ['a string that is not UTF-8', handMade({ kvs: [], raw: (w) => w.str('x.y').u32(GgufType.STRING).u64(2).bytes(new Uint8Array([0xc3, 0x28])) }), /x\.y: string is not valid UTF-8/],
+    [
+      'a string that is not UTF-8',
+      handMade({
+        kvs: [],
+        raw: (w) =>
+          w
+            .str('x.y')
+            .u32(GgufType.STRING)
+            .u64(2)
+            .bytes(new Uint8Array([0xc3, 0x28])),
+      }),
+      /x\.y: string is not valid UTF-8/,
+    ],
     ['a key given twice', handMade({ kvs: [kv.u32('x.y', 1), kv.u32('x.y', 2)] }), /metadata key x\.y appears twice/],
-    ['an alignment that is not a power of two', handMade({ kvs: [kv.u32('general.alignment', 48)], alignment: 16 }), /general\.alignment 48 is not a power of two/],
+    [
+      'an alignment that is not a power of two',
+      handMade({ kvs: [kv.u32('general.alignment', 48)], alignment: 16 }),
+      /general\.alignment 48 is not a power of two/,
+    ],
     ['an unknown ggml type', handMade({ tensors: [{ name: 'a.weight', dims: [32], type: 200, offset: 0 }] }), /a\.weight: unknown ggml type 200/],
-    ['an absurd dimension', handMade({ tensors: [{ name: 'a.weight', dims: [2 ** 40, 2], type: 0, offset: 0 }] }), /a\.weight: dims \[1099511627776\] hold more elements than a \d+-byte file can/],
-    ['dimensions whose product is absurd', handMade({ tensors: [{ name: 'a.weight', dims: [64, 64, 64], type: 0, offset: 0 }] }), /a\.weight: dims \[64,64\] hold more elements than a \d+-byte file can/],
+    [
+      'an absurd dimension',
+      handMade({ tensors: [{ name: 'a.weight', dims: [2 ** 40, 2], type: 0, offset: 0 }] }),
+      /a\.weight: dims \[1099511627776\] hold more elements than a \d+-byte file can/,
+    ],
+    [
+      'dimensions whose product is absurd',
+      handMade({ tensors: [{ name: 'a.weight', dims: [64, 64, 64], type: 0, offset: 0 }] }),
+      /a\.weight: dims \[64,64\] hold more elements than a \d+-byte file can/,
+    ],
     ['a zero dimension', handMade({ tensors: [{ name: 'a.weight', dims: [32, 0], type: 0, offset: 0 }] }), /a\.weight: dimension 1 is 0/],
-    ['too many dimensions', handMade({ tensors: [{ name: 'a.weight', dims: [1, 1, 1, 1, 1], type: 0, offset: 0 }] }), /a\.weight: n_dims 5 is not between 1 and 4/],
-    ['a row that is not whole blocks', handMade({ tensors: [{ name: 'a.weight', dims: [48, 2], type: 8, offset: 0 }] }), /a\.weight: row length 48 is not a multiple of the Q8_0 block size 32/],
-    ['an unaligned offset', handMade({ tensors: [{ name: 'a.weight', dims: [8], type: 0, offset: 4 }] }), /a\.weight: offset 4 is not a multiple of the alignment 32/],
-    ['data past the end of the file', handMade({ tensors: [{ name: 'a.weight', dims: [32, 4], type: 0, offset: 0 }], dataBytes: 100 }), /a\.weight: data \[0, 512\) of the data section runs past its end at 100/],
-    ['an offset past the end of the file', handMade({ tensors: [{ name: 'a.weight', dims: [8], type: 0, offset: 2n ** 40n }] }), /a\.weight: data \[1099511627776, 1099511627808\)/],
-    ['overlapping tensors', handMade({ tensors: [{ name: 'a.weight', dims: [32, 2], type: 0, offset: 0 }, { name: 'b.weight', dims: [32], type: 0, offset: 128 }] }), /b\.weight: data overlaps a\.weight's/],
-    ['a tensor name given twice', handMade({ tensors: [{ name: 'a.weight', dims: [8], type: 0, offset: 0 }, { name: 'a.weight', dims: [8], type: 0, offset: 32 }] }), /a\.weight: tensor name appears twice/],
+    [
+      'too many dimensions',
+      handMade({ tensors: [{ name: 'a.weight', dims: [1, 1, 1, 1, 1], type: 0, offset: 0 }] }),
+      /a\.weight: n_dims 5 is not between 1 and 4/,
+    ],
+    [
+      'a row that is not whole blocks',
+      handMade({ tensors: [{ name: 'a.weight', dims: [48, 2], type: 8, offset: 0 }] }),
+      /a\.weight: row length 48 is not a multiple of the Q8_0 block size 32/,
+    ],
+    [
+      'an unaligned offset',
+      handMade({ tensors: [{ name: 'a.weight', dims: [8], type: 0, offset: 4 }] }),
+      /a\.weight: offset 4 is not a multiple of the alignment 32/,
+    ],
+    [
+      'data past the end of the file',
+      handMade({ tensors: [{ name: 'a.weight', dims: [32, 4], type: 0, offset: 0 }], dataBytes: 100 }),
+      /a\.weight: data \[0, 512\) of the data section runs past its end at 100/,
+    ],
+    [
+      'an offset past the end of the file',
+      handMade({ tensors: [{ name: 'a.weight', dims: [8], type: 0, offset: 2n ** 40n }] }),
+      /a\.weight: data \[1099511627776, 1099511627808\)/,
+    ],
+    [
+      'overlapping tensors',
+      handMade({
+        tensors: [
+          { name: 'a.weight', dims: [32, 2], type: 0, offset: 0 },
+          { name: 'b.weight', dims: [32], type: 0, offset: 128 },
+        ],
+      }),
+      /b\.weight: data overlaps a\.weight's/,
+    ],
+    [
+      'a tensor name given twice',
+      handMade({
+        tensors: [
+          { name: 'a.weight', dims: [8], type: 0, offset: 0 },
+          { name: 'a.weight', dims: [8], type: 0, offset: 32 },
+        ],
+      }),
+      /a\.weight: tensor name appears twice/,
+    ],
     ['an empty tensor name', handMade({ tensors: [{ name: '', dims: [8], type: 0, offset: 0 }] }), /tensor info 0: empty tensor name/],
   ];
   for (const [what, bytes, message] of cases) {
@@ -177,7 +269,11 @@ describe('GGUF metadata → config', () => {
     ['a block_count that is a string', replace(kv.str('qwen35.block_count', '5')), /metadata key qwen35\.block_count: expected an integer, got "5"/],
     ['no ssm.time_step_rank', without('qwen35.ssm.time_step_rank'), /metadata key qwen35\.ssm\.time_step_rank: missing/],
     ['no rope.freq_base', without('qwen35.rope.freq_base'), /metadata key qwen35\.rope\.freq_base: missing/],
-    ['an inner size that does not split into heads', replace(kv.u32('qwen35.ssm.inner_size', 510)), /qwen35\.ssm\.inner_size: 510 is not a multiple of ssm\.time_step_rank 4/],
+    [
+      'an inner size that does not split into heads',
+      replace(kv.u32('qwen35.ssm.inner_size', 510)),
+      /qwen35\.ssm\.inner_size: 510 is not a multiple of ssm\.time_step_rank 4/,
+    ],
     ['nextn layers that take every block', replace(kv.u32('qwen35.nextn_predict_layers', 5)), /qwen35\.nextn_predict_layers: 5 leaves no main layers/],
   ];
   for (const [what, options, message] of cases) {

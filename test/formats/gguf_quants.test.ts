@@ -25,7 +25,14 @@ const setF16 = (block: Uint8Array, at: number, value: number) => {
 /** Blocks with random quants and hand-set scales: positive, negative, zero and large d; K-quant mins of both signs. */
 function handBuiltBlocks(type: GgmlTypeName, seed: number): Uint8Array {
   const { bytes } = BLOCK[type];
-  const scales: [number, number][] = [[0.5, 0.25], [-0.75, 0.125], [0.001, -0.5], [0, 0], [-3.5, -2], [1e-4, 7.5]];
+  const scales: [number, number][] = [
+    [0.5, 0.25],
+    [-0.75, 0.125],
+    [0.001, -0.5],
+    [0, 0],
+    [-3.5, -2],
+    [1e-4, 7.5],
+  ];
   const out = randomBytes(bytes * scales.length, seed);
   scales.forEach(([d, dmin], b) => {
     const block = out.subarray(b * bytes, (b + 1) * bytes);

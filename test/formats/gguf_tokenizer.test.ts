@@ -36,12 +36,16 @@ for (const fixture of FIXTURES) {
 
     it('renders every chat case with the GGUF chat template', () => {
       for (const c of golden.chat_cases) {
-        const rendered = renderChat(tokenizer.chatTemplate!, { messages: c.messages, addGenerationPrompt: c.add_generation_prompt, enableThinking: c.enable_thinking });
+        const rendered = renderChat(tokenizer.chatTemplate!, {
+          messages: c.messages,
+          addGenerationPrompt: c.add_generation_prompt,
+          enableThinking: c.enable_thinking,
+        });
         expect(rendered).toBe(c.rendered);
       }
     });
 
-    it('has the fixture tokenizer\'s size, vocabulary, merges, added tokens and eos ids', async () => {
+    it("has the fixture tokenizer's size, vocabulary, merges, added tokens and eos ids", async () => {
       expect(tokenizer.size).toBe(golden.tokenizer_size);
       const ours = (await readJson(files, 'tokenizer.json')) as Record<string, any>;
       const theirs = (await readJson(original, 'tokenizer.json')) as Record<string, any>;
@@ -63,7 +67,8 @@ for (const fixture of FIXTURES) {
       for (const key of ['eos_token', 'pad_token', 'bos_token', 'add_bos_token', 'chat_template']) expect(config[key], key).toEqual(theirs[key]);
       const generation = (await readJson(files, 'generation_config.json')) as Record<string, unknown>;
       const theirGeneration = (await readJson(original, 'generation_config.json')) as Record<string, unknown>;
-      for (const key of ['eos_token_id', 'pad_token_id', 'do_sample', 'temperature', 'top_p', 'top_k']) expect(generation[key], key).toEqual(theirGeneration[key]);
+      for (const key of ['eos_token_id', 'pad_token_id', 'do_sample', 'temperature', 'top_p', 'top_k'])
+        expect(generation[key], key).toEqual(theirGeneration[key]);
     });
   });
 }
@@ -72,14 +77,24 @@ describe('GGUF tokenizer metadata', () => {
   it('uses the Qwen2 split regex for the qwen2 pre-tokenizer', async () => {
     const files = await ggufFiles('tiny-qwen35', replace(kv.str('tokenizer.ggml.pre', 'qwen2')));
     const json = (await readJson(files, 'tokenizer.json')) as Record<string, any>;
-    expect(json.pre_tokenizer.pretokenizers[0].pattern.Regex).toBe("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+    expect(json.pre_tokenizer.pretokenizers[0].pattern.Regex).toBe(
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    );
     expect((await Tokenizer.load(files)).encode('Hello, world! 12345')).toEqual(textGolden('tiny-qwen35').tokenizer_cases[0].ids);
   });
 
   const refused: [string, FixtureGgufOptions, RegExp][] = [
-    ['an unknown pre-tokenizer', replace(kv.str('tokenizer.ggml.pre', 'llama-bpe')), /metadata key tokenizer\.ggml\.pre: "llama-bpe" is not a Qwen pre-tokenizer/],
+    [
+      'an unknown pre-tokenizer',
+      replace(kv.str('tokenizer.ggml.pre', 'llama-bpe')),
+      /metadata key tokenizer\.ggml\.pre: "llama-bpe" is not a Qwen pre-tokenizer/,
+    ],
     ['no pre-tokenizer', without('tokenizer.ggml.pre'), /metadata key tokenizer\.ggml\.pre: missing/],
-    ['a SentencePiece tokenizer', replace(kv.str('tokenizer.ggml.model', 'llama')), /metadata key tokenizer\.ggml\.model: "llama" is not a byte-level BPE tokenizer/],
+    [
+      'a SentencePiece tokenizer',
+      replace(kv.str('tokenizer.ggml.model', 'llama')),
+      /metadata key tokenizer\.ggml\.model: "llama" is not a byte-level BPE tokenizer/,
+    ],
     ['no merges', without('tokenizer.ggml.merges'), /metadata key tokenizer\.ggml\.merges: missing/],
     ['a malformed merge', replace(kv.array('tokenizer.ggml.merges', 8, ['a b c'])), /metadata key tokenizer\.ggml\.merges: entry 0 "a b c" is not two tokens/],
   ];

@@ -40,20 +40,46 @@ const cases: [string, (m: Json) => unknown, RegExp][] = [
   ['an absurd shape', (m) => void (tensor(m, 'embed').shape = [2 ** 30, 2 ** 20]), /embed: shape \[1073741824,1048576\] is implausibly large/],
   ['a rowStride shorter than a row', (m) => void (tensor(m, 'big').rowStride = 296), /big: rowStride 296 is not a multiple of 8 from 300/],
   ['a q4 rowStride that is not a multiple of 64', (m) => void (tensor(m, 'lm_head').rowStride = 72), /lm_head: rowStride 72 is not a multiple of 64/],
-  ['an absurd row padding', (m) => void (tensor(m, 'embed').rowStride = 24 + 1024), /embed: rowStride 1048 is not a multiple of 8 from 24 \(the row length\) to 279/],
-  ['an itemStride that is not rows × rowStride', (m) => void (tensor(m, 'layers.0.mlp.experts_down').itemStride = 24), /experts_down: itemStride 24 is not rowsPerItem 3 × rowStride 24/],
-  ['an itemBytes that does not match the dtype', (m) => void (tensor(m, 'layers.0.mlp.experts_gate_up').itemBytes = 384), /experts_gate_up: itemBytes 384 does not match 432 for q4 items of 768 elements/],
+  [
+    'an absurd row padding',
+    (m) => void (tensor(m, 'embed').rowStride = 24 + 1024),
+    /embed: rowStride 1048 is not a multiple of 8 from 24 \(the row length\) to 279/,
+  ],
+  [
+    'an itemStride that is not rows × rowStride',
+    (m) => void (tensor(m, 'layers.0.mlp.experts_down').itemStride = 24),
+    /experts_down: itemStride 24 is not rowsPerItem 3 × rowStride 24/,
+  ],
+  [
+    'an itemBytes that does not match the dtype',
+    (m) => void (tensor(m, 'layers.0.mlp.experts_gate_up').itemBytes = 384),
+    /experts_gate_up: itemBytes 384 does not match 432 for q4 items of 768 elements/,
+  ],
   ['no runs', (m) => void (tensor(m, 'embed').runs = []), /embed: runs: expected a non-empty list/],
   ['a run in a shard that does not exist', (m) => void (tensor(m, 'embed').runs[1].shard = 14), /embed: runs\[1\]\.shard: 14 is not one of the 14 shards/],
   ['an unaligned offset', (m) => void (tensor(m, 'embed').runs[1].offset = 2), /embed: runs\[1\]\.offset: 2 is not a non-negative multiple of 4/],
   ['a gap between runs', (m) => void (tensor(m, 'embed').runs[1].firstItem = 15), /embed: runs\[1\]\.firstItem: 15, expected 14/],
   ['a run past the last item', (m) => void (tensor(m, 'embed').runs[2].count = 10), /embed: runs\[2\]\.count: 10 is not from 1 to the 9 items left/],
   ['items missing at the end', (m) => void tensor(m, 'embed').runs.pop(), /embed: runs cover 28 items of 37/],
-  ['a run past the end of its shard', (m) => void (tensor(m, 'embed').runs[2].offset = 4), /embed: runs\[2\]: bytes 4\.\.436 pass the end of weights-00002\.bin \(432 bytes\)/],
-  ['runs of two tensors that overlap', (m) => void (tensor(m, 'layers.0.input_norm').runs[0].offset = 400),
-    /layers\.0\.input_norm: its items at bytes 400\.\. of weights-00007\.bin overlap those of layers\.0\.mlp\.experts_gate_up \(\.\.432\)/],
-  ['runs of one tensor that overlap', (m) => void (tensor(m, 'layers.0.linear.conv').runs = [{ shard: 8, offset: 0, firstItem: 0, count: 21 }, { shard: 8, offset: 32, firstItem: 21, count: 19 }]),
-    /linear\.conv: its items at bytes 32\.\. of weights-00008\.bin overlap those of layers\.0\.linear\.conv \(\.\.672\)/],
+  [
+    'a run past the end of its shard',
+    (m) => void (tensor(m, 'embed').runs[2].offset = 4),
+    /embed: runs\[2\]: bytes 4\.\.436 pass the end of weights-00002\.bin \(432 bytes\)/,
+  ],
+  [
+    'runs of two tensors that overlap',
+    (m) => void (tensor(m, 'layers.0.input_norm').runs[0].offset = 400),
+    /layers\.0\.input_norm: its items at bytes 400\.\. of weights-00007\.bin overlap those of layers\.0\.mlp\.experts_gate_up \(\.\.432\)/,
+  ],
+  [
+    'runs of one tensor that overlap',
+    (m) =>
+      void (tensor(m, 'layers.0.linear.conv').runs = [
+        { shard: 8, offset: 0, firstItem: 0, count: 21 },
+        { shard: 8, offset: 32, firstItem: 21, count: 19 },
+      ]),
+    /linear\.conv: its items at bytes 32\.\. of weights-00008\.bin overlap those of layers\.0\.linear\.conv \(\.\.672\)/,
+  ],
 ];
 
 describe('packed manifest validation', () => {

@@ -88,13 +88,17 @@ describe('packed writer → reader', () => {
   it('refuses a folder without a manifest, and a truncated or missing shard, naming the file', async () => {
     const empty = tempDir();
     expect(await isPackedModel(new FileSource(empty))).toBe(false);
-    await expect(openPacked(new FileSource(empty))).rejects.toThrow(/^qwen-webgpu\.json: not found in .*: not a packed model, or its conversion did not finish/);
+    await expect(openPacked(new FileSource(empty))).rejects.toThrow(
+      /^qwen-webgpu\.json: not found in .*: not a packed model, or its conversion did not finish/,
+    );
 
     const { dir, manifest } = await writeRandomPacked(SHARD_BYTES);
     expect(await isPackedModel(new FileSource(dir))).toBe(true);
     const victim = manifest.shards[2];
     truncateSync(join(dir, victim.name), victim.bytes - 1);
-    await expect(openPacked(new FileSource(dir))).rejects.toThrow(new RegExp(`^${victim.name}: ${victim.bytes - 1} bytes, but qwen-webgpu\\.json records ${victim.bytes} \\(truncated\\?\\)`));
+    await expect(openPacked(new FileSource(dir))).rejects.toThrow(
+      new RegExp(`^${victim.name}: ${victim.bytes - 1} bytes, but qwen-webgpu\\.json records ${victim.bytes} \\(truncated\\?\\)`),
+    );
     truncateSync(join(dir, 'tokenizer.json'), 0);
     writeFileSync(join(dir, victim.name), new Uint8Array(victim.bytes));
     await expect(openPacked(new FileSource(dir))).rejects.toThrow(/^tokenizer\.json: 0 bytes, but/);
@@ -113,7 +117,9 @@ describe('packed writer → reader', () => {
   it('refuses tensors whose data or layout does not add up, naming the tensor', async () => {
     const writer = () => new PackedWriter(new FolderSink(tempDir()), { config: TINY_CONFIG, dtype: 'q4', shardBytes: SHARD_BYTES });
     const t = layout('layers.1.attn.o_proj', 'q4', [3, 100]);
-    await expect(writer().addTensor(t, [new Uint8Array(3 * t.itemBytes - 1)])).rejects.toThrow(/layers\.1\.attn\.o_proj: got 2 items and 71 bytes, expected 3 items of 72 bytes/);
+    await expect(writer().addTensor(t, [new Uint8Array(3 * t.itemBytes - 1)])).rejects.toThrow(
+      /layers\.1\.attn\.o_proj: got 2 items and 71 bytes, expected 3 items of 72 bytes/,
+    );
     await expect(writer().addTensor(t, [new Uint8Array(3 * t.itemBytes + 4)])).rejects.toThrow(/o_proj: more data than its 3 items/);
     await expect(writer().addTensor(t, [])).rejects.toThrow(/got 0 items, expected 3/);
     await expect(writer().addTensor({ ...t, rowStride: 100, itemStride: 100 }, [])).rejects.toThrow(/rowStride 100 is not a multiple of 64/);
@@ -147,9 +153,14 @@ describe('packed writer → reader', () => {
     await writer.finish();
     expect(events).toEqual([
       `remove ${PACKED_MANIFEST}`,
-      'create weights-00000.bin.partial', 'create weights-00001.bin.partial', 'create tokenizer.json.partial',
-      'rename weights-00000.bin', 'rename weights-00001.bin', 'rename tokenizer.json',
-      `create ${PACKED_MANIFEST}.partial`, `rename ${PACKED_MANIFEST}`,
+      'create weights-00000.bin.partial',
+      'create weights-00001.bin.partial',
+      'create tokenizer.json.partial',
+      'rename weights-00000.bin',
+      'rename weights-00001.bin',
+      'rename tokenizer.json',
+      `create ${PACKED_MANIFEST}.partial`,
+      `rename ${PACKED_MANIFEST}`,
     ]);
   });
 });

@@ -47,7 +47,12 @@ async function readFixtureValues(name: FixtureName): Promise<Values> {
  * placements as the loader does (source item i, row r → destination item `item + i`, row `row + r`), rows
  * zero-padded, matrices in `dtype` and vectors in f32, the multi-token-prediction block included.
  */
-export async function packFixture(name: FixtureName, dtype: PackedDtype, shardBytes: number, dir = tempDir()): Promise<{ dir: string; manifest: PackedManifest }> {
+export async function packFixture(
+  name: FixtureName,
+  dtype: PackedDtype,
+  shardBytes: number,
+  dir = tempDir(),
+): Promise<{ dir: string; manifest: PackedManifest }> {
   const config = JSON.parse(readFileSync(join(fixtureDir(name), 'config.json'), 'utf8'));
   const c = parseConfig(config);
   const naming = { prefix: 'model.language_model.', fusedExperts: true };

@@ -1,7 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  Q4_MAX_INPUT, dequantizeQ4Item, dequantizeQ4Tensor, q4ItemWords, quantizeQ4Item, quantizeQ4Tensor, roundToQ4,
-} from '../../src/numeric/q4.ts';
+import { Q4_MAX_INPUT, dequantizeQ4Item, dequantizeQ4Tensor, q4ItemWords, quantizeQ4Item, quantizeQ4Tensor, roundToQ4 } from '../../src/numeric/q4.ts';
 import { bf16BitsToF32, f16BitsToF32, f32ToF16Bits } from '../../src/numeric/half.ts';
 import { openSafetensorsCheckpoint } from '../../src/formats/safetensors.ts';
 import type { SourceTensor } from '../../src/formats/checkpoint.ts';
@@ -54,12 +52,19 @@ async function readAll(t: SourceTensor): Promise<Float32Array> {
   const bytes = await t.readRows(0, rows);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return Float32Array.from({ length: rows * cols }, (_, i) =>
-    t.dtype === 'f32' ? view.getFloat32(4 * i, true) : (t.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32)(view.getUint16(2 * i, true)));
+    t.dtype === 'f32' ? view.getFloat32(4 * i, true) : (t.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32)(view.getUint16(2 * i, true)),
+  );
 }
 
 const caps = (maxStorageBindingBytes: number, maxBufferBytes = 2 ** 40): Caps => ({
-  f16: false, maxStorageBindingBytes, maxBufferBytes,
-  maxWorkgroupsPerDim: 65535, cpu: false, maxInvocationsPerWorkgroup: 256, maxWorkgroupStorageBytes: 16384, maxStorageBuffersPerStage: 8,
+  f16: false,
+  maxStorageBindingBytes,
+  maxBufferBytes,
+  maxWorkgroupsPerDim: 65535,
+  cpu: false,
+  maxInvocationsPerWorkgroup: 256,
+  maxWorkgroupStorageBytes: 16384,
+  maxStorageBuffersPerStage: 8,
 });
 
 describe('q4 format', () => {
@@ -166,7 +171,13 @@ describe('q4 format', () => {
 
 describe('q4 tensor layout', () => {
   it('pads rows to 64, sizes items at 9/16 byte per element, and keeps every part within the limit', () => {
-    for (const shape of [[1000, 100], [7, 4100], [16, 192, 260], [3, 2, 64], [50, 1]]) {
+    for (const shape of [
+      [1000, 100],
+      [7, 4100],
+      [16, 192, 260],
+      [3, 2, 64],
+      [50, 1],
+    ]) {
       for (const limit of [4096, 10_000, 65_536, 1 << 20, 1000 * 1000 + 4]) {
         let layout;
         try {

@@ -124,19 +124,35 @@ export function writeCheckpoint(spec: CheckpointSpec): string {
 
   const text: Record<string, unknown> = {
     model_type: spec.experts ? 'qwen3_5_moe_text' : 'qwen3_5_text',
-    hidden_size: H, num_hidden_layers: spec.layers, num_attention_heads: nq, num_key_value_heads: nkv, head_dim: D,
-    linear_num_key_heads: nk, linear_num_value_heads: nv, linear_key_head_dim: dk, linear_value_head_dim: dk,
-    linear_conv_kernel_dim: 4, hidden_act: 'silu', rms_norm_eps: 1e-6, max_position_embeddings: 262144,
-    attn_output_gate: true, mtp_num_hidden_layers: spec.mtp ? 1 : 0, vocab_size: VOCAB, eos_token_id: 976,
+    hidden_size: H,
+    num_hidden_layers: spec.layers,
+    num_attention_heads: nq,
+    num_key_value_heads: nkv,
+    head_dim: D,
+    linear_num_key_heads: nk,
+    linear_num_value_heads: nv,
+    linear_key_head_dim: dk,
+    linear_value_head_dim: dk,
+    linear_conv_kernel_dim: 4,
+    hidden_act: 'silu',
+    rms_norm_eps: 1e-6,
+    max_position_embeddings: 262144,
+    attn_output_gate: true,
+    mtp_num_hidden_layers: spec.mtp ? 1 : 0,
+    vocab_size: VOCAB,
+    eos_token_id: 976,
   };
   if (spec.interval) text.full_attention_interval = 4;
   else text.layer_types = layerTypes;
   if (spec.topLevelRope) Object.assign(text, { rope_theta: 10_000_000, partial_rotary_factor: 0.25 });
-  else text.rope_parameters = { rope_type: 'default', rope_theta: 10_000_000, partial_rotary_factor: 0.25, mrope_section: [11, 11, 10], mrope_interleaved: true };
+  else
+    text.rope_parameters = { rope_type: 'default', rope_theta: 10_000_000, partial_rotary_factor: 0.25, mrope_section: [11, 11, 10], mrope_interleaved: true };
   if (spec.experts) {
     Object.assign(text, {
-      num_experts: spec.experts.count, num_experts_per_tok: spec.experts.topk,
-      moe_intermediate_size: spec.experts.intermediate, shared_expert_intermediate_size: spec.experts.shared,
+      num_experts: spec.experts.count,
+      num_experts_per_tok: spec.experts.topk,
+      moe_intermediate_size: spec.experts.intermediate,
+      shared_expert_intermediate_size: spec.experts.shared,
     });
   } else text.intermediate_size = spec.intermediate;
   const modelType = spec.experts ? 'qwen3_5_moe' : 'qwen3_5';

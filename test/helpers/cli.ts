@@ -11,8 +11,7 @@ export interface CliResult {
 
 /** Runs the CLI as a user does: `node bin/qwen-webgpu.js ...` or `deno task qwen-webgpu ...`. */
 export function runCli(host: 'node' | 'deno', args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  const [cmd, pre] =
-    host === 'node' ? [process.execPath, ['bin/qwen-webgpu.js']] : [`${ROOT}node_modules/.bin/deno`, ['task', '--quiet', 'qwen-webgpu']];
+  const [cmd, pre] = host === 'node' ? [process.execPath, ['bin/qwen-webgpu.js']] : [`${ROOT}node_modules/.bin/deno`, ['task', '--quiet', 'qwen-webgpu']];
   return new Promise((resolve) => {
     execFile(cmd, [...pre, ...args], { cwd: ROOT, env: { ...process.env, ...env }, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
       resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });

@@ -97,9 +97,30 @@ export function mutate(size: number, region: number, seed: number): { patches: [
 }
 
 const HOSTILE: unknown[] = [
-  -1, 0, 1.5, 2 ** 53, 1e300, -1e300, 'x', '', null, true, [], {}, [1, 2, 3], { a: 1 }, '../../etc/passwd', 'f16', 'q4', 4294967296,
+  -1,
+  0,
+  1.5,
+  2 ** 53,
+  1e300,
+  -1e300,
+  'x',
+  '',
+  null,
+  true,
+  [],
+  {},
+  [1, 2, 3],
+  { a: 1 },
+  '../../etc/passwd',
+  'f16',
+  'q4',
+  4294967296,
   // Counts that would drive allocation if they were believed, and strings the engine gives meaning to.
-  1_000_000, 50_000_000, 'BPE', 'hot', '{% for i in range(100000000) %}x{% endfor %}',
+  1_000_000,
+  50_000_000,
+  'BPE',
+  'hot',
+  '{% for i in range(100000000) %}x{% endfor %}',
 ];
 
 /** A random field of a JSON document (found by walking objects and arrays) replaced, deleted or duplicated. */
@@ -109,7 +130,7 @@ export function mutateJson(doc: unknown, seed: number): unknown {
   const slots: [Record<string, unknown> | unknown[], string | number][] = [];
   const walk = (v: unknown) => {
     if (Array.isArray(v)) v.forEach((x, i) => (slots.push([v, i]), walk(x)));
-    else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) (slots.push([v as Record<string, unknown>, k]), walk(x));
+    else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) slots.push([v as Record<string, unknown>, k]), walk(x);
   };
   walk(copy);
   for (let n = 1 + Math.floor(r() * 3); n > 0 && slots.length; n--) {
@@ -139,7 +160,14 @@ const cpuMs = (): number => {
 };
 
 /** Runs `parse` on `cases` byte mutations of `target`; throws on the first unclear exception or slow case. */
-async function fuzzBytes(name: string, files: Map<string, Uint8Array>, target: string, region: number, parse: (s: MutatedSource) => Promise<void>, cases: number): Promise<FuzzReport> {
+async function fuzzBytes(
+  name: string,
+  files: Map<string, Uint8Array>,
+  target: string,
+  region: number,
+  parse: (s: MutatedSource) => Promise<void>,
+  cases: number,
+): Promise<FuzzReport> {
   const size = files.get(target)!.length;
   let clear = 0;
   for (let seed = 1; seed <= cases; seed++) {
@@ -149,7 +177,9 @@ async function fuzzBytes(name: string, files: Map<string, Uint8Array>, target: s
       await parse(new MutatedSource(files, target, patches, length));
     } catch (error) {
       if (!(error instanceof QwenError)) {
-        throw new Error(`${name} case ${seed}: ${(error as Error).name}: ${(error as Error).message} (patches ${JSON.stringify(patches.map(([p, b]) => [p, [...b]]))}, length ${length})`);
+        throw new Error(
+          `${name} case ${seed}: ${(error as Error).name}: ${(error as Error).message} (patches ${JSON.stringify(patches.map(([p, b]) => [p, [...b]]))}, length ${length})`,
+        );
       }
       clear++;
     }
@@ -160,7 +190,15 @@ async function fuzzBytes(name: string, files: Map<string, Uint8Array>, target: s
 }
 
 /** Like fuzzBytes, with structural mutations of a JSON document that `encode` turns into the target file. */
-async function fuzzJson(name: string, files: Map<string, Uint8Array>, target: string, doc: unknown, encode: (doc: unknown) => Uint8Array, parse: (s: MutatedSource) => Promise<void>, cases: number): Promise<FuzzReport> {
+async function fuzzJson(
+  name: string,
+  files: Map<string, Uint8Array>,
+  target: string,
+  doc: unknown,
+  encode: (doc: unknown) => Uint8Array,
+  parse: (s: MutatedSource) => Promise<void>,
+  cases: number,
+): Promise<FuzzReport> {
   let clear = 0;
   for (let seed = 1; seed <= cases; seed++) {
     const mutated = new Map(files);
@@ -210,7 +248,14 @@ async function useTokenizer(s: MutatedSource): Promise<void> {
   const ids = tokenizer.encode(SAMPLE);
   tokenizer.decode(ids.filter((id) => id < tokenizer.size));
   if (tokenizer.chatTemplate !== undefined) {
-    renderChat(tokenizer.chatTemplate, { messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: SAMPLE }], addGenerationPrompt: true, enableThinking: false });
+    renderChat(tokenizer.chatTemplate, {
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: SAMPLE },
+      ],
+      addGenerationPrompt: true,
+      enableThinking: false,
+    });
   }
   await readGenerationConfig(s);
 }
@@ -221,9 +266,17 @@ export const FUZZ_TARGETS: FuzzTarget[] = [
     async run(cases) {
       const r = rng(3);
       const tensor = (name: string, dtype: 'BF16' | 'F16' | 'F32', shape: number[]) => ({
-        name, dtype, shape, data: Uint8Array.from({ length: shape.reduce((a, b) => a * b, 1) * (dtype === 'F32' ? 4 : 2) }, () => Math.floor(r() * 256)),
+        name,
+        dtype,
+        shape,
+        data: Uint8Array.from({ length: shape.reduce((a, b) => a * b, 1) * (dtype === 'F32' ? 4 : 2) }, () => Math.floor(r() * 256)),
       });
-      const file = encodeSafetensors([tensor('a.weight', 'BF16', [8, 16]), tensor('b', 'F32', [5]), tensor('c.weight', 'F16', [3, 2, 7]), tensor('d', 'BF16', [0, 4])]);
+      const file = encodeSafetensors([
+        tensor('a.weight', 'BF16', [8, 16]),
+        tensor('b', 'F32', [5]),
+        tensor('c.weight', 'F16', [3, 2, 7]),
+        tensor('d', 'BF16', [0, 4]),
+      ]);
       const headerEnd = 8 + Number(new DataView(file.buffer).getBigUint64(0, true));
       const parse = async (s: MutatedSource) => {
         const ckpt = await openSafetensorsCheckpoint(s);
@@ -256,15 +309,22 @@ export const FUZZ_TARGETS: FuzzTarget[] = [
       // The synthesised tokenizer is loaded once (its metadata's mutations still reach the synthesis below).
       const tokenizer = await Tokenizer.load((await openGgufCheckpoint(new MutatedSource(files, written.file, []), written.file)).files);
       return [
-        await fuzzBytes('GGUF', files, written.file, header.dataOffset + 64, async (s) => {
-          const ckpt = await openGgufCheckpoint(s, written.file);
-          for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) await ckpt.files.text(f);
-          await planCheckpoint(ckpt, { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
-          let n = 0;
-          for (const t of ckpt.tensors.values()) {
-            if (t.dtype && n++ < 3) await t.readRows(0, 1);
-          }
-        }, cases),
+        await fuzzBytes(
+          'GGUF',
+          files,
+          written.file,
+          header.dataOffset + 64,
+          async (s) => {
+            const ckpt = await openGgufCheckpoint(s, written.file);
+            for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) await ckpt.files.text(f);
+            await planCheckpoint(ckpt, { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
+            let n = 0;
+            for (const t of ckpt.tensors.values()) {
+              if (t.dtype && n++ < 3) await t.readRows(0, 1);
+            }
+          },
+          cases,
+        ),
       ];
     },
   },
@@ -279,17 +339,25 @@ export const FUZZ_TARGETS: FuzzTarget[] = [
         for (const t of packed.tensors.values()) await packed.readItems(t.key, 0, 1);
       };
       const doc = JSON.parse(new TextDecoder().decode(manifest));
-      return [await fuzzBytes('packed', files, PACKED_MANIFEST, manifest.length, parse, cases), await fuzzJson('packed', files, PACKED_MANIFEST, doc, json, parse, cases)];
+      return [
+        await fuzzBytes('packed', files, PACKED_MANIFEST, manifest.length, parse, cases),
+        await fuzzJson('packed', files, PACKED_MANIFEST, doc, json, parse, cases),
+      ];
     },
   },
   // config.json of the MoE fixture (experts, MTP, layer types, RoPE): planned against its real tensors, with
   // the tokenizer loaded once (its own files have targets below).
   (() => {
     let tokenizer: Tokenizer | undefined;
-    return jsonFileTarget('config.json', async () => folderFiles(fixtureDir('tiny-qwen35-moe')), 'config.json', async (s) => {
-      tokenizer ??= await Tokenizer.load(s);
-      await planCheckpoint(await openSafetensorsCheckpoint(s), { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
-    });
+    return jsonFileTarget(
+      'config.json',
+      async () => folderFiles(fixtureDir('tiny-qwen35-moe')),
+      'config.json',
+      async (s) => {
+        tokenizer ??= await Tokenizer.load(s);
+        await planCheckpoint(await openSafetensorsCheckpoint(s), { vocab: { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds } });
+      },
+    );
   })(),
   ...TOKENIZER_FILES.map((file) => jsonFileTarget(file, async () => folderFiles(fixtureDir('tiny-qwen35'), TOKENIZER_FILES), file, useTokenizer)),
 ];
@@ -302,7 +370,9 @@ export async function runFuzz(cases: number, only?: string[], log: (line: string
     const t0 = performance.now();
     const reports = await target.run(cases);
     out.set(target.name, reports);
-    log(`${target.name}: ${reports.map((r) => `${r.cases} ${r.kind} cases, ${r.clear} clear errors`).join('; ')} (${Math.round((performance.now() - t0) / 1000)} s)`);
+    log(
+      `${target.name}: ${reports.map((r) => `${r.cases} ${r.kind} cases, ${r.clear} clear errors`).join('; ')} (${Math.round((performance.now() - t0) / 1000)} s)`,
+    );
   }
   return out;
 }

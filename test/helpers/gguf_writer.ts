@@ -15,7 +15,18 @@ import { type FixtureName, fixtureDir } from './fixtures.ts';
  * quantises each tensor to a chosen type (valid blocks, not llama.cpp's search).
  */
 
-export { BLOCK, ByteWriter, GgufType, type GgmlTypeName, type KeyValue, type TensorOut, encodeGguf, kv, quantize, writeKeyValue } from '../../src/formats/gguf_writer.ts';
+export {
+  BLOCK,
+  ByteWriter,
+  GgufType,
+  type GgmlTypeName,
+  type KeyValue,
+  type TensorOut,
+  encodeGguf,
+  kv,
+  quantize,
+  writeKeyValue,
+} from '../../src/formats/gguf_writer.ts';
 
 // ---------------------------------------------------------------- reference dequantisers
 
@@ -28,11 +39,16 @@ export function referenceElement(type: GgmlTypeName, block: Uint8Array, i: numbe
   const half = (at: number) => f16BitsToF32(u16(at));
   const int8 = (v: number) => (v > 127 ? v - 256 : v);
   switch (type) {
-    case 'F32': return new DataView(block.buffer, block.byteOffset).getFloat32(0, true);
-    case 'F16': return half(0);
-    case 'BF16': return bf16BitsToF32(u16(0));
-    case 'Q8_0': return half(0) * int8(block[2 + i]);
-    case 'Q4_0': return half(0) * ((i < 16 ? block[2 + i] & 15 : block[2 + i - 16] >> 4) - 8);
+    case 'F32':
+      return new DataView(block.buffer, block.byteOffset).getFloat32(0, true);
+    case 'F16':
+      return half(0);
+    case 'BF16':
+      return bf16BitsToF32(u16(0));
+    case 'Q8_0':
+      return half(0) * int8(block[2 + i]);
+    case 'Q4_0':
+      return half(0) * ((i < 16 ? block[2 + i] & 15 : block[2 + i - 16] >> 4) - 8);
     case 'Q4_K':
     case 'Q5_K': {
       const sub = i >> 5; // sub-block of 32: scales index
@@ -283,7 +299,11 @@ export async function writeFixtureGguf(fixture: FixtureName, options: FixtureGgu
     const experts = (part: string) => Array.from({ length: E }, (_, e) => [`${p}.mlp.experts.${e}.${part}.weight`]);
     plain(`${blk}.ffn_gate_inp.weight`, `${p}.mlp.gate.weight`);
     if (options.fusedExperts) {
-      stacked(`${blk}.ffn_gate_up_exps.weight`, Array.from({ length: E }, (_, e) => [`${p}.mlp.experts.${e}.gate_proj.weight`, `${p}.mlp.experts.${e}.up_proj.weight`]), [H, 2 * Im, E]);
+      stacked(
+        `${blk}.ffn_gate_up_exps.weight`,
+        Array.from({ length: E }, (_, e) => [`${p}.mlp.experts.${e}.gate_proj.weight`, `${p}.mlp.experts.${e}.up_proj.weight`]),
+        [H, 2 * Im, E],
+      );
     } else {
       stacked(`${blk}.ffn_gate_exps.weight`, experts('gate_proj'), [H, Im, E]);
       stacked(`${blk}.ffn_up_exps.weight`, experts('up_proj'), [H, Im, E]);

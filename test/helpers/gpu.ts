@@ -16,23 +16,21 @@ export interface TestAdapter {
  * SwiftShader (no shader-f16, as Chromium on Linux); tests of kernels that read or write activations also run
  * on lavapipe with f16 activations. QWEN_TEST_ADAPTERS=lavapipe,swiftshader narrows the set.
  */
-export const TEST_ADAPTERS: TestAdapter[] = ([
-  { name: 'lavapipe', adapter: 'llvmpipe' },
-  { name: 'lavapipe-no-f16', adapter: 'llvmpipe', mask: { f16: false } },
-  { name: 'swiftshader', adapter: 'SwiftShader' },
-  { name: 'lavapipe-act16', adapter: 'llvmpipe', activations: 'f16' },
-] satisfies TestAdapter[]).filter((a) => !process.env.QWEN_TEST_ADAPTERS || process.env.QWEN_TEST_ADAPTERS.split(',').includes(a.name));
+export const TEST_ADAPTERS: TestAdapter[] = (
+  [
+    { name: 'lavapipe', adapter: 'llvmpipe' },
+    { name: 'lavapipe-no-f16', adapter: 'llvmpipe', mask: { f16: false } },
+    { name: 'swiftshader', adapter: 'SwiftShader' },
+    { name: 'lavapipe-act16', adapter: 'llvmpipe', activations: 'f16' },
+  ] satisfies TestAdapter[]
+).filter((a) => !process.env.QWEN_TEST_ADAPTERS || process.env.QWEN_TEST_ADAPTERS.split(',').includes(a.name));
 
 /**
  * Runs `body` once per test adapter, with a context created before and destroyed after. Adapters with f16
  * activations are included only with `act16` (kernels that touch activations; their tests read and write
  * activation buffers through uploadAct / readAct and widen their tolerances by actTolerance).
  */
-export function describeOnAdapters(
-  title: string,
-  body: (ctx: () => GpuContext, adapter: TestAdapter) => void,
-  options: { act16?: boolean } = {},
-): void {
+export function describeOnAdapters(title: string, body: (ctx: () => GpuContext, adapter: TestAdapter) => void, options: { act16?: boolean } = {}): void {
   for (const adapter of TEST_ADAPTERS) {
     if (adapter.activations === 'f16' && !options.act16) continue;
     describe(`${title} [${adapter.name}]`, () => {

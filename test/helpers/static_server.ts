@@ -84,7 +84,12 @@ function resolvePath(pathname: string, mounts: Record<string, Mount>): Target | 
 }
 
 async function handle(
-  req: IncomingMessage, res: ServerResponse, mounts: Record<string, Mount>, log: string[], sent: { path: string; bytes: number }[], intercept?: Intercept,
+  req: IncomingMessage,
+  res: ServerResponse,
+  mounts: Record<string, Mount>,
+  log: string[],
+  sent: { path: string; bytes: number }[],
+  intercept?: Intercept,
 ): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const range = req.headers.range;

@@ -49,15 +49,40 @@ function layer(c: GpuContext, s: Shape, seed: number) {
     async forward(pos: number, tokens: number, opts: { splits?: number; minSplitKeys?: number } = {}) {
       const proj = roundAct(c, randn(tokens * projStride, seed * 100 + ++call, 1.5));
       const qExact = ref.attentionPrepare({
-        proj, projStride, kOffset, vOffset, tokens, nq, nkv, headDim: D, rotaryDim: R, theta: THETA,
-        qNorm, kNorm, eps: EPS, pos, kCache: cpu.kCache, vCache: cpu.vCache, capacity,
+        proj,
+        projStride,
+        kOffset,
+        vOffset,
+        tokens,
+        nq,
+        nkv,
+        headDim: D,
+        rotaryDim: R,
+        theta: THETA,
+        qNorm,
+        kNorm,
+        eps: EPS,
+        pos,
+        kCache: cpu.kCache,
+        vCache: cpu.vCache,
+        capacity,
       });
       c.write(gpu.step, 0, new Uint32Array([pos, 0, 0, 0]));
       const projBuf = uploadAct(c, proj);
       const qBuf = actBuffer(c, 'q', tokens * nq * D);
       const out = actBuffer(c, 'out', tokens * nq * D);
       const common = { proj: projBuf, projStride, tokens, nq, nkv, headDim: D, kCache: gpu.kCache, vCache: gpu.vCache, capacity, step: gpu.step };
-      const prep = await attentionPrepare(c, { ...common, kOffset, vOffset, rotaryDim: R, qNorm: gpu.qNorm, kNorm: gpu.kNorm, eps: EPS, rope: gpu.rope, q: qBuf });
+      const prep = await attentionPrepare(c, {
+        ...common,
+        kOffset,
+        vOffset,
+        rotaryDim: R,
+        qNorm: gpu.qNorm,
+        kNorm: gpu.kNorm,
+        eps: EPS,
+        rope: gpu.rope,
+        q: qBuf,
+      });
       const scratch = c.storage('partials', attentionScratchBytes({ maxTokens: tokens, nq, capacity, headDim: D, ...opts }));
       const att = await attention(c, { ...common, q: qBuf, out, scratch, ...opts });
       c.run([prep, ...att]);
@@ -87,53 +112,62 @@ describe('ropeTable', () => {
   });
 });
 
-describeOnAdapters('attention', (ctx) => {
-  // Real Qwen3.5 heads (D 256, R 64) with the GQA ratios of the family, and a head of 100 (not a multiple of the workgroup).
-  const shapes: Shape[] = [
-    { nq: 2, nkv: 1, headDim: 256, rotaryDim: 64, capacity: 64 },
-    { nq: 4, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
-    { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
-    { nq: 3, nkv: 3, headDim: 256, rotaryDim: 64, capacity: 64 },
-    { nq: 4, nkv: 2, headDim: 100, rotaryDim: 20, capacity: 50 },
-  ];
-  shapes.forEach((s, n) => {
-    const name = `nq=${s.nq} nkv=${s.nkv} D=${s.headDim}`;
-    for (const tokens of [1, 7, 40]) {
-      it(`${name}: prefill T=${tokens} at pos 0`, async () => {
-        await layer(ctx(), s, 10 * n + tokens).forward(0, tokens);
+describeOnAdapters(
+  'attention',
+  (ctx) => {
+    // Real Qwen3.5 heads (D 256, R 64) with the GQA ratios of the family, and a head of 100 (not a multiple of the workgroup).
+    const shapes: Shape[] = [
+      { nq: 2, nkv: 1, headDim: 256, rotaryDim: 64, capacity: 64 },
+      { nq: 4, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
+      { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 },
+      { nq: 3, nkv: 3, headDim: 256, rotaryDim: 64, capacity: 64 },
+      { nq: 4, nkv: 2, headDim: 100, rotaryDim: 20, capacity: 50 },
+    ];
+    shapes.forEach((s, n) => {
+      const name = `nq=${s.nq} nkv=${s.nkv} D=${s.headDim}`;
+      for (const tokens of [1, 7, 40]) {
+        it(`${name}: prefill T=${tokens} at pos 0`, async () => {
+          await layer(ctx(), s, 10 * n + tokens).forward(0, tokens);
+        });
+      }
+      it(`${name}: T=40, then pos 40 with T=1 and T=5 reading the cache`, async () => {
+        const l = layer(ctx(), s, 10 * n + 5);
+        await l.forward(0, 40);
+        await l.forward(40, 1);
+        await l.forward(40, 5); // re-verification: overwrites position 40
       });
-    }
-    it(`${name}: T=40, then pos 40 with T=1 and T=5 reading the cache`, async () => {
-      const l = layer(ctx(), s, 10 * n + 5);
-      await l.forward(0, 40);
-      await l.forward(40, 1);
-      await l.forward(40, 5); // re-verification: overwrites position 40
     });
-  });
 
-  it('forced key splits merge to the same result (decode and T=5)', async () => {
-    const l = layer(ctx(), { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 }, 77);
-    expect(await l.forward(0, 40, { splits: 1 })).toBe(1);
-    expect(await l.forward(40, 1, { splits: 3, minSplitKeys: 1 })).toBe(2); // chunks of 16, 16, 9 keys
-    expect(await l.forward(41, 5, { splits: 7, minSplitKeys: 1 })).toBe(2); // some splits are empty
-  });
+    it('forced key splits merge to the same result (decode and T=5)', async () => {
+      const l = layer(ctx(), { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 64 }, 77);
+      expect(await l.forward(0, 40, { splits: 1 })).toBe(1);
+      expect(await l.forward(40, 1, { splits: 3, minSplitKeys: 1 })).toBe(2); // chunks of 16, 16, 9 keys
+      expect(await l.forward(41, 5, { splits: 7, minSplitKeys: 1 })).toBe(2); // some splits are empty
+    });
 
-  it('long context: decode at pos 700 with default splits, single pass and T=3', async () => {
-    const c = ctx();
-    const s: Shape = { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 768 };
-    const l = layer(c, s, 99);
-    // Fill positions 0..699 directly (as earlier calls would have), both on the CPU and the GPU.
-    const filled = s.nkv * s.capacity * s.headDim;
-    const k = randn(filled, 5, 1);
-    const v = randn(filled, 6, 1);
-    for (let g = 0; g < s.nkv; g++) k.fill(0, (g * s.capacity + 700) * s.headDim, (g + 1) * s.capacity * s.headDim);
-    l.cpu.kCache.set(roundAct(c, k));
-    l.cpu.vCache.set(roundAct(c, v.map((x, i) => (k[i] === 0 ? 0 : x))));
-    writeAct(c, l.gpu.kCache, l.cpu.kCache);
-    writeAct(c, l.gpu.vCache, l.cpu.vCache);
-    expect(defaultSplits(1, 8, 768)).toBe(3);
-    expect(await l.forward(700, 1)).toBe(2);
-    expect(await l.forward(700, 1, { splits: 1 })).toBe(1);
-    expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
-  });
-}, { act16: true });
+    it('long context: decode at pos 700 with default splits, single pass and T=3', async () => {
+      const c = ctx();
+      const s: Shape = { nq: 8, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 768 };
+      const l = layer(c, s, 99);
+      // Fill positions 0..699 directly (as earlier calls would have), both on the CPU and the GPU.
+      const filled = s.nkv * s.capacity * s.headDim;
+      const k = randn(filled, 5, 1);
+      const v = randn(filled, 6, 1);
+      for (let g = 0; g < s.nkv; g++) k.fill(0, (g * s.capacity + 700) * s.headDim, (g + 1) * s.capacity * s.headDim);
+      l.cpu.kCache.set(roundAct(c, k));
+      l.cpu.vCache.set(
+        roundAct(
+          c,
+          v.map((x, i) => (k[i] === 0 ? 0 : x)),
+        ),
+      );
+      writeAct(c, l.gpu.kCache, l.cpu.kCache);
+      writeAct(c, l.gpu.vCache, l.cpu.vCache);
+      expect(defaultSplits(1, 8, 768)).toBe(3);
+      expect(await l.forward(700, 1)).toBe(2);
+      expect(await l.forward(700, 1, { splits: 1 })).toBe(1);
+      expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
+    });
+  },
+  { act16: true },
+);

@@ -22,8 +22,30 @@ function sourceBytes(dtype: SourceDtype, n: number, seed: number): Uint8Array {
     for (let i = 0; i < n; i++) view.setUint16(2 * i, i < specials.length ? specials[i] : Math.floor(r() * 65536), true);
   } else {
     const specials = [
-      0, -0, 1, -1, 65504, 65519.996, 65520, -65520, 1e10, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 2 ** -25 * 1.0001, 1 + 2 ** -11,
-      1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -20, 2 ** -14, 2 ** -14 - 2 ** -25, 1e-40, Infinity, -Infinity, NaN, 0.1, -2.5e-6,
+      0,
+      -0,
+      1,
+      -1,
+      65504,
+      65519.996,
+      65520,
+      -65520,
+      1e10,
+      2 ** -24,
+      2 ** -25,
+      3 * 2 ** -26,
+      2 ** -25 * 1.0001,
+      1 + 2 ** -11,
+      1 + 3 * 2 ** -11,
+      1 + 2 ** -11 + 2 ** -20,
+      2 ** -14,
+      2 ** -14 - 2 ** -25,
+      1e-40,
+      Infinity,
+      -Infinity,
+      NaN,
+      0.1,
+      -2.5e-6,
     ];
     const normal = randn(n, seed + 1);
     for (let i = 0; i < n; i++) {
@@ -52,7 +74,16 @@ function expectBits(got: Uint32Array, want: Uint32Array, dtype: WeightDtype): vo
   }
 }
 
-interface Case { src: SourceDtype; dst: WeightDtype; rows: number; cols: number; dstOffset: number; extra: number; scale?: number; bias?: number }
+interface Case {
+  src: SourceDtype;
+  dst: WeightDtype;
+  rows: number;
+  cols: number;
+  dstOffset: number;
+  extra: number;
+  scale?: number;
+  bias?: number;
+}
 
 async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: Uint32Array; want: Uint32Array }> {
   const rowStride = paddedCols(c.cols);
@@ -63,8 +94,17 @@ async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: U
   const src = c.scale !== undefined ? normalSource(c.src, c.rows * c.cols, seed) : sourceBytes(c.src, c.rows * c.cols, seed);
   const dst = upload(ctx, dstWords, 'dst');
   const args: CastArgs = {
-    src: upload(ctx, new Uint32Array(src.buffer), 'src'), srcDtype: c.src, rows: c.rows, cols: c.cols,
-    dst, dstDtype: c.dst, dstOffset: c.dstOffset, dstRowStride, rowStride, scale: c.scale, bias: c.bias,
+    src: upload(ctx, new Uint32Array(src.buffer), 'src'),
+    srcDtype: c.src,
+    rows: c.rows,
+    cols: c.cols,
+    dst,
+    dstDtype: c.dst,
+    dstOffset: c.dstOffset,
+    dstRowStride,
+    rowStride,
+    scale: c.scale,
+    bias: c.bias,
   };
   ctx.run([await cast(ctx, args)]);
   const got = new Uint32Array(await ctx.read(dst, 0, dstWords.byteLength));
@@ -92,7 +132,12 @@ describeOnAdapters('cast', (ctx) => {
   for (const src of ['bf16', 'f16', 'f32'] as const) {
     for (const dst of ['f32', 'f16'] as const) {
       // Odd and even widths; contiguous rows, and interleaved placement at a non-zero offset.
-      for (const [rows, cols, dstOffset, extra] of [[3, 5, 0, 0], [4, 127, 16, 128], [2, 64, 64, 72], [9, 1, 8, 8]] as const) {
+      for (const [rows, cols, dstOffset, extra] of [
+        [3, 5, 0, 0],
+        [4, 127, 16, 128],
+        [2, 64, 64, 72],
+        [9, 1, 8, 8],
+      ] as const) {
         const s = seed++;
         it(`${src} -> ${dst} rows=${rows} cols=${cols} dstOffset=${dstOffset} dstRowStride=rowStride+${extra}`, async () => {
           const { got, want } = await runCase(ctx(), { src, dst, rows, cols, dstOffset, extra }, s);

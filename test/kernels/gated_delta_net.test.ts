@@ -45,7 +45,9 @@ function asActs(c: GpuContext, a: GatedDeltaNetRefArgs): GatedDeltaNetRefArgs {
 /** Tokens [t0, t0 + n) of the inputs, starting from `state`. */
 function slice(a: GatedDeltaNetRefArgs, t0: number, n: number, state: ArrayLike<number>): GatedDeltaNetRefArgs {
   return {
-    ...a, tokens: n, state,
+    ...a,
+    tokens: n,
+    state,
     qkv: a.qkv.slice(t0 * a.qkvStride, (t0 + n) * a.qkvStride),
     ba: a.ba.slice(t0 * a.baStride, (t0 + n) * a.baStride),
   };
@@ -68,18 +70,35 @@ type Algo = 'step' | 'chunk';
 async function runGpu(c: GpuContext, algo: Algo, a: GatedDeltaNetRefArgs, state: GPUBuffer, scratch?: ChunkScratch): Promise<Float32Array> {
   const out = c.storage('out', a.tokens * a.nv * a.dv * c.activationBytes);
   const args: GatedDeltaNetArgs = {
-    tokens: a.tokens, nk: a.nk, nv: a.nv, dk: a.dk, dv: a.dv,
-    qkv: uploadAct(c, a.qkv), qkvStride: a.qkvStride,
-    ba: uploadAct(c, a.ba), baStride: a.baStride, bOffset: a.bOffset, aOffset: a.aOffset,
-    aLog: upload(c, a.aLog), dtBias: upload(c, a.dtBias), state, out,
+    tokens: a.tokens,
+    nk: a.nk,
+    nv: a.nv,
+    dk: a.dk,
+    dv: a.dv,
+    qkv: uploadAct(c, a.qkv),
+    qkvStride: a.qkvStride,
+    ba: uploadAct(c, a.ba),
+    baStride: a.baStride,
+    bOffset: a.bOffset,
+    aOffset: a.aOffset,
+    aLog: upload(c, a.aLog),
+    dtBias: upload(c, a.dtBias),
+    state,
+    out,
   };
-  c.run(algo === 'step'
-    ? await gatedDeltaNetStep(c, args)
-    : await gatedDeltaNetChunk(c, { ...args, scratch: scratch ?? createChunkScratch(c, a.tokens, a.nv, a.dk, a.dv) }));
+  c.run(
+    algo === 'step'
+      ? await gatedDeltaNetStep(c, args)
+      : await gatedDeltaNetChunk(c, { ...args, scratch: scratch ?? createChunkScratch(c, a.tokens, a.nv, a.dk, a.dv) }),
+  );
   return readAct(c, out, a.tokens * a.nv * a.dv);
 }
 
-const RATIOS = [[2, 2], [2, 4], [1, 4]] as const;
+const RATIOS = [
+  [2, 2],
+  [2, 4],
+  [1, 4],
+] as const;
 
 describe('gated_delta_net reference', () => {
   it('the test inputs span weak to strong decay', () => {
@@ -102,78 +121,96 @@ describe('gated_delta_net reference', () => {
 
 // One decode token runs through gated_delta_net_decode (its own test); prefill through the chunks (GPUs) or the
 // recurrent step (CPU adapters).
-describeOnAdapters('gated_delta_net', (ctx) => {
-  for (const [nk, nv] of RATIOS) {
-    for (const T of [1, 5, 64]) {
-      it(`step: nk=${nk} nv=${nv} T=${T}`, async () => {
-        const c = ctx();
-        const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv, T, nk, nv));
-        const state = upload(c, Float32Array.from(a.state));
-        const want = gatedDeltaNetRecurrent(a);
-        expectNear(await runGpu(c, 'step', a, state), want.out, 'out', c);
-        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
-      });
+describeOnAdapters(
+  'gated_delta_net',
+  (ctx) => {
+    for (const [nk, nv] of RATIOS) {
+      for (const T of [1, 5, 64]) {
+        it(`step: nk=${nk} nv=${nv} T=${T}`, async () => {
+          const c = ctx();
+          const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv, T, nk, nv));
+          const state = upload(c, Float32Array.from(a.state));
+          const want = gatedDeltaNetRecurrent(a);
+          expectNear(await runGpu(c, 'step', a, state), want.out, 'out', c);
+          expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
+        });
+      }
+      for (const T of [1, 5, 64, 65, 130]) {
+        it(`chunk: nk=${nk} nv=${nv} T=${T}`, async () => {
+          const c = ctx();
+          const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
+          const state = upload(c, Float32Array.from(a.state));
+          const want = gatedDeltaNetRecurrent(a);
+          expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
+          expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
+        });
+      }
     }
-    for (const T of [1, 5, 64, 65, 130]) {
-      it(`chunk: nk=${nk} nv=${nv} T=${T}`, async () => {
-        const c = ctx();
-        const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
-        const state = upload(c, Float32Array.from(a.state));
-        const want = gatedDeltaNetRecurrent(a);
-        expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
-        expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
-      });
-    }
-  }
 
-  // Head sizes that are not multiples of the tiles (state columns per workgroup, dk split, 4×4 gram blocks).
-  for (const algo of ['step', 'chunk'] as const) {
-    it(`${algo}: odd head sizes dk=36 dv=40, T=70`, async () => {
+    // Head sizes that are not multiples of the tiles (state columns per workgroup, dk split, 4×4 gram blocks).
+    for (const algo of ['step', 'chunk'] as const) {
+      it(`${algo}: odd head sizes dk=36 dv=40, T=70`, async () => {
+        const c = ctx();
+        const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
+        const state = upload(c, Float32Array.from(a.state));
+        const want = gatedDeltaNetRecurrent(a);
+        expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
+        expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
+      });
+    }
+
+    it('chunk(70) + chunk(60) == one run over 130 tokens, scratch reused', async () => {
       const c = ctx();
-      const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
+      const a = asActs(c, makeInputs(777, 130, 2, 4));
+      const scratch = createChunkScratch(c, 70, 4, DK, DV);
       const state = upload(c, Float32Array.from(a.state));
+      const got = new Float32Array(130 * 4 * DV);
+      got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
+      got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
       const want = gatedDeltaNetRecurrent(a);
-      expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
-      expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
+      expectNear(got, want.out, 'out', c);
+      expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
     });
-  }
 
-  it('chunk(70) + chunk(60) == one run over 130 tokens, scratch reused', async () => {
-    const c = ctx();
-    const a = asActs(c, makeInputs(777, 130, 2, 4));
-    const scratch = createChunkScratch(c, 70, 4, DK, DV);
-    const state = upload(c, Float32Array.from(a.state));
-    const got = new Float32Array(130 * 4 * DV);
-    got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
-    got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
-    const want = gatedDeltaNetRecurrent(a);
-    expectNear(got, want.out, 'out', c);
-    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
-  });
+    it('chunk(65) then step(3) == one run over 68 tokens', async () => {
+      const c = ctx();
+      const a = asActs(c, makeInputs(778, 68, 1, 4, false));
+      const state = upload(c, Float32Array.from(a.state));
+      const got = new Float32Array(68 * 4 * DV);
+      got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
+      got.set(await runGpu(c, 'step', slice(a, 65, 3, a.state), state), 65 * 4 * DV);
+      const want = gatedDeltaNetRecurrent(a);
+      expectNear(got, want.out, 'out', c);
+      expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
+    });
 
-  it('chunk(65) then step(3) == one run over 68 tokens', async () => {
-    const c = ctx();
-    const a = asActs(c, makeInputs(778, 68, 1, 4, false));
-    const state = upload(c, Float32Array.from(a.state));
-    const got = new Float32Array(68 * 4 * DV);
-    got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
-    got.set(await runGpu(c, 'step', slice(a, 65, 3, a.state), state), 65 * 4 * DV);
-    const want = gatedDeltaNetRecurrent(a);
-    expectNear(got, want.out, 'out', c);
-    expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
-  });
-
-  it('rejects bad shapes and an undersized scratch', async () => {
-    const c = ctx();
-    const b = () => c.storage('b', 1 << 20);
-    const base: GatedDeltaNetArgs = {
-      tokens: 2, nk: 2, nv: 3, dk: DK, dv: DV, qkv: b(), qkvStride: 2 * 2 * DK + 3 * DV, ba: b(), baStride: 6, bOffset: 0, aOffset: 3,
-      aLog: b(), dtBias: b(), state: b(), out: b(),
-    };
-    await expect(gatedDeltaNetStep(c, base)).rejects.toThrow(/gated_delta_net_step: nv = 3 is not a multiple of nk = 2/);
-    const scratch = createChunkScratch(c, 64, 4, DK, DV);
-    await expect(gatedDeltaNetChunk(c, { ...base, scratch })).rejects.toThrow(/gated_delta_net_chunk: nv = 3 is not a multiple of nk = 2/);
-    await expect(gatedDeltaNetChunk(c, { ...base, nv: 4, qkvStride: 4 * DK + 4 * DV, baStride: 8, aOffset: 4, tokens: 65, scratch }))
-      .rejects.toThrow(/gated_delta_net_chunk: 65 tokens is more than the scratch's maxTokens 64/);
-  });
-}, { act16: true });
+    it('rejects bad shapes and an undersized scratch', async () => {
+      const c = ctx();
+      const b = () => c.storage('b', 1 << 20);
+      const base: GatedDeltaNetArgs = {
+        tokens: 2,
+        nk: 2,
+        nv: 3,
+        dk: DK,
+        dv: DV,
+        qkv: b(),
+        qkvStride: 2 * 2 * DK + 3 * DV,
+        ba: b(),
+        baStride: 6,
+        bOffset: 0,
+        aOffset: 3,
+        aLog: b(),
+        dtBias: b(),
+        state: b(),
+        out: b(),
+      };
+      await expect(gatedDeltaNetStep(c, base)).rejects.toThrow(/gated_delta_net_step: nv = 3 is not a multiple of nk = 2/);
+      const scratch = createChunkScratch(c, 64, 4, DK, DV);
+      await expect(gatedDeltaNetChunk(c, { ...base, scratch })).rejects.toThrow(/gated_delta_net_chunk: nv = 3 is not a multiple of nk = 2/);
+      await expect(gatedDeltaNetChunk(c, { ...base, nv: 4, qkvStride: 4 * DK + 4 * DV, baStride: 8, aOffset: 4, tokens: 65, scratch })).rejects.toThrow(
+        /gated_delta_net_chunk: 65 tokens is more than the scratch's maxTokens 64/,
+      );
+    });
+  },
+  { act16: true },
+);

@@ -6,7 +6,13 @@ import { gatedDeltaNetDecode as reference } from '../../src/reference/gated_delt
 import { actBuffer, describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
 
-interface Shape { nk: number; nv: number; dk: number; dv: number; K: number }
+interface Shape {
+  nk: number;
+  nv: number;
+  dk: number;
+  dv: number;
+  K: number;
+}
 
 /** max |got - want| within tol of the tensor's largest |want| (values near zero are judged against the tensor's scale). */
 function expectNear(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, label: string): void {
@@ -32,61 +38,113 @@ function projection(c: GpuContext, s: Shape, seed: number) {
   return { proj: roundAct(c, proj), zOffset, bOffset, aOffset, convDim };
 }
 
-describeOnAdapters('gated_delta_net_decode', (ctx) => {
-  // The real head sizes (0.8B: 16 value heads per 16 key heads; 9B and 35B-A3B: 32 per 16), then awkward ones:
-  // three value heads per key head, a key size that is not a power of two, conv kernels of 2 and 3 taps.
-  const shapes: [Shape, number][] = [
-    [{ nk: 16, nv: 16, dk: 128, dv: 128, K: 4 }, 0],
-    [{ nk: 16, nv: 32, dk: 128, dv: 128, K: 4 }, 2],
-    [{ nk: 2, nv: 6, dk: 64, dv: 32, K: 3 }, 5],
-    [{ nk: 1, nv: 4, dk: 100, dv: 64, K: 2 }, 1],
-  ];
-  for (const [s, start] of shapes) {
-    it(`nk=${s.nk} nv=${s.nv} dk=${s.dk} dv=${s.dv} K=${s.K}: three tokens from position ${start} equal conv + l2norm + step + gated norm`, async () => {
+describeOnAdapters(
+  'gated_delta_net_decode',
+  (ctx) => {
+    // The real head sizes (0.8B: 16 value heads per 16 key heads; 9B and 35B-A3B: 32 per 16), then awkward ones:
+    // three value heads per key head, a key size that is not a power of two, conv kernels of 2 and 3 taps.
+    const shapes: [Shape, number][] = [
+      [{ nk: 16, nv: 16, dk: 128, dv: 128, K: 4 }, 0],
+      [{ nk: 16, nv: 32, dk: 128, dv: 128, K: 4 }, 2],
+      [{ nk: 2, nv: 6, dk: 64, dv: 32, K: 3 }, 5],
+      [{ nk: 1, nv: 4, dk: 100, dv: 64, K: 2 }, 1],
+    ];
+    for (const [s, start] of shapes) {
+      it(`nk=${s.nk} nv=${s.nv} dk=${s.dk} dv=${s.dv} K=${s.K}: three tokens from position ${start} equal conv + l2norm + step + gated norm`, async () => {
+        const c = ctx();
+        const seed = s.nk * 31 + s.nv * 7 + s.dk + s.K;
+        const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+        const wStride = s.K + 1;
+        const convW = randn(convDim * wStride, seed + 2, 0.5);
+        let convState = roundAct(c, randn(s.K * convDim, seed + 3, 1));
+        let state: ArrayLike<number> = randn(s.nv * s.dk * s.dv, seed + 4, 0.5);
+        const aLog = Float32Array.from({ length: s.nv }, (_, h) => -5 + (7.5 * h) / Math.max(1, s.nv - 1));
+        const dtBias = randn(s.nv, seed + 5, 1);
+        const normW = randn(s.dv, seed + 6, 0.3).map((v) => 1 + v);
+        const eps = 1e-6;
+
+        const buffers = {
+          convW: upload(c, convW, 'conv w'),
+          convState: uploadAct(c, convState, 'conv state'),
+          state: upload(c, Float32Array.from(state), 'state'),
+          aLog: upload(c, aLog, 'a_log'),
+          dtBias: upload(c, dtBias, 'dt_bias'),
+          normW: upload(c, normW, 'norm w'),
+        };
+        const y = actBuffer(c, 'y', s.nv * s.dv);
+        for (let t = 0; t < 3; t++) {
+          const p = projection(c, s, seed + 10 * t);
+          const position = start + t;
+          c.run([
+            await gatedDeltaNetDecode(c, {
+              ...s,
+              kernelSize: s.K,
+              ...buffers,
+              proj: uploadAct(c, p.proj, 'proj'),
+              zOffset: p.zOffset,
+              bOffset: p.bOffset,
+              aOffset: p.aOffset,
+              wStride,
+              step: c.params(StepParams, { pos: position }),
+              eps,
+              y,
+            }),
+          ]);
+          const want = reference({
+            ...s,
+            kernelSize: s.K,
+            proj: p.proj,
+            zOffset: p.zOffset,
+            bOffset: p.bOffset,
+            aOffset: p.aOffset,
+            convW,
+            wStride,
+            convState,
+            position,
+            aLog,
+            dtBias,
+            state,
+            normW,
+            eps,
+          });
+          // Intermediates stay f32 in the kernel; with f16 activations only y is rounded (and the inputs, as the reference reads them).
+          expectNear(await readAct(c, y, s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y (token ${t})`);
+          expectNear(await readF32(c, buffers.state, s.nv * s.dk * s.dv), want.state, 1e-4, `state (token ${t})`);
+          expect(await readAct(c, buffers.convState, s.K * convDim), `conv ring (token ${t})`).toEqual(want.convState);
+          convState = want.convState;
+          state = await readF32(c, buffers.state, s.nv * s.dk * s.dv);
+        }
+      });
+    }
+
+    it('rejects heads that do not divide, a value size that is not a power of two, and aliased buffers', async () => {
       const c = ctx();
-      const seed = s.nk * 31 + s.nv * 7 + s.dk + s.K;
-      const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
-      const wStride = s.K + 1;
-      const convW = randn(convDim * wStride, seed + 2, 0.5);
-      let convState = roundAct(c, randn(s.K * convDim, seed + 3, 1));
-      let state: ArrayLike<number> = randn(s.nv * s.dk * s.dv, seed + 4, 0.5);
-      const aLog = Float32Array.from({ length: s.nv }, (_, h) => -5 + (7.5 * h) / Math.max(1, s.nv - 1));
-      const dtBias = randn(s.nv, seed + 5, 1);
-      const normW = randn(s.dv, seed + 6, 0.3).map((v) => 1 + v);
-      const eps = 1e-6;
-
-      const buffers = {
-        convW: upload(c, convW, 'conv w'), convState: uploadAct(c, convState, 'conv state'), state: upload(c, Float32Array.from(state), 'state'),
-        aLog: upload(c, aLog, 'a_log'), dtBias: upload(c, dtBias, 'dt_bias'), normW: upload(c, normW, 'norm w'),
+      const b = (n = 1 << 16) => c.storage('b', n);
+      const args = {
+        nk: 2,
+        nv: 4,
+        dk: 64,
+        dv: 64,
+        proj: b(),
+        zOffset: 0,
+        bOffset: 0,
+        aOffset: 0,
+        convW: b(),
+        wStride: 4,
+        kernelSize: 4,
+        convState: b(),
+        step: c.params(StepParams, { pos: 0 }),
+        aLog: b(),
+        dtBias: b(),
+        state: b(),
+        normW: b(),
+        eps: 1e-6,
+        y: b(),
       };
-      const y = actBuffer(c, 'y', s.nv * s.dv);
-      for (let t = 0; t < 3; t++) {
-        const p = projection(c, s, seed + 10 * t);
-        const position = start + t;
-        c.run([await gatedDeltaNetDecode(c, {
-          ...s, kernelSize: s.K, ...buffers, proj: uploadAct(c, p.proj, 'proj'), zOffset: p.zOffset, bOffset: p.bOffset, aOffset: p.aOffset,
-          wStride, step: c.params(StepParams, { pos: position }), eps, y,
-        })]);
-        const want = reference({ ...s, kernelSize: s.K, proj: p.proj, zOffset: p.zOffset, bOffset: p.bOffset, aOffset: p.aOffset, convW, wStride, convState, position, aLog, dtBias, state, normW, eps });
-        // Intermediates stay f32 in the kernel; with f16 activations only y is rounded (and the inputs, as the reference reads them).
-        expectNear(await readAct(c, y, s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y (token ${t})`);
-        expectNear(await readF32(c, buffers.state, s.nv * s.dk * s.dv), want.state, 1e-4, `state (token ${t})`);
-        expect(await readAct(c, buffers.convState, s.K * convDim), `conv ring (token ${t})`).toEqual(want.convState);
-        convState = want.convState;
-        state = await readF32(c, buffers.state, s.nv * s.dk * s.dv);
-      }
+      expect(() => gatedDeltaNetDecode(c, { ...args, nv: 5 })).toThrow(/gated_delta_net_decode: nv = 5 is not a multiple of nk = 2/);
+      expect(() => gatedDeltaNetDecode(c, { ...args, dv: 48 })).toThrow(/dv = 48 must be a power of two/);
+      expect(() => gatedDeltaNetDecode(c, { ...args, y: args.state })).toThrow(/distinct/);
     });
-  }
-
-  it('rejects heads that do not divide, a value size that is not a power of two, and aliased buffers', async () => {
-    const c = ctx();
-    const b = (n = 1 << 16) => c.storage('b', n);
-    const args = {
-      nk: 2, nv: 4, dk: 64, dv: 64, proj: b(), zOffset: 0, bOffset: 0, aOffset: 0, convW: b(), wStride: 4, kernelSize: 4,
-      convState: b(), step: c.params(StepParams, { pos: 0 }), aLog: b(), dtBias: b(), state: b(), normW: b(), eps: 1e-6, y: b(),
-    };
-    expect(() => gatedDeltaNetDecode(c, { ...args, nv: 5 })).toThrow(/gated_delta_net_decode: nv = 5 is not a multiple of nk = 2/);
-    expect(() => gatedDeltaNetDecode(c, { ...args, dv: 48 })).toThrow(/dv = 48 must be a power of two/);
-    expect(() => gatedDeltaNetDecode(c, { ...args, y: args.state })).toThrow(/distinct/);
-  });
-}, { act16: true });
+  },
+  { act16: true },
+);

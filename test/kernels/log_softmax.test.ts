@@ -13,7 +13,11 @@ function logits(n: number, seed: number): Float32Array {
 
 describeOnAdapters('log_softmax', (ctx) => {
   // Rows of 1,000, of the vocabulary (248,320), and rows shorter than the workgroup.
-  for (const [rows, cols] of [[5, 1000], [2, 248320], [3, 7]] as const) {
+  for (const [rows, cols] of [
+    [5, 1000],
+    [2, 248320],
+    [3, 7],
+  ] as const) {
     for (const inPlace of [false, true]) {
       it(`rows=${rows} cols=${cols}${inPlace ? ' in place' : ''}`, async () => {
         const c = ctx();

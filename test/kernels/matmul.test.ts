@@ -62,7 +62,11 @@ async function dense(c: GpuContext, dtype: WeightDtype, t: DenseCase): Promise<v
   const { tokens, k, n, epilogue } = t;
   const seed = tokens * 1009 + k * 31 + n + epilogue.length;
   const shape = epilogue === 'swiglu' ? [n, 2, k] : [n, k];
-  const wv = randn(shape.reduce((a, b) => a * b), seed, 1 / Math.sqrt(k));
+  const wv = randn(
+    shape.reduce((a, b) => a * b),
+    seed,
+    1 / Math.sqrt(k),
+  );
   const w = uploadTensor(c, 'w', shape, wv, dtype, t.itemsPerPart ? partCaps(c, shape, dtype, t.itemsPerPart) : c.caps);
   if (t.itemsPerPart && w.parts.length < 3) throw new Error(`expected several parts, got ${w.parts.length}`);
   // Activations are rounded first (f16 activations), so the reference reads what the kernel reads.
@@ -79,8 +83,19 @@ async function dense(c: GpuContext, dtype: WeightDtype, t: DenseCase): Promise<v
     scaleBuffer = upload(c, strided(scales, tokens, 1, t.scales.index, t.scales.stride, NaN), 'scales');
   }
   const dispatches = await matmul(c, {
-    w, tokens, epilogue, x: (t.input === 'f32' ? upload : uploadAct)(c, strided(x, tokens, k, xOffset, xStride, NaN), 'x'), xOffset, xStride, y, yOffset, yStride,
-    scales: scaleBuffer && t.scales ? { buffer: scaleBuffer, ...t.scales } : undefined, columnGroups: t.columnGroups, input: t.input, output: t.output,
+    w,
+    tokens,
+    epilogue,
+    x: (t.input === 'f32' ? upload : uploadAct)(c, strided(x, tokens, k, xOffset, xStride, NaN), 'x'),
+    xOffset,
+    xStride,
+    y,
+    yOffset,
+    yStride,
+    scales: scaleBuffer && t.scales ? { buffer: scaleBuffer, ...t.scales } : undefined,
+    columnGroups: t.columnGroups,
+    input: t.input,
+    output: t.output,
   });
   c.run(dispatches);
   const want = matmulDense(x, stored(wv, shape, dtype), shape, tokens, epilogue, { y0, scales });
@@ -177,62 +192,140 @@ async function grouped(c: GpuContext, dtype: WeightDtype, g: GroupedCase): Promi
     for (let t = 0; t < T; t++) scales[t * (TOPK + 1) + TOPK] = NaN; // the shared expert's column
   }
   const dispatches = await matmul(c, {
-    w, tokens: T, epilogue, x: (g.xType === 'f32' ? upload : uploadAct)(c, strided(x, xRows, k, 0, g.xStride, NaN), 'x'), xStride: g.xStride,
-    y, yOffset: g.yOffset, yStride: g.yStride, input: g.xType, output: g.yType,
+    w,
+    tokens: T,
+    epilogue,
+    x: (g.xType === 'f32' ? upload : uploadAct)(c, strided(x, xRows, k, 0, g.xStride, NaN), 'x'),
+    xStride: g.xStride,
+    y,
+    yOffset: g.yOffset,
+    yStride: g.yStride,
+    input: g.xType,
+    output: g.yType,
     scales: scales ? { buffer: upload(c, scales, 'scales'), index: 0, stride: 0 } : undefined,
-    grouped: { order: upload(c, order, 'order'), tiles: upload(c, tiles, 'tiles'), args, argsOffset: g.argsOffset, slots: upload(c, slots, 'slots'), topk: TOPK, input },
+    grouped: {
+      order: upload(c, order, 'order'),
+      tiles: upload(c, tiles, 'tiles'),
+      args,
+      argsOffset: g.argsOffset,
+      slots: upload(c, slots, 'slots'),
+      topk: TOPK,
+      input,
+    },
     columnGroups: g.columnGroups,
   });
   c.run(dispatches);
   const want = matmulGrouped(x, stored(wv, shape, dtype), shape, ids, TOPK, input, epilogue, { scales });
   const got = await readY(c, y, yInit.length, g.yType === 'f32');
-  expectClose(gather(got, pairs, n, g.yOffset, g.yStride), want, ...(g.yType === 'f32' ? ([2e-5, 1e-4] as [number, number]) : actTolerance(c, 2e-5, 1e-4)), 'Y');
+  expectClose(
+    gather(got, pairs, n, g.yOffset, g.yStride),
+    want,
+    ...(g.yType === 'f32' ? ([2e-5, 1e-4] as [number, number]) : actTolerance(c, 2e-5, 1e-4)),
+    'Y',
+  );
   expectClose(got, strided(gather(got, pairs, n, g.yOffset, g.yStride), pairs, n, g.yOffset, g.yStride, SENTINEL), 1e-12, 0, 'gaps');
 }
 
-describeOnAdapters('matmul', (ctx) => {
-  for (const dtype of ['f32', 'f16', 'q4'] as const) {
-    // Real widths (hidden 1024, head 256) and sizes that are not multiples of the 64 × 64 (or 64 × 128) tile or the
-    // 16-wide K chunk; columnGroups 2 is the 128-column tile that large prefills get.
-    for (const [tokens, k, n, columnGroups] of [[2, 128, 33, 1], [5, 100, 1, 1], [64, 1024, 256, 1], [130, 100, 600, 2], [130, 1024, 33, 1]] as const) {
-      it(`${dtype} store T=${tokens} K=${k} N=${n} columnGroups=${columnGroups}`, () => dense(ctx(), dtype, { tokens, k, n, epilogue: 'store', columnGroups }));
+describeOnAdapters(
+  'matmul',
+  (ctx) => {
+    for (const dtype of ['f32', 'f16', 'q4'] as const) {
+      // Real widths (hidden 1024, head 256) and sizes that are not multiples of the 64 × 64 (or 64 × 128) tile or the
+      // 16-wide K chunk; columnGroups 2 is the 128-column tile that large prefills get.
+      for (const [tokens, k, n, columnGroups] of [
+        [2, 128, 33, 1],
+        [5, 100, 1, 1],
+        [64, 1024, 256, 1],
+        [130, 100, 600, 2],
+        [130, 1024, 33, 1],
+      ] as const) {
+        it(`${dtype} store T=${tokens} K=${k} N=${n} columnGroups=${columnGroups}`, () =>
+          dense(ctx(), dtype, { tokens, k, n, epilogue: 'store', columnGroups }));
+      }
+      for (const columnGroups of [1, 2] as const) {
+        it(`${dtype} add, strided and offset X and Y, columnGroups=${columnGroups}`, () =>
+          dense(ctx(), dtype, { tokens: 5, k: 128, n: 256, epilogue: 'add', xOffset: 3, xStride: 137, yOffset: 5, yStride: 259, columnGroups }));
+      }
+      it(`${dtype} swiglu with per-token scales T=64 K=1024 I=256`, () =>
+        dense(ctx(), dtype, { tokens: 64, k: 1024, n: 256, epilogue: 'swiglu', scales: { index: 1, stride: 3 } }));
+      it(`${dtype} swiglu strided, scales T=130 K=100 I=33`, () =>
+        dense(ctx(), dtype, {
+          tokens: 130,
+          k: 100,
+          n: 33,
+          epilogue: 'swiglu',
+          xOffset: 1,
+          xStride: 101,
+          yOffset: 2,
+          yStride: 40,
+          scales: { index: 0, stride: 1 },
+        }));
+      it(`${dtype} store, tensor in parts T=5 K=100 N=600`, () =>
+        dense(ctx(), dtype, { tokens: 5, k: 100, n: 600, epilogue: 'store', itemsPerPart: 47, columnGroups: 2 }));
+      // lm_head: logits stay f32 whatever the activations.
+      it(`${dtype} store into f32 logits, offset Y, in parts T=9 K=128 N=300`, () =>
+        dense(ctx(), dtype, { tokens: 9, k: 128, n: 300, epilogue: 'store', output: 'f32', yOffset: 3, itemsPerPart: 100 }));
+      // The residual stream: f32 in (its norm) and out (the add), whatever the activations.
+      it(`${dtype} add from and into f32, in parts T=7 K=256 N=300`, () =>
+        dense(ctx(), dtype, { tokens: 7, k: 256, n: 300, epilogue: 'add', input: 'f32', output: 'f32', itemsPerPart: 100 }));
+      it(`${dtype} swiglu, tensor in parts T=64 K=128 I=33`, () =>
+        dense(ctx(), dtype, { tokens: 64, k: 128, n: 33, epilogue: 'swiglu', itemsPerPart: 5, yStride: 50 }));
+      it(`${dtype} grouped experts: token input, swiglu, scales`, () =>
+        grouped(ctx(), dtype, {
+          k: 256,
+          n: 40,
+          epilogue: 'swiglu',
+          input: 'token',
+          scaled: true,
+          argsOffset: 12,
+          xStride: 256,
+          yOffset: 0,
+          yStride: 40,
+          itemsPerPart: 3,
+          xType: 'f32',
+        }));
+      it(`${dtype} grouped experts: token input in activations`, () =>
+        grouped(ctx(), dtype, {
+          k: 128,
+          n: 24,
+          epilogue: 'swiglu',
+          input: 'token',
+          scaled: true,
+          argsOffset: 0,
+          xStride: 130,
+          yOffset: 1,
+          yStride: 30,
+          itemsPerPart: 5,
+        }));
+      it(`${dtype} grouped experts: pair input, store`, () =>
+        grouped(ctx(), dtype, {
+          k: 100,
+          n: 72,
+          epilogue: 'store',
+          input: 'pair',
+          scaled: false,
+          argsOffset: 0,
+          xStride: 103,
+          yOffset: 3,
+          yStride: 75,
+          itemsPerPart: 6,
+          columnGroups: 2,
+          yType: 'f32',
+        }));
     }
-    for (const columnGroups of [1, 2] as const) {
-      it(`${dtype} add, strided and offset X and Y, columnGroups=${columnGroups}`, () =>
-        dense(ctx(), dtype, { tokens: 5, k: 128, n: 256, epilogue: 'add', xOffset: 3, xStride: 137, yOffset: 5, yStride: 259, columnGroups }));
-    }
-    it(`${dtype} swiglu with per-token scales T=64 K=1024 I=256`, () =>
-      dense(ctx(), dtype, { tokens: 64, k: 1024, n: 256, epilogue: 'swiglu', scales: { index: 1, stride: 3 } }));
-    it(`${dtype} swiglu strided, scales T=130 K=100 I=33`, () =>
-      dense(ctx(), dtype, { tokens: 130, k: 100, n: 33, epilogue: 'swiglu', xOffset: 1, xStride: 101, yOffset: 2, yStride: 40, scales: { index: 0, stride: 1 } }));
-    it(`${dtype} store, tensor in parts T=5 K=100 N=600`, () =>
-      dense(ctx(), dtype, { tokens: 5, k: 100, n: 600, epilogue: 'store', itemsPerPart: 47, columnGroups: 2 }));
-    // lm_head: logits stay f32 whatever the activations.
-    it(`${dtype} store into f32 logits, offset Y, in parts T=9 K=128 N=300`, () =>
-      dense(ctx(), dtype, { tokens: 9, k: 128, n: 300, epilogue: 'store', output: 'f32', yOffset: 3, itemsPerPart: 100 }));
-    // The residual stream: f32 in (its norm) and out (the add), whatever the activations.
-    it(`${dtype} add from and into f32, in parts T=7 K=256 N=300`, () =>
-      dense(ctx(), dtype, { tokens: 7, k: 256, n: 300, epilogue: 'add', input: 'f32', output: 'f32', itemsPerPart: 100 }));
-    it(`${dtype} swiglu, tensor in parts T=64 K=128 I=33`, () =>
-      dense(ctx(), dtype, { tokens: 64, k: 128, n: 33, epilogue: 'swiglu', itemsPerPart: 5, yStride: 50 }));
-    it(`${dtype} grouped experts: token input, swiglu, scales`, () =>
-      grouped(ctx(), dtype, { k: 256, n: 40, epilogue: 'swiglu', input: 'token', scaled: true, argsOffset: 12, xStride: 256, yOffset: 0, yStride: 40, itemsPerPart: 3, xType: 'f32' }));
-    it(`${dtype} grouped experts: token input in activations`, () =>
-      grouped(ctx(), dtype, { k: 128, n: 24, epilogue: 'swiglu', input: 'token', scaled: true, argsOffset: 0, xStride: 130, yOffset: 1, yStride: 30, itemsPerPart: 5 }));
-    it(`${dtype} grouped experts: pair input, store`, () =>
-      grouped(ctx(), dtype, { k: 100, n: 72, epilogue: 'store', input: 'pair', scaled: false, argsOffset: 0, xStride: 103, yOffset: 3, yStride: 75, itemsPerPart: 6, columnGroups: 2, yType: 'f32' }));
-  }
-  it('rejects mismatched shapes, strides and buffers', async () => {
-    const c = ctx();
-    const w = uploadTensor(c, 'w', [8, 16], randn(128, 1), 'f32');
-    const x = c.storage('x', 4 * 64);
-    const y = c.storage('y', 4 * 64);
-    const base = { w, tokens: 4, x, xStride: 16, y, yStride: 8, epilogue: 'store' } as const;
-    await expect(matmul(c, { ...base, epilogue: 'swiglu' })).rejects.toThrow(/matmul\(w\): dense swiglu needs a \[I, 2, K\]/);
-    await expect(matmul(c, { ...base, xStride: 15 })).rejects.toThrow(/xStride 15 < K 16/);
-    // Checks that fail with 2- and 4-byte activations alike; f32 logits are sized at 4 bytes.
-    await expect(matmul(c, { ...base, tokens: 9 })).rejects.toThrow(/x holds 256 bytes, 9 rows need/);
-    await expect(matmul(c, { ...base, output: 'f32', y: c.storage('y', 96) })).rejects.toThrow(/y holds 96 bytes, 4 rows need 128/);
-    await expect(matmul(c, { ...base, y: x })).rejects.toThrow(/distinct/);
-  });
-}, { act16: true });
+    it('rejects mismatched shapes, strides and buffers', async () => {
+      const c = ctx();
+      const w = uploadTensor(c, 'w', [8, 16], randn(128, 1), 'f32');
+      const x = c.storage('x', 4 * 64);
+      const y = c.storage('y', 4 * 64);
+      const base = { w, tokens: 4, x, xStride: 16, y, yStride: 8, epilogue: 'store' } as const;
+      await expect(matmul(c, { ...base, epilogue: 'swiglu' })).rejects.toThrow(/matmul\(w\): dense swiglu needs a \[I, 2, K\]/);
+      await expect(matmul(c, { ...base, xStride: 15 })).rejects.toThrow(/xStride 15 < K 16/);
+      // Checks that fail with 2- and 4-byte activations alike; f32 logits are sized at 4 bytes.
+      await expect(matmul(c, { ...base, tokens: 9 })).rejects.toThrow(/x holds 256 bytes, 9 rows need/);
+      await expect(matmul(c, { ...base, output: 'f32', y: c.storage('y', 96) })).rejects.toThrow(/y holds 96 bytes, 4 rows need 128/);
+      await expect(matmul(c, { ...base, y: x })).rejects.toThrow(/distinct/);
+    });
+  },
+  { act16: true },
+);

@@ -17,7 +17,10 @@ interface Case {
   dtype: WeightDtype;
   epilogue: Epilogue;
   seed: number;
-  xOffset?: number; xStride?: number; yOffset?: number; yStride?: number;
+  xOffset?: number;
+  xStride?: number;
+  yOffset?: number;
+  yStride?: number;
   scale?: boolean;
   experts?: { E: number; topk: number; mode: 'each' | 'sum' };
   /** A binding limit small enough to split w into parts. */
@@ -35,7 +38,8 @@ interface Case {
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
 const slotTable = (E: number) => Uint32Array.from({ length: E }, (_, e) => (e * 5 + 3) % E);
-const pickIds = (E: number, topk: number, seed: number) => Uint32Array.from({ length: topk + 2 }, (_, j) => (j === topk - 1 ? (seed * 7) % E : (seed + j * 11) % E));
+const pickIds = (E: number, topk: number, seed: number) =>
+  Uint32Array.from({ length: topk + 2 }, (_, j) => (j === topk - 1 ? (seed * 7) % E : (seed + j * 11) % E));
 
 /**
  * Runs a case with the tuning the case names, or the adapter's default (`other` false), or the default of the
@@ -46,7 +50,11 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const mode = c.experts?.mode;
   const topk = c.experts?.topk ?? 1;
   const N = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
-  const wValues = randn(c.shape.reduce((a, b) => a * b, 1), c.seed, 1 / Math.sqrt(K));
+  const wValues = randn(
+    c.shape.reduce((a, b) => a * b, 1),
+    c.seed,
+    1 / Math.sqrt(K),
+  );
   const caps = c.maxBindingBytes ? maskCaps(ctx.caps, { maxStorageBindingBytes: c.maxBindingBytes }) : ctx.caps;
   const w = uploadTensor(ctx, 'w', c.shape, wValues, c.dtype, caps);
   if (c.minParts) expect(w.parts.length).toBeGreaterThanOrEqual(c.minParts);
@@ -74,10 +82,20 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const yBuf = f32Out ? upload(ctx, y0, 'y') : uploadAct(ctx, y0, 'y');
   const norm = c.norm ? { weight: randn(K, c.seed + 5, 0.3), eps: 1e-6 } : undefined;
   const dispatches = await matvec(ctx, {
-    w, x: f32In ? upload(ctx, x, 'x') : uploadAct(ctx, x, 'x'), xOffset, xStride: c.xStride, y: yBuf, yOffset, yStride: c.yStride, input: c.input, output: c.output, epilogue: c.epilogue,
+    w,
+    x: f32In ? upload(ctx, x, 'x') : uploadAct(ctx, x, 'x'),
+    xOffset,
+    xStride: c.xStride,
+    y: yBuf,
+    yOffset,
+    yStride: c.yStride,
+    input: c.input,
+    output: c.output,
+    epilogue: c.epilogue,
     scales: scales ? { buffer: upload(ctx, scales, 'scales'), index: 2, stride: scaleStride } : undefined,
     tokens: c.tokens,
-    experts: c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
+    experts:
+      c.experts && ids && slots ? { ids: upload(ctx, ids, 'ids'), idsOffset, slots: upload(ctx, slots, 'slots'), topk, mode: c.experts.mode } : undefined,
     tuning: c.tuning ?? (other ? otherTuning(ctx, c, w) : undefined),
     norm: norm && { weight: upload(ctx, norm.weight, 'norm'), eps: norm.eps },
   });
@@ -88,8 +106,15 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   let want = y0;
   for (let t = 0; t < tokens; t++) {
     want = reference({
-      w: wRef, shape: c.shape,
-      x, xOffset: xOffset + t * xStride, xStride: c.xStride, y: want, yOffset: yOffset + t * yStride, yStride: c.yStride, epilogue: c.epilogue,
+      w: wRef,
+      shape: c.shape,
+      x,
+      xOffset: xOffset + t * xStride,
+      xStride: c.xStride,
+      y: want,
+      yOffset: yOffset + t * yStride,
+      yStride: c.yStride,
+      epilogue: c.epilogue,
       scales: scales ? { values: scales, index: 2 + t * (scaleStride ?? 0) } : undefined,
       experts: c.experts && ids && slots ? { ids, idsOffset, slots, topk, mode: c.experts.mode } : undefined,
       norm,
@@ -141,8 +166,26 @@ for (const dtype of ['f32', 'f16'] as const) {
     // Tensors forced into several parts (one dispatch per part).
     { shape: [300, 256], dtype, epilogue: 'add', seed: s + 14, maxBindingBytes: 64 * 1024, minParts: 3, yOffset: 4 },
     { shape: [100, 2, 300], dtype, epilogue: 'swiglu', seed: s + 15, scale: true, maxBindingBytes: 16 * 1024, minParts: 3 },
-    { shape: [16, 192, 256], dtype, epilogue: 'swiglu', seed: s + 16, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * 192 * 256 * b, minParts: 4 },
-    { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 17, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * 256 * 264 * b, minParts: 5 },
+    {
+      shape: [16, 192, 256],
+      dtype,
+      epilogue: 'swiglu',
+      seed: s + 16,
+      scale: true,
+      experts: { E: 16, topk: 4, mode: 'each' },
+      maxBindingBytes: 4 * 192 * 256 * b,
+      minParts: 4,
+    },
+    {
+      shape: [16, 256, 260],
+      dtype,
+      epilogue: 'add',
+      seed: s + 17,
+      scale: true,
+      experts: { E: 16, topk: 4, mode: 'sum' },
+      maxBindingBytes: 3 * 256 * 264 * b,
+      minParts: 5,
+    },
   );
 }
 // q4 (rows padded to 64; blocks 16-byte aligned when itemStride is a multiple of 256, else read word by word):
@@ -162,13 +205,39 @@ cases.push(
   { shape: [16, 100, 100], dtype: 'q4', epilogue: 'store', seed: 213, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [300, 256], dtype: 'q4', epilogue: 'add', seed: 214, maxBindingBytes: 100 * q4([300, 256]), minParts: 3, yOffset: 4 },
   { shape: [100, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 215, scale: true, maxBindingBytes: 40 * q4([100, 2, 300]), minParts: 3 },
-  { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 216, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, maxBindingBytes: 4 * q4([16, 192, 256]), minParts: 4 },
-  { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 217, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, maxBindingBytes: 3 * q4([16, 256, 260]), minParts: 5 },
+  {
+    shape: [16, 192, 256],
+    dtype: 'q4',
+    epilogue: 'swiglu',
+    seed: 216,
+    scale: true,
+    experts: { E: 16, topk: 4, mode: 'each' },
+    maxBindingBytes: 4 * q4([16, 192, 256]),
+    minParts: 4,
+  },
+  {
+    shape: [16, 256, 260],
+    dtype: 'q4',
+    epilogue: 'add',
+    seed: 217,
+    scale: true,
+    experts: { E: 16, topk: 4, mode: 'sum' },
+    maxBindingBytes: 3 * q4([16, 256, 260]),
+    minParts: 5,
+  },
   { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false, ru: 3 } },
   // Several K tiles (x reloaded per tile), partial sums carried across them.
   { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 2 } },
   { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 4 } },
-  { shape: [16, 33, 300], dtype: 'q4', epilogue: 'add', seed: 220, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true, ru: 1 } },
+  {
+    shape: [16, 33, 300],
+    dtype: 'q4',
+    epilogue: 'add',
+    seed: 220,
+    scale: true,
+    experts: { E: 16, topk: 4, mode: 'sum' },
+    tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true, ru: 1 },
+  },
 );
 // lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
 cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
@@ -185,7 +254,15 @@ cases.push(
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 312, input: 'f32', scale: true, norm: true, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [7, 100], dtype: 'f32', epilogue: 'add', seed: 313, input: 'f32', output: 'f32', xOffset: 3, norm: true },
   { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 3 } },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 316, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2 } },
+  {
+    shape: [37, 2, 1100],
+    dtype: 'q4',
+    epilogue: 'swiglu',
+    seed: 316,
+    input: 'f32',
+    norm: true,
+    tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2 },
+  },
   { shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 315, input: 'f32', output: 'f32', norm: true, maxBindingBytes: 100 * q4([300, 256]), minParts: 3 },
 );
 // Several tokens through one dispatch (prefill on CPU adapters): rows of x and y apart, scales per token.
@@ -197,36 +274,41 @@ cases.push(
 // More than 65,535 workgroups: a 2-D grid (flat_id).
 cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } });
 
-describeOnAdapters('matvec', (ctx, adapter) => {
-  for (const c of cases) it(label(c), () => runCase(ctx(), c));
-  // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): once, on lavapipe.
-  if (adapter.name === 'lavapipe') for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
+describeOnAdapters(
+  'matvec',
+  (ctx, adapter) => {
+    for (const c of cases) it(label(c), () => runCase(ctx(), c));
+    // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): once, on lavapipe.
+    if (adapter.name === 'lavapipe')
+      for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
 
-  it('rejects bad arguments', async () => {
-    const c = ctx();
-    const buf = (n: number) => c.storage('b', n * 4);
-    // Sizes past 16 bytes (the smallest buffer): each check must fail with 2-byte activations too.
-    const dense = uploadTensor(c, 'dense', [10, 16], new Float32Array(160), 'f32');
-    const experts = uploadTensor(c, 'experts', [4, 3, 16], new Float32Array(192), 'f32');
-    const ex = (mode: 'each' | 'sum') => ({ ids: buf(4), slots: buf(4), topk: 2, mode });
-    const cases: [Partial<MatvecArgs>, RegExp][] = [
-      [{ w: experts, epilogue: 'store', experts: ex('sum') }, /'sum'.*epilogue 'add'/],
-      [{ w: experts, epilogue: 'swiglu', experts: ex('each') }, /even row count/],
-      [{ w: dense, epilogue: 'swiglu' }, /\[I, 2, K\]/],
-      [{ w: dense, x: buf(4), epilogue: 'store' }, /x needs 16 elements/],
-      [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
-      [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
-      [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
-      [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } }, /powers of two/],
-      [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1 } }, /rows per set fit the workgroup memory/],
-      [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
-      [{ w: experts, epilogue: 'add', experts: ex('sum'), norm: { weight: buf(16), eps: 1e-6 } }, /norm is not taken with experts 'sum'/],
-      [{ w: dense, epilogue: 'store', norm: { weight: buf(8), eps: 1e-6 } }, /norm.weight needs 16 elements/],
-    ];
-    for (const [args, message] of cases) {
-      await expect(matvec(c, { x: buf(64), y: buf(64), ...args } as MatvecArgs)).rejects.toThrow(message);
-    }
-    const same = buf(64);
-    await expect(matvec(c, { w: dense, x: same, y: same, epilogue: 'store' })).rejects.toThrow(/distinct/);
-  });
-}, { act16: true });
+    it('rejects bad arguments', async () => {
+      const c = ctx();
+      const buf = (n: number) => c.storage('b', n * 4);
+      // Sizes past 16 bytes (the smallest buffer): each check must fail with 2-byte activations too.
+      const dense = uploadTensor(c, 'dense', [10, 16], new Float32Array(160), 'f32');
+      const experts = uploadTensor(c, 'experts', [4, 3, 16], new Float32Array(192), 'f32');
+      const ex = (mode: 'each' | 'sum') => ({ ids: buf(4), slots: buf(4), topk: 2, mode });
+      const cases: [Partial<MatvecArgs>, RegExp][] = [
+        [{ w: experts, epilogue: 'store', experts: ex('sum') }, /'sum'.*epilogue 'add'/],
+        [{ w: experts, epilogue: 'swiglu', experts: ex('each') }, /even row count/],
+        [{ w: dense, epilogue: 'swiglu' }, /\[I, 2, K\]/],
+        [{ w: dense, x: buf(4), epilogue: 'store' }, /x needs 16 elements/],
+        [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
+        [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
+        [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } }, /powers of two/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1 } }, /rows per set fit the workgroup memory/],
+        [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
+        [{ w: experts, epilogue: 'add', experts: ex('sum'), norm: { weight: buf(16), eps: 1e-6 } }, /norm is not taken with experts 'sum'/],
+        [{ w: dense, epilogue: 'store', norm: { weight: buf(8), eps: 1e-6 } }, /norm.weight needs 16 elements/],
+      ];
+      for (const [args, message] of cases) {
+        await expect(matvec(c, { x: buf(64), y: buf(64), ...args } as MatvecArgs)).rejects.toThrow(message);
+      }
+      const same = buf(64);
+      await expect(matvec(c, { w: dense, x: same, y: same, epilogue: 'store' })).rejects.toThrow(/distinct/);
+    });
+  },
+  { act16: true },
+);

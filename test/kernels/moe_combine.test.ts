@@ -7,7 +7,14 @@ import { expectClose } from '../helpers/compare.ts';
 
 describeOnAdapters('moe_combine', (ctx) => {
   // Real topk (4, 10) and hidden (2048), and sizes that leave a partial workgroup (3 · 100).
-  for (const [tokens, hidden, topk] of [[3, 128, 4], [5, 128, 10], [2, 2048, 10], [7, 2048, 4], [3, 100, 10], [1, 2048, 8]] as const) {
+  for (const [tokens, hidden, topk] of [
+    [3, 128, 4],
+    [5, 128, 10],
+    [2, 2048, 10],
+    [7, 2048, 4],
+    [3, 100, 10],
+    [1, 2048, 8],
+  ] as const) {
     it(`T=${tokens} hidden=${hidden} topk=${topk}`, async () => {
       const c = ctx();
       const h0 = randn(tokens * hidden, tokens * 13 + hidden, 2);

@@ -27,8 +27,15 @@ function makeIds(mode: Mode, tokens: number, topk: number, experts: number, seed
 }
 
 /** Checks the contract of moe_group, then compares with the canonical grouping (tiles exactly, pairs per expert as sets). */
-async function check(c: GpuContext, ids: Uint32Array, experts: number, tileTokens: number, maxTiles: number,
-  bufs: { order: GPUBuffer; tiles: GPUBuffer; args: GPUBuffer }, label: string): Promise<void> {
+async function check(
+  c: GpuContext,
+  ids: Uint32Array,
+  experts: number,
+  tileTokens: number,
+  maxTiles: number,
+  bufs: { order: GPUBuffer; tiles: GPUBuffer; args: GPUBuffer },
+  label: string,
+): Promise<void> {
   const pairs = ids.length;
   const order = await readU32(c, bufs.order, pairs);
   const tiles = await readU32(c, bufs.tiles, maxTiles * 4);
@@ -37,7 +44,10 @@ async function check(c: GpuContext, ids: Uint32Array, experts: number, tileToken
   expect([args[1], args[2], args[3], args[4], args[5]], `${label} args`).toEqual([SENTINEL + 1, SENTINEL + 2, total, SENTINEL + 4, SENTINEL + 5]);
   expect(total, `${label} tiles`).toBeLessThanOrEqual(maxTiles);
   expect(total, `${label} tiles`).toBeGreaterThanOrEqual(Math.ceil(pairs / tileTokens));
-  expect(Array.from(tiles.subarray(total * 4)).every((v) => v === SENTINEL), `${label} tiles past the count untouched`).toBe(true);
+  expect(
+    Array.from(tiles.subarray(total * 4)).every((v) => v === SENTINEL),
+    `${label} tiles past the count untouched`,
+  ).toBe(true);
   // order is a permutation of the pairs.
   const seen = new Uint8Array(pairs);
   for (const p of order) {
@@ -48,14 +58,19 @@ async function check(c: GpuContext, ids: Uint32Array, experts: number, tileToken
   const covered = new Uint8Array(pairs);
   for (let i = 0; i < total; i++) {
     const [e, start, count, zero] = tiles.subarray(i * 4, i * 4 + 4);
-    expect(e < experts && count >= 1 && count <= tileTokens && start + count <= pairs && zero === 0, `${label} tile ${i} = ${[e, start, count, zero]}`).toBe(true);
+    expect(e < experts && count >= 1 && count <= tileTokens && start + count <= pairs && zero === 0, `${label} tile ${i} = ${[e, start, count, zero]}`).toBe(
+      true,
+    );
     for (let s = start; s < start + count; s++) {
       expect(covered[s], `${label} slot ${s} in two tiles`).toBe(0);
       covered[s] = 1;
       expect(ids[order[s]], `${label} tile ${i} slot ${s}`).toBe(e);
     }
   }
-  expect(covered.every((v) => v === 1), `${label} every slot in a tile`).toBe(true);
+  expect(
+    covered.every((v) => v === 1),
+    `${label} every slot in a tile`,
+  ).toBe(true);
   const want = reference(ids, experts, tileTokens);
   expect(Array.from(tiles.subarray(0, total * 4)), `${label} tiles vs reference`).toEqual(Array.from(want.tiles));
   // The same pairs per expert run (tiles equal the reference, so the runs line up).
@@ -64,7 +79,10 @@ async function check(c: GpuContext, ids: Uint32Array, experts: number, tileToken
     if (i > 0 && want.tiles[i - 4] === want.tiles[i]) continue;
     let end = start + count;
     while (end < pairs && ids[want.order[end]] === want.tiles[i]) end++;
-    expect(Array.from(order.subarray(start, end)).sort((x, y) => x - y), `${label} expert ${want.tiles[i]}`).toEqual(Array.from(want.order.subarray(start, end)));
+    expect(
+      Array.from(order.subarray(start, end)).sort((x, y) => x - y),
+      `${label} expert ${want.tiles[i]}`,
+    ).toEqual(Array.from(want.order.subarray(start, end)));
   }
 }
 
@@ -91,7 +109,11 @@ describeOnAdapters('moe_group', (ctx) => {
       const order = c.storage('order', pairs * 4);
       const tiles = upload(c, new Uint32Array(maxTiles * 4).fill(SENTINEL));
       const args = c.indirect('args', 24);
-      c.write(args, 0, Uint32Array.from([0, 1, 2, 3, 4, 5], (i) => SENTINEL + i));
+      c.write(
+        args,
+        0,
+        Uint32Array.from([0, 1, 2, 3, 4, 5], (i) => SENTINEL + i),
+      );
       const scratch = createMoeGroupScratch(c, experts);
       const run = await moeGroup(c, { ids, tokens, experts, topk, tileTokens, order, tiles, args, scratch });
       c.run(run);
@@ -101,7 +123,10 @@ describeOnAdapters('moe_group', (ctx) => {
       c.write(tiles, 0, new Uint32Array(maxTiles * 4).fill(SENTINEL));
       c.run(run);
       await check(c, idsB, experts, tileTokens, maxTiles, { order, tiles, args }, `${second} (2nd run)`);
-      expect(Array.from(await readU32(c, scratch.counts, experts)).every((v) => v === 0), 'counts re-zeroed').toBe(true);
+      expect(
+        Array.from(await readU32(c, scratch.counts, experts)).every((v) => v === 0),
+        'counts re-zeroed',
+      ).toBe(true);
     });
   }
 

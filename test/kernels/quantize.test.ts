@@ -31,12 +31,23 @@ function sourceValues(dtype: SourceDtype, n: number, seed: number): Float32Array
       mag = 2 ** (lo + Math.floor(r() * (hi - lo)));
     }
     switch (kind) {
-      case 0: out[i] = 0; break;
-      case 1: out[i] = 7 * 2 ** -25 * (1 + Math.floor(r() * 3) / 8) * (r() < 0.5 ? -1 : 1); break;
-      case 2: out[i] = mag * 0.75; break;
-      case 3: out[i] = (Math.floor(r() * 17) - 8) * mag / 4; break;
-      case 4: out[i] = i % 7 === 0 ? g[i] * mag * 30 : g[i] * mag; break;
-      default: out[i] = g[i] * mag;
+      case 0:
+        out[i] = 0;
+        break;
+      case 1:
+        out[i] = 7 * 2 ** -25 * (1 + Math.floor(r() * 3) / 8) * (r() < 0.5 ? -1 : 1);
+        break;
+      case 2:
+        out[i] = mag * 0.75;
+        break;
+      case 3:
+        out[i] = ((Math.floor(r() * 17) - 8) * mag) / 4;
+        break;
+      case 4:
+        out[i] = i % 7 === 0 ? g[i] * mag * 30 : g[i] * mag;
+        break;
+      default:
+        out[i] = g[i] * mag;
     }
   }
   return out;
@@ -55,7 +66,14 @@ function encode(values: Float32Array, dtype: SourceDtype): Uint8Array {
 }
 
 /** A piece placed as the loader places them. rowsPerItem rows of rowStride per item; rows go to item `first`.. at `row`. */
-interface Case { src: SourceDtype; rows: number; cols: number; rowsPerItem: number; placement: 'rows' | 'pair' | 'expert'; items: number }
+interface Case {
+  src: SourceDtype;
+  rows: number;
+  cols: number;
+  rowsPerItem: number;
+  placement: 'rows' | 'pair' | 'expert';
+  items: number;
+}
 
 async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: Uint32Array; want: Uint32Array }> {
   const rowStride = q4RowStride(c.cols);
@@ -68,8 +86,15 @@ async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: U
   const src = encode(sourceValues(c.src, c.rows * c.cols, seed), c.src);
   const dst = upload(ctx, dstWords, 'dst');
   const args: QuantizeQ4Args = {
-    src: upload(ctx, new Uint32Array(src.buffer), 'src'), srcDtype: c.src, rows: c.rows, cols: c.cols,
-    dst, dstOffset, dstRowStride, rowStride, itemStride,
+    src: upload(ctx, new Uint32Array(src.buffer), 'src'),
+    srcDtype: c.src,
+    rows: c.rows,
+    cols: c.cols,
+    dst,
+    dstOffset,
+    dstRowStride,
+    rowStride,
+    itemStride,
   };
   ctx.run([await quantizeQ4(ctx, args)]);
   const got = new Uint32Array(await ctx.read(dst, 0, dstWords.byteLength));
@@ -107,17 +132,26 @@ describeOnAdapters('quantize_q4', (ctx) => {
     const c = ctx();
     const [E, R, K] = [5, 3, 200];
     const values = randn(E * R * K, 17, 0.05);
-    const tensor = uploadTensor(c, 'experts', [E, R, K], values, 'q4', maskCaps(c.caps, { maxStorageBindingBytes: 2 * R * 256 * 36 / 64 * 1.001 }));
+    const tensor = uploadTensor(c, 'experts', [E, R, K], values, 'q4', maskCaps(c.caps, { maxStorageBindingBytes: ((2 * R * 256 * 36) / 64) * 1.001 }));
     expect(tensor.parts.map((p) => p.count)).toEqual([2, 2, 1]);
     const itemStride = R * 256;
     const words = q4ItemWords(itemStride);
     for (const part of tensor.parts) {
       const got = new Uint32Array(await c.read(part.buffer, 0, part.count * words * 4));
       const dst = c.storage('dst', part.count * words * 4);
-      c.run([await quantizeQ4(c, {
-        src: upload(c, new Uint32Array(encode(values.subarray(part.first * R * K, (part.first + part.count) * R * K), 'f32').buffer)),
-        srcDtype: 'f32', rows: part.count * R, cols: K, dst, dstOffset: 0, dstRowStride: 256, rowStride: 256, itemStride,
-      })]);
+      c.run([
+        await quantizeQ4(c, {
+          src: upload(c, new Uint32Array(encode(values.subarray(part.first * R * K, (part.first + part.count) * R * K), 'f32').buffer)),
+          srcDtype: 'f32',
+          rows: part.count * R,
+          cols: K,
+          dst,
+          dstOffset: 0,
+          dstRowStride: 256,
+          rowStride: 256,
+          itemStride,
+        }),
+      ]);
       expect(new Uint32Array(await c.read(dst, 0, part.count * words * 4))).toEqual(got);
       for (let i = 0; i < part.count; i++) {
         const e = part.first + i;
@@ -146,7 +180,17 @@ describeOnAdapters('quantize_q4', (ctx) => {
   it('rejects bad arguments', async () => {
     const c = ctx();
     const buf = (bytes: number) => c.storage('b', bytes);
-    const ok: QuantizeQ4Args = { src: buf(64), srcDtype: 'bf16', rows: 2, cols: 10, dst: buf(2 * 36), dstOffset: 0, dstRowStride: 64, rowStride: 64, itemStride: 64 };
+    const ok: QuantizeQ4Args = {
+      src: buf(64),
+      srcDtype: 'bf16',
+      rows: 2,
+      cols: 10,
+      dst: buf(2 * 36),
+      dstOffset: 0,
+      dstRowStride: 64,
+      rowStride: 64,
+      itemStride: 64,
+    };
     await expect(quantizeQ4(c, ok)).resolves.toBeDefined();
     const bad: [Partial<QuantizeQ4Args>, RegExp][] = [
       [{ rowStride: 32 }, /rowStride = 32 must be a multiple of 64/],

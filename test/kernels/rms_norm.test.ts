@@ -7,7 +7,13 @@ import { expectClose } from '../helpers/compare.ts';
 
 describeOnAdapters('rms_norm', (ctx) => {
   // Real widths (attention head 256, hidden 1024 and 5120) and widths that are not multiples of the workgroup.
-  for (const [rows, cols] of [[3, 256], [2, 1024], [1, 5120], [7, 100], [5, 1]] as const) {
+  for (const [rows, cols] of [
+    [3, 256],
+    [2, 1024],
+    [1, 5120],
+    [7, 100],
+    [5, 1],
+  ] as const) {
     it(`rows=${rows} cols=${cols}`, async () => {
       const c = ctx();
       const x = randn(rows * cols, rows * 31 + cols, 3);

@@ -20,7 +20,16 @@ import { randn, rng } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
 
 const OFF: SampleOptionValues = {
-  greedy: 0, temperature: 1, top_k: 0, top_p: 1, min_p: 0, repetition: 1, presence: 0, frequency: 0, seed: 1, logprobs: 0,
+  greedy: 0,
+  temperature: 1,
+  top_k: 0,
+  top_p: 1,
+  min_p: 0,
+  repetition: 1,
+  presence: 0,
+  frequency: 0,
+  seed: 1,
+  logprobs: 0,
 };
 
 /** The kernels' order-preserving key of an f32 (−0 as +0). */
@@ -52,7 +61,12 @@ describeOnAdapters('sample', (ctx) => {
     const logits = upload(c, raw);
     const prompt = [5, 7, 100, 1500, 2899, 7];
     const forced = [9, 9, 2000];
-    const sampled = new Map([[7, 2], [9, 1], [31, 3], [2048, 1]]);
+    const sampled = new Map([
+      [7, 2],
+      [9, 1],
+      [31, 3],
+      [2048, 1],
+    ]);
     const seen = new Uint32Array(n);
     for (const id of prompt) seen[id] = 0x80000000;
     for (const id of forced) seen[id] += 1;
@@ -69,14 +83,23 @@ describeOnAdapters('sample', (ctx) => {
     ]) {
       const T = o.temperature ?? 1;
       c.write(s.counts, 0, counts); // each run's pick counts its token
-      await run(c, s, logits, { ...OFF, temperature: T, repetition: o.repetitionPenalty ?? 1, presence: o.presencePenalty ?? 0, frequency: o.frequencyPenalty ?? 0 });
+      await run(c, s, logits, {
+        ...OFF,
+        temperature: T,
+        repetition: o.repetitionPenalty ?? 1,
+        presence: o.presencePenalty ?? 0,
+        frequency: o.frequencyPenalty ?? 0,
+      });
       const z = await readF32(c, s.z, n);
       const want = scaleLogits(penalize(raw, n, o, prompt, generated), T);
       expectClose(z, want, 1e-6, 1e-6, JSON.stringify(o));
       // Only seen ids moved; which ones depends on the penalty kind.
       const moved = [...touched].filter((i) => Math.abs(want[i] - raw[i] / T) > 1e-6);
       const expected = o.repetitionPenalty ? [...touched].filter((i) => raw[i] !== 0) : [...new Set(generated)];
-      expect(moved.sort((a, b) => a - b), JSON.stringify(o)).toEqual(expected.sort((a, b) => a - b));
+      expect(
+        moved.sort((a, b) => a - b),
+        JSON.stringify(o),
+      ).toEqual(expected.sort((a, b) => a - b));
       for (let i = 0; i < n; i++) if (!touched.has(i)) expect(Math.abs(z[i] - raw[i] / T)).toBeLessThanOrEqual(1e-6 * Math.abs(raw[i]));
     }
   });
@@ -92,9 +115,18 @@ describeOnAdapters('sample', (ctx) => {
     // A k whose k-th value is tied with its neighbours; a k on a group's first member; k = n - 1.
     const tiedK = sorted.findIndex((v, i) => i > 40 && v === sorted[i - 1] && v === sorted[i + 1]) + 1;
     for (const o of [
-      { topK: 1 }, { topK: tiedK }, { topK: 200 }, { topK: n - 1 },
-      { topP: 0.5 }, { topP: 0.9 }, { topP: 0.999 }, { topP: 1e-6 },
-      { topK: 300, topP: 0.6 }, { topK: tiedK, topP: 0.95, minP: 0.01 }, { minP: 0.3 }, {},
+      { topK: 1 },
+      { topK: tiedK },
+      { topK: 200 },
+      { topK: n - 1 },
+      { topP: 0.5 },
+      { topP: 0.9 },
+      { topP: 0.999 },
+      { topP: 1e-6 },
+      { topK: 300, topP: 0.6 },
+      { topK: tiedK, topP: 0.95, minP: 0.01 },
+      { minP: 0.3 },
+      {},
     ]) {
       const label = JSON.stringify(o);
       await run(c, s, logits, { ...OFF, top_k: o.topK ?? 0, top_p: o.topP ?? 1, min_p: o.minP ?? 0 });
@@ -111,7 +143,13 @@ describeOnAdapters('sample', (ctx) => {
         return t;
       });
       const part = await readF32(c, s.part, s.blocks * SAMPLE_CANDIDATES);
-      expectClose(Array.from({ length: s.blocks }, (_, g) => part[g * SAMPLE_CANDIDATES]), blockMass, 1e-6, 1e-5, `${label} survivor mass`);
+      expectClose(
+        Array.from({ length: s.blocks }, (_, g) => part[g * SAMPLE_CANDIDATES]),
+        blockMass,
+        1e-6,
+        1e-5,
+        `${label} survivor mass`,
+      );
     }
   });
 
@@ -135,7 +173,12 @@ describeOnAdapters('sample', (ctx) => {
     expect(u[0]).toBe(12345);
     expect(f[1]).toBeCloseTo(lp[12345], 4);
     expect(Array.from({ length: 5 }, (_, k) => u[2 + 2 * k])).toEqual([12345, 12345 + 96, 12345 + 1024, 77777, 99999]);
-    expectClose(Array.from({ length: 5 }, (_, k) => f[3 + 2 * k]), Array(5).fill(lp[12345]), 1e-4, 1e-5);
+    expectClose(
+      Array.from({ length: 5 }, (_, k) => f[3 + 2 * k]),
+      Array(5).fill(lp[12345]),
+      1e-4,
+      1e-5,
+    );
   });
 
   it('248,320 rows: top-k exact, top-p within f32 summation error, survivors and draw in range', async () => {
@@ -192,7 +235,12 @@ describeOnAdapters('sample', (ctx) => {
     const lp = logSoftmax(scaleLogits(raw, 0.7));
     const order = [...lp.keys()].sort((a, b) => lp[b] - lp[a] || a - b).slice(0, 20);
     expect(Array.from({ length: 20 }, (_, k) => u[2 + 2 * k])).toEqual(order);
-    expectClose(Array.from({ length: 20 }, (_, k) => f[3 + 2 * k]), order.map((i) => lp[i]), 1e-5, 1e-5);
+    expectClose(
+      Array.from({ length: 20 }, (_, k) => f[3 + 2 * k]),
+      order.map((i) => lp[i]),
+      1e-5,
+      1e-5,
+    );
     const id = (await readU32(c, out, 1))[0];
     expect(u[0]).toBe(id);
     expect(f[1]).toBeCloseTo(lp[id], 5);

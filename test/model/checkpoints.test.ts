@@ -18,17 +18,54 @@ import { rng } from '../helpers/random.ts';
 // The engine (f32 weights) must match the f64 reference within 5e-3 on every prompt logprob, and follow its
 // greedy ids for as long as the reference's margin leaves an f32 engine no room to differ.
 const VARIANTS: [string, CheckpointSpec, number][] = [
-  ['dense, flat config, text-only prefix, GQA 4:1, DeltaNet ratio 1, F16, odd widths', {
-    seed: 11, hidden: 96, layers: 4, heads: [4, 1], linearHeads: [2, 2], intermediate: 200, tied: true, dtype: 'F16',
-    flat: true, topLevelRope: true, interval: true, textOnlyPrefix: true,
-  }, 150],
-  ['MoE, 32 experts top-10, per-expert names, ratio 4, shards, MTP', {
-    seed: 23, hidden: 128, layers: 4, heads: [3, 3], linearHeads: [1, 4], tied: false, dtype: 'BF16', shards: 3, mtp: true,
-    experts: { count: 32, topk: 10, intermediate: 64, shared: 96, perExpert: true },
-  }, 200],
-  ['dense, ratio 3, two attention layers, F32', {
-    seed: 37, hidden: 64, layers: 8, heads: [2, 2], linearHeads: [1, 3], intermediate: 256, tied: false, dtype: 'F32',
-  }, 70],
+  [
+    'dense, flat config, text-only prefix, GQA 4:1, DeltaNet ratio 1, F16, odd widths',
+    {
+      seed: 11,
+      hidden: 96,
+      layers: 4,
+      heads: [4, 1],
+      linearHeads: [2, 2],
+      intermediate: 200,
+      tied: true,
+      dtype: 'F16',
+      flat: true,
+      topLevelRope: true,
+      interval: true,
+      textOnlyPrefix: true,
+    },
+    150,
+  ],
+  [
+    'MoE, 32 experts top-10, per-expert names, ratio 4, shards, MTP',
+    {
+      seed: 23,
+      hidden: 128,
+      layers: 4,
+      heads: [3, 3],
+      linearHeads: [1, 4],
+      tied: false,
+      dtype: 'BF16',
+      shards: 3,
+      mtp: true,
+      experts: { count: 32, topk: 10, intermediate: 64, shared: 96, perExpert: true },
+    },
+    200,
+  ],
+  [
+    'dense, ratio 3, two attention layers, F32',
+    {
+      seed: 37,
+      hidden: 64,
+      layers: 8,
+      heads: [2, 2],
+      linearHeads: [1, 3],
+      intermediate: 256,
+      tied: false,
+      dtype: 'F32',
+    },
+    70,
+  ],
 ];
 
 describe('generated checkpoints vs the f64 reference', () => {

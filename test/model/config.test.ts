@@ -20,7 +20,14 @@ describe('parseConfig', () => {
 
   it('reads a flat config with top-level rope keys and the attention interval the same way', () => {
     const { rope_parameters: rope, layer_types: _, ...text } = nested.text_config;
-    const flat = { ...text, model_type: 'qwen3_5_moe', rope_theta: rope.rope_theta, partial_rotary_factor: rope.partial_rotary_factor, full_attention_interval: 4, tie_word_embeddings: false };
+    const flat = {
+      ...text,
+      model_type: 'qwen3_5_moe',
+      rope_theta: rope.rope_theta,
+      partial_rotary_factor: rope.partial_rotary_factor,
+      full_attention_interval: 4,
+      tie_word_embeddings: false,
+    };
     expect(parseConfig(flat)).toEqual(parseConfig(nested));
   });
 

@@ -25,14 +25,19 @@ afterAll(() => ctx?.destroy());
 const CAP = 64 * 1024;
 
 function measured(ckpt: Checkpoint, largest: { bytes: number }): Checkpoint {
-  const tensors = new Map([...ckpt.tensors].map(([name, t]) => [name, {
-    ...t,
-    readRows: async (first: number, count: number, signal?: AbortSignal) => {
-      const bytes = await t.readRows(first, count, signal);
-      largest.bytes = Math.max(largest.bytes, bytes.length);
-      return bytes;
-    },
-  }]));
+  const tensors = new Map(
+    [...ckpt.tensors].map(([name, t]) => [
+      name,
+      {
+        ...t,
+        readRows: async (first: number, count: number, signal?: AbortSignal) => {
+          const bytes = await t.readRows(first, count, signal);
+          largest.bytes = Math.max(largest.bytes, bytes.length);
+          return bytes;
+        },
+      },
+    ]),
+  );
   return { ...ckpt, tensors };
 }
 
@@ -58,12 +63,21 @@ describe('convert', () => {
     ctx.read = async (buffer, offset, size) => ((readbacks.bytes = Math.max(readbacks.bytes, size)), read(buffer, offset, size));
     const out = mkdtempSync(join(tmpdir(), 'qwen-convert-'));
     try {
-      const manifest = await convertModel(ctx, measured(await openModel(dir), reads), { dtype: 'q4', sink: measuredSink(new FolderSink(out), writes), pieceBytes: CAP, shardBytes: 1 << 20 });
+      const manifest = await convertModel(ctx, measured(await openModel(dir), reads), {
+        dtype: 'q4',
+        sink: measuredSink(new FolderSink(out), writes),
+        pieceBytes: CAP,
+        shardBytes: 1 << 20,
+      });
       expect(manifest.shards.length).toBeGreaterThan(1);
     } finally {
       ctx.read = read;
     }
-    for (const [what, peak] of [['source read', reads], ['GPU readback', readbacks], ['write', writes]] as const) {
+    for (const [what, peak] of [
+      ['source read', reads],
+      ['GPU readback', readbacks],
+      ['write', writes],
+    ] as const) {
       expect(peak.bytes, what).toBeGreaterThan(0);
       expect(peak.bytes, what).toBeLessThanOrEqual(CAP);
     }

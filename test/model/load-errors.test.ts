@@ -33,7 +33,12 @@ async function editTensors(dir: string, change: (t: { name: string; dtype: strin
   const file = join(dir, 'model.safetensors');
   const bytes = readFileSync(file);
   const entries = await readSafetensorsHeader(new FileSource(dir), 'model.safetensors');
-  const tensors = entries.map((e) => ({ name: e.name, dtype: e.fileDtype, shape: e.shape, data: new Uint8Array(bytes.subarray(e.offset, e.offset + e.bytes)) }));
+  const tensors = entries.map((e) => ({
+    name: e.name,
+    dtype: e.fileDtype,
+    shape: e.shape,
+    data: new Uint8Array(bytes.subarray(e.offset, e.offset + e.bytes)),
+  }));
   change(tensors);
   writeFileSync(file, encodeSafetensors(tensors as Parameters<typeof encodeSafetensors>[0]));
 }
@@ -42,12 +47,19 @@ describe('loading a malformed checkpoint', () => {
   it('names a tensor whose shape disagrees with config.json', async () => {
     const dir = writeCheckpoint(SPEC);
     editConfig(dir, (c) => (c.text_config.intermediate_size = 100));
-    await expect(load(dir)).rejects.toThrow(/model\.safetensors: model\.language_model\.layers\.0\.mlp\.gate_proj\.weight: shape \[96,64\] does not match \[100,64\]/);
+    await expect(load(dir)).rejects.toThrow(
+      /model\.safetensors: model\.language_model\.layers\.0\.mlp\.gate_proj\.weight: shape \[96,64\] does not match \[100,64\]/,
+    );
   });
 
   it('names a missing tensor', async () => {
     const dir = writeCheckpoint(SPEC);
-    await editTensors(dir, (t) => t.splice(t.findIndex((x) => x.name.endsWith('layers.3.self_attn.k_norm.weight')), 1));
+    await editTensors(dir, (t) =>
+      t.splice(
+        t.findIndex((x) => x.name.endsWith('layers.3.self_attn.k_norm.weight')),
+        1,
+      ),
+    );
     await expect(load(dir)).rejects.toThrow(/model\.language_model\.layers\.3\.self_attn\.k_norm\.weight: missing from the checkpoint/);
   });
 

@@ -24,7 +24,8 @@ async function readValues(t: SourceTensor): Promise<Float32Array> {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = t.shape.reduce((a, b) => a * b, 1);
   return Float32Array.from({ length: n }, (_, i) =>
-    t.dtype === 'f32' ? view.getFloat32(4 * i, true) : (t.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32)(view.getUint16(2 * i, true)));
+    t.dtype === 'f32' ? view.getFloat32(4 * i, true) : (t.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32)(view.getUint16(2 * i, true)),
+  );
 }
 
 /**
@@ -49,7 +50,12 @@ async function dequantisedCheckpoint(fixture: FixtureName): Promise<string> {
       tensors.push({ name: t.name, dtype: 'F32', shape: t.shape, data: new Uint8Array(roundToQ4(values, [values.length / cols, cols]).buffer) });
     } else {
       const cols = t.shape[t.shape.length - 1] ?? 1;
-      tensors.push({ name: t.name, dtype: t.fileDtype as TensorData['dtype'], shape: t.shape, data: await t.readRows(0, t.shape.reduce((a, b) => a * b, 1) / cols) });
+      tensors.push({
+        name: t.name,
+        dtype: t.fileDtype as TensorData['dtype'],
+        shape: t.shape,
+        data: await t.readRows(0, t.shape.reduce((a, b) => a * b, 1) / cols),
+      });
     }
   }
   const dir = mkdtempSync(join(tmpdir(), 'qwen-q4-'));

@@ -6,7 +6,7 @@ import type { GpuContext } from '../../src/gpu/context.ts';
 import { RequestError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { convertModel } from '../../src/model/convert.ts';
-import { type Model } from '../../src/model/model.ts';
+import type { Model } from '../../src/model/model.ts';
 import { loadModel } from '../../src/model/load.ts';
 import type { WeightDtype } from '../../src/gpu/tensor.ts';
 import { Session } from '../../src/runtime/session.ts';
@@ -88,7 +88,11 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
     expect(reference.stats).toBeUndefined();
   });
 
-  for (const [what, slots] of [['all', 16], ['half', 8], ['a quarter (the minimum: topk)', 4]] as const) {
+  for (const [what, slots] of [
+    ['all', 16],
+    ['half', 8],
+    ['a quarter (the minimum: topk)', 4],
+  ] as const) {
     it(`with a budget of ${what} of the experts: the same greedy ids and prefill logprobs, and consistent figures`, async () => {
       const layers = 8;
       const run = await runModel(packedDir, slots * layers * perExpert, prompt, steps);
@@ -122,8 +126,12 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
   }
 
   it('refuses a budget below topk experts per layer, and a non-packed checkpoint below all experts, naming expertCacheBytes', async () => {
-    await expect(loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 3 * 8 * perExpert })).rejects.toThrow(/expertCacheBytes.*num_experts_per_tok = 4/);
-    const err = await loadModel(ctx, await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32', expertCacheBytes: 8 * 8 * perExpert }).catch((e: unknown) => e);
+    await expect(loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 3 * 8 * perExpert })).rejects.toThrow(
+      /expertCacheBytes.*num_experts_per_tok = 4/,
+    );
+    const err = await loadModel(ctx, await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32', expertCacheBytes: 8 * 8 * perExpert }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RequestError);
     expect(String(err)).toMatch(/packed model/);
   });
@@ -160,11 +168,21 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
 
 describe('expert streaming on an unseen shape (40 experts, top-10)', () => {
   it('at a quarter budget gives the all-resident greedy ids and logprobs', async () => {
-    const dir = writeCheckpoint({ seed: 7, hidden: 64, layers: 4, heads: [2, 1], linearHeads: [1, 2], experts: { count: 40, topk: 10, intermediate: 32, shared: 32 }, tied: false, dtype: 'F32' });
+    const dir = writeCheckpoint({
+      seed: 7,
+      hidden: 64,
+      layers: 4,
+      heads: [2, 1],
+      linearHeads: [1, 2],
+      experts: { count: 40, topk: 10, intermediate: 32, shared: 32 },
+      tied: false,
+      dtype: 'F32',
+    });
     dirs.push(dir);
     const packedDir = await convertTo(dir, 'f16');
     const packed = await openModel(packedDir);
-    const perExpert = packed.packed!.tensors.get('layers.0.mlp.experts_gate_up')!.itemBytes + packed.packed!.tensors.get('layers.0.mlp.experts_down')!.itemBytes;
+    const perExpert =
+      packed.packed!.tensors.get('layers.0.mlp.experts_gate_up')!.itemBytes + packed.packed!.tensors.get('layers.0.mlp.experts_down')!.itemBytes;
     const prompt = Array.from({ length: 70 }, (_, i) => (i * 37 + 11) % 1000);
     const reference = await runModel(packedDir, undefined, prompt, 12);
     reference.model.destroy();

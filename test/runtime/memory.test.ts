@@ -46,7 +46,11 @@ describe('GPU memory', () => {
     const warm = seen[WARM_UP - 1];
     // Each figure after the warm-up at most the warm-up's, and the last one the same: nothing grows per length.
     const most = (key: keyof GpuMemory) => Math.max(...seen.slice(WARM_UP).map((m) => m[key]));
-    expect({ buffers: most('buffers'), bytes: most('bytes'), bindGroups: most('bindGroups') }).toEqual({ buffers: warm.buffers, bytes: warm.bytes, bindGroups: warm.bindGroups });
+    expect({ buffers: most('buffers'), bytes: most('bytes'), bindGroups: most('bindGroups') }).toEqual({
+      buffers: warm.buffers,
+      bytes: warm.bytes,
+      bindGroups: warm.bindGroups,
+    });
     expect(seen[REQUESTS - 1]).toEqual(warm);
   });
 

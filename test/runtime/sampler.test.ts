@@ -10,8 +10,10 @@ import { expectClose } from '../helpers/compare.ts';
 
 function logGamma(x: number): number {
   // Lanczos (g = 7, n = 9).
-  const c = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
-    12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7];
+  const c = [
+    0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059, 12.507343278686905, -0.13857109526572012,
+    9.9843695780195716e-6, 1.5056327351493116e-7,
+  ];
   if (x < 0.5) return Math.log(Math.PI / Math.sin(Math.PI * x)) - logGamma(1 - x);
   x -= 1;
   let a = c[0];
@@ -148,10 +150,19 @@ describeOnAdapters('GpuSampler', (ctx) => {
       const z = scaleLogits(raw.subarray(0, N), o.temperature ?? 1);
       const probs = samplingProbs(z, o);
       // The filters' boundaries are not within f32 rounding of a threshold (else the test would test rounding).
-      for (const f of [1 - 1e-5, 1 + 1e-5]) expect(keepMask(z.map((v) => v * f), o)).toEqual(keepMask(z, o));
+      for (const f of [1 - 1e-5, 1 + 1e-5])
+        expect(
+          keepMask(
+            z.map((v) => v * f),
+            o,
+          ),
+        ).toEqual(keepMask(z, o));
       expect(counts.reduce((a, b) => a + b, 0)).toBe(draws);
       const filtered = [...probs.keys()].filter((i) => probs[i] === 0);
-      expect(filtered.filter((i) => counts[i] > 0), 'filtered ids drawn').toEqual([]);
+      expect(
+        filtered.filter((i) => counts[i] > 0),
+        'filtered ids drawn',
+      ).toEqual([]);
       if (o.topK || o.topP || o.minP) expect(filtered.length).toBeGreaterThan(10);
       const test = chiSquare(counts, probs, draws);
       expect(test.p, `chi2 = ${test.stat.toFixed(1)} on ${test.dof} dof`).toBeGreaterThan(0.001);

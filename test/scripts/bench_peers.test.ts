@@ -29,11 +29,16 @@ describe('bench:peers', () => {
     const table = formatTable(
       [
         {
-          variant: 'qwen3.5-0.8b', dtype: 'int4',
+          variant: 'qwen3.5-0.8b',
+          dtype: 'int4',
           ours: { prefill_tokens_per_s: 1000, decode_tokens_per_s: 200, copy_gb_per_s: 830, dispatches_per_step: 120 },
           peers: { vulkan: { prefill_tokens_per_s: 2000, decode_tokens_per_s: 250 }, cuda: { status: 'skipped', error: 'nvcc not found' } },
         },
-        { variant: 'qwen3.5-9b', dtype: 'int4', peers: { vulkan: { status: 'refused', error: 'ran on the CPU' }, cuda: { status: 'skipped', error: 'nvcc not found' } } },
+        {
+          variant: 'qwen3.5-9b',
+          dtype: 'int4',
+          peers: { vulkan: { status: 'refused', error: 'ran on the CPU' }, cuda: { status: 'skipped', error: 'nvcc not found' } },
+        },
       ],
       ['vulkan', 'cuda'],
     );
@@ -47,8 +52,18 @@ describe('bench:peers', () => {
 
   it("reads llama-bench's JSONL as the median of each test's samples", () => {
     const row = (p: number, n: number, samples: number[]) =>
-      JSON.stringify({ gpu_info: 'NVIDIA H200', backends: 'CUDA', flash_attn: -1, n_prompt: p, n_gen: n, avg_ts: samples.reduce((a, b) => a + b) / samples.length, samples_ts: samples });
-    const r = parseLlamaBench(['ggml_cuda_init: found 1 CUDA devices', row(512, 0, [15618.5, 34564.4, 34874.3]), row(0, 64, [621.7, 675.9, 666.5]), ''].join('\n'));
+      JSON.stringify({
+        gpu_info: 'NVIDIA H200',
+        backends: 'CUDA',
+        flash_attn: -1,
+        n_prompt: p,
+        n_gen: n,
+        avg_ts: samples.reduce((a, b) => a + b) / samples.length,
+        samples_ts: samples,
+      });
+    const r = parseLlamaBench(
+      ['ggml_cuda_init: found 1 CUDA devices', row(512, 0, [15618.5, 34564.4, 34874.3]), row(0, 64, [621.7, 675.9, 666.5]), ''].join('\n'),
+    );
     expect(r.prefill_tokens_per_s).toBe(34564.4);
     expect(r.decode_tokens_per_s).toBe(666.5);
     expect(r.gpu_info).toBe('NVIDIA H200');
@@ -58,6 +73,10 @@ describe('bench:peers', () => {
   it('installs node-llama-cpp pinned, with only the binaries the chosen peers need', () => {
     const platform = `${process.platform}-${process.arch}`;
     expect(nodeLlamaCppPackages(['vulkan'])).toEqual(['node-llama-cpp@3.22.1', `@node-llama-cpp/${platform}-vulkan@3.22.1`]);
-    expect(nodeLlamaCppPackages(['vulkan', 'cpu'])).toEqual(['node-llama-cpp@3.22.1', `@node-llama-cpp/${platform}-vulkan@3.22.1`, `@node-llama-cpp/${platform}@3.22.1`]);
+    expect(nodeLlamaCppPackages(['vulkan', 'cpu'])).toEqual([
+      'node-llama-cpp@3.22.1',
+      `@node-llama-cpp/${platform}-vulkan@3.22.1`,
+      `@node-llama-cpp/${platform}@3.22.1`,
+    ]);
   });
 });

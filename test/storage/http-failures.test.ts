@@ -108,14 +108,18 @@ describe('HttpSource against a failing server', () => {
     const error = await src.read('model.safetensors', 1000, 100_000).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(NetworkError);
     expect((error as NetworkError).file).toBe('model.safetensors');
-    expect((error as Error).message).toMatch(new RegExp(`^model\\.safetensors: the connection dropped.* reading ${model('drop-always')}/model\\.safetensors \\(gave up after 3 attempts\\)$`));
+    expect((error as Error).message).toMatch(
+      new RegExp(`^model\\.safetensors: the connection dropped.* reading ${model('drop-always')}/model\\.safetensors \\(gave up after 3 attempts\\)$`),
+    );
     expect(server.log.filter((l) => l.includes('model.safetensors'))).toHaveLength(3);
   });
 
   it('times out on a server that never answers, and on a body that stalls, naming the URL', async () => {
     const t0 = performance.now();
     const silent = new HttpSource(model('silent'), { timeoutMs: 500 });
-    await expect(silent.text('config.json')).rejects.toThrow(new RegExp(`^config\\.json: no data from ${model('silent')}/config\\.json for 0\\.5 s \\(timed out`));
+    await expect(silent.text('config.json')).rejects.toThrow(
+      new RegExp(`^config\\.json: no data from ${model('silent')}/config\\.json for 0\\.5 s \\(timed out`),
+    );
     const stalled = new HttpSource(model('stall'), { timeoutMs: 500 });
     await expect(stalled.read('model.safetensors', 1000, 100_000)).rejects.toThrow(NetworkError);
     await expect(stalled.read('model.safetensors', 1000, 100_000)).rejects.toThrow(/model\.safetensors: no data from .* \(timed out/);
@@ -134,8 +138,12 @@ describe('HttpSource against a failing server', () => {
     const rss0 = process.memoryUsage.rss();
     const t0 = performance.now();
     await expect(new HttpSource(model('endless')).text('config.json')).rejects.toThrow(ModelFormatError);
-    await expect(new HttpSource(model('endless')).text('config.json')).rejects.toThrow(/^config\.json: more than 4 MiB arrived; the engine reads at most 4 MiB of a config\.json/);
-    await expect(new HttpSource(model('endless-declared')).text('config.json')).rejects.toThrow(/^config\.json: 53687091200 bytes; the engine reads at most 4 MiB/);
+    await expect(new HttpSource(model('endless')).text('config.json')).rejects.toThrow(
+      /^config\.json: more than 4 MiB arrived; the engine reads at most 4 MiB of a config\.json/,
+    );
+    await expect(new HttpSource(model('endless-declared')).text('config.json')).rejects.toThrow(
+      /^config\.json: 53687091200 bytes; the engine reads at most 4 MiB/,
+    );
     expect(performance.now() - t0).toBeLessThan(10_000);
     expect(process.memoryUsage.rss() - rss0).toBeLessThan(200 * 1024 * 1024);
   });
@@ -150,13 +158,30 @@ describe('HttpSource against a failing server', () => {
   });
 
   it('reports a drop while reading a safetensors header as a network error, not as "not valid JSON"', async () => {
-    await expect(openModel(model('drop-always'), { http: { retries: 1 } })).rejects.toThrow(/^model\.safetensors: the connection dropped.*gave up after 2 attempts/);
+    await expect(openModel(model('drop-always'), { http: { retries: 1 } })).rejects.toThrow(
+      /^model\.safetensors: the connection dropped.*gave up after 2 attempts/,
+    );
   });
 });
 
 describe('the CLI on a failing server', () => {
   const generate = (url: string, ...extra: string[]) =>
-    runBounded(['generate', '--model', url, '--prompt-ids', golden('tiny-qwen35').prompt_ids.join(','), '--max-tokens', '4', '--greedy', '--dtype', 'f32', '--json', '--adapter', 'llvmpipe', ...extra]);
+    runBounded([
+      'generate',
+      '--model',
+      url,
+      '--prompt-ids',
+      golden('tiny-qwen35').prompt_ids.join(','),
+      '--max-tokens',
+      '4',
+      '--greedy',
+      '--dtype',
+      'f32',
+      '--json',
+      '--adapter',
+      'llvmpipe',
+      ...extra,
+    ]);
 
   it('loads through connections that drop once per large read and gives the golden ids', async () => {
     server.log.length = 0;
@@ -172,7 +197,9 @@ describe('the CLI on a failing server', () => {
 
   it('fails in one line naming the file and URL: dropped every time, never answering, endless', async () => {
     const always = await generate(model('drop-always'));
-    expect(errorLine(always)).toMatch(new RegExp(`^error: model\\.safetensors: the connection dropped.* reading ${model('drop-always')}/model\\.safetensors \\(gave up after 4 attempts\\)$`));
+    expect(errorLine(always)).toMatch(
+      new RegExp(`^error: model\\.safetensors: the connection dropped.* reading ${model('drop-always')}/model\\.safetensors \\(gave up after 4 attempts\\)$`),
+    );
     const silent = await generate(model('silent'), '--http-timeout', '1');
     expect(errorLine(silent)).toMatch(new RegExp(`^error: .*: no data from ${model('silent')}/\\S+ for 1 s \\(timed out`));
     expect(silent.ms).toBeLessThan(30_000);

@@ -42,7 +42,21 @@ describe('the CLI on a model URL', () => {
   it('generates the golden ids from the sharded MoE fixture fetched in pieces', async () => {
     const g = golden('tiny-qwen35-moe');
     server.log.length = 0;
-    const r = await runCli('node', ['generate', '--model', `${base}/ranged/tiny-qwen35-moe`, '--prompt-ids', g.prompt_ids.join(','), '--max-tokens', '6', '--greedy', '--dtype', 'f32', '--json', '--adapter', 'llvmpipe']);
+    const r = await runCli('node', [
+      'generate',
+      '--model',
+      `${base}/ranged/tiny-qwen35-moe`,
+      '--prompt-ids',
+      g.prompt_ids.join(','),
+      '--max-tokens',
+      '6',
+      '--greedy',
+      '--dtype',
+      'f32',
+      '--json',
+      '--adapter',
+      'llvmpipe',
+    ]);
     expect(jsonLine(r).ids).toEqual(g.greedy_ids.slice(0, 6));
     // Log lines are "METHOD PATH [RANGE]": a .safetensors request without a range would fetch the whole file.
     const requests = server.log.map((line) => line.split(' '));

@@ -74,7 +74,11 @@ for (const fixture of FIXTURES) {
         messages: [
           { role: 'system', content: 'S' },
           { role: 'user', content: 'Weather?' },
-          { role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris", "days": 2}' } }] },
+          {
+            role: 'assistant',
+            content: null,
+            tool_calls: [{ type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris", "days": 2}' } }],
+          },
           { role: 'tool', tool_call_id: 'call_1', content: '21 C' },
         ],
         tools: [WEATHER],
@@ -93,7 +97,14 @@ for (const fixture of FIXTURES) {
 }
 
 describe('tool calls through a Qwen3.5-form template', () => {
-  const args = { city: 'São Paulo', zip: '01310', options: { units: ['C', 'F'], detail: { hourly: true, hours: 12 } }, days: 3, verbose: false, note: 'line one\nline two' };
+  const args = {
+    city: 'São Paulo',
+    zip: '01310',
+    options: { units: ['C', 'F'], detail: { hourly: true, hours: 12 } },
+    days: 3,
+    verbose: false,
+    note: 'line one\nline two',
+  };
   const messages: ChatMessage[] = [
     { role: 'system', content: 'Be brief.' },
     { role: 'user', content: 'Weather in São Paulo and Lima?' },
@@ -117,8 +128,12 @@ describe('tool calls through a Qwen3.5-form template', () => {
       '<|im_start|>assistant\n<think>\nTwo cities, two calls.\n</think>\n\nChecking both.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSão Paulo\n</parameter>\n',
     );
     expect(rendered).toContain('<parameter=options>\n{"units": ["C", "F"], "detail": {"hourly": true, "hours": 12}}\n</parameter>\n');
-    expect(rendered).toContain('</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nLima\n</parameter>\n</function>\n</tool_call><|im_end|>\n');
-    expect(rendered).toContain('<|im_start|>user\n<tool_response>\n{"temp": 24}\n</tool_response>\n<tool_response>\n{"temp": 19}\n</tool_response><|im_end|>\n');
+    expect(rendered).toContain(
+      '</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nLima\n</parameter>\n</function>\n</tool_call><|im_end|>\n',
+    );
+    expect(rendered).toContain(
+      '<|im_start|>user\n<tool_response>\n{"temp": 24}\n</tool_response>\n<tool_response>\n{"temp": 19}\n</tool_response><|im_end|>\n',
+    );
     expect(rendered.endsWith('<|im_start|>assistant\n<think>\n')).toBe(true);
   });
 
@@ -133,7 +148,8 @@ describe('tool calls through a Qwen3.5-form template', () => {
   });
 
   it('leaves the template its defaults and lets extra variables through', () => {
-    const template = "{{ bos_token }}{{ 'T' if enable_thinking is defined else 'U' }}{{ 'G' if add_generation_prompt else 'N' }}{{ 'tools' if tools is defined else '' }}";
+    const template =
+      "{{ bos_token }}{{ 'T' if enable_thinking is defined else 'U' }}{{ 'G' if add_generation_prompt else 'N' }}{{ 'tools' if tools is defined else '' }}";
     expect(renderChat(template, { messages: [], extra: { bos_token: '<s>' } })).toBe('<s>UN');
     expect(renderChat(template, { messages: [], enableThinking: false, addGenerationPrompt: true, tools: [] })).toBe('TGtools');
   });
@@ -141,26 +157,74 @@ describe('tool calls through a Qwen3.5-form template', () => {
 
 describe('renderChat validation', () => {
   const user: ChatMessage = { role: 'user', content: 'hi' };
-  const call = (args: unknown) => ({ role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { name: 'f', arguments: args } }] }) as unknown as ChatMessage;
+  const call = (args: unknown) =>
+    ({ role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { name: 'f', arguments: args } }] }) as unknown as ChatMessage;
   const cases: [string, Parameters<typeof renderChat>[1], string, RegExp][] = [
     ['messages not a list', { messages: {} as unknown as ChatMessage[] }, 'messages', /must be a list of messages/],
     ['an unknown role', { messages: [user, { role: 'developer', content: 'x' } as unknown as ChatMessage] }, 'messages[1].role', /unknown role "developer"/],
     ['a message that is not an object', { messages: ['hi' as unknown as ChatMessage] }, 'messages[0]', /must be an object, not a string/],
-    ['list content', { messages: [{ role: 'user', content: [{ type: 'text', text: 'x' }] } as unknown as ChatMessage] }, 'messages[0].content', /must be a string or null, not a list/],
+    [
+      'list content',
+      { messages: [{ role: 'user', content: [{ type: 'text', text: 'x' }] } as unknown as ChatMessage] },
+      'messages[0].content',
+      /must be a string or null, not a list/,
+    ],
     ['number content', { messages: [{ role: 'user', content: 5 } as unknown as ChatMessage] }, 'messages[0].content', /not a number/],
-    ['non-string reasoning_content', { messages: [user, { role: 'assistant', content: 'a', reasoning_content: 1 } as unknown as ChatMessage] }, 'messages[1].reasoning_content', /must be a string/],
-    ['a tool that is not type function', { messages: [user], tools: [{ type: 'retrieval', function: { name: 'f' } } as unknown as ToolDefinition] }, 'tools[0].type', /must be "function", not "retrieval"/],
+    [
+      'non-string reasoning_content',
+      { messages: [user, { role: 'assistant', content: 'a', reasoning_content: 1 } as unknown as ChatMessage] },
+      'messages[1].reasoning_content',
+      /must be a string/,
+    ],
+    [
+      'a tool that is not type function',
+      { messages: [user], tools: [{ type: 'retrieval', function: { name: 'f' } } as unknown as ToolDefinition] },
+      'tools[0].type',
+      /must be "function", not "retrieval"/,
+    ],
     ['a tool without a function', { messages: [user], tools: [{ type: 'function' } as unknown as ToolDefinition] }, 'tools[0].function', /is missing/],
-    ['a tool without a name', { messages: [user], tools: [{ type: 'function', function: {} } as unknown as ToolDefinition] }, 'tools[0].function.name', /non-empty string/],
+    [
+      'a tool without a name',
+      { messages: [user], tools: [{ type: 'function', function: {} } as unknown as ToolDefinition] },
+      'tools[0].function.name',
+      /non-empty string/,
+    ],
     ['a tool with an empty name', { messages: [user], tools: [{ type: 'function', function: { name: ' ' } }] }, 'tools[0].function.name', /non-empty string/],
-    ['tool parameters that are a list', { messages: [user], tools: [{ type: 'function', function: { name: 'f', parameters: [] as unknown as Record<string, unknown> } }] }, 'tools[0].function.parameters', /JSON Schema object, not a list/],
-    ['tool parameters that are a string', { messages: [user], tools: [{ type: 'function', function: { name: 'f', parameters: '{}' as unknown as Record<string, unknown> } }] }, 'tools[0].function.parameters', /not a string/],
+    [
+      'tool parameters that are a list',
+      { messages: [user], tools: [{ type: 'function', function: { name: 'f', parameters: [] as unknown as Record<string, unknown> } }] },
+      'tools[0].function.parameters',
+      /JSON Schema object, not a list/,
+    ],
+    [
+      'tool parameters that are a string',
+      { messages: [user], tools: [{ type: 'function', function: { name: 'f', parameters: '{}' as unknown as Record<string, unknown> } }] },
+      'tools[0].function.parameters',
+      /not a string/,
+    ],
     ['tools not a list', { messages: [user], tools: {} as unknown as ToolDefinition[] }, 'tools', /must be a list/],
     ['tool-call arguments that are not JSON', { messages: [user, call('{"city": Paris}')] }, 'messages[1].tool_calls[0].function.arguments', /not valid JSON/],
-    ['tool-call arguments that are JSON but not an object', { messages: [user, call('[1, 2]')] }, 'messages[1].tool_calls[0].function.arguments', /JSON object of named arguments, not a list/],
+    [
+      'tool-call arguments that are JSON but not an object',
+      { messages: [user, call('[1, 2]')] },
+      'messages[1].tool_calls[0].function.arguments',
+      /JSON object of named arguments, not a list/,
+    ],
     ['missing tool-call arguments', { messages: [user, call(undefined)] }, 'messages[1].tool_calls[0].function.arguments', /is missing/],
-    ['a tool call without a name', { messages: [user, { role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { arguments: '{}' } }] } as unknown as ChatMessage] }, 'messages[1].tool_calls[0].function.name', /non-empty string/],
-    ['a tool call of another type', { messages: [user, { role: 'assistant', content: null, tool_calls: [{ type: 'x', function: { name: 'f', arguments: '{}' } }] } as unknown as ChatMessage] }, 'messages[1].tool_calls[0].type', /must be "function"/],
+    [
+      'a tool call without a name',
+      { messages: [user, { role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { arguments: '{}' } }] } as unknown as ChatMessage] },
+      'messages[1].tool_calls[0].function.name',
+      /non-empty string/,
+    ],
+    [
+      'a tool call of another type',
+      {
+        messages: [user, { role: 'assistant', content: null, tool_calls: [{ type: 'x', function: { name: 'f', arguments: '{}' } }] } as unknown as ChatMessage],
+      },
+      'messages[1].tool_calls[0].type',
+      /must be "function"/,
+    ],
     ['tool calls on a user message', { messages: [{ ...user, tool_calls: [] }] }, 'messages[0].tool_calls', /only assistant messages/],
   ];
   for (const [what, args, field, message] of cases) {
@@ -205,16 +269,24 @@ describe('bounded template rendering', () => {
 
   it('stops a template past its time, output or production limit', () => {
     const limits = { ...TEMPLATE_LIMITS, maxMs: 60_000, maxOutputChars: 100_000, maxProducedChars: 1_000_000 };
-    const render = (source: string, maxMs = limits.maxMs) => () => renderBounded(new Template(source), { messages: [user] }, { ...limits, maxMs });
+    const render =
+      (source: string, maxMs = limits.maxMs) =>
+      () =>
+        renderBounded(new Template(source), { messages: [user] }, { ...limits, maxMs });
     const t0 = performance.now();
     expect(render('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', 300)).toThrow(/^rendering took more than 300 ms/);
     expect(performance.now() - t0).toBeLessThan(3000);
-    expect(render("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}")).toThrow(/^rendering made a text of \d+ characters, more than the limit of 100000$/);
-    expect(render('{% for i in range(100000) %}{{ i }} and more text{% endfor %}')).toThrow(/^rendering (produced more than 1000000 characters|made a text of)/);
+    expect(render("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}")).toThrow(
+      /^rendering made a text of \d+ characters, more than the limit of 100000$/,
+    );
+    expect(render('{% for i in range(100000) %}{{ i }} and more text{% endfor %}')).toThrow(
+      /^rendering (produced more than 1000000 characters|made a text of)/,
+    );
   });
 
-  it('renders like @huggingface/jinja itself, globals included (the fixtures\' chat cases above go through it too)', () => {
-    const source = "{{ range(2, 7, 2)|join(',') }} {{ range(3)|join(',') }} {{ true }} {{ none is none }} {{ True and not False }} {{ strftime_now('%Y')|length }} {{ namespace(a=1).a }}";
+  it("renders like @huggingface/jinja itself, globals included (the fixtures' chat cases above go through it too)", () => {
+    const source =
+      "{{ range(2, 7, 2)|join(',') }} {{ range(3)|join(',') }} {{ true }} {{ none is none }} {{ True and not False }} {{ strftime_now('%Y')|length }} {{ namespace(a=1).a }}";
     expect(renderBounded(new Template(source), {})).toBe(new Template(source).render({}));
   });
 });

@@ -6,7 +6,12 @@ import { type FixtureName, fixtureDir } from '../helpers/fixtures.ts';
 export interface TextGolden {
   tokenizer_size: number;
   tokenizer_cases: { text: string; ids: number[]; decoded: string }[];
-  chat_cases: { messages: { role: 'system' | 'user' | 'assistant'; content: string }[]; add_generation_prompt: boolean; enable_thinking?: boolean; rendered: string }[];
+  chat_cases: {
+    messages: { role: 'system' | 'user' | 'assistant'; content: string }[];
+    add_generation_prompt: boolean;
+    enable_thinking?: boolean;
+    rendered: string;
+  }[];
   special_ids: Record<string, number>;
   prompt_messages: { role: 'system' | 'user'; content: string }[];
   rendered_prompt: string;

@@ -69,7 +69,9 @@ describe('loading a tokenizer', () => {
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': null }))).rejects.toThrow(/^tokenizer\.json: missing from memory$/);
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': '{"model": ' }))).rejects.toThrow(/^tokenizer\.json: not valid JSON/);
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': '[1, 2]' }))).rejects.toThrow('tokenizer.json: the top level is not a JSON object');
-    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => delete j.model }))).rejects.toThrow('tokenizer.json: model is not a JSON object');
+    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => delete j.model }))).rejects.toThrow(
+      'tokenizer.json: model is not a JSON object',
+    );
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => ((j.decoder as { type: string }).type = 'Nonsense') }))).rejects.toThrow(
       /^tokenizer\.json: not a tokenizer @huggingface\/tokenizers can load/,
     );
@@ -91,9 +93,9 @@ describe('loading a tokenizer', () => {
     await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (split(j).behavior = 7) }))).rejects.toThrow(
       /^tokenizer\.json: pre_tokenizer\.pretokenizers\[0\]\.behavior: 7 is not one of Removed/,
     );
-    await expect(Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (j.normalizer = { type: 'Replace', pattern: {}, content: 'x' }) }))).rejects.toThrow(
-      'tokenizer.json: normalizer.pattern: {} is not {"Regex": ...} or {"String": ...}',
-    );
+    await expect(
+      Tokenizer.load(fixtureSource(fixture, { 'tokenizer.json': (j) => (j.normalizer = { type: 'Replace', pattern: {}, content: 'x' }) })),
+    ).rejects.toThrow('tokenizer.json: normalizer.pattern: {} is not {"Regex": ...} or {"String": ...}');
   });
 
   it('is a ModelFormatError for a malformed tokenizer_config.json or generation_config.json', async () => {
@@ -129,7 +131,13 @@ describe('loading a tokenizer', () => {
   it('prefers chat_template.jinja, and reads the default of a list of named templates', async () => {
     const withFile = fixtureSource(fixture, { 'chat_template.jinja': '{{ messages[0].content }}' });
     expect((await Tokenizer.load(withFile)).chatTemplate).toBe('{{ messages[0].content }}');
-    const named = fixtureSource(fixture, { 'tokenizer_config.json': (c) => (c.chat_template = [{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }]) });
+    const named = fixtureSource(fixture, {
+      'tokenizer_config.json': (c) =>
+        (c.chat_template = [
+          { name: 'tool_use', template: 'T' },
+          { name: 'default', template: 'D' },
+        ]),
+    });
     expect((await Tokenizer.load(named)).chatTemplate).toBe('D');
   });
 
@@ -142,6 +150,8 @@ describe('loading a tokenizer', () => {
     expect(tokenizer.encode('a<|extra|>')).toEqual([64, 1010]);
     expect(tokenizer.decode([64, 1010], { skipSpecialTokens: true })).toBe('a');
     const conflict = fixtureSource(fixture, { 'tokenizer_config.json': (c) => (c.added_tokens_decoder = { '977': { content: '<|other|>' } }) });
-    await expect(Tokenizer.load(conflict)).rejects.toThrow('tokenizer_config.json: added_tokens_decoder.977: is "<|other|>" but tokenizer.json has "<|im_start|>"');
+    await expect(Tokenizer.load(conflict)).rejects.toThrow(
+      'tokenizer_config.json: added_tokens_decoder.977: is "<|other|>" but tokenizer.json has "<|im_start|>"',
+    );
   });
 });

@@ -26,17 +26,51 @@ describe('parseToolCalls', () => {
 
   it('parses values that are JSON (nested objects, lists, numbers, booleans, null) and keeps the rest as strings', () => {
     const nested = '{"units": ["C", "F"], "detail": {"hourly": true, "hours": [1, 2, {"deep": null}]}}';
-    const text = call('f', [['options', nested], ['n', '3'], ['ratio', '0.5'], ['on', 'true'], ['none', 'null'], ['list', '[1, "a"]'],
-      ['city', 'São Paulo'], ['quoted', '"x"'], ['multi', 'line one\n\nline two\n'], ['zip', '01310'], ['big', '12345678901234567890']]);
-    expect(args(text)).toEqual([{
-      options: JSON.parse(nested), n: 3, ratio: 0.5, on: true, none: null, list: [1, 'a'],
-      city: 'São Paulo', quoted: 'x', multi: 'line one\n\nline two\n', zip: '01310', big: '12345678901234567890',
-    }]);
+    const text = call('f', [
+      ['options', nested],
+      ['n', '3'],
+      ['ratio', '0.5'],
+      ['on', 'true'],
+      ['none', 'null'],
+      ['list', '[1, "a"]'],
+      ['city', 'São Paulo'],
+      ['quoted', '"x"'],
+      ['multi', 'line one\n\nline two\n'],
+      ['zip', '01310'],
+      ['big', '12345678901234567890'],
+    ]);
+    expect(args(text)).toEqual([
+      {
+        options: JSON.parse(nested),
+        n: 3,
+        ratio: 0.5,
+        on: true,
+        none: null,
+        list: [1, 'a'],
+        city: 'São Paulo',
+        quoted: 'x',
+        multi: 'line one\n\nline two\n',
+        zip: '01310',
+        big: '12345678901234567890',
+      },
+    ]);
   });
 
   it("keeps a value a string when the tool's schema says string", () => {
-    const tools: ToolDefinition[] = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { code: { type: 'string' }, alt: { type: ['string', 'null'] }, n: { type: 'integer' } } } } }];
-    const text = call('f', [['code', '123'], ['alt', 'true'], ['n', '7']]);
+    const tools: ToolDefinition[] = [
+      {
+        type: 'function',
+        function: {
+          name: 'f',
+          parameters: { type: 'object', properties: { code: { type: 'string' }, alt: { type: ['string', 'null'] }, n: { type: 'integer' } } },
+        },
+      },
+    ];
+    const text = call('f', [
+      ['code', '123'],
+      ['alt', 'true'],
+      ['n', '7'],
+    ]);
     expect(args(text, tools)).toEqual([{ code: '123', alt: 'true', n: 7 }]);
     expect(args(text)).toEqual([{ code: 123, alt: true, n: 7 }]);
   });

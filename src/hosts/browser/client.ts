@@ -7,7 +7,14 @@ import * as Comlink from 'comlink';
 import { AbortError, AdapterError, ContractError, RequestError } from '../../errors.ts';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest } from '../../api/types.ts';
 import {
-  type ChunkSink, type GenerateRequest, type GenerateResult, type LoadProgress, type LoadRequest, type LoadResult, type StoredModel, type WorkerApi,
+  type ChunkSink,
+  type GenerateRequest,
+  type GenerateResult,
+  type LoadProgress,
+  type LoadRequest,
+  type LoadResult,
+  type StoredModel,
+  type WorkerApi,
   installErrorTransfer,
 } from './protocol.ts';
 
@@ -87,16 +94,18 @@ export async function createEngine(options: CreateEngineOptions = {}): Promise<B
     }
   };
 
-  const create = <Req extends { stream?: boolean; signal?: AbortSignal; onToken?: unknown }, Chunk>(
-    send: (request: Omit<Req, 'signal' | 'onToken'>, id: number, onChunks?: ChunkSink<Chunk>) => Promise<unknown>,
-  ) => async (request: Req): Promise<unknown> => {
-    const { signal, onToken, ...wire } = request;
-    if (onToken !== undefined) throw new RequestError('is not available in the browser client; use stream: true', 'onToken');
-    if (!request.stream) return call(signal, (id) => send(wire, id));
-    if (signal?.aborted) throw new AbortError('aborted');
-    const id = nextId++;
-    return streamFrom<Chunk>(id, (sink) => call(signal, () => send(wire, id, Comlink.proxy(sink)), id));
-  };
+  const create =
+    <Req extends { stream?: boolean; signal?: AbortSignal; onToken?: unknown }, Chunk>(
+      send: (request: Omit<Req, 'signal' | 'onToken'>, id: number, onChunks?: ChunkSink<Chunk>) => Promise<unknown>,
+    ) =>
+    async (request: Req): Promise<unknown> => {
+      const { signal, onToken, ...wire } = request;
+      if (onToken !== undefined) throw new RequestError('is not available in the browser client; use stream: true', 'onToken');
+      if (!request.stream) return call(signal, (id) => send(wire, id));
+      if (signal?.aborted) throw new AbortError('aborted');
+      const id = nextId++;
+      return streamFrom<Chunk>(id, (sink) => call(signal, () => send(wire, id, Comlink.proxy(sink)), id));
+    };
 
   /**
    * An async iterable over a remote stream. The worker calls `sink` with batches; the iterator hands out

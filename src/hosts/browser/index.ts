@@ -4,10 +4,32 @@
  * into dist/browser/index.js, with worker.js beside it.
  */
 export { createEngine, type BrowserEngine, type BrowserGenerateRequest, type BrowserLoadRequest, type CreateEngineOptions } from './client.ts';
-export type { ChatCompletionChunkWithStats, ChatCompletionWithStats, GenerateRequest, GenerateResult, GenerateStats, LoadProgress, LoadRequest, LoadResult, StoredModel } from './protocol.ts';
+export type {
+  ChatCompletionChunkWithStats,
+  ChatCompletionWithStats,
+  GenerateRequest,
+  GenerateResult,
+  GenerateStats,
+  LoadProgress,
+  LoadRequest,
+  LoadResult,
+  StoredModel,
+} from './protocol.ts';
 export type * from '../../api/types.ts';
 export type { AdapterSummary } from '../../gpu/context.ts';
 export {
-  AbortError, AdapterError, CapabilityError, ConfigError, ContractError, InternalError, ModelFormatError, NetworkError, QuotaError, QwenError, RequestError,
-  SessionError, StorageError, TemplateError,
+  AbortError,
+  AdapterError,
+  CapabilityError,
+  ConfigError,
+  ContractError,
+  InternalError,
+  ModelFormatError,
+  NetworkError,
+  QuotaError,
+  QwenError,
+  RequestError,
+  SessionError,
+  StorageError,
+  TemplateError,
 } from '../../errors.ts';

@@ -53,8 +53,12 @@ export class QwenChatElement extends HTMLElement {
   static readonly observedAttributes = ATTRIBUTES;
 
   private readonly ui: {
-    status: HTMLDivElement; progress: HTMLProgressElement; messages: HTMLDivElement; input: HTMLTextAreaElement;
-    send: HTMLButtonElement; stop: HTMLButtonElement;
+    status: HTMLDivElement;
+    progress: HTMLProgressElement;
+    messages: HTMLDivElement;
+    input: HTMLTextAreaElement;
+    send: HTMLButtonElement;
+    stop: HTMLButtonElement;
   };
   private engine: Promise<BrowserEngine> | undefined;
   private loaded: string | undefined;
@@ -78,8 +82,12 @@ export class QwenChatElement extends HTMLElement {
       </div>`;
     const q = <T extends Element>(selector: string) => root.querySelector(selector) as T;
     this.ui = {
-      status: q('.status'), progress: q('progress'), messages: q('.messages'), input: q('textarea'),
-      send: q('button.send'), stop: q('button.stop'),
+      status: q('.status'),
+      progress: q('progress'),
+      messages: q('.messages'),
+      input: q('textarea'),
+      send: q('button.send'),
+      stop: q('button.stop'),
     };
     q<HTMLFormElement>('form').addEventListener('submit', (event) => {
       event.preventDefault();
@@ -94,21 +102,41 @@ export class QwenChatElement extends HTMLElement {
     this.ui.stop.addEventListener('click', () => this.stop());
   }
 
-  get model(): string { return this.getAttribute('model') ?? ''; }
-  set model(value: string) { this.setAttribute('model', value); }
-  get expertCacheMb(): number | undefined { return this.number('expert-cache-mb'); }
-  set expertCacheMb(value: number | undefined) { this.setOrRemove('expert-cache-mb', value); }
-  get systemPrompt(): string { return this.getAttribute('system-prompt') ?? ''; }
-  set systemPrompt(value: string) { this.setAttribute('system-prompt', value); }
-  get maxTokens(): number { return this.number('max-tokens') ?? 512; }
-  set maxTokens(value: number) { this.setAttribute('max-tokens', String(value)); }
+  get model(): string {
+    return this.getAttribute('model') ?? '';
+  }
+  set model(value: string) {
+    this.setAttribute('model', value);
+  }
+  get expertCacheMb(): number | undefined {
+    return this.number('expert-cache-mb');
+  }
+  set expertCacheMb(value: number | undefined) {
+    this.setOrRemove('expert-cache-mb', value);
+  }
+  get systemPrompt(): string {
+    return this.getAttribute('system-prompt') ?? '';
+  }
+  set systemPrompt(value: string) {
+    this.setAttribute('system-prompt', value);
+  }
+  get maxTokens(): number {
+    return this.number('max-tokens') ?? 512;
+  }
+  set maxTokens(value: number) {
+    this.setAttribute('max-tokens', String(value));
+  }
   get reasoning(): 'on' | 'off' | undefined {
     const r = this.getAttribute('reasoning');
     return r === 'on' || r === 'off' ? r : undefined;
   }
-  set reasoning(value: 'on' | 'off' | undefined) { this.setOrRemove('reasoning', value); }
+  set reasoning(value: 'on' | 'off' | undefined) {
+    this.setOrRemove('reasoning', value);
+  }
   /** The conversation so far (system prompt excluded). */
-  get messages(): readonly ChatMessage[] { return this.history; }
+  get messages(): readonly ChatMessage[] {
+    return this.history;
+  }
 
   connectedCallback(): void {
     if (this.model && this.model !== this.loaded && !this.loading) void this.load();
@@ -146,7 +174,9 @@ export class QwenChatElement extends HTMLElement {
       const engine = await (this.engine ??= createEngine());
       const mb = this.expertCacheMb;
       const result = await engine.load({
-        model, signal: controller.signal, expertCacheBytes: mb === undefined ? undefined : Math.round(mb * 2 ** 20),
+        model,
+        signal: controller.signal,
+        expertCacheBytes: mb === undefined ? undefined : Math.round(mb * 2 ** 20),
         onProgress: (p: LoadProgress) => {
           if (this.loading !== controller) return;
           this.ui.progress.value = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
@@ -192,7 +222,10 @@ export class QwenChatElement extends HTMLElement {
       const system = this.systemPrompt;
       const stream = await engine.chat.completions.create({
         messages: system ? [{ role: 'system', content: system }, ...this.history] : [...this.history],
-        stream: true, signal: controller.signal, max_tokens: this.maxTokens, reasoning: this.reasoning,
+        stream: true,
+        signal: controller.signal,
+        max_tokens: this.maxTokens,
+        reasoning: this.reasoning,
       });
       for await (const chunk of stream as AsyncIterable<ChatCompletionChunkWithStats>) {
         const delta = chunk.choices[0]?.delta;

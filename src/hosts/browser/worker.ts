@@ -12,8 +12,19 @@ import type { SamplingOptions } from '../../runtime/sampler.ts';
 import { HttpSource } from '../../storage/http.ts';
 import { deleteModel, listModels, storedModel } from '../../storage/idb_store.ts';
 import {
-  type ChatCompletionChunkWithStats, type ChatCompletionWithStats, type ChunkSink, type GenerateRequest, type GenerateStats, type GenerateResult, type LoadProgress, type LoadRequest, type LoadResult,
-  type WireChatRequest, type WireCompletionRequest, type WorkerApi, installErrorTransfer,
+  type ChatCompletionChunkWithStats,
+  type ChatCompletionWithStats,
+  type ChunkSink,
+  type GenerateRequest,
+  type GenerateStats,
+  type GenerateResult,
+  type LoadProgress,
+  type LoadRequest,
+  type LoadResult,
+  type WireChatRequest,
+  type WireCompletionRequest,
+  type WorkerApi,
+  installErrorTransfer,
 } from './protocol.ts';
 
 const BROWSER_BACKEND = 'WebGPU (browser)';
@@ -35,7 +46,10 @@ class WorkerEngine implements WorkerApi {
             return withFigures;
           }
           const stream = await engine.chat.completions.create({ ...request, stream: true, signal, onToken: timer.onToken });
-          await pump(withStats(stream, (usage) => timer.stats(engine, usage)), onChunks);
+          await pump(
+            withStats(stream, (usage) => timer.stats(engine, usage)),
+            onChunks,
+          );
           return null;
         }),
     },
@@ -70,22 +84,38 @@ class WorkerEngine implements WorkerApi {
       const progress = onProgress && latest(onProgress);
       // store (the default where IndexedDB exists): download into IndexedDB or resume, or open what is stored
       // there with no network at all; then the loader reads the IdbSource like any other source.
-      const source = (request.store ?? typeof indexedDB !== 'undefined')
-        ? await storedModel(gguf !== undefined ? new URL(gguf, url).href : url.href, {
-          signal,
-          onProgress: progress && ((p) => progress({
-            phase: p.phase, loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: '', file: p.file, bytesPerSecond: p.bytesPerSecond, secondsLeft: p.secondsLeft,
-          })),
-        })
-        : new HttpSource(url.href);
+      const source =
+        (request.store ?? typeof indexedDB !== 'undefined')
+          ? await storedModel(gguf !== undefined ? new URL(gguf, url).href : url.href, {
+              signal,
+              onProgress:
+                progress &&
+                ((p) =>
+                  progress({
+                    phase: p.phase,
+                    loadedBytes: p.doneBytes,
+                    totalBytes: p.totalBytes,
+                    tensor: '',
+                    file: p.file,
+                    bytesPerSecond: p.bytesPerSecond,
+                    secondsLeft: p.secondsLeft,
+                  })),
+            })
+          : new HttpSource(url.href);
       const checkpoint = await openCheckpoint(source, gguf);
       this.engine = await Engine.load(ctx, checkpoint, {
-        dtype: request.dtype === 'int4' ? 'q4' : request.dtype, contextLength: request.contextLength, expertCacheBytes: request.expertCacheBytes,
-        onProgress: progress && ((p) => progress({ ...p, phase: 'load' })), signal,
+        dtype: request.dtype === 'int4' ? 'q4' : request.dtype,
+        contextLength: request.contextLength,
+        expertCacheBytes: request.expertCacheBytes,
+        onProgress: progress && ((p) => progress({ ...p, phase: 'load' })),
+        signal,
       });
       return {
-        name: this.engine.name, dtype: this.engine.model.dtype, contextLength: this.engine.session.capacity,
-        adapter: ctx.adapter, loadMs: performance.now() - t0,
+        name: this.engine.name,
+        dtype: this.engine.model.dtype,
+        contextLength: this.engine.session.capacity,
+        adapter: ctx.adapter,
+        loadMs: performance.now() - t0,
       };
     });
   }
@@ -101,8 +131,12 @@ class WorkerEngine implements WorkerApi {
         ids: r.ids,
         stopReason: r.stopped,
         stats: {
-          promptTokens: r.promptTokens, generatedTokens: r.ids.length, prefillMs: r.prefillMs, decodeMs: r.decodeMs,
-          prefillTokensPerSecond: rate(r.promptTokens, r.prefillMs), decodeTokensPerSecond: rate(r.ids.length - 1, r.decodeMs),
+          promptTokens: r.promptTokens,
+          generatedTokens: r.ids.length,
+          prefillMs: r.prefillMs,
+          decodeMs: r.decodeMs,
+          prefillTokensPerSecond: rate(r.promptTokens, r.prefillMs),
+          decodeTokensPerSecond: rate(r.ids.length - 1, r.decodeMs),
           ...expertStats(engine),
         },
       };
@@ -141,7 +175,8 @@ class WorkerEngine implements WorkerApi {
     this.ctx?.destroy();
     this.ctx = undefined;
     const gpu = (self.navigator as Navigator & { gpu?: GPU }).gpu;
-    if (!gpu) throw new AdapterError('this browser has no WebGPU in workers (navigator.gpu is missing; in Chromium on Linux start it with --enable-unsafe-webgpu)');
+    if (!gpu)
+      throw new AdapterError('this browser has no WebGPU in workers (navigator.gpu is missing; in Chromium on Linux start it with --enable-unsafe-webgpu)');
     this.ctx = await GpuContext.create(gpu, { backend: BROWSER_BACKEND, activations });
     return this.ctx;
   }
@@ -216,14 +251,16 @@ function latest<T>(callback: (value: T) => void): (value: T) => void {
   let waiting: { value: T } | undefined;
   const send = (value: T): void => {
     busy = true;
-    Promise.resolve(callback(value)).catch(() => undefined).finally(() => {
-      busy = false;
-      if (waiting) {
-        const next = waiting.value;
-        waiting = undefined;
-        send(next);
-      }
-    });
+    Promise.resolve(callback(value))
+      .catch(() => undefined)
+      .finally(() => {
+        busy = false;
+        if (waiting) {
+          const next = waiting.value;
+          waiting = undefined;
+          send(next);
+        }
+      });
   };
   return (value) => {
     if (busy) waiting = { value };
@@ -264,8 +301,12 @@ function tokenTimer() {
       const prefillMs = first ? first - t0 : 0;
       const decodeMs = first ? last - first : 0;
       return {
-        promptTokens: usage.prompt_tokens, generatedTokens: usage.completion_tokens, prefillMs, decodeMs,
-        prefillTokensPerSecond: rate(usage.prompt_tokens, prefillMs), decodeTokensPerSecond: rate(usage.completion_tokens - 1, decodeMs),
+        promptTokens: usage.prompt_tokens,
+        generatedTokens: usage.completion_tokens,
+        prefillMs,
+        decodeMs,
+        prefillTokensPerSecond: rate(usage.prompt_tokens, prefillMs),
+        decodeTokensPerSecond: rate(usage.completion_tokens - 1, decodeMs),
         ...expertStats(engine),
       };
     },
