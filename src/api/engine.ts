@@ -97,7 +97,8 @@ export class Engine {
       signal: options.signal,
     });
     try {
-      const contextLength = Math.min(options.contextLength ?? 4096, model.config.maxPositions);
+      // A context the caller names is kept or refused (Session.create says why), never cut to fit.
+      const contextLength = options.contextLength ?? Math.min(4096, model.config.maxPositions);
       const name = checkpoint.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
       return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength }), name);
     } catch (error) {
@@ -352,11 +353,12 @@ export class Engine {
    * time ([rows, vocab_size] f32; `first` is the row of the chunk's first).
    */
   async score(ids: number[], onRows: (rows: Float32Array, first: number) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
-    const { vocabSize } = this.model.config;
-    const bad = Array.isArray(ids) ? ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize) : -1;
+    // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
+    const size = this.model.tokenizerSize;
+    const bad = Array.isArray(ids) ? ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
     if (!Array.isArray(ids) || ids.length === 0 || bad >= 0) {
       throw new RequestError(
-        `must be a non-empty array of token ids below vocab_size ${vocabSize}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`,
+        `must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`,
         'ids',
       );
     }

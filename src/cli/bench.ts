@@ -1,3 +1,4 @@
+import type { Engine } from '../api/engine.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/model.ts';
@@ -10,21 +11,40 @@ import type { CliHost } from './host.ts';
 
 /**
  * Prints measured figures (never asserts them): prefill and decode tokens/s, and the weight bandwidth a
- * decode step achieves as a fraction of the adapter's copy bandwidth measured in the same run.
+ * decode step achieves as a fraction of the adapter's copy bandwidth measured in the same run. A checkpoint is
+ * loaded as an Engine (`load`) and timed on its session, below the text API; a synthetic model gets a session
+ * of its own.
  */
-export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load: (model: string, dtype: WeightDtype) => Promise<Model>): Promise<void> {
+export async function runBench(
+  args: Args,
+  ctx: GpuContext,
+  host: CliHost,
+  load: (model: string, dtype: WeightDtype, contextLength: number) => Promise<Engine>,
+): Promise<void> {
   const dtype = dtypeFlag(args, ctx.caps.f16);
   const modelPath = stringFlag(args, 'model');
   const synthetic = stringFlag(args, 'synthetic');
   if (!modelPath === !synthetic) throw new UsageError('bench takes --model <dir> or --synthetic <name>');
   const promptTokens = intFlag(args, 'prompt-tokens', 128);
   const decodeTokens = intFlag(args, 'decode-tokens', 32);
+  const contextLength = promptTokens + decodeTokens + 1;
   const t0 = performance.now();
-  const model = synthetic
-    ? await syntheticModel(ctx, synthetic, { layers: args.flags.has('layers') ? intFlag(args, 'layers') : undefined, dtype })
-    : await load(modelPath!, dtype);
+  let model: Model;
+  let session: Session;
+  let release: () => void;
+  if (synthetic) {
+    model = await syntheticModel(ctx, synthetic, { layers: args.flags.has('layers') ? intFlag(args, 'layers') : undefined, dtype });
+    session = Session.create(ctx, model, { contextLength });
+    release = () => {
+      session.destroy();
+      model.destroy();
+    };
+  } else {
+    const engine = await load(modelPath!, dtype, contextLength);
+    ({ model, session } = engine);
+    release = () => engine.destroy();
+  }
   const loadMs = performance.now() - t0;
-  const session = Session.create(ctx, model, { contextLength: promptTokens + decodeTokens + 1 });
   let seed = 12345;
   const prompt = Array.from({ length: promptTokens }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % model.tokenizerSize);
 
@@ -88,8 +108,7 @@ export async function runBench(args: Args, ctx: GpuContext, host: CliHost, load:
 ${expertLine(session)}`,
   );
   sampler.destroy();
-  session.destroy();
-  model.destroy();
+  release();
 }
 
 /** Expert streaming figures of the timed run (none when every expert is resident). */

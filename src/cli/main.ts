@@ -7,7 +7,6 @@ import type { GpuContext } from '../gpu/context.ts';
 import { QwenError, RequestError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/model.ts';
-import { loadModel } from '../model/load.ts';
 import { openModel } from '../storage/locate.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import type { HttpOptions } from '../storage/http.ts';
@@ -96,7 +95,7 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     gpu: true,
     flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'json'],
-    run: (a, c, h) => runBench(a, c!, h, (m, d) => loadWithProgress(m, d, a, c!, h)),
+    run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a)), d, a, c!, h, n)),
   },
   adapter: { gpu: true, flags: GPU_FLAGS, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
 };
@@ -199,21 +198,6 @@ async function loadEngine(checkpoint: Checkpoint, dtype: WeightDtype, args: Args
   bar.done();
   warnUnused(engine.model, host);
   return engine;
-}
-
-/** bench measures the session itself, below the Engine: it loads the bare model. */
-async function loadWithProgress(model: string | Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost): Promise<Model> {
-  const bar = progressBar(host.stderr, host.isTTY, 'loading');
-  const loaded = await loadModel(ctx, typeof model === 'string' ? await openModel(model, httpOptions(args)) : model, {
-    dtype,
-    dtypeGiven: args.flags.has('dtype'),
-    verify: args.flags.has('verify'),
-    expertCacheBytes: expertCacheBytes(args),
-    onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
-  });
-  bar.done();
-  warnUnused(loaded, host);
-  return loaded;
 }
 
 function warnUnused(model: Model, host: CliHost): void {

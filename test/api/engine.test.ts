@@ -1,6 +1,6 @@
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../../src/api/engine.ts';
 import type { ChatCompletionRequest, CompletionRequest } from '../../src/api/types.ts';
@@ -8,7 +8,7 @@ import type { GpuContext } from '../../src/gpu/context.ts';
 import { AbortError, RequestError, SessionError } from '../../src/errors.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { openModel } from '../../src/storage/locate.ts';
-import { fixtureDir } from '../helpers/fixtures.ts';
+import { compareLogprobs, fixtureDir, golden, goldenLogprobs } from '../helpers/fixtures.ts';
 
 let ctx: GpuContext;
 let engine: Engine;
@@ -263,4 +263,48 @@ describe('the session queue and abandoned streams', () => {
     await stream.return!();
     expect((await next()).usage.completion_tokens).toBe(2);
   }, 120_000);
+});
+
+describe('token ids', () => {
+  const g = golden('tiny-qwen35');
+
+  it('scores ids as the golden log-probabilities, and refuses ids that are not tokens', async () => {
+    const rows = new Float32Array(g.prompt_ids.length * g.vocab_size);
+    await engine.score(g.prompt_ids, (r, first) => rows.set(r, first * g.vocab_size));
+    expect(compareLogprobs(rows, goldenLogprobs('tiny-qwen35'), g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
+    await expect(engine.score([5, g.vocab_size - 1], () => {})).rejects.toThrow(
+      /^ids: must be a non-empty array of token ids below the tokenizer's \d+ \(ids\[1\] is \d+\)/,
+    );
+    await expect(engine.score([], () => {})).rejects.toThrow(RequestError);
+    await expect(
+      engine.score(
+        Array.from({ length: 513 }, () => 5),
+        () => {},
+      ),
+    ).rejects.toThrow(/^ids: 513 ids are more than the context of 512/);
+  });
+
+  it('serves ids without tokenizer.json (every row a token); chats and text are refused naming the model', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'qwen-no-tokenizer-'));
+    cpSync(fixtureDir('tiny-qwen35'), dir, { recursive: true, filter: (path) => !/tokenizer|chat_template/.test(basename(path)) });
+    const idsOnly = await Engine.load(ctx, await openModel(dir), { dtype: 'f32', contextLength: 256 });
+    try {
+      expect(idsOnly.tokenizer).toBeUndefined();
+      // Without the tokenizer every row of the head is a token: the first greedy id is the argmax over all of them.
+      const last = goldenLogprobs('tiny-qwen35').subarray((g.prompt_ids.length - 1) * g.vocab_size, g.prompt_ids.length * g.vocab_size);
+      const r = await idsOnly.generateIds({ promptIds: g.prompt_ids, maxTokens: 4 });
+      expect(r.ids[0]).toBe(last.indexOf(Math.max(...last)));
+      expect(r.ids.length).toBeGreaterThan(0);
+      await expect(idsOnly.chat.completions.create(ask())).rejects.toThrow(/^model: .* has no tokenizer\.json/);
+      await expect(idsOnly.completions.create({ prompt: 'The license' })).rejects.toThrow(RequestError);
+    } finally {
+      idsOnly.destroy();
+    }
+  });
+
+  it('refuses a context past max_position_embeddings rather than cutting it', async () => {
+    await expect(Engine.load(ctx, await openModel(fixtureDir('tiny-qwen35')), { dtype: 'f32', contextLength: 10_000_000 })).rejects.toThrow(
+      /context length 10000000 is more than the model's max_position_embeddings/,
+    );
+  });
 });

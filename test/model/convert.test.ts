@@ -70,6 +70,8 @@ describe('convert', () => {
         shardBytes: 1 << 20,
       });
       expect(manifest.shards.length).toBeGreaterThan(1);
+      // The MTP block is kept in the packed model (a load leaves it out: nothing runs it yet).
+      expect(manifest.tensors.some((t) => t.key === 'mtp.fc')).toBe(true);
     } finally {
       ctx.read = read;
     }
@@ -91,8 +93,29 @@ describe('convert', () => {
       model.destroy();
       return rows;
     };
-    const packed = await scoreOf(await loadModel(ctx, await openModel(out), { dtype: 'q4' }));
-    const direct = await scoreOf(await loadModel(ctx, await openModel(dir), { dtype: 'q4' }));
+    // Loading puts nothing of the MTP block on the GPU, and does not report its tensors as unused.
+    const load = async (location: string) => {
+      const labels: string[] = [];
+      const storage = ctx.storage.bind(ctx);
+      ctx.storage = (label, size) => {
+        labels.push(label);
+        return storage(label, size);
+      };
+      try {
+        const model = await loadModel(ctx, await openModel(location), { dtype: 'q4' });
+        expect(labels.filter((l) => l.startsWith('layers.')).length, location).toBeGreaterThan(0);
+        expect(
+          labels.filter((l) => l.includes('mtp')),
+          location,
+        ).toEqual([]);
+        expect(model.unusedTensors, location).toEqual([]);
+        return model;
+      } finally {
+        ctx.storage = storage;
+      }
+    };
+    const packed = await scoreOf(await load(out));
+    const direct = await scoreOf(await load(dir));
     expect(packed).toEqual(direct);
   });
 });
