@@ -289,16 +289,7 @@ export class Engine {
     ignoreEos?: boolean;
     signal?: AbortSignal;
   }): Promise<IdsResult> {
-    const { promptIds } = request;
-    // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
-    const size = this.model.tokenizerSize;
-    if (!Array.isArray(promptIds) || promptIds.length === 0 || promptIds.some((id) => !Number.isInteger(id) || id < 0 || id >= size)) {
-      const bad = Array.isArray(promptIds) ? promptIds.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
-      throw new RequestError(
-        `must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (promptIds[${bad}] is ${JSON.stringify(promptIds[bad])})` : ''}`,
-        'promptIds',
-      );
-    }
+    const promptIds = checkTokenIds(request.promptIds, 'promptIds', this.model.tokenizerSize);
     const maxTokens = checkMaxTokens(request.maxTokens, 'maxTokens', promptIds.length, this.session.capacity);
     const sampling = request.sampling ?? { temperature: 0 };
     checkSampling(sampling, this.sampler.tokenizerSize);
@@ -353,15 +344,7 @@ export class Engine {
    * time ([rows, vocab_size] f32; `first` is the row of the chunk's first).
    */
   async score(ids: number[], onRows: (rows: Float32Array, first: number) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
-    // Ids past the tokenizer's size are padding rows of the embedding, not tokens.
-    const size = this.model.tokenizerSize;
-    const bad = Array.isArray(ids) ? ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= size) : -1;
-    if (!Array.isArray(ids) || ids.length === 0 || bad >= 0) {
-      throw new RequestError(
-        `must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (ids[${bad}] is ${JSON.stringify(ids[bad])})` : ''}`,
-        'ids',
-      );
-    }
+    checkTokenIds(ids, 'ids', this.model.tokenizerSize);
     if (ids.length > this.session.capacity) throw new RequestError(`${ids.length} ids are more than the context of ${this.session.capacity}`, 'ids');
     return this.exclusive(() => scoreIds(this.session, ids, onRows, signal));
   }
@@ -392,6 +375,19 @@ const API_FIELDS: Record<string, string> = {
 };
 
 /** The sampler's own checks, before the request waits for the session, naming the request's fields. */
+/** A request's token ids: a non-empty array of ids below the tokenizer's size (ids past it are padding rows, not tokens). */
+function checkTokenIds(ids: unknown, field: string, size: number): number[] {
+  const list: unknown[] = Array.isArray(ids) ? ids : [];
+  const bad = list.findIndex((id) => !Number.isInteger(id) || (id as number) < 0 || (id as number) >= size);
+  if (list.length === 0 || bad >= 0) {
+    throw new RequestError(
+      `must be a non-empty array of token ids below the tokenizer's ${size}${bad >= 0 ? ` (${field}[${bad}] is ${JSON.stringify(list[bad])})` : ''}`,
+      field,
+    );
+  }
+  return list as number[];
+}
+
 function checkSampling(sampling: SamplingOptions, tokenizerSize: number): void {
   try {
     resolveSampling(sampling, tokenizerSize);
