@@ -293,8 +293,12 @@ test('<qwen-chat> from one script tag loads, streams a reply, fires its events, 
   await page.screenshot({ path: join(SHOTS, 'widget.png'), fullPage: true });
 
   // Its Stop button ends a long reply: what came so far stays, and is the message the event carries.
+  // Without thinking the whole reply is answer text, so Stop has the whole reply to land in (the answer after a
+  // thought can be a few tokens from its end when it first shows, on a loaded machine).
   await page.evaluate(() => {
-    (document.querySelector('qwen-chat') as HTMLElement & { maxTokens: number }).maxTokens = 400;
+    const chat = document.querySelector('qwen-chat') as HTMLElement & { maxTokens: number };
+    chat.maxTokens = 400;
+    chat.setAttribute('reasoning', 'off');
   });
   await input.fill('Tell me a long story.');
   await page.locator('qwen-chat button.send').click();
