@@ -4,6 +4,7 @@ import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, loadModel } from '../model/load.ts';
 import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
+import { stateBytes } from '../model/activations.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
@@ -39,8 +40,25 @@ export interface EngineOptions {
    * frequency-weighted policy). Default: every expert is resident. Dense models ignore it.
    */
   expertCacheBytes?: number;
+  /**
+   * Sequences that decode together in one step (continuous batching; default 1: requests run one after another).
+   * Every request is a sequence of its own; those past maxBatch wait for a free one.
+   */
+  maxBatch?: number;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
+}
+
+/** What a server reports of the engine: requests decoding and waiting, the last step's batch, and state memory. */
+export interface EngineGauges {
+  running: number;
+  waiting: number;
+  maxBatch: number;
+  /** Sequences in the last decode step. */
+  batchSize: number;
+  /** Bytes of KV cache and DeltaNet state held by running sequences, and allocated in all. */
+  stateBytesUsed: number;
+  stateBytesTotal: number;
 }
 
 export interface RenderedPrompt {
@@ -56,6 +74,8 @@ export interface RenderedPrompt {
  */
 export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
+  private running = 0;
+  private waiting = 0;
   private readonly sampler: GpuSampler;
 
   readonly chat = {
@@ -126,9 +146,32 @@ export class Engine {
 
   /** Runs `body` when the requests before it are done. */
   private exclusive<T>(body: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(body, body);
+    this.waiting++;
+    const counted = async () => {
+      this.waiting--;
+      this.running++;
+      try {
+        return await body();
+      } finally {
+        this.running--;
+      }
+    };
+    const run = this.queue.then(counted, counted);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  /** Requests running and waiting, batch size and state memory, for a server's metrics. */
+  gauges(): EngineGauges {
+    const perSequence = stateBytes(this.model, this.session.capacity, this.ctx.activationBytes);
+    return {
+      running: this.running,
+      waiting: this.waiting,
+      maxBatch: 1,
+      batchSize: this.running,
+      stateBytesUsed: this.running * perSequence,
+      stateBytesTotal: perSequence,
+    };
   }
 
   private plan(request: SamplingRequest, promptIds: number[], thinking: boolean, reasoning?: Reasoning): GenerationPlan {
