@@ -1,7 +1,9 @@
 // attention: causal GQA softmax attention over the KV cache, times the sigmoid output gate
 //   (Qwen3_5Attention: eager_attention_forward with scaling = D^-0.5 and softmax in f32, then o * sigmoid(gate)).
 //   out[t, h*D + d] = (Σ_{p ≤ pos+t} softmax_p(q[t,h]·K[g,p] * scale) V[g,p,d]) * sigmoid(gate[t,h,d])
-//   g = h / group (group = nq/nkv), pos = step.pos, gate[t,h,d] = proj[t*proj_stride + h*2*D + D + d]
+//   g = h / group (group = nq/nkv), gate[t,h,d] = proj[t*proj_stride + h*2*D + D + d]; pos + t = token_pos(t): step.pos + t for
+//   the tokens of one sequence, or (rows: continuous batching) positions[t], token t's own sequence, whose cache is row t of
+//   k_cache, v_cache [rows, nkv, capacity, D] (cache_keys0(t) = t * nkv * capacity; a SKIPPED_ROW row reads key 0)
 //   q: [T, nq, D] · k_cache, v_cache: [nkv, capacity, D] · out: [T, nq*D] (all act, read as vec4; math in f32)
 //   proj: [T, proj_stride] act · part: f32 scratch of the split stages (layout below)
 //   A row is (t, h), row = t*nq + h. Its keys [0, min(pos+t+1, capacity)) are cut into `splits` chunks of
@@ -50,7 +52,7 @@ fn kdot4(kbase: u32, c: u32, stride: u32) -> f32 {
 }
 
 // Keys of a row and the chunk length of its splits: shared by the partial and merge stages.
-fn row_keys(row: u32) -> u32 { return min(step.pos + row / params.nq + 1u, params.capacity); }
+fn row_keys(row: u32) -> u32 { return min(token_pos(row / params.nq) + 1u, params.capacity); }
 fn chunk_len(keys: u32) -> u32 {
   let per = max((keys + params.splits - 1u) / params.splits, params.min_chunk);
   return (per + KB - 1u) / KB * KB;
@@ -76,7 +78,7 @@ fn attend(row: u32, s: u32, li: u32) {
   var m = NEG;
   var l = 0.0;
   var acc: array<vec4<f32>, 4>;
-  let kv0 = (h / params.group) * params.capacity;
+  let kv0 = cache_keys0(t) + (h / params.group) * params.capacity;
   let key_of = li / LANES;
   let lane = li % LANES;
   for (var kb = k0; kb < k1; kb += KB) {

@@ -5,7 +5,9 @@
 //   k_g  = proj[t, k_offset + g*D ..)             y[i] = y[i]*cos + rot[i]*sin for i < R,  rot = cat(-y[R/2..R), y[0..R/2))
 //   v_g  = proj[t, v_offset + g*D ..)             (raw copy)
 //   proj: [T, proj_stride] act (per row: [q_0 | gate_0 | ... | q_{nq-1} | gate_{nq-1}], k at k_offset, v at v_offset)
-//   q_norm, k_norm: [D] f32 · rope: [capacity, R/2] vec2 (cos, sin) at position p = step.pos + t
+//   q_norm, k_norm: [D] f32 · rope: [capacity, R/2] vec2 (cos, sin) at position p = token_pos(t): step.pos + t for the
+//   tokens of one sequence, or (rows: continuous batching) positions[t], token t's own sequence, whose cache is row t of
+//   k_cache, v_cache [rows, nkv, capacity, D] (cache_keys0(t) = t * nkv * capacity; a SKIPPED_ROW row writes nothing)
 //   q: [T, nq, D] act · k_cache, v_cache: [nkv, capacity, D] act (position p of kv head g at (g*capacity + p)*D)
 //   grid: one workgroup per (t, head) with head in [0, nq + nkv): heads < nq are q heads, the rest k/v heads
 //         (flat_id over a 2-D grid, t outermost).
@@ -26,7 +28,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (id >= params.tokens * heads) { return; }
   let t = id / heads;
   let hh = id % heads;
-  let pos = step.pos + t;
+  let pos = token_pos(t);
   if (pos >= params.capacity) { return; }
   let D = params.head_dim;
   let is_q = hh < params.nq;
@@ -39,7 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let inv = inverseSqrt(workgroup_sum(ss, li) / f32(D) + params.eps);
 
   let half = params.rotary_dim / 2u;
-  let dst = select((g * params.capacity + pos) * D, (t * params.nq + hh) * D, is_q);
+  let dst = select((cache_keys0(t) + g * params.capacity + pos) * D, (t * params.nq + hh) * D, is_q);
   for (var d = li; d < D; d += WG) {
     var y = f32(proj[src + d]) * inv * (1.0 + norm_w(is_q, d));
     if (d < params.rotary_dim) {

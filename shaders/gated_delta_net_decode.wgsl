@@ -6,10 +6,13 @@
 //     beta = sigmoid(b);  g = -exp(A_log) * softplus(a + dt_bias)
 //     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q             (HF torch_recurrent_gated_delta_rule, T = 1)
 //     y = o * rsqrt(mean(o²) + eps) * norm_w * silu(z)                       (Qwen3_5RMSNormGated)
-//   proj: [P] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
-//   conv_w: [conv_dim, w_stride] f32 · conv_state: [K, conv_dim] act ring (conv1d_causal.wgsl) · step: pos
-//   a_log, dt_bias: [nv] f32 · state: [nv, DK, DV] f32, read and updated · norm_w: [DV] f32 · y: [nv, DV] act
-//   grid: nv workgroups (flat_id), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
+//   Each of `rows` rows is a sequence of its own (continuous batching): its token at positions[row], its projection,
+//   ring, state and output at row strides; a row at SKIPPED_ROW computes nothing and writes nothing.
+//   proj: [rows, proj_stride] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
+//   conv_w: [conv_dim, w_stride] f32 · conv_state: [rows, K, conv_dim] act rings (conv1d_causal.wgsl)
+//   a_log, dt_bias: [nv] f32 · state: [rows, nv, DK, DV] f32, read and updated · norm_w: [DV] f32
+//   y: [rows, y_stride] act (head h at h*DV) · positions: [rows] u32
+//   grid: rows * nv workgroups (flat_id, head innermost), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
 //   invocation (col = li % DV, ks = li / DV) keeps rows d = ks + KSPLIT*r (r < RPT) of state column col in
 //   registers. Every workgroup of key head j computes j's q and k itself (the same values); only the first
 //   (h % ratio == 0) writes their raw inputs to the ring, and each workgroup writes its own head's v channels.
@@ -19,15 +22,19 @@ const RPT: u32 = (DK + KSPLIT - 1u) / KSPLIT;
 var<workgroup> qk: array<f32, 2u * DK>;     // q then k of key head j, conv'd, then l2-normed
 var<workgroup> vv: array<f32, DV>;          // v of head h, conv'd
 var<workgroup> red: array<vec3<f32>, WG>;
+// The row's token position and the bases of its projection and ring.
+var<private> pos: u32;
+var<private> proj0: u32;
+var<private> ring0: u32;
 
 // Causal conv + SiLU of channel c for the current token (raw = its input now); also returns raw for the ring.
 fn conv_channel(c: u32) -> vec2<f32> {
-  let raw = f32(proj[c]);
+  let raw = f32(proj[proj0 + c]);
   var acc = conv_w[c * params.w_stride + params.k - 1u] * raw;
   for (var j = 0u; j + 1u < params.k; j++) {
     // Tap j reads position pos - (K-1) + j.
-    let slot = (step.pos + j + 1u) % params.k;
-    acc += conv_w[c * params.w_stride + j] * f32(conv_state[slot * params.conv_dim + c]);
+    let slot = (pos + j + 1u) % params.k;
+    acc += conv_w[c * params.w_stride + j] * f32(conv_state[ring0 + slot * params.conv_dim + c]);
   }
   return vec2<f32>(silu(acc), raw);
 }
@@ -48,13 +55,20 @@ fn workgroup_sum3(v: vec3<f32>, li: u32) -> vec3<f32> {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-  let h = flat_id(wg, nwg);
-  if (h >= params.nv) { return; }  // workgroup-uniform
+  let id = flat_id(wg, nwg);
+  if (id >= params.nv * params.rows) { return; }  // workgroup-uniform
+  let h = id % params.nv;
+  let row = id / params.nv;
+  let row_pos = positions[row];
+  if (row_pos == SKIPPED_ROW) { return; }  // workgroup-uniform (a private variable would not count as such)
+  pos = row_pos;
+  proj0 = row * params.proj_stride;
+  ring0 = row * params.k * params.conv_dim;
   let j = h / params.ratio;
   let col = li % DV;
   let ks = li / DV;
   let owner = h % params.ratio == 0u;
-  let slot_now = step.pos % params.k;
+  let slot_now = ring0 + (pos % params.k) * params.conv_dim;
 
   // q and k channels of key head j, then v of head h.
   var ss = vec3<f32>(0.0);
@@ -63,21 +77,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let r = conv_channel(c);
     qk[i] = r.x;
     if (i < DK) { ss.x += r.x * r.x; } else { ss.y += r.x * r.x; }
-    if (owner) { conv_state[slot_now * params.conv_dim + c] = act(r.y); }
+    if (owner) { conv_state[slot_now + c] = act(r.y); }
   }
   if (ks == 0u) {
     let c = 2u * params.nk * DK + h * DV + col;
     let r = conv_channel(c);
     vv[col] = r.x;
-    conv_state[slot_now * params.conv_dim + c] = act(r.y);
+    conv_state[slot_now + c] = act(r.y);
   }
   let norms = workgroup_sum3(ss, li);  // its barriers also publish qk and vv
   let fq = inverseSqrt(norms.x + 1e-6) * inverseSqrt(f32(DK));
   let fk = inverseSqrt(norms.y + 1e-6);
 
-  let beta = sigmoid(f32(proj[params.b_off + h]));
-  let decay = exp(-exp(a_log[h]) * softplus(f32(proj[params.a_off + h]) + dt_bias[h]));
-  let sbase = h * DK * DV + col;
+  let beta = sigmoid(f32(proj[proj0 + params.b_off + h]));
+  let decay = exp(-exp(a_log[h]) * softplus(f32(proj[proj0 + params.a_off + h]) + dt_bias[h]));
+  let sbase = (row * params.nv + h) * DK * DV + col;
   var s: array<f32, RPT>;
   var p = vec3<f32>(0.0);
   for (var r = 0u; r < RPT; r++) {
@@ -104,6 +118,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let sq = workgroup_sum3(vec3<f32>(select(0.0, o * o, ks == 0u), 0.0, 0.0), li).x;
   if (ks == 0u) {
     let inv = inverseSqrt(sq / f32(DV) + params.eps);
-    y[h * DV + col] = act(o * inv * norm_w[col] * silu(f32(proj[params.z_off + h * DV + col])));
+    y[row * params.y_stride + h * DV + col] = act(o * inv * norm_w[col] * silu(f32(proj[proj0 + params.z_off + h * DV + col])));
   }
 }

@@ -119,7 +119,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
     id = select(fi, atomicLoad(&last_id) - 1u, fi == NONE);
   }
   if (li == 0u) {
-    out[0] = id;
+    out[params.row] = id;
     result[0] = id;
     counts[id] = counts[id] + 1u;
     if (opts.greedy == 0u) { state[0] = rng_step + 1u; }

@@ -25,7 +25,7 @@ var<workgroup> lane_s: array<f32, SAMPLE_NC>;
 var<workgroup> lane_i: array<u32, SAMPLE_NC>;
 
 fn penalised(i: u32) -> f32 {
-  var l = logits[i];
+  var l = logits[params.row * params.row_stride + i];
   let s = seen[i];
   let c = (s & 0x7fffffffu) + counts[i];
   if ((s != 0u || c != 0u) && opts.repetition != 1.0) { l = select(l * opts.repetition, l / opts.repetition, l > 0.0); }

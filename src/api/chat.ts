@@ -4,13 +4,13 @@ import type { Tokenizer } from '../text/tokenizer.ts';
 import type { ToolDefinition } from '../text/chat_template.ts';
 import { type GenerationPlan, type TokenEvent, generateTokens } from '../runtime/generation.ts';
 import { TextStream } from './text_stream.ts';
-import type { Session } from '../runtime/session.ts';
+import type { TokenSequence } from '../runtime/sequence.ts';
 import type { GpuSampler } from '../runtime/sampler.ts';
 import type { ChatCompletion, ChatCompletionChunk, CompletionChunk, FinishReason, TokenLogprob, ToolCall, Usage } from './types.ts';
 import { InternalError } from '../errors.ts';
 
 export interface StreamContext {
-  session: Session;
+  session: TokenSequence;
   sampler: GpuSampler;
   tokenizer: Tokenizer;
   plan: GenerationPlan;

@@ -4,6 +4,8 @@ import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, loadModel } from '../model/load.ts';
 import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
+import { Batch } from '../runtime/batch.ts';
+import type { TokenSequence } from '../runtime/sequence.ts';
 import { stateBytes } from '../model/activations.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
@@ -45,6 +47,8 @@ export interface EngineOptions {
    * Every request is a sequence of its own; those past maxBatch wait for a free one.
    */
   maxBatch?: number;
+  /** Prompt tokens per forward call (default: what the adapter's binding limit allows, at most 512); with a batch, decode steps run between chunks. */
+  prefillChunk?: number;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -68,9 +72,20 @@ export interface RenderedPrompt {
   thinking: boolean;
 }
 
+/** A sequence to generate on, held until `release`: the Engine's one Session in turn, or a slot of its batch. */
+interface Lease {
+  sequence: TokenSequence;
+  sampler: GpuSampler;
+  release(): void;
+}
+
+/** A checked request, to be run on whichever sequence it gets. */
+type Generation<T> = (sequence: TokenSequence, sampler: GpuSampler) => AsyncGenerator<T>;
+
 /**
  * A loaded model behind the OpenAI-shaped API: `chat.completions.create` and `completions.create`, streamed or
- * not. One session serves requests one at a time, in the order they arrive.
+ * not. With maxBatch 1 one session serves requests one at a time, in the order they arrive; with more, up to
+ * maxBatch requests decode together (runtime/batch.ts) and the others wait for a slot in that order.
  */
 export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
@@ -99,8 +114,10 @@ export class Engine {
     readonly model: Model,
     /** Undefined for a checkpoint without tokenizer.json: token ids in and out (generateIds, score) still work. */
     readonly tokenizer: Tokenizer | undefined,
+    /** The session requests run on (with a batch: the one prompts are prefilled and scores computed in). */
     readonly session: Session,
     readonly name: string,
+    private readonly batch?: Batch,
   ) {
     this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   }
@@ -120,7 +137,12 @@ export class Engine {
       // A context the caller names is kept or refused (Session.create says why), never cut to fit.
       const contextLength = options.contextLength ?? Math.min(4096, model.config.maxPositions);
       const name = checkpoint.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
-      return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength }), name);
+      const maxBatch = options.maxBatch ?? 1;
+      if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
+      const prefillChunk = options.prefillChunk;
+      if (maxBatch === 1) return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength, prefillChunk }), name);
+      const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk });
+      return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
     } catch (error) {
       model.destroy();
       throw error;
@@ -164,14 +186,43 @@ export class Engine {
   /** Requests running and waiting, batch size and state memory, for a server's metrics. */
   gauges(): EngineGauges {
     const perSequence = stateBytes(this.model, this.session.capacity, this.ctx.activationBytes);
+    const b = this.batch;
+    const running = b ? b.running : this.running;
     return {
-      running: this.running,
-      waiting: this.waiting,
-      maxBatch: 1,
-      batchSize: this.running,
-      stateBytesUsed: this.running * perSequence,
-      stateBytesTotal: perSequence,
+      running,
+      waiting: b ? b.queued : this.waiting,
+      maxBatch: b ? b.slots.length : 1,
+      batchSize: b ? b.lastStepRows : this.running,
+      stateBytesUsed: running * perSequence,
+      stateBytesTotal: (b ? b.slots.length : 1) * perSequence,
     };
+  }
+
+  /** A sequence for one request: a slot of the batch, or the session when the requests before have left it. */
+  private lease(signal?: AbortSignal): Promise<Lease> {
+    const batch = this.batch;
+    if (batch) return batch.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => batch.release(slot) }));
+    return new Promise<Lease>((started, failed) => {
+      void this.exclusive(
+        () =>
+          new Promise<void>((release) => {
+            if (signal?.aborted) {
+              release();
+              failed(new AbortError('aborted'));
+            } else started({ sequence: this.session, sampler: this.sampler, release });
+          }),
+      );
+    });
+  }
+
+  /** Runs `body` on a leased sequence and gives it back however the body ends. */
+  private async leased<T>(signal: AbortSignal | undefined, body: (sequence: TokenSequence, sampler: GpuSampler) => Promise<T>): Promise<T> {
+    const lease = await this.lease(signal);
+    try {
+      return await body(lease.sequence, lease.sampler);
+    } finally {
+      lease.release();
+    }
   }
 
   private plan(request: SamplingRequest, promptIds: number[], thinking: boolean, reasoning?: Reasoning): GenerationPlan {
@@ -215,26 +266,29 @@ export class Engine {
     return stop;
   }
 
-  private chatStream(request: ChatCompletionRequest): AsyncGenerator<ChatCompletionChunk> {
+  private chatStream(request: ChatCompletionRequest): Generation<ChatCompletionChunk> {
     // Everything that can be wrong with the request is found here, before any GPU work.
     const prompt = this.renderPrompt(request.messages, { tools: request.tools, reasoning: request.reasoning });
     const plan = this.plan(request, prompt.ids, prompt.thinking, request.reasoning);
-    return chatChunks({
-      session: this.session,
-      sampler: this.sampler,
-      tokenizer: this.text,
-      plan,
-      stops: this.stops(request),
-      tools: request.tools ?? [],
-      withLogprobs: Boolean(request.logprobs),
-      id: newId('chatcmpl'),
-      model: this.name,
-    });
+    const stops = this.stops(request);
+    const [tokenizer, id] = [this.text, newId('chatcmpl')];
+    return (session, sampler) =>
+      chatChunks({
+        session,
+        sampler,
+        tokenizer,
+        plan,
+        stops,
+        tools: request.tools ?? [],
+        withLogprobs: Boolean(request.logprobs),
+        id,
+        model: this.name,
+      });
   }
 
   private async completeChat(request: ChatCompletionRequest): Promise<ChatCompletion> {
     const stream = this.chatStream(request);
-    return this.exclusive(() => collectChat(stream, Boolean(request.logprobs)));
+    return this.leased(request.signal, (session, sampler) => collectChat(stream(session, sampler), Boolean(request.logprobs)));
   }
 
   private async streamChat(request: ChatCompletionRequest): Promise<AsyncIterable<ChatCompletionChunk>> {
@@ -242,29 +296,27 @@ export class Engine {
   }
 
   /**
-   * Holds the session from the first `next()` (not from creation: a stream that is never iterated holds
-   * nothing) until the stream ends, fails, the consumer stops early (`return()`, e.g. `break` out of
-   * `for await`) or the request's signal aborts. An abort while the stream waits for its turn rejects that
-   * `next()` at once and gives the turn up; an abort between two `next()` calls frees the session at once
-   * (the next `next()` rejects with AbortError).
+   * Holds a sequence from the first `next()` (not from creation: a stream that is never iterated holds nothing)
+   * until the stream ends, fails, the consumer stops early (`return()`, e.g. `break` out of `for await`) or the
+   * request's signal aborts. An abort while the stream waits for its turn rejects that `next()` at once and gives
+   * the turn up; an abort between two `next()` calls frees the sequence at once (the next `next()` rejects with
+   * AbortError).
    */
-  private locked<T>(stream: AsyncGenerator<T>, signal?: AbortSignal): AsyncIterable<T> {
-    let release: (() => void) | undefined;
+  private locked<T>(generation: Generation<T>, signal?: AbortSignal): AsyncIterable<T> {
+    let lease: Lease | undefined;
+    let stream: AsyncGenerator<T> | undefined;
     let closed = false;
     let busy = false;
-    let turn: Promise<void> | undefined;
+    let turn: Promise<AsyncGenerator<T>> | undefined;
     const close = () => {
       if (closed) return;
       closed = true;
       signal?.removeEventListener('abort', onAbort);
-      // The generator runs its cleanup (steps submitted and never read) before the next request starts; a
-      // turn that has not come yet is passed on when it comes (the exclusive body below sees `closed`).
-      void stream
-        .return(undefined as never)
-        .catch(() => {})
-        .then(() => release?.());
+      // The generator runs its cleanup (steps submitted and never read) before the sequence is given back; a
+      // lease that has not come yet is given back when it comes (acquire below sees `closed`).
+      void (stream?.return(undefined as never) ?? Promise.resolve()).catch(() => {}).then(() => lease?.release());
     };
-    // Aborted between two next() calls: free the session now (a next() in flight sees the signal itself).
+    // Aborted between two next() calls: free the sequence now (a next() in flight sees the signal itself).
     const onAbort = () => {
       if (!busy) close();
     };
@@ -276,16 +328,14 @@ export class Engine {
     });
     aborted.catch(() => {});
     const acquire = () =>
-      (turn ??= new Promise<void>((started) => {
-        void this.exclusive(
-          () =>
-            new Promise<void>((done) => {
-              release = done;
-              if (closed)
-                done(); // given up while waiting: pass the turn on
-              else started();
-            }),
-        );
+      (turn ??= this.lease(signal).then((held) => {
+        if (closed) {
+          held.release();
+          throw new AbortError('aborted');
+        }
+        lease = held;
+        stream = generation(held.sequence, held.sampler);
+        return stream;
       }));
     return {
       [Symbol.asyncIterator]: () => ({
@@ -300,8 +350,7 @@ export class Engine {
           }
           busy = true;
           try {
-            await Promise.race([acquire(), aborted]);
-            const r = await stream.next();
+            const r = await (await Promise.race([acquire(), aborted])).next();
             if (r.done) close();
             return r;
           } catch (error) {
@@ -337,32 +386,27 @@ export class Engine {
     const sampling = request.sampling ?? { temperature: 0 };
     checkSampling(sampling, this.sampler.tokenizerSize);
     const stopIds = request.ignoreEos ? [] : this.model.eosTokenIds;
-    return this.exclusive(() => generateIds(this.session, this.sampler, { promptIds, maxTokens, sampling, stopIds, signal: request.signal }));
+    return this.leased(request.signal, (session, sampler) =>
+      generateIds(session, sampler, { promptIds, maxTokens, sampling, stopIds, signal: request.signal }),
+    );
   }
 
   /** Checks the request now; the returned generator does the work. */
-  private textStream(request: CompletionRequest): AsyncGenerator<CompletionChunk> {
+  private textStream(request: CompletionRequest): Generation<CompletionChunk> {
     if (typeof request.prompt !== 'string' || request.prompt.length === 0) throw new RequestError('must be a non-empty string', 'prompt');
     const plan = this.plan(request, this.text.encode(request.prompt), false);
-    return completionChunks({
-      session: this.session,
-      sampler: this.sampler,
-      tokenizer: this.text,
-      plan,
-      stops: this.stops(request),
-      withLogprobs: Boolean(request.logprobs),
-      id: newId('cmpl'),
-      model: this.name,
-    });
+    const stops = this.stops(request);
+    const [tokenizer, id] = [this.text, newId('cmpl')];
+    return (session, sampler) => completionChunks({ session, sampler, tokenizer, plan, stops, withLogprobs: Boolean(request.logprobs), id, model: this.name });
   }
 
   private async completeText(request: CompletionRequest): Promise<Completion> {
     const stream = this.textStream(request);
-    return this.exclusive(async () => {
+    return this.leased(request.signal, async (session, sampler) => {
       let text = '';
       const logprobs: TokenLogprob[] = [];
       let last: CompletionChunk | undefined;
-      for await (const ch of stream) {
+      for await (const ch of stream(session, sampler)) {
         text += ch.choices[0].text;
         logprobs.push(...(ch.choices[0].logprobs?.content ?? []));
         last = ch;
@@ -389,6 +433,7 @@ export class Engine {
   async score(ids: number[], onRows: (rows: Float32Array, first: number) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
     checkTokenIds(ids, 'ids', this.model.tokenizerSize);
     if (ids.length > this.session.capacity) throw new RequestError(`${ids.length} ids are more than the context of ${this.session.capacity}`, 'ids');
+    if (this.batch) return this.batch.withPrefillSession((session) => scoreIds(session, ids, onRows, signal));
     return this.exclusive(() => scoreIds(this.session, ids, onRows, signal));
   }
 
@@ -402,7 +447,8 @@ export class Engine {
 
   destroy(): void {
     this.sampler.destroy();
-    this.session.destroy();
+    if (this.batch) this.batch.destroy();
+    else this.session.destroy();
     this.model.destroy();
   }
 }

@@ -2,11 +2,13 @@ import type { Engine } from '../api/engine.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/model.ts';
-import { type PendingToken, Session } from '../runtime/session.ts';
+import { Session } from '../runtime/session.ts';
+import type { PendingToken } from '../runtime/sequence.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticModel } from '../bench/synthetic.ts';
 import { type Args, UsageError, dtypeFlag, intFlag, stringFlag } from './args.ts';
+import { benchStreams } from './bench_streams.ts';
 import type { CliHost } from './host.ts';
 
 /**
@@ -25,7 +27,8 @@ export async function runBench(
   const modelPath = stringFlag(args, 'model');
   const synthetic = stringFlag(args, 'synthetic');
   if (!modelPath === !synthetic) throw new UsageError('bench takes --model <dir> or --synthetic <name>');
-  const promptTokens = intFlag(args, 'prompt-tokens', 128);
+  const streams = streamCounts(args);
+  const promptTokens = intFlag(args, 'prompt-tokens', streams ? 16 : 128);
   const decodeTokens = intFlag(args, 'decode-tokens', 32);
   const contextLength = promptTokens + decodeTokens + 1;
   const t0 = performance.now();
@@ -45,6 +48,14 @@ export async function runBench(
     release = () => engine.destroy();
   }
   const loadMs = performance.now() - t0;
+  if (streams) {
+    try {
+      await printStreams(host, args, ctx, model, { counts: streams, promptTokens, decodeTokens });
+    } finally {
+      release();
+    }
+    return;
+  }
   let seed = 12345;
   const prompt = Array.from({ length: promptTokens }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % model.tokenizerSize);
 
@@ -109,6 +120,32 @@ ${expertLine(session)}`,
   );
   sampler.destroy();
   release();
+}
+
+/** --streams 1,4,16: concurrent stream counts, each a positive integer. */
+function streamCounts(args: Args): number[] | undefined {
+  const text = stringFlag(args, 'streams');
+  if (text === undefined) return undefined;
+  const counts = text.split(',').map((s) => Number(s.trim()));
+  if (counts.length === 0 || counts.some((n) => !Number.isInteger(n) || n < 1 || n > 256))
+    throw new UsageError(`--streams must be comma-separated stream counts from 1 to 256, got "${text}"`);
+  return counts;
+}
+
+/** Aggregate decode tokens/s of concurrent streams (continuous batching), with the speedup over one stream. */
+async function printStreams(host: CliHost, args: Args, ctx: GpuContext, model: Model, o: { counts: number[]; promptTokens: number; decodeTokens: number }) {
+  const figures = await benchStreams(ctx, model, o);
+  const head = { model: model.location, layers: model.config.numLayers, adapter: ctx.adapter.name, backend: ctx.adapter.backend, ...o };
+  if (args.flags.has('json')) {
+    host.stdout(`${JSON.stringify({ ...head, streams: figures })}\n`);
+    return;
+  }
+  host.stdout(`${head.model} (${head.layers} layers) on ${head.adapter} [${head.backend}]: decode with concurrent streams (${o.decodeTokens} tokens each)\n`);
+  for (const f of figures) {
+    host.stdout(
+      `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream)\n`,
+    );
+  }
 }
 
 /** Expert streaming figures of the timed run (none when every expert is resident). */

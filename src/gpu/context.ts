@@ -37,6 +37,8 @@ export interface Pipeline {
 }
 
 export type BufferRange = { buffer: GPUBuffer; offset?: number; size?: number };
+/** A range to read back: `size` bytes from `offset`. */
+export type ReadRange = BufferRange & { size: number };
 /** What a binding is given: a buffer, a range of one, or (for uniforms) the param values themselves. */
 export type Resource = GPUBuffer | BufferRange | Record<string, number>;
 
@@ -457,17 +459,24 @@ export class GpuContext {
    * is requested only at `bytes()`, since Deno's mapAsync blocks the thread until the GPU is done.
    */
   submit(dispatches: readonly Dispatch[], label: string): void;
-  submit(dispatches: readonly Dispatch[], label: string, readback: BufferRange & { size: number }): Readback;
-  submit(dispatches: readonly Dispatch[], label: string, readback?: BufferRange & { size: number }): Readback | undefined {
+  submit(dispatches: readonly Dispatch[], label: string, readback: ReadRange | readonly ReadRange[]): Readback;
+  submit(dispatches: readonly Dispatch[], label: string, readback?: ReadRange | readonly ReadRange[]): Readback | undefined {
     const encoder = this.device.createCommandEncoder({ label });
     if (dispatches.length > 0) {
       const pass = encoder.beginComputePass({ label });
       this.encode(pass, dispatches);
       pass.end();
     }
-    const staged = readback && this.stage(encoder, readback.buffer, readback.offset ?? 0, readback.size);
+    const staged = readback && this.stage(encoder, Array.isArray(readback) ? readback : [readback as ReadRange]);
     this.device.queue.submit([encoder.finish()]);
     return staged;
+  }
+
+  /** Copies between buffers, in one submission (queue order: after what was submitted before). */
+  copy(copies: readonly { from: GPUBuffer; fromOffset?: number; to: GPUBuffer; toOffset?: number; size: number }[], label = 'copy'): void {
+    const encoder = this.device.createCommandEncoder({ label });
+    for (const c of copies) encoder.copyBufferToBuffer(c.from, c.fromOffset ?? 0, c.to, c.toOffset ?? 0, c.size);
+    this.device.queue.submit([encoder.finish()]);
   }
 
   /** Copies a range of a GPU buffer back to the CPU. */
@@ -475,14 +484,23 @@ export class GpuContext {
     return this.submit([], 'readback', { buffer, offset, size }).bytes();
   }
 
-  /** Encodes a copy of the range into a free staging buffer (see submit). */
-  private stage(encoder: GPUCommandEncoder, buffer: GPUBuffer, offset: number, size: number): Readback {
+  /**
+   * Encodes copies of the ranges, one after another (each from a multiple of 4 bytes), into a free staging buffer
+   * (see submit); the bytes come back in that order, each range padded to a multiple of 4.
+   */
+  private stage(encoder: GPUCommandEncoder, ranges: readonly ReadRange[]): Readback {
     this.throwIfFailed();
-    const bytes = Math.ceil(size / 4) * 4;
+    const padded = ranges.map((r) => Math.ceil(r.size / 4) * 4);
+    const bytes = padded.reduce((a, b) => a + b, 0);
+    const size = ranges.length === 1 ? ranges[0].size : bytes;
     const index = this.staging.findIndex((b) => b.size >= bytes);
     const staging =
       index >= 0 ? this.staging.splice(index, 1)[0] : this.createBuffer('readback', Math.max(bytes, 256), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    encoder.copyBufferToBuffer(buffer, offset, staging, 0, bytes);
+    let at = 0;
+    ranges.forEach((r, i) => {
+      encoder.copyBufferToBuffer(r.buffer, r.offset ?? 0, staging, at, padded[i]);
+      at += padded[i];
+    });
     let result: Promise<ArrayBuffer> | undefined;
     let released = false;
     const release = () => {

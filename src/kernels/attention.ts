@@ -4,12 +4,15 @@ import { defineKernel } from './define.ts';
 import { checkAttentionShape } from './attention_prepare.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
+import { type TokenPositions, tokenPositionsWgsl } from './rows.ts';
 
 /** Which pass of the kernel: the whole attention for each (token, head), or the split-keys partials and their merge. */
 export type AttentionStage = 'single' | 'partial' | 'merge';
 export interface AttentionVariant {
   headDim: number;
   stage: AttentionStage;
+  /** Each token a sequence of its own (positions), or consecutive tokens of one (step). */
+  rows: boolean;
 }
 
 const STAGES: Record<AttentionStage, number> = { single: 0, partial: 1, merge: 2 };
@@ -25,12 +28,12 @@ const MAX_HEAD_DIM = 4 * 4 * WG;
  */
 export const attentionKernel = defineKernel<AttentionVariant>({
   name: 'attention',
-  bindings: () => [
+  bindings: (v) => [
     read('q', 'vec4<act>'),
     read('k_cache', 'vec4<act>'),
     read('v_cache', 'vec4<act>'),
     read('proj', 'act'),
-    uniform('step', StepParams),
+    v.rows ? read('positions', 'u32') : uniform('step', StepParams),
     write('out', 'vec4<act>'),
     write('part', 'vec4<f32>'),
     uniform('params', {
@@ -44,10 +47,13 @@ export const attentionKernel = defineKernel<AttentionVariant>({
       scale: 'f32',
     }),
   ],
+  helpers: (v) => tokenPositionsWgsl(v.rows, '(params.nq / params.group)', true),
   overrides: (v) => ({ WG, KB, HD: v.headDim, STAGE: STAGES[v.stage], NACC: Math.ceil(v.headDim / 4 / WG) }),
 });
 
-export interface AttentionArgs {
+export type AttentionArgs = AttentionTensors & TokenPositions;
+
+interface AttentionTensors {
   /** [tokens, nq, headDim] activations (normed and rotated by attentionPrepare). */
   q: GPUBuffer;
   /** The projection rows attentionPrepare read; the gate of head h is at h*2*headDim + headDim. */
@@ -57,12 +63,10 @@ export interface AttentionArgs {
   nq: number;
   nkv: number;
   headDim: number;
-  /** [nkv, capacity, headDim] activations each. */
+  /** [nkv, capacity, headDim] activations each ([tokens, nkv, capacity, headDim] with positions). */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   capacity: number;
-  /** StepParams uniform: position of token 0; token t attends keys 0..pos+t. */
-  step: GPUBuffer;
   /** [tokens, nq*headDim] activations. */
   out: GPUBuffer;
   /** Key splits per (token, head); default: enough workgroups to fill a GPU when tokens*nq is small. */
@@ -111,7 +115,7 @@ export function attentionScratchBytes(s: { maxTokens: number; nq: number; capaci
 const check = checks('attention');
 
 /**
- * out[t, h*D + d] = softmax over p ≤ pos+t of (q[t,h]·K[g,p] / √D) applied to V[g,p,d], times sigmoid(gate[t,h,d]),
+ * out[t, h*D + d] = softmax over p ≤ pos+t (with positions: p ≤ positions[t], in token t's cache) of (q[t,h]·K[g,p] / √D) applied to V[g,p,d], times sigmoid(gate[t,h,d]),
  * g = h / (nq/nkv). One dispatch, or two (partials over key splits, then their merge).
  */
 export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Dispatch[]> {
@@ -139,12 +143,14 @@ export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Disp
     min_chunk: minSplitKeys,
     scale: 1 / Math.sqrt(D),
   };
-  const resources = { q: a.q, k_cache: a.kCache, v_cache: a.vCache, proj: a.proj, step: a.step, out: a.out, part, params };
+  const positions: Record<string, GPUBuffer> = a.positions ? { positions: a.positions } : { step: a.step! };
+  const resources = { q: a.q, k_cache: a.kCache, v_cache: a.vCache, proj: a.proj, ...positions, out: a.out, part, params };
+  const variant = (stage: AttentionStage): AttentionVariant => ({ headDim: D, stage, rows: Boolean(a.positions) });
   if (splits === 1) {
-    return [await ctx.dispatch(attentionKernel, { headDim: D, stage: 'single' }, resources, grid(rows, ctx.caps))];
+    return [await ctx.dispatch(attentionKernel, variant('single'), resources, grid(rows, ctx.caps))];
   }
   return Promise.all([
-    ctx.dispatch(attentionKernel, { headDim: D, stage: 'partial' }, resources, grid(rows * splits, ctx.caps)),
-    ctx.dispatch(attentionKernel, { headDim: D, stage: 'merge' }, resources, grid(rows, ctx.caps)),
+    ctx.dispatch(attentionKernel, variant('partial'), resources, grid(rows * splits, ctx.caps)),
+    ctx.dispatch(attentionKernel, variant('merge'), resources, grid(rows, ctx.caps)),
   ]);
 }

@@ -4,19 +4,20 @@ import { defineKernel } from './define.ts';
 import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
 import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
+import { type TokenPositions, tokenPositionsWgsl } from './rows.ts';
 
 /**
  * Gated attention, first half: q/k RMSNorm1p over head_dim, partial RoPE (rotate-half), q out, K/V cache write.
  * Grid: one workgroup per (token, head) over nq query heads then nkv key/value heads.
  */
-export const attentionPrepareKernel = defineKernel({
+export const attentionPrepareKernel = defineKernel<{ rows: boolean }>({
   name: 'attention_prepare',
-  bindings: () => [
+  bindings: (v) => [
     read('proj', 'act'),
     read('q_norm'),
     read('k_norm'),
     read('rope', 'vec2<f32>'),
-    uniform('step', StepParams),
+    v.rows ? read('positions', 'u32') : uniform('step', StepParams),
     write('q', 'act'),
     write('k_cache', 'act'),
     write('v_cache', 'act'),
@@ -33,11 +34,13 @@ export const attentionPrepareKernel = defineKernel({
       eps: 'f32',
     }),
   ],
-  helpers: () => WORKGROUP_SUM,
+  helpers: (v) => `${WORKGROUP_SUM}\n${tokenPositionsWgsl(v.rows, 'params.nkv', false)}`,
   overrides: () => ({ WG: 64 }),
 });
 
-export interface AttentionPrepareArgs {
+export type AttentionPrepareArgs = AttentionPrepareTensors & TokenPositions;
+
+interface AttentionPrepareTensors {
   /** [tokens, projStride] activations: per row [q_0 | gate_0 | … | q_{nq-1} | gate_{nq-1}], k at kOffset, v at vOffset. */
   proj: GPUBuffer;
   projStride: number;
@@ -54,11 +57,9 @@ export interface AttentionPrepareArgs {
   eps: number;
   /** ropeTable(capacity' ≥ capacity, rotaryDim, θ). */
   rope: GPUBuffer;
-  /** StepParams uniform: position of token 0. */
-  step: GPUBuffer;
   /** [tokens, nq, headDim] activations out. */
   q: GPUBuffer;
-  /** [nkv, capacity, headDim] activations each. */
+  /** [nkv, capacity, headDim] activations each ([tokens, nkv, capacity, headDim] with positions). */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   capacity: number;
@@ -75,6 +76,8 @@ export interface AttentionShape {
   q: GPUBuffer;
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** Rows of sequences of their own (a positions buffer), each with its own cache; else one sequence. */
+  positions?: GPUBuffer;
 }
 
 /** The checks both attention kernels make of that layout (activations of `actBytes`); errors name `check`'s op. */
@@ -82,17 +85,20 @@ export function checkAttentionShape(check: Checks, a: AttentionShape, actBytes: 
   const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
   check.counts({ tokens, nq, nkv, headDim: D, projStride, capacity });
   if (nq % nkv !== 0) check.fail(`nq ${nq} is not a multiple of nkv ${nkv}`);
-  if (tokens > capacity) check.fail(`${tokens} tokens do not fit a cache of capacity ${capacity}`);
+  const caches = a.positions ? tokens : 1;
+  if (!a.positions && tokens > capacity) check.fail(`${tokens} tokens do not fit a cache of capacity ${capacity}`);
   check.fits('q', a.q, tokens * nq * D, actBytes);
-  check.fits('kCache', a.kCache, nkv * capacity * D, actBytes);
-  check.fits('vCache', a.vCache, nkv * capacity * D, actBytes);
+  check.fits('kCache', a.kCache, caches * nkv * capacity * D, actBytes);
+  check.fits('vCache', a.vCache, caches * nkv * capacity * D, actBytes);
+  if (a.positions) check.fits('positions', a.positions, tokens);
 }
 
 const check = checks('attentionPrepare');
 
 /**
  * q[t, h] = rope(RMSNorm1p(q_h)), K cache[g, pos + t] = rope(RMSNorm1p(k_g)), V cache[g, pos + t] = v_g, with
- * pos read from `step` on the GPU. Tokens at positions ≥ capacity are dropped (the caller must not get there).
+ * pos read from `step` on the GPU (or each row's from `positions`, into its own cache). Tokens at positions ≥
+ * capacity are dropped (the caller must not get there; a skipped row is one).
  */
 export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Promise<Dispatch> {
   checkAttentionShape(check, a, ctx.activationBytes);
@@ -111,13 +117,13 @@ export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Prom
   check.fits('rope', a.rope, capacity * R);
   return ctx.dispatch(
     attentionPrepareKernel,
-    undefined,
+    { rows: Boolean(a.positions) },
     {
       proj: a.proj,
       q_norm: a.qNorm,
       k_norm: a.kNorm,
       rope: a.rope,
-      step: a.step,
+      ...(a.positions ? { positions: a.positions } : { step: a.step! }),
       q: a.q,
       k_cache: a.kCache,
       v_cache: a.vCache,

@@ -1,4 +1,5 @@
-import { StepParams, read, uniform, write } from '../gpu/kernel.ts';
+import { read, uniform, write } from '../gpu/kernel.ts';
+import { SKIPPED_ROW_WGSL } from './rows.ts';
 import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { checks } from './checks.ts';
@@ -21,10 +22,13 @@ const Params = {
   z_off: 'u32',
   b_off: 'u32',
   a_off: 'u32',
+  rows: 'u32',
+  proj_stride: 'u32',
+  y_stride: 'u32',
   eps: 'f32',
 } as const;
 
-/** One decode token of a DeltaNet layer, in-projection to gated norm (see the shader). Grid: one workgroup per value head. */
+/** One decode token per row of a DeltaNet layer, in-projection to gated norm (see the shader). Grid: one workgroup per row and value head. */
 export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant>({
   name: 'gated_delta_net_decode',
   bindings: () => [
@@ -37,9 +41,10 @@ export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant
     read('norm_w'),
     write('y', 'act'),
     uniform('params', Params),
-    uniform('step', StepParams),
+    read('positions', 'u32'),
   ],
-  helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;`,
+  helpers: (v) =>
+    `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;\n${SKIPPED_ROW_WGSL}`,
 });
 
 export interface GatedDeltaNetDecodeArgs {
@@ -47,27 +52,31 @@ export interface GatedDeltaNetDecodeArgs {
   nv: number;
   dk: number;
   dv: number;
-  /** The fused in-projection of one token: qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
+  /** Rows, each the next token of a sequence of its own (default 1). */
+  rows?: number;
+  /** [rows] u32: each row's position, or SKIPPED_ROW. */
+  positions: GPUBuffer;
+  /** The fused in-projection per row (row r at r·projStride): qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
   proj: GPUBuffer;
+  projStride?: number;
   zOffset: number;
   bOffset: number;
   aOffset: number;
-  /** [conv_dim, wStride] f32 conv taps; [K, conv_dim] activation ring of raw inputs (conv1d_causal). */
+  /** [conv_dim, wStride] f32 conv taps; [rows, K, conv_dim] activation rings of raw inputs (conv1d_causal). */
   convW: GPUBuffer;
   wStride: number;
   kernelSize: number;
   convState: GPUBuffer;
-  /** StepParams uniform: the token's position. */
-  step: GPUBuffer;
   aLog: GPUBuffer;
   dtBias: GPUBuffer;
-  /** [nv, dk, dv] f32, read and updated. */
+  /** [rows, nv, dk, dv] f32, read and updated. */
   state: GPUBuffer;
   /** [dv] f32 weight of the gated RMS norm. */
   normW: GPUBuffer;
   eps: number;
-  /** [nv, dv] activations. */
+  /** [rows, yStride] activations (default yStride nv·dv). */
   y: GPUBuffer;
+  yStride?: number;
 }
 
 const check = checks('gated_delta_net_decode');
@@ -80,7 +89,8 @@ const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 
  */
 export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs): Promise<Dispatch> {
   const { nk, nv, dk, dv, kernelSize: K } = a;
-  check.counts({ nk, nv, dk, dv });
+  const rows = a.rows ?? 1;
+  check.counts({ nk, nv, dk, dv, rows });
   if (nv % nk !== 0) check.fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
   if (dk > 256) check.fail(`dk = ${dk} is more than 256`);
   if (!isPow2(dv) || dv > 256) check.fail(`dv = ${dv} must be a power of two of at most 256`);
@@ -91,17 +101,33 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   if (!Number.isInteger(a.wStride) || a.wStride < K) check.fail(`wStride = ${a.wStride} is less than kernelSize = ${K}`);
   if (!(a.eps > 0) || !Number.isFinite(a.eps)) check.fail(`eps = ${a.eps} must be a positive number`);
   check.counts({ zOffset: a.zOffset, bOffset: a.bOffset, aOffset: a.aOffset }, 0);
-  check.distinct({ proj: a.proj, convW: a.convW, convState: a.convState, aLog: a.aLog, dtBias: a.dtBias, state: a.state, normW: a.normW, y: a.y });
+  check.distinct({
+    proj: a.proj,
+    convW: a.convW,
+    convState: a.convState,
+    aLog: a.aLog,
+    dtBias: a.dtBias,
+    state: a.state,
+    normW: a.normW,
+    y: a.y,
+    positions: a.positions,
+  });
   const convDim = 2 * nk * dk + nv * dv;
+  const projRow = Math.max(convDim, a.zOffset + nv * dv, a.bOffset + nv, a.aOffset + nv);
+  const projStride = a.projStride ?? projRow;
+  const yStride = a.yStride ?? nv * dv;
+  if (rows > 1 && projStride < projRow) check.fail(`projStride = ${projStride} is less than a row's ${projRow} columns`);
+  if (rows > 1 && yStride < nv * dv) check.fail(`yStride = ${yStride} is less than a row's ${nv * dv} outputs`);
   const ab = ctx.activationBytes;
-  check.fits('proj', a.proj, Math.max(convDim, a.zOffset + nv * dv, a.bOffset + nv, a.aOffset + nv), ab);
+  check.fits('proj', a.proj, (rows - 1) * projStride + projRow, ab);
   check.fits('convW', a.convW, (convDim - 1) * a.wStride + K);
-  check.fits('convState', a.convState, K * convDim, ab);
+  check.fits('convState', a.convState, rows * K * convDim, ab);
   check.fits('aLog', a.aLog, nv);
   check.fits('dtBias', a.dtBias, nv);
-  check.fits('state', a.state, nv * dk * dv);
+  check.fits('state', a.state, rows * nv * dk * dv);
   check.fits('normW', a.normW, dv);
-  check.fits('y', a.y, nv * dv, ab);
+  check.fits('y', a.y, (rows - 1) * yStride + nv * dv, ab);
+  check.fits('positions', a.positions, rows);
   const params = {
     nk,
     nv,
@@ -112,6 +138,9 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     z_off: a.zOffset,
     b_off: a.bOffset,
     a_off: a.aOffset,
+    rows,
+    proj_stride: projStride,
+    y_stride: yStride,
     eps: a.eps,
   };
   const resources = {
@@ -124,7 +153,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     norm_w: a.normW,
     y: a.y,
     params,
-    step: a.step,
+    positions: a.positions,
   };
-  return ctx.dispatch(gatedDeltaNetDecodeKernel, { dk, dv, ksplit }, resources, grid(nv, ctx.caps));
+  return ctx.dispatch(gatedDeltaNetDecodeKernel, { dk, dv, ksplit }, resources, grid(rows * nv, ctx.caps));
 }

@@ -49,7 +49,8 @@ export const SampleOptions = {
 } as const;
 export type SampleOptionValues = ParamValues<typeof SampleOptions>;
 
-const SampleParams = { n: 'u32', blocks: 'u32' } as const;
+/** `row`: the logits row read (prepare: logits[row * n_logits ..]) and the element of `out` written (pick). */
+const SampleParams = { n: 'u32', blocks: 'u32', row: 'u32', row_stride: 'u32' } as const;
 const SearchParams = { n: 'u32', blocks: 'u32', level: 'u32' } as const;
 
 /** Shared by every pass: constants from this file (one source of truth for the block size) and the key, RNG and stats helpers. */
@@ -221,19 +222,31 @@ export function writeSampleOptions(ctx: GpuContext, scratch: SampleScratch, valu
   ctx.write(scratch.opts, 0, packParams(SampleOptions, values));
 }
 
-function checkLogits(scratch: SampleScratch, logits: GPUBuffer): void {
-  if (logits.size < scratch.n * 4) fail(`logits (${logits.label}) holds ${logits.size} bytes, needs ${scratch.n * 4}`);
+function checkLogits(scratch: SampleScratch, logits: GPUBuffer, row: number): void {
+  if (!Number.isInteger(row) || row < 0) fail(`row = ${row} must be a non-negative integer`);
+  const bytes = (row * scratch.vocab + scratch.n) * 4;
+  if (logits.size < bytes) fail(`logits (${logits.label}) holds ${logits.size} bytes, needs ${bytes} for row ${row}`);
   if (scratch.buffers.includes(logits)) fail('logits must not be a scratch buffer');
 }
 
 /** Pass 1: z = penalised logits / T into scratch.z, block stats, and block top-n when logprobs are asked for. */
-export function samplePrepare(ctx: GpuContext, a: { logits: GPUBuffer; scratch: SampleScratch }): Promise<Dispatch> {
+export function samplePrepare(ctx: GpuContext, a: { logits: GPUBuffer; scratch: SampleScratch; row?: number }): Promise<Dispatch> {
   const s = a.scratch;
-  checkLogits(s, a.logits);
+  const row = a.row ?? 0;
+  checkLogits(s, a.logits, row);
   return ctx.dispatch(
     samplePrepareKernel,
     undefined,
-    { logits: a.logits, seen: s.seen, counts: s.counts, z: s.z, stats: s.stats, cand: s.cand, opts: s.opts, params: { n: s.n, blocks: s.blocks } },
+    {
+      logits: a.logits,
+      seen: s.seen,
+      counts: s.counts,
+      z: s.z,
+      stats: s.stats,
+      cand: s.cand,
+      opts: s.opts,
+      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab },
+    },
     grid(s.blocks, ctx.caps),
   );
 }
@@ -252,10 +265,11 @@ export function sampleSearch(ctx: GpuContext, a: { scratch: SampleScratch; level
   );
 }
 
-/** Last pass: the token into out[0] and scratch.result; counts it and advances the RNG step. */
-export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GPUBuffer }): Promise<Dispatch> {
+/** Last pass: the token into out[row] and scratch.result; counts it and advances the RNG step. */
+export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GPUBuffer; row?: number }): Promise<Dispatch> {
   const s = a.scratch;
-  if (a.out.size < 4) fail(`out (${a.out.label}) holds ${a.out.size} bytes, needs 4`);
+  const row = a.row ?? 0;
+  if (a.out.size < (row + 1) * 4) fail(`out (${a.out.label}) holds ${a.out.size} bytes, needs ${(row + 1) * 4} for row ${row}`);
   if (s.buffers.includes(a.out)) fail('out must not be a scratch buffer');
   return ctx.dispatch(
     samplePickKernel,
@@ -270,7 +284,7 @@ export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GP
       out: a.out,
       result: s.result,
       opts: s.opts,
-      params: { n: s.n, blocks: s.blocks },
+      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab },
     },
     [1],
   );
@@ -289,12 +303,17 @@ export function sampleLevels(o: SampleOptionValues): number[] {
 
 /**
  * Every pass of one sampling step, in order (encode them in one compute pass, e.g. after the step's forward):
- * prepare, the given search levels (sampleLevels of the options written to scratch.opts), pick.
+ * prepare, the given search levels (sampleLevels of the options written to scratch.opts), pick. From logits row
+ * `logitsRow` ([rows, vocab]) into out[outRow] (default 0 both: a batch's sequences have rows of their own).
  */
 export async function sample(
   ctx: GpuContext,
-  a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[] },
+  a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[]; logitsRow?: number; outRow?: number },
 ): Promise<Dispatch[]> {
   if (a.levels.some((l, i) => i > 0 && l <= a.levels[i - 1])) fail(`levels ${a.levels.join(',')} must rise`);
-  return Promise.all([samplePrepare(ctx, a), ...a.levels.map((level) => sampleSearch(ctx, { scratch: a.scratch, level })), samplePick(ctx, a)]);
+  return Promise.all([
+    samplePrepare(ctx, { ...a, row: a.logitsRow }),
+    ...a.levels.map((level) => sampleSearch(ctx, { scratch: a.scratch, level })),
+    samplePick(ctx, { ...a, row: a.outRow }),
+  ]);
 }

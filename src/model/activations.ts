@@ -51,8 +51,10 @@ export interface Activations {
   maxTokens: number;
   capacity: number;
   ids: GPUBuffer;
-  /** The sampled token that the next decode step embeds (written on the GPU by the sampler). */
+  /** [S] u32: the sampled tokens that the next decode step embeds, one per row (written on the GPU by the sampler). */
   token: GPUBuffer;
+  /** [S] u32: each decode row's position (layers.ts: a row is a sequence of its own), or SKIPPED_ROW. */
+  positions: GPUBuffer;
   /** [S, H] f32: the residual stream. */
   h: GPUBuffer;
   /** [S, H] f32: h RMS-normed by a dispatch of its own (prefill; decode folds the norm into the matvec). */
@@ -67,7 +69,7 @@ export interface Activations {
   gatedNorm: GPUBuffer;
   /** [S, I] act: the SwiGLU of a dense MLP or of the shared expert (the down projection's input). */
   swiglu: GPUBuffer;
-  /** [V] f32: one row of logits. */
+  /** [logitRows, V] f32: a row of logits per sequence. */
   logits: GPUBuffer;
   step: GPUBuffer;
   rope: GPUBuffer;
@@ -109,7 +111,8 @@ export function prefillChunk(ctx: GpuContext, model: Model, wanted = 512): numbe
   return Math.max(1, Math.min(wanted, Math.floor(ctx.caps.maxStorageBindingBytes / widest)));
 }
 
-export function createActivations(ctx: GpuContext, model: Model, maxTokens: number, capacity: number): Activations {
+/** Working buffers for forward calls of up to `maxTokens` tokens (or decode rows), with `logitRows` rows of logits. */
+export function createActivations(ctx: GpuContext, model: Model, maxTokens: number, capacity: number, logitRows = 1): Activations {
   const c = model.config;
   const d = dims(c);
   const S = maxTokens;
@@ -162,7 +165,8 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     maxTokens: S,
     capacity,
     ids: storage('ids', S),
-    token: storage('token', 4),
+    token: storage('token', S),
+    positions: storage('positions', S),
     h: storage('h', S * c.hiddenSize),
     x: storage('x', S * c.hiddenSize),
     mixerProj: act('mixer projection', S * f.proj),
@@ -170,7 +174,7 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     coreOutput: act('core output', S * f.core),
     gatedNorm: act('gated norm', S * d.valueDim),
     swiglu: act('swiglu', S * f.act),
-    logits: storage('logits', c.vocabSize),
+    logits: storage('logits', logitRows * c.vocabSize),
     actBuffers,
     step,
     rope,
@@ -198,23 +202,34 @@ export function stateBytes(model: Model, capacity: number, activationBytes = 4):
   );
 }
 
-export function createLayerStates(ctx: GpuContext, model: Model, capacity: number): LayerState[] {
+/**
+ * The layers' states for `sequences` sequences of `capacity` tokens each, sequence after sequence in each buffer
+ * (decode row r uses sequence r's: kernels/rows.ts).
+ */
+export function createLayerStates(ctx: GpuContext, model: Model, capacity: number, sequences = 1): LayerState[] {
   const c = model.config;
   const d = dims(c);
   const ab = ctx.activationBytes;
-  const kvBytes = c.numKvHeads * capacity * c.headDim * ab;
+  const kvBytes = sequences * c.numKvHeads * capacity * c.headDim * ab;
   if (kvBytes > ctx.caps.maxStorageBindingBytes) {
-    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (c.numKvHeads * c.headDim * ab));
+    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (sequences * c.numKvHeads * c.headDim * ab));
+    const what = sequences > 1 ? `${sequences} sequences of ${capacity} tokens need` : `a context of ${capacity} tokens needs`;
     throw new SessionError(
-      `a context of ${capacity} tokens needs ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens)`,
+      `${what} ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens${sequences > 1 ? ' each' : ''})`,
+    );
+  }
+  const recurrentBytes = sequences * c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
+  if (recurrentBytes > ctx.caps.maxStorageBindingBytes) {
+    throw new SessionError(
+      `${sequences} sequences need ${recurrentBytes} bytes of DeltaNet state per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes}`,
     );
   }
   return c.layerTypes.map((t, i) =>
     t === 'full_attention'
       ? { keys: ctx.storage(`layer ${i} keys`, kvBytes), values: ctx.storage(`layer ${i} values`, kvBytes) }
       : {
-          conv: ctx.storage(`layer ${i} conv state`, c.convKernel * d.convDim * ab),
-          recurrent: ctx.storage(`layer ${i} recurrent state`, c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4),
+          conv: ctx.storage(`layer ${i} conv state`, sequences * c.convKernel * d.convDim * ab),
+          recurrent: ctx.storage(`layer ${i} recurrent state`, recurrentBytes),
         },
   );
 }

@@ -28,13 +28,22 @@ import { ContractError } from '../errors.ts';
  *   for each layer: h += mixer(norm(h))   mixer = Gated DeltaNet (3 of 4 layers) or gated attention
  *                   h += mlp(norm(h))     mlp = SwiGLU (dense) or routed experts + shared expert (MoE)
  *   x = norm(h)
- * One call processes `tokens` consecutive tokens starting at the position in the step uniform; with one
- * token the matrix-vector and recurrent kernels run, with more the tiled and chunked ones.
+ * A prefill call ('ids') processes `tokens` consecutive tokens of one sequence from the position in the step
+ * uniform, with the tiled and chunked kernels. A decode call ('token') processes `tokens` rows, each the next token
+ * of a sequence of its own (continuous batching; one row for one sequence) at its position in act.positions, with
+ * its state at that row of the layer states, through the matrix-vector and recurrent kernels, so that a row's
+ * arithmetic is the same however many rows run beside it. A prefill of one token runs as a decode row.
  */
 export interface ForwardPlan {
   tokens: number;
-  /** Where the token ids come from: the prompt buffer, or the previous step's sampled token. */
+  /** Where the token ids come from: the prompt buffer (prefill), or the tokens the sampler left (decode rows). */
   input: 'ids' | 'token';
+}
+
+/** A forward call's shape as its parts need it: T tokens (prefill) or T rows (decode). */
+interface Rows {
+  T: number;
+  decode: boolean;
 }
 
 /**
@@ -56,13 +65,14 @@ export async function forward(ctx: GpuContext, model: Model, state: LayerState[]
 export async function forwardSegments(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<ForwardSegment[]> {
   const { config, weights: w } = model;
   const T = plan.tokens;
+  const rows: Rows = { T, decode: T === 1 || plan.input === 'token' };
   const H = config.hiddenSize;
   const segments: ForwardSegment[] = [];
   let out: Dispatch[] = [];
   const add = (dispatches: Dispatch | Dispatch[]) => out.push(...(Array.isArray(dispatches) ? dispatches : [dispatches]));
-  // The RMS norm in front of a block: folded into the block's projections for one token, else its own dispatch.
+  // The RMS norm in front of a block: folded into the block's projections in decode, else its own dispatch.
   const normed = async (weight: GpuTensor): Promise<Input> => {
-    if (T === 1) return residualNormed(model, act, weight);
+    if (rows.decode) return residualNormed(model, act, weight);
     add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(weight), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
     return { buffer: act.x };
   };
@@ -73,17 +83,17 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
     const x = await normed(layer.inputNorm);
     add(
       layer.mixer.kind === 'linear_attention'
-        ? await deltaNet(ctx, model, layer.mixer, state[i], act, x, T)
-        : await gatedAttention(ctx, model, layer.mixer, state[i], act, x, T),
+        ? await deltaNet(ctx, model, layer.mixer, state[i], act, x, rows)
+        : await gatedAttention(ctx, model, layer.mixer, state[i], act, x, rows),
     );
     const y = await normed(layer.postNorm);
     if (layer.mlp.kind === 'dense') {
-      add(await denseMlp(ctx, model, layer.mlp, act, y, T));
+      add(await denseMlp(ctx, model, layer.mlp, act, y, rows));
     } else {
-      add(await moeRouting(ctx, model, layer.mlp, act, y, T));
-      segments.push({ dispatches: out, experts: { layer: i, dispatches: await routedExperts(ctx, model, layer.mlp, act, y, T) } });
+      add(await moeRouting(ctx, model, layer.mlp, act, y, rows));
+      segments.push({ dispatches: out, experts: { layer: i, dispatches: await routedExperts(ctx, model, layer.mlp, act, y, rows) } });
       out = [];
-      add(await moeOutput(ctx, model, layer.mlp, act, T));
+      add(await moeOutput(ctx, model, layer.mlp, act, rows));
     }
   }
   // Decode folds the final norm into the LM head (lmHead 'decoded'); prefill leaves the normed rows in act.x, which
@@ -95,7 +105,7 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
 
 /**
  * The input of a projection: a buffer (activations, or the normed residual stream act.x that a norm dispatch wrote),
- * or with `norm` the residual stream act.h, RMS-normed by the projection itself (decode).
+ * or with `norm` the residual stream act.h, RMS-normed by the projection itself (decode: each row by its own norm).
  */
 export interface Input {
   buffer: GPUBuffer;
@@ -120,13 +130,14 @@ interface LinearArgs {
 }
 
 /**
- * y (+)= x W^T for T rows: matvec for one token (bandwidth-bound decode), tiled matmul for more; on CPU adapters,
- * where the tiled matmul runs far below what matvec reaches, matvec token after token.
+ * y (+)= x W^T for T rows: matvec in decode (bandwidth-bound; every row its own matvec over the same weights, so a
+ * row's result does not depend on the rows beside it), tiled matmul for prefill; on CPU adapters, where the tiled
+ * matmul runs far below what matvec reaches, matvec token after token.
  */
-function linear(ctx: GpuContext, act: Activations, T: number, args: LinearArgs): Promise<Dispatch[]> {
+function linear(ctx: GpuContext, act: Activations, { T, decode }: Rows, args: LinearArgs): Promise<Dispatch[]> {
   const { w, x, y, epilogue, scales } = args;
   const [input, output] = [elementOf(act, x.buffer), elementOf(act, y)];
-  if (T === 1 || ctx.caps.cpu) {
+  if (decode || ctx.caps.cpu) {
     return matvec(ctx, { w, x: x.buffer, xStride: args.xStride, y, yStride: args.yStride, input, output, epilogue, scales, norm: x.norm, tokens: T });
   }
   if (x.norm) throw new ContractError('takes a normed input only (its norm runs as a dispatch of its own)', 'matmul');
@@ -138,7 +149,8 @@ function linear(ctx: GpuContext, act: Activations, T: number, args: LinearArgs):
  * One token (decode) runs everything between the projections in one kernel; more run each step on its own, the
  * delta rule chunked (GPUs) or token by token (CPU adapters).
  */
-async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state: LayerState, act: Activations, x: Input, T: number): Promise<Dispatch[]> {
+async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state: LayerState, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
+  const T = rows.T;
   const config = model.config;
   const dim = dims(config);
   const projWidth = dim.deltaNetProj;
@@ -147,8 +159,8 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
   const heads = { nk, nv, dk: config.linearKeyDim, dv: config.linearValueDim };
   const gates = { bOffset: dim.convDim + dim.valueDim, aOffset: dim.convDim + dim.valueDim + nv, aLog: vectorBuffer(w.aLog), dtBias: vectorBuffer(w.dtBias) };
   const conv = { wStride: w.conv.rowStride, kernelSize: config.convKernel, step: act.step };
-  const inProj = await linear(ctx, act, T, { w: w.inProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' });
-  const outProj = await linear(ctx, act, T, {
+  const inProj = await linear(ctx, act, rows, { w: w.inProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' });
+  const outProj = await linear(ctx, act, rows, {
     w: w.outProj,
     x: { buffer: act.gatedNorm },
     xStride: dim.valueDim,
@@ -156,14 +168,18 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
     yStride: config.hiddenSize,
     epilogue: 'add',
   });
-  if (T === 1) {
+  if (rows.decode) {
     return [
       ...inProj,
       await gatedDeltaNetDecode(ctx, {
         ...heads,
         ...gates,
-        ...conv,
+        wStride: conv.wStride,
+        kernelSize: conv.kernelSize,
+        rows: T,
+        positions: act.positions,
         proj: act.mixerProj,
+        projStride: projWidth,
         zOffset: dim.convDim,
         convW: vectorBuffer(w.conv),
         convState: state.conv!,
@@ -171,6 +187,7 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
         normW: vectorBuffer(w.norm),
         eps: config.rmsNormEps,
         y: act.gatedNorm,
+        yStride: dim.valueDim,
       }),
       ...outProj,
     ];
@@ -233,16 +250,19 @@ async function gatedAttention(
   state: LayerState,
   act: Activations,
   x: Input,
-  T: number,
+  rows: Rows,
 ): Promise<Dispatch[]> {
+  const T = rows.T;
   const config = model.config;
   const dim = dims(config);
   const projWidth = dim.attentionProj;
   const kOffset = config.numHeads * 2 * config.headDim;
   const heads = { tokens: T, nq: config.numHeads, nkv: config.numKvHeads, headDim: config.headDim };
-  const cache = { kCache: state.keys!, vCache: state.values!, capacity: act.capacity, step: act.step };
+  // Decode rows each attend in their own sequence's cache; prefill tokens are consecutive positions of one.
+  const positions = rows.decode ? { positions: act.positions } : { step: act.step };
+  const cache = { kCache: state.keys!, vCache: state.values!, capacity: act.capacity, ...positions };
   return [
-    ...(await linear(ctx, act, T, { w: w.qkvProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' })),
+    ...(await linear(ctx, act, rows, { w: w.qkvProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' })),
     await attentionPrepare(ctx, {
       ...heads,
       ...cache,
@@ -258,7 +278,7 @@ async function gatedAttention(
       q: act.coreInput,
     }),
     ...(await attention(ctx, { ...heads, ...cache, q: act.coreInput, proj: act.mixerProj, projStride: projWidth, out: act.coreOutput, scratch: act.partials })),
-    ...(await linear(ctx, act, T, {
+    ...(await linear(ctx, act, rows, {
       w: w.oProj,
       x: { buffer: act.coreOutput },
       xStride: dim.attentionOut,
@@ -270,12 +290,12 @@ async function gatedAttention(
 }
 
 /** Qwen3_5MLP: down(silu(gate x) * up x), added to the residual. */
-async function denseMlp(ctx: GpuContext, model: Model, w: DenseMlpWeights, act: Activations, x: Input, T: number): Promise<Dispatch[]> {
+async function denseMlp(ctx: GpuContext, model: Model, w: DenseMlpWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
   const config = model.config;
   const I = config.intermediateSize!;
   return [
-    ...(await linear(ctx, act, T, { w: w.gateUp, x, xStride: config.hiddenSize, y: act.swiglu, yStride: I, epilogue: 'swiglu' })),
-    ...(await linear(ctx, act, T, { w: w.down, x: { buffer: act.swiglu }, xStride: I, y: act.h, yStride: config.hiddenSize, epilogue: 'add' })),
+    ...(await linear(ctx, act, rows, { w: w.gateUp, x, xStride: config.hiddenSize, y: act.swiglu, yStride: I, epilogue: 'swiglu' })),
+    ...(await linear(ctx, act, rows, { w: w.down, x: { buffer: act.swiglu }, xStride: I, y: act.h, yStride: config.hiddenSize, epilogue: 'add' })),
   ];
 }
 
@@ -285,15 +305,16 @@ async function denseMlp(ctx: GpuContext, model: Model, w: DenseMlpWeights, act: 
  * expert's SwiGLU; the chosen experts through the slot table; the shared expert's down projection. Routing weights are folded into the SwiGLU
  * output so the down projections just add.
  */
-async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, T: number): Promise<Dispatch[]> {
+async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
+  const T = rows.T;
   const config = model.config;
   const { numExperts: E, topk: k } = config.moe!;
   const moeAct = act.moe!;
   return [
-    ...(await linear(ctx, act, T, { w: w.router, x, xStride: config.hiddenSize, y: moeAct.logits, yStride: E + 1, epilogue: 'store' })),
+    ...(await linear(ctx, act, rows, { w: w.router, x, xStride: config.hiddenSize, y: moeAct.logits, yStride: E + 1, epilogue: 'store' })),
     await moeRoute(ctx, { logits: moeAct.logits, tokens: T, experts: E, topk: k, ids: moeAct.ids, gates: moeAct.gates }),
     // Prefill: the T·topk (token, expert) pairs grouped by expert into tiles.
-    ...(T === 1
+    ...(rows.decode
       ? []
       : await moeGroup(ctx, {
           ids: moeAct.ids,
@@ -307,7 +328,7 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
           scratch: moeAct.groupScratch,
         })),
     // The shared expert's SwiGLU, sigmoid-gated, before any expert adds into h: a decode input is h itself.
-    ...(await linear(ctx, act, T, {
+    ...(await linear(ctx, act, rows, {
       w: w.sharedGateUp,
       x,
       xStride: config.hiddenSize,
@@ -319,38 +340,49 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
   ];
 }
 
-/** The chosen experts' SwiGLU and down projections: decode adds them into h, prefill stores one row per pair. */
-async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, T: number): Promise<Dispatch[]> {
+/**
+ * The chosen experts' SwiGLU and down projections: decode adds them into h (each row through its own picks, two
+ * dispatches per row), prefill stores one row per pair.
+ */
+async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
+  const T = rows.T;
   const config = model.config;
   const { topk: k, expertIntermediate: Im } = config.moe!;
   const H = config.hiddenSize;
   const moeAct = act.moe!;
-  if (T === 1) {
-    const experts = { ids: moeAct.ids, slots: w.slots, topk: k };
-    return [
-      ...(await matvec(ctx, {
-        w: w.expertsGateUp,
-        x: x.buffer,
-        norm: x.norm,
-        input: 'f32',
-        y: moeAct.swiglu,
-        output: elementOf(act, moeAct.swiglu),
-        yStride: Im,
-        epilogue: 'swiglu',
-        scales: { buffer: moeAct.gates, index: 0 },
-        experts: { ...experts, mode: 'each' },
-      })),
-      ...(await matvec(ctx, {
-        w: w.expertsDown,
-        x: moeAct.swiglu,
-        input: elementOf(act, moeAct.swiglu),
-        xStride: Im,
-        y: act.h,
-        output: 'f32',
-        epilogue: 'add',
-        experts: { ...experts, mode: 'sum' },
-      })),
-    ];
+  if (rows.decode) {
+    const row = async (r: number) => {
+      const experts = { ids: moeAct.ids, idsOffset: r * k, slots: w.slots, topk: k };
+      return [
+        ...(await matvec(ctx, {
+          w: w.expertsGateUp,
+          x: x.buffer,
+          xOffset: r * H,
+          norm: x.norm,
+          input: 'f32',
+          y: moeAct.swiglu,
+          yOffset: r * k * Im,
+          output: elementOf(act, moeAct.swiglu),
+          yStride: Im,
+          epilogue: 'swiglu',
+          scales: { buffer: moeAct.gates, index: r * (k + 1) },
+          experts: { ...experts, mode: 'each' },
+        })),
+        ...(await matvec(ctx, {
+          w: w.expertsDown,
+          x: moeAct.swiglu,
+          xOffset: r * k * Im,
+          input: elementOf(act, moeAct.swiglu),
+          xStride: Im,
+          y: act.h,
+          yOffset: r * H,
+          output: 'f32',
+          epilogue: 'add',
+          experts: { ...experts, mode: 'sum' },
+        })),
+      ];
+    };
+    return (await Promise.all(Array.from({ length: T }, (_, r) => row(r)))).flat();
   }
   const grouped = { order: moeAct.order, tiles: moeAct.tiles, args: moeAct.args, slots: w.slots, topk: k };
   return [
@@ -383,34 +415,37 @@ async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: 
 }
 
 /** Prefill: the pairs' rows summed into h; then the shared expert's down projection, added to h. */
-async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, T: number): Promise<Dispatch[]> {
+async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, rows: Rows): Promise<Dispatch[]> {
+  const T = rows.T;
   const config = model.config;
   const { topk: k, sharedIntermediate: Is } = config.moe!;
   const H = config.hiddenSize;
   const moeAct = act.moe!;
   return [
-    ...(T === 1 ? [] : [await moeCombine(ctx, { h: act.h, out: moeAct.out, tokens: T, hidden: H, topk: k })]),
-    ...(await linear(ctx, act, T, { w: w.sharedDown, x: { buffer: act.swiglu }, xStride: Is, y: act.h, yStride: H, epilogue: 'add' })),
+    ...(rows.decode ? [] : [await moeCombine(ctx, { h: act.h, out: moeAct.out, tokens: T, hidden: H, topk: k })]),
+    ...(await linear(ctx, act, rows, { w: w.sharedDown, x: { buffer: act.swiglu }, xStride: Is, y: act.h, yStride: H, epilogue: 'add' })),
   ];
 }
 
 /**
  * Logits into `logits` ([rows, V] f32 whatever the activations): of the final-normed hidden rows [first, first + rows)
- * that a prefill forward left in act.x, or after a decode forward (`decoded`: one row, the final norm folded in here).
+ * that a prefill forward left in act.x, or of the rows of a decode forward (`decoded`: their count; the final norm
+ * folded in here).
  */
 export function lmHead(
   ctx: GpuContext,
   model: Model,
   act: Activations,
   logits: GPUBuffer,
-  rows: { first: number; count: number } | 'decoded',
+  rows: { first: number; count: number } | { decoded: number },
 ): Promise<Dispatch[]> {
   const H = model.config.hiddenSize;
   const V = model.config.vocabSize;
   const w = model.weights.lmHead;
-  if (rows === 'decoded') {
+  if ('decoded' in rows) {
     const x = residualNormed(model, act, model.weights.norm);
-    return matvec(ctx, { w, x: x.buffer, norm: x.norm, input: 'f32', y: logits, output: 'f32', epilogue: 'store' });
+    const tokens = rows.decoded;
+    return matvec(ctx, { w, x: x.buffer, xStride: H, norm: x.norm, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens });
   }
   const { first, count } = rows;
   return count === 1 || ctx.caps.cpu

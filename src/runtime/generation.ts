@@ -1,5 +1,5 @@
 import { throwIfAborted } from '../errors.ts';
-import type { PendingToken, Session } from './session.ts';
+import type { PendingToken, TokenSequence } from './sequence.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
 
 /** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
@@ -34,18 +34,18 @@ export type StopReason = 'stop' | 'length';
  * sampler runs on the GPU and leaves its token where the next decode step reads it; each step maps back
  * only the sampler's result. An AbortSignal stops it within one step.
  */
-export async function* generateTokens(session: Session, sampler: GpuSampler, plan: GenerationPlan): AsyncGenerator<TokenEvent, StopReason> {
+export async function* generateTokens(session: TokenSequence, sampler: GpuSampler, plan: GenerationPlan): AsyncGenerator<TokenEvent, StopReason> {
   session.reset();
   sampler.begin(plan.sampling, plan.promptIds);
-  await session.prefill(plan.promptIds, { signal: plan.signal });
   let thinking = plan.thinking;
   let reasoningTokens = 0;
   let produced = 0;
 
-  // Closes the thought: feeds `pending` (the last sampled token, not yet processed) and `</think>\n\n`.
-  const closeThought = async function* (pending: number[]): AsyncGenerator<TokenEvent> {
+  // Closes the thought: feeds `fed` (the last sampled token, not yet processed) and `</think>\n\n`, then picks the
+  // token after them (returned when the generator finishes).
+  const closeThought = async function* (fed: number[]): AsyncGenerator<TokenEvent, PendingToken> {
     const forced = (plan.thinkEndIds ?? []).slice(0, plan.maxTokens - produced);
-    await session.prefill([...pending, ...forced], { signal: plan.signal });
+    const next = await session.prefillAndPick([...fed, ...forced], sampler, plan.signal);
     sampler.markGenerated(forced);
     for (const id of forced) {
       produced++;
@@ -53,13 +53,17 @@ export async function* generateTokens(session: Session, sampler: GpuSampler, pla
       yield { id, forced: true, reasoning: id === plan.thinkEndId };
     }
     thinking = false;
+    return next;
   };
 
-  if (thinking && plan.reasoningBudget === 0) yield* closeThought([]);
   // Run-ahead: the next step is submitted before this step's token is read whenever what follows does not depend
   // on that token: not the last token allowed, and no thinking budget about to close (that feeds the token as
   // prompt instead). A step submitted past an eos id or a stop is never read; each request resets the session.
-  let pending = await session.pick(sampler);
+  let pending: PendingToken;
+  if (thinking && plan.reasoningBudget === 0) {
+    await session.prefill(plan.promptIds, { signal: plan.signal });
+    pending = yield* closeThought([]);
+  } else pending = await session.prefillAndPick(plan.promptIds, sampler, plan.signal);
   let ahead: PendingToken | undefined;
   try {
     while (produced < plan.maxTokens) {
@@ -77,9 +81,8 @@ export async function* generateTokens(session: Session, sampler: GpuSampler, pla
       if (produced >= plan.maxTokens) break;
       if (ahead) pending = ahead;
       else if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) {
-        yield* closeThought([token.id]);
+        pending = yield* closeThought([token.id]);
         if (produced >= plan.maxTokens) break;
-        pending = await session.pick(sampler);
       } else pending = await session.advance(sampler, plan.signal);
       ahead = undefined;
     }
@@ -102,7 +105,7 @@ export interface IdsResult {
 
 /** Token ids in, token ids out (no tokenizer): the CLI's --prompt-ids and the browser's generate({ promptIds }). */
 export async function generateIds(
-  session: Session,
+  session: TokenSequence,
   sampler: GpuSampler,
   a: { promptIds: number[]; maxTokens: number; sampling: SamplingOptions; stopIds?: number[]; signal?: AbortSignal },
 ): Promise<IdsResult> {

@@ -160,20 +160,25 @@ export class GpuSampler {
   }
 
   /**
-   * Dispatches that choose the next token from logits[0..vocabSize) into out[0] (u32) and into `result`,
-   * count it for the penalties and advance the RNG step. Call after begin: passes of filters the request
-   * leaves off are not included. Cached: the same (logits, out) and the same enabled filters (top-k, top-p,
-   * greedy) give the same Dispatch objects.
+   * Dispatches that choose the next token from logits row `rows.logits` ([rows, vocabSize] f32; default 0) into
+   * out[rows.out] (u32; default 0) and into `result`, count it for the penalties and advance the RNG step. Call after
+   * begin: passes of filters the request leaves off are not included. Cached: the same (logits, out, rows) and the
+   * same enabled filters (top-k, top-p, greedy) give the same Dispatch objects.
    */
-  async dispatches(logits: GPUBuffer, out: GPUBuffer): Promise<Dispatch[]> {
+  async dispatches(logits: GPUBuffer, out: GPUBuffer, rows: { logits?: number; out?: number } = {}): Promise<Dispatch[]> {
     const levels = this.levels;
     if (!levels) fail('dispatches before begin');
-    if (logits.size < this.vocabSize * 4) fail(`logits (${logits.label}) holds ${logits.size} bytes, fewer than vocabSize ${this.vocabSize} f32`);
+    const logitsRow = rows.logits ?? 0;
+    const outRow = rows.out ?? 0;
+    if (logits.size < (logitsRow + 1) * this.vocabSize * 4)
+      fail(`logits (${logits.label}) holds ${logits.size} bytes, fewer than row ${logitsRow} of vocabSize ${this.vocabSize} f32`);
     let byOut = this.plans.get(logits);
     if (!byOut) this.plans.set(logits, (byOut = new Map()));
     let byLevels = byOut.get(out);
     if (!byLevels) byOut.set(out, (byLevels = new Map()));
-    return memoise(byLevels, levels.join(','), () => sample(this.ctx, { logits, out, scratch: this.scratch, levels }));
+    return memoise(byLevels, `${logitsRow} ${outRow}: ${levels.join(',')}`, () =>
+      sample(this.ctx, { logits, out, scratch: this.scratch, levels, logitsRow, outRow }),
+    );
   }
 
   /** Tokens forced by the engine (e.g. `</think>` after a reasoning budget) still count as generated. */

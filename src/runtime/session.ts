@@ -10,18 +10,13 @@ import { ExpertCache, type ExpertStats } from './expert_cache.ts';
 import type { Model } from '../model/model.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
+import type { PendingToken, TokenSequence } from './sequence.ts';
 
 export interface SessionOptions {
   /** Tokens the session can hold (prompt + generated); bounded by max_position_embeddings and memory. */
   contextLength: number;
   /** Prefill chunk (tokens per forward call); defaults to what the adapter's binding limit allows, at most 512. */
   prefillChunk?: number;
-}
-
-/** A picked token on its way back: `read` maps it (once); `discard` gives it up unread. */
-export interface PendingToken {
-  read(): Promise<SampledToken>;
-  discard(): void;
 }
 
 /**
@@ -105,7 +100,7 @@ const pendingToken = (sampler: GpuSampler, result: Readback): PendingToken => ({
  * and the working buffers. Prefill takes any number of tokens (in chunks); decode steps take the token
  * the sampler left on the GPU, so a step reads back nothing but the sampled id.
  */
-export class Session {
+export class Session implements TokenSequence {
   /** Tokens processed so far (the position of the next token). */
   position = 0;
   /** Plans built once per session: decode, its LM head, the MoE read-ahead per layer (few, and used every step). */
@@ -162,6 +157,11 @@ export class Session {
     this.ctx.device.queue.submit([encoder.finish()]);
     this.position = 0;
     this.experts?.resetStats();
+  }
+
+  /** The layers' states (a batch copies a prefilled sequence's into its slot). */
+  get layerStates(): readonly LayerState[] {
+    return this.states;
   }
 
   /** Expert streaming figures since the last reset (one generation), or undefined when every expert is resident. */
@@ -238,7 +238,7 @@ export class Session {
 
   /** Logits of a decode step's token (the final norm folded in: a decode forward leaves no normed rows). */
   private decodedLogitsPlan(): Promise<Dispatch[]> {
-    return this.plans.plan('logits decoded', () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, 'decoded'));
+    return this.plans.plan('logits decoded', () => lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: 1 }));
   }
 
   private ensureRoom(tokens: number): void {
@@ -247,8 +247,10 @@ export class Session {
     }
   }
 
+  /** The position of the next token: the step uniform (prefill) and the one decode row's position. */
   private writeStep(): void {
     this.ctx.write(this.activations.step, 0, packParams(StepParams, { pos: this.position }));
+    this.ctx.write(this.activations.positions, 0, Uint32Array.of(this.position));
   }
 
   /**
@@ -296,6 +298,12 @@ export class Session {
    */
   async sample(sampler: GpuSampler): Promise<SampledToken> {
     return (await this.pick(sampler)).read();
+  }
+
+  /** `prefill`, then `pick`. */
+  async prefillAndPick(ids: ArrayLike<number>, sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
+    await this.prefill(ids, { signal });
+    return this.pick(sampler);
   }
 
   /** `sample`, submitted but not yet read. */

@@ -3,6 +3,7 @@ import type { GpuContext } from '../../src/gpu/context.ts';
 import { attentionPrepare } from '../../src/kernels/attention_prepare.ts';
 import { attention, attentionScratchBytes, defaultSplits } from '../../src/kernels/attention.ts';
 import { ropeTable } from '../../src/kernels/rope.ts';
+import { SKIPPED_ROW } from '../../src/kernels/rows.ts';
 import * as ref from '../../src/reference/attention.ts';
 import { actBuffer, actTolerance, describeOnAdapters, readAct, roundAct, upload, uploadAct, writeAct } from '../helpers/gpu.ts';
 import { randn } from '../helpers/random.ts';
@@ -168,6 +169,94 @@ describeOnAdapters(
       expect(await l.forward(700, 1, { splits: 1 })).toBe(1);
       expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
     });
+
+    // Continuous batching: each row the next token of a sequence of its own, in its own cache; a skipped row writes nothing.
+    for (const splits of [1, 3]) {
+      it(`rows: three sequences at positions 5, skipped, 30 (splits ${splits})`, async () => {
+        const c = ctx();
+        const s: Shape = { nq: 4, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 40 };
+        const { nq, nkv, headDim: D, rotaryDim: R, capacity } = s;
+        const rows = 3;
+        const positions = [5, SKIPPED_ROW, 30];
+        const kOffset = 2 * nq * D;
+        const vOffset = kOffset + nkv * D;
+        const projStride = vOffset + nkv * D + 3;
+        const cacheLen = nkv * capacity * D;
+        const kCaches = [0, 1, 2].map((r) => roundAct(c, randn(cacheLen, 200 + r, 1)));
+        const vCaches = [0, 1, 2].map((r) => roundAct(c, randn(cacheLen, 210 + r, 1)));
+        const concat = (parts: Float32Array[]) => Float32Array.from(parts.flatMap((a) => Array.from(a)));
+        const kCache = uploadAct(c, concat(kCaches), 'k');
+        const vCache = uploadAct(c, concat(vCaches), 'v');
+        const proj = roundAct(c, randn(rows * projStride, 220, 1.5));
+        const qNorm = randn(D, 221, 0.3);
+        const kNorm = randn(D, 222, 0.3);
+        const qBuf = actBuffer(c, 'q', rows * nq * D);
+        const out = actBuffer(c, 'out', rows * nq * D);
+        const common = {
+          proj: uploadAct(c, proj),
+          projStride,
+          tokens: rows,
+          nq,
+          nkv,
+          headDim: D,
+          kCache,
+          vCache,
+          capacity,
+          positions: upload(c, Uint32Array.from(positions), 'positions'),
+        };
+        const prep = await attentionPrepare(c, {
+          ...common,
+          kOffset,
+          vOffset,
+          rotaryDim: R,
+          qNorm: upload(c, qNorm),
+          kNorm: upload(c, kNorm),
+          eps: EPS,
+          rope: upload(c, ropeTable(capacity, R, THETA)),
+          q: qBuf,
+        });
+        const scratch = c.storage('partials', attentionScratchBytes({ maxTokens: rows, nq, capacity, headDim: D, splits, minSplitKeys: 1 }));
+        c.run([prep, ...(await attention(c, { ...common, q: qBuf, out, scratch, splits, minSplitKeys: 1 }))]);
+        const gotQ = await readAct(c, qBuf, rows * nq * D);
+        const gotOut = await readAct(c, out, rows * nq * D);
+        const gotK = await readAct(c, kCache, rows * cacheLen);
+        const gotV = await readAct(c, vCache, rows * cacheLen);
+        for (const r of [0, 2]) {
+          const rowProj = proj.slice(r * projStride, (r + 1) * projStride);
+          const cpuK = kCaches[r].slice();
+          const cpuV = vCaches[r].slice();
+          const pos = positions[r];
+          const q = ref.attentionPrepare({
+            proj: rowProj,
+            projStride,
+            kOffset,
+            vOffset,
+            tokens: 1,
+            nq,
+            nkv,
+            headDim: D,
+            rotaryDim: R,
+            theta: THETA,
+            qNorm,
+            kNorm,
+            eps: EPS,
+            pos,
+            kCache: cpuK,
+            vCache: cpuV,
+            capacity,
+          });
+          expectClose(gotQ.slice(r * nq * D, (r + 1) * nq * D), q, ...actTolerance(c, 1e-5, 1e-5), `q of row ${r}`);
+          const k = gotK.slice(r * cacheLen, (r + 1) * cacheLen);
+          expectClose(k, cpuK, ...actTolerance(c, 1e-5, 1e-5), `k cache of row ${r}`);
+          expectClose(gotV.slice(r * cacheLen, (r + 1) * cacheLen), cpuV, 1e-30, 0, `v cache of row ${r}`);
+          const rowQ = gotQ.slice(r * nq * D, (r + 1) * nq * D);
+          const want = ref.attention({ q: rowQ, proj: rowProj, projStride, tokens: 1, nq, nkv, headDim: D, kCache: k, vCache: cpuV, capacity, pos });
+          expectClose(gotOut.slice(r * nq * D, (r + 1) * nq * D), want, ...actTolerance(c, 1e-5, 1e-4), `out of row ${r}`);
+        }
+        expect(gotK.slice(cacheLen, 2 * cacheLen), 'the skipped row keeps its keys').toEqual(kCaches[1]);
+        expect(gotV.slice(cacheLen, 2 * cacheLen), 'the skipped row keeps its values').toEqual(vCaches[1]);
+      });
+    }
   },
   { act16: true },
 );

@@ -1,7 +1,7 @@
 import { expect, it } from 'vitest';
 import type { GpuContext } from '../../src/gpu/context.ts';
-import { StepParams } from '../../src/gpu/kernel.ts';
 import { gatedDeltaNetDecode } from '../../src/kernels/gated_delta_net_decode.ts';
+import { SKIPPED_ROW } from '../../src/kernels/rows.ts';
 import { gatedDeltaNetDecode as reference } from '../../src/reference/gated_delta_net.ts';
 import { actBuffer, describeOnAdapters, readAct, readF32, roundAct, upload, uploadAct } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
@@ -85,7 +85,7 @@ describeOnAdapters(
               bOffset: p.bOffset,
               aOffset: p.aOffset,
               wStride,
-              step: c.params(StepParams, { pos: position }),
+              positions: upload(c, Uint32Array.of(position), 'positions'),
               eps,
               y,
             }),
@@ -117,6 +117,81 @@ describeOnAdapters(
       });
     }
 
+    it('rows: each row a sequence of its own (its position, projection, ring, state and output), a skipped row untouched', async () => {
+      const c = ctx();
+      const s: Shape = { nk: 2, nv: 4, dk: 64, dv: 32, K: 4 };
+      const rows = 3;
+      const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+      const wStride = s.K;
+      const convW = randn(convDim * wStride, 71, 0.5);
+      const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h);
+      const dtBias = randn(s.nv, 72, 1);
+      const normW = randn(s.dv, 73, 0.3).map((v) => 1 + v);
+      const p = [0, 1, 2].map((r) => projection(c, s, 80 + r));
+      const projStride = p[0].proj.length + 3;
+      const proj = new Float32Array(rows * projStride);
+      p.forEach((row, r) => proj.set(row.proj, r * projStride));
+      const rings = [0, 1, 2].map((r) => roundAct(c, randn(s.K * convDim, 90 + r, 1)));
+      const states = [0, 1, 2].map((r) => randn(s.nv * s.dk * s.dv, 95 + r, 0.5));
+      const concat = (parts: Float32Array[]) => Float32Array.from(parts.flatMap((a) => Array.from(a)));
+      const convState = uploadAct(c, concat(rings), 'rings');
+      const state = upload(c, concat(states), 'states');
+      const yStride = s.nv * s.dv + 5;
+      const y = actBuffer(c, 'y', rows * yStride);
+      const positions = [7, SKIPPED_ROW, 2];
+      c.run([
+        await gatedDeltaNetDecode(c, {
+          ...s,
+          kernelSize: s.K,
+          rows,
+          positions: upload(c, Uint32Array.from(positions), 'positions'),
+          proj: uploadAct(c, proj, 'proj'),
+          projStride,
+          zOffset: p[0].zOffset,
+          bOffset: p[0].bOffset,
+          aOffset: p[0].aOffset,
+          convW: upload(c, convW, 'conv w'),
+          wStride,
+          convState,
+          aLog: upload(c, aLog, 'a_log'),
+          dtBias: upload(c, dtBias, 'dt_bias'),
+          state,
+          normW: upload(c, normW, 'norm w'),
+          eps: 1e-6,
+          y,
+          yStride,
+        }),
+      ]);
+      const gotY = await readAct(c, y, rows * yStride);
+      const gotRings = await readAct(c, convState, rows * s.K * convDim);
+      const gotStates = await readF32(c, state, rows * s.nv * s.dk * s.dv);
+      for (const r of [0, 2]) {
+        const want = reference({
+          ...s,
+          kernelSize: s.K,
+          proj: p[r].proj,
+          zOffset: p[r].zOffset,
+          bOffset: p[r].bOffset,
+          aOffset: p[r].aOffset,
+          convW,
+          wStride,
+          convState: rings[r],
+          position: positions[r],
+          aLog,
+          dtBias,
+          state: states[r],
+          normW,
+          eps: 1e-6,
+        });
+        const n = s.nv * s.dk * s.dv;
+        expectNear(gotY.slice(r * yStride, r * yStride + s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
+        expectNear(gotStates.slice(r * n, (r + 1) * n), want.state, 1e-4, `state of row ${r}`);
+        expect(gotRings.slice(r * s.K * convDim, (r + 1) * s.K * convDim), `ring of row ${r}`).toEqual(want.convState);
+      }
+      expect(gotRings.slice(s.K * convDim, 2 * s.K * convDim), 'the skipped row keeps its ring').toEqual(rings[1]);
+      expect(gotStates.slice(s.nv * s.dk * s.dv, 2 * s.nv * s.dk * s.dv), 'the skipped row keeps its state').toEqual(states[1]);
+    });
+
     it('rejects heads that do not divide, a value size that is not a power of two, and aliased buffers', async () => {
       const c = ctx();
       const b = (n = 1 << 16) => c.storage('b', n);
@@ -133,7 +208,7 @@ describeOnAdapters(
         wStride: 4,
         kernelSize: 4,
         convState: b(),
-        step: c.params(StepParams, { pos: 0 }),
+        positions: b(),
         aLog: b(),
         dtBias: b(),
         state: b(),

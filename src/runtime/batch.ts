@@ -1,0 +1,344 @@
+import type { Dispatch, GpuContext, ReadRange } from '../gpu/context.ts';
+import { AbortError, SessionError, throwIfAborted } from '../errors.ts';
+import { dims } from '../model/config.ts';
+import { lmHead, forward } from '../model/layers.ts';
+import type { Model } from '../model/model.ts';
+import { type Activations, type LayerState, createActivations, createLayerStates, stateBytes } from '../model/activations.ts';
+import { SKIPPED_ROW } from '../kernels/rows.ts';
+import { memoise } from '../gpu/memo.ts';
+import { ExpertCache } from './expert_cache.ts';
+import { GpuSampler } from './sampler.ts';
+import type { PendingToken, TokenSequence } from './sequence.ts';
+import { Session } from './session.ts';
+
+export interface BatchOptions {
+  /** Tokens each sequence can hold (prompt + generated). */
+  contextLength: number;
+  /** Sequences that decode together (slots). */
+  maxBatch: number;
+  /** Prefill chunk (tokens between two decode steps); default: the Session's. */
+  prefillChunk?: number;
+}
+
+interface StepRequest {
+  slot: BatchSlot;
+  sampler: GpuSampler;
+  resolve(token: PendingToken): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Continuous batching: up to `maxBatch` sequences (slots), each with its own KV cache, DeltaNet states and sampler,
+ * decode together — one decode step runs a row per sequence that asked for one (layers.ts: decode rows), so the
+ * weights are read once per step for all of them. A new request's prompt is prefilled in a Session of its own, a
+ * chunk at a time between decode steps (a long prompt does not stall the others), and its states are then copied
+ * into its slot; a slot is free again as soon as its sequence ends. A row's arithmetic does not depend on the rows
+ * beside it, so every sequence gets exactly the tokens it gets alone (greedy: the same ids; seeded: the same draws).
+ */
+export class Batch {
+  readonly slots: BatchSlot[];
+  /** Sequences in the last decode step. */
+  lastStepRows = 0;
+  private readonly free: number[];
+  private readonly waiting: { resolve(slot: BatchSlot): void; reject(error: unknown): void; signal?: AbortSignal }[] = [];
+  /** Slots past their first pick, which ask for decode steps. */
+  private readonly decoding = new Set<BatchSlot>();
+  private requests: StepRequest[] = [];
+  private stepScheduled = false;
+  private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
+  /** The prefill Session is one sequence's at a time, in the order they ask. */
+  private prefillTurn: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly ctx: GpuContext,
+    readonly model: Model,
+    readonly capacity: number,
+    private readonly states: LayerState[],
+    private readonly act: Activations,
+    /** Where prompts are prefilled; also where the Engine scores (through `withPrefillSession`). */
+    readonly prefillSession: Session,
+  ) {
+    const samplerSizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
+    this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
+    this.free = this.slots.map((s) => s.index);
+  }
+
+  static create(ctx: GpuContext, model: Model, options: BatchOptions): Batch {
+    const { contextLength: capacity, maxBatch } = options;
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new SessionError(`max batch ${maxBatch} must be a positive integer`);
+    if (ExpertCache.of(ctx, model)) {
+      throw new SessionError('continuous batching needs every MoE expert resident (no expertCacheBytes below all experts); serve one sequence at a time');
+    }
+    const prefillSession = Session.create(ctx, model, { contextLength: capacity, prefillChunk: options.prefillChunk });
+    let states: LayerState[] = [];
+    try {
+      states = createLayerStates(ctx, model, capacity, maxBatch);
+      return new Batch(ctx, model, capacity, states, createActivations(ctx, model, maxBatch, capacity, maxBatch), prefillSession);
+    } catch (error) {
+      prefillSession.destroy();
+      for (const s of states) ctx.free(s.conv, s.recurrent, s.keys, s.values);
+      throw error;
+    }
+  }
+
+  /** Sequences holding a slot, and those waiting for one. */
+  get running(): number {
+    return this.slots.length - this.free.length;
+  }
+
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** Bytes of KV cache and DeltaNet state per sequence (all of a slot's, whatever its length). */
+  get stateBytesPerSequence(): number {
+    return stateBytes(this.model, this.capacity, this.ctx.activationBytes);
+  }
+
+  /** A free slot (the lowest, so that steps run few rows), waiting in turn when every slot is taken. */
+  acquire(signal?: AbortSignal): Promise<BatchSlot> {
+    throwIfAborted(signal);
+    const index = this.free.shift();
+    if (index !== undefined) return Promise.resolve(this.slots[index]);
+    return new Promise((resolve, reject) => {
+      const entry = { resolve, reject, signal };
+      this.waiting.push(entry);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const at = this.waiting.indexOf(entry);
+          if (at >= 0) this.waiting.splice(at, 1);
+          reject(new AbortError('aborted'));
+        },
+        { once: true },
+      );
+    });
+  }
+
+  /** Gives a slot back: to the first request waiting, else to the free list. */
+  release(slot: BatchSlot): void {
+    slot.reset();
+    const next = this.waiting.shift();
+    if (next) next.resolve(slot);
+    else {
+      this.free.push(slot.index);
+      this.free.sort((a, b) => a - b);
+    }
+  }
+
+  /** Runs `body` with the prefill Session when no prompt is being prefilled (the Engine scores there). */
+  withPrefillSession<T>(body: (session: Session) => Promise<T>): Promise<T> {
+    const run = this.prefillTurn.then(() => body(this.prefillSession));
+    this.prefillTurn = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
+  /**
+   * Prefills `ids` for `slot` (continuing from its position) in the prefill Session, a chunk at a time with the
+   * event loop let through between chunks (decode steps run there), copies the states into the slot and, with a
+   * sampler, picks the next token into the slot's row.
+   */
+  async prefill(slot: BatchSlot, ids: ArrayLike<number>, sampler: GpuSampler | undefined, signal?: AbortSignal): Promise<PendingToken | undefined> {
+    if (ids.length === 0) throw new SessionError('prefill needs at least one token');
+    if (slot.position + ids.length > this.capacity) {
+      throw new SessionError(`${slot.position + ids.length} tokens do not fit the context of ${this.capacity} (position ${slot.position} + ${ids.length})`);
+    }
+    this.decoding.delete(slot);
+    return this.withPrefillSession(async (session) => {
+      if (slot.position === 0) session.reset();
+      else {
+        session.reset();
+        this.copyStates(slot.index, slot.position, 'to session');
+        session.position = slot.position;
+      }
+      const chunk = session.activations.maxTokens;
+      for (let first = 0; first < ids.length; first += chunk) {
+        if (first > 0) await new Promise((next) => setTimeout(next, 0));
+        throwIfAborted(signal);
+        await session.prefill(
+          Array.from({ length: Math.min(chunk, ids.length - first) }, (_, i) => ids[first + i]),
+          { signal },
+        );
+      }
+      this.copyStates(slot.index, session.position, 'to slot');
+      slot.position = session.position;
+      if (!sampler) return undefined;
+      const dispatches = await sampler.dispatches(session.activations.logits, this.act.token, { out: slot.index });
+      const result = this.ctx.submit(dispatches, 'sample', resultRange(sampler));
+      this.decoding.add(slot);
+      return { read: async () => sampler.parse(await result.bytes()), discard: () => result.discard() };
+    });
+  }
+
+  /**
+   * Copies a sequence's states between its slot and the prefill Session: every DeltaNet conv ring and recurrent
+   * state, and the KV cache of positions [0, length) per kv head.
+   */
+  private copyStates(index: number, length: number, direction: 'to slot' | 'to session'): void {
+    const c = this.model.config;
+    const d = dims(c);
+    const ab = this.ctx.activationBytes;
+    const sessionStates = this.prefillSession.layerStates;
+    const copies: Parameters<GpuContext['copy']>[0][number][] = [];
+    const add = (slotBuffer: GPUBuffer, sessionBuffer: GPUBuffer, slotOffset: number, sessionOffset: number, size: number) => {
+      if (size === 0) return;
+      copies.push(
+        direction === 'to slot'
+          ? { from: sessionBuffer, fromOffset: sessionOffset, to: slotBuffer, toOffset: slotOffset, size }
+          : { from: slotBuffer, fromOffset: slotOffset, to: sessionBuffer, toOffset: sessionOffset, size },
+      );
+    };
+    this.states.forEach((s, i) => {
+      const own = sessionStates[i];
+      if (s.conv && own.conv) {
+        const ring = c.convKernel * d.convDim * ab;
+        add(s.conv, own.conv, index * ring, 0, ring);
+        const recurrent = c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
+        add(s.recurrent!, own.recurrent!, index * recurrent, 0, recurrent);
+      }
+      if (s.keys && own.keys) {
+        const head = this.capacity * c.headDim * ab;
+        for (let g = 0; g < c.numKvHeads; g++) {
+          const slotOffset = (index * c.numKvHeads + g) * head;
+          add(s.keys, own.keys, slotOffset, g * head, length * c.headDim * ab);
+          add(s.values!, own.values!, slotOffset, g * head, length * c.headDim * ab);
+        }
+      }
+    });
+    this.ctx.copy(copies, `states ${direction}`);
+  }
+
+  /** Asks for a decode step of `slot`; resolves once the step that carries it is submitted. */
+  step(slot: BatchSlot, sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
+    throwIfAborted(signal);
+    if (slot.position + 1 > this.capacity) throw new SessionError(`${slot.position + 1} tokens do not fit the context of ${this.capacity}`);
+    return new Promise((resolve, reject) => {
+      this.requests.push({ slot, sampler, resolve, reject });
+      this.scheduleStep();
+    });
+  }
+
+  /**
+   * A step runs as soon as every decoding sequence has asked (at once, in a microtask), else on the next turn of the
+   * event loop with those that have: a sequence busy elsewhere (its consumer, a prefill) does not hold the others up.
+   */
+  private scheduleStep(): void {
+    if (this.stepScheduled) return;
+    const asked = new Set(this.requests.map((r) => r.slot));
+    const everyone = [...this.decoding].every((s) => asked.has(s));
+    this.stepScheduled = true;
+    const run = () => {
+      this.stepScheduled = false;
+      void this.runStep();
+    };
+    if (everyone) queueMicrotask(run);
+    else setTimeout(run, 0);
+  }
+
+  private async runStep(): Promise<void> {
+    const requests = this.requests;
+    this.requests = [];
+    if (requests.length === 0) return;
+    try {
+      const rows = Math.max(...requests.map((r) => r.slot.index)) + 1;
+      const positions = new Uint32Array(rows).fill(SKIPPED_ROW);
+      for (const r of requests) positions[r.slot.index] = r.slot.position;
+      const plan = await this.decodePlan(rows);
+      const picks = await Promise.all(requests.map((r) => r.sampler.dispatches(this.act.logits, this.act.token, { logits: r.slot.index, out: r.slot.index })));
+      this.ctx.write(this.act.positions, 0, positions);
+      const result = this.ctx.submit(
+        [...plan, ...picks.flat()],
+        'decode batch',
+        requests.map((r) => resultRange(r.sampler)),
+      );
+      this.lastStepRows = requests.length;
+      let offset = 0;
+      let unread = requests.length;
+      const done = () => {
+        if (--unread === 0) result.discard();
+      };
+      for (const r of requests) {
+        r.slot.position += 1;
+        const [at, size] = [offset, r.sampler.resultBytes];
+        offset += Math.ceil(size / 4) * 4;
+        let settled = false;
+        r.resolve({
+          read: async () => {
+            settled = true;
+            return r.sampler.parse((await result.bytes()).slice(at, at + size));
+          },
+          discard: () => {
+            if (!settled) {
+              settled = true;
+              done();
+            }
+          },
+        });
+      }
+    } catch (error) {
+      for (const r of requests) r.reject(error);
+    }
+  }
+
+  /** The forward of `rows` decode rows and their logits, built once per row count. */
+  private decodePlan(rows: number): Promise<Dispatch[]> {
+    return memoise(this.decodePlans, rows, async () => [
+      ...(await forward(this.ctx, this.model, this.states, this.act, { tokens: rows, input: 'token' })),
+      ...(await lmHead(this.ctx, this.model, this.act, this.act.logits, { decoded: rows })),
+    ]);
+  }
+
+  /** Marks a slot as no longer decoding (it ended, or starts over). */
+  forget(slot: BatchSlot): void {
+    this.decoding.delete(slot);
+  }
+
+  destroy(): void {
+    for (const plan of this.decodePlans.values())
+      plan.then(
+        (d) => this.ctx.release(d),
+        () => {},
+      );
+    this.decodePlans.clear();
+    for (const slot of this.slots) slot.sampler.destroy();
+    for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
+    this.ctx.free(...this.act.buffers);
+    this.prefillSession.destroy();
+  }
+}
+
+const resultRange = (sampler: GpuSampler): ReadRange => ({ buffer: sampler.result, offset: 0, size: sampler.resultBytes });
+
+/** One sequence of a Batch: the token loop drives it like a Session (prefill, then decode steps shared with the others). */
+export class BatchSlot implements TokenSequence {
+  /** Tokens of this sequence so far (the position of its next token). */
+  position = 0;
+  readonly runsAhead = true;
+
+  constructor(
+    private readonly batch: Batch,
+    readonly index: number,
+    /** This sequence's sampler (penalty counts and RNG of its own). */
+    readonly sampler: GpuSampler,
+  ) {}
+
+  reset(): void {
+    this.position = 0;
+    this.batch.forget(this);
+  }
+
+  async prefill(ids: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.batch.prefill(this, ids, undefined, options.signal);
+  }
+
+  async prefillAndPick(ids: ArrayLike<number>, sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
+    return (await this.batch.prefill(this, ids, sampler, signal))!;
+  }
+
+  advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
+    return this.batch.step(this, sampler, signal);
+  }
+}

@@ -1,0 +1,24 @@
+import type { GpuSampler, SampledToken } from './sampler.ts';
+
+/** A picked token on its way back: `read` maps it (once); `discard` gives it up unread. */
+export interface PendingToken {
+  read(): Promise<SampledToken>;
+  discard(): void;
+}
+
+/**
+ * What the token loop drives: one sequence's state on the GPU — a Session of its own, or a slot of a batch
+ * (runtime/batch.ts). Prefill and the pick after it go together, so a batch can keep its shared buffers between them.
+ */
+export interface TokenSequence {
+  /** Back to an empty sequence. */
+  reset(): void;
+  /** Runs ids through the model (no pick). */
+  prefill(ids: ArrayLike<number>, options: { signal?: AbortSignal }): Promise<void>;
+  /** Runs ids through the model and picks the token after them, submitted but not yet read. */
+  prefillAndPick(ids: ArrayLike<number>, sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken>;
+  /** A decode step on the last picked token and the pick after it (see Session.advance). */
+  advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken>;
+  /** Whether steps can be submitted before the previous token is read. */
+  readonly runsAhead: boolean;
+}

@@ -1,0 +1,101 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../../src/api/engine.ts';
+import type { GpuContext } from '../../src/gpu/context.ts';
+import { createNodeContext } from '../../src/hosts/node/gpu.ts';
+import { openModel } from '../../src/storage/locate.ts';
+import type { SamplingOptions } from '../../src/runtime/sampler.ts';
+import { FIXTURES, fixtureDir, golden } from '../helpers/fixtures.ts';
+import { TEST_ADAPTERS } from '../helpers/gpu.ts';
+
+/**
+ * Continuous batching (runtime/batch.ts) against one sequence at a time, through the Engine: every sequence of a
+ * batch gets exactly the ids it gets alone — greedy and seeded, prompts of different lengths, sequences that join
+ * while others decode, prompts long enough to be prefilled in several chunks between decode steps, and more
+ * requests than slots (the rest wait for a slot).
+ */
+const adapter = TEST_ADAPTERS[0];
+
+/** Prompts of different lengths from the fixture's own prompt (ids below its tokenizer size). */
+function prompts(name: (typeof FIXTURES)[number], count: number): number[][] {
+  const base = golden(name).prompt_ids;
+  return Array.from({ length: count }, (_, i) => {
+    const length = 1 + ((i * 7) % (base.length + 20));
+    return Array.from({ length }, (_, j) => base[(i + j) % base.length]);
+  });
+}
+
+for (const name of FIXTURES) {
+  describe(`${name}: batched sequences equal sequences alone`, () => {
+    let ctx: GpuContext;
+    let alone: Engine;
+    let batched: Engine;
+    beforeAll(async () => {
+      ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+      const checkpoint = () => openModel(fixtureDir(name));
+      alone = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256 });
+      batched = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256, maxBatch: 4, prefillChunk: 32 });
+    }, 120_000);
+    afterAll(() => {
+      alone?.destroy();
+      batched?.destroy();
+      ctx?.destroy();
+    });
+
+    const run = (engine: Engine, promptIds: number[], sampling: SamplingOptions, maxTokens = 12) =>
+      engine.generateIds({ promptIds, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
+
+    /** The largest decode step (rows) seen while `body` runs: the sequences did decode together. */
+    async function peakRows<T>(body: () => Promise<T>): Promise<[T, number]> {
+      let peak = 0;
+      const timer = setInterval(() => (peak = Math.max(peak, batched.gauges().batchSize)), 1);
+      try {
+        return [await body(), peak];
+      } finally {
+        clearInterval(timer);
+      }
+    }
+
+    it('greedy: 6 requests on 4 slots, started together and one after another, give the ids each gives alone', async () => {
+      const list = prompts(name, 6);
+      const want: number[][] = [];
+      for (const p of list) want.push(await run(alone, p, { temperature: 0 }));
+      // Together: two wait for a slot and join as others finish.
+      const [together, peak] = await peakRows(() => Promise.all(list.map((p) => run(batched, p, { temperature: 0 }))));
+      expect(together).toEqual(want);
+      expect(peak).toBeGreaterThan(1);
+      // Staggered: each joins while the ones before it decode.
+      const staggered = list.map((p, i) => new Promise((r) => setTimeout(r, 30 * i)).then(() => run(batched, p, { temperature: 0 }, 12)));
+      expect(await Promise.all(staggered)).toEqual(want);
+      expect(batched.gauges()).toMatchObject({ running: 0, waiting: 0, maxBatch: 4 });
+    }, 300_000);
+
+    it('seeded sampling: the same draws batched as alone, with penalties and top-k/top-p', async () => {
+      const list = prompts(name, 4);
+      const sampling = (i: number): SamplingOptions => ({ temperature: 0.9, topK: 20, topP: 0.9, seed: 100 + i, repetitionPenalty: 1.1 });
+      const want: number[][] = [];
+      for (const [i, p] of list.entries()) want.push(await run(alone, p, sampling(i), 10));
+      expect(await Promise.all(list.map((p, i) => run(batched, p, sampling(i), 10)))).toEqual(want);
+    }, 300_000);
+
+    it('a prompt prefilled in chunks between decode steps, and a request that ends early freeing its slot', async () => {
+      const long = Array.from({ length: 150 }, (_, j) => golden(name).prompt_ids[j % golden(name).prompt_ids.length]);
+      const short = prompts(name, 3);
+      const want = [await run(alone, long, { temperature: 0 }, 6), ...(await Promise.all(short.map((p, i) => run(alone, p, { temperature: 0 }, 3 + 5 * i))))];
+      // 150 tokens are 5 chunks of 32: the short ones decode between them.
+      const got = await Promise.all([run(batched, long, { temperature: 0 }, 6), ...short.map((p, i) => run(batched, p, { temperature: 0 }, 3 + 5 * i))]);
+      expect(got).toEqual(want);
+    }, 300_000);
+
+    it('an aborted request gives its slot back; the others go on', async () => {
+      const list = prompts(name, 3);
+      const want = await run(alone, list[1], { temperature: 0 }, 10);
+      const controller = new AbortController();
+      const aborted = batched.generateIds({ promptIds: list[0], maxTokens: 200, sampling: { temperature: 0 }, ignoreEos: true, signal: controller.signal });
+      setTimeout(() => controller.abort(), 50);
+      const [outcome, other] = await Promise.allSettled([aborted, run(batched, list[1], { temperature: 0 }, 10)]);
+      expect(outcome.status).toBe('rejected');
+      expect(other).toEqual({ status: 'fulfilled', value: want });
+      expect(batched.gauges().running).toBe(0);
+    }, 300_000);
+  });
+}
