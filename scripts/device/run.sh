@@ -6,6 +6,8 @@
 #
 #   OUT        where results go (default /tmp/out)
 #   PEERS_ARGS bench-peers options (default "--peers vulkan,cuda"; e.g. "--variants qwen3.5-0.8b --layers 4")
+#   STREAMS    variants whose concurrent-stream decode (bench --streams 1,4,16, int4) runs after the peers, into
+#              streams.jsonl (default "qwen3.5-0.8b qwen3.5-9b"; "" skips it); STREAMS_ARGS adds options (--layers 4)
 #   VK_ICD     a Vulkan ICD json to use instead of NVIDIA's (e.g. lavapipe's, to try the bundle on a machine
 #              without a GPU)
 #   DEVCARRY   the bundle folder (default .devcarry); WORK: where it is unpacked, GGUFs and builds go (/tmp/peers)
@@ -61,5 +63,11 @@ say "bench-peers ${PEERS_ARGS:---peers vulkan,cuda}"
 "$PKG/bin/node" "$PKG/bench-peers.mjs" --cache "$WORK/cache" --out "$OUT/results.jsonl" ${PEERS_ARGS:---peers vulkan,cuda} \
   2> >(tee -a "$LOG" >&2) | tee "$OUT/table.md"
 status=${PIPESTATUS[0]}
+for variant in ${STREAMS-qwen3.5-0.8b qwen3.5-9b}; do
+  say "bench --synthetic $variant --streams 1,4,16"
+  # shellcheck disable=SC2086 # STREAMS_ARGS is a list of options
+  "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --streams 1,4,16 --decode-tokens 64 --json ${STREAMS_ARGS:-} \
+    2> >(tee -a "$LOG" >&2) | tee -a "$OUT/streams.jsonl"
+done
 say "done (exit $status)"
 exit "$status"

@@ -47,6 +47,8 @@ export interface EngineOptions {
    * Every request is a sequence of its own; those past maxBatch wait for a free one.
    */
   maxBatch?: number;
+  /** A batch's decode projections through the tiled matmul (default on GPUs; see BatchOptions.tiledDecode). */
+  tiledDecode?: boolean;
   /** Prompt tokens per forward call (default: what the adapter's binding limit allows, at most 512); with a batch, decode steps run between chunks. */
   prefillChunk?: number;
   onProgress?: (p: LoadProgress) => void;
@@ -91,7 +93,7 @@ export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
   private running = 0;
   private waiting = 0;
-  private readonly sampler: GpuSampler;
+  private readonly sampler?: GpuSampler;
 
   readonly chat = {
     completions: {
@@ -119,7 +121,8 @@ export class Engine {
     readonly name: string,
     private readonly batch?: Batch,
   ) {
-    this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    // A batch's slots have samplers of their own.
+    this.sampler = batch ? undefined : GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   }
 
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
@@ -141,7 +144,7 @@ export class Engine {
       if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
       const prefillChunk = options.prefillChunk;
       if (maxBatch === 1) return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength, prefillChunk }), name);
-      const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk });
+      const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk, tiledDecode: options.tiledDecode });
       return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
     } catch (error) {
       model.destroy();
@@ -209,7 +212,7 @@ export class Engine {
             if (signal?.aborted) {
               release();
               failed(new AbortError('aborted'));
-            } else started({ sequence: this.session, sampler: this.sampler, release });
+            } else started({ sequence: this.session, sampler: this.sampler!, release });
           }),
       );
     });
@@ -241,7 +244,7 @@ export class Engine {
       seed: request.seed,
       logprobs: request.logprobs ? Math.max(1, topLogprobs) : 0,
     };
-    checkSampling(sampling, this.sampler.tokenizerSize);
+    checkSampling(sampling, this.model.tokenizerSize);
     const budget = typeof reasoning === 'object' ? reasoning.budget : undefined;
     if (budget !== undefined && (!Number.isInteger(budget) || budget < 0))
       throw new RequestError(`must be a non-negative integer, got ${budget}`, 'reasoning.budget');
@@ -384,7 +387,7 @@ export class Engine {
     const promptIds = checkTokenIds(request.promptIds, 'promptIds', this.model.tokenizerSize);
     const maxTokens = checkMaxTokens(request.maxTokens, 'maxTokens', promptIds.length, this.session.capacity);
     const sampling = request.sampling ?? { temperature: 0 };
-    checkSampling(sampling, this.sampler.tokenizerSize);
+    checkSampling(sampling, this.model.tokenizerSize);
     const stopIds = request.ignoreEos ? [] : this.model.eosTokenIds;
     return this.leased(request.signal, (session, sampler) =>
       generateIds(session, sampler, { promptIds, maxTokens, sampling, stopIds, signal: request.signal }),
@@ -446,7 +449,7 @@ export class Engine {
   }
 
   destroy(): void {
-    this.sampler.destroy();
+    this.sampler?.destroy();
     if (this.batch) this.batch.destroy();
     else this.session.destroy();
     this.model.destroy();

@@ -7,4 +7,16 @@ export interface CliHost {
   stdout(text: string): void;
   stderr(text: string): void;
   isTTY: boolean;
+  /** An environment variable (undefined when unset). */
+  env(name: string): string | undefined;
+  /** Serves HTTP on hostname:port (port 0: a free one) with `fetch` answering each request; `close` stops listening. */
+  listen(fetch: (request: Request) => Response | Promise<Response>, options: { hostname: string; port: number }): Promise<HttpListener>;
+  /** Calls `handler` on the first SIGINT or SIGTERM; returns the function that removes it. */
+  onStopSignal(handler: () => void): () => void;
+}
+
+export interface HttpListener {
+  /** The port it listens on (the one picked when asked for port 0). */
+  port: number;
+  close(): Promise<void>;
 }

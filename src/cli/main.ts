@@ -22,7 +22,9 @@ import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberF
 import { progressBar } from './progress.ts';
 import { SAMPLING_FLAGS, samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
+import { runBatch } from './batch.ts';
 import type { CliHost } from './host.ts';
+import { SERVE_FLAGS, runServe } from './serve.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
@@ -48,9 +50,22 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
-                       [--prompt-tokens N] [--decode-tokens N]
+                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...]
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
-      adapter's own copy bandwidth (--json: one line of figures)
+      adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
+      that many concurrent streams decoding together (continuous batching), and the speedup over one stream
+  qwen-webgpu batch    --model <dir|url> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
+      runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
+      "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
+      as it is done; a rerun skips the custom_ids already in --out (resuming a killed run)
+  qwen-webgpu serve    --model <dir|url> [--port 8080] [--host 127.0.0.1] [--api-key KEY] [--max-batch N] [--max-queue N]
+                       [--cors ORIGIN,...] [--max-body-kb N] [--served-model-name NAME] [--context N]
+      an OpenAI-compatible HTTP server: POST /v1/chat/completions and /v1/completions (stream: true sends server-sent
+      events), GET /v1/models, /health and /metrics (Prometheus); --api-key (or env QWEN_API_KEY) requires
+      "Authorization: Bearer KEY" on /v1/; up to --max-batch requests decode together (continuous batching, default
+      4; each holds a KV cache of --context tokens); past them and --max-queue waiting (default 16) requests, 429;
+      --port 0 picks a free port; prints "listening on http://HOST:PORT"; SIGINT/SIGTERM finish the running requests
+      (up to 30 s) and exit 0
   qwen-webgpu adapter  prints the adapter the engine would use
 
 common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises
@@ -94,8 +109,18 @@ const COMMANDS: Record<string, Command> = {
   export: { gpu: false, flags: ['model', 'out', 'http-timeout'], run: (a, _c, h) => exportPacked(a, h) },
   bench: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'json'],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'json'],
     run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a)), d, a, c!, h, n)),
+  },
+  batch: {
+    gpu: true,
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'in', 'out', 'max-batch', 'context'],
+    run: (a, c, h) => runBatch(a, h, async (maxBatch, context) => loadEngine(await openModelFlag(a), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
+  },
+  serve: {
+    gpu: true,
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SERVE_FLAGS],
+    run: (a, c, h) => runServe(a, h, async (context, maxBatch) => loadEngine(await openModelFlag(a), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
   },
   adapter: { gpu: true, flags: GPU_FLAGS, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
 };
@@ -185,13 +210,22 @@ function httpOptions(args: Args): { http: HttpOptions } {
 const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(args, 'model', true), httpOptions(args));
 
 /** The Engine for --model (opened once), with a progress bar on a terminal; generate and score run on it. */
-async function loadEngine(checkpoint: Checkpoint, dtype: WeightDtype, args: Args, ctx: GpuContext, host: CliHost, contextLength: number): Promise<Engine> {
+async function loadEngine(
+  checkpoint: Checkpoint,
+  dtype: WeightDtype,
+  args: Args,
+  ctx: GpuContext,
+  host: CliHost,
+  contextLength: number,
+  maxBatch?: number,
+): Promise<Engine> {
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const engine = await Engine.load(ctx, checkpoint, {
     dtype,
     dtypeGiven: args.flags.has('dtype'),
     verify: args.flags.has('verify'),
     contextLength,
+    maxBatch,
     expertCacheBytes: expertCacheBytes(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
   });

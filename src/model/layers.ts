@@ -38,12 +38,19 @@ export interface ForwardPlan {
   tokens: number;
   /** Where the token ids come from: the prompt buffer (prefill), or the tokens the sampler left (decode rows). */
   input: 'ids' | 'token';
+  /**
+   * Decode rows' projections through the tiled matmul (weights read once for all rows: a batch on a GPU) rather
+   * than a matvec per row; norms are then dispatches of their own and the final norm leaves act.x for lmHead.
+   */
+  tiledDecode?: boolean;
 }
 
-/** A forward call's shape as its parts need it: T tokens (prefill) or T rows (decode). */
+/** A forward call's shape as its parts need it: T tokens (prefill) or T rows (decode), and how projections run. */
 interface Rows {
   T: number;
   decode: boolean;
+  /** Projections through the tiled matmul (prefill on GPUs, or tiledDecode). */
+  tiled: boolean;
 }
 
 /**
@@ -65,14 +72,15 @@ export async function forward(ctx: GpuContext, model: Model, state: LayerState[]
 export async function forwardSegments(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<ForwardSegment[]> {
   const { config, weights: w } = model;
   const T = plan.tokens;
-  const rows: Rows = { T, decode: T === 1 || plan.input === 'token' };
+  const decode = T === 1 || plan.input === 'token';
+  const rows: Rows = { T, decode, tiled: decode ? Boolean(plan.tiledDecode) : !ctx.caps.cpu };
   const H = config.hiddenSize;
   const segments: ForwardSegment[] = [];
   let out: Dispatch[] = [];
   const add = (dispatches: Dispatch | Dispatch[]) => out.push(...(Array.isArray(dispatches) ? dispatches : [dispatches]));
-  // The RMS norm in front of a block: folded into the block's projections in decode, else its own dispatch.
+  // The RMS norm in front of a block: folded into the block's matvecs in decode, else its own dispatch.
   const normed = async (weight: GpuTensor): Promise<Input> => {
-    if (rows.decode) return residualNormed(model, act, weight);
+    if (!rows.tiled && rows.decode) return residualNormed(model, act, weight);
     add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(weight), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
     return { buffer: act.x };
   };
@@ -96,9 +104,9 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
       add(await moeOutput(ctx, model, layer.mlp, act, rows));
     }
   }
-  // Decode folds the final norm into the LM head (lmHead 'decoded'); prefill leaves the normed rows in act.x, which
-  // its LM head and scoring read.
-  if (plan.input === 'ids') add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(w.norm), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
+  // Decode folds the final norm into the LM head (lmHead 'decoded'); prefill (and tiled decode) leaves the normed
+  // rows in act.x, which its LM head and scoring read.
+  if (plan.input === 'ids' || rows.tiled) add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(w.norm), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
   segments.push({ dispatches: out });
   return segments;
 }
@@ -130,14 +138,15 @@ interface LinearArgs {
 }
 
 /**
- * y (+)= x W^T for T rows: matvec in decode (bandwidth-bound; every row its own matvec over the same weights, so a
- * row's result does not depend on the rows beside it), tiled matmul for prefill; on CPU adapters, where the tiled
- * matmul runs far below what matvec reaches, matvec token after token.
+ * y (+)= x W^T for T rows: the tiled matmul (prefill on GPUs, a batch's decode rows with tiledDecode: weights read
+ * once per tile of rows), else matvec, each row its own over the same weights (bandwidth-bound decode; and CPU
+ * adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend
+ * on the rows beside it.
  */
-function linear(ctx: GpuContext, act: Activations, { T, decode }: Rows, args: LinearArgs): Promise<Dispatch[]> {
+function linear(ctx: GpuContext, act: Activations, { T, tiled }: Rows, args: LinearArgs): Promise<Dispatch[]> {
   const { w, x, y, epilogue, scales } = args;
   const [input, output] = [elementOf(act, x.buffer), elementOf(act, y)];
-  if (decode || ctx.caps.cpu) {
+  if (!tiled) {
     return matvec(ctx, { w, x: x.buffer, xStride: args.xStride, y, yStride: args.yStride, input, output, epilogue, scales, norm: x.norm, tokens: T });
   }
   if (x.norm) throw new ContractError('takes a normed input only (its norm runs as a dispatch of its own)', 'matmul');
@@ -429,15 +438,16 @@ async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Acti
 
 /**
  * Logits into `logits` ([rows, V] f32 whatever the activations): of the final-normed hidden rows [first, first + rows)
- * that a prefill forward left in act.x, or of the rows of a decode forward (`decoded`: their count; the final norm
- * folded in here).
+ * that a prefill forward (or a tiled decode) left in act.x — through the tiled matmul with `tiled`, so that a row's
+ * logits do not depend on how many rows there are — or of the rows of a decode forward (`decoded`: their count; the
+ * final norm folded in here).
  */
 export function lmHead(
   ctx: GpuContext,
   model: Model,
   act: Activations,
   logits: GPUBuffer,
-  rows: { first: number; count: number } | { decoded: number },
+  rows: { first: number; count: number; tiled?: boolean } | { decoded: number },
 ): Promise<Dispatch[]> {
   const H = model.config.hiddenSize;
   const V = model.config.vocabSize;
@@ -448,7 +458,7 @@ export function lmHead(
     return matvec(ctx, { w, x: x.buffer, xStride: H, norm: x.norm, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens });
   }
   const { first, count } = rows;
-  return count === 1 || ctx.caps.cpu
+  return !rows.tiled && (count === 1 || ctx.caps.cpu)
     ? matvec(ctx, { w, x: act.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens: count })
     : matmul(ctx, { w, tokens: count, x: act.x, xOffset: first * H, xStride: H, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store' });
 }

@@ -18,6 +18,11 @@ export interface BatchOptions {
   maxBatch: number;
   /** Prefill chunk (tokens between two decode steps); default: the Session's. */
   prefillChunk?: number;
+  /**
+   * Decode projections through the tiled matmul, reading the weights once per step for all rows (default on GPUs);
+   * else a matvec per row (default on CPU adapters, where the tiled matmul is slow).
+   */
+  tiledDecode?: boolean;
 }
 
 interface StepRequest {
@@ -57,6 +62,7 @@ export class Batch {
     private readonly act: Activations,
     /** Where prompts are prefilled; also where the Engine scores (through `withPrefillSession`). */
     readonly prefillSession: Session,
+    private readonly tiledDecode: boolean,
   ) {
     const samplerSizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
     this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
@@ -73,7 +79,8 @@ export class Batch {
     let states: LayerState[] = [];
     try {
       states = createLayerStates(ctx, model, capacity, maxBatch);
-      return new Batch(ctx, model, capacity, states, createActivations(ctx, model, maxBatch, capacity, maxBatch), prefillSession);
+      const act = createActivations(ctx, model, maxBatch, capacity, maxBatch);
+      return new Batch(ctx, model, capacity, states, act, prefillSession, options.tiledDecode ?? !ctx.caps.cpu);
     } catch (error) {
       prefillSession.destroy();
       for (const s of states) ctx.free(s.conv, s.recurrent, s.keys, s.values);
@@ -285,9 +292,10 @@ export class Batch {
 
   /** The forward of `rows` decode rows and their logits, built once per row count. */
   private decodePlan(rows: number): Promise<Dispatch[]> {
+    const tiled = this.tiledDecode;
     return memoise(this.decodePlans, rows, async () => [
-      ...(await forward(this.ctx, this.model, this.states, this.act, { tokens: rows, input: 'token' })),
-      ...(await lmHead(this.ctx, this.model, this.act, this.act.logits, { decoded: rows })),
+      ...(await forward(this.ctx, this.model, this.states, this.act, { tokens: rows, input: 'token', tiledDecode: tiled })),
+      ...(await lmHead(this.ctx, this.model, this.act, this.act.logits, tiled ? { first: 0, count: rows, tiled } : { decoded: rows })),
     ]);
   }
 

@@ -99,3 +99,22 @@ for (const name of FIXTURES) {
     }, 300_000);
   });
 }
+
+describe('tiled decode (the GPUs’ default, forced on this CPU adapter): rows through the tiled matmul', () => {
+  for (const name of FIXTURES) {
+    it(`${name}: 5 concurrent sequences on 4 slots give the ids each gives alone on the same engine`, async () => {
+      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+      const engine = await Engine.load(ctx, await openModel(fixtureDir(name)), { dtype: 'f32', contextLength: 128, maxBatch: 4, tiledDecode: true });
+      try {
+        const list = prompts(name, 5);
+        const run = (promptIds: number[]) => engine.generateIds({ promptIds, maxTokens: 8, sampling: { temperature: 0 }, ignoreEos: true }).then((r) => r.ids);
+        const want: number[][] = [];
+        for (const p of list) want.push(await run(p));
+        expect(await Promise.all(list.map(run))).toEqual(want);
+      } finally {
+        engine.destroy();
+        ctx.destroy();
+      }
+    }, 300_000);
+  }
+});

@@ -1,6 +1,6 @@
 import { runCli } from '../../cli/main.ts';
 import { GpuContext } from '../../gpu/context.ts';
-import { AdapterError } from '../../errors.ts';
+import { AdapterError, UsageError } from '../../errors.ts';
 
 const encoder = new TextEncoder();
 const code = await runCli(Deno.args, {
@@ -16,5 +16,27 @@ const code = await runCli(Deno.args, {
   stdout: (t) => Deno.stdout.writeSync(encoder.encode(t)),
   stderr: (t) => Deno.stderr.writeSync(encoder.encode(t)),
   isTTY: Deno.stderr.isTerminal(),
+  env: (name) => Deno.env.get(name),
+  listen: (fetch, { hostname, port }) =>
+    new Promise((resolve, reject) => {
+      try {
+        const server = Deno.serve({ hostname, port, onListen: (addr) => resolve({ port: addr.port, close: () => server.shutdown() }) }, fetch);
+      } catch (error) {
+        reject(new UsageError(`cannot listen on ${hostname}:${port} (--host, --port): ${(error as Error).message}`, { cause: error }));
+      }
+    }),
+  onStopSignal(handler) {
+    const signals = ['SIGINT', 'SIGTERM'] as const;
+    // Once only, as under Node: a second signal while stopping ends the process at once.
+    const once = () => {
+      remove();
+      handler();
+    };
+    const remove = () => {
+      for (const signal of signals) Deno.removeSignalListener(signal, once);
+    };
+    for (const signal of signals) Deno.addSignalListener(signal, once);
+    return remove;
+  },
 });
 Deno.exit(code);

@@ -1,0 +1,55 @@
+import type { Engine } from '../api/engine.ts';
+import { createApp } from '../serve/app.ts';
+import { type Args, UsageError, intFlag, stringFlag } from './args.ts';
+import type { CliHost } from './host.ts';
+
+/** `serve`: the OpenAI-compatible HTTP API over one Engine until SIGINT or SIGTERM, then a graceful stop. */
+
+export const SERVE_FLAGS = ['port', 'host', 'api-key', 'max-batch', 'max-queue', 'cors', 'max-body-kb', 'served-model-name', 'context'];
+
+/** How long running requests may take to finish once a stop signal came, before they are aborted. */
+const GRACE_MS = 30_000;
+
+export async function runServe(args: Args, host: CliHost, load: (contextLength: number, maxBatch: number) => Promise<Engine>): Promise<void> {
+  // Every flag is checked before the model loads: a typo fails at once, not after minutes of loading.
+  const port = intFlag(args, 'port', 8080, 0);
+  if (port > 65535) throw new UsageError(`--port must be at most 65535, got ${port}`);
+  const hostname = stringFlag(args, 'host') ?? '127.0.0.1';
+  const apiKey = stringFlag(args, 'api-key') ?? host.env('QWEN_API_KEY');
+  if (apiKey === '') throw new UsageError('--api-key (or QWEN_API_KEY) must not be empty');
+  const maxBatch = intFlag(args, 'max-batch', 4);
+  const maxQueue = intFlag(args, 'max-queue', 16, 0);
+  const maxBodyBytes = intFlag(args, 'max-body-kb', 1024) * 1024;
+  const corsOrigins = stringFlag(args, 'cors')
+    ?.split(',')
+    .map((origin) => origin.trim())
+    .filter(Boolean);
+  const engine = await load(intFlag(args, 'context', 4096), maxBatch);
+  try {
+    const server = createApp(engine, {
+      modelName: stringFlag(args, 'served-model-name') ?? engine.name,
+      apiKey,
+      corsOrigins,
+      maxBodyBytes,
+      maxBatch,
+      maxQueue,
+      graceMs: GRACE_MS,
+    });
+    let removeStopHandler = () => {};
+    const stopRequested = new Promise<void>((resolve) => {
+      removeStopHandler = host.onStopSignal(resolve);
+    });
+    try {
+      const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });
+      host.stdout(`listening on http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${listener.port}\n`);
+      await stopRequested;
+      host.stderr('stopping: finishing the running requests\n');
+      await server.stop();
+      await listener.close();
+    } finally {
+      removeStopHandler();
+    }
+  } finally {
+    engine.destroy();
+  }
+}
