@@ -310,7 +310,7 @@ export class Engine {
     let stream: AsyncGenerator<T> | undefined;
     let closed = false;
     let busy = false;
-    let turn: Promise<AsyncGenerator<T>> | undefined;
+    let turn: Promise<AsyncGenerator<T> | undefined> | undefined;
     const close = () => {
       if (closed) return;
       closed = true;
@@ -330,16 +330,22 @@ export class Engine {
       signal?.addEventListener('abort', cancelWait, { once: true });
     });
     aborted.catch(() => {});
-    const acquire = () =>
-      (turn ??= this.lease(signal).then((held) => {
-        if (closed) {
-          held.release();
-          throw new AbortError('aborted');
-        }
-        lease = held;
-        stream = generation(held.sequence, held.sampler);
-        return stream;
-      }));
+    // Undefined when the stream was closed before its lease came (the lease is given back at once).
+    const acquire = () => {
+      if (!turn) {
+        turn = this.lease(signal).then((held) => {
+          if (closed) {
+            held.release();
+            return undefined;
+          }
+          lease = held;
+          stream = generation(held.sequence, held.sampler);
+          return stream;
+        });
+        turn.catch(() => {});
+      }
+      return turn;
+    };
     return {
       [Symbol.asyncIterator]: () => ({
         next: async () => {
@@ -353,7 +359,9 @@ export class Engine {
           }
           busy = true;
           try {
-            const r = await (await Promise.race([acquire(), aborted])).next();
+            const acquired = await Promise.race([acquire(), aborted]);
+            if (!acquired) throw new AbortError('aborted');
+            const r = await acquired.next();
             if (r.done) close();
             return r;
           } catch (error) {

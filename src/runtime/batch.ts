@@ -49,7 +49,9 @@ export class Batch {
   /** Slots past their first pick, which ask for decode steps. */
   private readonly decoding = new Set<BatchSlot>();
   private requests: StepRequest[] = [];
-  private stepScheduled = false;
+  /** A step queued to run in a microtask (everyone asked), or on a timer (some have). */
+  private stepQueued = false;
+  private stepTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
   /** The prefill Session is one sequence's at a time, in the order they ask. */
   private prefillTurn: Promise<void> = Promise.resolve();
@@ -233,16 +235,22 @@ export class Batch {
    * event loop with those that have: a sequence busy elsewhere (its consumer, a prefill) does not hold the others up.
    */
   private scheduleStep(): void {
-    if (this.stepScheduled) return;
     const asked = new Set(this.requests.map((r) => r.slot));
-    const everyone = [...this.decoding].every((s) => asked.has(s));
-    this.stepScheduled = true;
-    const run = () => {
-      this.stepScheduled = false;
-      void this.runStep();
-    };
-    if (everyone) queueMicrotask(run);
-    else setTimeout(run, 0);
+    if ([...this.decoding].every((s) => asked.has(s))) {
+      if (this.stepTimer !== undefined) clearTimeout(this.stepTimer);
+      this.stepTimer = undefined;
+      if (this.stepQueued) return;
+      this.stepQueued = true;
+      queueMicrotask(() => {
+        this.stepQueued = false;
+        void this.runStep();
+      });
+    } else if (this.stepTimer === undefined && !this.stepQueued) {
+      this.stepTimer = setTimeout(() => {
+        this.stepTimer = undefined;
+        void this.runStep();
+      }, 0);
+    }
   }
 
   private async runStep(): Promise<void> {
