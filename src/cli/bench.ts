@@ -134,13 +134,14 @@ function streamCounts(args: Args): number[] | undefined {
 
 /** Aggregate decode tokens/s of concurrent streams (continuous batching), with the speedup over one stream. */
 async function printStreams(host: CliHost, args: Args, ctx: GpuContext, model: Model, o: { counts: number[]; promptTokens: number; decodeTokens: number }) {
-  const figures = await benchStreams(ctx, model, o);
+  const { single_tokens_per_s: single, figures } = await benchStreams(ctx, model, o);
   const head = { model: model.location, layers: model.config.numLayers, adapter: ctx.adapter.name, backend: ctx.adapter.backend, ...o };
   if (args.flags.has('json')) {
-    host.stdout(`${JSON.stringify({ ...head, streams: figures })}\n`);
+    host.stdout(`${JSON.stringify({ ...head, single_tokens_per_s: single, streams: figures })}\n`);
     return;
   }
   host.stdout(`${head.model} (${head.layers} layers) on ${head.adapter} [${head.backend}]: decode with concurrent streams (${o.decodeTokens} tokens each)\n`);
+  host.stdout(`  one stream alone (matvec per row): ${single} tokens/s\n`);
   for (const f of figures) {
     host.stdout(
       `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream)\n`,

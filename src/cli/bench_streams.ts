@@ -8,27 +8,35 @@ export interface StreamsFigure {
   /** Tokens/s of all streams together.  */
   decode_tokens_per_s: number;
   per_stream_tokens_per_s: number;
-  /** Against the first count's per-stream tokens/s in the same run (one stream's, with --streams 1,...). */
+  /** Against one stream decoding alone as fast as the engine can (see benchStreams), in the same run. */
   speedup: number;
+}
+
+export interface StreamsResult {
+  /** One stream alone through a matvec per row: the single-sequence decode path, the baseline of `speedup`. */
+  single_tokens_per_s: number;
+  figures: StreamsFigure[];
 }
 
 /**
  * Aggregate decode speed of `counts` concurrent streams through continuous batching (runtime/batch.ts), each
  * greedy on a prompt of its own: every stream is prefilled first, then all decode together, each step submitted
- * before the previous step's tokens are read (as generation runs), and the decode steps are timed.
+ * before the previous step's tokens are read (as generation runs), and the decode steps are timed. The speedup is
+ * against one stream through a matvec per row (the single-sequence path): on GPUs a batch runs its projections
+ * through the tiled matmul, which is slower than matvec for one row, so its own one-stream figure is no baseline.
  */
 export async function benchStreams(
   ctx: GpuContext,
   model: Model,
   options: { counts: number[]; promptTokens: number; decodeTokens: number },
-): Promise<StreamsFigure[]> {
+): Promise<StreamsResult> {
   const { counts, promptTokens, decodeTokens } = options;
-  const batch = Batch.create(ctx, model, { contextLength: promptTokens + decodeTokens + 1, maxBatch: Math.max(...counts) });
+  const contextLength = promptTokens + decodeTokens + 1;
   let seed = 777;
   const prompt = () => Array.from({ length: promptTokens }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % model.tokenizerSize);
 
-  /** Decode tokens/s of `streams` sequences stepping together for `steps` steps. */
-  const run = async (streams: number, steps: number): Promise<number> => {
+  /** Decode tokens/s of `streams` sequences of `batch` stepping together for `steps` steps. */
+  const run = async (batch: Batch, streams: number, steps: number): Promise<number> => {
     const slots = await Promise.all(Array.from({ length: streams }, () => batch.acquire()));
     try {
       let pending: PendingToken[] = [];
@@ -52,25 +60,28 @@ export async function benchStreams(
     }
   };
 
-  try {
-    // Warm-up: every pipeline, and the decode plan of each row count.
-    for (const streams of counts) await run(streams, 2);
-    const figures: StreamsFigure[] = [];
-    let single = 0;
-    for (const streams of counts) {
-      const rate = await run(streams, decodeTokens);
-      if (single === 0) single = rate / streams;
-      figures.push({
-        streams,
-        decode_tokens_per_s: round(rate),
-        per_stream_tokens_per_s: round(rate / streams),
-        speedup: round(rate / single, 2),
-      });
+  const measure = async (batch: Batch, streamCounts: number[]): Promise<number[]> => {
+    try {
+      // Warm-up: every pipeline, and the decode plan of each row count.
+      for (const streams of streamCounts) await run(batch, streams, 2);
+      const rates: number[] = [];
+      for (const streams of streamCounts) rates.push(await run(batch, streams, decodeTokens));
+      return rates;
+    } finally {
+      batch.destroy();
     }
-    return figures;
-  } finally {
-    batch.destroy();
-  }
+  };
+  const [single] = await measure(Batch.create(ctx, model, { contextLength, maxBatch: 1, tiledDecode: false }), [1]);
+  const rates = await measure(Batch.create(ctx, model, { contextLength, maxBatch: Math.max(...counts) }), counts);
+  return {
+    single_tokens_per_s: round(single),
+    figures: counts.map((streams, i) => ({
+      streams,
+      decode_tokens_per_s: round(rates[i]),
+      per_stream_tokens_per_s: round(rates[i] / streams),
+      speedup: round(rates[i] / single, 2),
+    })),
+  };
 }
 
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;

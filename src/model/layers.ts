@@ -322,8 +322,8 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
   return [
     ...(await linear(ctx, act, rows, { w: w.router, x, xStride: config.hiddenSize, y: moeAct.logits, yStride: E + 1, epilogue: 'store' })),
     await moeRoute(ctx, { logits: moeAct.logits, tokens: T, experts: E, topk: k, ids: moeAct.ids, gates: moeAct.gates }),
-    // Prefill: the T·topk (token, expert) pairs grouped by expert into tiles.
-    ...(rows.decode
+    // Prefill and tiled decode: the T·topk (token, expert) pairs grouped by expert into tiles.
+    ...(rows.decode && !rows.tiled
       ? []
       : await moeGroup(ctx, {
           ids: moeAct.ids,
@@ -351,7 +351,8 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
 
 /**
  * The chosen experts' SwiGLU and down projections: decode adds them into h (each row through its own picks, two
- * dispatches per row), prefill stores one row per pair.
+ * dispatches per row); prefill and tiled decode store one row per (token, expert) pair, grouped by expert so that
+ * an expert's weights are read once for every row that picked it.
  */
 async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
   const T = rows.T;
@@ -359,7 +360,7 @@ async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: 
   const { topk: k, expertIntermediate: Im } = config.moe!;
   const H = config.hiddenSize;
   const moeAct = act.moe!;
-  if (rows.decode) {
+  if (rows.decode && !rows.tiled) {
     const row = async (r: number) => {
       const experts = { ids: moeAct.ids, idsOffset: r * k, slots: w.slots, topk: k };
       return [
@@ -423,7 +424,7 @@ async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: 
   ];
 }
 
-/** Prefill: the pairs' rows summed into h; then the shared expert's down projection, added to h. */
+/** Prefill and tiled decode: the pairs' rows summed into h; then the shared expert's down projection, added to h. */
 async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, rows: Rows): Promise<Dispatch[]> {
   const T = rows.T;
   const config = model.config;
@@ -431,7 +432,7 @@ async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Acti
   const H = config.hiddenSize;
   const moeAct = act.moe!;
   return [
-    ...(rows.decode ? [] : [await moeCombine(ctx, { h: act.h, out: moeAct.out, tokens: T, hidden: H, topk: k })]),
+    ...(rows.decode && !rows.tiled ? [] : [await moeCombine(ctx, { h: act.h, out: moeAct.out, tokens: T, hidden: H, topk: k })]),
     ...(await linear(ctx, act, rows, { w: w.sharedDown, x: { buffer: act.swiglu }, xStride: Is, y: act.h, yStride: H, epilogue: 'add' })),
   ];
 }
