@@ -10,6 +10,7 @@ import type { Model } from '../model/model.ts';
 import { openModel } from '../storage/locate.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import type { HttpOptions } from '../storage/http.ts';
+import type { HubOptions } from '../storage/hf_model.ts';
 import { readGenerationConfig } from '../runtime/generation_config.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { convertModel } from '../model/convert.ts';
@@ -25,6 +26,8 @@ import { runBench } from './bench.ts';
 import { runBatch } from './batch.ts';
 import type { CliHost } from './host.ts';
 import { SERVE_FLAGS, runServe } from './serve.ts';
+import { hubOptions, listModels, modelAsFlag, pull, removeModel } from './hub.ts';
+import { convertedOnce } from './packed_cache.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
@@ -32,17 +35,17 @@ const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-th
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
-  qwen-webgpu generate --model <dir|url> (--prompt TEXT | --messages FILE.json | --prompt-ids ID,ID,...)
+  qwen-webgpu generate --model <dir|url|hub id> (--prompt TEXT | --messages FILE.json | --prompt-ids ID,ID,...)
                        [--max-tokens N] [--greedy | --temperature T --top-p P --top-k K --min-p M]
                        [--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] [--seed S]
                        [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json]
       generates from a chat (--prompt is one user message) or from raw token ids, streaming text to stdout;
       --json prints the OpenAI-shaped response with prompt_ids and ids (with --stream: each chunk, then it);
       without sampling flags the model's generation_config.json settings apply
-  qwen-webgpu tokenize --model <dir|url> (--text TEXT | --messages FILE.json [--no-think]) [--json]
+  qwen-webgpu tokenize --model <dir|url|hub id> (--text TEXT | --messages FILE.json [--no-think]) [--json]
       token ids of a text, or of the rendered chat prompt with the generation prompt added
       (--json: {"ids": [...], "text": the text that was tokenized})
-  qwen-webgpu score    --model <dir|url> --ids ID,ID,... --out FILE
+  qwen-webgpu score    --model <dir|url|hub id> --ids ID,ID,... --out FILE
       writes float32 little-endian [n, vocab_size]: row t = log_softmax of the logits after ids[0..t]
   qwen-webgpu convert  --model <hf dir|url|file.gguf> --dtype int4|f16|f32 --out DIR [--shard-mb N] [--no-mtp]
       writes the engine's packed model (manifest with sha256 + shards); --model DIR then loads it; --no-mtp
@@ -54,11 +57,11 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
       adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
       that many concurrent streams decoding together (continuous batching), and the speedup over one stream
-  qwen-webgpu batch    --model <dir|url> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
+  qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
       runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
       "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
       as it is done; a rerun skips the custom_ids already in --out (resuming a killed run)
-  qwen-webgpu serve    --model <dir|url> [--port 8080] [--host 127.0.0.1] [--api-key KEY] [--max-batch N] [--max-queue N]
+  qwen-webgpu serve    --model <dir|url|hub id> [--port 8080] [--host 127.0.0.1] [--api-key KEY] [--max-batch N] [--max-queue N]
                        [--cors ORIGIN,...] [--max-body-kb N] [--served-model-name NAME] [--context N]
       an OpenAI-compatible HTTP server: POST /v1/chat/completions and /v1/completions (stream: true sends server-sent
       events), GET /v1/models, /health and /metrics (Prometheus); --api-key (or env QWEN_API_KEY) requires
@@ -66,9 +69,18 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       4; each holds a KV cache of --context tokens); past them and --max-queue waiting (default 16) requests, 429;
       --port 0 picks a free port; prints "listening on http://HOST:PORT"; SIGINT/SIGTERM finish the running requests
       (up to 30 s) and exit 0
+  qwen-webgpu pull     ORG/NAME[@REVISION][:QUANT] [--json]
+      downloads a Hugging Face hub model into the cache (see --model) with progress, prints its snapshot path
+  qwen-webgpu models   [--json]   lists the cached hub models: id, revisions, size
+  qwen-webgpu rm       ORG/NAME   removes a hub model from the cache (the exact id, as models lists it)
   qwen-webgpu adapter  prints the adapter the engine would use
 
-common: --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises
+common: --model            a local folder or .gguf, a URL, or a Hugging Face hub id: ORG/NAME, ORG/NAME@REVISION
+                           (branch, tag, commit), ORG/NAME:QUANT (the repo's GGUF whose name holds QUANT) or
+                           ORG/NAME/FILE.gguf; hub models are downloaded once into the hub cache ($HF_HUB_CACHE, else
+                           $HF_HOME/hub, else ~/.cache/huggingface/hub); env HF_ENDPOINT, HF_TOKEN (gated repos),
+                           HF_HUB_OFFLINE=1 (the cache only); a local path of the same spelling wins
+        --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises
                            every matrix while loading, groups of 32 with f16 scales; a packed model keeps its own)
         --activations f32|f16  how activations, KV cache and conv state are held (default f32; f16 needs
                            shader-f16; the residual stream, recurrent state and routed experts stay f32)
@@ -110,18 +122,21 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     gpu: true,
     flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'json'],
-    run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a)), d, a, c!, h, n)),
+    run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a, h)), d, a, c!, h, n)),
   },
   batch: {
     gpu: true,
     flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'in', 'out', 'max-batch', 'context'],
-    run: (a, c, h) => runBatch(a, h, async (maxBatch, context) => loadEngine(await openModelFlag(a), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
+    run: (a, c, h) => runBatch(a, h, async (maxBatch, context) => loadEngine(await openModelFlag(a, h), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
   },
   serve: {
     gpu: true,
     flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SERVE_FLAGS],
-    run: (a, c, h) => runServe(a, h, async (context, maxBatch) => loadEngine(await openModelFlag(a), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
+    run: (a, c, h) => runServe(a, h, async (context, maxBatch) => loadEngine(await openModelFlag(a, h), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
   },
+  pull: { gpu: false, flags: ['model', 'json', 'http-timeout'], run: (a, _c, h) => pull(a, h, httpOptions(a, h).http.timeoutMs) },
+  models: { gpu: false, flags: ['json'], run: (a, _c, h) => listModels(a, h) },
+  rm: { gpu: false, flags: ['model'], run: (a, _c, h) => removeModel(a, h) },
   adapter: { gpu: true, flags: GPU_FLAGS, run: async (_a, c, h) => h.stdout(`${JSON.stringify(c!.adapter)}\n`) },
 };
 
@@ -150,7 +165,7 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
   let ctx: GpuContext | undefined;
   const debug = argv.includes('--debug');
   try {
-    const args = parseArgs(argv, SWITCHES);
+    const args = parseArgs(modelAsFlag(argv), SWITCHES);
     if (args.command === 'help' || args.flags.has('help')) {
       host.stdout(USAGE);
       return 0;
@@ -200,14 +215,15 @@ const expertJson = (source: { expertStats(): ExpertStats | undefined }) => {
   );
 };
 
-/** --http-timeout as HttpSource options (model URLs). */
-function httpOptions(args: Args): { http: HttpOptions } {
+/** --http-timeout as HttpSource options (model URLs), and how hub ids reach the hub and its cache. */
+function httpOptions(args: Args, host: CliHost): { http: HttpOptions; hub: HubOptions } {
   const seconds = numberFlag(args, 'http-timeout', 0);
   if (seconds === 0) throw new UsageError('--http-timeout must be a number of seconds > 0, got "0"');
-  return { http: { timeoutMs: seconds === undefined ? undefined : seconds * 1000 } };
+  const timeoutMs = seconds === undefined ? undefined : seconds * 1000;
+  return { http: { timeoutMs }, hub: hubOptions(host, timeoutMs) };
 }
 
-const openModelFlag = (args: Args): Promise<Checkpoint> => openModel(stringFlag(args, 'model', true), httpOptions(args));
+const openModelFlag = (args: Args, host: CliHost): Promise<Checkpoint> => openModel(stringFlag(args, 'model', true), httpOptions(args, host));
 
 /** The Engine for --model (opened once), with a progress bar on a terminal; generate and score run on it. */
 async function loadEngine(
@@ -219,6 +235,17 @@ async function loadEngine(
   contextLength: number,
   maxBatch?: number,
 ): Promise<Engine> {
+  if (dtype === 'q4') {
+    // A hub model converts to INT4 once; later runs load the packed copy.
+    const bar = progressBar(host.stderr, host.isTTY, 'converting');
+    checkpoint =
+      (await convertedOnce(ctx, checkpoint, {
+        env: (name) => host.env(name),
+        onConvert: (dir) => host.stderr(`converting to int4 once, into ${dir}\n`),
+        onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+      })) ?? checkpoint;
+    bar.done();
+  }
   const bar = progressBar(host.stderr, host.isTTY, 'loading');
   const engine = await Engine.load(ctx, checkpoint, {
     dtype,
@@ -310,7 +337,7 @@ function reasoningOf(args: Args): Reasoning {
 }
 
 async function tokenize(args: Args, host: CliHost): Promise<void> {
-  const tokenizer = await Tokenizer.load((await openModelFlag(args)).files);
+  const tokenizer = await Tokenizer.load((await openModelFlag(args, host)).files);
   let text = stringFlag(args, 'text');
   if (text !== undefined && args.flags.has('messages')) throw new UsageError('give --text or --messages, not both');
   if (text === undefined) {
@@ -330,7 +357,7 @@ async function score(args: Args, ctx: GpuContext, host: CliHost): Promise<void> 
   const dtype = dtypeOf(args, ctx);
   await checkWritable('out', outPath);
   const t0 = performance.now();
-  const engine = await loadEngine(await openModelFlag(args), dtype, args, ctx, host, contextLength);
+  const engine = await loadEngine(await openModelFlag(args, host), dtype, args, ctx, host, contextLength);
   try {
     checkIds('ids', ids, engine.model);
     const t1 = performance.now();
@@ -383,7 +410,7 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
     );
   }
   const dtype = dtypeOf(args, ctx);
-  const checkpoint = await openModelFlag(args);
+  const checkpoint = await openModelFlag(args, host);
   const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
   const engine = await loadEngine(checkpoint, dtype, args, ctx, host, contextLength);
   try {
@@ -414,7 +441,7 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
   const messages = await chatMessages(args);
   const reasoning = reasoningOf(args);
   const maxTokens = intFlag(args, 'max-tokens', 256);
-  const checkpoint = await openModelFlag(args);
+  const checkpoint = await openModelFlag(args, host);
   const sampling = samplingFromFlags(args, await readGenerationConfig(checkpoint.files));
   const engine = await loadEngine(checkpoint, dtypeOf(args, ctx), args, ctx, host, intFlag(args, 'context', 4096));
   const prompt = engine.renderPrompt(messages, { reasoning });
@@ -489,7 +516,7 @@ async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void
   if (!args.flags.has('dtype')) throw new UsageError('convert takes --dtype int4, f16 or f32');
   const dtype = dtypeOf(args, ctx);
   const out = stringFlag(args, 'out', true);
-  const checkpoint = await openModelFlag(args);
+  const checkpoint = await openModelFlag(args, host);
   const bar = progressBar(host.stderr, host.isTTY, 'converting');
   const t0 = performance.now();
   const manifest = await convertModel(ctx, checkpoint, {
@@ -508,7 +535,7 @@ async function convert(args: Args, ctx: GpuContext, host: CliHost): Promise<void
 
 async function exportPacked(args: Args, host: CliHost): Promise<void> {
   const out = stringFlag(args, 'out', true);
-  const checkpoint = await openModelFlag(args);
+  const checkpoint = await openModelFlag(args, host);
   if (!checkpoint.packed) throw new UsageError(`export reads a packed model (made by convert); ${checkpoint.location} is not one`);
   const bar = progressBar(host.stderr, host.isTTY, 'exporting');
   const result = await exportHf(checkpoint.packed, new FolderSink(out), { onProgress: (p) => bar.update(p.doneBytes, p.totalBytes, p.tensor) });

@@ -12,5 +12,5 @@
  */
 export * from './packed_manifest.ts';
 export * from './packed_sink.ts';
-export { PackedWriter, type PackedWriterOptions, shardName } from './packed_writer.ts';
+export { PackedWriter, type PackedWriterOptions, layoutPackedTensors, shardName } from './packed_writer.ts';
 export { type PackedModel, type VerifyProgress, isPackedModel, openPacked } from './packed_reader.ts';

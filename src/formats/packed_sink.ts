@@ -1,3 +1,5 @@
+import type { PackedTensorInfo } from './packed_manifest.ts';
+
 /**
  * Where writers put files (the packed writer, the Hugging Face exporter): supplied by the host so that
  * src/formats never touches a file system itself. Node and Deno: `FolderSink` (src/storage/file_sink.ts);
@@ -12,6 +14,11 @@ export interface OutputSink {
   rename(from: string, to: string): Promise<void>;
   /** Removes `name`; does nothing when it does not exist. */
   remove(name: string): Promise<void>;
+  /**
+   * A sink that keeps what an interrupted conversion wrote (the browser's model store): the tensor's items
+   * read back when it holds all of them at the places the layout gives, so they are not converted again.
+   */
+  storedItems?(tensor: PackedTensorInfo): AsyncIterable<Uint8Array> | undefined;
 }
 
 export interface SinkFile {

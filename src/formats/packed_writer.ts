@@ -230,6 +230,40 @@ export class PackedWriter {
 }
 
 /**
+ * Where the writer will put each tensor's items, and each shard's size, before anything is written: the
+ * same placement as addTensor (an item goes into the open shard when it fits, else opens the next), so a
+ * store that keeps records per expert item can lay out and resume a conversion it has not yet finished.
+ */
+export function layoutPackedTensors(
+  tensors: PackedTensorMeta[],
+  shardBytes = DEFAULT_SHARD_BYTES,
+): { tensors: PackedTensorInfo[]; shards: { name: string; bytes: number }[] } {
+  const shards: { name: string; bytes: number }[] = [];
+  const infos = tensors.map((meta) => {
+    const itemBytes = checkTensorLayout(meta, (message) => {
+      throw new ModelFormatError(message, PACKED_MANIFEST, meta.key);
+    });
+    const runs: PackedRun[] = [];
+    for (let item = 0; item < meta.shape[0]; ) {
+      let shard = shards[shards.length - 1];
+      if (!shard || (shard.bytes > 0 && shard.bytes + itemBytes > shardBytes)) {
+        shard = { name: shardName(shards.length), bytes: 0 };
+        shards.push(shard);
+      }
+      const fit = shard.bytes === 0 ? Math.max(1, Math.floor(shardBytes / itemBytes)) : Math.floor((shardBytes - shard.bytes) / itemBytes);
+      const count = Math.min(fit, meta.shape[0] - item);
+      const last = runs[runs.length - 1];
+      if (last && last.shard === shards.length - 1) last.count += count;
+      else runs.push({ shard: shards.length - 1, offset: shard.bytes, firstItem: item, count });
+      shard.bytes += count * itemBytes;
+      item += count;
+    }
+    return { ...meta, shape: [...meta.shape], itemBytes, runs };
+  });
+  return { tensors: infos, shards };
+}
+
+/**
  * Adds `count` items at the shard's write position: to the last run when it is in the same shard (a tensor's
  * items are written back to back, so they follow it), else as a new run.
  */

@@ -1,10 +1,10 @@
 import type { GpuContext } from '../gpu/context.ts';
 import { RequestError, throwIfAborted } from '../errors.ts';
-import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
-import { type OutputSink, type PackedManifest, PackedWriter } from '../formats/packed.ts';
+import { type OutputSink, type PackedManifest, type PackedTensorInfo, PackedWriter, layoutPackedTensors } from '../formats/packed.ts';
+import { type WeightDtype, planTensorLayout } from '../gpu/tensor.ts';
 import { allocateTensors, uploadSources } from './upload.ts';
-import { planCheckpoint, tensorDtype } from './plan.ts';
+import { type CheckpointPlan, planCheckpoint, tensorDtype } from './plan.ts';
 import type { LoadProgress } from './load.ts';
 
 /** Files beside the weights that a packed model keeps (when the checkpoint has them). */
@@ -23,6 +23,39 @@ export interface ConvertOptions {
   signal?: AbortSignal;
 }
 
+/** What `convertModel` will write, known before any weight is read: where every tensor goes, and the sizes. */
+export interface PackedLayout {
+  /** Each tensor with its runs, as the manifest will give them. */
+  tensors: PackedTensorInfo[];
+  shards: { name: string; bytes: number }[];
+  /** The files kept beside the weights, at their size in the checkpoint. */
+  files: { name: string; bytes: number }[];
+  /** Shards and files together (the manifest, a few KiB, aside). */
+  bytes: number;
+}
+
+/** The packed model `convertModel` makes of `checkpoint` with these options, from its config and tensor index alone. */
+export async function planPackedModel(
+  ctx: GpuContext,
+  checkpoint: Checkpoint,
+  options: Pick<ConvertOptions, 'dtype' | 'shardBytes' | 'mtp'>,
+): Promise<PackedLayout> {
+  const plan = await planCheckpoint(checkpoint, { mtp: options.mtp ?? true });
+  const { tensors, shards } = layoutTensors(ctx, plan, options);
+  const files: { name: string; bytes: number }[] = [];
+  for (const name of SIDE_FILES) if (await checkpoint.files.has(name)) files.push({ name, bytes: await checkpoint.files.size(name) });
+  return { tensors, shards, files, bytes: [...shards, ...files].reduce((sum, f) => sum + f.bytes, 0) };
+}
+
+function layoutTensors(ctx: GpuContext, plan: CheckpointPlan, options: Pick<ConvertOptions, 'dtype' | 'shardBytes'>) {
+  const metas = plan.specs.map((spec) => {
+    const dtype = tensorDtype(spec, options.dtype, plan.config);
+    const { rowStride, itemStride } = planTensorLayout(spec.key, spec.shape, dtype, ctx.caps);
+    return { key: spec.key, dtype, shape: spec.shape, rowStride, itemStride };
+  });
+  return layoutPackedTensors(metas, options.shardBytes);
+}
+
 /**
  * Writes a checkpoint (Hugging Face or GGUF) as the engine's packed model, one GPU tensor at a time: its
  * sources are uploaded and converted (quantised for q4) on the GPU exactly as a load would, then read back
@@ -33,10 +66,19 @@ export async function convertModel(ctx: GpuContext, checkpoint: Checkpoint, opti
   const plan = await planCheckpoint(checkpoint, { mtp: options.mtp ?? true });
   const pieceBytes = Math.min(options.pieceBytes ?? 8 * 1024 * 1024, ctx.caps.maxStorageBindingBytes - 16);
   const writer = new PackedWriter(options.sink, { config: plan.rawConfig, dtype: options.dtype, shardBytes: options.shardBytes, signal: options.signal });
+  // A sink that kept an interrupted conversion hands back the tensors it holds whole, at the places the layout gives.
+  const layout = options.sink.storedItems && layoutTensors(ctx, plan, options);
   try {
     let loadedBytes = 0;
-    for (const spec of plan.specs) {
+    for (const [index, spec] of plan.specs.entries()) {
       throwIfAborted(options.signal);
+      const stored = layout && options.sink.storedItems?.(layout.tensors[index]);
+      if (stored) {
+        await writer.addTensor(layout.tensors[index], stored);
+        loadedBytes += spec.sources.reduce((sum, p) => sum + checkpoint.tensors.get(p.source)!.bytes, 0);
+        options.onProgress?.({ loadedBytes, totalBytes: plan.sourceBytes, tensor: spec.key });
+        continue;
+      }
       const owned: GPUBuffer[] = [];
       try {
         const tensor = allocateTensors(ctx, [spec], (s) => tensorDtype(s, options.dtype, plan.config), owned).get(spec.key)!;

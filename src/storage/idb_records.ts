@@ -9,7 +9,7 @@
  */
 import { createStore, promisifyRequest, type UseStore } from 'idb-keyval';
 import { expertTensorKey } from './expert_source.ts';
-import type { PackedManifest } from '../formats/packed_manifest.ts';
+import { PACKED_MANIFEST, type PackedManifest } from '../formats/packed_manifest.ts';
 
 export const DB_NAME = 'qwen-webgpu';
 export const STORE_NAME = 'models';
@@ -121,7 +121,7 @@ export function layoutRecords(bytes: number, pinned: { start: number; end: numbe
 }
 
 /** Each shard's expert items (one per expert of each experts_gate_up / experts_down tensor), as byte ranges. */
-export function expertItems(manifest: PackedManifest): Map<string, { start: number; end: number }[]> {
+export function expertItems(manifest: Pick<PackedManifest, 'tensors'> & { shards: { name: string }[] }): Map<string, { start: number; end: number }[]> {
   const byShard = new Map<string, { start: number; end: number }[]>();
   const expertKeys = new Set<string>();
   for (const t of manifest.tensors) {
@@ -138,4 +138,21 @@ export function expertItems(manifest: PackedManifest): Map<string, { start: numb
     }
   }
   return byShard;
+}
+
+/**
+ * A packed model's files as the store keeps them: the manifest, then every shard and file with its sha256,
+ * each expert item of a shard a record of its own (so an expert read touches exactly one record).
+ */
+export function packedStoredFiles(manifest: PackedManifest, manifestBytes: number): StoredFile[] {
+  const experts = expertItems(manifest);
+  return [
+    { name: PACKED_MANIFEST, bytes: manifestBytes, starts: layoutRecords(manifestBytes) },
+    ...[...manifest.shards, ...manifest.files].map((f) => ({
+      name: f.name,
+      bytes: f.bytes,
+      sha256: f.sha256,
+      starts: layoutRecords(f.bytes, experts.get(f.name)),
+    })),
+  ];
 }

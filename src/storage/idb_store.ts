@@ -21,11 +21,11 @@ import {
   chunkKey,
   completeKey,
   doneKey,
-  expertItems,
   layoutRecords,
   metaKey,
   modelRange,
   modelsStore,
+  packedStoredFiles,
   recordEnd,
   request,
 } from './idb_records.ts';
@@ -206,17 +206,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     }
     const manifest = validateManifest(raw);
     prefetched.set(PACKED_MANIFEST, bytes);
-    // Each expert item of a shard is one record of its own: an expert read touches exactly one record.
-    const experts = expertItems(manifest);
-    files = [
-      { name: PACKED_MANIFEST, bytes: bytes.length, starts: layoutRecords(bytes.length) },
-      ...[...manifest.shards, ...manifest.files].map((f) => ({
-        name: f.name,
-        bytes: f.bytes,
-        sha256: f.sha256,
-        starts: layoutRecords(f.bytes, experts.get(f.name)),
-      })),
-    ];
+    files = packedStoredFiles(manifest, bytes.length);
   } else {
     format = 'hf';
     const side = [...(await plain(['config.json'], false)), ...(await plain(HF_SIDE_FILES, true))];
@@ -247,7 +237,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
 }
 
 /** Quota left for this origin against what the download still needs (a QuotaError names both). */
-async function checkQuota(needed: number): Promise<void> {
+export async function checkQuota(needed: number): Promise<void> {
   const storage = (globalThis.navigator as Navigator | undefined)?.storage;
   if (!storage?.estimate || needed <= 0) return;
   const { quota, usage } = await storage.estimate();
@@ -264,7 +254,7 @@ const quotaError = (needed: number, available: number) =>
   );
 
 /** Wraps a write that fails for lack of space into the same clear QuotaError; any other failure into a StorageError. */
-async function write(key: IDBValidKey, value: ArrayBuffer, stillNeeded: number): Promise<void> {
+export async function putRecord(key: IDBValidKey, value: ArrayBuffer, stillNeeded: number): Promise<void> {
   try {
     await request('readwrite', (s) => s.put(value, key));
   } catch (error) {
@@ -311,7 +301,7 @@ async function downloadFile(
       k += n;
       at += n;
       if (filled === buffer.length) {
-        await write(chunkKey(meta.id, f.name, record), buffer.buffer, f.bytes - f.starts[record]);
+        await putRecord(chunkKey(meta.id, f.name, record), buffer.buffer, f.bytes - f.starts[record]);
         record++;
         progress(at);
         if (record < f.starts.length) buffer = new Uint8Array(recordEnd(f, record) - f.starts[record]);

@@ -158,7 +158,7 @@ Object.assign(window.harness, {
       return { name: e.name, message: e.message, file: e.file, bytesNeeded: e.bytesNeeded, bytesAvailable: e.bytesAvailable };
     }
   },
-  /** A stored load that the page aborts once `afterBytes` bytes are downloaded: the error it ends with. */
+  /** A stored load that the page aborts once `afterBytes` bytes are downloaded (or converted): the error it ends with. */
   async storeLoadAborted(model, afterBytes, options = {}) {
     const controller = new AbortController();
     try {
@@ -168,7 +168,7 @@ Object.assign(window.harness, {
         ...options,
         signal: controller.signal,
         onProgress: (p) => {
-          if (p.phase === 'download' && p.loadedBytes >= afterBytes) controller.abort();
+          if ((p.phase === 'download' || p.phase === 'convert') && p.loadedBytes >= afterBytes) controller.abort();
         },
       });
       return undefined;

@@ -6,6 +6,7 @@
 import * as Comlink from 'comlink';
 import { AbortError, AdapterError, ContractError, RequestError } from '../../errors.ts';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionChunk, CompletionRequest } from '../../api/types.ts';
+import { parseModelRef } from '../../storage/hub.ts';
 import {
   type ChunkSink,
   type GenerateRequest,
@@ -158,7 +159,8 @@ export async function createEngine(options: CreateEngineOptions = {}): Promise<B
 
   return {
     load: ({ onProgress, signal, ...request }) => {
-      const model = new URL(request.model, globalThis.location?.href).href;
+      // A hub id (ORG/NAME[@REV]) goes as it is: the worker resolves it at hubEndpoint.
+      const model = parseModelRef(request.model) ? request.model : new URL(request.model, globalThis.location?.href).href;
       return call(signal, (id) => remote.load({ ...request, model }, id, onProgress && Comlink.proxy(onProgress)));
     },
     generate: ({ signal, ...request }) => call(signal, (id) => remote.generate(request, id)),

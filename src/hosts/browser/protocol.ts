@@ -17,10 +17,11 @@ export type { StoredModel };
 
 /**
  * Where a load is: 'download' (into IndexedDB: bytes of the whole model stored so far, with the rate and the
- * seconds left), 'verify' (a packed model's shards against their sha256) and 'load' (onto the GPU: `tensor`).
+ * seconds left), 'verify' (a packed model's shards against their sha256), 'convert' (INT4 into IndexedDB as
+ * it downloads: the source's bytes read so far, `tensor`) and 'load' (onto the GPU: `tensor`).
  */
 export interface LoadProgress extends ModelLoadProgress {
-  phase: 'download' | 'verify' | 'load';
+  phase: 'download' | 'verify' | 'convert' | 'load';
   /** The file being downloaded or checked ('download' and 'verify'). */
   file?: string;
   bytesPerSecond?: number;
@@ -28,8 +29,13 @@ export interface LoadProgress extends ModelLoadProgress {
 }
 
 export interface LoadRequest {
-  /** URL of a Hugging Face folder, a packed model folder or a .gguf file (relative URLs resolve against the page). */
+  /**
+   * URL of a Hugging Face folder, a packed model folder or a .gguf file (relative URLs resolve against the page
+   * and start with ./ or /), or a Hugging Face hub id: ORG/NAME[@REV], ORG/NAME/FILE.gguf[@REV] or ORG/NAME[@REV]:QUANT.
+   */
   model: string;
+  /** Where hub ids resolve (default https://huggingface.co): `${hubEndpoint}/ORG/NAME/resolve/REV/FILE`. */
+  hubEndpoint?: string;
   /**
    * How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own).
    * 'int4' (also 'q4'): quantised while loading.
@@ -45,6 +51,8 @@ export interface LoadRequest {
   /**
    * Keep the model in IndexedDB (default true where IndexedDB exists): the first load downloads it (or
    * resumes an interrupted download), later loads read it from there with no network. false: read over HTTP.
+   * With dtype 'int4', a Hugging Face or GGUF checkpoint is quantised as it downloads and only the packed INT4
+   * model is stored (under the id URL#int4), so its experts can stream from IndexedDB (expertCacheBytes).
    */
   store?: boolean;
 }

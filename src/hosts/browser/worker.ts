@@ -7,10 +7,14 @@ import { Engine } from '../../api/engine.ts';
 import type { ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, Usage } from '../../api/types.ts';
 import { openCheckpoint } from '../../formats/open.ts';
 import { GpuContext } from '../../gpu/context.ts';
-import { AdapterError, ContractError, RequestError } from '../../errors.ts';
+import { AdapterError, ContractError, RequestError, throwIfAborted } from '../../errors.ts';
 import type { SamplingOptions } from '../../runtime/sampler.ts';
 import { HttpSource } from '../../storage/http.ts';
-import { deleteModel, listModels, storedModel } from '../../storage/idb_store.ts';
+import { convertModel, planPackedModel } from '../../model/convert.ts';
+import { hubEndpoint, listRepo, parseModelRef, pickGguf, resolveUrl } from '../../storage/hub.ts';
+import { IdbConversionSink, convertedModelId } from '../../storage/idb_convert.ts';
+import { IdbSource } from '../../storage/idb_source.ts';
+import { deleteModel, isComplete, listModels, modelId, storedModel } from '../../storage/idb_store.ts';
 import {
   type ChatCompletionChunkWithStats,
   type ChatCompletionWithStats,
@@ -74,35 +78,22 @@ class WorkerEngine implements WorkerApi {
       if (request.activations !== undefined && request.activations !== 'f32' && request.activations !== 'f16') {
         throw new RequestError(`must be 'f32' or 'f16', got ${JSON.stringify(request.activations)}`, 'activations');
       }
+      if (request.hubEndpoint !== undefined && typeof request.hubEndpoint !== 'string') throw new RequestError('must be a URL', 'hubEndpoint');
       const t0 = performance.now();
       await this.unload();
       const ctx = await this.context(request.activations ?? 'f32');
-      const url = new URL(request.model, self.location.href);
+      const url = new URL(await modelUrl(request.model, request.hubEndpoint, signal), self.location.href);
       // A .gguf file is one file inside its folder; anything else is a model folder.
       const gguf = /\.gguf$/i.test(url.pathname) ? decodeURIComponent(url.pathname.split('/').pop()!) : undefined;
       if (gguf !== undefined) url.pathname = url.pathname.slice(0, url.pathname.lastIndexOf('/') + 1);
       const progress = onProgress && latest(onProgress);
       // store (the default where IndexedDB exists): download into IndexedDB or resume, or open what is stored
       // there with no network at all; then the loader reads the IdbSource like any other source.
-      const source =
+      const { source, file } =
         (request.store ?? typeof indexedDB !== 'undefined')
-          ? await storedModel(gguf !== undefined ? new URL(gguf, url).href : url.href, {
-              signal,
-              onProgress:
-                progress &&
-                ((p) =>
-                  progress({
-                    phase: p.phase,
-                    loadedBytes: p.doneBytes,
-                    totalBytes: p.totalBytes,
-                    tensor: '',
-                    file: p.file,
-                    bytesPerSecond: p.bytesPerSecond,
-                    secondsLeft: p.secondsLeft,
-                  })),
-            })
-          : new HttpSource(url.href);
-      const checkpoint = await openCheckpoint(source, gguf);
+          ? await storedSource(ctx, url.href, gguf, request.dtype === 'int4' || request.dtype === 'q4', signal, progress)
+          : { source: new HttpSource(url.href), file: gguf };
+      const checkpoint = await openCheckpoint(source, file);
       this.engine = await Engine.load(ctx, checkpoint, {
         dtype: request.dtype === 'int4' ? 'q4' : request.dtype,
         contextLength: request.contextLength,
@@ -243,6 +234,72 @@ async function pump<T>(stream: AsyncIterable<T>, sink: ChunkSink<T>): Promise<vo
   }
   if (stopped) throw stopped.error;
   if (failure !== undefined) throw failure;
+}
+
+/**
+ * The model from IndexedDB (`folder`: its URL; `gguf`: its file there, if it is one). INT4 of a checkpoint
+ * that is not packed is converted as it downloads into a packed model of its own (idb_convert.ts), so its
+ * experts can stream; the source is read from IndexedDB instead when it is stored there whole. Anything else
+ * is stored as it is (idb_store.ts). `file`: the .gguf to open in the source, if any.
+ */
+async function storedSource(
+  ctx: GpuContext,
+  folder: string,
+  gguf: string | undefined,
+  int4: boolean,
+  signal: AbortSignal,
+  progress: ((p: LoadProgress) => void) | undefined,
+): Promise<{ source: IdbSource; file?: string }> {
+  const url = gguf !== undefined ? new URL(gguf, folder).href : folder;
+  if (int4) {
+    const id = convertedModelId(url, 'int4');
+    if (await isComplete(id)) return { source: await IdbSource.open(id) };
+    const original = (await isComplete(modelId(url))) ? await IdbSource.open(modelId(url)) : new HttpSource(folder);
+    const checkpoint = await openCheckpoint(original, gguf);
+    if (!checkpoint.packed) {
+      const layout = await planPackedModel(ctx, checkpoint, { dtype: 'q4' });
+      const sink = await IdbConversionSink.open(id, modelId(url), layout);
+      const manifest = await convertModel(ctx, checkpoint, {
+        dtype: 'q4',
+        sink,
+        signal,
+        onProgress: progress && ((p) => progress({ ...p, phase: 'convert' })),
+      });
+      await sink.complete(manifest);
+      return { source: await IdbSource.open(id) };
+    }
+  }
+  const source = await storedModel(url, {
+    signal,
+    onProgress:
+      progress &&
+      ((p) =>
+        progress({
+          phase: p.phase,
+          loadedBytes: p.doneBytes,
+          totalBytes: p.totalBytes,
+          tensor: '',
+          file: p.file,
+          bytesPerSecond: p.bytesPerSecond,
+          secondsLeft: p.secondsLeft,
+        })),
+  });
+  return { source, file: gguf };
+}
+
+/**
+ * The URL of `model`: a Hugging Face hub id (ORG/NAME[@REV], ORG/NAME/FILE.gguf[@REV], ORG/NAME[@REV]:QUANT)
+ * becomes its resolve URL at `endpoint` (default https://huggingface.co); anything else is a URL (a relative one starts with ./ or /).
+ */
+async function modelUrl(model: string, endpoint: string | undefined, signal: AbortSignal): Promise<string> {
+  const ref = parseModelRef(model);
+  if (!ref) return model;
+  // The hub's own default (https://huggingface.co) unless the request names another.
+  const hub = hubEndpoint((name) => (name === 'HF_ENDPOINT' ? endpoint : undefined));
+  if (ref.file === undefined && ref.quant === undefined) return resolveUrl(hub, ref.repo, ref.revision, '');
+  throwIfAborted(signal);
+  const file = ref.file ?? pickGguf(ref, (await listRepo(ref, { endpoint: hub })).files);
+  return resolveUrl(hub, ref.repo, ref.revision, file);
 }
 
 /** Forwards progress without queueing: while one call is in flight, only the newest value waits. */
