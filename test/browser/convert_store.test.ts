@@ -1,6 +1,6 @@
 /**
  * Converting while downloading, in Chromium (SwiftShader) with its real IndexedDB: Hugging Face checkpoints
- * (both fixtures, an MoE checkpoint the test writes, and one named by a hub id) loaded with dtype 'int4' are
+ * (both fixtures and an MoE checkpoint the test writes), loaded by hub id (ORG/NAME at a local hub) with dtype 'int4', are
  * quantised on the GPU as they arrive and stored as the packed INT4 model — as many bytes as `qwen-webgpu
  * convert` writes, and no copy of the source — then generate the Node CLI's INT4 ids with a quarter of the
  * experts on the GPU, the rest streamed from IndexedDB; a conversion the page aborts resumes; too little
@@ -13,7 +13,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
-import { FIXTURES_DIR, fixtureDir, golden } from '../helpers/fixtures.ts';
+import { fixtureDir, golden } from '../helpers/fixtures.ts';
 import { rng } from '../helpers/random.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { HARNESS_MOUNTS, ROOT, callHarness, ensureBuild, launchChromium, newTestPage, openHarness } from './browser.ts';
@@ -37,7 +37,9 @@ const GENERATED: CheckpointSpec = {
 };
 
 interface Model {
-  /** Where the page loads it from (a path on the test server). */
+  /** The hub id the page loads it by (ORG/NAME, resolved at the test server's /hub). */
+  repo: string;
+  /** Where the test server serves the repo's files (the store id is that URL, then '#int4'). */
   path: string;
   dir: string;
   prompt: number[];
@@ -92,7 +94,8 @@ const sentUnder = (prefix: string, from = 0) =>
     .filter((s) => s.path.startsWith(prefix))
     .reduce((sum, s) => sum + s.bytes, 0);
 
-async function describeModel(path: string, dir: string, prompt: number[]): Promise<Model> {
+async function describeModel(repo: string, dir: string, prompt: number[]): Promise<Model> {
+  const path = `/hub/${repo}/resolve/main/`;
   const packed = join(mkdtempSync(join(tmpdir(), 'qwen-convert-store-')), 'packed');
   const converted = await runCli('node', ['convert', '--model', dir, '--dtype', 'int4', '--out', packed]);
   expect(converted.code, converted.stderr).toBe(0);
@@ -120,6 +123,7 @@ async function describeModel(path: string, dir: string, prompt: number[]): Promi
       .filter(keep)
       .reduce((sum, f) => sum + statSync(join(d, f)).size, 0);
   return {
+    repo,
     path,
     dir,
     prompt,
@@ -131,23 +135,23 @@ async function describeModel(path: string, dir: string, prompt: number[]): Promi
 }
 
 const int4 = (m: Model) => ({ dtype: 'int4', ...(m.expertCacheBytes !== undefined && { expertCacheBytes: m.expertCacheBytes }) });
+/** int4 by hub id, against the test server's hub. */
+const byHubId = (m: Model) => ({ ...int4(m), hubEndpoint: `${server.url}/hub` });
 
 beforeAll(async () => {
   ensureBuild();
   const generated = writeCheckpoint(GENERATED);
   const draw = rng(GENERATED.seed);
   const generatedPrompt = Array.from({ length: 11 }, () => Math.floor(draw() * 1024));
-  models.dense = await describeModel('/fixtures/tiny-qwen35/', fixtureDir('tiny-qwen35'), golden('tiny-qwen35').prompt_ids);
-  models.moe = await describeModel('/fixtures/tiny-qwen35-moe/', fixtureDir('tiny-qwen35-moe'), golden('tiny-qwen35-moe').prompt_ids);
-  models.generated = await describeModel('/generated/', generated, generatedPrompt);
+  models.dense = await describeModel('test-org/tiny-qwen35', fixtureDir('tiny-qwen35'), golden('tiny-qwen35').prompt_ids);
+  models.moe = await describeModel('test-org/tiny-qwen35-moe', fixtureDir('tiny-qwen35-moe'), golden('tiny-qwen35-moe').prompt_ids);
+  models.generated = await describeModel('test-org/generated-moe', generated, generatedPrompt);
   server = await serveStatic({
     ...HARNESS_MOUNTS,
-    '/fixtures/': FIXTURES_DIR,
-    '/generated/': generated,
+    ...Object.fromEntries(Object.values(models).map((m) => [m.path, m.dir])),
     // The same checkpoint under other URLs: other store ids, converted afresh.
     '/generated-aborted/': generated,
     '/generated-quota/': generated,
-    '/hub/test-org/tiny-moe/resolve/main/': fixtureDir('tiny-qwen35-moe'),
   });
   browser = await launchChromium();
   page = await newTestPage(browser, pageErrors);
@@ -161,10 +165,10 @@ afterAll(async () => {
 });
 
 test.each(['dense', 'moe', 'generated'] as const)(
-  '%s: int4 converts into IndexedDB while it downloads, stores only the packed model, and gives the ids of the Node CLI',
+  '%s by hub id: int4 converts into IndexedDB while it downloads, stores only the packed model, and gives the ids of the Node CLI',
   async (name) => {
     const m = models[name];
-    const loaded = await harness<StoreLoad>('storeLoad', m.path, int4(m));
+    const loaded = await harness<StoreLoad>('storeLoad', m.repo, byHubId(m));
     expect(loaded.dtype).toBe('q4');
     expect(loaded.phases).toEqual(['convert', 'load']);
     expect(loaded.last.convert.loadedBytes).toBe(loaded.last.convert.totalBytes);
@@ -202,17 +206,6 @@ test('a conversion the page aborts is listed incomplete, and the next load resum
   expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, bytes: m.packedBytes, complete: true }));
   expect(await harness<boolean>('deleteModel', id)).toBe(true);
   expect(await harness<number>('storeRecordCount', id)).toBe(0);
-});
-
-test('a hub id (ORG/NAME) resolves at hubEndpoint and converts like its URL', async () => {
-  const m = models.moe;
-  const loaded = await harness<StoreLoad>('storeLoad', 'test-org/tiny-moe', { ...int4(m), hubEndpoint: `${server.url}/hub` });
-  expect(loaded.phases).toEqual(['convert', 'load']);
-  const run = await harness<GenerateRun>('generate', { promptIds: m.prompt, maxTokens: MAX_TOKENS, greedy: true, ignoreEos: true });
-  expect(run.value.ids).toEqual(m.ids);
-  const id = `${server.url}/hub/test-org/tiny-moe/resolve/main#int4`;
-  expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, complete: true }));
-  expect(await harness<boolean>('deleteModel', id)).toBe(true);
 });
 
 test('too little storage fails with a QuotaError, is not counted complete, and the conversion resumes once space is freed', async () => {
@@ -253,7 +246,7 @@ test('with the server stopped, a reloaded page loads every converted model from 
   await server.close();
   serverStopped = true;
   for (const m of Object.values(models)) {
-    const loaded = await harness<StoreLoad>('storeLoad', m.path, int4(m));
+    const loaded = await harness<StoreLoad>('storeLoad', m.repo, byHubId(m));
     expect(loaded.phases).toEqual(['load']);
     const run = await harness<GenerateRun>('generate', { promptIds: m.prompt, maxTokens: MAX_TOKENS, greedy: true, ignoreEos: true });
     expect(run.value.ids).toEqual(m.ids);
