@@ -14,6 +14,7 @@ import { afterAll, beforeAll, expect, test } from 'vitest';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
 import { fixtureDir, golden } from '../helpers/fixtures.ts';
+import { type FixtureGguf, removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts';
 import { rng } from '../helpers/random.ts';
 import { type StaticServer, serveStatic } from '../helpers/static_server.ts';
 import { HARNESS_MOUNTS, ROOT, callHarness, ensureBuild, launchChromium, newTestPage, openHarness } from './browser.ts';
@@ -83,6 +84,8 @@ interface GenerateRun {
 const models: Record<'dense' | 'moe' | 'generated', Model> = {} as Record<'dense' | 'moe' | 'generated', Model>;
 let server: StaticServer;
 let serverStopped = false;
+/** The MoE fixture as a GGUF file (fused experts, llama.cpp's names and layout), with the Node CLI's INT4 ids. */
+let gguf: FixtureGguf & { ids: number[] };
 let browser: Browser;
 let page: Page;
 const pageErrors: string[] = [];
@@ -146,8 +149,27 @@ beforeAll(async () => {
   models.dense = await describeModel('test-org/tiny-qwen35', fixtureDir('tiny-qwen35'), golden('tiny-qwen35').prompt_ids);
   models.moe = await describeModel('test-org/tiny-qwen35-moe', fixtureDir('tiny-qwen35-moe'), golden('tiny-qwen35-moe').prompt_ids);
   models.generated = await describeModel('test-org/generated-moe', generated, generatedPrompt);
+  const written = await writeFixtureGguf('tiny-qwen35-moe');
+  const prompt = golden('tiny-qwen35-moe').prompt_ids;
+  const cli = await runCli('node', [
+    'generate',
+    '--model',
+    join(written.dir, written.file),
+    '--dtype',
+    'int4',
+    '--prompt-ids',
+    prompt.join(','),
+    '--max-tokens',
+    String(MAX_TOKENS),
+    '--greedy',
+    '--ignore-eos',
+    '--json',
+  ]);
+  expect(cli.code, cli.stderr).toBe(0);
+  gguf = { ...written, ids: jsonLine(cli).ids as number[] };
   server = await serveStatic({
     ...HARNESS_MOUNTS,
+    '/gguf/': written.dir,
     ...Object.fromEntries(Object.values(models).map((m) => [m.path, m.dir])),
     // The same checkpoint under other URLs: other store ids, converted afresh.
     '/generated-aborted/': generated,
@@ -159,6 +181,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  removeWrittenGgufs();
   if (page) await harness('terminate').catch(() => undefined);
   await browser?.close();
   if (!serverStopped) await server?.close();
@@ -206,6 +229,19 @@ test('a conversion the page aborts is listed incomplete, and the next load resum
   expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, bytes: m.packedBytes, complete: true }));
   expect(await harness<boolean>('deleteModel', id)).toBe(true);
   expect(await harness<number>('storeRecordCount', id)).toBe(0);
+});
+
+test('a GGUF file converts the same way: INT4 into IndexedDB from its URL, experts streamed, the ids of the Node CLI', async () => {
+  const m = models.moe;
+  const url = `/gguf/${gguf.file}`;
+  const loaded = await harness<StoreLoad>('storeLoad', url, int4(m));
+  expect(loaded.phases).toEqual(['convert', 'load']);
+  const run = await harness<GenerateRun>('generate', { promptIds: m.prompt, maxTokens: MAX_TOKENS, greedy: true, ignoreEos: true });
+  expect(run.value.ids).toEqual(gguf.ids);
+  expect(run.value.stats.expertBytesStreamed).toBeGreaterThan(0);
+  const id = `${server.url}${url}#int4`;
+  expect(await harness<StoredModel[]>('listModels')).toContainEqual(expect.objectContaining({ id, complete: true }));
+  expect(await harness<boolean>('deleteModel', id)).toBe(true);
 });
 
 test('too little storage fails with a QuotaError, is not counted complete, and the conversion resumes once space is freed', async () => {
