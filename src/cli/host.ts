@@ -11,7 +11,7 @@ export interface CliHost {
   env(name: string): string | undefined;
   /** Serves HTTP on hostname:port (port 0: a free one) with `fetch` answering each request; `close` stops listening. */
   listen(fetch: (request: Request) => Response | Promise<Response>, options: { hostname: string; port: number }): Promise<HttpListener>;
-  /** Calls `handler` on the first SIGINT or SIGTERM; returns the function that removes it. */
+  /** Calls `handler` on every SIGINT and SIGTERM (instead of ending the process); returns the function that removes it. */
   onStopSignal(handler: () => void): () => void;
 }
 

@@ -9,6 +9,11 @@ export const SERVE_FLAGS = ['port', 'host', 'api-key', 'max-batch', 'max-queue',
 
 /** How long running requests may take to finish once a stop signal came, before they are aborted. */
 const GRACE_MS = 30_000;
+/**
+ * A signal this soon after the first is the same one relayed (`deno task`, npm and a terminal's Ctrl-C signal the
+ * whole process group, and a wrapper forwards it again); a later one aborts the running requests at once.
+ */
+const RELAYED_MS = 1000;
 
 export async function runServe(args: Args, host: CliHost, load: (contextLength: number, maxBatch: number) => Promise<Engine>): Promise<void> {
   // Every flag is checked before the model loads: a typo fails at once, not after minutes of loading.
@@ -36,8 +41,17 @@ export async function runServe(args: Args, host: CliHost, load: (contextLength: 
       graceMs: GRACE_MS,
     });
     let removeStopHandler = () => {};
+    let firstSignal: number | undefined;
     const stopRequested = new Promise<void>((resolve) => {
-      removeStopHandler = host.onStopSignal(resolve);
+      removeStopHandler = host.onStopSignal(() => {
+        if (firstSignal === undefined) {
+          firstSignal = performance.now();
+          resolve();
+        } else if (performance.now() - firstSignal > RELAYED_MS) {
+          host.stderr('stopping now: aborting the running requests\n');
+          server.abort();
+        }
+      });
     });
     try {
       const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });

@@ -55,10 +55,13 @@ export class Admission {
     const drained = new Promise<void>((resolve) => {
       this.onDrained = resolve;
     });
-    const timer = setTimeout(() => {
-      for (const controller of this.inFlight) controller.abort();
-    }, graceMs);
+    const timer = setTimeout(() => this.abortAll(), graceMs);
     await drained;
     clearTimeout(timer);
+  }
+
+  /** Aborts every request in flight. */
+  abortAll(): void {
+    for (const controller of this.inFlight) controller.abort();
   }
 }

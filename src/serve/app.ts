@@ -32,6 +32,8 @@ export interface ServeApp {
   app: Hono;
   /** Stops taking requests (503), lets running ones finish within the grace period, aborts the rest, resolves when none runs. */
   stop(): Promise<void>;
+  /** Aborts every running request now (a stop that should not wait). */
+  abort(): void;
 }
 
 type ServedEngine = Pick<Engine, 'chat' | 'completions' | 'gauges'>;
@@ -156,5 +158,5 @@ export function createApp(engine: ServedEngine, options: ServeOptions): ServeApp
   app.get('/health', (c) => (admission.accepting ? c.json({ status: 'ok' }) : c.json({ status: 'shutting down' }, 503)));
   app.get('/metrics', (c) => c.text(metrics.render(engine.gauges()), 200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' }));
 
-  return { app, stop: () => admission.stop(options.graceMs) };
+  return { app, stop: () => admission.stop(options.graceMs), abort: () => admission.abortAll() };
 }

@@ -27,16 +27,10 @@ const code = await runCli(Deno.args, {
     }),
   onStopSignal(handler) {
     const signals = ['SIGINT', 'SIGTERM'] as const;
-    // Once only, as under Node: a second signal while stopping ends the process at once.
-    const once = () => {
-      remove();
-      handler();
+    for (const signal of signals) Deno.addSignalListener(signal, handler);
+    return () => {
+      for (const signal of signals) Deno.removeSignalListener(signal, handler);
     };
-    const remove = () => {
-      for (const signal of signals) Deno.removeSignalListener(signal, once);
-    };
-    for (const signal of signals) Deno.addSignalListener(signal, once);
-    return remove;
   },
 });
 Deno.exit(code);

@@ -27,8 +27,8 @@ const code = await runCli(process.argv.slice(2), {
       server.once('error', (error) => reject(new UsageError(`cannot listen on ${hostname}:${port} (--host, --port): ${error.message}`, { cause: error })));
     }),
   onStopSignal(handler) {
-    process.once('SIGINT', handler);
-    process.once('SIGTERM', handler);
+    process.on('SIGINT', handler);
+    process.on('SIGTERM', handler);
     return () => {
       process.off('SIGINT', handler);
       process.off('SIGTERM', handler);
