@@ -292,6 +292,32 @@ describe('serve (node) with no queue', { timeout: TEST_TIMEOUT_MS }, () => {
   });
 });
 
+describe('serve (node): stop signals', { timeout: TEST_TIMEOUT_MS }, () => {
+  let server: Server;
+  beforeAll(async () => {
+    server = await startServer('node', ['--adapter', 'llvmpipe', '--max-batch', '1']);
+  });
+  afterAll(() => stopServer(server));
+
+  it('a signal relayed to the whole process group stops once, gracefully; a second signal later aborts what runs', async () => {
+    const response = await fetch(`${server.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ ...LONG, stream: true }) });
+    const reader = response.body!.getReader();
+    await reader.read();
+    // As a terminal's Ctrl-C or a wrapper that forwards it: the same signal twice at once.
+    server.proc.kill('SIGTERM');
+    server.proc.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(server.proc.exitCode, 'still finishing the running request').toBeNull();
+    server.proc.kill('SIGTERM');
+    let body = '';
+    const decoder = new TextDecoder();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) body += decoder.decode(chunk.value);
+    expect(body).not.toMatch(/"finish_reason":"length"/);
+    expect(await server.exited, server.stderr()).toBe(0);
+    expect(server.stderr()).toContain('stopping now: aborting the running requests');
+  });
+});
+
 describe('serve (deno)', { timeout: TEST_TIMEOUT_MS }, () => {
   let server: Server;
   beforeAll(async () => {
