@@ -75,7 +75,9 @@ export class Batch {
     const { contextLength: capacity, maxBatch } = options;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new SessionError(`max batch ${maxBatch} must be a positive integer`);
     if (ExpertCache.of(ctx, model)) {
-      throw new SessionError('continuous batching needs every MoE expert resident (no expertCacheBytes below all experts); serve one sequence at a time');
+      throw new SessionError(
+        `continuous batching (max batch ${maxBatch}) needs every MoE expert resident; with experts streamed (an expert cache below all experts) run one sequence at a time (max batch 1, --max-batch 1)`,
+      );
     }
     const prefillSession = Session.create(ctx, model, { contextLength: capacity, prefillChunk: options.prefillChunk });
     let states: LayerState[] = [];
