@@ -5,21 +5,32 @@ import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
-/** y = x · rsqrt(mean(x²) + eps) · (1 + w) over rows of `cols` (Qwen3_5RMSNorm). Grid: one workgroup per row. */
+/**
+ * y = x · rsqrt(mean(x²) + eps) · (1 + w) over rows of `cols` (Qwen3_5RMSNorm). Grid: one workgroup per row.
+ * Row r of y at yOffset + r · yStride (default: packed rows), so two norms can fill the halves of one [rows, 2·cols] input.
+ */
 export const rmsNormKernel = defineKernel({
   name: 'rms_norm',
-  bindings: () => [read('x'), read('w'), write('y'), uniform('params', { rows: 'u32', cols: 'u32', eps: 'f32' })],
+  bindings: () => [read('x'), read('w'), write('y'), uniform('params', { rows: 'u32', cols: 'u32', eps: 'f32', y_off: 'u32', y_stride: 'u32' })],
   helpers: () => WORKGROUP_SUM,
   overrides: () => ({ WG: 64 }),
 });
 
 const check = checks('rms_norm');
 
-export function rmsNorm(ctx: GpuContext, a: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer; rows: number; cols: number; eps: number }): Promise<Dispatch> {
+export function rmsNorm(
+  ctx: GpuContext,
+  a: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer; rows: number; cols: number; eps: number; yOffset?: number; yStride?: number },
+): Promise<Dispatch> {
+  const yOffset = a.yOffset ?? 0;
+  const yStride = a.yStride ?? a.cols;
   check.distinct({ x: a.x, y: a.y });
   check.counts({ rows: a.rows, cols: a.cols });
+  check.index('yOffset', yOffset);
+  if (yStride < a.cols) check.fail(`yStride ${yStride} < cols ${a.cols}`);
   check.fits('x', a.x, a.rows * a.cols);
-  check.fits('y', a.y, a.rows * a.cols);
+  check.fits('y', a.y, yOffset + (a.rows - 1) * yStride + a.cols);
   check.fits('w', a.w, a.cols);
-  return ctx.dispatch(rmsNormKernel, undefined, { x: a.x, w: a.w, y: a.y, params: { rows: a.rows, cols: a.cols, eps: a.eps } }, grid(a.rows, ctx.caps));
+  const params = { rows: a.rows, cols: a.cols, eps: a.eps, y_off: yOffset, y_stride: yStride };
+  return ctx.dispatch(rmsNormKernel, undefined, { x: a.x, w: a.w, y: a.y, params }, grid(a.rows, ctx.caps));
 }

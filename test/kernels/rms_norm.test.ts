@@ -23,4 +23,19 @@ describeOnAdapters('rms_norm', (ctx) => {
       expectClose(await readF32(c, y, rows * cols), reference(x, w, 1e-6), 1e-5, 1e-5);
     });
   }
+
+  it('writes rows at yOffset + r·yStride (the second half of a [rows, 2·cols] buffer), leaving the rest alone', async () => {
+    const c = ctx();
+    const [rows, cols] = [3, 100];
+    const x = randn(rows * cols, 5, 3);
+    const w = randn(cols, 6, 0.5);
+    const y = upload(c, new Float32Array(rows * 2 * cols).fill(7));
+    c.run([await rmsNorm(c, { x: upload(c, x), w: upload(c, w), y, rows, cols, eps: 1e-6, yOffset: cols, yStride: 2 * cols })]);
+    const out = await readF32(c, y, rows * 2 * cols);
+    const normed = reference(x, w, 1e-6);
+    for (let r = 0; r < rows; r++) {
+      expectClose(out.slice(r * 2 * cols, r * 2 * cols + cols), new Float32Array(cols).fill(7), 1e-6);
+      expectClose(out.slice(r * 2 * cols + cols, (r + 1) * 2 * cols), normed.slice(r * cols, (r + 1) * cols), 1e-5, 1e-5);
+    }
+  });
 });
