@@ -29,6 +29,8 @@ export interface LoadOptions {
    * from a packed model (src/runtime/expert_cache.ts); default: every expert resident. Dense models ignore it.
    */
   expertCacheBytes?: number;
+  /** Load the multi-token-prediction block too (model.weights.mtp, for drafting), when the checkpoint has one. */
+  mtp?: boolean;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }

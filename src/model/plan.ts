@@ -20,8 +20,8 @@ export interface CheckpointPlan {
 }
 
 /**
- * `mtp`: plan the multi-token-prediction block too (convert keeps it in the packed model; a load leaves it out,
- * since nothing runs it yet).
+ * `mtp`: plan the multi-token-prediction block too (convert keeps it in the packed model; a load takes it only
+ * when asked, for drafting).
  */
 export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; vocab?: VocabInfo } = {}): Promise<CheckpointPlan> {
   const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & {

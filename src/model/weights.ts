@@ -52,12 +52,25 @@ export interface DecoderLayerWeights {
   mlp: DenseMlpWeights | MoeWeights;
 }
 
+/** The multi-token-prediction block (spec §2.7); it shares the embedding and the LM head of the main model. */
+export interface MtpWeights {
+  /** [H, 2H]: columns of the normed embedding, then of the normed hidden state. */
+  fc: GpuTensor;
+  preFcNormEmbedding: GpuTensor;
+  preFcNormHidden: GpuTensor;
+  /** Full-attention decoder layers (every Qwen3.5 checkpoint has one; multi-step drafting reuses it). */
+  layers: DecoderLayerWeights[];
+  norm: GpuTensor;
+}
+
 export interface ModelWeights {
   embed: GpuTensor;
   layers: DecoderLayerWeights[];
   norm: GpuTensor;
   /** The embedding itself when tie_word_embeddings. */
   lmHead: GpuTensor;
+  /** Present when the model was loaded with its MTP block (LoadOptions.mtp). */
+  mtp?: MtpWeights;
 }
 
 /** Assembles the structure from loaded tensors; `slots(key)` makes the expert slot table of MoE block `key` (e.g. layers.3.mlp). */
@@ -104,11 +117,21 @@ export function assembleWeights(config: Qwen35Config, tensors: Map<string, GpuTe
     mlp: mlp(`${key}.mlp`),
   });
   const embed = get('embed');
+  const mtp: MtpWeights | undefined = tensors.has('mtp.fc')
+    ? {
+        fc: get('mtp.fc'),
+        preFcNormEmbedding: get('mtp.pre_fc_norm_embedding'),
+        preFcNormHidden: get('mtp.pre_fc_norm_hidden'),
+        layers: Array.from({ length: config.mtpLayers }, (_, i) => layer(`mtp.layers.${i}`, 'full_attention')),
+        norm: get('mtp.norm'),
+      }
+    : undefined;
   return {
     embed,
     layers: config.layerTypes.map((type, i) => layer(`layers.${i}`, type)),
     norm: get('norm'),
     lmHead: config.tieWordEmbeddings ? embed : get('lm_head'),
+    mtp,
   };
 }
 
