@@ -210,14 +210,7 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
   const c = model.config;
   const d = dims(c);
   const ab = ctx.activationBytes;
-  const kvBytes = sequences * c.numKvHeads * capacity * c.headDim * ab;
-  if (kvBytes > ctx.caps.maxStorageBindingBytes) {
-    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (sequences * c.numKvHeads * c.headDim * ab));
-    const what = sequences > 1 ? `${sequences} sequences of ${capacity} tokens need` : `a context of ${capacity} tokens needs`;
-    throw new SessionError(
-      `${what} ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens${sequences > 1 ? ' each' : ''})`,
-    );
-  }
+  checkKvBytes(ctx, model, capacity, sequences);
   const recurrentBytes = sequences * c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
   if (recurrentBytes > ctx.caps.maxStorageBindingBytes) {
     throw new SessionError(
@@ -226,10 +219,31 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
   }
   return c.layerTypes.map((t, i) =>
     t === 'full_attention'
-      ? { keys: ctx.storage(`layer ${i} keys`, kvBytes), values: ctx.storage(`layer ${i} values`, kvBytes) }
+      ? createAttentionState(ctx, model, capacity, sequences, `layer ${i}`)
       : {
           conv: ctx.storage(`layer ${i} conv state`, sequences * c.convKernel * d.convDim * ab),
           recurrent: ctx.storage(`layer ${i} recurrent state`, recurrentBytes),
         },
   );
+}
+
+/** An attention layer's KV cache for `sequences` sequences of `capacity` tokens (a main layer's, or the MTP block's own). */
+export function createAttentionState(ctx: GpuContext, model: Model, capacity: number, sequences: number, label: string): LayerState {
+  const kvBytes = checkKvBytes(ctx, model, capacity, sequences);
+  return { keys: ctx.storage(`${label} keys`, kvBytes), values: ctx.storage(`${label} values`, kvBytes) };
+}
+
+/** Bytes of one layer's keys (or values), checked against what the adapter binds. */
+function checkKvBytes(ctx: GpuContext, model: Model, capacity: number, sequences: number): number {
+  const c = model.config;
+  const ab = ctx.activationBytes;
+  const kvBytes = sequences * c.numKvHeads * capacity * c.headDim * ab;
+  if (kvBytes > ctx.caps.maxStorageBindingBytes) {
+    const most = Math.floor(ctx.caps.maxStorageBindingBytes / (sequences * c.numKvHeads * c.headDim * ab));
+    const what = sequences > 1 ? `${sequences} sequences of ${capacity} tokens need` : `a context of ${capacity} tokens needs`;
+    throw new SessionError(
+      `${what} ${kvBytes} bytes of KV cache per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes} (${most} tokens${sequences > 1 ? ' each' : ''})`,
+    );
+  }
+  return kvBytes;
 }

@@ -46,11 +46,16 @@ export interface ForwardPlan {
 }
 
 /** A forward call's shape as its parts need it: T tokens (prefill) or T rows (decode), and how projections run. */
-interface Rows {
+export interface Rows {
   T: number;
   decode: boolean;
   /** Projections through the tiled matmul (prefill on GPUs, or tiledDecode). */
   tiled: boolean;
+}
+
+export function forwardRows(ctx: GpuContext, plan: ForwardPlan): Rows {
+  const decode = plan.tokens === 1 || plan.input === 'token';
+  return { T: plan.tokens, decode, tiled: decode ? Boolean(plan.tiledDecode) : !ctx.caps.cpu };
 }
 
 /**
@@ -72,28 +77,21 @@ export async function forward(ctx: GpuContext, model: Model, state: LayerState[]
 export async function forwardSegments(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<ForwardSegment[]> {
   const { config, weights: w } = model;
   const T = plan.tokens;
-  const decode = T === 1 || plan.input === 'token';
-  const rows: Rows = { T, decode, tiled: decode ? Boolean(plan.tiledDecode) : !ctx.caps.cpu };
+  const rows = forwardRows(ctx, plan);
   const H = config.hiddenSize;
   const segments: ForwardSegment[] = [];
   let out: Dispatch[] = [];
   const add = (dispatches: Dispatch | Dispatch[]) => out.push(...(Array.isArray(dispatches) ? dispatches : [dispatches]));
-  // The RMS norm in front of a block: folded into the block's matvecs in decode, else its own dispatch.
   const normed = async (weight: GpuTensor): Promise<Input> => {
-    if (!rows.tiled && rows.decode) return residualNormed(model, act, weight);
-    add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(weight), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
-    return { buffer: act.x };
+    const [input, dispatches] = await blockInput(ctx, model, act, rows, weight);
+    add(dispatches);
+    return input;
   };
 
   add(await embedding(ctx, { table: w.embed, ids: plan.input === 'token' ? act.token : act.ids, tokens: T, out: act.h }));
   for (let i = 0; i < w.layers.length; i++) {
     const layer: DecoderLayerWeights = w.layers[i];
-    const x = await normed(layer.inputNorm);
-    add(
-      layer.mixer.kind === 'linear_attention'
-        ? await deltaNet(ctx, model, layer.mixer, state[i], act, x, rows)
-        : await gatedAttention(ctx, model, layer.mixer, state[i], act, x, rows),
-    );
+    add(await mixerBlock(ctx, model, layer, state[i], act, await normed(layer.inputNorm), rows));
     const y = await normed(layer.postNorm);
     if (layer.mlp.kind === 'dense') {
       add(await denseMlp(ctx, model, layer.mlp, act, y, rows));
@@ -120,13 +118,53 @@ export interface Input {
   norm?: { weight: GPUBuffer; eps: number };
 }
 
+/** The RMS norm of act.h in front of a block: folded into the block's matvecs in decode, else its own dispatch into act.x. */
+export async function blockInput(ctx: GpuContext, model: Model, act: Activations, rows: Rows, weight: GpuTensor): Promise<[Input, Dispatch[]]> {
+  if (!rows.tiled && rows.decode) return [residualNormed(model, act, weight), []];
+  const { hiddenSize: H, rmsNormEps: eps } = model.config;
+  return [{ buffer: act.x }, [await rmsNorm(ctx, { x: act.h, w: vectorBuffer(weight), y: act.x, rows: rows.T, cols: H, eps })]];
+}
+
+/** A layer's token mixer (DeltaNet or gated attention) on its normed input, added to the residual stream. */
+function mixerBlock(ctx: GpuContext, model: Model, layer: DecoderLayerWeights, state: LayerState, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
+  return layer.mixer.kind === 'linear_attention'
+    ? deltaNet(ctx, model, layer.mixer, state, act, x, rows)
+    : gatedAttention(ctx, model, layer.mixer, state, act, x, rows);
+}
+
+/**
+ * One whole decoder layer on act.h as a single list, every MoE expert resident (no segments): for a layer outside
+ * the main stack, such as the MTP block's.
+ */
+export async function decoderLayer(
+  ctx: GpuContext,
+  model: Model,
+  layer: DecoderLayerWeights,
+  state: LayerState,
+  act: Activations,
+  rows: Rows,
+): Promise<Dispatch[]> {
+  const [x, xNorm] = await blockInput(ctx, model, act, rows, layer.inputNorm);
+  const mixer = await mixerBlock(ctx, model, layer, state, act, x, rows);
+  const [y, yNorm] = await blockInput(ctx, model, act, rows, layer.postNorm);
+  const mlp =
+    layer.mlp.kind === 'dense'
+      ? await denseMlp(ctx, model, layer.mlp, act, y, rows)
+      : [
+          ...(await moeRouting(ctx, model, layer.mlp, act, y, rows)),
+          ...(await routedExperts(ctx, model, layer.mlp, act, y, rows)),
+          ...(await moeOutput(ctx, model, layer.mlp, act, rows)),
+        ];
+  return [...xNorm, ...mixer, ...yNorm, ...mlp];
+}
+
 /** The residual stream, normed with `weight` inside whichever matvec reads it. */
 export const residualNormed = (model: Model, act: Activations, weight: GpuTensor): Input => ({
   buffer: act.h,
   norm: { weight: vectorBuffer(weight), eps: model.config.rmsNormEps },
 });
 
-interface LinearArgs {
+export interface LinearArgs {
   w: GpuTensor;
   x: Input;
   xStride: number;
@@ -143,7 +181,7 @@ interface LinearArgs {
  * adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend
  * on the rows beside it.
  */
-function linear(ctx: GpuContext, act: Activations, { T, tiled }: Rows, args: LinearArgs): Promise<Dispatch[]> {
+export function linear(ctx: GpuContext, act: Activations, { T, tiled }: Rows, args: LinearArgs): Promise<Dispatch[]> {
   const { w, x, y, epilogue, scales } = args;
   const [input, output] = [elementOf(act, x.buffer), elementOf(act, y)];
   if (!tiled) {

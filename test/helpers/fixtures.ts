@@ -29,6 +29,12 @@ export function goldenLogprobs(name: FixtureName): Float32Array {
   return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
 }
 
+/** golden.mtp_logprobs.f32: [len(prompt_ids) - 1, vocab_size], row p the MTP block's draft for token p + 2. */
+export function goldenMtpLogprobs(name: FixtureName): Float32Array {
+  const bytes = readFileSync(`${fixtureDir(name)}/golden.mtp_logprobs.f32`);
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+}
+
 /** Largest |a - b| and the share of rows whose argmax agrees. */
 export function compareLogprobs(actual: Float32Array | Float64Array, expected: Float32Array, vocab: number) {
   let maxAbs = 0;
