@@ -1,5 +1,5 @@
 /** qwen-webgpu: the host-agnostic engine. Hosts (src/hosts/*) add a GPU and file access. */
-export { Engine, type EngineOptions, type RenderedPrompt } from './api/engine.ts';
+export { Engine, type EngineGauges, type EngineOptions, type RenderedPrompt } from './api/engine.ts';
 export type * from './api/types.ts';
 export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/context.ts';
 export {
