@@ -57,6 +57,8 @@ export class Metrics {
   token(): void {
     this.generationTokens++;
     this.recentTokens.push(this.now());
+    // Pruned here too, not only when scraped: a server nobody scrapes must not keep every token's time.
+    if (this.recentTokens.length % 4096 === 0) this.prune();
   }
 
   firstToken(seconds: number): void {
@@ -70,10 +72,15 @@ export class Metrics {
     this.e2e.observe(seconds);
   }
 
-  private tokensPerSecond(): number {
+  /** Drops the token times older than the rate window. */
+  private prune(): void {
     const since = this.now() - RATE_WINDOW_S * 1000;
     const keep = this.recentTokens.findIndex((t) => t >= since);
     this.recentTokens = keep < 0 ? [] : this.recentTokens.slice(keep);
+  }
+
+  private tokensPerSecond(): number {
+    this.prune();
     return this.recentTokens.length / RATE_WINDOW_S;
   }
 
