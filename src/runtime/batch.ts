@@ -159,9 +159,8 @@ export class Batch {
     }
     this.decoding.delete(slot);
     return this.withPrefillSession(async (session) => {
-      if (slot.position === 0) session.reset();
-      else {
-        session.reset();
+      session.reset();
+      if (slot.position > 0) {
         this.copyStates(slot.index, slot.position, 'to session');
         session.position = slot.position;
       }
