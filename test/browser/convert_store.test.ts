@@ -97,26 +97,19 @@ const sentUnder = (prefix: string, from = 0) =>
     .filter((s) => s.path.startsWith(prefix))
     .reduce((sum, s) => sum + s.bytes, 0);
 
+/** The Node CLI's greedy INT4 ids for `prompt` on a checkpoint folder or .gguf file. */
+async function cliInt4Ids(model: string, prompt: number[]): Promise<number[]> {
+  const args = ['--prompt-ids', prompt.join(','), '--max-tokens', String(MAX_TOKENS), '--greedy', '--ignore-eos', '--json'];
+  const cli = await runCli('node', ['generate', '--model', model, '--dtype', 'int4', ...args]);
+  expect(cli.code, cli.stderr).toBe(0);
+  return jsonLine(cli).ids as number[];
+}
+
 async function describeModel(repo: string, dir: string, prompt: number[]): Promise<Model> {
   const path = `/hub/${repo}/resolve/main/`;
   const packed = join(mkdtempSync(join(tmpdir(), 'qwen-convert-store-')), 'packed');
   const converted = await runCli('node', ['convert', '--model', dir, '--dtype', 'int4', '--out', packed]);
   expect(converted.code, converted.stderr).toBe(0);
-  const cli = await runCli('node', [
-    'generate',
-    '--model',
-    dir,
-    '--dtype',
-    'int4',
-    '--prompt-ids',
-    prompt.join(','),
-    '--max-tokens',
-    String(MAX_TOKENS),
-    '--greedy',
-    '--ignore-eos',
-    '--json',
-  ]);
-  expect(cli.code, cli.stderr).toBe(0);
   const { tensors } = (await openModel(packed)).packed!;
   const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   const { num_experts: experts, num_hidden_layers: layers } = config.text_config ?? config;
@@ -130,7 +123,7 @@ async function describeModel(repo: string, dir: string, prompt: number[]): Promi
     path,
     dir,
     prompt,
-    ids: jsonLine(cli).ids as number[],
+    ids: await cliInt4Ids(dir, prompt),
     packedBytes: sizes(packed, () => true),
     expertCacheBytes: experts ? (experts / 4) * layers * perExpert : undefined,
     weightBytes: sizes(dir, (f) => f.endsWith('.safetensors')),
@@ -150,23 +143,7 @@ beforeAll(async () => {
   models.moe = await describeModel('test-org/tiny-qwen35-moe', fixtureDir('tiny-qwen35-moe'), golden('tiny-qwen35-moe').prompt_ids);
   models.generated = await describeModel('test-org/generated-moe', generated, generatedPrompt);
   const written = await writeFixtureGguf('tiny-qwen35-moe');
-  const prompt = golden('tiny-qwen35-moe').prompt_ids;
-  const cli = await runCli('node', [
-    'generate',
-    '--model',
-    join(written.dir, written.file),
-    '--dtype',
-    'int4',
-    '--prompt-ids',
-    prompt.join(','),
-    '--max-tokens',
-    String(MAX_TOKENS),
-    '--greedy',
-    '--ignore-eos',
-    '--json',
-  ]);
-  expect(cli.code, cli.stderr).toBe(0);
-  gguf = { ...written, ids: jsonLine(cli).ids as number[] };
+  gguf = { ...written, ids: await cliInt4Ids(join(written.dir, written.file), golden('tiny-qwen35-moe').prompt_ids) };
   server = await serveStatic({
     ...HARNESS_MOUNTS,
     '/gguf/': written.dir,
