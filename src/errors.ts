@@ -155,6 +155,22 @@ export class InternalError extends QwenError {
   override name = 'InternalError';
 }
 
+/**
+ * A pipeline stage (runtime/pipeline) that failed, hung, broke the frame protocol, or was refused at the handshake
+ * (another model, revision, dtype, layer range or protocol version). `stage` names it; requests in flight fail with
+ * it and the server answers 503 until the group is whole again.
+ */
+export class StageError extends QwenError {
+  override name = 'StageError';
+  constructor(
+    readonly detail: string,
+    readonly stage: string,
+    options?: ErrorOptions,
+  ) {
+    super(`${stage}: ${detail}`, options);
+  }
+}
+
 /** A command line that cannot be run as written: an unknown command or flag, a missing or malformed value. */
 export class UsageError extends QwenError {
   override name = 'UsageError';
@@ -176,5 +192,6 @@ export const ERROR_CLASSES: Readonly<Record<string, new (...args: never[]) => Qw
   NetworkError,
   ContractError,
   InternalError,
+  StageError,
   UsageError,
 };

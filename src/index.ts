@@ -15,6 +15,7 @@ export {
   QwenError,
   RequestError,
   SessionError,
+  StageError,
   StorageError,
   TemplateError,
 } from './errors.ts';

@@ -6,6 +6,8 @@ import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
 import { Batch } from '../runtime/batch.ts';
 import type { TokenSequence } from '../runtime/sequence.ts';
+import type { StagePool } from '../runtime/pipeline/stage_pool.ts';
+import type { LayerRange } from '../model/tensors.ts';
 import { stateBytes } from '../model/activations.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
@@ -51,6 +53,10 @@ export interface EngineOptions {
   tiledDecode?: boolean;
   /** Prompt tokens per forward call (default: what the adapter's binding limit allows, at most 512); with a batch, decode steps run between chunks. */
   prefillChunk?: number;
+  /** Stage 0 of a pipeline: load only these layers (the embedding and the first ones; model/tensors.ts LayerRange)... */
+  layers?: LayerRange;
+  /** ...and run requests through the other stages with the pool this makes (runtime/pipeline; maxBatch sequences in flight). */
+  pipeline?: (model: Model, sizes: { contextLength: number; slots: number }) => Promise<StagePool>;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -120,9 +126,10 @@ export class Engine {
     readonly session: Session,
     readonly name: string,
     private readonly batch?: Batch,
+    private readonly pipeline?: StagePool,
   ) {
-    // A batch's slots have samplers of their own.
-    this.sampler = batch ? undefined : GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    // A batch's and a pipeline's slots have samplers of their own.
+    this.sampler = batch || pipeline ? undefined : GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   }
 
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
@@ -133,6 +140,7 @@ export class Engine {
       vocab: tokenizer && { tokenizerSize: tokenizer.size, eosTokenIds: tokenizer.eosTokenIds },
       verify: options.verify,
       expertCacheBytes: options.expertCacheBytes,
+      layers: options.layers,
       onProgress: options.onProgress,
       signal: options.signal,
     });
@@ -143,6 +151,10 @@ export class Engine {
       const maxBatch = options.maxBatch ?? 1;
       if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
       const prefillChunk = options.prefillChunk;
+      if (options.pipeline) {
+        const pool = await options.pipeline(model, { contextLength, slots: maxBatch });
+        return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, undefined, pool);
+      }
       if (maxBatch === 1) return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength, prefillChunk }), name);
       const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk, tiledDecode: options.tiledDecode });
       return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
@@ -189,20 +201,27 @@ export class Engine {
   /** Requests running and waiting, batch size and state memory, for a server's metrics. */
   gauges(): EngineGauges {
     const perSequence = stateBytes(this.model, this.session.capacity, this.ctx.activationBytes);
-    const b = this.batch;
+    const b = this.batch ?? this.pipeline;
     const running = b ? b.running : this.running;
     return {
       running,
       waiting: b ? b.queued : this.waiting,
       maxBatch: b ? b.slots.length : 1,
-      batchSize: b ? b.lastStepRows : this.running,
+      batchSize: this.batch ? this.batch.lastStepRows : running,
       stateBytesUsed: running * perSequence,
       stateBytesTotal: (b ? b.slots.length : 1) * perSequence,
     };
   }
 
+  /** Why the engine cannot serve now (a pipeline stage is down; a server answers 503), or undefined. */
+  unavailable(): string | undefined {
+    return this.pipeline?.unavailable?.message;
+  }
+
   /** A sequence for one request: a slot of the batch, or the session when the requests before have left it. */
   private lease(signal?: AbortSignal): Promise<Lease> {
+    const pipeline = this.pipeline;
+    if (pipeline) return pipeline.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => pipeline.release(slot) }));
     const batch = this.batch;
     if (batch) return batch.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => batch.release(slot) }));
     return new Promise<Lease>((started, failed) => {
@@ -444,6 +463,7 @@ export class Engine {
   async score(ids: number[], onRows: (rows: Float32Array, first: number) => void | Promise<void>, signal?: AbortSignal): Promise<void> {
     checkTokenIds(ids, 'ids', this.model.tokenizerSize);
     if (ids.length > this.session.capacity) throw new RequestError(`${ids.length} ids are more than the context of ${this.session.capacity}`, 'ids');
+    if (this.pipeline) throw new RequestError('scoring is not available across pipeline stages (the LM head is on the last one)', 'ids');
     if (this.batch) return this.batch.withPrefillSession((session) => scoreIds(session, ids, onRows, signal));
     return this.exclusive(() => scoreIds(this.session, ids, onRows, signal));
   }
@@ -458,7 +478,8 @@ export class Engine {
 
   destroy(): void {
     this.sampler?.destroy();
-    if (this.batch) this.batch.destroy();
+    if (this.pipeline) this.pipeline.destroy();
+    else if (this.batch) this.batch.destroy();
     else this.session.destroy();
     this.model.destroy();
   }

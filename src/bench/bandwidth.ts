@@ -34,7 +34,7 @@ const tensorBytes = (t: GpuTensor, items = t.shape[0]) => items * t.itemStride *
 /** Weight bytes one decode step reads: every matrix once, the routed experts' share, one embedding row. */
 export function decodeWeightBytes(model: Model): number {
   const w = model.weights;
-  let bytes = tensorBytes(w.embed, 1) + tensorBytes(w.lmHead);
+  let bytes = (w.embed ? tensorBytes(w.embed, 1) : 0) + (w.lmHead ? tensorBytes(w.lmHead) : 0);
   for (const layer of w.layers) {
     const m = layer.mixer;
     bytes += m.kind === 'linear_attention' ? tensorBytes(m.inProj) + tensorBytes(m.outProj) : tensorBytes(m.qkvProj) + tensorBytes(m.oProj);

@@ -1,6 +1,6 @@
 import { access, constants, open, readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { Engine } from '../api/engine.ts';
+import { Engine, type EngineOptions } from '../api/engine.ts';
 import { collectChat } from '../api/chat.ts';
 import type { ChatCompletionChunk, Reasoning } from '../api/types.ts';
 import type { GpuContext } from '../gpu/context.ts';
@@ -26,6 +26,7 @@ import { runBench } from './bench.ts';
 import { runBatch } from './batch.ts';
 import type { CliHost } from './host.ts';
 import { SERVE_FLAGS, runServe } from './serve.ts';
+import { PIPELINE_FLAGS, STAGE_FLAGS, loadPipelineEngine, runStage } from './stages.ts';
 import { hubOptions, listModels, modelAsFlag, pull, removeModel } from './hub.ts';
 import { convertedOnce } from './packed_cache.ts';
 
@@ -69,6 +70,16 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       4; each holds a KV cache of --context tokens); past them and --max-queue waiting (default 16) requests, 429;
       --port 0 picks a free port; prints "listening on http://HOST:PORT"; SIGINT/SIGTERM finish the running requests
       (up to 30 s) and exit 0
+      --stages N [--stage-listen HOST:PORT] [--gpu-memory-gb G] [--stage-timeout-s S]: the model split into N pipeline
+      stages, one process (and GPU) each: this one holds the embedding and the first layers and starts the others
+      on this host, or with --stage-listen waits for them to connect (qwen-webgpu stage); the layer split follows
+      each stage's --gpu-memory-gb (default equal) and is printed; a stage that fails or does not answer within
+      --stage-timeout-s (default 120) fails the requests in flight and the server answers 503 until it is back
+  qwen-webgpu stage    --model <dir|url|hub id> --stage I --stages N --peer HOST:PORT [--layers FIRST:END]
+                       [--gpu-memory-gb G] [--dtype ...] [--adapter NAME]
+      pipeline stage I of N (1..N-1), connecting to stage 0 (serve --stages N --stage-listen HOST:PORT); under
+      Kubernetes' LeaderWorkerSet --stage, --stages and --peer default to LWS_WORKER_INDEX, LWS_GROUP_SIZE and
+      LWS_LEADER_ADDRESS:QWEN_STAGE_PORT (default 9400); --layers refuses any other range than stage 0 assigns
   qwen-webgpu pull     ORG/NAME[@REVISION][:QUANT] [--json]
       downloads a Hugging Face hub model into the cache (see --model) with progress, prints its snapshot path
   qwen-webgpu models   [--json]   lists the cached hub models: id, revisions, size
@@ -131,8 +142,20 @@ const COMMANDS: Record<string, Command> = {
   },
   serve: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SERVE_FLAGS],
-    run: (a, c, h) => runServe(a, h, async (context, maxBatch) => loadEngine(await openModelFlag(a, h), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SERVE_FLAGS, ...PIPELINE_FLAGS],
+    run: (a, c, h) =>
+      runServe(a, h, async (contextLength, maxBatch) => {
+        const checkpoint = await openModelFlag(a, h);
+        if (intFlag(a, 'stages', 1) === 1) return { engine: await loadEngine(checkpoint, dtypeOf(a, c!), a, c!, h, contextLength, maxBatch) };
+        return loadPipelineEngine(a, h, c!, checkpoint, dtypeOf(a, c!), { contextLength, maxBatch }, (stage) =>
+          loadEngine(checkpoint, dtypeOf(a, c!), a, c!, h, contextLength, maxBatch, stage),
+        );
+      }),
+  },
+  stage: {
+    gpu: true,
+    flags: [...GPU_FLAGS, 'model', 'dtype', 'verify', 'http-timeout', ...STAGE_FLAGS],
+    run: (a, c, h) => runStage(a, c!, h, () => openModelFlag(a, h), dtypeOf(a, c!)),
   },
   pull: { gpu: false, flags: ['model', 'json', 'http-timeout'], run: (a, _c, h) => pull(a, h, httpOptions(a, h).http.timeoutMs) },
   models: { gpu: false, flags: ['json'], run: (a, _c, h) => listModels(a, h) },
@@ -234,8 +257,10 @@ async function loadEngine(
   host: CliHost,
   contextLength: number,
   maxBatch?: number,
+  stage?: Pick<EngineOptions, 'layers' | 'pipeline'>,
 ): Promise<Engine> {
-  if (dtype === 'q4') {
+  // Pipeline stages load an INT4 hub model by converting their own layers as they load, not through one shared cache.
+  if (dtype === 'q4' && !stage) {
     // A hub model converts to INT4 once; later runs load the packed copy.
     const bar = progressBar(host.stderr, host.isTTY, 'converting');
     checkpoint =
@@ -255,6 +280,7 @@ async function loadEngine(
     maxBatch,
     expertCacheBytes: expertCacheBytes(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
+    ...stage,
   });
   bar.done();
   warnUnused(engine.model, host);

@@ -15,7 +15,12 @@ const GRACE_MS = 30_000;
  */
 const RELAYED_MS = 1000;
 
-export async function runServe(args: Args, host: CliHost, load: (contextLength: number, maxBatch: number) => Promise<Engine>): Promise<void> {
+/** `stop`: what to end besides the engine (a pipeline's stage processes). */
+export async function runServe(
+  args: Args,
+  host: CliHost,
+  load: (contextLength: number, maxBatch: number) => Promise<{ engine: Engine; stop?(): void }>,
+): Promise<void> {
   // Every flag is checked before the model loads: a typo fails at once, not after minutes of loading.
   const port = intFlag(args, 'port', 8080, 0);
   if (port > 65535) throw new UsageError(`--port must be at most 65535, got ${port}`);
@@ -29,7 +34,7 @@ export async function runServe(args: Args, host: CliHost, load: (contextLength: 
     ?.split(',')
     .map((origin) => origin.trim())
     .filter(Boolean);
-  const engine = await load(intFlag(args, 'context', 4096), maxBatch);
+  const { engine, stop } = await load(intFlag(args, 'context', 4096), maxBatch);
   try {
     const server = createApp(engine, {
       modelName: stringFlag(args, 'served-model-name') ?? engine.name,
@@ -65,5 +70,6 @@ export async function runServe(args: Args, host: CliHost, load: (contextLength: 
     }
   } finally {
     engine.destroy();
+    stop?.();
   }
 }

@@ -7,7 +7,7 @@ import { type MoeGroupScratch, createMoeGroupScratch, maxMoeTiles } from '../ker
 import { ropeTable } from '../kernels/rope.ts';
 import { attentionScratchBytes } from '../kernels/attention.ts';
 import { dims } from './config.ts';
-import type { Model } from './model.ts';
+import { type Model, heldLayerTypes } from './model.ts';
 
 /**
  * Per-layer sequence state: DeltaNet conv window and recurrent state, or the attention KV cache. "act" buffers
@@ -86,7 +86,7 @@ export interface Activations {
 export const elementOf = (a: Activations, buffer: GPUBuffer): ElementType => (a.actBuffers.has(buffer) ? 'act' : 'f32');
 
 /** The widest activation row per token, to size buffers and bound the prefill chunk. */
-function rowFloats(model: Model) {
+function rowFloats(model: Pick<Model, 'config'>) {
   const c = model.config;
   const d = dims(c);
   const moe = c.moe;
@@ -99,7 +99,7 @@ function rowFloats(model: Model) {
 }
 
 /** Prefill runs in chunks of this many tokens: large enough to fill a GPU, small enough for every binding. */
-export function prefillChunk(ctx: GpuContext, model: Model, wanted = 512): number {
+export function prefillChunk(ctx: GpuContext, model: Pick<Model, 'config'>, wanted = 512): number {
   const c = model.config;
   // The f32 DeltaNet chunk scratch (U|W rows, states per chunk) can be wider than f16 activation rows.
   const scratch = c.layerTypes.includes('linear_attention')
@@ -189,10 +189,10 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
 }
 
 /** Bytes of the per-layer state for a context of `capacity` tokens, with activations of `activationBytes` (2 or 4). */
-export function stateBytes(model: Model, capacity: number, activationBytes = 4): number {
+export function stateBytes(model: Pick<Model, 'config' | 'layers'>, capacity: number, activationBytes = 4): number {
   const c = model.config;
   const d = dims(c);
-  return c.layerTypes.reduce(
+  return heldLayerTypes(model).reduce(
     (sum, t) =>
       sum +
       (t === 'full_attention'
@@ -217,12 +217,12 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
       `${sequences} sequences need ${recurrentBytes} bytes of DeltaNet state per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes}`,
     );
   }
-  return c.layerTypes.map((t, i) =>
+  return heldLayerTypes(model).map((t, i) =>
     t === 'full_attention'
-      ? createAttentionState(ctx, model, capacity, sequences, `layer ${i}`)
+      ? createAttentionState(ctx, model, capacity, sequences, `layer ${model.layers.first + i}`)
       : {
-          conv: ctx.storage(`layer ${i} conv state`, sequences * c.convKernel * d.convDim * ab),
-          recurrent: ctx.storage(`layer ${i} recurrent state`, recurrentBytes),
+          conv: ctx.storage(`layer ${model.layers.first + i} conv state`, sequences * c.convKernel * d.convDim * ab),
+          recurrent: ctx.storage(`layer ${model.layers.first + i} recurrent state`, recurrentBytes),
         },
   );
 }

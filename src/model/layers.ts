@@ -16,9 +16,9 @@ import { moeRoute } from '../kernels/moe_route.ts';
 import { moeGroup } from '../kernels/moe_group.ts';
 import { moeCombine } from '../kernels/moe_combine.ts';
 import { dims } from './config.ts';
-import type { Model } from './model.ts';
+import { type Model, hasHead, takesIds } from './model.ts';
 import type { AttentionWeights, DeltaNetWeights, DecoderLayerWeights, DenseMlpWeights, MoeWeights } from './weights.ts';
-import { vectorBuffer } from './weights.ts';
+import { stageTensor, vectorBuffer } from './weights.ts';
 import { type Activations, type LayerState, elementOf } from './activations.ts';
 import { ContractError } from '../errors.ts';
 
@@ -88,7 +88,9 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
     return input;
   };
 
-  add(await embedding(ctx, { table: w.embed, ids: plan.input === 'token' ? act.token : act.ids, tokens: T, out: act.h }));
+  // A pipeline stage past the first finds its input rows in act.h (runtime/pipeline writes them there).
+  if (takesIds(model))
+    add(await embedding(ctx, { table: stageTensor(w.embed, 'embedding'), ids: plan.input === 'token' ? act.token : act.ids, tokens: T, out: act.h }));
   for (let i = 0; i < w.layers.length; i++) {
     const layer: DecoderLayerWeights = w.layers[i];
     add(await mixerBlock(ctx, model, layer, state[i], act, await normed(layer.inputNorm), rows));
@@ -103,8 +105,10 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
     }
   }
   // Decode folds the final norm into the LM head (lmHead 'decoded'); prefill (and tiled decode) leaves the normed
-  // rows in act.x, which its LM head and scoring read.
-  if (plan.input === 'ids' || rows.tiled) add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(w.norm), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
+  // rows in act.x, which its LM head and scoring read. A stage before the last leaves its output rows in act.h.
+  if (hasHead(model) && (plan.input === 'ids' || rows.tiled)) {
+    add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(stageTensor(w.norm, 'final norm')), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
+  }
   segments.push({ dispatches: out });
   return segments;
 }
@@ -490,9 +494,9 @@ export function lmHead(
 ): Promise<Dispatch[]> {
   const H = model.config.hiddenSize;
   const V = model.config.vocabSize;
-  const w = model.weights.lmHead;
+  const w = stageTensor(model.weights.lmHead, 'LM head');
   if ('decoded' in rows) {
-    const x = residualNormed(model, act, model.weights.norm);
+    const x = residualNormed(model, act, stageTensor(model.weights.norm, 'final norm'));
     const tokens = rows.decoded;
     return matvec(ctx, { w, x: x.buffer, xStride: H, norm: x.norm, input: 'f32', y: logits, yStride: V, output: 'f32', epilogue: 'store', tokens });
   }

@@ -6,7 +6,7 @@ import { expertStreaming } from './expert_budget.ts';
 import { checkPackedTensors } from './load_packed.ts';
 import { type Model, type VocabInfo, finishModel } from './model.ts';
 import { planCheckpoint, tensorDtype } from './plan.ts';
-import type { TensorSpec } from './tensors.ts';
+import type { LayerRange, TensorSpec } from './tensors.ts';
 import { allocateTensors, uploadSources } from './upload.ts';
 
 export interface LoadProgress {
@@ -29,6 +29,11 @@ export interface LoadOptions {
    * from a packed model (src/runtime/expert_cache.ts); default: every expert resident. Dense models ignore it.
    */
   expertCacheBytes?: number;
+  /**
+   * Only these decoder layers (a pipeline stage, runtime/pipeline): the embedding comes with the first, the final norm
+   * and LM head with the last; nothing else is read. Default: all of them.
+   */
+  layers?: LayerRange;
   /** Load the multi-token-prediction block too (model.weights.mtp, for drafting), when the checkpoint has one. */
   mtp?: boolean;
   onProgress?: (p: LoadProgress) => void;
@@ -60,6 +65,9 @@ export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options
       await packed.verify((p) => options.onProgress?.({ loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: `verifying ${p.file}` }), options.signal);
   }
   const experts = expertStreaming(ctx, checkpoint, plan, dtypeOf, options.expertCacheBytes);
+  if (experts && options.layers) {
+    throw new ModelFormatError("a pipeline stage keeps its layers' experts resident: it cannot stream them (give it more memory or more stages)");
+  }
   // Streamed expert tensors get `slots` items and are filled by the runtime, not here.
   const streamed = (spec: TensorSpec) => experts !== undefined && /^layers\.\d+\.mlp\.experts_/.test(spec.key);
   const specs = plan.specs.map((spec) => (streamed(spec) ? { ...spec, shape: [experts!.slots, ...spec.shape.slice(1)] } : spec));
@@ -83,7 +91,7 @@ export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options
     }
     return finishModel(
       ctx,
-      { ...plan.vocab, config: plan.config, dtype, location: checkpoint.location, unusedTensors: plan.unusedTensors, experts },
+      { ...plan.vocab, config: plan.config, layers: options.layers, dtype, location: checkpoint.location, unusedTensors: plan.unusedTensors, experts },
       gpu,
       owned,
     );

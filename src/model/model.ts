@@ -3,6 +3,7 @@ import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
 import type { ExpertSource } from '../storage/expert_source.ts';
 import type { Qwen35Config } from './config.ts';
 import { type ModelWeights, assembleWeights } from './weights.ts';
+import { type LayerRange, wholeModel } from './tensors.ts';
 
 /**
  * What the engine needs of the tokenizer: how many ids it can produce (rows past that are padding and are
@@ -16,6 +17,8 @@ export interface VocabInfo {
 export interface Model extends VocabInfo {
   config: Qwen35Config;
   weights: ModelWeights;
+  /** The decoder layers loaded: all of them, or a pipeline stage's range (weights.layers[i] is layer first + i). */
+  layers: LayerRange;
   dtype: WeightDtype;
   location: string;
   /** Checkpoint tensors the text model does not use (vision tower excluded), for a warning. */
@@ -35,29 +38,42 @@ export interface ExpertStreaming {
   expertBytes: number;
 }
 
+/** The types of the layers a model (or a pipeline stage) holds, in order: what its states are made for. */
+export const heldLayerTypes = (model: Pick<Model, 'config' | 'layers'>) => model.config.layerTypes.slice(model.layers.first, model.layers.end);
+
+/** Whether the model holds the embedding's lookup (the first stage) and the final norm and LM head (the last). */
+export const takesIds = (model: Pick<Model, 'layers'>): boolean => model.layers.first === 0;
+export const hasHead = (model: Pick<Model, 'config' | 'layers'>): boolean => model.layers.end === model.config.layerTypes.length;
+
 /** Marks an expert that no slot holds: outside every part, so the expert kernels skip it. */
 export const NOT_RESIDENT = 0xffffffff;
 
 /** The Model around loaded (or synthetic) tensors: one expert slot table per MoE layer, identity while all experts are resident, empty when streamed. */
 export function finishModel(
   ctx: GpuContext,
-  info: Omit<Model, 'weights' | 'gpuBytes' | 'destroy'>,
+  info: Omit<Model, 'weights' | 'gpuBytes' | 'destroy' | 'layers'> & { layers?: LayerRange },
   tensors: Map<string, GpuTensor>,
   owned: GPUBuffer[],
 ): Model {
-  const weights = assembleWeights(info.config, tensors, (key) => {
-    const n = info.config.moe!.numExperts;
-    const buffer = ctx.storage(`${key} expert slots`, n * 4);
-    // Streamed layers start with no expert resident; the runtime's ExpertCache fills slots as routing asks.
-    const streamed = info.experts !== undefined && key.startsWith('layers.');
-    ctx.write(
-      buffer,
-      0,
-      Uint32Array.from({ length: n }, (_, e) => (streamed ? NOT_RESIDENT : e)),
-    );
-    owned.push(buffer);
-    return buffer;
-  });
+  const layers = info.layers ?? wholeModel(info.config);
+  const weights = assembleWeights(
+    info.config,
+    tensors,
+    (key) => {
+      const n = info.config.moe!.numExperts;
+      const buffer = ctx.storage(`${key} expert slots`, n * 4);
+      // Streamed layers start with no expert resident; the runtime's ExpertCache fills slots as routing asks.
+      const streamed = info.experts !== undefined && key.startsWith('layers.');
+      ctx.write(
+        buffer,
+        0,
+        Uint32Array.from({ length: n }, (_, e) => (streamed ? NOT_RESIDENT : e)),
+      );
+      owned.push(buffer);
+      return buffer;
+    },
+    layers,
+  );
   const gpuBytes = [...tensors.values()].reduce((sum, t) => sum + t.parts.reduce((s, p) => s + p.buffer.size, 0), 0);
-  return { ...info, weights, gpuBytes, destroy: () => ctx.free(...owned) };
+  return { ...info, layers, weights, gpuBytes, destroy: () => ctx.free(...owned) };
 }

@@ -5,7 +5,7 @@ import { rmsNorm } from '../kernels/rms_norm.ts';
 import { type Activations, type LayerState, createAttentionState } from './activations.ts';
 import { type ForwardPlan, decoderLayer, forwardRows, linear } from './layers.ts';
 import type { Model } from './model.ts';
-import { type MtpWeights, vectorBuffer } from './weights.ts';
+import { type MtpWeights, stageTensor, vectorBuffer } from './weights.ts';
 
 /**
  * The multi-token-prediction block as a drafter (spec §2.7). Row p reads token x_{p+1} (act.ids, or act.token for
@@ -57,7 +57,12 @@ export async function mtpForward(ctx: GpuContext, model: Model, buffers: MtpBuff
   const T = rows.T;
   const halves = { rows: T, cols: H, eps, y: buffers.fcInput, yStride: 2 * H };
   return [
-    ...(await embedding(ctx, { table: model.weights.embed, ids: plan.input === 'token' ? act.token : act.ids, tokens: T, out: act.h })),
+    ...(await embedding(ctx, {
+      table: stageTensor(model.weights.embed, 'embedding'),
+      ids: plan.input === 'token' ? act.token : act.ids,
+      tokens: T,
+      out: act.h,
+    })),
     await rmsNorm(ctx, { ...halves, x: act.h, w: vectorBuffer(w.preFcNormEmbedding), yOffset: 0 }),
     await rmsNorm(ctx, { ...halves, x: buffers.hidden, w: vectorBuffer(w.preFcNormHidden), yOffset: H }),
     ...(await linear(ctx, act, rows, { w: w.fc, x: { buffer: buffers.fcInput }, xStride: 2 * H, y: act.h, yStride: H, epilogue: 'store' })),

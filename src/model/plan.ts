@@ -6,7 +6,8 @@ import { readTokenizerFiles } from '../formats/tokenizer_files.ts';
 import { type Qwen35Config, parseConfig } from './config.ts';
 import { checkCounts, checkLayerCount, countTensors } from './counts.ts';
 import type { VocabInfo } from './model.ts';
-import { type Naming, type TensorSpec, mtpTensors, textModelTensors } from './tensors.ts';
+import { type LayerRange, type Naming, type TensorSpec, inLayerRange, mtpTensors, textModelTensors } from './tensors.ts';
+import { ConfigError } from '../errors.ts';
 
 /** Everything a load or a conversion decides before touching the GPU; every check is done here. */
 export interface CheckpointPlan {
@@ -23,7 +24,7 @@ export interface CheckpointPlan {
  * `mtp`: plan the multi-token-prediction block too (convert keeps it in the packed model; a load takes it only
  * when asked, for drafting).
  */
-export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; vocab?: VocabInfo } = {}): Promise<CheckpointPlan> {
+export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: boolean; vocab?: VocabInfo; layers?: LayerRange } = {}): Promise<CheckpointPlan> {
   const rawConfig = (await readJson(checkpoint.files, 'config.json')) as Record<string, unknown> & {
     text_config?: { eos_token_id?: unknown };
     eos_token_id?: unknown;
@@ -38,17 +39,32 @@ export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: bo
   checkCounts(rawConfig, config, counts, wantMtp);
   const vocab = await vocabInfo(checkpoint.files, config.vocabSize, options.vocab, rawConfig.text_config?.eos_token_id ?? rawConfig.eos_token_id);
   const naming = packed ? { prefix: '', fusedExperts: true } : detectNaming(checkpoint.tensors, config, checkpoint.location);
-  const specs = [...textModelTensors(config, naming), ...(wantMtp ? mtpTensors(config, naming) : [])];
+  const range = options.layers;
+  if (range) checkLayerRange(range, config);
+  // A pipeline stage plans (and so reads) only its own tensors; what it leaves is other stages', not unused.
+  const specs = [...textModelTensors(config, naming), ...(wantMtp ? mtpTensors(config, naming) : [])].filter(
+    (spec) => !range || inLayerRange(spec.key, range, config),
+  );
+  const partial = range !== undefined && (range.first > 0 || range.end < config.layerTypes.length);
   if (packed) {
-    const unusedTensors = [...packed.tensors.keys()].filter((k) => !specs.some((s) => s.key === k) && !(k.startsWith('mtp.') && !wantMtp));
+    const unusedTensors = partial ? [] : [...packed.tensors.keys()].filter((k) => !specs.some((s) => s.key === k) && !(k.startsWith('mtp.') && !wantMtp));
     const sourceBytes = specs.reduce((sum, s) => sum + packed.tensors.get(s.key)!.itemBytes * s.shape[0], 0);
     return { rawConfig, config, vocab, specs, unusedTensors, sourceBytes };
   }
   checkSources(specs, checkpoint.tensors, checkpoint.location);
   const used = new Set(specs.flatMap((s) => s.sources.map((p) => p.source)));
-  const unusedTensors = [...checkpoint.tensors.keys()].filter((n) => !used.has(n) && !n.startsWith('model.visual.') && !(n.startsWith('mtp.') && !wantMtp));
+  const unusedTensors = partial
+    ? []
+    : [...checkpoint.tensors.keys()].filter((n) => !used.has(n) && !n.startsWith('model.visual.') && !(n.startsWith('mtp.') && !wantMtp));
   const sourceBytes = specs.reduce((sum, spec) => sum + spec.sources.reduce((s, p) => s + checkpoint.tensors.get(p.source)!.bytes, 0), 0);
   return { rawConfig, config, vocab, specs, unusedTensors, sourceBytes };
+}
+
+function checkLayerRange(range: LayerRange, config: Qwen35Config): void {
+  const L = config.layerTypes.length;
+  if (!Number.isInteger(range.first) || !Number.isInteger(range.end) || range.first < 0 || range.end > L || range.first >= range.end) {
+    throw new ConfigError(`layer range ${range.first}:${range.end} is not within the model's ${L} layers (0:${L})`, 'num_hidden_layers');
+  }
 }
 
 function detectNaming(tensors: Map<string, SourceTensor>, config: Qwen35Config, location: string): Naming {

@@ -161,6 +161,30 @@ function mlp(c: Qwen35Config, key: string, p: string, naming: Naming): TensorSpe
   ];
 }
 
+/**
+ * The contiguous decoder layers [first, end) that a pipeline stage holds (runtime/pipeline); the whole model is
+ * { first: 0, end: num_hidden_layers }.
+ */
+export interface LayerRange {
+  first: number;
+  end: number;
+}
+
+export const wholeModel = (c: Qwen35Config): LayerRange => ({ first: 0, end: c.layerTypes.length });
+
+/**
+ * Whether the stage holding `range` needs tensor `key`: its layers; the embedding on the first stage (and on the
+ * last when tied: it is the LM head); the final norm and LM head on the last. The MTP block only with the whole model.
+ */
+export function inLayerRange(key: string, range: LayerRange, c: Qwen35Config): boolean {
+  const last = range.end === c.layerTypes.length;
+  if (key === 'embed') return range.first === 0 || (last && c.tieWordEmbeddings);
+  if (key === 'norm' || key === 'lm_head') return last;
+  const layer = /^layers\.(\d+)\./.exec(key);
+  if (layer) return Number(layer[1]) >= range.first && Number(layer[1]) < range.end;
+  return range.first === 0 && last;
+}
+
 /** Every GPU tensor of the text model, in the order the forward pass uses them. */
 export function textModelTensors(c: Qwen35Config, naming: Naming): TensorSpec[] {
   const H = c.hiddenSize;

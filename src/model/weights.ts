@@ -1,6 +1,7 @@
 import type { GpuTensor } from '../gpu/tensor.ts';
 import type { Qwen35Config } from './config.ts';
 import { InternalError } from '../errors.ts';
+import { type LayerRange, wholeModel } from './tensors.ts';
 
 /** The GPU tensors of one model, shaped like the HF modules they come from (keys from tensors.ts). */
 
@@ -63,18 +64,30 @@ export interface MtpWeights {
   norm: GpuTensor;
 }
 
+/**
+ * A model's tensors, or a pipeline stage's (Model.layers): `layers` are its own, in order; the embedding is on the
+ * first stage (and the last when tied), the final norm and LM head on the last.
+ */
 export interface ModelWeights {
-  embed: GpuTensor;
+  embed?: GpuTensor;
   layers: DecoderLayerWeights[];
-  norm: GpuTensor;
+  norm?: GpuTensor;
   /** The embedding itself when tie_word_embeddings. */
-  lmHead: GpuTensor;
+  lmHead?: GpuTensor;
   /** Present when the model was loaded with its MTP block (LoadOptions.mtp). */
   mtp?: MtpWeights;
 }
 
-/** Assembles the structure from loaded tensors; `slots(key)` makes the expert slot table of MoE block `key` (e.g. layers.3.mlp). */
-export function assembleWeights(config: Qwen35Config, tensors: Map<string, GpuTensor>, slots: (key: string) => GPUBuffer): ModelWeights {
+/**
+ * Assembles the structure from loaded tensors, for the layers of `range`; `slots(key)` makes the expert slot table of
+ * MoE block `key` (e.g. layers.3.mlp).
+ */
+export function assembleWeights(
+  config: Qwen35Config,
+  tensors: Map<string, GpuTensor>,
+  slots: (key: string) => GPUBuffer,
+  range: LayerRange = wholeModel(config),
+): ModelWeights {
   const get = (key: string): GpuTensor => {
     const t = tensors.get(key);
     if (!t) throw new InternalError(`internal: tensor ${key} was not loaded`);
@@ -116,7 +129,7 @@ export function assembleWeights(config: Qwen35Config, tensors: Map<string, GpuTe
     postNorm: get(`${key}.post_norm`),
     mlp: mlp(`${key}.mlp`),
   });
-  const embed = get('embed');
+  const embed = tensors.get('embed');
   const mtp: MtpWeights | undefined = tensors.has('mtp.fc')
     ? {
         fc: get('mtp.fc'),
@@ -128,11 +141,17 @@ export function assembleWeights(config: Qwen35Config, tensors: Map<string, GpuTe
     : undefined;
   return {
     embed,
-    layers: config.layerTypes.map((type, i) => layer(`layers.${i}`, type)),
-    norm: get('norm'),
-    lmHead: config.tieWordEmbeddings ? embed : get('lm_head'),
+    layers: config.layerTypes.slice(range.first, range.end).map((type, i) => layer(`layers.${range.first + i}`, type)),
+    norm: tensors.get('norm'),
+    lmHead: config.tieWordEmbeddings ? embed : tensors.get('lm_head'),
     mtp,
   };
+}
+
+/** A tensor the caller's stage must hold (the embedding on the first, the LM head on the last). */
+export function stageTensor(t: GpuTensor | undefined, what: string): GpuTensor {
+  if (!t) throw new InternalError(`internal: this pipeline stage holds no ${what}`);
+  return t;
 }
 
 /** The buffer holding a single-part f32 vector (norm weights, conv taps, A_log, dt_bias). */

@@ -103,6 +103,12 @@ export class GpuSampler {
   private logprobs = 0;
   /** Search levels of the current request (undefined before begin). */
   private levels: number[] | undefined;
+  /**
+   * The current request as `begin` and `markGenerated` saw it, its seed drawn: what a pipeline's last stage replays on
+   * a sampler of its own (runtime/pipeline). `serial` changes with every begin.
+   */
+  request?: { serial: number; options: SamplingOptions; promptIds: number[]; forced: number[] };
+  private static serials = 0;
 
   private constructor(
     readonly ctx: GpuContext,
@@ -157,6 +163,7 @@ export class GpuSampler {
     this.ctx.device.queue.submit([encoder.finish()]);
     this.logprobs = logprobs;
     this.levels = sampleLevels(values);
+    this.request = { serial: ++GpuSampler.serials, options: { ...options, seed: values.seed }, promptIds: prompt, forced: [] };
   }
 
   /**
@@ -192,6 +199,7 @@ export class GpuSampler {
       this.seen[id] += 1;
       touched.add(id);
     });
+    this.request?.forced.push(...Array.from(ids));
     // The GPU owns the sampled counts; the forced ones live in `seen`, written word by word.
     for (const id of touched) this.ctx.write(this.scratch.seen, id * 4, this.seen.subarray(id, id + 1));
   }

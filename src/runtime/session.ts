@@ -7,7 +7,7 @@ import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
 import { ExpertCache, type ExpertStats } from './expert_cache.ts';
-import type { Model } from '../model/model.ts';
+import { type Model, hasHead } from '../model/model.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
 import type { PendingToken, TokenSequence } from './sequence.ts';
@@ -351,6 +351,48 @@ export class Session implements TokenSequence {
 
   private sampledResult(sampler: GpuSampler) {
     return { buffer: sampler.result, offset: 0, size: sampler.resultBytes };
+  }
+
+  /**
+   * A pipeline stage's part of one forward call (runtime/pipeline): `rows` tokens of this sequence from `position`
+   * (prefill, or one decode step), taking token ids (the first stage) or the previous stage's hidden rows (the others,
+   * f32 [rows, hidden]), and submitting what goes on: this stage's output rows (a stage before the last), or on the
+   * last stage, when a sampler is given, the LM head on the last row and the pick (the sampler's result).
+   */
+  async stageStep(
+    input: { ids: Uint32Array } | { hidden: Uint8Array },
+    step: { position: number; rows: number; decode: boolean },
+    sampler?: GpuSampler,
+  ): Promise<Readback | undefined> {
+    const { rows, decode } = step;
+    const H = this.model.config.hiddenSize;
+    if (this.experts) throw new SessionError('a pipeline stage keeps its experts resident');
+    if (rows < 1 || rows > this.activations.maxTokens || (decode && rows !== 1))
+      throw new SessionError(`a stage step of ${rows} rows (at most ${this.activations.maxTokens}; decode 1)`);
+    this.position = step.position;
+    this.ensureRoom(rows);
+    if ('ids' in input) {
+      if (input.ids.length !== rows) throw new SessionError(`${input.ids.length} ids for a step of ${rows} rows`);
+      input.ids.forEach((id, i) => {
+        if (id >= this.model.config.vocabSize)
+          throw new SessionError(`token id ${id} at index ${i} is outside the vocabulary (0..${this.model.config.vocabSize - 1})`);
+      });
+      this.ctx.write(decode ? this.activations.token : this.activations.ids, 0, input.ids);
+    } else {
+      if (input.hidden.byteLength !== rows * H * 4) throw new SessionError(`${input.hidden.byteLength} bytes of hidden rows for ${rows} rows of ${H} f32`);
+      this.ctx.write(this.activations.h, 0, input.hidden);
+    }
+    this.writeStep();
+    const dispatches = await this.forwardPlan(rows, decode ? 'token' : 'ids');
+    this.position += rows;
+    if (!hasHead(this.model)) return this.ctx.submit(dispatches, 'stage', { buffer: this.activations.h, offset: 0, size: rows * H * 4 });
+    if (!sampler) {
+      this.ctx.run(dispatches, 'stage');
+      return undefined;
+    }
+    const head = decode ? await this.decodedLogitsPlan() : await this.lastLogitsPlan(rows - 1);
+    const pick = await sampler.dispatches(this.activations.logits, this.activations.token);
+    return this.ctx.submit([...dispatches, ...head, ...pick], 'stage', this.sampledResult(sampler));
   }
 
   /** Puts a token chosen on the CPU where the next decode step reads it. */

@@ -36,7 +36,7 @@ export interface ServeApp {
   abort(): void;
 }
 
-type ServedEngine = Pick<Engine, 'chat' | 'completions' | 'gauges'>;
+type ServedEngine = Pick<Engine, 'chat' | 'completions' | 'gauges' | 'unavailable'>;
 /** What the server reads or sets of a response or chunk: the model's name, the finish reason and (on the last) the usage. */
 type Finished = { model: string; choices: { finish_reason: FinishReason | null }[]; usage?: Usage };
 type Hooks = { signal: AbortSignal; onToken: () => void };
@@ -155,7 +155,11 @@ export function createApp(engine: ServedEngine, options: ServeOptions): ServeApp
     }),
   );
   app.get('/v1/models', (c) => c.json({ object: 'list', data: [{ id: options.modelName, object: 'model', created: 0, owned_by: 'qwen-webgpu' }] }));
-  app.get('/health', (c) => (admission.accepting ? c.json({ status: 'ok' }) : c.json({ status: 'shutting down' }, 503)));
+  app.get('/health', (c) => {
+    if (!admission.accepting) return c.json({ status: 'shutting down' }, 503);
+    const down = engine.unavailable();
+    return down ? c.json({ status: 'unavailable', reason: down }, 503) : c.json({ status: 'ok' });
+  });
   app.get('/metrics', (c) => c.text(metrics.render(engine.gauges()), 200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' }));
 
   return { app, stop: () => admission.stop(options.graceMs), abort: () => admission.abortAll() };

@@ -1,5 +1,5 @@
 import type { ChatCompletionRequest, CompletionRequest, Reasoning } from '../api/types.ts';
-import { AbortError, CapabilityError, QwenError, RequestError, SessionError } from '../errors.ts';
+import { AbortError, CapabilityError, QwenError, RequestError, SessionError, StageError } from '../errors.ts';
 
 /**
  * OpenAI request bodies (as JSON off the wire, or a batch line's `body`) into Engine requests, and errors into
@@ -146,6 +146,8 @@ export function openAiError(error: unknown): OpenAiError {
   if (error instanceof RequestError) return make(400, 'invalid_request_error', error.message, error.field, 'invalid_value');
   if (error instanceof SessionError) return make(400, 'invalid_request_error', error.message, null, 'context_length_exceeded');
   if (error instanceof AbortError) return make(499, 'request_cancelled', error.message, null, 'cancelled');
+  // A pipeline stage down: the server is unavailable until the group is whole again, not the request at fault.
+  if (error instanceof StageError) return make(503, 'server_error', `${error.name}: ${error.message}`, null, 'stage_unavailable');
   if (error instanceof CapabilityError) return make(500, 'server_error', error.message, null, 'capability');
   if (error instanceof QwenError) return make(500, 'server_error', `${error.name}: ${error.message}`);
   return make(500, 'server_error', error instanceof Error ? `${error.name}: ${error.message}` : String(error));

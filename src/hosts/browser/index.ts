@@ -30,6 +30,7 @@ export {
   QwenError,
   RequestError,
   SessionError,
+  StageError,
   StorageError,
   TemplateError,
 } from '../../errors.ts';

@@ -3,6 +3,7 @@ import { serve } from '@hono/node-server';
 import { runCli } from '../../cli/main.ts';
 import { UsageError } from '../../errors.ts';
 import { createNodeContext } from './gpu.ts';
+import { connectTcp, listenTcp, spawnCli } from './tcp.ts';
 
 const code = await runCli(process.argv.slice(2), {
   createContext: (o) => createNodeContext(o),
@@ -26,6 +27,9 @@ const code = await runCli(process.argv.slice(2), {
       ) as Server;
       server.once('error', (error) => reject(new UsageError(`cannot listen on ${hostname}:${port} (--host, --port): ${error.message}`, { cause: error })));
     }),
+  connect: connectTcp,
+  listenTcp,
+  spawnCli,
   onStopSignal(handler) {
     process.on('SIGINT', handler);
     process.on('SIGTERM', handler);
