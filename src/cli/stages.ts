@@ -93,9 +93,9 @@ export async function loadPipelineEngine(
     if (listenAt) host.stderr(`waiting for stages 1..${stages - 1} on ${listenAt}\n`);
     else for (let s = 1; s < stages; s++) startLocal(s);
     const hellos = await group.hellos();
-    const assigns = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, sizes);
-    host.stderr(describeSplit(assigns, hellos, ctx.adapter.name));
-    const [own, ...others] = assigns;
+    const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, sizes);
+    host.stderr(describeSplit(split, hellos, ctx.adapter.name));
+    const [own, ...others] = split.assigns;
     const connections = group.start(others);
     const engine = await load({
       layers: own.layers,
@@ -117,7 +117,10 @@ export async function loadPipelineEngine(
   }
 }
 
-/** Every stage's layer range from its memory (equal shares where none was given), and the sizes all share. */
+/**
+ * Every stage's layer range from its memory (equal shares where none was given), and the sizes all share; a stage
+ * whose given memory cannot hold its share is an error before anything loads.
+ */
 function planStages(
   ctx: GpuContext,
   plan: Awaited<ReturnType<typeof planCheckpoint>>,
@@ -125,22 +128,37 @@ function planStages(
   ownMemory: number,
   hellos: Hello[],
   sizes: { contextLength: number; maxBatch: number },
-): Assign[] {
+): { assigns: Assign[]; bytes: number[] } {
   const given = [ownMemory, ...hellos.map((h) => h.memoryBytes)];
   const known = given.filter((m) => m > 0);
   const fill = known.length > 0 ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-  const budgets = given.map((m) => (m > 0 ? m : fill));
   const costs = layerCosts(plan, dtype, sizes.contextLength, sizes.maxBatch, ctx.activationBytes);
-  const ranges = splitLayers(costs, budgets);
+  const ranges = splitLayers(
+    costs,
+    given.map((m) => (m > 0 ? m : fill)),
+  );
+  const bytes = ranges.map(
+    (r, s) => costs.layers.slice(r.first, r.end).reduce((a, b) => a + b, 0) + (s === 0 ? costs.first : 0) + (s === ranges.length - 1 ? costs.last : 0),
+  );
+  bytes.forEach((b, s) => {
+    if (given[s] > 0 && b > given[s]) {
+      throw new UsageError(
+        `stage ${s} needs ${gib(b)} GiB for layers ${show(ranges[s])} (weights, and states of ${sizes.maxBatch} sequences of ${sizes.contextLength} tokens), more than its --gpu-memory-gb ${gib(given[s])}: use more stages, a smaller --context or --max-batch`,
+      );
+    }
+  });
   const chunk = Math.min(prefillChunk(ctx, plan), ...hellos.map((h) => h.prefillChunk));
-  return ranges.map((layers) => ({ type: 'assign', layers, contextLength: sizes.contextLength, slots: sizes.maxBatch, prefillChunk: chunk }));
+  const assigns = ranges.map((layers): Assign => ({ type: 'assign', layers, contextLength: sizes.contextLength, slots: sizes.maxBatch, prefillChunk: chunk }));
+  return { assigns, bytes };
 }
 
-function describeSplit(assigns: Assign[], hellos: Hello[], adapter: string): string {
+const gib = (bytes: number) => (bytes / GIB).toFixed(bytes < GIB ? 3 : 1);
+
+function describeSplit({ assigns, bytes }: { assigns: Assign[]; bytes: number[] }, hellos: Hello[], adapter: string): string {
   const lines = assigns.map((a, s) => {
     const where = s === 0 ? `this process, ${adapter}` : `${hellos[s - 1].adapter}`;
     const extra = [s === 0 ? 'embedding' : '', s === assigns.length - 1 ? 'final norm, LM head, sampler' : ''].filter(Boolean).join(', ');
-    return `  stage ${s}: layers ${show(a.layers)}${extra ? ` + ${extra}` : ''} (${where})`;
+    return `  stage ${s}: layers ${show(a.layers)}${extra ? ` + ${extra}` : ''}, ${gib(bytes[s])} GiB (${where})`;
   });
   return `pipeline of ${assigns.length} stages:\n${lines.join('\n')}\n`;
 }

@@ -174,6 +174,27 @@ describe('pipeline stage failures', { timeout: TEST_TIMEOUT_MS }, () => {
     }
   });
 
+  it('a stage that hangs (stopped) fails the request within --stage-timeout-s, naming the stage, then 503', async () => {
+    const server = await serve(MODEL, ['--stages', '2', '--stage-timeout-s', '2']);
+    const pid = Number(/started stage 1 \(pid (\d+)\)/.exec(server.stderr())?.[1]);
+    try {
+      process.kill(pid, 'SIGSTOP');
+      const t0 = performance.now();
+      const response = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'hi', max_tokens: 4 }),
+      });
+      expect(response.status).toBe(503);
+      expect(await response.text()).toMatch(/stage 1 \(.*\): did not answer a step within 2 s/);
+      expect(performance.now() - t0).toBeLessThan(6000);
+      expect((await fetch(`${server.url}/health`)).status).toBe(503);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+      kill(server);
+    }
+  });
+
   it('refuses a stage started with another model or layer range; a right one then completes the group', async () => {
     const port = 19400 + Math.floor(Math.random() * 500);
     let leader: ChildProcess | undefined;
