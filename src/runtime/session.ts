@@ -112,6 +112,9 @@ export class Session implements TokenSequence {
   private readonly prefillSegmentPlans: PlanCache<ForwardSegment[]>;
   /** Present when the model's experts are streamed (model.experts). */
   private readonly experts?: ExpertCache;
+  /** The DeltaNet states as `mark` left them (allocated at the first mark), and the position then. */
+  private marked?: GPUBuffer[];
+  private markedPosition?: number;
 
   private constructor(
     readonly ctx: GpuContext,
@@ -395,6 +398,26 @@ export class Session implements TokenSequence {
     return this.ctx.submit([...dispatches, ...head, ...pick], 'stage', this.sampledResult(sampler));
   }
 
+  /**
+   * Marks where the sequence is, so that `rollback` can return to it after tokens that turn out not to belong (drafts
+   * a verification rejects): the DeltaNet conv and recurrent states are copied aside on the GPU; the KV cache needs no
+   * copy (rows past the position are never read, and are written again). One mark at a time.
+   */
+  mark(): void {
+    const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
+    this.marked ??= pairs.map((b) => this.ctx.storage(`${b.label} mark`, b.size));
+    this.ctx.copy(pairs.map((from, i) => ({ from, to: this.marked![i], size: from.size })), 'mark');
+    this.markedPosition = this.position;
+  }
+
+  /** Back to the last `mark`, as if nothing after it had run. */
+  rollback(): void {
+    if (this.markedPosition === undefined || !this.marked) throw new SessionError('rollback without a mark');
+    const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
+    this.ctx.copy(pairs.map((to, i) => ({ from: this.marked![i], to, size: to.size })), 'rollback');
+    this.position = this.markedPosition;
+  }
+
   /** Puts a token chosen on the CPU where the next decode step reads it. */
   feed(id: number): void {
     if (!Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize) throw new SessionError(`token id ${id} is outside the vocabulary`);
@@ -402,6 +425,7 @@ export class Session implements TokenSequence {
   }
 
   destroy(): void {
+    this.ctx.free(...(this.marked ?? []));
     for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
     this.ctx.free(...this.activations.buffers);
