@@ -73,6 +73,12 @@ export async function loadPipelineEngine(
   const group = new StageGroup(modelIdentity(checkpoint, plan.rawConfig, heldDtype), stages, host.stderr);
   const listener = await host.listenTcp(address, (link) => void group.accept(link));
   let stopping = false;
+  let serving = false;
+  let startFailed: (error: Error) => void = () => {};
+  const startupFailure = new Promise<never>((_, reject) => {
+    startFailed = reject;
+  });
+  startupFailure.catch(() => {});
   const children = new Map<number, { kill(): void }>();
   const startLocal = (stage: number) => {
     const child = host.spawnCli(['stage', ...passedOn(args), '--stage', String(stage), '--stages', String(stages), '--peer', `127.0.0.1:${listener.port}`], {});
@@ -80,6 +86,8 @@ export async function loadPipelineEngine(
     host.stderr(`started stage ${stage} (pid ${child.pid})\n`);
     void child.exited.then((code) => {
       if (stopping) return;
+      // Before the group first served, a stage that exits would exit again (no GPU, an unreadable model): give up.
+      if (!serving) return startFailed(new StageError(`exited (code ${code}) before the group was ready (its error is above)`, `stage ${stage}`));
       host.stderr(`stage ${stage} exited (code ${code}); starting it again\n`);
       setTimeout(() => !stopping && startLocal(stage), RESTART_DELAY_MS);
     });
@@ -92,11 +100,11 @@ export async function loadPipelineEngine(
   try {
     if (listenAt) host.stderr(`waiting for stages 1..${stages - 1} on ${listenAt}\n`);
     else for (let s = 1; s < stages; s++) startLocal(s);
-    const hellos = await group.hellos();
+    const hellos = await Promise.race([group.hellos(), startupFailure]);
     const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, sizes);
     host.stderr(describeSplit(split, hellos, ctx.adapter.name));
     const [own, ...others] = split.assigns;
-    const connections = group.start(others);
+    const connections = Promise.race([group.start(others), startupFailure]);
     const engine = await load({
       layers: own.layers,
       pipeline: async (model) => {
@@ -110,6 +118,7 @@ export async function loadPipelineEngine(
         return pool;
       },
     });
+    serving = true;
     return { engine, stop };
   } catch (error) {
     stop();
