@@ -8,6 +8,8 @@
 #   PEERS_ARGS bench-peers options (default "--peers vulkan,cuda"; e.g. "--variants qwen3.5-0.8b --layers 4")
 #   STREAMS    variants whose concurrent-stream decode (bench --streams 1,4,16, int4) runs after the peers, into
 #              streams.jsonl (default "qwen3.5-0.8b qwen3.5-9b"; "" skips it); STREAMS_ARGS adds options (--layers 4)
+#   VERIFY     variants whose speculative-decoding cost (bench --verify-cost) goes into verify.jsonl (same default)
+#   BIG        "" skips the 397B run (4 of its layers at real shapes, hop cost, projection) into 397b.jsonl
 #   VK_ICD     a Vulkan ICD json to use instead of NVIDIA's (e.g. lavapipe's, to try the bundle on a machine
 #              without a GPU)
 #   DEVCARRY   the bundle folder (default .devcarry); WORK: where it is unpacked, GGUFs and builds go (/tmp/peers)
@@ -69,5 +71,16 @@ for variant in ${STREAMS-qwen3.5-0.8b qwen3.5-9b}; do
   "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --streams 1,4,16 --decode-tokens 64 --json ${STREAMS_ARGS:-} \
     2> >(tee -a "$LOG" >&2) | tee -a "$OUT/streams.jsonl"
 done
+for variant in ${VERIFY-qwen3.5-0.8b qwen3.5-9b}; do
+  say "bench --synthetic $variant --verify-cost"
+  "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --prompt-tokens 512 --decode-tokens 64 --verify-cost --json \
+    2> >(tee -a "$LOG" >&2) | tee -a "$OUT/verify.jsonl"
+done
+if [ -n "${BIG-1}" ]; then
+  # Qwen3.5-397B-A17B at real shapes: 4 of its 60 layers (3 DeltaNet, 1 attention), the hop cost and the projection.
+  say "bench --synthetic qwen3.5-397b-a17b --layers 4"
+  "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic qwen3.5-397b-a17b --layers 4 --dtype int4 --prompt-tokens 512 --decode-tokens 64 --json \
+    2> >(tee -a "$LOG" >&2) | tee -a "$OUT/397b.jsonl"
+fi
 say "done (exit $status)"
 exit "$status"

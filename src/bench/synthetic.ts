@@ -11,6 +11,9 @@ import variants from './variants.json' with { type: 'json' };
 
 export const SYNTHETIC_VARIANTS = Object.keys(variants);
 
+/** The layers of the whole variant (a run with --layers measures part of them). */
+export const syntheticLayers = (name: string): number | undefined => (variants as Record<string, { num_hidden_layers?: number }>)[name]?.num_hidden_layers;
+
 /**
  * A model with the real shapes of a Qwen3.5 variant and random weights generated on the GPU, for
  * benchmarks without a download. `layers` keeps the first N layers (a multiple of 4 keeps the 3:1 mix).

@@ -6,7 +6,10 @@ import { Session } from '../runtime/session.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
-import { syntheticModel } from '../bench/synthetic.ts';
+import { syntheticLayers, syntheticModel } from '../bench/synthetic.ts';
+import { projectDecode } from '../bench/projection.ts';
+import { type HopCost, measureHops } from './bench_hop.ts';
+import { describeVerifyCost, measureHeadMs, measureVerifyCost } from './bench_verify.ts';
 import { type Args, UsageError, dtypeFlag, intFlag, stringFlag } from './args.ts';
 import { benchStreams } from './bench_streams.ts';
 import type { CliHost } from './host.ts';
@@ -109,17 +112,80 @@ export async function runBench(
     bandwidth_fraction: round(achieved / copy, 3),
     ...expertFigures(session),
   };
+  const fullLayers = synthetic ? syntheticLayers(synthetic) : undefined;
+  const pipeline =
+    fullLayers !== undefined && model.config.numLayers < fullLayers
+      ? await pipelineFigures(ctx, host, model, session, { fullLayers, decodeRate, prefillMs, promptTokens })
+      : undefined;
+  const verifyCost = args.flags.has('verify-cost') ? await measureVerifyCost(ctx, model, session, prompt, [1, 2, 3]) : undefined;
   host.stdout(
     args.flags.has('json')
-      ? `${JSON.stringify(result)}\n`
+      ? `${JSON.stringify({ ...result, ...(pipeline && { pipeline }), ...(verifyCost && { verify_cost: verifyCost }) })}\n`
       : `${result.model} (${result.layers} layers, ${dtype}) on ${result.adapter} [${result.backend}]
   prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
   decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens; ${dispatches} dispatches and ${result.host_ms_per_step} ms of host time per step)
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
-${expertLine(session)}`,
+${expertLine(session)}${pipeline ? describePipeline(pipeline) : ''}${verifyCost ? describeVerifyCost(verifyCost) : ''}`,
   );
   sampler.destroy();
   release();
+}
+
+interface PipelineFigures {
+  measured_layers: number;
+  full_layers: number;
+  layer_decode_ms: number;
+  layer_prefill_ms_per_token: number;
+  lm_head_ms: number;
+  hops: HopCost[];
+  projection: ReturnType<typeof projectDecode>[];
+}
+
+/**
+ * A model measured on some of its layers (--synthetic V --layers K): the per-layer share of a decode step (the LM
+ * head timed on its own and taken out) and of prefill, one hop between pipeline stages for one row and for a prompt
+ * chunk, and the whole model's decode speed projected over 1, 2, 4 and 8 stages.
+ */
+async function pipelineFigures(
+  ctx: GpuContext,
+  host: CliHost,
+  model: Model,
+  session: Session,
+  o: { fullLayers: number; decodeRate: number; prefillMs: number; promptTokens: number },
+): Promise<PipelineFigures> {
+  const K = model.config.numLayers;
+  const headMs = await measureHeadMs(ctx, model, session);
+  const layerMs = Math.max(0, 1000 / o.decodeRate - headMs) / K;
+  const hops = await measureHops(ctx, host, model.config.hiddenSize, [1, o.promptTokens]);
+  const projection = [1, 2, 4, 8].map((stages) => projectDecode({ layers: o.fullLayers, layerMs, headMs, hopMs: hops[0].total_ms, stages }));
+  return {
+    measured_layers: K,
+    full_layers: o.fullLayers,
+    layer_decode_ms: round(layerMs, 3),
+    layer_prefill_ms_per_token: round(o.prefillMs / o.promptTokens / K, 3),
+    lm_head_ms: round(headMs, 3),
+    hops,
+    projection: projection.map((p) => ({
+      ...p,
+      token_ms: round(p.token_ms, 3),
+      tokens_per_s: round(p.tokens_per_s),
+      aggregate_tokens_per_s: round(p.aggregate_tokens_per_s),
+    })),
+  };
+}
+
+function describePipeline(p: PipelineFigures): string {
+  const kinds = p.measured_layers < 4 ? ' (fewer than 4 layers: DeltaNet layers only, no attention layer)' : '';
+  const hops = p.hops.map((h) => `${h.rows} rows ${h.total_ms} ms (readback ${h.readback_ms}, frame ${h.frame_ms}, write ${h.write_ms})`).join('; ');
+  const rows = p.projection.map(
+    (s) =>
+      `    ${String(s.stages).padStart(2)} stages  ${String(s.tokens_per_s).padStart(8)} tokens/s per sequence  (${s.hops} hops, ${s.token_ms} ms per token; up to ${s.aggregate_tokens_per_s} tokens/s with ${s.stages} in flight)`,
+  );
+  return `  per layer  decode ${p.layer_decode_ms} ms, prefill ${p.layer_prefill_ms_per_token} ms per token; LM head ${p.lm_head_ms} ms (measured on ${p.measured_layers} of ${p.full_layers} layers${kinds})
+  hop        ${hops}
+  projected for all ${p.full_layers} layers at batch 1 (a token visits the stages one after another; every frame passes through stage 0):
+${rows.join('\n')}
+`;
 }
 
 /** --streams 1,4,16: concurrent stream counts, each a positive integer. */

@@ -32,7 +32,7 @@ import { convertedOnce } from './packed_cache.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
-const SWITCHES = new Set(['greedy', 'json', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
+const SWITCHES = new Set(['greedy', 'json', 'verify-cost', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
@@ -53,11 +53,14 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       leaves out the multi-token-prediction block (other commands never load it: nothing runs it yet)
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
-  qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b [--layers N])
-                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...]
+  qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b|qwen3.5-397b-a17b [--layers N])
+                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost]
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
       adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
-      that many concurrent streams decoding together (continuous batching), and the speedup over one stream
+      that many concurrent streams decoding together (continuous batching), and the speedup over one stream;
+      a synthetic model with --layers below its own count adds per-layer figures, the cost of one hop between
+      pipeline stages and the whole model's decode speed projected over 1, 2, 4 and 8 stages; --verify-cost adds
+      what a verification pass of k + 1 tokens costs in decode steps (speculative decoding) and the speedup projected
   qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
       runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
       "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
@@ -132,7 +135,7 @@ const COMMANDS: Record<string, Command> = {
   export: { gpu: false, flags: ['model', 'out', 'http-timeout'], run: (a, _c, h) => exportPacked(a, h) },
   bench: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'json'],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'json'],
     run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a, h)), d, a, c!, h, n)),
   },
   batch: {

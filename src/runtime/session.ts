@@ -406,7 +406,10 @@ export class Session implements TokenSequence {
   mark(): void {
     const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
     this.marked ??= pairs.map((b) => this.ctx.storage(`${b.label} mark`, b.size));
-    this.ctx.copy(pairs.map((from, i) => ({ from, to: this.marked![i], size: from.size })), 'mark');
+    this.ctx.copy(
+      pairs.map((from, i) => ({ from, to: this.marked![i], size: from.size })),
+      'mark',
+    );
     this.markedPosition = this.position;
   }
 
@@ -414,7 +417,10 @@ export class Session implements TokenSequence {
   rollback(): void {
     if (this.markedPosition === undefined || !this.marked) throw new SessionError('rollback without a mark');
     const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
-    this.ctx.copy(pairs.map((to, i) => ({ from: this.marked![i], to, size: to.size })), 'rollback');
+    this.ctx.copy(
+      pairs.map((to, i) => ({ from: this.marked![i], to, size: to.size })),
+      'rollback',
+    );
     this.position = this.markedPosition;
   }
 
