@@ -1,5 +1,5 @@
 import type { Dispatch, GpuContext, ReadRange } from '../gpu/context.ts';
-import { AbortError, SessionError, throwIfAborted } from '../errors.ts';
+import { SessionError, throwIfAborted } from '../errors.ts';
 import { dims } from '../model/config.ts';
 import { lmHead, forward } from '../model/layers.ts';
 import type { Model } from '../model/model.ts';
@@ -10,6 +10,7 @@ import { ExpertCache } from './expert_cache.ts';
 import { GpuSampler } from './sampler.ts';
 import type { PendingToken, TokenSequence } from './sequence.ts';
 import { Session } from './session.ts';
+import { SlotQueue } from './slot_queue.ts';
 
 export interface BatchOptions {
   /** Tokens each sequence can hold (prompt + generated). */
@@ -44,8 +45,7 @@ export class Batch {
   readonly slots: BatchSlot[];
   /** Sequences in the last decode step. */
   lastStepRows = 0;
-  private readonly free: number[];
-  private readonly waiting: { resolve(slot: BatchSlot): void; reject(error: unknown): void; signal?: AbortSignal }[] = [];
+  private readonly queue: SlotQueue<BatchSlot>;
   /** Slots past their first pick, which ask for decode steps. */
   private readonly decoding = new Set<BatchSlot>();
   private requests: StepRequest[] = [];
@@ -68,7 +68,7 @@ export class Batch {
   ) {
     const samplerSizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
     this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
-    this.free = this.slots.map((s) => s.index);
+    this.queue = new SlotQueue(this.slots);
   }
 
   static create(ctx: GpuContext, model: Model, options: BatchOptions): Batch {
@@ -94,11 +94,11 @@ export class Batch {
 
   /** Sequences holding a slot, and those waiting for one. */
   get running(): number {
-    return this.slots.length - this.free.length;
+    return this.queue.held;
   }
 
   get queued(): number {
-    return this.waiting.length;
+    return this.queue.queued;
   }
 
   /** Bytes of KV cache and DeltaNet state per sequence (all of a slot's, whatever its length). */
@@ -108,33 +108,13 @@ export class Batch {
 
   /** A free slot (the lowest, so that steps run few rows), waiting in turn when every slot is taken. */
   acquire(signal?: AbortSignal): Promise<BatchSlot> {
-    throwIfAborted(signal);
-    const index = this.free.shift();
-    if (index !== undefined) return Promise.resolve(this.slots[index]);
-    return new Promise((resolve, reject) => {
-      const entry = { resolve, reject, signal };
-      this.waiting.push(entry);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          const at = this.waiting.indexOf(entry);
-          if (at >= 0) this.waiting.splice(at, 1);
-          reject(new AbortError('aborted'));
-        },
-        { once: true },
-      );
-    });
+    return this.queue.acquire(signal);
   }
 
-  /** Gives a slot back: to the first request waiting, else to the free list. */
+  /** Gives a slot back: to the first request waiting, else to the free ones. */
   release(slot: BatchSlot): void {
     slot.reset();
-    const next = this.waiting.shift();
-    if (next) next.resolve(slot);
-    else {
-      this.free.push(slot.index);
-      this.free.sort((a, b) => a - b);
-    }
+    this.queue.release(slot);
   }
 
   /** Runs `body` with the prefill Session when no prompt is being prefilled (the Engine scores there). */

@@ -1,10 +1,11 @@
 import type { GpuContext } from '../../gpu/context.ts';
-import { AbortError, SessionError, StageError, throwIfAborted } from '../../errors.ts';
+import { SessionError, StageError, throwIfAborted } from '../../errors.ts';
 import { stateBytes } from '../../model/activations.ts';
 import type { Model } from '../../model/model.ts';
 import { GpuSampler, type SampledToken } from '../sampler.ts';
 import type { PendingToken, TokenSequence } from '../sequence.ts';
 import { Session } from '../session.ts';
+import { SlotQueue } from '../slot_queue.ts';
 import type { FrameConnection } from './link.ts';
 import type { SamplerUpdate, StepCall } from './stage_worker.ts';
 
@@ -26,8 +27,7 @@ export interface StagePoolOptions {
  */
 export class StagePool {
   readonly slots: PipelineSlot[];
-  private readonly free: number[];
-  private readonly waiting: { resolve(slot: PipelineSlot): void; reject(error: unknown): void }[] = [];
+  private readonly queue: SlotQueue<PipelineSlot>;
   /** Connections to stages 1..N−1 (index 0 unused: that is this process). */
   private readonly stages: (FrameConnection | undefined)[];
 
@@ -44,7 +44,7 @@ export class StagePool {
       const session = Session.create(ctx, model, { contextLength: options.contextLength, prefillChunk: options.prefillChunk });
       return new PipelineSlot(this, i, session, GpuSampler.create(ctx, sizes));
     });
-    this.free = this.slots.map((s) => s.index);
+    this.queue = new SlotQueue(this.slots);
   }
 
   get stageCount(): number {
@@ -79,11 +79,11 @@ export class StagePool {
   }
 
   get running(): number {
-    return this.slots.length - this.free.length;
+    return this.queue.held;
   }
 
   get queued(): number {
-    return this.waiting.length;
+    return this.queue.queued;
   }
 
   get stateBytesPerSequence(): number {
@@ -92,31 +92,14 @@ export class StagePool {
 
   /** A free slot, waiting in turn when every slot is taken; refused while a stage is down. */
   acquire(signal?: AbortSignal): Promise<PipelineSlot> {
-    throwIfAborted(signal);
     const down = this.unavailable;
     if (down) return Promise.reject(down);
-    const index = this.free.shift();
-    if (index !== undefined) return Promise.resolve(this.slots[index]);
-    return new Promise((resolve, reject) => {
-      const entry = { resolve, reject };
-      this.waiting.push(entry);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          const at = this.waiting.indexOf(entry);
-          if (at >= 0) this.waiting.splice(at, 1);
-          reject(new AbortError('aborted'));
-        },
-        { once: true },
-      );
-    });
+    return this.queue.acquire(signal);
   }
 
   release(slot: PipelineSlot): void {
     slot.reset();
-    const next = this.waiting.shift();
-    if (next) next.resolve(slot);
-    else this.free.push(slot.index);
+    this.queue.release(slot);
   }
 
   destroy(): void {
