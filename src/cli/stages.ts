@@ -8,7 +8,7 @@ import { loadModel } from '../model/load.ts';
 import { planCheckpoint } from '../model/plan.ts';
 import type { LayerRange } from '../model/tensors.ts';
 import { type Assign, type Hello, PROTOCOL_VERSION, layerCosts, modelIdentity, splitLayers } from '../runtime/pipeline/handshake.ts';
-import { StageGroup, show } from '../runtime/pipeline/group.ts';
+import { StageGroup, rangeText } from '../runtime/pipeline/group.ts';
 import { FrameConnection } from '../runtime/pipeline/link.ts';
 import { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import { serveStage } from '../runtime/pipeline/stage_worker.ts';
@@ -152,7 +152,7 @@ function planStages(
   bytes.forEach((b, s) => {
     if (given[s] > 0 && b > given[s]) {
       throw new UsageError(
-        `stage ${s} needs ${gib(b)} GiB for layers ${show(ranges[s])} (weights, and states of ${sizes.maxBatch} sequences of ${sizes.contextLength} tokens), more than its --gpu-memory-gb ${gib(given[s])}: use more stages, a smaller --context or --max-batch`,
+        `stage ${s} needs ${gib(b)} GiB for layers ${rangeText(ranges[s])} (weights, and states of ${sizes.maxBatch} sequences of ${sizes.contextLength} tokens), more than its --gpu-memory-gb ${gib(given[s])}: use more stages, a smaller --context or --max-batch`,
       );
     }
   });
@@ -167,7 +167,7 @@ function describeSplit({ assigns, bytes }: { assigns: Assign[]; bytes: number[] 
   const lines = assigns.map((a, s) => {
     const where = s === 0 ? `this process, ${adapter}` : `${hellos[s - 1].adapter}`;
     const extra = [s === 0 ? 'embedding' : '', s === assigns.length - 1 ? 'final norm, LM head, sampler' : ''].filter(Boolean).join(', ');
-    return `  stage ${s}: layers ${show(a.layers)}${extra ? ` + ${extra}` : ''}, ${gib(bytes[s])} GiB (${where})`;
+    return `  stage ${s}: layers ${rangeText(a.layers)}${extra ? ` + ${extra}` : ''}, ${gib(bytes[s])} GiB (${where})`;
   });
   return `pipeline of ${assigns.length} stages:\n${lines.join('\n')}\n`;
 }
@@ -203,7 +203,7 @@ export async function runStage(args: Args, ctx: GpuContext, host: CliHost, open:
   if (answer.header.type === 'refused') throw new StageError(`stage 0 ${String(answer.header.reason)}`, name);
   if (answer.header.type !== 'assign') throw new StageError(`stage 0 sent ${answer.header.type}, not assign`, name);
   const assign = answer.header as unknown as Assign;
-  host.stderr(`${name}: loading layers ${show(assign.layers)} on ${ctx.adapter.name}\n`);
+  host.stderr(`${name}: loading layers ${rangeText(assign.layers)} on ${ctx.adapter.name}\n`);
   const model = await loadModel(ctx, checkpoint, { dtype, dtypeGiven: args.flags.has('dtype'), layers: assign.layers, verify: args.flags.has('verify') });
   try {
     await conn.send({ type: 'ready' });

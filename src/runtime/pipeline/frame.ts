@@ -38,7 +38,7 @@ export function encodeFrame(header: FrameHeader, body: Uint8Array = new Uint8Arr
  * MAX_FRAME_BYTES or a header that is not a JSON object with a `type` is a StageError naming `peer`.
  */
 export async function* readFrames(chunks: AsyncIterable<Uint8Array>, peer: string): AsyncGenerator<Frame> {
-  let pending: Uint8Array[] = [];
+  const pending: Uint8Array[] = [];
   let pendingBytes = 0;
   const take = (n: number): Uint8Array => {
     const out = new Uint8Array(n);
@@ -70,8 +70,7 @@ export async function* readFrames(chunks: AsyncIterable<Uint8Array>, peer: strin
       yield parseFrame(bytes, peer);
     }
   }
-  if (need > 0 || pendingBytes > 0) throw new StageError(`closed the connection inside a frame`, peer);
-  pending = [];
+  if (need > 0 || pendingBytes > 0) throw new StageError('closed the connection inside a frame', peer);
 }
 
 function parseFrame(bytes: Uint8Array, peer: string): Frame {

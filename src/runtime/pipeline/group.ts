@@ -94,7 +94,7 @@ export class StageGroup {
 
   private async handOut(conn: FrameConnection, hello: Hello, assign: Assign): Promise<void> {
     if (hello.layers && !sameRange(hello.layers, assign.layers)) {
-      throw new StageError(`refused: was started for layers ${show(hello.layers)}, stage 0 assigns it ${show(assign.layers)}`, conn.name);
+      throw new StageError(`refused: was started for layers ${rangeText(hello.layers)}, stage 0 assigns it ${rangeText(assign.layers)}`, conn.name);
     }
     await conn.send({ ...assign });
     const ready = await conn.next();
@@ -103,4 +103,4 @@ export class StageGroup {
 }
 
 const sameRange = (a: LayerRange, b: LayerRange) => a.first === b.first && a.end === b.end;
-export const show = (r: LayerRange) => `${r.first}:${r.end}`;
+export const rangeText = (r: LayerRange) => `${r.first}:${r.end}`;

@@ -24,7 +24,6 @@ export class FrameConnection {
   private nextId = 1;
   /** Why the connection is unusable, once it is. */
   failure?: StageError;
-  private onFailure: (error: StageError) => void = () => {};
 
   constructor(
     private readonly link: ByteLink,
@@ -61,9 +60,8 @@ export class FrameConnection {
     });
   }
 
-  /** From now on every frame that comes is the reply to the call with its `id`; `onFailure` hears when the connection fails. */
-  serveCalls(onFailure: (error: StageError) => void): void {
-    this.onFailure = onFailure;
+  /** From now on every frame that comes is the reply to the call with its `id`. */
+  serveCalls(): void {
     void (async () => {
       try {
         for await (const frame of this.frames) {
@@ -104,7 +102,6 @@ export class FrameConnection {
     }
     this.calls.clear();
     this.link.close();
-    this.onFailure(error);
     return error;
   }
 

@@ -1,6 +1,5 @@
 import type { GpuContext } from '../../gpu/context.ts';
 import { SessionError, StageError, throwIfAborted } from '../../errors.ts';
-import { stateBytes } from '../../model/activations.ts';
 import type { Model } from '../../model/model.ts';
 import { GpuSampler, type SampledToken } from '../sampler.ts';
 import type { PendingToken, TokenSequence } from '../sequence.ts';
@@ -67,7 +66,7 @@ export class StagePool {
   }
 
   private watch(index: number, conn: FrameConnection): void {
-    conn.serveCalls(() => {});
+    conn.serveCalls();
     conn.name = `stage ${index} (${conn.remote})`;
   }
 
@@ -84,10 +83,6 @@ export class StagePool {
 
   get queued(): number {
     return this.queue.queued;
-  }
-
-  get stateBytesPerSequence(): number {
-    return stateBytes(this.model, this.options.contextLength, this.ctx.activationBytes);
   }
 
   /** A free slot, waiting in turn when every slot is taken; refused while a stage is down. */
