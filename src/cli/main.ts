@@ -103,7 +103,8 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
         --context N        context length (default: what the command needs, at least 4096 for chats)
         --verify           check a packed model's sha256 sums before loading it
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
-                           from a packed model as routing asks for them (generate, score, bench; default: all resident)
+                           from a packed model as routing asks for them (generate, score, bench, serve with --max-batch 1;
+                           default: all resident)
         --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are
                            retried 3 times, resuming where they stopped)
         --debug            print the stack trace of an error (otherwise one line)
