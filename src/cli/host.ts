@@ -12,8 +12,8 @@ export interface CliHost {
   env(name: string): string | undefined;
   /** Serves HTTP on hostname:port (port 0: a free one) with `fetch` answering each request; `close` stops listening. */
   listen(fetch: (request: Request) => Response | Promise<Response>, options: { hostname: string; port: number }): Promise<HttpListener>;
-  /** Calls `handler` on every SIGINT and SIGTERM (instead of ending the process); returns the function that removes it. */
-  onStopSignal(handler: () => void): () => void;
+  /** Calls `handler` on every SIGINT and SIGTERM (instead of ending the process), until it exits. */
+  onStopSignal(handler: () => void): void;
   /** Opens a TCP connection (no-delay) to hostname:port. */
   connect(hostname: string, port: number): Promise<ByteLink>;
   /** Accepts TCP connections (no-delay) on hostname:port (port 0: a free one), each handed to `onLink`. */

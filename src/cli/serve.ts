@@ -45,10 +45,11 @@ export async function runServe(
       maxQueue,
       graceMs: GRACE_MS,
     });
-    let removeStopHandler = () => {};
     let firstSignal: number | undefined;
+    // The handler stays until the process exits: a copy of the signal relayed late (`deno task` forwards it, later
+    // still on a loaded machine) must find it, not the default action that kills a process already stopping cleanly.
     const stopRequested = new Promise<void>((resolve) => {
-      removeStopHandler = host.onStopSignal(() => {
+      host.onStopSignal(() => {
         if (firstSignal === undefined) {
           firstSignal = performance.now();
           resolve();
@@ -58,16 +59,12 @@ export async function runServe(
         }
       });
     });
-    try {
-      const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });
-      host.stdout(`listening on http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${listener.port}\n`);
-      await stopRequested;
-      host.stderr('stopping: finishing the running requests\n');
-      await server.stop();
-      await listener.close();
-    } finally {
-      removeStopHandler();
-    }
+    const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });
+    host.stdout(`listening on http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${listener.port}\n`);
+    await stopRequested;
+    host.stderr('stopping: finishing the running requests\n');
+    await server.stop();
+    await listener.close();
   } finally {
     engine.destroy();
     stop?.();

@@ -81,11 +81,7 @@ const code = await runCli(Deno.args, {
     };
   },
   onStopSignal(handler) {
-    const signals = ['SIGINT', 'SIGTERM'] as const;
-    for (const signal of signals) Deno.addSignalListener(signal, handler);
-    return () => {
-      for (const signal of signals) Deno.removeSignalListener(signal, handler);
-    };
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) Deno.addSignalListener(signal, handler);
   },
 });
 Deno.exit(code);

@@ -33,10 +33,6 @@ const code = await runCli(process.argv.slice(2), {
   onStopSignal(handler) {
     process.on('SIGINT', handler);
     process.on('SIGTERM', handler);
-    return () => {
-      process.off('SIGINT', handler);
-      process.off('SIGTERM', handler);
-    };
   },
 });
 // Dawn keeps the process alive while its instance exists: exit explicitly.
