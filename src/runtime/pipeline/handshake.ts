@@ -1,3 +1,4 @@
+import { ContractError } from '../../errors.ts';
 import { type WeightDtype, bytesPerElement } from '../../gpu/tensor.ts';
 import { sha256Hex } from '../../formats/sha256.ts';
 import type { Checkpoint } from '../../formats/checkpoint.ts';
@@ -96,7 +97,7 @@ export function layerCosts(plan: CheckpointPlan, dtype: WeightDtype, contextLeng
 export function splitLayers(costs: { layers: number[]; first: number; last: number }, budgets: number[]): LayerRange[] {
   const L = costs.layers.length;
   const S = budgets.length;
-  if (S > L) throw new RangeError(`${S} stages need at least ${S} layers; the model has ${L}`);
+  if (S > L) throw new ContractError(`${S} stages need at least ${S} layers; the model has ${L}`, 'splitLayers');
   const fixed = (s: number) => (s === 0 ? costs.first : 0) + (s === S - 1 ? costs.last : 0);
   const greedy = (fill: number): LayerRange[] | undefined => {
     const ranges: LayerRange[] = [];
