@@ -42,10 +42,7 @@ export class StageGroup {
       if (this.assigns) await this.rejoin(hello.stage, conn, hello);
       else if (this.joined.size === this.stages - 1) this.everyone?.();
     } catch (error) {
-      const why = error instanceof StageError ? error : new StageError(String(error), conn.name);
-      this.log(`${why.message}\n`);
-      await conn.send({ type: 'refused', reason: why.detail }).catch(() => {});
-      conn.close();
+      await this.refuse(conn, error);
     }
   }
 
@@ -68,10 +65,7 @@ export class StageGroup {
           await this.handOut(conn, hello, assign);
           return conn;
         } catch (error) {
-          const why = error instanceof StageError ? error : new StageError(String(error), conn.name);
-          this.log(`${why.message}\n`);
-          await conn.send({ type: 'refused', reason: why.detail }).catch(() => {});
-          conn.close();
+          await this.refuse(conn, error);
           return new Promise<FrameConnection>((resolve) => this.awaited.set(i + 1, resolve));
         }
       }),
@@ -90,6 +84,14 @@ export class StageGroup {
     if (waiting) return waiting(conn);
     this.pool?.replace(stage, conn);
     this.log(`stage ${stage} is back (${conn.remote}): the group is whole again\n`);
+  }
+
+  /** Logs why a stage is turned away, tells it, and closes its connection. */
+  private async refuse(conn: FrameConnection, error: unknown): Promise<void> {
+    const why = error instanceof StageError ? error : new StageError(String(error), conn.name);
+    this.log(`${why.message}\n`);
+    await conn.send({ type: 'refused', reason: why.detail }).catch(() => {});
+    conn.close();
   }
 
   private async handOut(conn: FrameConnection, hello: Hello, assign: Assign): Promise<void> {
