@@ -264,18 +264,11 @@ export class Session implements TokenSequence {
   async prefill(ids: ArrayLike<number>, options: { signal?: AbortSignal; onChunk?: (first: number, rows: number) => Promise<void> } = {}): Promise<void> {
     if (ids.length === 0) throw new SessionError('prefill needs at least one token');
     this.ensureRoom(ids.length);
-    const vocab = this.model.config.vocabSize;
     const S = this.activations.maxTokens;
     for (let first = 0; first < ids.length; first += S) {
       throwIfAborted(options.signal);
       const rows = Math.min(S, ids.length - first);
-      const chunk = Uint32Array.from({ length: rows }, (_, i) => {
-        const id = ids[first + i];
-        if (!Number.isInteger(id) || id < 0 || id >= vocab)
-          throw new SessionError(`token id ${id} at index ${first + i} is outside the vocabulary (0..${vocab - 1})`);
-        return id;
-      });
-      this.ctx.write(this.activations.ids, 0, chunk);
+      this.ctx.write(this.activations.ids, 0, this.tokenIds(ids, first, rows));
       this.writeStep();
       const last = first + rows === ids.length;
       const tail = last ? await this.lastLogitsPlan(rows - 1) : [];
@@ -376,11 +369,7 @@ export class Session implements TokenSequence {
     this.ensureRoom(rows);
     if ('ids' in input) {
       if (input.ids.length !== rows) throw new SessionError(`${input.ids.length} ids for a step of ${rows} rows`);
-      input.ids.forEach((id, i) => {
-        if (id >= this.model.config.vocabSize)
-          throw new SessionError(`token id ${id} at index ${i} is outside the vocabulary (0..${this.model.config.vocabSize - 1})`);
-      });
-      this.ctx.write(decode ? this.activations.token : this.activations.ids, 0, input.ids);
+      this.ctx.write(decode ? this.activations.token : this.activations.ids, 0, this.tokenIds(input.ids, 0, rows));
     } else {
       if (input.hidden.byteLength !== rows * H * 4) throw new SessionError(`${input.hidden.byteLength} bytes of hidden rows for ${rows} rows of ${H} f32`);
       this.ctx.write(this.activations.h, 0, input.hidden);
@@ -404,7 +393,7 @@ export class Session implements TokenSequence {
    * copy (rows past the position are never read, and are written again). One mark at a time.
    */
   mark(): void {
-    const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
+    const pairs = this.deltaNetStates;
     this.marked ??= pairs.map((b) => this.ctx.storage(`${b.label} mark`, b.size));
     this.ctx.copy(
       pairs.map((from, i) => ({ from, to: this.marked![i], size: from.size })),
@@ -413,15 +402,31 @@ export class Session implements TokenSequence {
     this.markedPosition = this.position;
   }
 
+  /** The DeltaNet layers' conv and recurrent state buffers, what a mark copies aside. */
+  private get deltaNetStates(): GPUBuffer[] {
+    return this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
+  }
+
   /** Back to the last `mark`, as if nothing after it had run. */
   rollback(): void {
     if (this.markedPosition === undefined || !this.marked) throw new SessionError('rollback without a mark');
-    const pairs = this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
+    const pairs = this.deltaNetStates;
     this.ctx.copy(
       pairs.map((to, i) => ({ from: this.marked![i], to, size: to.size })),
       'rollback',
     );
     this.position = this.markedPosition;
+  }
+
+  /** ids[first, first + count) as u32, each checked to be a row of the embedding. */
+  private tokenIds(ids: ArrayLike<number>, first: number, count: number): Uint32Array {
+    const vocab = this.model.config.vocabSize;
+    return Uint32Array.from({ length: count }, (_, i) => {
+      const id = ids[first + i];
+      if (!Number.isInteger(id) || id < 0 || id >= vocab)
+        throw new SessionError(`token id ${id} at index ${first + i} is outside the vocabulary (0..${vocab - 1})`);
+      return id;
+    });
   }
 
   /** Puts a token chosen on the CPU where the next decode step reads it. */
