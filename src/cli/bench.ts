@@ -8,6 +8,7 @@ import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticLayers, syntheticModel } from '../bench/synthetic.ts';
 import { projectDecode } from '../bench/projection.ts';
+import { roundTo } from '../bench/stats.ts';
 import { type HopCost, measureHops } from './bench_hop.ts';
 import { describeVerifyCost, measureHeadMs, measureVerifyCost } from './bench_verify.ts';
 import { type Args, UsageError, dtypeFlag, intFlag, stringFlag } from './args.ts';
@@ -228,4 +229,4 @@ function expertLine(session: Session): string {
     : '';
 }
 
-const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
+const round = (x: number, digits = 2) => roundTo(x, digits);

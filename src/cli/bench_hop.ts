@@ -1,6 +1,7 @@
 import type { GpuContext } from '../gpu/context.ts';
 import { encodeFrame, readFrames } from '../runtime/pipeline/frame.ts';
 import type { CliHost } from './host.ts';
+import { median, roundTo } from '../bench/stats.ts';
 
 /**
  * What one hop between pipeline stages costs on this machine for T rows of the hidden state: reading them back
@@ -16,8 +17,7 @@ export interface HopCost {
 }
 
 const REPEATS = 9;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const round = (x: number) => Math.round(x * 1000) / 1000;
+const round = (x: number) => roundTo(x, 3);
 
 export async function measureHops(ctx: GpuContext, host: CliHost, hidden: number, rowCounts: number[]): Promise<HopCost[]> {
   const most = Math.max(...rowCounts) * hidden * 4;

@@ -1,6 +1,7 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
 import { Batch } from '../runtime/batch.ts';
+import { roundTo } from '../bench/stats.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
 export interface StreamsFigure {
@@ -84,4 +85,4 @@ export async function benchStreams(
   };
 }
 
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
+const round = (x: number, digits = 1) => roundTo(x, digits);

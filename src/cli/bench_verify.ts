@@ -4,6 +4,7 @@ import type { Model } from '../model/model.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import type { Session } from '../runtime/session.ts';
 import { PUBLISHED_MTP_ACCEPTANCE, projectSpeculation } from '../bench/speculation.ts';
+import { median, roundTo } from '../bench/stats.ts';
 
 /**
  * What speculative decoding would cost on this adapter, measured without a trained drafter (random weights accept
@@ -21,7 +22,6 @@ export interface VerifyCost {
 }
 
 const REPEATS = 7;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function timed(repeats: number, body: () => Promise<void>): Promise<number> {
   await body();
@@ -103,4 +103,4 @@ export function describeVerifyCost(c: VerifyCost): string {
   return `speculative decoding cost (decode step ${c.decode_ms} ms, LM head ${c.lm_head_ms} ms, one MTP draft ≈ ${c.draft_steps} steps; acceptance from ${c.acceptance.source})\n${lines.join('\n')}\n`;
 }
 
-const round = (x: number) => Math.round(x * 1000) / 1000;
+const round = (x: number) => roundTo(x, 3);
