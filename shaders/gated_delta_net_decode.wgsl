@@ -7,10 +7,13 @@
 //     S = e^g S;  u = beta (v - S^T k);  S += k u^T;  o = S^T q             (HF torch_recurrent_gated_delta_rule, T = 1)
 //     y = o * rsqrt(mean(o²) + eps) * norm_w * silu(z)                       (Qwen3_5RMSNormGated)
 //   Each of `rows` rows is a sequence of its own (continuous batching): its token at positions[row], its projection,
-//   ring, state and output at row strides; a row at SKIPPED_ROW computes nothing and writes nothing.
+//   ring, state and output at row strides; a row at SKIPPED_ROW computes nothing and writes nothing. Rows are counted
+//   from row0 in proj, y and positions, and from 0 in the rings; a row's state is read from slot row + state_in and
+//   written to slot row + state_out (both 0: in place). A verification runs one row per dispatch this way, leaving
+//   the state after each drafted token in a slot of its own.
 //   proj: [rows, proj_stride] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
 //   conv_w: [conv_dim, w_stride] f32 · conv_state: [rows, K, conv_dim] act rings (conv1d_causal.wgsl)
-//   a_log, dt_bias: [nv] f32 · state: [rows, nv, DK, DV] f32, read and updated · norm_w: [DV] f32
+//   a_log, dt_bias: [nv] f32 · state: [slots, nv, DK, DV] f32, read and updated · norm_w: [DV] f32
 //   y: [rows, y_stride] act (head h at h*DV) · positions: [rows] u32
 //   grid: rows * nv workgroups (flat_id, head innermost), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
 //   invocation (col = li % DV, ks = li / DV) keeps rows d = ks + KSPLIT*r (r < RPT) of state column col in
@@ -58,12 +61,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let id = flat_id(wg, nwg);
   if (id >= params.nv * params.rows) { return; }  // workgroup-uniform
   let h = id % params.nv;
-  let row = id / params.nv;
+  let local = id / params.nv;
+  let row = params.row0 + local;
   let row_pos = positions[row];
   if (row_pos == SKIPPED_ROW) { return; }  // workgroup-uniform (a private variable would not count as such)
   pos = row_pos;
   proj0 = row * params.proj_stride;
-  ring0 = row * params.k * params.conv_dim;
+  ring0 = local * params.k * params.conv_dim;
   let j = h / params.ratio;
   let col = li % DV;
   let ks = li / DV;
@@ -91,7 +95,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
   let beta = sigmoid(f32(proj[proj0 + params.b_off + h]));
   let decay = exp(-exp(a_log[h]) * softplus(f32(proj[proj0 + params.a_off + h]) + dt_bias[h]));
-  let sbase = (row * params.nv + h) * DK * DV + col;
+  let sbase = ((local + params.state_in) * params.nv + h) * DK * DV + col;
+  let sout = ((local + params.state_out) * params.nv + h) * DK * DV + col;
   var s: array<f32, RPT>;
   var p = vec3<f32>(0.0);
   for (var r = 0u; r < RPT; r++) {
@@ -111,7 +116,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let u = beta * (vv[col] - decay * tot.x);
   for (var r = 0u; r < RPT; r++) {
     let d = ks + KSPLIT * r;
-    if (d < DK) { state[sbase + d * DV] = decay * s[r] + qk[DK + d] * fk * u; }
+    if (d < DK) { state[sout + d * DV] = decay * s[r] + qk[DK + d] * fk * u; }
   }
 
   let o = decay * tot.y + u * tot.z;

@@ -3,7 +3,7 @@ import { AbortError, RequestError, SessionError } from '../errors.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, loadModel } from '../model/load.ts';
 import type { Model } from '../model/model.ts';
-import { Session } from '../runtime/session.ts';
+import { Session, type SessionOptions } from '../runtime/session.ts';
 import { Batch } from '../runtime/batch.ts';
 import type { TokenSequence } from '../runtime/sequence.ts';
 import type { StagePool } from '../runtime/pipeline/stage_pool.ts';
@@ -16,6 +16,7 @@ import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_
 import { Tokenizer } from '../text/tokenizer.ts';
 import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
+import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS, withSpeculation } from '../runtime/speculation.ts';
 import { scoreIds } from '../runtime/score.ts';
 import type {
   ChatCompletion,
@@ -53,12 +54,36 @@ export interface EngineOptions {
   tiledDecode?: boolean;
   /** Prompt tokens per forward call (default: what the adapter's binding limit allows, at most 512); with a batch, decode steps run between chunks. */
   prefillChunk?: number;
+  /**
+   * Speculative decoding with the model's multi-token-prediction block (runtime/speculation.ts): it drafts
+   * `draftTokens` tokens, one forward pass verifies them, and the output stays exactly what decoding step by step
+   * gives. Default: on where it pays — a GPU adapter (on CPU adapters a verification costs about as much as the
+   * steps it replaces), one sequence at a time, every expert resident, a checkpoint with an MTP block, one process.
+   */
+  mtp?: boolean;
+  /** Drafts per verification pass, 1 to 3 (default 2). */
+  draftTokens?: number;
   /** Stage 0 of a pipeline: load only these layers (the embedding and the first ones; model/tensors.ts LayerRange)... */
   layers?: LayerRange;
   /** ...and run requests through the other stages with the pool this makes (runtime/pipeline; maxBatch sequences in flight). */
   pipeline?: (model: Model, sizes: { contextLength: number; slots: number }) => Promise<StagePool>;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
+}
+
+/** The Engine's one session, speculating when EngineOptions.mtp asks or (by default) where it pays. */
+function createSession(ctx: GpuContext, model: Model, options: SessionOptions, engine: EngineOptions): Session {
+  const drafts = engine.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+  const why = !model.weights.mtp
+    ? 'the checkpoint has no MTP block (mtp.* tensors)'
+    : model.experts
+      ? 'its experts are streamed (an expert cache below all experts)'
+      : !Number.isInteger(drafts) || drafts < 1 || drafts > MAX_DRAFT_TOKENS
+        ? `draftTokens ${drafts} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
+        : undefined;
+  if (engine.mtp === true && why) throw new RequestError(`speculative decoding is not possible: ${why}`, why.startsWith('draftTokens') ? 'draftTokens' : 'mtp');
+  if (why || !(engine.mtp ?? !ctx.caps.cpu)) return Session.create(ctx, model, options);
+  return withSpeculation(Session.create(ctx, model, { ...options, verifyRows: drafts + 1 }), drafts);
 }
 
 /** What a server reports of the engine: requests decoding and waiting, the last step's batch, and state memory. */
@@ -141,6 +166,7 @@ export class Engine {
       verify: options.verify,
       expertCacheBytes: options.expertCacheBytes,
       layers: options.layers,
+      mtp: options.mtp ?? true,
       onProgress: options.onProgress,
       signal: options.signal,
     });
@@ -155,7 +181,8 @@ export class Engine {
         const pool = await options.pipeline(model, { contextLength, slots: maxBatch });
         return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, undefined, pool);
       }
-      if (maxBatch === 1) return new Engine(ctx, model, tokenizer, Session.create(ctx, model, { contextLength, prefillChunk }), name);
+      if (maxBatch === 1) return new Engine(ctx, model, tokenizer, createSession(ctx, model, { contextLength, prefillChunk }, options), name);
+      if (options.mtp) throw new RequestError(`speculative decoding runs one sequence at a time; maxBatch is ${maxBatch}`, 'mtp');
       const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk, tiledDecode: options.tiledDecode });
       return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
     } catch (error) {

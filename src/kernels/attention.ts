@@ -4,15 +4,15 @@ import { defineKernel } from './define.ts';
 import { checkAttentionShape } from './attention_prepare.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
-import { type TokenPositions, tokenPositionsWgsl } from './rows.ts';
+import { type PositionLayout, type TokenPositions, positionLayout, tokenPositionsWgsl } from './rows.ts';
 
 /** Which pass of the kernel: the whole attention for each (token, head), or the split-keys partials and their merge. */
 export type AttentionStage = 'single' | 'partial' | 'merge';
 export interface AttentionVariant {
   headDim: number;
   stage: AttentionStage;
-  /** Each token a sequence of its own (positions), or consecutive tokens of one (step). */
-  rows: boolean;
+  /** Each token a sequence of its own (rows), rows of one sequence at given positions, or consecutive tokens of one (step). */
+  layout: PositionLayout;
 }
 
 const STAGES: Record<AttentionStage, number> = { single: 0, partial: 1, merge: 2 };
@@ -33,7 +33,7 @@ export const attentionKernel = defineKernel<AttentionVariant>({
     read('k_cache', 'vec4<act>'),
     read('v_cache', 'vec4<act>'),
     read('proj', 'act'),
-    v.rows ? read('positions', 'u32') : uniform('step', StepParams),
+    v.layout !== 'step' ? read('positions', 'u32') : uniform('step', StepParams),
     write('out', 'vec4<act>'),
     write('part', 'vec4<f32>'),
     uniform('params', {
@@ -47,7 +47,7 @@ export const attentionKernel = defineKernel<AttentionVariant>({
       scale: 'f32',
     }),
   ],
-  helpers: (v) => tokenPositionsWgsl(v.rows, '(params.nq / params.group)', true),
+  helpers: (v) => tokenPositionsWgsl(v.layout, '(params.nq / params.group)', true),
   overrides: (v) => ({ WG, KB, HD: v.headDim, STAGE: STAGES[v.stage], NACC: Math.ceil(v.headDim / 4 / WG) }),
 });
 
@@ -145,7 +145,7 @@ export async function attention(ctx: GpuContext, a: AttentionArgs): Promise<Disp
   };
   const positions: Record<string, GPUBuffer> = a.positions ? { positions: a.positions } : { step: a.step! };
   const resources = { q: a.q, k_cache: a.kCache, v_cache: a.vCache, proj: a.proj, ...positions, out: a.out, part, params };
-  const variant = (stage: AttentionStage): AttentionVariant => ({ headDim: D, stage, rows: Boolean(a.positions) });
+  const variant = (stage: AttentionStage): AttentionVariant => ({ headDim: D, stage, layout: positionLayout(a) });
   if (splits === 1) {
     return [await ctx.dispatch(attentionKernel, variant('single'), resources, grid(rows, ctx.caps))];
   }

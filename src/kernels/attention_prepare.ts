@@ -4,20 +4,20 @@ import { defineKernel } from './define.ts';
 import { WORKGROUP_SUM } from '../gpu/wgsl.ts';
 import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
-import { type TokenPositions, tokenPositionsWgsl } from './rows.ts';
+import { type PositionLayout, type TokenPositions, positionLayout, tokenPositionsWgsl } from './rows.ts';
 
 /**
  * Gated attention, first half: q/k RMSNorm1p over head_dim, partial RoPE (rotate-half), q out, K/V cache write.
  * Grid: one workgroup per (token, head) over nq query heads then nkv key/value heads.
  */
-export const attentionPrepareKernel = defineKernel<{ rows: boolean }>({
+export const attentionPrepareKernel = defineKernel<{ layout: PositionLayout }>({
   name: 'attention_prepare',
   bindings: (v) => [
     read('proj', 'act'),
     read('q_norm'),
     read('k_norm'),
     read('rope', 'vec2<f32>'),
-    v.rows ? read('positions', 'u32') : uniform('step', StepParams),
+    v.layout !== 'step' ? read('positions', 'u32') : uniform('step', StepParams),
     write('q', 'act'),
     write('k_cache', 'act'),
     write('v_cache', 'act'),
@@ -34,7 +34,7 @@ export const attentionPrepareKernel = defineKernel<{ rows: boolean }>({
       eps: 'f32',
     }),
   ],
-  helpers: (v) => `${WORKGROUP_SUM}\n${tokenPositionsWgsl(v.rows, 'params.nkv', false)}`,
+  helpers: (v) => `${WORKGROUP_SUM}\n${tokenPositionsWgsl(v.layout, 'params.nkv', false)}`,
   overrides: () => ({ WG: 64 }),
 });
 
@@ -76,8 +76,9 @@ export interface AttentionShape {
   q: GPUBuffer;
   kCache: GPUBuffer;
   vCache: GPUBuffer;
-  /** Rows of sequences of their own (a positions buffer), each with its own cache; else one sequence. */
+  /** Rows of sequences of their own (a positions buffer), each with its own cache (unless oneSequence); else one sequence. */
   positions?: GPUBuffer;
+  oneSequence?: boolean;
 }
 
 /** The checks both attention kernels make of that layout (activations of `actBytes`); errors name `check`'s op. */
@@ -85,7 +86,7 @@ export function checkAttentionShape(check: Checks, a: AttentionShape, actBytes: 
   const { tokens, nq, nkv, headDim: D, projStride, capacity } = a;
   check.counts({ tokens, nq, nkv, headDim: D, projStride, capacity });
   if (nq % nkv !== 0) check.fail(`nq ${nq} is not a multiple of nkv ${nkv}`);
-  const caches = a.positions ? tokens : 1;
+  const caches = a.positions && !a.oneSequence ? tokens : 1;
   if (!a.positions && tokens > capacity) check.fail(`${tokens} tokens do not fit a cache of capacity ${capacity}`);
   check.fits('q', a.q, tokens * nq * D, actBytes);
   check.fits('kCache', a.kCache, caches * nkv * capacity * D, actBytes);
@@ -117,7 +118,7 @@ export function attentionPrepare(ctx: GpuContext, a: AttentionPrepareArgs): Prom
   check.fits('rope', a.rope, capacity * R);
   return ctx.dispatch(
     attentionPrepareKernel,
-    { rows: Boolean(a.positions) },
+    { layout: positionLayout(a) },
     {
       proj: a.proj,
       q_norm: a.qNorm,

@@ -26,6 +26,9 @@ const Params = {
   proj_stride: 'u32',
   y_stride: 'u32',
   eps: 'f32',
+  row0: 'u32',
+  state_in: 'u32',
+  state_out: 'u32',
 } as const;
 
 /** One decode token per row of a DeltaNet layer, in-projection to gated norm (see the shader). Grid: one workgroup per row and value head. */
@@ -54,8 +57,15 @@ export interface GatedDeltaNetDecodeArgs {
   dv: number;
   /** Rows, each the next token of a sequence of its own (default 1). */
   rows?: number;
-  /** [rows] u32: each row's position, or SKIPPED_ROW. */
+  /** [row0 + rows] u32: each row's position, or SKIPPED_ROW. */
   positions: GPUBuffer;
+  /**
+   * The first row of proj, y and positions (default 0); rings and states count rows from 0. A row's state is read
+   * from slot row + stateIn and written to slot row + stateOut (default 0 and 0: in place).
+   */
+  row0?: number;
+  stateIn?: number;
+  stateOut?: number;
   /** The fused in-projection per row (row r at r·projStride): qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
   proj: GPUBuffer;
   projStride?: number;
@@ -69,7 +79,7 @@ export interface GatedDeltaNetDecodeArgs {
   convState: GPUBuffer;
   aLog: GPUBuffer;
   dtBias: GPUBuffer;
-  /** [rows, nv, dk, dv] f32, read and updated. */
+  /** [slots, nv, dk, dv] f32, read and updated. */
   state: GPUBuffer;
   /** [dv] f32 weight of the gated RMS norm. */
   normW: GPUBuffer;
@@ -90,7 +100,9 @@ const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 
 export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs): Promise<Dispatch> {
   const { nk, nv, dk, dv, kernelSize: K } = a;
   const rows = a.rows ?? 1;
+  const { row0 = 0, stateIn = 0, stateOut = 0 } = a;
   check.counts({ nk, nv, dk, dv, rows });
+  check.counts({ row0, stateIn, stateOut }, 0);
   if (nv % nk !== 0) check.fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
   if (dk > 256) check.fail(`dk = ${dk} is more than 256`);
   if (!isPow2(dv) || dv > 256) check.fail(`dv = ${dv} must be a power of two of at most 256`);
@@ -116,18 +128,19 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   const projRow = Math.max(convDim, a.zOffset + nv * dv, a.bOffset + nv, a.aOffset + nv);
   const projStride = a.projStride ?? projRow;
   const yStride = a.yStride ?? nv * dv;
-  if (rows > 1 && projStride < projRow) check.fail(`projStride = ${projStride} is less than a row's ${projRow} columns`);
-  if (rows > 1 && yStride < nv * dv) check.fail(`yStride = ${yStride} is less than a row's ${nv * dv} outputs`);
+  const lastRow = row0 + rows - 1;
+  if (lastRow > 0 && projStride < projRow) check.fail(`projStride = ${projStride} is less than a row's ${projRow} columns`);
+  if (lastRow > 0 && yStride < nv * dv) check.fail(`yStride = ${yStride} is less than a row's ${nv * dv} outputs`);
   const ab = ctx.activationBytes;
-  check.fits('proj', a.proj, (rows - 1) * projStride + projRow, ab);
+  check.fits('proj', a.proj, lastRow * projStride + projRow, ab);
   check.fits('convW', a.convW, (convDim - 1) * a.wStride + K);
   check.fits('convState', a.convState, rows * K * convDim, ab);
   check.fits('aLog', a.aLog, nv);
   check.fits('dtBias', a.dtBias, nv);
-  check.fits('state', a.state, rows * nv * dk * dv);
+  check.fits('state', a.state, (rows + Math.max(stateIn, stateOut)) * nv * dk * dv);
   check.fits('normW', a.normW, dv);
-  check.fits('y', a.y, (rows - 1) * yStride + nv * dv, ab);
-  check.fits('positions', a.positions, rows);
+  check.fits('y', a.y, lastRow * yStride + nv * dv, ab);
+  check.fits('positions', a.positions, lastRow + 1);
   const params = {
     nk,
     nv,
@@ -142,6 +155,9 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     proj_stride: projStride,
     y_stride: yStride,
     eps: a.eps,
+    row0,
+    state_in: stateIn,
+    state_out: stateOut,
   };
   const resources = {
     proj: a.proj,

@@ -5,7 +5,7 @@ import { CHUNK, type ChunkScratch, createChunkScratch } from '../kernels/gated_d
 import { MOE_TILE_TOKENS } from '../kernels/matmul.ts';
 import { type MoeGroupScratch, createMoeGroupScratch, maxMoeTiles } from '../kernels/moe_group.ts';
 import { ropeTable } from '../kernels/rope.ts';
-import { attentionScratchBytes } from '../kernels/attention.ts';
+import { attentionScratchBytes, defaultSplits } from '../kernels/attention.ts';
 import { dims } from './config.ts';
 import { type Model, heldLayerTypes } from './model.ts';
 
@@ -111,8 +111,11 @@ export function prefillChunk(ctx: GpuContext, model: Pick<Model, 'config'>, want
   return Math.max(1, Math.min(wanted, Math.floor(ctx.caps.maxStorageBindingBytes / widest)));
 }
 
-/** Working buffers for forward calls of up to `maxTokens` tokens (or decode rows), with `logitRows` rows of logits. */
-export function createActivations(ctx: GpuContext, model: Model, maxTokens: number, capacity: number, logitRows = 1): Activations {
+/**
+ * Working buffers for forward calls of up to `maxTokens` tokens (or decode rows), with `logitRows` rows of logits; with
+ * `verifyRows`, also for verifications of that many rows of one sequence (ForwardPlan.oneSequence).
+ */
+export function createActivations(ctx: GpuContext, model: Model, maxTokens: number, capacity: number, logitRows = 1, verifyRows = 0): Activations {
   const c = model.config;
   const d = dims(c);
   const S = maxTokens;
@@ -178,14 +181,18 @@ export function createActivations(ctx: GpuContext, model: Model, maxTokens: numb
     actBuffers,
     step,
     rope,
-    partials: storage(
-      'attention partials',
-      c.layerTypes.includes('full_attention') ? attentionScratchBytes({ maxTokens: S, nq: c.numHeads, capacity, headDim: c.headDim }) / 4 : 4,
-    ),
+    partials: storage('attention partials', c.layerTypes.includes('full_attention') ? partialsFloats(model, S, capacity, verifyRows) : 4),
     chunk,
     moe,
     buffers,
   };
+}
+
+/** Attention split partials for every call of up to `maxTokens` tokens, and for verifications (a decode row's splits). */
+function partialsFloats(model: Model, maxTokens: number, capacity: number, verifyRows: number): number {
+  const shape = { nq: model.config.numHeads, capacity, headDim: model.config.headDim };
+  const verify = verifyRows > 0 ? attentionScratchBytes({ ...shape, maxTokens: verifyRows, splits: defaultSplits(1, shape.nq, capacity) }) : 0;
+  return Math.max(attentionScratchBytes({ ...shape, maxTokens }), verify) / 4;
 }
 
 /** Bytes of the per-layer state for a context of `capacity` tokens, with activations of `activationBytes` (2 or 4). */
@@ -204,14 +211,15 @@ export function stateBytes(model: Pick<Model, 'config' | 'layers'>, capacity: nu
 
 /**
  * The layers' states for `sequences` sequences of `capacity` tokens each, sequence after sequence in each buffer
- * (decode row r uses sequence r's: kernels/rows.ts).
+ * (decode row r uses sequence r's: kernels/rows.ts); with `verifyRows` (one sequence), that many more recurrent state
+ * slots, where a verification leaves the state after each of its rows (ForwardPlan.oneSequence).
  */
-export function createLayerStates(ctx: GpuContext, model: Model, capacity: number, sequences = 1): LayerState[] {
+export function createLayerStates(ctx: GpuContext, model: Model, capacity: number, sequences = 1, verifyRows = 0): LayerState[] {
   const c = model.config;
   const d = dims(c);
   const ab = ctx.activationBytes;
   checkKvBytes(ctx, model, capacity, sequences);
-  const recurrentBytes = sequences * c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
+  const recurrentBytes = (sequences + verifyRows) * c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
   if (recurrentBytes > ctx.caps.maxStorageBindingBytes) {
     throw new SessionError(
       `${sequences} sequences need ${recurrentBytes} bytes of DeltaNet state per layer; this adapter binds at most ${ctx.caps.maxStorageBindingBytes}`,

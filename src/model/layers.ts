@@ -11,7 +11,7 @@ import { gatedDeltaNetChunk } from '../kernels/gated_delta_net_chunk.ts';
 import { gatedDeltaNetStep } from '../kernels/gated_delta_net_step.ts';
 import { rmsNormGated } from '../kernels/rms_norm_gated.ts';
 import { attentionPrepare } from '../kernels/attention_prepare.ts';
-import { attention } from '../kernels/attention.ts';
+import { attention, defaultSplits } from '../kernels/attention.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
 import { moeGroup } from '../kernels/moe_group.ts';
 import { moeCombine } from '../kernels/moe_combine.ts';
@@ -43,6 +43,13 @@ export interface ForwardPlan {
    * than a matvec per row; norms are then dispatches of their own and the final norm leaves act.x for lmHead.
    */
   tiledDecode?: boolean;
+  /**
+   * Decode rows that are consecutive tokens of one sequence, at their act.positions (a verification of drafted
+   * tokens): each row through the decode arithmetic of a step of its own, its attention over the one KV cache, its
+   * DeltaNet step on the state the row before it left, each row's state kept in a slot of its own (slot r + 1 after
+   * row r; slot 0, the sequence's, is read by row 0) so that the caller can keep the state after any accepted row.
+   */
+  oneSequence?: boolean;
 }
 
 /** A forward call's shape as its parts need it: T tokens (prefill) or T rows (decode), and how projections run. */
@@ -51,11 +58,14 @@ export interface Rows {
   decode: boolean;
   /** Projections through the tiled matmul (prefill on GPUs, or tiledDecode). */
   tiled: boolean;
+  /** Decode rows of one sequence (ForwardPlan.oneSequence). */
+  oneSequence: boolean;
 }
 
 export function forwardRows(ctx: GpuContext, plan: ForwardPlan): Rows {
   const decode = plan.tokens === 1 || plan.input === 'token';
-  return { T: plan.tokens, decode, tiled: decode ? Boolean(plan.tiledDecode) : !ctx.caps.cpu };
+  if (plan.oneSequence && (!decode || plan.tiledDecode)) throw new ContractError('rows of one sequence are decode rows through matvec', 'forward');
+  return { T: plan.tokens, decode, tiled: decode ? Boolean(plan.tiledDecode) : !ctx.caps.cpu, oneSequence: Boolean(plan.oneSequence) };
 }
 
 /**
@@ -105,8 +115,9 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
     }
   }
   // Decode folds the final norm into the LM head (lmHead 'decoded'); prefill (and tiled decode) leaves the normed
-  // rows in act.x, which its LM head and scoring read. A stage before the last leaves its output rows in act.h.
-  if (hasHead(model) && (plan.input === 'ids' || rows.tiled)) {
+  // rows in act.x, which its LM head and scoring read, and so does a verification, for the MTP drafter that reads
+  // them. A stage before the last leaves its output rows in act.h.
+  if (hasHead(model) && (plan.input === 'ids' || rows.tiled || rows.oneSequence)) {
     add(await rmsNorm(ctx, { x: act.h, w: vectorBuffer(stageTensor(w.norm, 'final norm')), y: act.x, rows: T, cols: H, eps: config.rmsNormEps }));
   }
   segments.push({ dispatches: out });
@@ -220,14 +231,13 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
     epilogue: 'add',
   });
   if (rows.decode) {
-    return [
-      ...inProj,
-      await gatedDeltaNetDecode(ctx, {
+    const step = (r: { rows: number; row0?: number; stateIn?: number; stateOut?: number }) =>
+      gatedDeltaNetDecode(ctx, {
         ...heads,
         ...gates,
+        ...r,
         wStride: conv.wStride,
         kernelSize: conv.kernelSize,
-        rows: T,
         positions: act.positions,
         proj: act.mixerProj,
         projStride: projWidth,
@@ -239,9 +249,12 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
         eps: config.rmsNormEps,
         y: act.gatedNorm,
         yStride: dim.valueDim,
-      }),
-      ...outProj,
-    ];
+      });
+    // Rows of one sequence: a dispatch per row, in order, each on the state the row before it left.
+    const steps = rows.oneSequence
+      ? await Promise.all(Array.from({ length: T }, (_, r) => step({ rows: 1, row0: r, stateIn: r === 0 ? 0 : r, stateOut: r + 1 })))
+      : [await step({ rows: T })];
+    return [...inProj, ...steps, ...outProj];
   }
   const core = {
     ...heads,
@@ -309,9 +322,11 @@ async function gatedAttention(
   const projWidth = dim.attentionProj;
   const kOffset = config.numHeads * 2 * config.headDim;
   const heads = { tokens: T, nq: config.numHeads, nkv: config.numKvHeads, headDim: config.headDim };
-  // Decode rows each attend in their own sequence's cache; prefill tokens are consecutive positions of one.
-  const positions = rows.decode ? { positions: act.positions } : { step: act.step };
+  // Decode rows each attend in their own sequence's cache (or, verifying, in the one sequence's, with the key splits of
+  // a single decode row, so that each row's arithmetic is a decode step's); prefill tokens are consecutive positions of one.
+  const positions = rows.decode ? { positions: act.positions, oneSequence: rows.oneSequence } : { step: act.step };
   const cache = { kCache: state.keys!, vCache: state.values!, capacity: act.capacity, ...positions };
+  const splits = rows.oneSequence ? defaultSplits(1, config.numHeads, act.capacity) : undefined;
   return [
     ...(await linear(ctx, act, rows, { w: w.qkvProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' })),
     await attentionPrepare(ctx, {
@@ -328,7 +343,16 @@ async function gatedAttention(
       rope: act.rope,
       q: act.coreInput,
     }),
-    ...(await attention(ctx, { ...heads, ...cache, q: act.coreInput, proj: act.mixerProj, projStride: projWidth, out: act.coreOutput, scratch: act.partials })),
+    ...(await attention(ctx, {
+      ...heads,
+      ...cache,
+      splits,
+      q: act.coreInput,
+      proj: act.mixerProj,
+      projStride: projWidth,
+      out: act.coreOutput,
+      scratch: act.partials,
+    })),
     ...(await linear(ctx, act, rows, {
       w: w.oProj,
       x: { buffer: act.coreOutput },

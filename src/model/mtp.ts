@@ -46,25 +46,36 @@ export function destroyMtpBuffers(ctx: GpuContext, buffers: MtpBuffers): void {
   ctx.free(buffers.hidden, buffers.fcInput, buffers.state.keys, buffers.state.values);
 }
 
+/** Where a drafter call reads its rows' tokens and hidden states, when not from act (ids or token) and buffers.hidden. */
+export interface MtpInputs {
+  ids?: { buffer: GPUBuffer; offset: number };
+  /** [rows, H] f32 from row `row` of `buffer`. */
+  hidden?: { buffer: GPUBuffer; row: number };
+}
+
 /**
  * The drafter's forward over `plan.tokens` rows, with act's working buffers: consecutive positions from the step
  * uniform (prefill), or each decode row at its act.positions entry, as the main forward places them.
  */
-export async function mtpForward(ctx: GpuContext, model: Model, buffers: MtpBuffers, act: Activations, plan: ForwardPlan): Promise<Dispatch[]> {
+export async function mtpForward(
+  ctx: GpuContext,
+  model: Model,
+  buffers: MtpBuffers,
+  act: Activations,
+  plan: ForwardPlan,
+  inputs: MtpInputs = {},
+): Promise<Dispatch[]> {
   const w = mtpWeights(model);
   const { hiddenSize: H, rmsNormEps: eps } = model.config;
   const rows = forwardRows(ctx, plan);
   const T = rows.T;
   const halves = { rows: T, cols: H, eps, y: buffers.fcInput, yStride: 2 * H };
+  const ids = inputs.ids ?? { buffer: plan.input === 'token' ? act.token : act.ids, offset: 0 };
+  const hidden = inputs.hidden ?? { buffer: buffers.hidden, row: 0 };
   return [
-    ...(await embedding(ctx, {
-      table: stageTensor(model.weights.embed, 'embedding'),
-      ids: plan.input === 'token' ? act.token : act.ids,
-      tokens: T,
-      out: act.h,
-    })),
+    ...(await embedding(ctx, { table: stageTensor(model.weights.embed, 'embedding'), ids: ids.buffer, idsOffset: ids.offset, tokens: T, out: act.h })),
     await rmsNorm(ctx, { ...halves, x: act.h, w: vectorBuffer(w.preFcNormEmbedding), yOffset: 0 }),
-    await rmsNorm(ctx, { ...halves, x: buffers.hidden, w: vectorBuffer(w.preFcNormHidden), yOffset: H }),
+    await rmsNorm(ctx, { ...halves, x: hidden.buffer, xOffset: hidden.row * H, w: vectorBuffer(w.preFcNormHidden), yOffset: H }),
     ...(await linear(ctx, act, rows, { w: w.fc, x: { buffer: buffers.fcInput }, xStride: 2 * H, y: act.h, yStride: H, epilogue: 'store' })),
     ...(await decoderLayer(ctx, model, w.layers[0], buffers.state, act, rows)),
     await rmsNorm(ctx, { x: act.h, w: vectorBuffer(w.norm), y: act.x, rows: T, cols: H, eps }),

@@ -1,6 +1,7 @@
 import { throwIfAborted } from '../errors.ts';
 import type { PendingToken, TokenSequence } from './sequence.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
+import { type SpeculationStats, type Speculator, speculationFits } from './speculation.ts';
 
 /** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
 export interface TokenEvent extends SampledToken {
@@ -37,6 +38,9 @@ export type StopReason = 'stop' | 'length';
 export async function* generateTokens(session: TokenSequence, sampler: GpuSampler, plan: GenerationPlan): AsyncGenerator<TokenEvent, StopReason> {
   session.reset();
   sampler.begin(plan.sampling, plan.promptIds);
+  session.speculator?.resetStats();
+  const speculator = session.speculator && speculationFits(plan.sampling, sampler.tokenizerSize) ? session.speculator : undefined;
+  speculator?.begin();
   let thinking = plan.thinking;
   let reasoningTokens = 0;
   let produced = 0;
@@ -64,6 +68,13 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     await session.prefill(plan.promptIds, { signal: plan.signal });
     pending = yield* closeThought([]);
   } else pending = await session.prefillAndPick(plan.promptIds, sampler, plan.signal);
+  if (speculator) {
+    try {
+      return yield* speculate(speculator, pending);
+    } finally {
+      speculator.end();
+    }
+  }
   let ahead: PendingToken | undefined;
   try {
     while (produced < plan.maxTokens) {
@@ -92,6 +103,51 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     pending.discard();
     ahead?.discard();
   }
+
+  // Speculative decoding: each pass yields the tokens of the rows it keeps; a stop, the length or a spent thinking
+  // budget keeps fewer. `draws` counts the tokens picked (not forced), the sampler's RNG step.
+  async function* speculate(spec: Speculator, first: PendingToken): AsyncGenerator<TokenEvent, StopReason> {
+    let batch = [(await first.read()).id];
+    let fromPass = false;
+    let draws = 0;
+    for (;;) {
+      for (let i = 0; i < batch.length; i++) {
+        const id = batch[i];
+        produced++;
+        draws++;
+        plan.onToken?.(id);
+        if (plan.stopIds.has(id)) return 'stop';
+        const inThought = thinking;
+        if (id === plan.thinkEndId) thinking = false;
+        else if (thinking) reasoningTokens++;
+        yield { id, forced: false, reasoning: inThought };
+        const budgetSpent = thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget;
+        if (produced < plan.maxTokens && !budgetSpent) continue;
+        if (produced >= plan.maxTokens) return 'length';
+        if (fromPass) spec.keep(i + 1);
+        spec.settle(sampler, draws);
+        const next = yield* closeThought([id]);
+        if (produced >= plan.maxTokens) {
+          next.discard();
+          return 'length';
+        }
+        batch = [(await next.read()).id];
+        fromPass = false;
+        i = -1;
+      }
+      throwIfAborted(plan.signal);
+      const pending = batch[batch.length - 1];
+      if (spec.fits) {
+        batch = await spec.pass(sampler, pending, draws);
+        fromPass = true;
+      } else {
+        // Too near the end of the context for a pass: step by step.
+        spec.settle(sampler, draws);
+        batch = [(await (await session.advance(sampler, plan.signal)).read()).id];
+        fromPass = false;
+      }
+    }
+  }
 }
 
 export interface IdsResult {
@@ -101,6 +157,8 @@ export interface IdsResult {
   prefillMs: number;
   decodeMs: number;
   stopped: StopReason;
+  /** Verification passes, drafts and drafts accepted, when the generation speculated. */
+  speculation?: SpeculationStats;
 }
 
 /** Token ids in, token ids out (no tokenizer): the CLI's --prompt-ids and the browser's generate({ promptIds }). */
@@ -126,5 +184,7 @@ export async function generateIds(
   let next = await tokens.next();
   while (!next.done) next = await tokens.next();
   const end = performance.now();
-  return { ids, promptTokens: a.promptIds.length, prefillMs: first - t0, decodeMs: end - first, stopped: next.value };
+  const stats = session.speculator?.stats;
+  const speculation = stats && stats.passes > 0 ? { ...stats } : undefined;
+  return { ids, promptTokens: a.promptIds.length, prefillMs: first - t0, decodeMs: end - first, stopped: next.value, speculation };
 }

@@ -188,6 +188,14 @@ export class GpuSampler {
     );
   }
 
+  /**
+   * Sets the RNG step to `draws`, the tokens this request has picked so far: after a verification, whose picks for
+   * rows it did not keep must not count, so that the next draw is the one a step-by-step generation makes.
+   */
+  setDraws(draws: number): void {
+    this.ctx.write(this.scratch.state, 0, Uint32Array.of(draws));
+  }
+
   /** Tokens forced by the engine (e.g. `</think>` after a reasoning budget) still count as generated. */
   markGenerated(ids: ArrayLike<number>): void {
     if (!this.levels) fail('markGenerated before begin');

@@ -1,4 +1,5 @@
 import type { GpuSampler, SampledToken } from './sampler.ts';
+import type { Speculator } from './speculation.ts';
 
 /** A picked token on its way back: `read` maps it (once); `discard` gives it up unread. */
 export interface PendingToken {
@@ -21,4 +22,6 @@ export interface TokenSequence {
   advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken>;
   /** Whether steps can be submitted before the previous token is read. */
   readonly runsAhead: boolean;
+  /** Drafts and verifies several tokens per forward pass, where the request's sampling allows (runtime/speculation). */
+  readonly speculator?: Speculator;
 }

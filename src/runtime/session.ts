@@ -1,84 +1,26 @@
 import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
-import { type PromiseCache, memoise } from '../gpu/memo.ts';
+import { PlanCache } from './plan_cache.ts';
 import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
 import { ExpertCache, type ExpertStats } from './expert_cache.ts';
 import { type Model, hasHead } from '../model/model.ts';
+import { dims } from '../model/config.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
 import type { PendingToken, TokenSequence } from './sequence.ts';
+import type { Speculator } from './speculation.ts';
 
 export interface SessionOptions {
   /** Tokens the session can hold (prompt + generated); bounded by max_position_embeddings and memory. */
   contextLength: number;
   /** Prefill chunk (tokens per forward call); defaults to what the adapter's binding limit allows, at most 512. */
   prefillChunk?: number;
-}
-
-/**
- * Plans by key, built once; past `limit` entries the least recently used is dropped and its dispatches released
- * (GpuContext.release frees the uniform buffers and bind groups that no other plan holds). The plan in use is the
- * most recent one, so it is never the one dropped; work already submitted with a dropped plan still runs.
- */
-class PlanCache<P> implements PromiseCache<string, P> {
-  private readonly plans = new Map<string, { plan: Promise<P>; built?: P }>();
-
-  constructor(
-    private readonly ctx: GpuContext,
-    private readonly limit: number,
-    private readonly dispatchesOf: (plan: P) => Dispatch[],
-  ) {}
-
-  /** The plan under `key`, built (memoise: once, forgotten if the build fails) when there is none. */
-  plan(key: string, build: () => Promise<P>): Promise<P> {
-    return memoise(this, key, build);
-  }
-
-  get(key: string): Promise<P> | undefined {
-    const hit = this.plans.get(key);
-    if (!hit) return undefined;
-    // Map order is insertion order: moving a hit to the end keeps the least recently used first.
-    this.plans.delete(key);
-    this.plans.set(key, hit);
-    return hit.plan;
-  }
-
-  set(key: string, plan: Promise<P>): void {
-    const entry: { plan: Promise<P>; built?: P } = { plan };
-    this.plans.set(key, entry);
-    plan.then(
-      (built) => void (entry.built = built),
-      () => {},
-    );
-    for (const [old, dropped] of this.plans) {
-      if (this.plans.size <= this.limit) break;
-      this.plans.delete(old);
-      this.release(dropped);
-    }
-  }
-
-  delete(key: string): void {
-    this.plans.delete(key);
-  }
-
-  /** Drops every plan (a plan still being built is released once built). */
-  clear(): void {
-    for (const entry of this.plans.values()) this.release(entry);
-    this.plans.clear();
-  }
-
-  private release(entry: { plan: Promise<P>; built?: P }): void {
-    if (entry.built) this.ctx.release(this.dispatchesOf(entry.built));
-    else
-      entry.plan.then(
-        (p) => this.ctx.release(this.dispatchesOf(p)),
-        () => {},
-      );
-  }
+  /** Rows of the longest verification of drafted tokens (`verify`): a pending token and its drafts; 0 (default): none. */
+  verifyRows?: number;
 }
 
 /**
@@ -115,6 +57,14 @@ export class Session implements TokenSequence {
   /** The DeltaNet states as `mark` left them (allocated at the first mark), and the position then. */
   private marked?: GPUBuffer[];
   private markedPosition?: number;
+  /** The DeltaNet conv rings as they were before the last verification (allocated at the first). */
+  private ringsBeforeVerify?: GPUBuffer[];
+  /** A recurrent state on its way from a verification's slot to the sequence's (a copy within a buffer is not allowed). */
+  private keptStates?: GPUBuffer[];
+  /** Speculative decoding on this session (runtime/speculation), when its model drafts. */
+  speculator?: Speculator;
+  /** Called after each prefill chunk with the ids and the chunk (a drafter follows the prompt: runtime/speculation). */
+  chunkObserver?: (ids: ArrayLike<number>, first: number, rows: number) => Promise<void>;
 
   private constructor(
     readonly ctx: GpuContext,
@@ -122,6 +72,8 @@ export class Session implements TokenSequence {
     readonly capacity: number,
     readonly activations: Activations,
     private readonly states: LayerState[],
+    /** Rows of the longest verification (SessionOptions.verifyRows). */
+    readonly verifyRows: number,
   ) {
     this.experts = ExpertCache.of(ctx, model);
     const dispatches = (d: Dispatch[]) => d;
@@ -139,9 +91,13 @@ export class Session implements TokenSequence {
       throw new SessionError(`context length ${capacity} is more than the model's max_position_embeddings ${model.config.maxPositions}`);
     }
     const chunk = Math.min(options.prefillChunk ?? prefillChunk(ctx, model), capacity);
-    const states = createLayerStates(ctx, model, capacity);
+    const verifyRows = options.verifyRows ?? 0;
+    if (!Number.isInteger(verifyRows) || verifyRows < 0) throw new SessionError(`verifyRows ${verifyRows} must be a non-negative integer`);
+    const states = createLayerStates(ctx, model, capacity, 1, verifyRows);
     try {
-      const session = new Session(ctx, model, capacity, createActivations(ctx, model, chunk, capacity), states);
+      // A verification's tokens and the targets picked for them share act.token: 2 · verifyRows rows.
+      const act = createActivations(ctx, model, Math.max(chunk, 2 * verifyRows), capacity, Math.max(1, verifyRows), verifyRows);
+      const session = new Session(ctx, model, capacity, act, states, verifyRows);
       session.reset();
       return session;
     } catch (error) {
@@ -276,6 +232,7 @@ export class Session implements TokenSequence {
       else this.ctx.run([...(await this.forwardPlan(rows, 'ids')), ...tail], 'prefill');
       this.position += rows;
       if (options.onChunk) await options.onChunk(first, rows);
+      if (this.chunkObserver) await this.chunkObserver(ids, first, rows);
     }
   }
 
@@ -418,6 +375,72 @@ export class Session implements TokenSequence {
     this.position = this.markedPosition;
   }
 
+  /**
+   * Verifies drafted tokens in one forward pass: act.token rows [0, rows) hold the pending token (the last pick, not
+   * yet run) and the drafts after it; they run at positions [position, position + rows) as decode rows of this one
+   * sequence (the arithmetic of that many decode steps), and the sampler picks a target for each row into act.token
+   * rows [rows, 2 · rows). `before` (the drafter's dispatches, which write the drafts) is submitted first, in the same
+   * submission. The result maps back the rows and the targets; `keepVerified` then keeps the rows that belong.
+   */
+  async verify(sampler: GpuSampler, rows: number, before: Dispatch[] = []): Promise<Readback> {
+    if (this.experts) throw new SessionError('verification needs every expert resident');
+    if (!Number.isInteger(rows) || rows < 1 || rows > this.verifyRows)
+      throw new SessionError(`a verification of ${rows} rows (this session: at most ${this.verifyRows})`);
+    this.ensureRoom(rows);
+    const act = this.activations;
+    this.ctx.write(
+      act.positions,
+      0,
+      Uint32Array.from({ length: rows }, (_, r) => this.position + r),
+    );
+    const rings = this.deltaNetRings;
+    this.ringsBeforeVerify ??= rings.map((b) => this.ctx.storage(`${b.label} before verify`, b.size));
+    this.ctx.copy(
+      rings.map((from, i) => ({ from, to: this.ringsBeforeVerify![i], size: from.size })),
+      'save rings',
+    );
+    const picks: Dispatch[] = [];
+    for (let r = 0; r < rows; r++) picks.push(...(await sampler.dispatches(act.logits, act.token, { logits: r, out: rows + r })));
+    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+  }
+
+  /**
+   * Keeps the first `kept` rows of the last verification of `rows` rows: the sequence goes on as if only they had run
+   * (the DeltaNet state after row kept − 1 becomes the sequence's, the conv ring slots of the rows dropped get back what
+   * they held; the KV cache needs only the position). Needs rows ≤ the conv kernel size, so that no ring slot is
+   * written twice by one verification.
+   */
+  keepVerified(rows: number, kept: number): void {
+    if (!(kept >= 1 && kept <= rows)) throw new SessionError(`keeping ${kept} of ${rows} verified rows`);
+    const c = this.model.config;
+    const slot = c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
+    const ringSlot = dims(c).convDim * this.ctx.activationBytes;
+    const copies: Parameters<GpuContext['copy']>[0][number][] = [];
+    const layers = this.states.filter((s) => s.recurrent && s.conv);
+    this.keptStates ??= layers.map((s) => this.ctx.storage(`${s.recurrent!.label} kept`, slot));
+    layers.forEach((s, i) => {
+      const via = this.keptStates![i];
+      copies.push({ from: s.recurrent!, fromOffset: kept * slot, to: via, size: slot }, { from: via, to: s.recurrent!, size: slot });
+      for (let r = kept; r < rows; r++) {
+        const offset = ((this.position + r) % c.convKernel) * ringSlot;
+        copies.push({ from: this.ringsBeforeVerify![i], fromOffset: offset, to: s.conv!, toOffset: offset, size: ringSlot });
+      }
+    });
+    if (copies.length > 0) this.ctx.copy(copies, 'keep verified');
+    this.position += kept;
+  }
+
+  private get deltaNetRings(): GPUBuffer[] {
+    return this.states.flatMap((s) => (s.conv ? [s.conv] : []));
+  }
+
+  private verifyPlan(rows: number): Promise<Dispatch[]> {
+    return this.plans.plan(`verify ${rows}`, async () => [
+      ...(await forward(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true })),
+      ...(await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows })),
+    ]);
+  }
+
   /** ids[first, first + count) as u32, each checked to be a row of the embedding. */
   private tokenIds(ids: ArrayLike<number>, first: number, count: number): Uint32Array {
     const vocab = this.model.config.vocabSize;
@@ -436,7 +459,8 @@ export class Session implements TokenSequence {
   }
 
   destroy(): void {
-    this.ctx.free(...(this.marked ?? []));
+    this.speculator?.drafter.destroy();
+    this.ctx.free(...(this.marked ?? []), ...(this.ringsBeforeVerify ?? []), ...(this.keptStates ?? []));
     for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
     this.ctx.free(...this.activations.buffers);

@@ -6,7 +6,9 @@ import { lmHead } from '../../src/model/layers.ts';
 import { loadModel } from '../../src/model/load.ts';
 import type { Model } from '../../src/model/model.ts';
 import { type MtpBuffers, createMtpBuffers, destroyMtpBuffers, mtpForward } from '../../src/model/mtp.ts';
+import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { Session } from '../../src/runtime/session.ts';
+import { MtpDrafter } from '../../src/runtime/speculation.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { FIXTURES, compareLogprobs, fixtureDir, golden, goldenMtpLogprobs } from '../helpers/fixtures.ts';
 import { describeOnAdapters, readF32 } from '../helpers/gpu.ts';
@@ -90,6 +92,51 @@ describeOnAdapters('MTP drafter', (ctx) => {
 
       destroyMtpBuffers(c, prefillBuffers);
       destroyMtpBuffers(c, decodeBuffers);
+      session.destroy();
+      model.destroy();
+    });
+  }
+
+  for (const fixture of FIXTURES) {
+    it(`${fixture}: the speculating drafter's first draft, after a prompt and after a verification, is the golden distribution`, async () => {
+      const c = ctx();
+      const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
+      const { prompt_ids: ids, vocab_size: V } = golden(fixture);
+      const expected = goldenMtpLogprobs(fixture);
+      const L = ids.length;
+      const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 3 });
+      const drafter = new MtpDrafter(session, 2);
+      session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
+      const sampler = GpuSampler.create(c, { vocabSize: V, tokenizerSize: model.tokenizerSize });
+      sampler.begin({ temperature: 0 }, []);
+      /** The drafter's first draft from `pending`, log-softmaxed, against the golden row of its position. */
+      const checkDraft = async (pending: number, row: number) => {
+        c.run(await drafter.draft(pending, 1), 'draft');
+        const logits = await readF32(c, drafter.act.logits, V);
+        const max = logits.reduce((m, v) => Math.max(m, v), -Infinity);
+        const lse = max + Math.log(logits.reduce((s, v) => s + Math.exp(v - max), 0));
+        const got = compareLogprobs(
+          logits.map((v) => v - lse),
+          expected.subarray(row * V, (row + 1) * V),
+          V,
+        );
+        expect(got.maxAbs, `row ${row}`).toBeLessThan(5e-3);
+      };
+
+      // The prompt but its last 4 tokens, prefilled in 64-token chunks; the next prompt token as the pending pick.
+      await session.prefill(ids.slice(0, L - 4));
+      await checkDraft(ids[L - 4], L - 5);
+      // A verification of the pending token and two drafts (the prompt's next tokens), all kept: the drafter
+      // catches up over the three rows with the verification's hidden states.
+      c.write(session.activations.token, 0, Uint32Array.from(ids.slice(L - 4, L - 1)));
+      await (await session.verify(sampler, 3)).bytes();
+      const position = session.position;
+      session.keepVerified(3, 3);
+      drafter.kept(position, ids.slice(L - 3, L));
+      await checkDraft(ids[L - 1], L - 2);
+
+      sampler.destroy();
+      drafter.destroy();
       session.destroy();
       model.destroy();
     });

@@ -1,0 +1,263 @@
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
+import { SessionError } from '../errors.ts';
+import { StepParams, packParams } from '../gpu/kernel.ts';
+import { type Activations, createActivations } from '../model/activations.ts';
+import { lmHead } from '../model/layers.ts';
+import { type MtpBuffers, createMtpBuffers, destroyMtpBuffers, mtpForward } from '../model/mtp.ts';
+import { PlanCache } from './plan_cache.ts';
+import { GpuSampler, type SamplingOptions, resolveSampling } from './sampler.ts';
+import type { Session } from './session.ts';
+
+/**
+ * Speculative decoding (spec §2.7): a drafter proposes k tokens after the pending one, the model verifies the k + 1
+ * in one forward pass (Session.verify: the arithmetic of k + 1 decode steps, the weights read once), and the rows up
+ * to the first draft that differs from the target picked before it are kept. The targets are picked exactly as a step
+ * by step generation picks them (the same logits, the same RNG step), so the output is that generation's, token for
+ * token, greedy or seeded; only how many tokens one pass yields depends on the drafts.
+ */
+export interface Drafter {
+  /**
+   * Host writes and dispatches that leave `k` drafts in act.token rows [1, k], run in the verification's submission;
+   * `pending` is the token in row 0.
+   */
+  draft(pending: number, k: number): Promise<Dispatch[]>;
+  /** After a prefill chunk of `ids` [first, first + rows) (the last one when the prompt ends there). */
+  prefilled(ids: ArrayLike<number>, first: number, rows: number, last: boolean): Promise<void>;
+  /** After a verification: `kept` rows from `position`, their targets `targets` (the last is the new pending token). */
+  kept(position: number, targets: number[]): void;
+  destroy(): void;
+}
+
+/** Drafts of the model's own MTP block: one call over the rows kept since the last draft, then one per further draft. */
+export class MtpDrafter implements Drafter {
+  /** The drafter's working buffers (act.logits: the last draft call's logits). */
+  readonly act: Activations;
+  private readonly buffers: MtpBuffers;
+  /** The position of draft call j ≥ 2 (a decode row of its own), one buffer per call so that one submission holds all. */
+  private readonly positions: GPUBuffer[];
+  private readonly sampler: GpuSampler;
+  private readonly plans: PlanCache<Dispatch[]>;
+  /** Rows run by the model whose MTP row waits for the token after them: their hidden rows, position and known tokens. */
+  private waiting?: { hidden: { buffer: GPUBuffer; row: number }; position: number; tokens: number[] };
+
+  constructor(
+    private readonly session: Session,
+    maxDrafts: number,
+  ) {
+    const { ctx, model } = session;
+    this.act = createActivations(ctx, model, session.verifyRows, session.capacity);
+    this.buffers = createMtpBuffers(ctx, model, session.activations.maxTokens, session.capacity);
+    this.positions = Array.from({ length: maxDrafts + 1 }, (_, j) => ctx.storage(`mtp draft ${j} position`, 4));
+    this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    this.sampler.begin({ temperature: 0 }, []);
+    this.plans = new PlanCache(ctx, 16, (d) => d);
+  }
+
+  private get ctx(): GpuContext {
+    return this.session.ctx;
+  }
+
+  async prefilled(ids: ArrayLike<number>, first: number, rows: number, last: boolean): Promise<void> {
+    const { ctx, session } = this;
+    const main = session.activations;
+    const H = session.model.config.hiddenSize;
+    const position = session.position - rows;
+    if (last) {
+      // The last row's token comes with the first draft; keep its hidden row, which the pass below overwrites.
+      ctx.copy([{ from: main.x, fromOffset: (rows - 1) * H * 4, to: this.buffers.hidden, size: H * 4 }], 'mtp hidden');
+      this.waiting = { hidden: { buffer: this.buffers.hidden, row: 0 }, position: position + rows - 1, tokens: [] };
+    }
+    const known = last ? rows - 1 : rows;
+    if (known === 0) return;
+    // Row p of the block reads token p + 1: the chunk's ids shifted by one, in the prompt buffer the chunk has used.
+    ctx.write(
+      main.ids,
+      0,
+      Uint32Array.from({ length: known }, (_, r) => ids[first + r + 1]),
+    );
+    const plan = await this.plans.plan(`prompt ${known}`, () =>
+      mtpForward(ctx, session.model, this.buffers, main, { tokens: known, input: 'ids' }, { hidden: { buffer: main.x, row: 0 } }),
+    );
+    ctx.run(plan, 'mtp prompt');
+  }
+
+  kept(position: number, targets: number[]): void {
+    this.waiting = { hidden: { buffer: this.session.activations.x, row: 0 }, position, tokens: targets.slice(0, -1) };
+  }
+
+  async draft(pending: number, k: number): Promise<Dispatch[]> {
+    const waiting = this.waiting;
+    if (!waiting) throw new SessionError('a draft before any prefill');
+    const { ctx, act } = this;
+    const tokens = [...waiting.tokens, pending];
+    const rows = tokens.length;
+    ctx.write(act.ids, 0, Uint32Array.from(tokens));
+    ctx.write(act.step, 0, packParams(StepParams, { pos: waiting.position }));
+    ctx.write(act.positions, 0, Uint32Array.of(waiting.position));
+    for (let j = 2; j <= k; j++) ctx.write(this.positions[j], 0, Uint32Array.of(waiting.position + rows + j - 2));
+    const dispatches: Dispatch[] = [...(await this.catchUp(rows, waiting.hidden))];
+    for (let j = 2; j <= k; j++) dispatches.push(...(await this.next(j, j === 2 ? rows - 1 : 0)));
+    return dispatches;
+  }
+
+  /** The block over the rows waiting (their tokens now known), the draft of the row after the last into act.token[1]. */
+  private catchUp(rows: number, hidden: { buffer: GPUBuffer; row: number }): Promise<Dispatch[]> {
+    const key = `catch up ${rows} ${hidden.buffer.label} ${hidden.row}`;
+    return this.plans.plan(key, async () => [
+      ...(await mtpForward(this.ctx, this.session.model, this.buffers, this.act, { tokens: rows, input: 'ids' }, { hidden })),
+      ...(await this.pick(rows - 1, 1)),
+    ]);
+  }
+
+  /** Draft j ≥ 2: the block on draft j − 1 and its own output row `row` of the call before, into act.token[j]. */
+  private next(j: number, row: number): Promise<Dispatch[]> {
+    return this.plans.plan(`draft ${j} ${row}`, async () => {
+      const main = this.session.activations;
+      const act = { ...this.act, positions: this.positions[j] };
+      return [
+        ...(await mtpForward(
+          this.ctx,
+          this.session.model,
+          this.buffers,
+          act,
+          { tokens: 1, input: 'ids' },
+          {
+            ids: { buffer: main.token, offset: j - 1 },
+            hidden: { buffer: this.act.x, row },
+          },
+        )),
+        ...(await this.pick(0, j)),
+      ];
+    });
+  }
+
+  /** The LM head on the block's output row `row`, argmax into the main act.token[out]. */
+  private async pick(row: number, out: number): Promise<Dispatch[]> {
+    const act = this.act;
+    return [
+      ...(await lmHead(this.ctx, this.session.model, act, act.logits, { first: row, count: 1 })),
+      ...(await this.sampler.dispatches(act.logits, this.session.activations.token, { out })),
+    ];
+  }
+
+  destroy(): void {
+    this.plans.clear();
+    this.sampler.destroy();
+    destroyMtpBuffers(this.ctx, this.buffers);
+    this.ctx.free(...this.act.buffers, ...this.positions);
+  }
+}
+
+/** Drafts per pass by default, and at most: a pass's rows must not write a conv ring slot twice (Session.keepVerified). */
+export const DEFAULT_DRAFT_TOKENS = 2;
+export const MAX_DRAFT_TOKENS = 3;
+
+/** `session` (created with verifyRows ≥ drafts + 1) speculating with its model's MTP block. */
+export function withSpeculation(session: Session, drafts: number, drafter: Drafter = new MtpDrafter(session, drafts)): Session {
+  session.speculator = new Speculator(session, drafter, drafts);
+  return session;
+}
+
+/** How speculation went over a generation: passes, drafts proposed and accepted. */
+export interface SpeculationStats {
+  passes: number;
+  drafted: number;
+  accepted: number;
+}
+
+/** Whether a request's sampling lets verification pick exactly what step-by-step decoding picks (see Speculator). */
+export function speculationFits(sampling: SamplingOptions, tokenizerSize: number): boolean {
+  const v = resolveSampling(sampling, tokenizerSize);
+  // Penalties count every pick, those of rows not kept too; logprobs come back one token per step.
+  return v.repetition === 1 && v.presence === 0 && v.frequency === 0 && v.logprobs === 0;
+}
+
+/**
+ * One sequence's speculative decoding: drafts, a verification, and the rows kept. A pass yields the targets of the
+ * rows kept: every draft that equals the target picked before it, then the target after the last (the next pending
+ * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
+ */
+export class Speculator {
+  readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
+  private last?: { rows: number; targets: number[]; kept: number };
+
+  constructor(
+    readonly session: Session,
+    readonly drafter: Drafter,
+    /** Drafts per pass. */
+    readonly drafts: number,
+  ) {
+    const K = session.model.config.convKernel;
+    if (!Number.isInteger(drafts) || drafts < 1 || drafts + 1 > Math.min(session.verifyRows, K))
+      throw new SessionError(
+        `${drafts} draft tokens: 1 to ${Math.min(session.verifyRows, K) - 1} (a verification of drafts + 1 rows fits the session and the conv kernel of ${K})`,
+      );
+  }
+
+  /** Starts a request, before its prompt's prefill: the drafter follows every prefill chunk from here. */
+  begin(): void {
+    this.last = undefined;
+    this.resetStats();
+    this.session.chunkObserver = (ids, first, rows) => this.drafter.prefilled(ids, first, rows, first + rows === ids.length);
+  }
+
+  resetStats(): void {
+    this.stats.passes = this.stats.drafted = this.stats.accepted = 0;
+  }
+
+  /** Whether a pass fits the context from here (the rows of the last pass kept). */
+  get fits(): boolean {
+    return this.session.position + (this.last?.kept ?? 0) + this.drafts + 1 <= this.session.capacity;
+  }
+
+  /**
+   * A pass from `pending` (the last token picked, its row not run; `draws` tokens picked so far, it included): drafts,
+   * verifies, and returns the targets of the rows it would keep (at least one), all kept unless `keep` says fewer
+   * before the next pass.
+   */
+  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<number[]> {
+    this.settle();
+    const { session } = this;
+    sampler.setDraws(draws);
+    const rows = this.drafts + 1;
+    session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
+    const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
+    const ids = new Uint32Array(await result.bytes());
+    let accepted = 0;
+    while (accepted < this.drafts && ids[1 + accepted] === ids[rows + accepted]) accepted++;
+    const targets = Array.from(ids.subarray(rows, rows + accepted + 1));
+    this.stats.passes++;
+    this.stats.drafted += this.drafts;
+    this.stats.accepted += accepted;
+    this.last = { rows, targets, kept: targets.length };
+    return targets;
+  }
+
+  /** Keeps only the first `count` rows (and so targets) of the last pass. */
+  keep(count: number): void {
+    if (!this.last || count < 1 || count > this.last.targets.length) throw new SessionError(`keeping ${count} rows of the last pass`);
+    this.last.kept = count;
+  }
+
+  /**
+   * Makes the last pass's kept rows the sequence's: before the next pass, or before the generation goes on without
+   * speculation (the pending token is then in act.token[0], as a pick leaves it, and `sampler` draws next what
+   * step-by-step decoding would: its `draws`-th pick).
+   */
+  settle(sampler?: GpuSampler, draws?: number): void {
+    const last = this.last;
+    if (!last) return;
+    this.last = undefined;
+    const { session } = this;
+    const position = session.position;
+    session.keepVerified(last.rows, last.kept);
+    const targets = last.targets.slice(0, last.kept);
+    this.drafter.kept(position, targets);
+    session.ctx.write(session.activations.token, 0, Uint32Array.of(targets[targets.length - 1]));
+    if (sampler && draws !== undefined) sampler.setDraws(draws);
+  }
+
+  end(): void {
+    this.session.chunkObserver = undefined;
+  }
+}
