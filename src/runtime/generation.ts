@@ -1,7 +1,7 @@
 import { throwIfAborted } from '../errors.ts';
-import type { PendingToken, TokenSequence } from './sequence.ts';
+import type { PendingToken, SpeculativeDecoder, TokenSequence } from './sequence.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
-import { type SpeculationStats, type Speculator, speculationFits } from './speculation.ts';
+import { type SpeculationStats, speculationFits } from './speculation.ts';
 
 /** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
 export interface TokenEvent extends SampledToken {
@@ -106,7 +106,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
 
   // Speculative decoding: each pass yields the tokens of the rows it keeps; a stop, the length or a spent thinking
   // budget keeps fewer. `draws` counts the tokens picked (not forced), the sampler's RNG step.
-  async function* speculate(spec: Speculator, first: PendingToken): AsyncGenerator<TokenEvent, StopReason> {
+  async function* speculate(spec: SpeculativeDecoder, first: PendingToken): AsyncGenerator<TokenEvent, StopReason> {
     let batch = [(await first.read()).id];
     let fromPass = false;
     let draws = 0;

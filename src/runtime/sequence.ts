@@ -1,5 +1,4 @@
 import type { GpuSampler, SampledToken } from './sampler.ts';
-import type { Speculator } from './speculation.ts';
 
 /** A picked token on its way back: `read` maps it (once); `discard` gives it up unread. */
 export interface PendingToken {
@@ -23,5 +22,23 @@ export interface TokenSequence {
   /** Whether steps can be submitted before the previous token is read. */
   readonly runsAhead: boolean;
   /** Drafts and verifies several tokens per forward pass, where the request's sampling allows (runtime/speculation). */
-  readonly speculator?: Speculator;
+  readonly speculator?: SpeculativeDecoder;
+}
+
+/** Speculative decoding of one sequence as the token loop drives it (runtime/speculation.ts Speculator). */
+export interface SpeculativeDecoder {
+  readonly stats: { passes: number; drafted: number; accepted: number };
+  resetStats(): void;
+  /** Before a request's prompt. */
+  begin(): void;
+  end(): void;
+  /** Whether a pass fits the context from here. */
+  readonly fits: boolean;
+  /** Drafts from the pending token, verifies, and returns the targets of the rows it would keep. */
+  pass(sampler: GpuSampler, pending: number, draws: number): Promise<number[]>;
+  /** Keeps only the first `count` rows of the last pass. */
+  keep(count: number): void;
+  /** Makes the kept rows the sequence's (before decoding on without a pass). */
+  settle(sampler?: GpuSampler, draws?: number): void;
+  destroy(): void;
 }

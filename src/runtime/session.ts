@@ -11,8 +11,7 @@ import { type Model, hasHead } from '../model/model.ts';
 import { dims } from '../model/config.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
 import type { GpuSampler, SampledToken } from './sampler.ts';
-import type { PendingToken, TokenSequence } from './sequence.ts';
-import type { Speculator } from './speculation.ts';
+import type { PendingToken, SpeculativeDecoder, TokenSequence } from './sequence.ts';
 
 export interface SessionOptions {
   /** Tokens the session can hold (prompt + generated); bounded by max_position_embeddings and memory. */
@@ -62,7 +61,7 @@ export class Session implements TokenSequence {
   /** A recurrent state on its way from a verification's slot to the sequence's (a copy within a buffer is not allowed). */
   private keptStates?: GPUBuffer[];
   /** Speculative decoding on this session (runtime/speculation), when its model drafts. */
-  speculator?: Speculator;
+  speculator?: SpeculativeDecoder;
   /** Called after each prefill chunk with the ids and the chunk (a drafter follows the prompt: runtime/speculation). */
   chunkObserver?: (ids: ArrayLike<number>, first: number, rows: number) => Promise<void>;
 
@@ -459,7 +458,7 @@ export class Session implements TokenSequence {
   }
 
   destroy(): void {
-    this.speculator?.drafter.destroy();
+    this.speculator?.destroy();
     this.ctx.free(...(this.marked ?? []), ...(this.ringsBeforeVerify ?? []), ...(this.keptStates ?? []));
     for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);

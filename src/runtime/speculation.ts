@@ -6,6 +6,7 @@ import { lmHead } from '../model/layers.ts';
 import { type MtpBuffers, createMtpBuffers, destroyMtpBuffers, mtpForward } from '../model/mtp.ts';
 import { PlanCache } from './plan_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from './sampler.ts';
+import type { SpeculativeDecoder } from './sequence.ts';
 import type { Session } from './session.ts';
 
 /**
@@ -177,7 +178,7 @@ export function speculationFits(sampling: SamplingOptions, tokenizerSize: number
  * rows kept: every draft that equals the target picked before it, then the target after the last (the next pending
  * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
  */
-export class Speculator {
+export class Speculator implements SpeculativeDecoder {
   readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
   private last?: { rows: number; targets: number[]; kept: number };
 
@@ -259,5 +260,9 @@ export class Speculator {
 
   end(): void {
     this.session.chunkObserver = undefined;
+  }
+
+  destroy(): void {
+    this.drafter.destroy();
   }
 }

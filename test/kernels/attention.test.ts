@@ -170,6 +170,81 @@ describeOnAdapters(
       expect(await l.forward(700, 3, { splits: 4, minSplitKeys: 16 })).toBe(2);
     });
 
+    // A verification: rows of one sequence at the positions given, one cache; each row sees the rows before it.
+    for (const splits of [1, 3]) {
+      it(`rows of one sequence at positions 12..15 in one cache equal four tokens at 12 (splits ${splits})`, async () => {
+        const c = ctx();
+        const s: Shape = { nq: 4, nkv: 2, headDim: 256, rotaryDim: 64, capacity: 40 };
+        const { nq, nkv, headDim: D, rotaryDim: R, capacity } = s;
+        const rows = 4;
+        const kOffset = 2 * nq * D;
+        const vOffset = kOffset + nkv * D;
+        const projStride = vOffset + nkv * D + 3;
+        const cacheLen = nkv * capacity * D;
+        const cpuK = roundAct(c, randn(cacheLen, 300, 1));
+        const cpuV = roundAct(c, randn(cacheLen, 301, 1));
+        const kCache = uploadAct(c, cpuK, 'k');
+        const vCache = uploadAct(c, cpuV, 'v');
+        const proj = roundAct(c, randn(rows * projStride, 302, 1.5));
+        const qNorm = randn(D, 303, 0.3);
+        const kNorm = randn(D, 304, 0.3);
+        const qBuf = actBuffer(c, 'q', rows * nq * D);
+        const out = actBuffer(c, 'out', rows * nq * D);
+        const common = {
+          proj: uploadAct(c, proj),
+          projStride,
+          tokens: rows,
+          nq,
+          nkv,
+          headDim: D,
+          kCache,
+          vCache,
+          capacity,
+          positions: upload(c, Uint32Array.from([12, 13, 14, 15]), 'positions'),
+          oneSequence: true,
+        };
+        const prep = await attentionPrepare(c, {
+          ...common,
+          kOffset,
+          vOffset,
+          rotaryDim: R,
+          qNorm: upload(c, qNorm),
+          kNorm: upload(c, kNorm),
+          eps: EPS,
+          rope: upload(c, ropeTable(capacity, R, THETA)),
+          q: qBuf,
+        });
+        const scratch = c.storage('partials', attentionScratchBytes({ maxTokens: rows, nq, capacity, headDim: D, splits, minSplitKeys: 1 }));
+        c.run([prep, ...(await attention(c, { ...common, q: qBuf, out, scratch, splits, minSplitKeys: 1 }))]);
+        const q = ref.attentionPrepare({
+          proj,
+          projStride,
+          kOffset,
+          vOffset,
+          tokens: rows,
+          nq,
+          nkv,
+          headDim: D,
+          rotaryDim: R,
+          theta: THETA,
+          qNorm,
+          kNorm,
+          eps: EPS,
+          pos: 12,
+          kCache: cpuK,
+          vCache: cpuV,
+          capacity,
+        });
+        const gotQ = await readAct(c, qBuf, rows * nq * D);
+        const gotK = await readAct(c, kCache, cacheLen);
+        expectClose(gotQ, q, ...actTolerance(c, 1e-5, 1e-5), 'q');
+        expectClose(gotK, cpuK, ...actTolerance(c, 1e-5, 1e-5), 'k cache');
+        expectClose(await readAct(c, vCache, cacheLen), cpuV, 1e-30, 0, 'v cache');
+        const want = ref.attention({ q: gotQ, proj, projStride, tokens: rows, nq, nkv, headDim: D, kCache: gotK, vCache: cpuV, capacity, pos: 12 });
+        expectClose(await readAct(c, out, rows * nq * D), want, ...actTolerance(c, 1e-5, 1e-4), 'out');
+      });
+    }
+
     // Continuous batching: each row the next token of a sequence of its own, in its own cache; a skipped row writes nothing.
     for (const splits of [1, 3]) {
       it(`rows: three sequences at positions 5, skipped, 30 (splits ${splits})`, async () => {

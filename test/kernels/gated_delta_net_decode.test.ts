@@ -192,6 +192,75 @@ describeOnAdapters(
       expect(gotStates.slice(s.nv * s.dk * s.dv, 2 * s.nv * s.dk * s.dv), 'the skipped row keeps its state').toEqual(states[1]);
     });
 
+    it('rows of one sequence (a verification): a dispatch per row from row0, its state read from the slot the row before wrote', async () => {
+      const c = ctx();
+      const s: Shape = { nk: 2, nv: 4, dk: 64, dv: 32, K: 4 };
+      const rows = 3;
+      const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+      const n = s.nv * s.dk * s.dv;
+      const convW = randn(convDim * s.K, 171, 0.5);
+      const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h);
+      const dtBias = randn(s.nv, 172, 1);
+      const normW = randn(s.dv, 173, 0.3).map((v) => 1 + v);
+      const p = [0, 1, 2].map((r) => projection(c, s, 180 + r));
+      const projStride = p[0].proj.length + 1;
+      const proj = new Float32Array(rows * projStride);
+      p.forEach((row, r) => proj.set(row.proj, r * projStride));
+      let ring = roundAct(c, randn(s.K * convDim, 190, 1));
+      let state: ArrayLike<number> = randn(n, 191, 0.5);
+      // Slot 0 the sequence's state; slots 1..3 get the state after each row.
+      const slots = new Float32Array((rows + 1) * n);
+      slots.set(state);
+      const buffers = {
+        ...s,
+        kernelSize: s.K,
+        positions: upload(c, Uint32Array.from([9, 10, 11]), 'positions'),
+        proj: uploadAct(c, proj, 'proj'),
+        projStride,
+        zOffset: p[0].zOffset,
+        bOffset: p[0].bOffset,
+        aOffset: p[0].aOffset,
+        convW: upload(c, convW, 'conv w'),
+        wStride: s.K,
+        convState: uploadAct(c, ring, 'ring'),
+        aLog: upload(c, aLog, 'a_log'),
+        dtBias: upload(c, dtBias, 'dt_bias'),
+        state: upload(c, slots, 'states'),
+        normW: upload(c, normW, 'norm w'),
+        eps: 1e-6,
+        y: actBuffer(c, 'y', rows * s.nv * s.dv),
+      };
+      c.run(
+        await Promise.all(
+          Array.from({ length: rows }, (_, r) => gatedDeltaNetDecode(c, { ...buffers, rows: 1, row0: r, stateIn: r === 0 ? 0 : r, stateOut: r + 1 })),
+        ),
+      );
+      const gotY = await readAct(c, buffers.y, rows * s.nv * s.dv);
+      const gotStates = await readF32(c, buffers.state, (rows + 1) * n);
+      expect(gotStates.slice(0, n), 'the sequence slot is only read').toEqual(slots.slice(0, n));
+      for (let r = 0; r < rows; r++) {
+        const want = reference({
+          ...s,
+          kernelSize: s.K,
+          ...p[r],
+          convW,
+          wStride: s.K,
+          convState: ring,
+          position: 9 + r,
+          aLog,
+          dtBias,
+          state,
+          normW,
+          eps: 1e-6,
+        });
+        expectNear(gotY.slice(r * s.nv * s.dv, (r + 1) * s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
+        expectNear(gotStates.slice((r + 1) * n, (r + 2) * n), want.state, 1e-4, `state after row ${r}`);
+        ring = want.convState;
+        state = gotStates.slice((r + 1) * n, (r + 2) * n);
+      }
+      expect(await readAct(c, buffers.convState, s.K * convDim), 'the ring after the last row').toEqual(ring);
+    });
+
     it('rejects heads that do not divide, a value size that is not a power of two, and aliased buffers', async () => {
       const c = ctx();
       const b = (n = 1 << 16) => c.storage('b', n);

@@ -38,4 +38,14 @@ describeOnAdapters('rms_norm', (ctx) => {
       expectClose(out.slice(r * 2 * cols + cols, (r + 1) * 2 * cols), normed.slice(r * cols, (r + 1) * cols), 1e-5, 1e-5);
     }
   });
+
+  it('reads rows from xOffset (rows 2 and 3 of a buffer of 5)', async () => {
+    const c = ctx();
+    const cols = 100;
+    const x = randn(5 * cols, 8, 3);
+    const w = randn(cols, 9, 0.5);
+    const y = c.storage('y', 2 * cols * 4);
+    c.run([await rmsNorm(c, { x: upload(c, x), w: upload(c, w), y, rows: 2, cols, eps: 1e-6, xOffset: 2 * cols })]);
+    expectClose(await readF32(c, y, 2 * cols), reference(x.slice(2 * cols, 4 * cols), w, 1e-6), 1e-5, 1e-5);
+  });
 });
