@@ -16,7 +16,7 @@ import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_
 import { Tokenizer } from '../text/tokenizer.ts';
 import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
-import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS, withSpeculation } from '../runtime/speculation.ts';
+import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS, type SpeculationStats, withSpeculation } from '../runtime/speculation.ts';
 import { scoreIds } from '../runtime/score.ts';
 import type {
   ChatCompletion,
@@ -177,12 +177,16 @@ export class Engine {
       const maxBatch = options.maxBatch ?? 1;
       if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
       const prefillChunk = options.prefillChunk;
+      if (options.mtp && (options.pipeline || maxBatch > 1))
+        throw new RequestError(
+          `speculative decoding runs one sequence in one process; ${options.pipeline ? 'pipeline stages' : `maxBatch ${maxBatch}`} asked for`,
+          'mtp',
+        );
       if (options.pipeline) {
         const pool = await options.pipeline(model, { contextLength, slots: maxBatch });
         return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, undefined, pool);
       }
       if (maxBatch === 1) return new Engine(ctx, model, tokenizer, createSession(ctx, model, { contextLength, prefillChunk }, options), name);
-      if (options.mtp) throw new RequestError(`speculative decoding runs one sequence at a time; maxBatch is ${maxBatch}`, 'mtp');
       const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk, tiledDecode: options.tiledDecode });
       return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
     } catch (error) {
@@ -501,6 +505,12 @@ export class Engine {
    */
   expertStats(): ExpertStats | undefined {
     return this.session.expertStats();
+  }
+
+  /** Speculative decoding in the last generation (verification passes, drafts, drafts accepted), when it speculated. */
+  speculationStats(): SpeculationStats | undefined {
+    const stats = this.batch || this.pipeline ? undefined : this.session.speculator?.stats;
+    return stats && stats.passes > 0 ? { ...stats } : undefined;
   }
 
   destroy(): void {

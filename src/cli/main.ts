@@ -27,6 +27,7 @@ import { runBatch } from './batch.ts';
 import type { CliHost } from './host.ts';
 import { SERVE_FLAGS, runServe } from './serve.ts';
 import { PIPELINE_FLAGS, STAGE_FLAGS, loadPipelineEngine, runStage } from './stages.ts';
+import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS } from '../runtime/speculation.ts';
 import { hubOptions, listModels, modelAsFlag, pull, removeModel } from './hub.ts';
 import { convertedOnce } from './packed_cache.ts';
 
@@ -39,10 +40,11 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu generate --model <dir|url|hub id> (--prompt TEXT | --messages FILE.json | --prompt-ids ID,ID,...)
                        [--max-tokens N] [--greedy | --temperature T --top-p P --top-k K --min-p M]
                        [--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] [--seed S]
-                       [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json]
+                       [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json] [--no-mtp | --draft-tokens K]
       generates from a chat (--prompt is one user message) or from raw token ids, streaming text to stdout;
       --json prints the OpenAI-shaped response with prompt_ids and ids (with --stream: each chunk, then it);
-      without sampling flags the model's generation_config.json settings apply
+      without sampling flags the model's generation_config.json settings apply; --json adds the speculative
+      decoding figures (mtp_acceptance_rate, mtp_tokens_per_pass) when it ran
   qwen-webgpu tokenize --model <dir|url|hub id> (--text TEXT | --messages FILE.json [--no-think]) [--json]
       token ids of a text, or of the rendered chat prompt with the generation prompt added
       (--json: {"ids": [...], "text": the text that was tokenized})
@@ -50,7 +52,7 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       writes float32 little-endian [n, vocab_size]: row t = log_softmax of the logits after ids[0..t]
   qwen-webgpu convert  --model <hf dir|url|file.gguf> --dtype int4|f16|f32 --out DIR [--shard-mb N] [--no-mtp]
       writes the engine's packed model (manifest with sha256 + shards); --model DIR then loads it; --no-mtp
-      leaves out the multi-token-prediction block (other commands never load it: nothing runs it yet)
+      leaves out the multi-token-prediction block (no speculative decoding with that model then)
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b|qwen3.5-397b-a17b [--layers N])
@@ -105,6 +107,11 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
                            from a packed model as routing asks for them (generate, score, bench, serve with --max-batch 1;
                            default: all resident)
+        --no-mtp, --draft-tokens K  (generate, serve, batch) speculative decoding: the model's multi-token-prediction
+                           block drafts K tokens (1-3, default ${DEFAULT_DRAFT_TOKENS}), one forward pass verifies them, and the output is exactly
+                           that of decoding token by token; on by default on GPU adapters for one sequence at a time
+                           (--max-batch 1) when the model has the block and the request no penalties or logprobs;
+                           --draft-tokens turns it on anywhere (CPU adapters too), --no-mtp off
         --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are
                            retried 3 times, resuming where they stopped)
         --debug            print the stack trace of an error (otherwise one line)
@@ -119,6 +126,8 @@ interface Command {
 }
 
 const GPU_FLAGS = ['adapter', 'no-f16', 'activations'];
+/** Speculative decoding with the model's MTP block (generate, serve, batch). */
+const SPECULATION_FLAGS = ['no-mtp', 'draft-tokens'];
 const LOAD_FLAGS = ['model', 'dtype', 'verify', 'expert-cache-mb', 'http-timeout'];
 /** generate's flags that only a chat (--prompt, --messages) reads, and those only --prompt-ids reads. */
 const CHAT_FLAGS = ['prompt', 'messages', 'no-think', 'reasoning-budget', 'stop', 'stream'];
@@ -128,7 +137,19 @@ const COMMANDS: Record<string, Command> = {
   score: { gpu: true, flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'ids', 'out', 'context'], run: (a, c, h) => score(a, c!, h) },
   generate: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...CHAT_FLAGS, ...IDS_FLAGS, 'max-tokens', 'greedy', ...SAMPLING_FLAGS, 'seed', 'json', 'context'],
+    flags: [
+      ...GPU_FLAGS,
+      ...LOAD_FLAGS,
+      ...SPECULATION_FLAGS,
+      ...CHAT_FLAGS,
+      ...IDS_FLAGS,
+      'max-tokens',
+      'greedy',
+      ...SAMPLING_FLAGS,
+      'seed',
+      'json',
+      'context',
+    ],
     run: (a, c, h) => (a.flags.has('prompt-ids') ? generateFromIds(a, c!, h) : generateChat(a, c!, h)),
   },
   tokenize: { gpu: false, flags: ['model', 'text', 'messages', 'no-think', 'json', 'http-timeout'], run: (a, _c, h) => tokenize(a, h) },
@@ -141,12 +162,12 @@ const COMMANDS: Record<string, Command> = {
   },
   batch: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'in', 'out', 'max-batch', 'context'],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SPECULATION_FLAGS, 'in', 'out', 'max-batch', 'context'],
     run: (a, c, h) => runBatch(a, h, async (maxBatch, context) => loadEngine(await openModelFlag(a, h), dtypeOf(a, c!), a, c!, h, context, maxBatch)),
   },
   serve: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SERVE_FLAGS, ...PIPELINE_FLAGS],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, ...SPECULATION_FLAGS, ...SERVE_FLAGS, ...PIPELINE_FLAGS],
     run: (a, c, h) =>
       runServe(a, h, async (contextLength, maxBatch) => {
         const checkpoint = await openModelFlag(a, h);
@@ -283,6 +304,7 @@ async function loadEngine(
     contextLength,
     maxBatch,
     expertCacheBytes: expertCacheBytes(args),
+    ...speculationOptions(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
     ...stage,
   });
@@ -290,6 +312,30 @@ async function loadEngine(
   warnUnused(engine.model, host);
   return engine;
 }
+
+/** --no-mtp and --draft-tokens K (which asks for speculative decoding even where it is not on by default). */
+function speculationOptions(args: Args): Pick<EngineOptions, 'mtp' | 'draftTokens'> {
+  const draftTokens = args.flags.has('draft-tokens') ? intFlag(args, 'draft-tokens', DEFAULT_DRAFT_TOKENS) : undefined;
+  if (args.flags.has('no-mtp')) {
+    if (draftTokens !== undefined) throw new UsageError('--draft-tokens is for speculative decoding, which --no-mtp turns off');
+    return { mtp: false };
+  }
+  if (draftTokens !== undefined && (draftTokens < 1 || draftTokens > MAX_DRAFT_TOKENS))
+    throw new UsageError(`--draft-tokens must be 1 to ${MAX_DRAFT_TOKENS}, got ${draftTokens}`);
+  return draftTokens === undefined ? {} : { mtp: true, draftTokens };
+}
+
+/** Speculative decoding figures for --json output (absent when the generation did not speculate). */
+const speculationJson = (engine: Engine) => {
+  const s = engine.speculationStats();
+  return (
+    s && {
+      mtp_passes: s.passes,
+      mtp_acceptance_rate: round((s.accepted / s.drafted) * 1000) / 1000,
+      mtp_tokens_per_pass: round(((s.passes + s.accepted) / s.passes) * 100) / 100,
+    }
+  );
+};
 
 function warnUnused(model: Model, host: CliHost): void {
   const unused = model.unusedTensors;
@@ -456,6 +502,7 @@ async function generateFromIds(args: Args, ctx: GpuContext, host: CliHost): Prom
             prefill_tokens_per_s: rate(r.promptTokens, r.prefillMs),
             decode_tokens_per_s: rate(r.ids.length - 1, r.decodeMs),
             ...expertJson(engine),
+            ...speculationJson(engine),
             adapter: adapterJson(ctx),
           })}\n`
         : `${r.ids.join(',')}\n`,
@@ -535,6 +582,7 @@ async function generateChat(args: Args, ctx: GpuContext, host: CliHost): Promise
         ids,
         prefill_tokens_per_s: rate(prompt.ids.length, first - t0),
         decode_tokens_per_s: rate(ids.length - 1, end - first),
+        ...speculationJson(engine),
         adapter: adapterJson(ctx),
       })}\n`,
     );

@@ -47,7 +47,13 @@ export interface LoadRequest {
   activations?: ActivationType;
   /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
   contextLength?: number;
-  /** Load the multi-token-prediction block (default true). */
+  /**
+   * Speculative decoding with the model's multi-token-prediction block (EngineOptions.mtp): default on with a GPU
+   * adapter where the checkpoint has the block; false turns it off.
+   */
+  mtp?: boolean;
+  /** Drafts per verification pass, 1 to 3 (default 2). */
+  draftTokens?: number;
   /**
    * Keep the model in IndexedDB (default true where IndexedDB exists): the first load downloads it (or
    * resumes an interrupted download), later loads read it from there with no network. false: read over HTTP.
@@ -98,6 +104,9 @@ export interface GenerateStats {
   expertStallMsPerToken?: number;
   /** Streamed MoE models: how often each expert was chosen, per layer ([layer][expert]), for a heatmap. */
   expertUsage?: number[][];
+  /** Speculative decoding: the share of drafts accepted and the tokens one forward pass yielded (absent when off). */
+  draftAcceptanceRate?: number;
+  tokensPerPass?: number;
 }
 
 export interface GenerateResult {

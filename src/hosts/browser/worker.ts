@@ -98,6 +98,8 @@ class WorkerEngine implements WorkerApi {
         dtype: request.dtype === 'int4' ? 'q4' : request.dtype,
         contextLength: request.contextLength,
         expertCacheBytes: request.expertCacheBytes,
+        mtp: request.mtp,
+        draftTokens: request.draftTokens,
         onProgress: progress && ((p) => progress({ ...p, phase: 'load' })),
         signal,
       });
@@ -129,6 +131,7 @@ class WorkerEngine implements WorkerApi {
           prefillTokensPerSecond: rate(r.promptTokens, r.prefillMs),
           decodeTokensPerSecond: rate(r.ids.length - 1, r.decodeMs),
           ...expertStats(engine),
+          ...speculationStats(engine),
         },
       };
     });
@@ -341,6 +344,11 @@ function expertStats(engine: Engine): Partial<GenerateStats> {
   return { expertCacheHitRate: s.hitRate, expertBytesStreamed: s.bytesStreamed, expertStallMsPerToken: s.stallMsPerToken, expertUsage: s.usage };
 }
 
+function speculationStats(engine: Engine): Partial<GenerateStats> {
+  const s = engine.speculationStats();
+  return s ? { draftAcceptanceRate: s.accepted / s.drafted, tokensPerPass: (s.passes + s.accepted) / s.passes } : {};
+}
+
 /**
  * Times a chat request by its tokens (`onToken`): prompt in, first token out is the prefill; the rest is decode.
  * `stats` gives the figures `generate` reports, with the expert-cache ones, for the request's usage.
@@ -365,6 +373,7 @@ function tokenTimer() {
         prefillTokensPerSecond: rate(usage.prompt_tokens, prefillMs),
         decodeTokensPerSecond: rate(usage.completion_tokens - 1, decodeMs),
         ...expertStats(engine),
+        ...speculationStats(engine),
       };
     },
   };
