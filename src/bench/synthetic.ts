@@ -6,7 +6,7 @@ import { parseConfig } from '../model/config.ts';
 import { type Model, finishModel } from '../model/model.ts';
 import { allocateTensors } from '../model/upload.ts';
 import { tensorDtype } from '../model/plan.ts';
-import { textModelTensors } from '../model/tensors.ts';
+import { mtpTensors, textModelTensors } from '../model/tensors.ts';
 import variants from './variants.json' with { type: 'json' };
 
 export const SYNTHETIC_VARIANTS = Object.keys(variants);
@@ -18,11 +18,13 @@ export const syntheticLayers = (name: string): number | undefined => (variants a
  * A model with the real shapes of a Qwen3.5 variant and random weights generated on the GPU, for
  * benchmarks without a download. `layers` keeps the first N layers (a multiple of 4 keeps the 3:1 mix).
  */
-export async function syntheticModel(ctx: GpuContext, name: string, options: { layers?: number; dtype: WeightDtype }): Promise<Model> {
+export async function syntheticModel(ctx: GpuContext, name: string, options: { layers?: number; dtype: WeightDtype; mtp?: boolean }): Promise<Model> {
   const raw = (variants as Record<string, Record<string, unknown>>)[name];
   if (!raw) throw new ConfigError(`unknown synthetic model; choose one of ${SYNTHETIC_VARIANTS.join(', ')}`, name, '--synthetic');
   const config = parseConfig({ ...raw, num_hidden_layers: options.layers ?? raw.num_hidden_layers }, `--synthetic ${name}`);
-  const specs = textModelTensors(config, { prefix: '', fusedExperts: true });
+  // With `mtp`, the MTP block too: speculative decoding is measured on it (bench --verify-cost).
+  const naming = { prefix: '', fusedExperts: true };
+  const specs = [...textModelTensors(config, naming), ...(options.mtp ? mtpTensors(config, naming) : [])];
   const owned: GPUBuffer[] = [];
   const tensors = allocateTensors(ctx, specs, (spec) => tensorDtype(spec, options.dtype, config), owned);
   let seed = 1;

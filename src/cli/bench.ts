@@ -40,7 +40,11 @@ export async function runBench(
   let session: Session;
   let release: () => void;
   if (synthetic) {
-    model = await syntheticModel(ctx, synthetic, { layers: args.flags.has('layers') ? intFlag(args, 'layers') : undefined, dtype });
+    model = await syntheticModel(ctx, synthetic, {
+      layers: args.flags.has('layers') ? intFlag(args, 'layers') : undefined,
+      dtype,
+      mtp: args.flags.has('verify-cost'),
+    });
     session = Session.create(ctx, model, { contextLength });
     release = () => {
       session.destroy();
@@ -118,7 +122,7 @@ export async function runBench(
     fullLayers !== undefined && model.config.numLayers < fullLayers
       ? await pipelineFigures(ctx, host, model, session, { fullLayers, decodeRate, prefillMs, promptTokens })
       : undefined;
-  const verifyCost = args.flags.has('verify-cost') ? await measureVerifyCost(ctx, model, session, prompt, [1, 2, 3]) : undefined;
+  const verifyCost = args.flags.has('verify-cost') ? await measureVerifyCost(ctx, model, prompt, { ks: [1, 2, 3], decodeTokens, decodeRate }) : undefined;
   host.stdout(
     args.flags.has('json')
       ? `${JSON.stringify({ ...result, ...(pipeline && { pipeline }), ...(verifyCost && { verify_cost: verifyCost }) })}\n`

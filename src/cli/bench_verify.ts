@@ -2,22 +2,33 @@ import type { GpuContext } from '../gpu/context.ts';
 import { lmHead } from '../model/layers.ts';
 import type { Model } from '../model/model.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
-import type { Session } from '../runtime/session.ts';
+import { Session } from '../runtime/session.ts';
+import { MtpDrafter, Speculator } from '../runtime/speculation.ts';
+import { generateIds } from '../runtime/generation.ts';
+import { UsageError } from '../errors.ts';
 import { PUBLISHED_MTP_ACCEPTANCE, projectSpeculation } from '../bench/speculation.ts';
 import { median, roundTo } from '../bench/stats.ts';
 
 /**
- * What speculative decoding would cost on this adapter, measured without a trained drafter (random weights accept
- * almost nothing, so speed is judged by cost): one decode step (submitted, then its token read), a verification
- * pass of k + 1 tokens (the prefill forward over them, the LM head on every row, read back; then rolled back), and
- * the LM head alone, from which one MTP draft step is estimated (one layer's share of a step plus the head). The
- * projection uses the published acceptance of Qwen3.5's MTP head.
+ * What speculative decoding costs on this adapter (random weights accept almost nothing, so speed is judged by cost),
+ * on a session of its own that verifies: one decode step (submitted, then its token read); one verification of k + 1
+ * tokens (Session.verify: the decode arithmetic of k + 1 rows, the LM head and a pick on each, read back, then one
+ * row kept); one whole pass as generation runs it (the MTP drafter's k drafts, the verification, the rows kept). The
+ * projection puts the published acceptance of Qwen3.5's MTP head on the measured pass; a generation with MTP on
+ * reports the acceptance these weights reach and its decode rate against the plain one.
  */
 export interface VerifyCost {
   decode_ms: number;
-  lm_head_ms: number;
-  draft_steps: number;
-  passes: { k: number; verify_ms: number; verify_steps: number; tokens_per_pass: number; projected_speedup: number }[];
+  passes: {
+    k: number;
+    verify_ms: number;
+    verify_steps: number;
+    pass_ms: number;
+    pass_steps: number;
+    tokens_per_pass: number;
+    projected_speedup: number;
+  }[];
+  generation: { k: number; decode_tokens_per_s: number; plain_decode_tokens_per_s: number; acceptance_rate: number; tokens_per_pass: number };
   acceptance: typeof PUBLISHED_MTP_ACCEPTANCE;
 }
 
@@ -34,49 +45,67 @@ async function timed(repeats: number, body: () => Promise<void>): Promise<number
   return median(times);
 }
 
-export async function measureVerifyCost(ctx: GpuContext, model: Model, session: Session, prompt: number[], ks: number[]): Promise<VerifyCost> {
-  const V = model.config.vocabSize;
-  const most = Math.max(...ks) + 1;
-  const sampler = GpuSampler.create(ctx, { vocabSize: V, tokenizerSize: model.tokenizerSize });
-  const logits = ctx.storage('verify logits', most * V * 4);
+export async function measureVerifyCost(
+  ctx: GpuContext,
+  model: Model,
+  prompt: number[],
+  run: { ks: number[]; decodeTokens: number; decodeRate: number },
+): Promise<VerifyCost> {
+  if (!model.weights.mtp) throw new UsageError('--verify-cost needs a model with its MTP block (mtp.* tensors)');
+  const most = Math.max(...run.ks);
+  // Room for the prompt, the timed steps and passes (each keeps one row), and a generation after them.
+  const contextLength = prompt.length + (2 + run.ks.length * 2) * (REPEATS + 1) + run.decodeTokens * (most + 1) + most + 2;
+  const session = Session.create(ctx, model, { contextLength, verifyRows: most + 1 });
+  const drafter = new MtpDrafter(session, most);
+  const speculator = new Speculator(session, drafter, most);
+  session.speculator = speculator;
+  const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
   try {
     sampler.begin({ temperature: 0 }, prompt);
-    session.reset();
+    speculator.begin();
     await session.prefill(prompt);
-    await session.sample(sampler);
-    session.mark();
+    let pending = (await session.sample(sampler)).id;
     const decodeMs = await timed(REPEATS, async () => {
-      await (await session.advance(sampler)).read();
+      pending = (await (await session.advance(sampler)).read()).id;
     });
-    session.rollback();
-    const headMs = await measureHeadMs(ctx, model, session);
-    const draftSteps = ((decodeMs - headMs) / model.config.numLayers + headMs) / decodeMs;
     const passes: VerifyCost['passes'] = [];
-    for (const k of ks) {
-      const ids = prompt.slice(0, k + 1);
-      // Session.prefill's own head covers the last row; the other k rows' logits come from one more head call.
-      const rest = await lmHead(ctx, model, session.activations, logits, { first: 0, count: k });
+    for (const k of run.ks) {
       const verifyMs = await timed(REPEATS, async () => {
-        session.mark();
-        await session.prefill(ids);
-        ctx.run(rest, 'verify head');
-        await ctx.read(logits, 0, 4);
-        session.rollback();
+        session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
+        await (await session.verify(sampler, k + 1)).bytes();
+        session.keepVerified(k + 1, 1);
       });
-      ctx.release(rest);
-      const projection = projectSpeculation(PUBLISHED_MTP_ACCEPTANCE.rate, k, verifyMs / decodeMs, draftSteps);
+      // A pass of k drafts as generation runs it: a speculator of its own size, the rows it keeps kept.
+      const pass = new Speculator(session, drafter, k);
+      const passMs = await timed(REPEATS, async () => {
+        const targets = await pass.pass(sampler, pending, 1);
+        pending = targets[targets.length - 1];
+      });
+      pass.settle(sampler, 1);
+      const projection = projectSpeculation(PUBLISHED_MTP_ACCEPTANCE.rate, k, passMs / decodeMs, 0);
       passes.push({
         k,
         verify_ms: round(verifyMs),
         verify_steps: round(verifyMs / decodeMs),
+        pass_ms: round(passMs),
+        pass_steps: round(passMs / decodeMs),
         tokens_per_pass: round(projection.tokensPerPass),
         projected_speedup: round(projection.speedup),
       });
     }
-    return { decode_ms: round(decodeMs), lm_head_ms: round(headMs), draft_steps: round(draftSteps), passes, acceptance: PUBLISHED_MTP_ACCEPTANCE };
+    const generated = await generateIds(session, sampler, { promptIds: prompt, maxTokens: run.decodeTokens + 1, sampling: { temperature: 0 } });
+    const s = generated.speculation ?? { passes: 1, drafted: 1, accepted: 0 };
+    const generation = {
+      k: most,
+      decode_tokens_per_s: round((run.decodeTokens * 1000) / generated.decodeMs),
+      plain_decode_tokens_per_s: round(run.decodeRate),
+      acceptance_rate: round(s.accepted / s.drafted),
+      tokens_per_pass: round((s.passes + s.accepted) / s.passes),
+    };
+    return { decode_ms: round(decodeMs), passes, generation, acceptance: PUBLISHED_MTP_ACCEPTANCE };
   } finally {
-    ctx.free(logits);
     sampler.destroy();
+    session.destroy();
   }
 }
 
@@ -98,9 +127,13 @@ export async function measureHeadMs(ctx: GpuContext, model: Model, session: Sess
 export function describeVerifyCost(c: VerifyCost): string {
   const lines = c.passes.map(
     (p) =>
-      `  k=${p.k}: a verification pass of ${p.k + 1} tokens ${p.verify_ms} ms = ${p.verify_steps} decode steps; at ${(c.acceptance.rate * 100).toFixed(1)}% acceptance ${p.tokens_per_pass} tokens per pass, projected ${p.projected_speedup}x`,
+      `  k=${p.k}: verifying ${p.k + 1} tokens ${p.verify_ms} ms = ${p.verify_steps} decode steps; a whole pass (drafts, verification, rows kept) ${p.pass_ms} ms = ${p.pass_steps} steps; at ${(c.acceptance.rate * 100).toFixed(1)}% acceptance ${p.tokens_per_pass} tokens per pass, projected ${p.projected_speedup}x`,
   );
-  return `speculative decoding cost (decode step ${c.decode_ms} ms, LM head ${c.lm_head_ms} ms, one MTP draft ≈ ${c.draft_steps} steps; acceptance from ${c.acceptance.source})\n${lines.join('\n')}\n`;
+  const g = c.generation;
+  return `speculative decoding (decode step ${c.decode_ms} ms; acceptance for the projection from ${c.acceptance.source})
+${lines.join('\n')}
+  generation with MTP, k=${g.k}: decode ${g.decode_tokens_per_s} tokens/s (without: ${g.plain_decode_tokens_per_s}); ${(g.acceptance_rate * 100).toFixed(1)}% of drafts accepted, ${g.tokens_per_pass} tokens per pass (these weights' own acceptance)
+`;
 }
 
 const round = (x: number) => roundTo(x, 3);
