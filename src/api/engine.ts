@@ -96,6 +96,8 @@ export interface EngineGauges {
   /** Bytes of KV cache and DeltaNet state held by running sequences, and allocated in all. */
   stateBytesUsed: number;
   stateBytesTotal: number;
+  /** Speculative decoding since the engine loaded (verification passes, drafts, drafts accepted), when it speculates. */
+  speculation?: SpeculationStats;
 }
 
 export interface RenderedPrompt {
@@ -241,6 +243,7 @@ export class Engine {
       batchSize: this.batch ? this.batch.lastStepRows : running,
       stateBytesUsed: running * perSequence,
       stateBytesTotal: (b ? b.slots.length : 1) * perSequence,
+      speculation: b ? undefined : this.session.speculator && { ...this.session.speculator.totals },
     };
   }
 

@@ -27,7 +27,9 @@ export interface TokenSequence {
 
 /** Speculative decoding of one sequence as the token loop drives it (runtime/speculation.ts Speculator). */
 export interface SpeculativeDecoder {
+  /** The current (or last) generation's passes, drafts and drafts accepted; `totals`, every generation's. */
   readonly stats: { passes: number; drafted: number; accepted: number };
+  readonly totals: { passes: number; drafted: number; accepted: number };
   resetStats(): void;
   /** Before a request's prompt. */
   begin(): void;

@@ -179,7 +179,9 @@ export function speculationFits(sampling: SamplingOptions, tokenizerSize: number
  * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
  */
 export class Speculator implements SpeculativeDecoder {
+  /** The current (or last) generation's figures, and those of every generation so far. */
   readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
+  readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
   private last?: { rows: number; targets: number[]; kept: number };
 
   constructor(
@@ -227,9 +229,11 @@ export class Speculator implements SpeculativeDecoder {
     let accepted = 0;
     while (accepted < this.drafts && ids[1 + accepted] === ids[rows + accepted]) accepted++;
     const targets = Array.from(ids.subarray(rows, rows + accepted + 1));
-    this.stats.passes++;
-    this.stats.drafted += this.drafts;
-    this.stats.accepted += accepted;
+    for (const s of [this.stats, this.totals]) {
+      s.passes++;
+      s.drafted += this.drafts;
+      s.accepted += accepted;
+    }
     this.last = { rows, targets, kept: targets.length };
     return targets;
   }

@@ -91,6 +91,12 @@ export class Metrics {
     const metric = (name: string, type: string, help: string, samples: string[]) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples);
     const one = (name: string, type: string, help: string, value: number) => metric(name, type, help, [`${name}{${label}} ${value}`]);
     one('vllm:num_requests_running', 'gauge', 'Requests decoding now.', gauges.running);
+    const spec = gauges.speculation;
+    if (spec) {
+      one('vllm:spec_decode_num_drafts_total', 'counter', 'Speculative verification passes (each verifies a set of drafts).', spec.passes);
+      one('vllm:spec_decode_num_draft_tokens_total', 'counter', 'Tokens drafted by the MTP block.', spec.drafted);
+      one('vllm:spec_decode_num_accepted_tokens_total', 'counter', 'Drafted tokens the model accepted.', spec.accepted);
+    }
     one('vllm:num_requests_waiting', 'gauge', 'Requests waiting for a free sequence.', gauges.waiting);
     one(
       'vllm:kv_cache_usage_perc',

@@ -69,6 +69,28 @@ for (const fixture of FIXTURES) {
         expect(line.decode_tokens_per_s).toBeGreaterThan(0);
         expect(line.adapter).toMatchObject({ backend: 'vulkan (Dawn)' });
       });
+      it('generate --greedy --dtype f32 --draft-tokens 3: the golden ids, speculating with the MTP block', async () => {
+        const r = await runCli('node', [
+          'generate',
+          '--model',
+          fixtureDir(fixture),
+          '--prompt-ids',
+          g.prompt_ids.join(','),
+          '--max-tokens',
+          String(g.greedy_ids.length),
+          '--greedy',
+          '--dtype',
+          'f32',
+          '--draft-tokens',
+          '3',
+          '--json',
+          ...adapter.flags,
+        ]);
+        const line = jsonLine(r);
+        expect(line.ids).toEqual(g.greedy_ids);
+        expect(line.mtp_passes).toBeGreaterThan(0);
+        expect(line.mtp_tokens_per_pass).toBeGreaterThanOrEqual(1);
+      });
     });
   }
 }

@@ -240,6 +240,31 @@ describe('serve (node): continuous batching', { timeout: 120_000 }, () => {
   });
 });
 
+describe('serve (node): speculative decoding', { timeout: 120_000 }, () => {
+  const servers: Server[] = [];
+  afterAll(() => servers.forEach(stopServer));
+
+  it('--max-batch 1 --draft-tokens 3 answers exactly what --no-mtp does: plain, streamed, and with a penalty', async () => {
+    for (const flags of [['--draft-tokens', '3'], ['--no-mtp']])
+      servers.push(await startServer('node', ['--adapter', 'llvmpipe', '--max-batch', '1', ...flags]));
+    const answers = async (server: Server) => {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const plain = await client.completions.create({ model: 'm', prompt: 'Red fish, blue fish', temperature: 0, max_tokens: 12 });
+      const seeded = await client.chat.completions.create({ model: 'm', messages: ask('Hello'), temperature: 0.8, seed: 5, max_tokens: 10 });
+      const penalised = await client.completions.create({ model: 'm', prompt: 'One', temperature: 0, presence_penalty: 0.5, max_tokens: 8 });
+      let streamed = '';
+      for await (const chunk of await client.completions.create({ model: 'm', prompt: 'Once upon a time', temperature: 0, max_tokens: 10, stream: true }))
+        streamed += chunk.choices[0]?.text ?? '';
+      return [plain.choices[0].text, seeded.choices[0].message.content, penalised.choices[0].text, streamed];
+    };
+    expect(await answers(servers[0])).toEqual(await answers(servers[1]));
+    const speculating = await metrics(servers[0].url);
+    expect(speculating.get('vllm:spec_decode_num_drafts_total')).toBeGreaterThan(10);
+    expect(speculating.get('vllm:spec_decode_num_draft_tokens_total')).toBe(3 * speculating.get('vllm:spec_decode_num_drafts_total')!);
+    expect([...(await metrics(servers[1].url)).keys()].filter((k) => k.includes('spec_decode'))).toEqual([]);
+  });
+});
+
 describe('serve (node) with no queue', { timeout: TEST_TIMEOUT_MS }, () => {
   let server: Server;
   beforeAll(async () => {
