@@ -168,7 +168,8 @@ export class Engine {
       verify: options.verify,
       expertCacheBytes: options.expertCacheBytes,
       layers: options.layers,
-      mtp: options.mtp ?? true,
+      // The MTP block only where it drafts: asked for, or on by default (see createSession).
+      mtp: options.mtp ?? (!ctx.caps.cpu && (options.maxBatch ?? 1) === 1 && !options.pipeline && !options.layers),
       onProgress: options.onProgress,
       signal: options.signal,
     });

@@ -91,22 +91,29 @@ function equalityTests(rig: () => Rig, prompt: () => number[], ks = [1, 2, 3]) {
   }, 300_000);
 }
 
+/** Loads a fixture with its MTP block, with a plain session and a sampler beside it. */
+async function fixtureRig(name: (typeof FIXTURES)[number]): Promise<Rig> {
+  const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+  const model = await loadModel(ctx, await openModel(fixtureDir(name)), { dtype: 'f32', mtp: true });
+  const plain = Session.create(ctx, model, { contextLength: 256 });
+  return { ctx, model, plain, sampler: GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize }) };
+}
+
+function destroyRig(rig: Rig | undefined): void {
+  rig?.sampler.destroy();
+  rig?.plain.destroy();
+  rig?.model.destroy();
+  rig?.ctx.destroy();
+}
+
 for (const name of FIXTURES) {
   describe(`${name}: speculative decoding gives the tokens of step-by-step decoding`, () => {
     let rig: Rig;
     const prompt = () => golden(name).prompt_ids.slice(0, 40);
     beforeAll(async () => {
-      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
-      const model = await loadModel(ctx, await openModel(fixtureDir(name)), { dtype: 'f32', mtp: true });
-      const plain = Session.create(ctx, model, { contextLength: 256 });
-      rig = { ctx, model, plain, sampler: GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize }) };
+      rig = await fixtureRig(name);
     }, 120_000);
-    afterAll(() => {
-      rig?.sampler.destroy();
-      rig?.plain.destroy();
-      rig?.model.destroy();
-      rig?.ctx.destroy();
-    });
+    afterAll(() => destroyRig(rig));
 
     equalityTests(() => rig, prompt);
 
@@ -158,49 +165,6 @@ for (const name of FIXTURES) {
       }
     }, 300_000);
 
-    // One model is enough for the statistics (the MoE fixture's 400 generations take minutes on a CPU adapter).
-    it.runIf(name === FIXTURES[0])(
-      'seeded sampling: a verified token follows the target distribution (chi-square over 400 seeds)',
-      async () => {
-        // Two tokens: the prefill's pick y, then the pick of verification row 0 given y. Expected: p(y) · p(t | y).
-        const sampling = { temperature: 1.5, topK: 4 };
-        const short = prompt().slice(0, 8);
-        const V = rig.model.config.vocabSize;
-        const probs = async (ids: number[]) => {
-          rig.plain.reset();
-          await rig.plain.prefill(ids);
-          const logits = new Float32Array(await rig.ctx.read(rig.plain.activations.logits, 0, V * 4));
-          return filtered(logits, rig.model.tokenizerSize, sampling.temperature, sampling.topK);
-        };
-        const first = await probs(short);
-        const cells = new Map<string, number>();
-        for (const [y, py] of first) for (const [t, pt] of await probs([...short, y])) cells.set(`${y} ${t}`, py * pt);
-        // Drafts of the greedy continuation: often accepted, so a rule that let a draft through unverified would show.
-        const greedy = (await run(rig.plain, rig.sampler, short, { temperature: 0 }, 4)).ids;
-        const session = speculating(rig, 2, (s) => new ScriptedDrafter(s, short.length, greedy, (_, k) => k));
-        const draws = 400;
-        const counts = new Map<string, number>();
-        let accepted = 0;
-        for (let seed = 0; seed < draws; seed++) {
-          const result = await run(session, rig.sampler, short, { ...sampling, seed }, 2);
-          const key = result.ids.join(' ');
-          counts.set(key, (counts.get(key) ?? 0) + 1);
-          accepted += result.speculation?.accepted ?? 0;
-        }
-        session.destroy();
-        expect(accepted, 'drafts accepted over the draws').toBeGreaterThan(draws / 20);
-        expect([...counts.keys()].filter((k) => !cells.has(k))).toEqual([]);
-        const keys = [...cells.keys()];
-        const test = chiSquare(
-          keys.map((k) => counts.get(k) ?? 0),
-          keys.map((k) => cells.get(k)!),
-          draws,
-        );
-        expect(test.p, `chi2 = ${test.stat.toFixed(1)} on ${test.dof} dof`).toBeGreaterThan(0.001);
-      },
-      300_000,
-    );
-
     it('rollback: after a pass keeps c of k + 1 rows, the session is bit for bit one that decoded only those', async () => {
       const want = (await run(rig.plain, rig.sampler, prompt(), { temperature: 0 }, 8)).ids;
       const k = 3;
@@ -221,6 +185,54 @@ for (const name of FIXTURES) {
     }, 300_000);
   });
 }
+
+// One model is enough for the statistics (400 generations of the MoE fixture take minutes on a CPU adapter).
+describe(`${FIXTURES[0]}: speculative sampling`, () => {
+  let rig: Rig;
+  const prompt = () => golden(FIXTURES[0]).prompt_ids.slice(0, 40);
+  beforeAll(async () => {
+    rig = await fixtureRig(FIXTURES[0]);
+  }, 120_000);
+  afterAll(() => destroyRig(rig));
+
+  it('seeded sampling: a verified token follows the target distribution (chi-square over 400 seeds)', async () => {
+    // Two tokens: the prefill's pick y, then the pick of verification row 0 given y. Expected: p(y) · p(t | y).
+    const sampling = { temperature: 1.5, topK: 4 };
+    const short = prompt().slice(0, 8);
+    const V = rig.model.config.vocabSize;
+    const probs = async (ids: number[]) => {
+      rig.plain.reset();
+      await rig.plain.prefill(ids);
+      const logits = new Float32Array(await rig.ctx.read(rig.plain.activations.logits, 0, V * 4));
+      return filtered(logits, rig.model.tokenizerSize, sampling.temperature, sampling.topK);
+    };
+    const first = await probs(short);
+    const cells = new Map<string, number>();
+    for (const [y, py] of first) for (const [t, pt] of await probs([...short, y])) cells.set(`${y} ${t}`, py * pt);
+    // Drafts of the greedy continuation: often accepted, so a rule that let a draft through unverified would show.
+    const greedy = (await run(rig.plain, rig.sampler, short, { temperature: 0 }, 4)).ids;
+    const session = speculating(rig, 2, (s) => new ScriptedDrafter(s, short.length, greedy, (_, k) => k));
+    const draws = 400;
+    const counts = new Map<string, number>();
+    let accepted = 0;
+    for (let seed = 0; seed < draws; seed++) {
+      const result = await run(session, rig.sampler, short, { ...sampling, seed }, 2);
+      const key = result.ids.join(' ');
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+      accepted += result.speculation?.accepted ?? 0;
+    }
+    session.destroy();
+    expect(accepted, 'drafts accepted over the draws').toBeGreaterThan(draws / 20);
+    expect([...counts.keys()].filter((k) => !cells.has(k))).toEqual([]);
+    const keys = [...cells.keys()];
+    const test = chiSquare(
+      keys.map((k) => counts.get(k) ?? 0),
+      keys.map((k) => cells.get(k)!),
+      draws,
+    );
+    expect(test.p, `chi2 = ${test.stat.toFixed(1)} on ${test.dof} dof`).toBeGreaterThan(0.001);
+  }, 300_000);
+});
 
 /** Sequence states equal bit for bit: recurrent state (the sequence's slot), conv rings, KV rows below the position. */
 async function expectSameStates(rig: Rig, a: Session, b: Session): Promise<void> {
