@@ -86,6 +86,17 @@ function createSession(ctx: GpuContext, model: Model, options: SessionOptions, e
   return withSpeculation(Session.create(ctx, model, { ...options, verifyRows: drafts + 1 }), drafts);
 }
 
+/** The speculation figures of every sequence that speculates, summed (undefined when none does). */
+function speculationTotals(sequences: readonly TokenSequence[]): SpeculationStats | undefined {
+  const totals = sequences.flatMap((s) => (s.speculator ? [s.speculator.totals] : []));
+  if (totals.length === 0) return undefined;
+  return totals.reduce((sum, t) => ({ passes: sum.passes + t.passes, drafted: sum.drafted + t.drafted, accepted: sum.accepted + t.accepted }), {
+    passes: 0,
+    drafted: 0,
+    accepted: 0,
+  });
+}
+
 /** What a server reports of the engine: requests decoding and waiting, the last step's batch, and state memory. */
 export interface EngineGauges {
   running: number;
@@ -180,11 +191,9 @@ export class Engine {
       const maxBatch = options.maxBatch ?? 1;
       if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
       const prefillChunk = options.prefillChunk;
-      if (options.mtp && (options.pipeline || maxBatch > 1))
-        throw new RequestError(
-          `speculative decoding runs one sequence in one process; ${options.pipeline ? 'pipeline stages' : `maxBatch ${maxBatch}`} asked for`,
-          'mtp',
-        );
+      // A pipeline speculates through its stages (StagePoolOptions.draftTokens); one process, with one sequence.
+      if (options.mtp && !options.pipeline && maxBatch > 1)
+        throw new RequestError(`speculative decoding runs one sequence at a time in one process; maxBatch ${maxBatch} asked for`, 'mtp');
       if (options.pipeline) {
         const pool = await options.pipeline(model, { contextLength, slots: maxBatch });
         return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, undefined, pool);
@@ -244,7 +253,7 @@ export class Engine {
       batchSize: this.batch ? this.batch.lastStepRows : running,
       stateBytesUsed: running * perSequence,
       stateBytesTotal: (b ? b.slots.length : 1) * perSequence,
-      speculation: b ? undefined : this.session.speculator && { ...this.session.speculator.totals },
+      speculation: this.batch ? undefined : speculationTotals(this.pipeline ? this.pipeline.slots : [this.session]),
     };
   }
 

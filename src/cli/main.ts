@@ -172,7 +172,7 @@ const COMMANDS: Record<string, Command> = {
       runServe(a, h, async (contextLength, maxBatch) => {
         const checkpoint = await openModelFlag(a, h);
         if (intFlag(a, 'stages', 1) === 1) return { engine: await loadEngine(checkpoint, dtypeOf(a, c!), a, c!, h, contextLength, maxBatch) };
-        return loadPipelineEngine(a, h, c!, checkpoint, dtypeOf(a, c!), { contextLength, maxBatch }, (stage) =>
+        return loadPipelineEngine(a, h, c!, checkpoint, dtypeOf(a, c!), { contextLength, maxBatch, speculation: speculationOptions(a) }, (stage) =>
           loadEngine(checkpoint, dtypeOf(a, c!), a, c!, h, contextLength, maxBatch, stage),
         );
       }),

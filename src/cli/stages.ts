@@ -12,6 +12,7 @@ import { StageGroup, rangeText } from '../runtime/pipeline/group.ts';
 import { FrameConnection } from '../runtime/pipeline/link.ts';
 import { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import { serveStage } from '../runtime/pipeline/stage_worker.ts';
+import { DEFAULT_DRAFT_TOKENS } from '../runtime/speculation.ts';
 import { type Args, UsageError, intFlag, numberFlag, stringFlag } from './args.ts';
 import type { CliHost } from './host.ts';
 
@@ -60,7 +61,7 @@ export async function loadPipelineEngine(
   ctx: GpuContext,
   checkpoint: Checkpoint,
   dtype: WeightDtype,
-  sizes: { contextLength: number; maxBatch: number },
+  sizes: { contextLength: number; maxBatch: number; speculation: Pick<EngineOptions, 'mtp' | 'draftTokens'> },
   load: (options: Pick<EngineOptions, 'layers' | 'pipeline'>) => Promise<Engine>,
 ): Promise<{ engine: Engine; stop(): void }> {
   const stages = intFlag(args, 'stages');
@@ -70,6 +71,7 @@ export async function loadPipelineEngine(
   const plan = await planCheckpoint(checkpoint);
   if (stages > plan.config.layerTypes.length) throw new UsageError(`--stages ${stages} is more than the model's ${plan.config.layerTypes.length} layers`);
   const heldDtype = checkpoint.packed?.dtype ?? dtype;
+  const draftTokens = pipelineDrafts(ctx, checkpoint, sizes.speculation);
   const group = new StageGroup(modelIdentity(checkpoint, plan.rawConfig, heldDtype), stages, host.stderr);
   const listener = await host.listenTcp(address, (link) => void group.accept(link));
   let stopping = false;
@@ -101,7 +103,7 @@ export async function loadPipelineEngine(
     if (listenAt) host.stderr(`waiting for stages 1..${stages - 1} on ${listenAt}\n`);
     else for (let s = 1; s < stages; s++) startLocal(s);
     const hellos = await Promise.race([group.hellos(), startupFailure]);
-    const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, sizes);
+    const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, { ...sizes, draftTokens });
     host.stderr(describeSplit(split, hellos, ctx.adapter.name));
     const [own, ...others] = split.assigns;
     const connections = Promise.race([group.start(others), startupFailure]);
@@ -113,6 +115,7 @@ export async function loadPipelineEngine(
           slots: sizes.maxBatch,
           prefillChunk: own.prefillChunk,
           callTimeoutMs: timeoutMs,
+          draftTokens,
         });
         group.attach(pool);
         return pool;
@@ -136,7 +139,7 @@ function planStages(
   dtype: WeightDtype,
   ownMemory: number,
   hellos: Hello[],
-  sizes: { contextLength: number; maxBatch: number },
+  sizes: { contextLength: number; maxBatch: number; draftTokens: number },
 ): { assigns: Assign[]; bytes: number[] } {
   const given = [ownMemory, ...hellos.map((h) => h.memoryBytes)];
   const known = given.filter((m) => m > 0);
@@ -157,8 +160,27 @@ function planStages(
     }
   });
   const chunk = Math.min(prefillChunk(ctx, plan), ...hellos.map((h) => h.prefillChunk));
-  const assigns = ranges.map((layers): Assign => ({ type: 'assign', layers, contextLength: sizes.contextLength, slots: sizes.maxBatch, prefillChunk: chunk }));
+  const assigns = ranges.map(
+    (layers): Assign => ({
+      type: 'assign',
+      layers,
+      contextLength: sizes.contextLength,
+      slots: sizes.maxBatch,
+      prefillChunk: chunk,
+      draftTokens: sizes.draftTokens,
+    }),
+  );
   return { assigns, bytes };
+}
+
+/**
+ * Drafts per pass through the stages: as asked, or by default on GPU adapters when the checkpoint has its MTP block
+ * (which the last stage then loads); 0 is none.
+ */
+function pipelineDrafts(ctx: GpuContext, checkpoint: Checkpoint, speculation: Pick<EngineOptions, 'mtp' | 'draftTokens'>): number {
+  const hasMtp = checkpoint.packed ? checkpoint.packed.tensors.has('mtp.fc') : checkpoint.tensors.has('mtp.fc.weight');
+  if (speculation.mtp === true && !hasMtp) throw new UsageError("speculative decoding needs the checkpoint's MTP block (mtp.* tensors), which it lacks");
+  return hasMtp && (speculation.mtp ?? !ctx.caps.cpu) ? (speculation.draftTokens ?? DEFAULT_DRAFT_TOKENS) : 0;
 }
 
 const gib = (bytes: number) => (bytes / GIB).toFixed(bytes < GIB ? 3 : 1);
@@ -166,7 +188,14 @@ const gib = (bytes: number) => (bytes / GIB).toFixed(bytes < GIB ? 3 : 1);
 function describeSplit({ assigns, bytes }: { assigns: Assign[]; bytes: number[] }, hellos: Hello[], adapter: string): string {
   const lines = assigns.map((a, s) => {
     const where = s === 0 ? `this process, ${adapter}` : `${hellos[s - 1].adapter}`;
-    const extra = [s === 0 ? 'embedding' : '', s === assigns.length - 1 ? 'final norm, LM head, sampler' : ''].filter(Boolean).join(', ');
+    const last = s === assigns.length - 1;
+    const extra = [
+      s === 0 ? 'embedding' : '',
+      last ? 'final norm, LM head, sampler' : '',
+      last && a.draftTokens ? `MTP drafter (${a.draftTokens} drafts per pass)` : '',
+    ]
+      .filter(Boolean)
+      .join(', ');
     return `  stage ${s}: layers ${rangeText(a.layers)}${extra ? ` + ${extra}` : ''}, ${gib(bytes[s])} GiB (${where})`;
   });
   return `pipeline of ${assigns.length} stages:\n${lines.join('\n')}\n`;
@@ -204,7 +233,9 @@ export async function runStage(args: Args, ctx: GpuContext, host: CliHost, open:
   if (answer.header.type !== 'assign') throw new StageError(`stage 0 sent ${answer.header.type}, not assign`, name);
   const assign = answer.header as unknown as Assign;
   host.stderr(`${name}: loading layers ${rangeText(assign.layers)} on ${ctx.adapter.name}\n`);
-  const model = await loadModel(ctx, checkpoint, { dtype, dtypeGiven: args.flags.has('dtype'), layers: assign.layers, verify: args.flags.has('verify') });
+  // Speculating, the last stage loads the MTP block (and the embedding it drafts with).
+  const mtp = (assign.draftTokens ?? 0) > 0;
+  const model = await loadModel(ctx, checkpoint, { dtype, dtypeGiven: args.flags.has('dtype'), layers: assign.layers, verify: args.flags.has('verify'), mtp });
   try {
     await conn.send({ type: 'ready' });
     host.stderr(`${name}: ready\n`);

@@ -41,9 +41,11 @@ export async function planCheckpoint(checkpoint: Checkpoint, options: { mtp?: bo
   const naming = packed ? { prefix: '', fusedExperts: true } : detectNaming(checkpoint.tensors, config, checkpoint.location);
   const range = options.layers;
   if (range) checkLayerRange(range, config);
-  // A pipeline stage plans (and so reads) only its own tensors; what it leaves is other stages', not unused.
+  // A pipeline stage plans (and so reads) only its own tensors; what it leaves is other stages', not unused. The MTP
+  // block drafts on the last stage, which then holds the embedding too (the block embeds the tokens it drafts from).
+  const drafts = (key: string) => wantMtp && range!.end === config.layerTypes.length && (key === 'embed' || key.startsWith('mtp.'));
   const specs = [...textModelTensors(config, naming), ...(wantMtp ? mtpTensors(config, naming) : [])].filter(
-    (spec) => !range || inLayerRange(spec.key, range, config),
+    (spec) => !range || inLayerRange(spec.key, range, config) || drafts(spec.key),
   );
   const partial = range !== undefined && (range.first > 0 || range.end < config.layerTypes.length);
   if (packed) {

@@ -382,13 +382,44 @@ export class Session implements TokenSequence {
    * submission. The result maps back the rows and the targets; `keepVerified` then keeps the rows that belong.
    */
   async verify(sampler: GpuSampler, rows: number, before: Dispatch[] = []): Promise<Readback> {
+    this.startVerify(rows);
+    const act = this.activations;
+    const picks = await this.targetPicks(sampler, rows);
+    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+  }
+
+  /**
+   * A pipeline stage's part of a verification (runtime/pipeline): `rows` tokens of this sequence from `position`,
+   * taking their ids (the first stage) or the previous stage's hidden rows, and submitting this stage's output rows,
+   * or on the last stage, the targets picked for each row (act.token rows [rows, 2 · rows) of the readback).
+   */
+  async stageVerify(input: { ids: Uint32Array } | { hidden: Uint8Array }, position: number, rows: number, sampler?: GpuSampler): Promise<Readback> {
+    this.position = position;
+    this.startVerify(rows);
+    const act = this.activations;
+    const H = this.model.config.hiddenSize;
+    if ('ids' in input) {
+      if (input.ids.length !== rows) throw new SessionError(`${input.ids.length} ids for a verification of ${rows} rows`);
+      this.ctx.write(act.token, 0, this.tokenIds(input.ids, 0, rows));
+    } else {
+      if (input.hidden.byteLength !== rows * H * 4) throw new SessionError(`${input.hidden.byteLength} bytes of hidden rows for ${rows} rows of ${H} f32`);
+      this.ctx.write(act.h, 0, input.hidden);
+    }
+    const plan = await this.verifyPlan(rows);
+    if (!hasHead(this.model)) return this.ctx.submit(plan, 'stage verify', { buffer: act.h, offset: 0, size: rows * H * 4 });
+    if (!sampler) throw new SessionError('the last stage verifies with a sampler');
+    const picks = await this.targetPicks(sampler, rows);
+    return this.ctx.submit([...plan, ...picks], 'stage verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+  }
+
+  /** Checks a verification of `rows` fits, writes the rows' positions and saves the conv rings (keepVerified restores them). */
+  private startVerify(rows: number): void {
     if (this.experts) throw new SessionError('verification needs every expert resident');
     if (!Number.isInteger(rows) || rows < 1 || rows > this.verifyRows)
       throw new SessionError(`a verification of ${rows} rows (this session: at most ${this.verifyRows})`);
     this.ensureRoom(rows);
-    const act = this.activations;
     this.ctx.write(
-      act.positions,
+      this.activations.positions,
       0,
       Uint32Array.from({ length: rows }, (_, r) => this.position + r),
     );
@@ -398,9 +429,14 @@ export class Session implements TokenSequence {
       rings.map((from, i) => ({ from, to: this.ringsBeforeVerify![i], size: from.size })),
       'save rings',
     );
+  }
+
+  /** The sampler's pick on each verified row's logits, into act.token rows [rows, 2 · rows). */
+  private async targetPicks(sampler: GpuSampler, rows: number): Promise<Dispatch[]> {
+    const act = this.activations;
     const picks: Dispatch[] = [];
     for (let r = 0; r < rows; r++) picks.push(...(await sampler.dispatches(act.logits, act.token, { logits: r, out: rows + r })));
-    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+    return picks;
   }
 
   /**
@@ -436,7 +472,7 @@ export class Session implements TokenSequence {
   private verifyPlan(rows: number): Promise<Dispatch[]> {
     return this.plans.plan(`verify ${rows}`, async () => [
       ...(await forward(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true })),
-      ...(await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows })),
+      ...(hasHead(this.model) ? await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows }) : []),
     ]);
   }
 

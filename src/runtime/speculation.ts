@@ -42,7 +42,7 @@ export class MtpDrafter implements Drafter {
   private waiting?: { hidden: { buffer: GPUBuffer; row: number }; position: number; tokens: number[] };
 
   constructor(
-    private readonly session: Session,
+    readonly session: Session,
     maxDrafts: number,
   ) {
     const { ctx, model } = session;

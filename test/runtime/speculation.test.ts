@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Dispatch, GpuContext } from '../../src/gpu/context.ts';
+import type { GpuContext } from '../../src/gpu/context.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import type { Model } from '../../src/model/model.ts';
@@ -11,6 +11,7 @@ import { openModel } from '../../src/storage/locate.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { chiSquare } from '../helpers/chi_square.ts';
 import { FIXTURES, fixtureDir, golden } from '../helpers/fixtures.ts';
+import { ScriptedDrafter } from '../helpers/scripted_drafter.ts';
 import { TEST_ADAPTERS } from '../helpers/gpu.ts';
 
 /**
@@ -20,33 +21,6 @@ import { TEST_ADAPTERS } from '../helpers/gpu.ts';
  * accept count, the rollback after it, a stop inside a pass, the length limit and a thinking budget spent mid-pass run.
  */
 const adapter = TEST_ADAPTERS[0];
-
-/** Drafts from a script: the right continuation (`truth`, from step-by-step decoding) for `right(pass)` drafts, then wrong ones. */
-class ScriptedDrafter implements Drafter {
-  passes = 0;
-  constructor(
-    private readonly session: Session,
-    private readonly promptLength: number,
-    private readonly truth: number[],
-    private readonly right: (pass: number, k: number) => number,
-  ) {}
-
-  async draft(_pending: number, k: number): Promise<Dispatch[]> {
-    // The pending token is generated token position − prompt length; the drafts are the ones after it.
-    const next = this.session.position - this.promptLength + 1;
-    const good = this.right(this.passes++, k);
-    const vocab = this.session.model.tokenizerSize;
-    const drafts = Array.from({ length: k }, (_, j) => {
-      const want = this.truth[next + j] ?? 0;
-      return j < good ? want : (want + 1 + j) % vocab;
-    });
-    this.session.ctx.write(this.session.activations.token, 4, Uint32Array.from(drafts));
-    return [];
-  }
-  async prefilled(): Promise<void> {}
-  kept(): void {}
-  destroy(): void {}
-}
 
 interface Rig {
   ctx: GpuContext;

@@ -46,6 +46,8 @@ export interface Assign {
   contextLength: number;
   slots: number;
   prefillChunk: number;
+  /** Speculative decoding: drafts per pass (every stage verifies; the last drafts with the MTP block), or 0. */
+  draftTokens?: number;
 }
 
 /** The identity of a checkpoint as planned for the whole model (`plan` of planCheckpoint without a range). */

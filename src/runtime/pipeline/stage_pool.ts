@@ -6,7 +6,9 @@ import type { PendingToken, TokenSequence } from '../sequence.ts';
 import { Session } from '../session.ts';
 import { SlotQueue } from '../slot_queue.ts';
 import type { FrameConnection } from './link.ts';
-import type { SamplerUpdate, StepCall } from './stage_worker.ts';
+import type { PickReply, SamplerUpdate, StepCall } from './stage_worker.ts';
+import type { Frame } from './frame.ts';
+import { PipelineSpeculator } from './speculation.ts';
 
 export interface StagePoolOptions {
   contextLength: number;
@@ -15,6 +17,8 @@ export interface StagePoolOptions {
   prefillChunk: number;
   /** How long a stage may take to answer one call before it counts as hung. */
   callTimeoutMs: number;
+  /** Speculative decoding: drafts per pass (the last stage drafts with the MTP block), or 0 (default). */
+  draftTokens?: number;
 }
 
 /**
@@ -39,9 +43,14 @@ export class StagePool {
     this.stages = [undefined, ...stages];
     stages.forEach((conn, i) => this.watch(i + 1, conn));
     const sizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
+    const drafts = options.draftTokens ?? 0;
     this.slots = Array.from({ length: options.slots }, (_, i) => {
-      const session = Session.create(ctx, model, { contextLength: options.contextLength, prefillChunk: options.prefillChunk });
-      return new PipelineSlot(this, i, session, GpuSampler.create(ctx, sizes));
+      const session = Session.create(ctx, model, {
+        contextLength: options.contextLength,
+        prefillChunk: options.prefillChunk,
+        verifyRows: drafts && drafts + 1,
+      });
+      return new PipelineSlot(this, i, session, GpuSampler.create(ctx, sizes), drafts);
     });
     this.queue = new SlotQueue(this.slots);
   }
@@ -70,11 +79,11 @@ export class StagePool {
     conn.name = `stage ${index} (${conn.remote})`;
   }
 
-  /** One call to stage `index`; a failed or missing stage fails it at once. */
-  call(index: number, header: StepCall, body: Uint8Array): Promise<Uint8Array> {
+  /** One call to stage `index` (its answer: header and body); a failed or missing stage fails it at once. */
+  call(index: number, header: StepCall, body: Uint8Array): Promise<Frame> {
     const conn = this.stages[index];
     if (!conn) return Promise.reject(new StageError('is not connected', `stage ${index}`));
-    return conn.call({ ...header }, body, this.options.callTimeoutMs).then((f) => f.body);
+    return conn.call({ ...header }, body, this.options.callTimeoutMs);
   }
 
   get running(): number {
@@ -114,6 +123,13 @@ export class PipelineSlot implements TokenSequence {
   private lastId?: number;
   /** The sampler request (serial) the last stage has, and how many forced tokens of it. */
   private shipped?: { serial: number; forced: number };
+  /** Speculative decoding through the stages, when the pool drafts. */
+  readonly speculator?: PipelineSpeculator;
+  /** While speculating: the drafts the last stage sent with its last answer, for the next pass. */
+  drafts?: number[];
+  /** Rows of the last verification the other stages are to keep before their next step, and the sampler's draws. */
+  private keep?: { rows: number; kept: number };
+  private draws?: number;
 
   constructor(
     private readonly pool: StagePool,
@@ -122,13 +138,19 @@ export class PipelineSlot implements TokenSequence {
     readonly session: Session,
     /** Stage 0's copy of the sampler: it holds the request the last stage replays, and parses what it picks. */
     readonly sampler: GpuSampler,
-  ) {}
+    draftTokens = 0,
+  ) {
+    if (draftTokens > 0) this.speculator = new PipelineSpeculator(this, draftTokens);
+  }
 
   /** Back to an empty sequence here; the other stages start over at its next prefill from position 0. */
   reset(): void {
     this.session.reset();
     this.position = 0;
     this.lastId = undefined;
+    this.keep = undefined;
+    this.draws = undefined;
+    this.drafts = undefined;
   }
 
   async prefill(ids: ArrayLike<number>, options: { signal?: AbortSignal }): Promise<void> {
@@ -152,7 +174,6 @@ export class PipelineSlot implements TokenSequence {
       );
     }
     const chunk = this.pool.options.prefillChunk;
-    const S = this.pool.stageCount;
     let picked: Uint8Array | undefined;
     for (let first = 0; first < ids.length; first += chunk) {
       throwIfAborted(signal);
@@ -160,13 +181,11 @@ export class PipelineSlot implements TokenSequence {
       const last = first + rows === ids.length;
       const step = { position: this.position, rows, decode };
       const out = await this.session.stageStep({ ids: ids.subarray(first, first + rows) }, step);
-      let body: Uint8Array = new Uint8Array(await out!.bytes());
-      for (let s = 1; s < S; s++) {
-        const pick = s === S - 1 && last && sampler ? this.samplerUpdate(sampler) : undefined;
-        body = await this.pool.call(s, { type: 'step', slot: this.index, ...step, pick }, body);
-      }
+      // Speculating, the last stage's drafter reads a prefill chunk's ids and the one after it.
+      const drafterIds = this.speculator?.active && !decode ? Array.from(ids.subarray(first, first + rows + 1)) : undefined;
+      const reply = await this.throughStages(step, new Uint8Array(await out!.bytes()), last ? sampler : undefined, drafterIds);
       this.position += rows;
-      if (last && sampler) picked = body;
+      if (last && sampler) picked = reply.body;
     }
     if (!picked) return undefined;
     const bytes = picked;
@@ -180,6 +199,35 @@ export class PipelineSlot implements TokenSequence {
     };
   }
 
+  /**
+   * One step through stages 1..N−1 from this stage's output `body`: each first keeps what a settled verification left
+   * to keep; the last picks with `sampler` (when given) and reads `ids` (speculating). Its answer is returned; drafts
+   * in it are kept for the next pass.
+   */
+  async throughStages(step: Omit<StepCall, 'type' | 'slot' | 'keep' | 'pick' | 'ids'>, body: Uint8Array, sampler?: GpuSampler, ids?: number[]): Promise<Frame> {
+    const S = this.pool.stageCount;
+    const keep = this.keep;
+    this.keep = undefined;
+    let reply: Frame = { header: { type: 'rows' }, body };
+    for (let s = 1; s < S; s++) {
+      const lastStage = s === S - 1;
+      const pick = lastStage && sampler ? this.samplerUpdate(sampler) : undefined;
+      reply = await this.pool.call(s, { type: 'step', slot: this.index, ...step, keep, pick, ids: lastStage ? ids : undefined }, reply.body);
+    }
+    const drafts = (reply.header as unknown as PickReply).drafts;
+    if (drafts) this.drafts = drafts;
+    return reply;
+  }
+
+  /** Keeps `kept` rows of the last verification of `rows` here, and on the other stages at their next step. */
+  keepVerified(rows: number, kept: number, lastId: number, draws?: number): void {
+    this.session.keepVerified(rows, kept);
+    this.position += kept;
+    this.lastId = lastId;
+    this.keep = { rows, kept };
+    if (draws !== undefined) this.draws = draws;
+  }
+
   /** What the last stage's sampler for this slot lacks of `sampler`'s request. */
   private samplerUpdate(sampler: GpuSampler): SamplerUpdate {
     const request = sampler.request;
@@ -189,9 +237,16 @@ export class PipelineSlot implements TokenSequence {
       serial: request.serial,
       begin: fresh ? { options: request.options, promptIds: request.promptIds } : undefined,
       forced: request.forced.slice(fresh ? 0 : this.shipped!.forced),
+      draws: this.draws,
     };
     this.shipped = { serial: request.serial, forced: request.forced.length };
+    this.draws = undefined;
     return update;
+  }
+
+  /** Tells the last stage the sampler's draws before its next pick. */
+  setDraws(draws: number): void {
+    this.draws = draws;
   }
 
   destroy(): void {
