@@ -68,10 +68,10 @@ export async function loadPipelineEngine(
   const timeoutMs = (numberFlag(args, 'stage-timeout-s', 0) ?? 120) * 1000;
   const listenAt = stringFlag(args, 'stage-listen');
   const address = listenAt ? parseAddress(listenAt, 'stage-listen') : { hostname: '127.0.0.1', port: 0 };
-  const plan = await planCheckpoint(checkpoint);
+  const draftTokens = pipelineDrafts(ctx, checkpoint, sizes.speculation);
+  const plan = await planCheckpoint(checkpoint, { mtp: draftTokens > 0 });
   if (stages > plan.config.layerTypes.length) throw new UsageError(`--stages ${stages} is more than the model's ${plan.config.layerTypes.length} layers`);
   const heldDtype = checkpoint.packed?.dtype ?? dtype;
-  const draftTokens = pipelineDrafts(ctx, checkpoint, sizes.speculation);
   const group = new StageGroup(modelIdentity(checkpoint, plan.rawConfig, heldDtype), stages, host.stderr);
   const listener = await host.listenTcp(address, (link) => void group.accept(link));
   let stopping = false;
@@ -144,7 +144,7 @@ function planStages(
   const given = [ownMemory, ...hellos.map((h) => h.memoryBytes)];
   const known = given.filter((m) => m > 0);
   const fill = known.length > 0 ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-  const costs = layerCosts(plan, dtype, sizes.contextLength, sizes.maxBatch, ctx.activationBytes);
+  const costs = layerCosts(plan, dtype, sizes.contextLength, sizes.maxBatch, ctx.activationBytes, sizes.draftTokens > 0);
   const ranges = splitLayers(
     costs,
     given.map((m) => (m > 0 ? m : fill)),

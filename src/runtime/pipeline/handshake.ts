@@ -13,7 +13,7 @@ import type { LayerRange } from '../../model/tensors.ts';
  * gives each its layer range (assign); the stage loads those layers and says so (ready). Anything else is refused
  * with the reason, and the stage exits.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** What identifies a model across hosts (paths differ): config.json and the tensor index, hashed; and the dtype on the GPU. */
 export interface ModelIdentity {
@@ -78,7 +78,7 @@ export function refusal(hello: Hello, leader: ModelIdentity, stages: number, tak
  * `slots` sequences of `contextLength` tokens), and what the first and last stages hold besides (embedding; final
  * norm and LM head).
  */
-export function layerCosts(plan: CheckpointPlan, dtype: WeightDtype, contextLength: number, slots: number, activationBytes: number) {
+export function layerCosts(plan: CheckpointPlan, dtype: WeightDtype, contextLength: number, slots: number, activationBytes: number, drafting = false) {
   const bytesOf = (key: string) =>
     plan.specs
       .filter((s) => s.key === key || s.key.startsWith(`${key}.`))
@@ -89,7 +89,10 @@ export function layerCosts(plan: CheckpointPlan, dtype: WeightDtype, contextLeng
     return bytesOf(`layers.${i}`) + slots * stateBytes(one, contextLength, activationBytes);
   });
   const embed = bytesOf('embed');
-  return { layers, first: embed, last: bytesOf('norm') + (c.tieWordEmbeddings ? embed : bytesOf('lm_head')) };
+  // Drafting, the last stage also holds the MTP block with its KV cache per slot, and the embedding it drafts with.
+  const mtpCache = slots * 2 * c.numKvHeads * contextLength * c.headDim * activationBytes;
+  const drafter = drafting ? bytesOf('mtp') + mtpCache + (c.tieWordEmbeddings ? 0 : embed) : 0;
+  return { layers, first: embed, last: bytesOf('norm') + (c.tieWordEmbeddings ? embed : bytesOf('lm_head')) + drafter };
 }
 
 /**
