@@ -166,6 +166,25 @@ export interface SpeculationStats {
   accepted: number;
 }
 
+/**
+ * The targets of the rows a verification keeps: row 0's, then each next row's while the draft in it (drafts[i], the
+ * token of row i + 1) equals the target picked before it.
+ */
+export function keptTargets(drafts: ArrayLike<number>, targets: ArrayLike<number>): number[] {
+  let accepted = 0;
+  while (accepted < drafts.length && drafts[accepted] === targets[accepted]) accepted++;
+  return Array.from({ length: accepted + 1 }, (_, i) => targets[i]);
+}
+
+/** Counts a pass of `drafted` drafts, `accepted` of them accepted, into each of `stats`. */
+export function countPass(stats: SpeculationStats[], drafted: number, accepted: number): void {
+  for (const s of stats) {
+    s.passes++;
+    s.drafted += drafted;
+    s.accepted += accepted;
+  }
+}
+
 /** Whether a request's sampling lets verification pick exactly what step-by-step decoding picks (see Speculator). */
 export function speculationFits(sampling: SamplingOptions, tokenizerSize: number): boolean {
   const v = resolveSampling(sampling, tokenizerSize);
@@ -226,14 +245,8 @@ export class Speculator implements SpeculativeDecoder {
     session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
     const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
     const ids = new Uint32Array(await result.bytes());
-    let accepted = 0;
-    while (accepted < this.drafts && ids[1 + accepted] === ids[rows + accepted]) accepted++;
-    const targets = Array.from(ids.subarray(rows, rows + accepted + 1));
-    for (const s of [this.stats, this.totals]) {
-      s.passes++;
-      s.drafted += this.drafts;
-      s.accepted += accepted;
-    }
+    const targets = keptTargets(ids.subarray(1, rows), ids.subarray(rows));
+    countPass([this.stats, this.totals], this.drafts, targets.length - 1);
     this.last = { rows, targets, kept: targets.length };
     return targets;
   }

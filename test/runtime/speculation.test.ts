@@ -6,7 +6,7 @@ import type { Model } from '../../src/model/model.ts';
 import { type GenerationPlan, generateIds, generateTokens } from '../../src/runtime/generation.ts';
 import { GpuSampler, type SamplingOptions } from '../../src/runtime/sampler.ts';
 import { Session } from '../../src/runtime/session.ts';
-import { type Drafter, withSpeculation } from '../../src/runtime/speculation.ts';
+import { type Drafter, keptTargets, withSpeculation } from '../../src/runtime/speculation.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
 import { chiSquare } from '../helpers/chi_square.ts';
@@ -64,6 +64,15 @@ function equalityTests(rig: () => Rig, prompt: () => number[], ks = [1, 2, 3]) {
     }
   }, 300_000);
 }
+
+describe('keptTargets', () => {
+  it('keeps row 0, then each row whose draft equals the target picked before it, up to the first that differs', () => {
+    expect(keptTargets([5, 6, 7], [5, 6, 9, 1])).toEqual([5, 6, 9]);
+    expect(keptTargets([1], [2, 3])).toEqual([2]);
+    expect(keptTargets([4, 4], [4, 4, 8])).toEqual([4, 4, 8]);
+    expect(keptTargets([], [3])).toEqual([3]);
+  });
+});
 
 /** Loads a fixture with its MTP block, with a plain session and a sampler beside it. */
 async function fixtureRig(name: (typeof FIXTURES)[number]): Promise<Rig> {

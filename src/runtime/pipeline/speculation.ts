@@ -1,7 +1,7 @@
 import { SessionError, StageError } from '../../errors.ts';
 import type { GpuSampler } from '../sampler.ts';
 import type { SpeculativeDecoder } from '../sequence.ts';
-import type { SpeculationStats } from '../speculation.ts';
+import { type SpeculationStats, countPass } from '../speculation.ts';
 import type { Session } from '../session.ts';
 import type { Frame } from './frame.ts';
 import type { PickReply, StepCall } from './stage_worker.ts';
@@ -69,11 +69,7 @@ export class PipelineSpeculator implements SpeculativeDecoder {
     const targets = (reply.header as unknown as PickReply).targets;
     if (!Array.isArray(targets) || targets.length < 1 || targets.length > rows)
       throw new StageError('answered a verification without its targets', 'the last stage');
-    for (const s of [this.stats, this.totals]) {
-      s.passes++;
-      s.drafted += this.drafts;
-      s.accepted += targets.length - 1;
-    }
+    countPass([this.stats, this.totals], this.drafts, targets.length - 1);
     this.last = { rows, targets, kept: targets.length };
     return targets;
   }

@@ -4,7 +4,7 @@ import type { Model } from '../../model/model.ts';
 import { hasHead } from '../../model/model.ts';
 import { GpuSampler, type SamplingOptions } from '../sampler.ts';
 import { Session } from '../session.ts';
-import { type Drafter, MtpDrafter } from '../speculation.ts';
+import { type Drafter, MtpDrafter, keptTargets } from '../speculation.ts';
 import type { Assign } from './handshake.ts';
 import type { FrameConnection } from './link.ts';
 
@@ -129,11 +129,8 @@ export async function serveStage(
  * the targets of the rows kept, and the drafts from the last of them.
  */
 async function verified(slot: StageSlot, call: StepCall, words: Uint32Array): Promise<PickReply> {
-  const ids = call.ids ?? [];
   const rows = call.rows;
-  let accepted = 0;
-  while (accepted < rows - 1 && ids[1 + accepted] === words[rows + accepted]) accepted++;
-  const targets = Array.from(words.subarray(rows, rows + accepted + 1));
+  const targets = keptTargets((call.ids ?? []).slice(1, rows), words.subarray(rows));
   if (!slot.drafter) return { type: 'verified', targets };
   slot.drafter.kept(call.position, targets);
   return { type: 'verified', targets, drafts: await draft(slot, targets[targets.length - 1], rows - 1) };
