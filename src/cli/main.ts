@@ -159,7 +159,11 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     gpu: true,
     flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'json'],
-    run: (a, c, h) => runBench(a, c!, h, async (m, d, n) => loadEngine(await openModel(m, httpOptions(a, h)), d, a, c!, h, n)),
+    // --verify-cost drafts with the model's MTP block, which a default load leaves out on CPU adapters.
+    run: (a, c, h) =>
+      runBench(a, c!, h, async (m, d, n) =>
+        loadEngine(await openModel(m, httpOptions(a, h)), d, a, c!, h, n, undefined, a.flags.has('verify-cost') ? { mtp: true } : undefined),
+      ),
   },
   batch: {
     gpu: true,
@@ -283,10 +287,11 @@ async function loadEngine(
   host: CliHost,
   contextLength: number,
   maxBatch?: number,
-  stage?: Pick<EngineOptions, 'layers' | 'pipeline'>,
+  /** A pipeline stage's layers and pool, or speculation asked for by the command itself. */
+  more?: Pick<EngineOptions, 'layers' | 'pipeline' | 'mtp'>,
 ): Promise<Engine> {
   // Pipeline stages load an INT4 hub model by converting their own layers as they load, not through one shared cache.
-  if (dtype === 'q4' && !stage) {
+  if (dtype === 'q4' && !more?.pipeline) {
     // A hub model converts to INT4 once; later runs load the packed copy.
     const bar = progressBar(host.stderr, host.isTTY, 'converting');
     checkpoint =
@@ -307,7 +312,7 @@ async function loadEngine(
     expertCacheBytes: expertCacheBytes(args),
     ...speculationOptions(args),
     onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes, p.tensor),
-    ...stage,
+    ...more,
   });
   bar.done();
   warnUnused(engine.model, host);
