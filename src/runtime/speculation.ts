@@ -176,12 +176,47 @@ export function keptTargets(drafts: ArrayLike<number>, targets: ArrayLike<number
   return Array.from({ length: accepted + 1 }, (_, i) => targets[i]);
 }
 
-/** Counts a pass of `drafted` drafts, `accepted` of them accepted, into each of `stats`. */
-export function countPass(stats: SpeculationStats[], drafted: number, accepted: number): void {
-  for (const s of stats) {
-    s.passes++;
-    s.drafted += drafted;
-    s.accepted += accepted;
+/**
+ * What a speculator keeps between passes (Speculator here, PipelineSpeculator across stages): the figures, and the
+ * last pass's rows and targets until they are settled, with how many of them the generation keeps.
+ */
+export abstract class PassLedger {
+  /** The current (or last) generation's figures, and those of every generation so far. */
+  readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
+  readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
+  protected last?: { rows: number; targets: number[]; kept: number };
+
+  constructor(
+    /** Drafts per pass. */
+    readonly drafts: number,
+  ) {}
+
+  resetStats(): void {
+    this.stats.passes = this.stats.drafted = this.stats.accepted = 0;
+  }
+
+  /** Keeps only the first `count` rows (and so targets) of the last pass. */
+  keep(count: number): void {
+    if (!this.last || count < 1 || count > this.last.targets.length) throw new SessionError(`keeping ${count} rows of the last pass`);
+    this.last.kept = count;
+  }
+
+  /** A pass of `rows` rows whose verification keeps the rows of `targets`: counted, and all kept unless `keep` says fewer. */
+  protected record(rows: number, targets: number[]): number[] {
+    for (const s of [this.stats, this.totals]) {
+      s.passes++;
+      s.drafted += this.drafts;
+      s.accepted += targets.length - 1;
+    }
+    this.last = { rows, targets, kept: targets.length };
+    return targets;
+  }
+
+  /** The last pass, to settle (once). */
+  protected takeLast(): { rows: number; targets: number[]; kept: number } | undefined {
+    const last = this.last;
+    this.last = undefined;
+    return last;
   }
 }
 
@@ -197,18 +232,13 @@ export function speculationFits(sampling: SamplingOptions, tokenizerSize: number
  * rows kept: every draft that equals the target picked before it, then the target after the last (the next pending
  * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
  */
-export class Speculator implements SpeculativeDecoder {
-  /** The current (or last) generation's figures, and those of every generation so far. */
-  readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
-  readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
-  private last?: { rows: number; targets: number[]; kept: number };
-
+export class Speculator extends PassLedger implements SpeculativeDecoder {
   constructor(
     readonly session: Session,
     readonly drafter: Drafter,
-    /** Drafts per pass. */
-    readonly drafts: number,
+    drafts: number,
   ) {
+    super(drafts);
     const K = session.model.config.convKernel;
     if (!Number.isInteger(drafts) || drafts < 1 || drafts + 1 > Math.min(session.verifyRows, K))
       throw new SessionError(
@@ -221,10 +251,6 @@ export class Speculator implements SpeculativeDecoder {
     this.last = undefined;
     this.resetStats();
     this.session.chunkObserver = (ids, first, rows) => this.drafter.prefilled(ids, first, rows, first + rows === ids.length);
-  }
-
-  resetStats(): void {
-    this.stats.passes = this.stats.drafted = this.stats.accepted = 0;
   }
 
   /** Whether a pass fits the context from here (the rows of the last pass kept). */
@@ -245,16 +271,7 @@ export class Speculator implements SpeculativeDecoder {
     session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
     const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
     const ids = new Uint32Array(await result.bytes());
-    const targets = keptTargets(ids.subarray(1, rows), ids.subarray(rows));
-    countPass([this.stats, this.totals], this.drafts, targets.length - 1);
-    this.last = { rows, targets, kept: targets.length };
-    return targets;
-  }
-
-  /** Keeps only the first `count` rows (and so targets) of the last pass. */
-  keep(count: number): void {
-    if (!this.last || count < 1 || count > this.last.targets.length) throw new SessionError(`keeping ${count} rows of the last pass`);
-    this.last.kept = count;
+    return this.record(rows, keptTargets(ids.subarray(1, rows), ids.subarray(rows)));
   }
 
   /**
@@ -263,9 +280,8 @@ export class Speculator implements SpeculativeDecoder {
    * step-by-step decoding would: its `draws`-th pick).
    */
   settle(sampler?: GpuSampler, draws?: number): void {
-    const last = this.last;
+    const last = this.takeLast();
     if (!last) return;
-    this.last = undefined;
     const { session } = this;
     const position = session.position;
     session.keepVerified(last.rows, last.kept);

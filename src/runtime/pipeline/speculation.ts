@@ -1,7 +1,7 @@
 import { SessionError, StageError } from '../../errors.ts';
 import type { GpuSampler } from '../sampler.ts';
 import type { SpeculativeDecoder } from '../sequence.ts';
-import { type SpeculationStats, countPass } from '../speculation.ts';
+import { PassLedger } from '../speculation.ts';
 import type { Session } from '../session.ts';
 import type { Frame } from './frame.ts';
 import type { PickReply, StepCall } from './stage_worker.ts';
@@ -24,21 +24,15 @@ export interface SpeculatingSlot {
  * drafts let it keep and the drafts for the next pass. Keeping rows happens here at once and on each other stage
  * before its next step.
  */
-export class PipelineSpeculator implements SpeculativeDecoder {
-  readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
-  readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
+export class PipelineSpeculator extends PassLedger implements SpeculativeDecoder {
   /** Between begin and end: the last stage's drafter follows the request's prefills. */
   active = false;
-  private last?: { rows: number; targets: number[]; kept: number };
 
   constructor(
     private readonly slot: SpeculatingSlot,
-    /** Drafts per pass. */
-    readonly drafts: number,
-  ) {}
-
-  resetStats(): void {
-    this.stats.passes = this.stats.drafted = this.stats.accepted = 0;
+    drafts: number,
+  ) {
+    super(drafts);
   }
 
   begin(): void {
@@ -69,20 +63,12 @@ export class PipelineSpeculator implements SpeculativeDecoder {
     const targets = (reply.header as unknown as PickReply).targets;
     if (!Array.isArray(targets) || targets.length < 1 || targets.length > rows)
       throw new StageError('answered a verification without its targets', 'the last stage');
-    countPass([this.stats, this.totals], this.drafts, targets.length - 1);
-    this.last = { rows, targets, kept: targets.length };
-    return targets;
-  }
-
-  keep(count: number): void {
-    if (!this.last || count < 1 || count > this.last.targets.length) throw new SessionError(`keeping ${count} rows of the last pass`);
-    this.last.kept = count;
+    return this.record(rows, targets);
   }
 
   settle(_sampler?: GpuSampler, draws?: number): void {
-    const last = this.last;
+    const last = this.takeLast();
     if (!last) return;
-    this.last = undefined;
     this.slot.keepVerified(last.rows, last.kept, last.targets[last.kept - 1], draws);
   }
 
