@@ -53,9 +53,6 @@ export class Session implements TokenSequence {
   private readonly prefillSegmentPlans: PlanCache<ForwardSegment[]>;
   /** Present when the model's experts are streamed (model.experts). */
   private readonly experts?: ExpertCache;
-  /** The DeltaNet states as `mark` left them (allocated at the first mark), and the position then. */
-  private marked?: GPUBuffer[];
-  private markedPosition?: number;
   /** The DeltaNet conv rings as they were before the last verification (allocated at the first). */
   private ringsBeforeVerify?: GPUBuffer[];
   /** A recurrent state on its way from a verification's slot to the sequence's (a copy within a buffer is not allowed). */
@@ -344,37 +341,6 @@ export class Session implements TokenSequence {
   }
 
   /**
-   * Marks where the sequence is, so that `rollback` can return to it after tokens that turn out not to belong (drafts
-   * a verification rejects): the DeltaNet conv and recurrent states are copied aside on the GPU; the KV cache needs no
-   * copy (rows past the position are never read, and are written again). One mark at a time.
-   */
-  mark(): void {
-    const pairs = this.deltaNetStates;
-    this.marked ??= pairs.map((b) => this.ctx.storage(`${b.label} mark`, b.size));
-    this.ctx.copy(
-      pairs.map((from, i) => ({ from, to: this.marked![i], size: from.size })),
-      'mark',
-    );
-    this.markedPosition = this.position;
-  }
-
-  /** The DeltaNet layers' conv and recurrent state buffers, what a mark copies aside. */
-  private get deltaNetStates(): GPUBuffer[] {
-    return this.states.flatMap((s) => [s.conv, s.recurrent]).filter((b): b is GPUBuffer => b !== undefined);
-  }
-
-  /** Back to the last `mark`, as if nothing after it had run. */
-  rollback(): void {
-    if (this.markedPosition === undefined || !this.marked) throw new SessionError('rollback without a mark');
-    const pairs = this.deltaNetStates;
-    this.ctx.copy(
-      pairs.map((to, i) => ({ from: this.marked![i], to, size: to.size })),
-      'rollback',
-    );
-    this.position = this.markedPosition;
-  }
-
-  /**
    * Verifies drafted tokens in one forward pass: act.token rows [0, rows) hold the pending token (the last pick, not
    * yet run) and the drafts after it; they run at positions [position, position + rows) as decode rows of this one
    * sequence (the arithmetic of that many decode steps), and the sampler picks a target for each row into act.token
@@ -495,7 +461,7 @@ export class Session implements TokenSequence {
 
   destroy(): void {
     this.speculator?.destroy();
-    this.ctx.free(...(this.marked ?? []), ...(this.ringsBeforeVerify ?? []), ...(this.keptStates ?? []));
+    this.ctx.free(...(this.ringsBeforeVerify ?? []), ...(this.keptStates ?? []));
     for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
     this.ctx.free(...this.activations.buffers);
