@@ -9,7 +9,8 @@
 //     filter) of the chosen id, and of the N first ids by (z desc, id asc) merged from the blocks' candidates.
 //   z: [n] f32 · stats: [G, 4] u32 · cand: [G, SAMPLE_MAX_LP, 2] u32 · part: [2, G, SAMPLE_NC] f32 (block g's
 //   survivor mass at part[0][g][0]) · state: u32 ([0] = RNG step, += 1 here unless greedy; [4], [5] = t_k, t_p)
-//   counts: [n] u32 (+1 at id) · out: [1] u32 = id · result: u32 [id, bits of logprob, (id, bits of logprob) × N]
+//   counts: [n] u32 (+1 at id) · out: [row + 1] u32, out[params.row] = id · result: [rows, SAMPLE_RESULT_WORDS] u32,
+//   row params.result_row = [id, bits of logprob, (id, bits of logprob) × N]
 //   grid: one workgroup. Blocks are split into runs of ceil(G / WG) per invocation, the chosen block into runs of
 //   SAMPLE_U ids, both scanned in id order. Scans and reductions go WG values → SAMPLE_NC lanes → all (few barrier
 //   sites, not log2(WG) trees: each barrier site costs lavapipe seconds of cold compile).
@@ -120,13 +121,14 @@ fn main(@builtin(local_invocation_index) li: u32) {
   }
   if (li == 0u) {
     out[params.row] = id;
-    result[0] = id;
+    result[params.result_row * SAMPLE_RESULT_WORDS] = id;
     counts[id] = counts[id] + 1u;
     if (opts.greedy == 0u) { state[0] = rng_step + 1u; }
   }
   if (opts.logprobs == 0u) { return; }
   let log_s = st.m + log(st.s);
-  if (li == 0u) { result[1] = bitcast<u32>(z[id] - log_s); }
+  let rb = params.result_row * SAMPLE_RESULT_WORDS;
+  if (li == 0u) { result[rb + 1u] = bitcast<u32>(z[id] - log_s); }
   // The N first ids over all blocks' candidates, one selection round each; every invocation finishes the
   // reduction itself, so all hold the winner.
   let nlp = opts.logprobs;
@@ -166,8 +168,8 @@ fn main(@builtin(local_invocation_index) li: u32) {
     pv = wv;
     pi = wx;
     if (li == 0u) {
-      result[2u + 2u * r] = pi;
-      result[3u + 2u * r] = bitcast<u32>(pv - log_s);
+      result[rb + 2u + 2u * r] = pi;
+      result[rb + 3u + 2u * r] = bitcast<u32>(pv - log_s);
     }
   }
 }

@@ -79,9 +79,9 @@ export async function measureVerifyCost(
       const pass = new Speculator(session, drafter, k);
       const passMs = await timed(REPEATS, async () => {
         const targets = await pass.pass(sampler, pending, 1);
-        pending = targets[targets.length - 1];
+        pending = targets[targets.length - 1].id;
       });
-      pass.settle(sampler, 1);
+      await pass.settle(sampler, 1);
       const projection = projectSpeculation(PUBLISHED_MTP_ACCEPTANCE.rate, k, passMs / decodeMs, 0);
       passes.push({
         k,

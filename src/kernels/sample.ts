@@ -33,6 +33,10 @@ export const SAMPLE_SEARCH_DISPATCHES = 2 * SAMPLE_LEVELS + 1;
 export const SAMPLE_MAX_LOGPROBS = 20;
 /** Largest candidate count: counts are summed in f32, exact below 2^24. */
 export const SAMPLE_MAX_IDS = 1 << 24;
+/** Result words of one pick: id, then with logprobs its logprob (f32 bits) and SAMPLE_MAX_LOGPROBS (id, logprob) pairs. */
+export const SAMPLE_RESULT_WORDS = 2 + 2 * SAMPLE_MAX_LOGPROBS;
+/** Picks whose results one submission can keep apart (a verification's rows: runtime/speculation.ts). */
+export const SAMPLE_RESULT_ROWS = 4;
 
 /** A request's options as the kernels read them (one uniform buffer). */
 export const SampleOptions = {
@@ -49,8 +53,11 @@ export const SampleOptions = {
 } as const;
 export type SampleOptionValues = ParamValues<typeof SampleOptions>;
 
-/** `row`: the logits row read (prepare: logits[row * n_logits ..]) and the element of `out` written (pick). */
-const SampleParams = { n: 'u32', blocks: 'u32', row: 'u32', row_stride: 'u32' } as const;
+/**
+ * `row`: the logits row read (prepare: logits[row * n_logits ..]) and the element of `out` written (pick);
+ * `result_row`: the row of `result` the pick writes.
+ */
+const SampleParams = { n: 'u32', blocks: 'u32', row: 'u32', row_stride: 'u32', result_row: 'u32' } as const;
 const SearchParams = { n: 'u32', blocks: 'u32', level: 'u32' } as const;
 
 /** Shared by every pass: constants from this file (one source of truth for the block size) and the key, RNG and stats helpers. */
@@ -58,6 +65,7 @@ const COMMON = `const SAMPLE_U = ${SAMPLE_U}u;
 const SAMPLE_NC = ${SAMPLE_CANDIDATES}u;
 const SAMPLE_LEVELS = ${SAMPLE_LEVELS}u;
 const SAMPLE_MAX_LP = ${SAMPLE_MAX_LOGPROBS}u;
+const SAMPLE_RESULT_WORDS = ${SAMPLE_RESULT_WORDS}u;
 const NONE = 0xffffffffu;
 // Below every clamped z (prepare keeps z in [-3e38, 3e38]).
 const SAMPLE_LOW = -3.4e38;
@@ -151,8 +159,6 @@ export const samplePickKernel = defineKernel({
   overrides,
 });
 
-/** Result words: id, then with logprobs its logprob (f32 bits) and SAMPLE_MAX_LOGPROBS (id, logprob) pairs. */
-export const SAMPLE_RESULT_WORDS = 2 + 2 * SAMPLE_MAX_LOGPROBS;
 /**
  * state words: [0] RNG step; [1] max z (from the first search level that runs); [4 + 4p .. 8 + 4p) search state
  * after a level of parity p: top-k key, top-p key, top-p goal (f32 bits).
@@ -181,8 +187,10 @@ export interface SampleScratch {
   part: GPUBuffer;
   /** [SAMPLE_STATE_WORDS] u32. */
   state: GPUBuffer;
-  /** [SAMPLE_RESULT_WORDS] u32: what a step reads back. */
+  /** [SAMPLE_RESULT_ROWS, SAMPLE_RESULT_WORDS] u32: what a step reads back (row 0; a verification, a row per pick). */
   result: GPUBuffer;
+  /** [SAMPLE_RESULT_ROWS] u32: ids whose counts sample_uncount takes back (NONE: no id). */
+  dropped: GPUBuffer;
   buffers: GPUBuffer[];
 }
 
@@ -208,7 +216,8 @@ export function createSampleScratch(ctx: GpuContext, vocab: number, n: number): 
     cand: s('cand', blocks * SAMPLE_MAX_LOGPROBS * 8),
     part: s('part', 2 * blocks * SAMPLE_CANDIDATES * 4),
     state: s('state', SAMPLE_STATE_WORDS * 4),
-    result: s('result', SAMPLE_RESULT_WORDS * 4),
+    result: s('result', SAMPLE_RESULT_ROWS * SAMPLE_RESULT_WORDS * 4),
+    dropped: s('dropped', SAMPLE_RESULT_ROWS * 4),
   };
   return { ...scratch, buffers: Object.values(scratch).filter((v): v is GPUBuffer => typeof v === 'object') };
 }
@@ -245,7 +254,7 @@ export function samplePrepare(ctx: GpuContext, a: { logits: GPUBuffer; scratch: 
       stats: s.stats,
       cand: s.cand,
       opts: s.opts,
-      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab },
+      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab, result_row: 0 },
     },
     grid(s.blocks, ctx.caps),
   );
@@ -265,11 +274,14 @@ export function sampleSearch(ctx: GpuContext, a: { scratch: SampleScratch; level
   );
 }
 
-/** Last pass: the token into out[row] and scratch.result; counts it and advances the RNG step. */
-export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GPUBuffer; row?: number }): Promise<Dispatch> {
+/** Last pass: the token into out[row] and row `resultRow` of scratch.result; counts it and advances the RNG step. */
+export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GPUBuffer; row?: number; resultRow?: number }): Promise<Dispatch> {
   const s = a.scratch;
   const row = a.row ?? 0;
+  const resultRow = a.resultRow ?? 0;
   if (a.out.size < (row + 1) * 4) fail(`out (${a.out.label}) holds ${a.out.size} bytes, needs ${(row + 1) * 4} for row ${row}`);
+  if (!Number.isInteger(resultRow) || resultRow < 0 || resultRow >= SAMPLE_RESULT_ROWS)
+    fail(`resultRow = ${resultRow} must be an integer in [0, ${SAMPLE_RESULT_ROWS})`);
   if (s.buffers.includes(a.out)) fail('out must not be a scratch buffer');
   return ctx.dispatch(
     samplePickKernel,
@@ -284,10 +296,31 @@ export function samplePick(ctx: GpuContext, a: { scratch: SampleScratch; out: GP
       out: a.out,
       result: s.result,
       opts: s.opts,
-      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab },
+      params: { n: s.n, blocks: s.blocks, row, row_stride: s.vocab, result_row: resultRow },
     },
     [1],
   );
+}
+
+/** Takes back one count of each id in scratch.dropped (picks a verification did not keep). Grid: one invocation. */
+export const sampleUncountKernel = defineKernel({
+  name: 'sample_uncount',
+  bindings: () => [read('dropped', 'u32'), write('counts', 'u32')],
+});
+
+/** Writes `ids` (at most SAMPLE_RESULT_ROWS) to scratch.dropped; `dispatch` then takes back one count of each. */
+export function writeDropped(ctx: GpuContext, scratch: SampleScratch, ids: readonly number[]): void {
+  if (ids.length > SAMPLE_RESULT_ROWS) fail(`${ids.length} dropped picks (at most ${SAMPLE_RESULT_ROWS})`);
+  for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= scratch.n) fail(`dropped id ${id} is not a candidate (0..${scratch.n - 1})`);
+  ctx.write(
+    scratch.dropped,
+    0,
+    Uint32Array.from({ length: SAMPLE_RESULT_ROWS }, (_, i) => ids[i] ?? 0xffffffff),
+  );
+}
+
+export function sampleUncount(ctx: GpuContext, a: { scratch: SampleScratch }): Promise<Dispatch> {
+  return ctx.dispatch(sampleUncountKernel, undefined, { dropped: a.scratch.dropped, counts: a.scratch.counts }, [1]);
 }
 
 /** The search levels a request needs: top-k's and top-p's when those are on, then level 16; none when greedy. */
@@ -308,7 +341,7 @@ export function sampleLevels(o: SampleOptionValues): number[] {
  */
 export async function sample(
   ctx: GpuContext,
-  a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[]; logitsRow?: number; outRow?: number },
+  a: { logits: GPUBuffer; out: GPUBuffer; scratch: SampleScratch; levels: readonly number[]; logitsRow?: number; outRow?: number; resultRow?: number },
 ): Promise<Dispatch[]> {
   if (a.levels.some((l, i) => i > 0 && l <= a.levels[i - 1])) fail(`levels ${a.levels.join(',')} must rise`);
   return Promise.all([

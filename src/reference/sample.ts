@@ -200,3 +200,10 @@ export function sampleStep(
     .map((i) => ({ id: i, logprob: lp[i] }));
   return { id, logprob: lp[id], top };
 }
+
+/** Counts after the picks of `dropped` are taken back (sample_uncount): one each, in order, never below 0. */
+export function uncount(counts: ArrayLike<number>, dropped: readonly number[]): Uint32Array {
+  const out = Uint32Array.from(counts);
+  for (const id of dropped) if (out[id] > 0) out[id]--;
+  return out;
+}

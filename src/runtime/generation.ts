@@ -1,7 +1,7 @@
 import { throwIfAborted } from '../errors.ts';
 import type { PendingToken, SpeculativeDecoder, TokenSequence } from './sequence.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
-import { type SpeculationStats, speculationFits } from './speculation.ts';
+import type { SpeculationStats } from './speculation.ts';
 
 /** One generated token: sampled, or forced by the engine (the `</think>` that closes a spent reasoning budget). */
 export interface TokenEvent extends SampledToken {
@@ -39,7 +39,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
   session.reset();
   sampler.begin(plan.sampling, plan.promptIds);
   session.speculator?.resetStats();
-  const speculator = session.speculator && speculationFits(plan.sampling, sampler.tokenizerSize) ? session.speculator : undefined;
+  const speculator = session.speculator;
   speculator?.begin();
   let thinking = plan.thinking;
   let reasoningTokens = 0;
@@ -107,43 +107,43 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
   // Speculative decoding: each pass yields the tokens of the rows it keeps; a stop, the length or a spent thinking
   // budget keeps fewer. `draws` counts the tokens picked (not forced), the sampler's RNG step.
   async function* speculate(spec: SpeculativeDecoder, first: PendingToken): AsyncGenerator<TokenEvent, StopReason> {
-    let batch = [(await first.read()).id];
+    let batch = [await first.read()];
     let fromPass = false;
     let draws = 0;
     for (;;) {
       for (let i = 0; i < batch.length; i++) {
-        const id = batch[i];
+        const token = batch[i];
         produced++;
         draws++;
-        plan.onToken?.(id);
-        if (plan.stopIds.has(id)) return 'stop';
+        plan.onToken?.(token.id);
+        if (plan.stopIds.has(token.id)) return 'stop';
         const inThought = thinking;
-        if (id === plan.thinkEndId) thinking = false;
+        if (token.id === plan.thinkEndId) thinking = false;
         else if (thinking) reasoningTokens++;
-        yield { id, forced: false, reasoning: inThought };
+        yield { ...token, forced: false, reasoning: inThought };
         const budgetSpent = thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget;
         if (produced < plan.maxTokens && !budgetSpent) continue;
         if (produced >= plan.maxTokens) return 'length';
         if (fromPass) spec.keep(i + 1);
-        spec.settle(sampler, draws);
-        const next = yield* closeThought([id]);
+        await spec.settle(sampler, draws);
+        const next = yield* closeThought([token.id]);
         if (produced >= plan.maxTokens) {
           next.discard();
           return 'length';
         }
-        batch = [(await next.read()).id];
+        batch = [await next.read()];
         fromPass = false;
         i = -1;
       }
       throwIfAborted(plan.signal);
-      const pending = batch[batch.length - 1];
+      const pending = batch[batch.length - 1].id;
       if (spec.fits) {
         batch = await spec.pass(sampler, pending, draws);
         fromPass = true;
       } else {
         // Too near the end of the context for a pass: step by step.
-        spec.settle(sampler, draws);
-        batch = [(await (await session.advance(sampler, plan.signal)).read()).id];
+        await spec.settle(sampler, draws);
+        batch = [await (await session.advance(sampler, plan.signal)).read()];
         fromPass = false;
       }
     }

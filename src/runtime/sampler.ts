@@ -3,11 +3,15 @@ import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { memoise } from '../gpu/memo.ts';
 import {
   SAMPLE_MAX_LOGPROBS,
+  SAMPLE_RESULT_ROWS,
+  SAMPLE_RESULT_WORDS,
   type SampleOptionValues,
   type SampleScratch,
   createSampleScratch,
   sample,
   sampleLevels,
+  sampleUncount,
+  writeDropped,
   writeSampleOptions,
 } from '../kernels/sample.ts';
 
@@ -101,6 +105,9 @@ export class GpuSampler {
   /** CPU copy of scratch.seen: prompt bits and forced counts of the current request. */
   private readonly seen: Uint32Array;
   private logprobs = 0;
+  /** Whether the current request's penalties read the counts of picked tokens. */
+  private penalised = false;
+  private uncount?: Promise<Dispatch>;
   /** Search levels of the current request (undefined before begin). */
   private levels: number[] | undefined;
   /**
@@ -140,6 +147,15 @@ export class GpuSampler {
     return this.logprobs > 0 ? 8 + 8 * this.logprobs : 4;
   }
 
+  /** Bytes from one row of `result` to the next (picks with `rows.result`). */
+  static readonly resultStride = SAMPLE_RESULT_WORDS * 4;
+  static readonly resultRows = SAMPLE_RESULT_ROWS;
+
+  /** Whether the current request reports logprobs (more than the id comes back). */
+  get reportsLogprobs(): boolean {
+    return this.logprobs > 0;
+  }
+
   /**
    * Starts a request: validates the options, writes them to the GPU once, resets the RNG step and the penalty
    * counts, and marks the prompt ids as seen (repetition penalty covers prompt + generated; presence and
@@ -162,30 +178,44 @@ export class GpuSampler {
     encoder.clearBuffer(this.scratch.state);
     this.ctx.device.queue.submit([encoder.finish()]);
     this.logprobs = logprobs;
+    this.penalised = values.repetition !== 1 || values.presence !== 0 || values.frequency !== 0;
     this.levels = sampleLevels(values);
     this.request = { serial: ++GpuSampler.serials, options: { ...options, seed: values.seed }, promptIds: prompt, forced: [] };
   }
 
   /**
    * Dispatches that choose the next token from logits row `rows.logits` ([rows, vocabSize] f32; default 0) into
-   * out[rows.out] (u32; default 0) and into `result`, count it for the penalties and advance the RNG step. Call after
-   * begin: passes of filters the request leaves off are not included. Cached: the same (logits, out, rows) and the
-   * same enabled filters (top-k, top-p, greedy) give the same Dispatch objects.
+   * out[rows.out] (u32; default 0) and into row `rows.result` of `result` (default 0), count it for the penalties
+   * and advance the RNG step. Call after begin: passes of filters the request leaves off are not included. Cached:
+   * the same (logits, out, rows) and the same enabled filters (top-k, top-p, greedy) give the same Dispatch objects.
    */
-  async dispatches(logits: GPUBuffer, out: GPUBuffer, rows: { logits?: number; out?: number } = {}): Promise<Dispatch[]> {
+  async dispatches(logits: GPUBuffer, out: GPUBuffer, rows: { logits?: number; out?: number; result?: number } = {}): Promise<Dispatch[]> {
     const levels = this.levels;
     if (!levels) fail('dispatches before begin');
     const logitsRow = rows.logits ?? 0;
     const outRow = rows.out ?? 0;
+    const resultRow = rows.result ?? 0;
     if (logits.size < (logitsRow + 1) * this.vocabSize * 4)
       fail(`logits (${logits.label}) holds ${logits.size} bytes, fewer than row ${logitsRow} of vocabSize ${this.vocabSize} f32`);
     let byOut = this.plans.get(logits);
     if (!byOut) this.plans.set(logits, (byOut = new Map()));
     let byLevels = byOut.get(out);
     if (!byLevels) byOut.set(out, (byLevels = new Map()));
-    return memoise(byLevels, `${logitsRow} ${outRow}: ${levels.join(',')}`, () =>
-      sample(this.ctx, { logits, out, scratch: this.scratch, levels, logitsRow, outRow }),
+    return memoise(byLevels, `${logitsRow} ${outRow} ${resultRow}: ${levels.join(',')}`, () =>
+      sample(this.ctx, { logits, out, scratch: this.scratch, levels, logitsRow, outRow, resultRow }),
     );
+  }
+
+  /**
+   * Takes back picks of `ids` (a verification's rows that were not kept) from the counts the penalties read, so
+   * that the next pick is penalised as step-by-step decoding penalises it. Nothing to do without penalties.
+   */
+  async unpick(ids: readonly number[]): Promise<void> {
+    if (!this.levels) fail('unpick before begin');
+    if (ids.length === 0 || !this.penalised) return;
+    writeDropped(this.ctx, this.scratch, ids);
+    this.uncount ??= sampleUncount(this.ctx, { scratch: this.scratch });
+    this.ctx.run([await this.uncount], 'sampler unpick');
   }
 
   /**
@@ -212,10 +242,11 @@ export class GpuSampler {
     for (const id of touched) this.ctx.write(this.scratch.seen, id * 4, this.seen.subarray(id, id + 1));
   }
 
-  parse(bytes: ArrayBuffer): SampledToken {
-    if (bytes.byteLength < this.resultBytes) fail(`result has ${bytes.byteLength} bytes, ${this.resultBytes} expected`);
-    const u = new Uint32Array(bytes, 0, this.resultBytes / 4);
-    const f = new Float32Array(bytes, 0, this.resultBytes / 4);
+  /** The pick whose result row starts at byte `offset` of `bytes` (a readback of `result`). */
+  parse(bytes: ArrayBuffer, offset = 0): SampledToken {
+    if (bytes.byteLength < offset + this.resultBytes) fail(`result has ${bytes.byteLength - offset} bytes, ${this.resultBytes} expected`);
+    const u = new Uint32Array(bytes, offset, this.resultBytes / 4);
+    const f = new Float32Array(bytes, offset, this.resultBytes / 4);
     if (this.logprobs === 0) return { id: u[0] };
     return {
       id: u[0],
@@ -234,6 +265,10 @@ export class GpuSampler {
           );
     }
     this.plans.clear();
+    this.uncount?.then(
+      (d) => this.ctx.release([d]),
+      () => {},
+    );
     this.ctx.free(...this.scratch.buffers);
   }
 

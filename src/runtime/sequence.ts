@@ -37,10 +37,10 @@ export interface SpeculativeDecoder {
   /** Whether a pass fits the context from here. */
   readonly fits: boolean;
   /** Drafts from the pending token, verifies, and returns the targets of the rows it would keep. */
-  pass(sampler: GpuSampler, pending: number, draws: number): Promise<number[]>;
+  pass(sampler: GpuSampler, pending: number, draws: number): Promise<SampledToken[]>;
   /** Keeps only the first `count` rows of the last pass. */
   keep(count: number): void;
   /** Makes the kept rows the sequence's (before decoding on without a pass). */
-  settle(sampler?: GpuSampler, draws?: number): void;
+  settle(sampler?: GpuSampler, draws?: number): Promise<void>;
   destroy(): void;
 }

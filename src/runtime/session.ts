@@ -1,4 +1,4 @@
-import type { Dispatch, GpuContext, Readback } from '../gpu/context.ts';
+import type { Dispatch, GpuContext, ReadRange, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
 import { PlanCache } from './plan_cache.ts';
@@ -10,7 +10,7 @@ import { ExpertCache, type ExpertStats } from './expert_cache.ts';
 import { type Model, hasHead } from '../model/model.ts';
 import { dims } from '../model/config.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, prefillChunk } from '../model/activations.ts';
-import type { GpuSampler, SampledToken } from './sampler.ts';
+import { GpuSampler, type SampledToken } from './sampler.ts';
 import type { PendingToken, SpeculativeDecoder, TokenSequence } from './sequence.ts';
 
 export interface SessionOptions {
@@ -88,7 +88,8 @@ export class Session implements TokenSequence {
     }
     const chunk = Math.min(options.prefillChunk ?? prefillChunk(ctx, model), capacity);
     const verifyRows = options.verifyRows ?? 0;
-    if (!Number.isInteger(verifyRows) || verifyRows < 0) throw new SessionError(`verifyRows ${verifyRows} must be a non-negative integer`);
+    if (!Number.isInteger(verifyRows) || verifyRows < 0 || verifyRows > GpuSampler.resultRows)
+      throw new SessionError(`verifyRows ${verifyRows} must be an integer in [0, ${GpuSampler.resultRows}] (the sampler's result rows)`);
     const states = createLayerStates(ctx, model, capacity, 1, verifyRows);
     try {
       // A verification's tokens and the targets picked for them share act.token: 2 · verifyRows rows.
@@ -345,13 +346,13 @@ export class Session implements TokenSequence {
    * yet run) and the drafts after it; they run at positions [position, position + rows) as decode rows of this one
    * sequence (the arithmetic of that many decode steps), and the sampler picks a target for each row into act.token
    * rows [rows, 2 · rows). `before` (the drafter's dispatches, which write the drafts) is submitted first, in the same
-   * submission. The result maps back the rows and the targets; `keepVerified` then keeps the rows that belong.
+   * submission. The result maps back the rows and the targets (and with logprobs each pick's result: see
+   * readVerification); `keepVerified` then keeps the rows that belong.
    */
   async verify(sampler: GpuSampler, rows: number, before: Dispatch[] = []): Promise<Readback> {
     this.startVerify(rows);
-    const act = this.activations;
     const picks = await this.targetPicks(sampler, rows);
-    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', this.verifiedResult(sampler, rows));
   }
 
   /**
@@ -375,7 +376,7 @@ export class Session implements TokenSequence {
     if (!hasHead(this.model)) return this.ctx.submit(plan, 'stage verify', { buffer: act.h, offset: 0, size: rows * H * 4 });
     if (!sampler) throw new SessionError('the last stage verifies with a sampler');
     const picks = await this.targetPicks(sampler, rows);
-    return this.ctx.submit([...plan, ...picks], 'stage verify', { buffer: act.token, offset: 0, size: 2 * rows * 4 });
+    return this.ctx.submit([...plan, ...picks], 'stage verify', this.verifiedResult(sampler, rows));
   }
 
   /** Checks a verification of `rows` fits, writes the rows' positions and saves the conv rings (keepVerified restores them). */
@@ -397,12 +398,19 @@ export class Session implements TokenSequence {
     );
   }
 
-  /** The sampler's pick on each verified row's logits, into act.token rows [rows, 2 · rows). */
+  /** The sampler's pick on each verified row's logits, into act.token rows [rows, 2 · rows) and result row r. */
   private async targetPicks(sampler: GpuSampler, rows: number): Promise<Dispatch[]> {
     const act = this.activations;
     const picks: Dispatch[] = [];
-    for (let r = 0; r < rows; r++) picks.push(...(await sampler.dispatches(act.logits, act.token, { logits: r, out: rows + r })));
+    for (let r = 0; r < rows; r++) picks.push(...(await sampler.dispatches(act.logits, act.token, { logits: r, out: rows + r, result: r })));
     return picks;
+  }
+
+  /** What a verification reads back (see readVerification): the rows and their targets, and with logprobs each pick's result. */
+  private verifiedResult(sampler: GpuSampler, rows: number): ReadRange[] {
+    const ranges: ReadRange[] = [{ buffer: this.activations.token, offset: 0, size: 2 * rows * 4 }];
+    if (sampler.reportsLogprobs) ranges.push({ buffer: sampler.result, offset: 0, size: rows * GpuSampler.resultStride });
+    return ranges;
   }
 
   /**

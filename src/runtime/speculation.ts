@@ -5,7 +5,7 @@ import { type Activations, createActivations } from '../model/activations.ts';
 import { lmHead } from '../model/layers.ts';
 import { type MtpBuffers, createMtpBuffers, destroyMtpBuffers, mtpForward } from '../model/mtp.ts';
 import { PlanCache } from './plan_cache.ts';
-import { GpuSampler, type SamplingOptions, resolveSampling } from './sampler.ts';
+import { GpuSampler, type SampledToken } from './sampler.ts';
 import type { SpeculativeDecoder } from './sequence.ts';
 import type { Session } from './session.ts';
 
@@ -177,6 +177,37 @@ export function keptTargets(drafts: ArrayLike<number>, targets: ArrayLike<number
 }
 
 /**
+ * A verification of `rows` rows as it comes back (Session.verify / stageVerify): the target picked on every row, and
+ * the kept ones as the sampler reports them. The drafts are rows 1.. of the readback unless given (a pipeline's last
+ * stage has them from stage 0).
+ */
+export function readVerification(
+  sampler: GpuSampler,
+  bytes: ArrayBuffer,
+  rows: number,
+  drafts?: ArrayLike<number>,
+): { picked: number[]; kept: SampledToken[] } {
+  const words = new Uint32Array(bytes, 0, 2 * rows);
+  const picked = Array.from(words.subarray(rows));
+  const ids = keptTargets(drafts ?? words.subarray(1, rows), picked);
+  return { picked, kept: sampledTargets(sampler, ids, bytes, 2 * rows * 4) };
+}
+
+/**
+ * Target ids as `sampler` reports them: with logprobs, parsed from the picks' result rows (one per row from byte
+ * `offset` of `results`, as Session.verify reads them back); without, the ids alone.
+ */
+export function sampledTargets(sampler: GpuSampler, ids: readonly number[], results: ArrayBuffer | undefined, offset = 0): SampledToken[] {
+  if (!sampler.reportsLogprobs) return ids.map((id) => ({ id }));
+  if (!results) throw new SessionError('a verification with logprobs came back without its results');
+  return ids.map((id, i) => {
+    const token = sampler.parse(results, offset + i * GpuSampler.resultStride);
+    if (token.id !== id) throw new SessionError(`verified row ${i}: target ${id}, result ${token.id}`);
+    return token;
+  });
+}
+
+/**
  * What a speculator keeps between passes (Speculator here, PipelineSpeculator across stages): the figures, and the
  * last pass's rows and targets until they are settled, with how many of them the generation keeps.
  */
@@ -184,7 +215,7 @@ export abstract class PassLedger {
   /** The current (or last) generation's figures, and those of every generation so far. */
   readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
   readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
-  protected last?: { rows: number; targets: number[]; kept: number };
+  protected last?: { rows: number; targets: SampledToken[]; kept: number };
 
   constructor(
     /** Drafts per pass. */
@@ -202,7 +233,7 @@ export abstract class PassLedger {
   }
 
   /** A pass of `rows` rows whose verification keeps the rows of `targets`: counted, and all kept unless `keep` says fewer. */
-  protected record(rows: number, targets: number[]): number[] {
+  protected record(rows: number, targets: SampledToken[]): SampledToken[] {
     for (const s of [this.stats, this.totals]) {
       s.passes++;
       s.drafted += this.drafts;
@@ -213,18 +244,11 @@ export abstract class PassLedger {
   }
 
   /** The last pass, to settle (once). */
-  protected takeLast(): { rows: number; targets: number[]; kept: number } | undefined {
+  protected takeLast(): { rows: number; targets: SampledToken[]; kept: number } | undefined {
     const last = this.last;
     this.last = undefined;
     return last;
   }
-}
-
-/** Whether a request's sampling lets verification pick exactly what step-by-step decoding picks (see Speculator). */
-export function speculationFits(sampling: SamplingOptions, tokenizerSize: number): boolean {
-  const v = resolveSampling(sampling, tokenizerSize);
-  // Penalties count every pick, those of rows not kept too; logprobs come back one token per step.
-  return v.repetition === 1 && v.presence === 0 && v.frequency === 0 && v.logprobs === 0;
 }
 
 /**
@@ -233,6 +257,9 @@ export function speculationFits(sampling: SamplingOptions, tokenizerSize: number
  * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
  */
 export class Speculator extends PassLedger implements SpeculativeDecoder {
+  /** The last pass's sampler and the targets it picked on every row: the picks of rows not kept are taken back. */
+  private picks?: { sampler: GpuSampler; picked: number[] };
+
   constructor(
     readonly session: Session,
     readonly drafter: Drafter,
@@ -248,7 +275,7 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
 
   /** Starts a request, before its prompt's prefill: the drafter follows every prefill chunk from here. */
   begin(): void {
-    this.last = undefined;
+    this.last = this.picks = undefined;
     this.resetStats();
     this.session.chunkObserver = (ids, first, rows) => this.drafter.prefilled(ids, first, rows, first + rows === ids.length);
   }
@@ -261,33 +288,38 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
   /**
    * A pass from `pending` (the last token picked, its row not run; `draws` tokens picked so far, it included): drafts,
    * verifies, and returns the targets of the rows it would keep (at least one), all kept unless `keep` says fewer
-   * before the next pass.
+   * before the next pass. Every row's target is picked as step-by-step decoding would pick it after the rows before
+   * it: the same RNG step, and the counts the penalties read include the targets before it.
    */
-  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<number[]> {
-    this.settle();
+  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<SampledToken[]> {
+    await this.settle();
     const { session } = this;
     sampler.setDraws(draws);
     const rows = this.drafts + 1;
     session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
     const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
-    const ids = new Uint32Array(await result.bytes());
-    return this.record(rows, keptTargets(ids.subarray(1, rows), ids.subarray(rows)));
+    const { picked, kept } = readVerification(sampler, await result.bytes(), rows);
+    this.picks = { sampler, picked };
+    return this.record(rows, kept);
   }
 
   /**
    * Makes the last pass's kept rows the sequence's: before the next pass, or before the generation goes on without
    * speculation (the pending token is then in act.token[0], as a pick leaves it, and `sampler` draws next what
-   * step-by-step decoding would: its `draws`-th pick).
+   * step-by-step decoding would: its `draws`-th pick). The picks of the rows dropped no longer count for penalties.
    */
-  settle(sampler?: GpuSampler, draws?: number): void {
+  async settle(sampler?: GpuSampler, draws?: number): Promise<void> {
     const last = this.takeLast();
+    const picks = this.picks;
+    this.picks = undefined;
     if (!last) return;
     const { session } = this;
     const position = session.position;
     session.keepVerified(last.rows, last.kept);
-    const targets = last.targets.slice(0, last.kept);
+    const targets = last.targets.slice(0, last.kept).map((t) => t.id);
     this.drafter.kept(position, targets);
     session.ctx.write(session.activations.token, 0, Uint32Array.of(targets[targets.length - 1]));
+    if (picks) await picks.sampler.unpick(picks.picked.slice(last.kept));
     if (sampler && draws !== undefined) sampler.setDraws(draws);
   }
 

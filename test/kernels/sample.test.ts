@@ -1,9 +1,11 @@
 import { expect, it } from 'vitest';
-import type { GpuContext } from '../../src/gpu/context.ts';
+import type { Dispatch, GpuContext } from '../../src/gpu/context.ts';
 import {
   SAMPLE_BLOCK,
   SAMPLE_CANDIDATES,
   SAMPLE_LEVELS,
+  SAMPLE_RESULT_ROWS,
+  SAMPLE_RESULT_WORDS,
   type SampleOptionValues,
   type SampleScratch,
   createSampleScratch,
@@ -12,9 +14,11 @@ import {
   samplePick,
   samplePrepare,
   sampleSearch,
+  sampleUncount,
+  writeDropped,
   writeSampleOptions,
 } from '../../src/kernels/sample.ts';
-import { keepMask, logSoftmax, penalize, scaleLogits, thresholds } from '../../src/reference/sample.ts';
+import { keepMask, logSoftmax, penalize, scaleLogits, thresholds, uncount } from '../../src/reference/sample.ts';
 import { describeOnAdapters, readF32, readU32, upload } from '../helpers/gpu.ts';
 import { randn, rng } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
@@ -246,6 +250,54 @@ describeOnAdapters('sample', (ctx) => {
     expect(f[1]).toBeCloseTo(lp[id], 5);
   });
 
+  it('picks into result rows of their own: each row its own id and logprobs, counted one after the other', async () => {
+    const c = ctx();
+    const n = SAMPLE_BLOCK + 40;
+    const s = createSampleScratch(c, n, n);
+    const rows = Array.from({ length: SAMPLE_RESULT_ROWS }, (_, r) => tiedLogits(n, 30 + r));
+    const logits = upload(c, Float32Array.from(rows.flatMap((r) => Array.from(r))));
+    const out = c.storage('out', 4 * SAMPLE_RESULT_ROWS);
+    const o = { ...OFF, greedy: 1, logprobs: 3, presence: 2.5 };
+    writeSampleOptions(c, s, o);
+    const dispatches: Dispatch[] = [];
+    for (let r = 0; r < SAMPLE_RESULT_ROWS; r++)
+      dispatches.push(...(await sample(c, { logits, out, scratch: s, levels: sampleLevels(o), logitsRow: r, outRow: r, resultRow: r })));
+    c.run(dispatches);
+    const bytes = await c.read(s.result, 0, SAMPLE_RESULT_ROWS * SAMPLE_RESULT_WORDS * 4);
+    const ids = await readU32(c, out, SAMPLE_RESULT_ROWS);
+    const generated: number[] = [];
+    for (let r = 0; r < SAMPLE_RESULT_ROWS; r++) {
+      // Row r is penalised by the picks of the rows before it.
+      const z = penalize(rows[r], n, { presencePenalty: 2.5 }, [], generated);
+      const lp = logSoftmax(z);
+      const want = [...lp.keys()].sort((a, b) => lp[b] - lp[a] || a - b);
+      const u = new Uint32Array(bytes, r * SAMPLE_RESULT_WORDS * 4, 8);
+      const f = new Float32Array(bytes, r * SAMPLE_RESULT_WORDS * 4, 8);
+      expect([u[0], ids[r]]).toEqual([want[0], want[0]]);
+      expect(f[1]).toBeCloseTo(lp[want[0]], 5);
+      expect([u[2], u[4], u[6]]).toEqual(want.slice(0, 3));
+      generated.push(want[0]);
+    }
+    // Every pick is counted.
+    const counts = await readU32(c, s.counts, n);
+    expect(Array.from(counts).reduce((a, b) => a + b, 0)).toBe(SAMPLE_RESULT_ROWS);
+  });
+
+  it('sample_uncount takes back one count per dropped id (repeats too, never below 0), as the reference', async () => {
+    const c = ctx();
+    const n = 300;
+    const s = createSampleScratch(c, n, n);
+    const before = Uint32Array.from({ length: n }, (_, i) => (i * 7) % 4);
+    for (const dropped of [[], [5], [1, 1, 2], [0, 4, 8, 299], [3, 3, 3, 3]]) {
+      c.write(s.counts, 0, before);
+      writeDropped(c, s, dropped);
+      c.run([await sampleUncount(c, { scratch: s })]);
+      expect(Array.from(await readU32(c, s.counts, n)), dropped.join(',')).toEqual(Array.from(uncount(before, dropped)));
+    }
+    expect(() => writeDropped(c, s, [1, 2, 3, 4, 5])).toThrow(/5 dropped picks/);
+    expect(() => writeDropped(c, s, [300])).toThrow(/dropped id 300/);
+  });
+
   it('checks its arguments', async () => {
     const c = ctx();
     expect(() => createSampleScratch(c, 10, 11)).toThrow(/sample: n = 11/);
@@ -257,6 +309,7 @@ describeOnAdapters('sample', (ctx) => {
     expect(() => sampleSearch(c, { scratch: s, level: 17 })).toThrow(/level = 17/);
     expect(() => samplePrepare(c, { logits: c.storage('small', 300), scratch: s })).toThrow(/logits/);
     expect(() => samplePick(c, { scratch: s, out: s.counts })).toThrow(/out must not be a scratch buffer/);
+    expect(() => samplePick(c, { scratch: s, out: c.storage('o', 16), resultRow: SAMPLE_RESULT_ROWS })).toThrow(/resultRow/);
     await expect(sample(c, { logits: upload(c, new Float32Array(100)), out: c.storage('o', 16), scratch: s, levels: [3, 1] })).rejects.toThrow(/rise/);
     expect(sampleLevels({ ...OFF, greedy: 1, top_k: 5 })).toEqual([]);
     expect(sampleLevels({ ...OFF, top_p: 0.9 })).toEqual([8, 9, 10, 11, 12, 13, 14, 15, 16]);

@@ -3,12 +3,13 @@ import type { GpuContext } from '../../src/gpu/context.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import type { Model } from '../../src/model/model.ts';
-import { type GenerationPlan, generateIds, generateTokens } from '../../src/runtime/generation.ts';
+import { type GenerationPlan, type TokenEvent, generateIds, generateTokens } from '../../src/runtime/generation.ts';
 import { FrameConnection, type ByteLink } from '../../src/runtime/pipeline/link.ts';
 import { StagePool } from '../../src/runtime/pipeline/stage_pool.ts';
 import { serveStage } from '../../src/runtime/pipeline/stage_worker.ts';
 import { GpuSampler, type SamplingOptions } from '../../src/runtime/sampler.ts';
 import { Session } from '../../src/runtime/session.ts';
+import type { SpeculationStats } from '../../src/runtime/speculation.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { FIXTURES, fixtureDir, golden } from '../helpers/fixtures.ts';
 import { ScriptedDrafter } from '../helpers/scripted_drafter.ts';
@@ -94,19 +95,23 @@ for (const name of FIXTURES) {
       thinkEndId: 7,
       thinkEndIds: [7, 11],
     });
-    const ids = async (tokens: AsyncGenerator<{ id: number }>) => {
-      const out: number[] = [];
-      for await (const t of tokens) out.push(t.id);
+    const events = async (tokens: AsyncGenerator<TokenEvent>) => {
+      const out: TokenEvent[] = [];
+      for await (const t of tokens) out.push(t);
       return out;
     };
 
     /** Step-by-step ids on the whole model (with `plan`: generateTokens's, thinking). */
     async function stepByStep(sampling: SamplingOptions, maxTokens: number, plan?: GenerationPlan): Promise<number[]> {
+      return (await stepByStepEvents(plan ?? { promptIds: prompt, maxTokens, sampling, stopIds: new Set(), thinking: false })).map((t) => t.id);
+    }
+
+    /** Step-by-step tokens (with logprobs when asked) of `plan` on the whole model. */
+    async function stepByStepEvents(plan: GenerationPlan): Promise<TokenEvent[]> {
       const session = Session.create(ctx, whole, { contextLength: CONTEXT });
       const sampler = GpuSampler.create(ctx, { vocabSize: whole.config.vocabSize, tokenizerSize: whole.tokenizerSize });
       try {
-        if (plan) return await ids(generateTokens(session, sampler, plan));
-        return (await generateIds(session, sampler, { promptIds: prompt, maxTokens, sampling })).ids;
+        return await events(generateTokens(session, sampler, plan));
       } finally {
         sampler.destroy();
         session.destroy();
@@ -114,7 +119,13 @@ for (const name of FIXTURES) {
     }
 
     /** Generates through the two stages, speculating with k drafts per pass; the last stage drafts with `drafter`. */
-    async function pipelined(k: number, sampling: SamplingOptions, maxTokens: number, truth?: number[], plan?: GenerationPlan) {
+    async function pipelined(
+      k: number,
+      sampling: SamplingOptions,
+      maxTokens: number,
+      truth?: number[],
+      plan?: GenerationPlan,
+    ): Promise<{ ids: number[]; tokens?: TokenEvent[]; speculation?: SpeculationStats }> {
       const [front, back] = memoryLinks();
       const assign = { type: 'assign' as const, layers: stages[1].layers, contextLength: CONTEXT, slots: 1, prefillChunk: CHUNK, draftTokens: k };
       const drafter = truth && ((session: Session) => new ScriptedDrafter(session, prompt.length, truth, (pass, k) => pass % (k + 1)));
@@ -128,7 +139,10 @@ for (const name of FIXTURES) {
       });
       try {
         const slot = pool.slots[0];
-        if (plan) return { ids: await ids(generateTokens(slot, slot.sampler, plan)), speculation: { ...slot.speculator!.stats } };
+        if (plan) {
+          const tokens = await events(generateTokens(slot, slot.sampler, plan));
+          return { ids: tokens.map((t) => t.id), tokens, speculation: { ...slot.speculator!.stats } };
+        }
         return await generateIds(slot, slot.sampler, { promptIds: prompt, maxTokens, sampling });
       } finally {
         pool.destroy();
@@ -157,6 +171,28 @@ for (const name of FIXTURES) {
       const got = await pipelined(3, plan.sampling, 16, want, plan);
       expect(got.ids).toEqual(want);
       expect(got.speculation?.accepted).toBeGreaterThan(0);
+    }, 600_000);
+
+    it('penalties and logprobs: the tokens, logprobs and alternatives of one process, drafts accepted or not', async () => {
+      for (const sampling of [
+        { temperature: 0, presencePenalty: 1.5, frequencyPenalty: 0.5, logprobs: 4 },
+        { temperature: 1.1, topK: 30, seed: 5, repetitionPenalty: 1.3, logprobs: 2 },
+      ]) {
+        const plan: GenerationPlan = { promptIds: prompt, maxTokens: 16, sampling, stopIds: new Set(), thinking: false };
+        const want = await stepByStepEvents(plan);
+        expect(want[0].top).toHaveLength(sampling.logprobs);
+        const mtp = await pipelined(3, sampling, 16, undefined, plan);
+        expect(mtp.tokens, 'MTP drafter').toEqual(want);
+        const scripted = await pipelined(
+          3,
+          sampling,
+          16,
+          want.map((t) => t.id),
+          plan,
+        );
+        expect(scripted.tokens, 'scripted drafts').toEqual(want);
+        expect(scripted.speculation?.accepted).toBeGreaterThan(0);
+      }
     }, 600_000);
   });
 }

@@ -3,7 +3,7 @@ import type { GpuContext } from '../../src/gpu/context.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
 import type { Model } from '../../src/model/model.ts';
-import { type GenerationPlan, generateIds, generateTokens } from '../../src/runtime/generation.ts';
+import { type GenerationPlan, type TokenEvent, generateIds, generateTokens } from '../../src/runtime/generation.ts';
 import { GpuSampler, type SamplingOptions } from '../../src/runtime/sampler.ts';
 import { Session } from '../../src/runtime/session.ts';
 import { type Drafter, keptTargets, withSpeculation } from '../../src/runtime/speculation.ts';
@@ -148,6 +148,45 @@ for (const name of FIXTURES) {
       }
     }, 300_000);
 
+    it('penalties (repetition, presence, frequency): the ids of step-by-step decoding, greedy and seeded, drafts accepted or not', async () => {
+      for (const sampling of [
+        { temperature: 0, repetitionPenalty: 1.3, presencePenalty: 0.8, frequencyPenalty: 0.6 },
+        { temperature: 1.1, topK: 30, seed: 77, presencePenalty: 1.5 },
+      ]) {
+        const want = (await run(rig.plain, rig.sampler, prompt(), sampling, 24)).ids;
+        for (const k of [1, 3]) {
+          for (const drafter of [undefined, (s: Session) => new ScriptedDrafter(s, prompt().length, want, (pass, k) => pass % (k + 1))]) {
+            const session = speculating(rig, k, drafter);
+            const got = await run(session, rig.sampler, prompt(), sampling, 24);
+            expect(got.ids, `k = ${k}, ${drafter ? 'scripted' : 'MTP'} drafts, ${JSON.stringify(sampling)}`).toEqual(want);
+            session.destroy();
+          }
+        }
+      }
+    }, 300_000);
+
+    it('logprobs: the tokens of step-by-step decoding with the same logprobs and alternatives', async () => {
+      const collect = async (session: Session, sampling: SamplingOptions) => {
+        const out: TokenEvent[] = [];
+        const plan = { promptIds: prompt(), maxTokens: 16, sampling, stopIds: new Set<number>(), thinking: false };
+        for await (const t of generateTokens(session, rig.sampler, plan)) out.push(t);
+        return out;
+      };
+      for (const sampling of [
+        { temperature: 0, logprobs: 5 },
+        { temperature: 0.9, seed: 5, logprobs: 3, frequencyPenalty: 0.4 },
+      ]) {
+        const want = await collect(rig.plain, sampling);
+        expect(want[0].top).toHaveLength(sampling.logprobs);
+        const ids = want.map((t) => t.id);
+        for (const drafter of [undefined, (s: Session) => new ScriptedDrafter(s, prompt().length, ids, (pass, k) => pass % (k + 1))]) {
+          const session = speculating(rig, 3, drafter);
+          expect(await collect(session, sampling), `${drafter ? 'scripted' : 'MTP'} drafts`).toEqual(want);
+          session.destroy();
+        }
+      }
+    }, 300_000);
+
     it('rollback: after a pass keeps c of k + 1 rows, the session is bit for bit one that decoded only those', async () => {
       const want = (await run(rig.plain, rig.sampler, prompt(), { temperature: 0 }, 8)).ids;
       const k = 3;
@@ -155,7 +194,7 @@ for (const name of FIXTURES) {
         const session = speculating(rig, k, (s) => new ScriptedDrafter(s, prompt().length, want, () => keep - 1));
         // One pass after the first token: it keeps `keep` rows (the pending token and keep − 1 accepted drafts).
         await run(session, rig.sampler, prompt(), { temperature: 0 }, 1 + keep);
-        session.speculator!.settle();
+        await session.speculator!.settle();
         const stepped = Session.create(rig.ctx, rig.model, { contextLength: 256 });
         rig.sampler.begin({ temperature: 0 }, prompt());
         await (await stepped.prefillAndPick(prompt(), rig.sampler)).read();

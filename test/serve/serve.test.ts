@@ -244,7 +244,7 @@ describe('serve (node): speculative decoding', { timeout: 120_000 }, () => {
   const servers: Server[] = [];
   afterAll(() => servers.forEach(stopServer));
 
-  it('--max-batch 1 --draft-tokens 3 answers exactly what --no-mtp does: plain, streamed, and with a penalty', async () => {
+  it('--max-batch 1 --draft-tokens 3 answers exactly what --no-mtp does: plain, streamed, with penalties and logprobs', async () => {
     for (const flags of [['--draft-tokens', '3'], ['--no-mtp']])
       servers.push(await startServer('node', ['--adapter', 'llvmpipe', '--max-batch', '1', ...flags]));
     const answers = async (server: Server) => {
@@ -255,9 +255,17 @@ describe('serve (node): speculative decoding', { timeout: 120_000 }, () => {
       let streamed = '';
       for await (const chunk of await client.completions.create({ model: 'm', prompt: 'Once upon a time', temperature: 0, max_tokens: 10, stream: true }))
         streamed += chunk.choices[0]?.text ?? '';
-      return [plain.choices[0].text, seeded.choices[0].message.content, penalised.choices[0].text, streamed];
+      const withLogprobs = await client.completions.create({ model: 'm', prompt: 'Hi', temperature: 0, frequency_penalty: 0.7, logprobs: 3, max_tokens: 8 });
+      expect((withLogprobs.choices[0].logprobs as unknown as { content: { top_logprobs: unknown[] }[] }).content[0].top_logprobs).toHaveLength(3);
+      return [plain.choices[0].text, seeded.choices[0].message.content, penalised.choices[0].text, streamed, withLogprobs.choices[0].logprobs];
     };
     expect(await answers(servers[0])).toEqual(await answers(servers[1]));
+    // A request with penalties and logprobs speculates too.
+    const drafts = async () => (await metrics(servers[0].url)).get('vllm:spec_decode_num_drafts_total') ?? 0;
+    const before = await drafts();
+    const client = new OpenAI({ baseURL: `${servers[0].url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    await client.completions.create({ model: 'm', prompt: 'Two', temperature: 0, presence_penalty: 1, logprobs: 2, max_tokens: 8 });
+    expect(await drafts()).toBeGreaterThan(before);
     const speculating = await metrics(servers[0].url);
     expect(speculating.get('vllm:spec_decode_num_drafts_total')).toBeGreaterThan(10);
     expect(speculating.get('vllm:spec_decode_num_draft_tokens_total')).toBe(3 * speculating.get('vllm:spec_decode_num_drafts_total')!);

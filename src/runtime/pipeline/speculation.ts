@@ -1,7 +1,7 @@
 import { SessionError, StageError } from '../../errors.ts';
-import type { GpuSampler } from '../sampler.ts';
+import type { GpuSampler, SampledToken } from '../sampler.ts';
 import type { SpeculativeDecoder } from '../sequence.ts';
-import { PassLedger } from '../speculation.ts';
+import { PassLedger, sampledTargets } from '../speculation.ts';
 import type { Session } from '../session.ts';
 import type { Frame } from './frame.ts';
 import type { PickReply, StepCall } from './stage_worker.ts';
@@ -50,8 +50,8 @@ export class PipelineSpeculator extends PassLedger implements SpeculativeDecoder
     return this.slot.position + (this.last?.kept ?? 0) + this.drafts + 1 <= this.slot.session.capacity;
   }
 
-  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<number[]> {
-    this.settle();
+  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<SampledToken[]> {
+    await this.settle();
     const drafts = this.slot.drafts;
     if (drafts?.length !== this.drafts) throw new SessionError('the last stage sent no drafts for this pass');
     const rows = this.drafts + 1;
@@ -63,13 +63,14 @@ export class PipelineSpeculator extends PassLedger implements SpeculativeDecoder
     const targets = (reply.header as unknown as PickReply).targets;
     if (!Array.isArray(targets) || targets.length < 1 || targets.length > rows)
       throw new StageError('answered a verification without its targets', 'the last stage');
-    return this.record(rows, targets);
+    // With logprobs the body holds the kept targets' result rows.
+    return this.record(rows, sampledTargets(sampler, targets, reply.body?.slice().buffer));
   }
 
-  settle(_sampler?: GpuSampler, draws?: number): void {
+  async settle(_sampler?: GpuSampler, draws?: number): Promise<void> {
     const last = this.takeLast();
     if (!last) return;
-    this.slot.keepVerified(last.rows, last.kept, last.targets[last.kept - 1], draws);
+    this.slot.keepVerified(last.rows, last.kept, last.targets[last.kept - 1].id, draws);
   }
 
   destroy(): void {}

@@ -4,7 +4,7 @@ import type { Model } from '../../model/model.ts';
 import { hasHead } from '../../model/model.ts';
 import { GpuSampler, type SamplingOptions } from '../sampler.ts';
 import { Session } from '../session.ts';
-import { type Drafter, MtpDrafter, keptTargets } from '../speculation.ts';
+import { type Drafter, MtpDrafter, readVerification } from '../speculation.ts';
 import type { Assign } from './handshake.ts';
 import type { FrameConnection } from './link.ts';
 
@@ -52,6 +52,8 @@ interface StageSlot {
   sampler?: GpuSampler;
   serial?: number;
   drafter?: Drafter;
+  /** The targets the last verification picked on every row (the last stage): those of rows not kept are taken back. */
+  picked?: number[];
 }
 
 /**
@@ -93,14 +95,24 @@ export async function serveStage(
       try {
         if (call.type !== 'step') throw new StageError(`sent a ${call.type} frame; a stage at work takes step frames`, 'stage 0');
         const slot = slotOf(call.slot);
-        if (call.keep) slot.session.keepVerified(call.keep.rows, call.keep.kept);
+        if (call.keep) {
+          slot.session.keepVerified(call.keep.rows, call.keep.kept);
+          await slot.sampler?.unpick(slot.picked?.slice(call.keep.kept) ?? []);
+        }
+        slot.picked = undefined;
         if (call.position === 0 && !call.decode) slot.session.reset();
         const sampler = call.pick && hasHead(model) ? replay(ctx, model, slot, call.pick) : undefined;
         if (call.verify) {
           const out = await slot.session.stageVerify({ hidden: frame.body }, call.position, call.rows, sampler);
-          const bytes = new Uint8Array(await out.bytes());
-          const reply = hasHead(model) ? await verified(slot, call, new Uint32Array(bytes.buffer, bytes.byteOffset, 2 * call.rows)) : undefined;
-          await conn.send({ ...(reply ?? { type: 'rows' }), id: call.id }, reply ? undefined : bytes);
+          const bytes = await out.bytes();
+          if (!sampler) {
+            await conn.send({ type: 'rows', id: call.id }, new Uint8Array(bytes));
+            continue;
+          }
+          const reply = await verified(slot, sampler, call, bytes);
+          // With logprobs, the kept targets' result rows go back as the body.
+          const results = sampler.reportsLogprobs ? new Uint8Array(bytes, 2 * call.rows * 4) : undefined;
+          await conn.send({ ...reply, id: call.id }, results);
           continue;
         }
         const step = { position: call.position, rows: call.rows, decode: call.decode };
@@ -128,9 +140,11 @@ export async function serveStage(
  * The last stage's verification result: each draft (call.ids[1..]) kept while it equals the target picked before it;
  * the targets of the rows kept, and the drafts from the last of them.
  */
-async function verified(slot: StageSlot, call: StepCall, words: Uint32Array): Promise<PickReply> {
+async function verified(slot: StageSlot, sampler: GpuSampler, call: StepCall, bytes: ArrayBuffer): Promise<PickReply> {
   const rows = call.rows;
-  const targets = keptTargets((call.ids ?? []).slice(1, rows), words.subarray(rows));
+  const { picked, kept } = readVerification(sampler, bytes, rows, (call.ids ?? []).slice(1, rows));
+  slot.picked = picked;
+  const targets = kept.map((t) => t.id);
   if (!slot.drafter) return { type: 'verified', targets };
   slot.drafter.kept(call.position, targets);
   return { type: 'verified', targets, drafts: await draft(slot, targets[targets.length - 1], rows - 1) };
