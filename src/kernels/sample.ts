@@ -308,7 +308,7 @@ export const sampleUncountKernel = defineKernel({
   bindings: () => [read('dropped', 'u32'), write('counts', 'u32')],
 });
 
-/** Writes `ids` (at most SAMPLE_RESULT_ROWS) to scratch.dropped; `dispatch` then takes back one count of each. */
+/** Writes `ids` (at most SAMPLE_RESULT_ROWS) to scratch.dropped, whose counts sampleUncount's dispatch then takes back. */
 export function writeDropped(ctx: GpuContext, scratch: SampleScratch, ids: readonly number[]): void {
   if (ids.length > SAMPLE_RESULT_ROWS) fail(`${ids.length} dropped picks (at most ${SAMPLE_RESULT_ROWS})`);
   for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= scratch.n) fail(`dropped id ${id} is not a candidate (0..${scratch.n - 1})`);
@@ -319,6 +319,7 @@ export function writeDropped(ctx: GpuContext, scratch: SampleScratch, ids: reado
   );
 }
 
+/** The dispatch of sample_uncount over scratch.dropped (write it first: writeDropped). */
 export function sampleUncount(ctx: GpuContext, a: { scratch: SampleScratch }): Promise<Dispatch> {
   return ctx.dispatch(sampleUncountKernel, undefined, { dropped: a.scratch.dropped, counts: a.scratch.counts }, [1]);
 }
