@@ -208,14 +208,25 @@ export function sampledTargets(sampler: GpuSampler, ids: readonly number[], resu
 }
 
 /**
+ * The last pass until it is settled: its rows, the targets it would keep, how many the generation keeps, and (when
+ * this process's sampler picked them) every row's pick, so that the picks of rows not kept can be taken back.
+ */
+interface LastPass {
+  rows: number;
+  targets: SampledToken[];
+  kept: number;
+  picks?: { sampler: GpuSampler; picked: number[] };
+}
+
+/**
  * What a speculator keeps between passes (Speculator here, PipelineSpeculator across stages): the figures, and the
- * last pass's rows and targets until they are settled, with how many of them the generation keeps.
+ * last pass until it is settled.
  */
 export abstract class PassLedger {
   /** The current (or last) generation's figures, and those of every generation so far. */
   readonly stats: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
   readonly totals: SpeculationStats = { passes: 0, drafted: 0, accepted: 0 };
-  protected last?: { rows: number; targets: SampledToken[]; kept: number };
+  protected last?: LastPass;
 
   constructor(
     /** Drafts per pass. */
@@ -233,18 +244,18 @@ export abstract class PassLedger {
   }
 
   /** A pass of `rows` rows whose verification keeps the rows of `targets`: counted, and all kept unless `keep` says fewer. */
-  protected record(rows: number, targets: SampledToken[]): SampledToken[] {
+  protected record(rows: number, targets: SampledToken[], picks?: LastPass['picks']): SampledToken[] {
     for (const s of [this.stats, this.totals]) {
       s.passes++;
       s.drafted += this.drafts;
       s.accepted += targets.length - 1;
     }
-    this.last = { rows, targets, kept: targets.length };
+    this.last = { rows, targets, kept: targets.length, picks };
     return targets;
   }
 
   /** The last pass, to settle (once). */
-  protected takeLast(): { rows: number; targets: SampledToken[]; kept: number } | undefined {
+  protected takeLast(): LastPass | undefined {
     const last = this.last;
     this.last = undefined;
     return last;
@@ -257,9 +268,6 @@ export abstract class PassLedger {
  * token, not yet run). The generation may keep fewer (a stop, a length, a thinking budget) with `keep`.
  */
 export class Speculator extends PassLedger implements SpeculativeDecoder {
-  /** The last pass's sampler and the targets it picked on every row: the picks of rows not kept are taken back. */
-  private picks?: { sampler: GpuSampler; picked: number[] };
-
   constructor(
     readonly session: Session,
     readonly drafter: Drafter,
@@ -275,7 +283,7 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
 
   /** Starts a request, before its prompt's prefill: the drafter follows every prefill chunk from here. */
   begin(): void {
-    this.last = this.picks = undefined;
+    this.last = undefined;
     this.resetStats();
     this.session.chunkObserver = (ids, first, rows) => this.drafter.prefilled(ids, first, rows, first + rows === ids.length);
   }
@@ -299,8 +307,7 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
     session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
     const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
     const { picked, kept } = readVerification(sampler, await result.bytes(), rows);
-    this.picks = { sampler, picked };
-    return this.record(rows, kept);
+    return this.record(rows, kept, { sampler, picked });
   }
 
   /**
@@ -310,8 +317,6 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
    */
   async settle(sampler?: GpuSampler, draws?: number): Promise<void> {
     const last = this.takeLast();
-    const picks = this.picks;
-    this.picks = undefined;
     if (!last) return;
     const { session } = this;
     const position = session.position;
@@ -319,7 +324,7 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
     const targets = last.targets.slice(0, last.kept).map((t) => t.id);
     this.drafter.kept(position, targets);
     session.ctx.write(session.activations.token, 0, Uint32Array.of(targets[targets.length - 1]));
-    if (picks) await picks.sampler.unpick(picks.picked.slice(last.kept));
+    if (last.picks) await last.picks.sampler.unpick(last.picks.picked.slice(last.kept));
     if (sampler && draws !== undefined) sampler.setDraws(draws);
   }
 
