@@ -21,7 +21,8 @@ fn norm_w(is_q: bool, d: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let heads = params.nq + params.nkv;
   let id = flat_id(wg, nwg);
   // Both returns are workgroup-uniform: workgroup_sum below has barriers.
@@ -38,7 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
   var ss = 0.0;
   for (var d = li; d < D; d += WG) { let x = f32(proj[src + d]); ss += x * x; }
-  let inv = inverseSqrt(workgroup_sum(ss, li) / f32(D) + params.eps);
+  let inv = inverseSqrt(workgroup_sum(ss, lanes) / f32(D) + params.eps);
 
   let half = params.rotary_dim / 2u;
   let dst = select((cache_keys0(t) + g * params.capacity + pos) * D, (t * params.nq + hh) * D, is_q);

@@ -24,7 +24,7 @@
 const RPT: u32 = (DK + KSPLIT - 1u) / KSPLIT;
 var<workgroup> qk: array<f32, 2u * DK>;     // q then k of key head j, conv'd, then l2-normed
 var<workgroup> vv: array<f32, DV>;          // v of head h, conv'd
-var<workgroup> red: array<vec3<f32>, WG>;
+var<workgroup> red: array<vec3<f32>, WG>;  // each invocation's part of S^T k, S^T q, k·q
 // The row's token position and the bases of its projection and ring.
 var<private> pos: u32;
 var<private> proj0: u32;
@@ -42,22 +42,10 @@ fn conv_channel(c: u32) -> vec2<f32> {
   return vec2<f32>(silu(acc), raw);
 }
 
-// Σ of v over the workgroup, returned to every invocation (a tree in `red`, one component per sum).
-fn workgroup_sum3(v: vec3<f32>, li: u32) -> vec3<f32> {
-  red[li] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (li < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let id = flat_id(wg, nwg);
   if (id >= params.nv * params.rows) { return; }  // workgroup-uniform
   let h = id % params.nv;
@@ -89,7 +77,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     vv[col] = r.x;
     conv_state[slot_now + c] = act(r.y);
   }
-  let norms = workgroup_sum3(ss, li);  // its barriers also publish qk and vv
+  let norms = workgroup_sum3(ss, lanes);  // its barriers also publish qk and vv
   let fq = inverseSqrt(norms.x + 1e-6) * inverseSqrt(f32(DK));
   let fk = inverseSqrt(norms.y + 1e-6);
 
@@ -120,7 +108,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
 
   let o = decay * tot.y + u * tot.z;
-  let sq = workgroup_sum3(vec3<f32>(select(0.0, o * o, ks == 0u), 0.0, 0.0), li).x;
+  let sq = workgroup_sum3(vec3<f32>(select(0.0, o * o, ks == 0u), 0.0, 0.0), lanes).x;
   if (ks == 0u) {
     let inv = inverseSqrt(sq / f32(DV) + params.eps);
     y[row * params.y_stride + h * DV + col] = act(o * inv * norm_w[col] * silu(f32(proj[proj0 + params.z_off + h * DV + col])));

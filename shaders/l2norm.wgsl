@@ -7,13 +7,14 @@ override WG: u32 = 64u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let row = flat_id(wg, nwg);
   if (row >= params.tokens * params.heads) { return; }  // workgroup-uniform: workgroup_sum has barriers
   let h = row % params.heads;
   let base = (row / params.heads) * params.token_stride + h * params.dim;
   var ss = 0.0;
   for (var i = li; i < params.dim; i += WG) { let v = f32(x[base + i]); ss += v * v; }
-  let f = inverseSqrt(workgroup_sum(ss, li) + 1e-6) * select(1.0, params.scale, h < params.scaled_heads);
+  let f = inverseSqrt(workgroup_sum(ss, lanes) + 1e-6) * select(1.0, params.scale, h < params.scaled_heads);
   for (var i = li; i < params.dim; i += WG) { x[base + i] = act(f32(x[base + i]) * f); }
 }

@@ -8,7 +8,8 @@ const U = 8u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let row = flat_id(wg, nwg);
   if (row >= params.rows) { return; }  // workgroup-uniform: workgroup_merge has barriers
   let base = row * params.cols;
@@ -24,7 +25,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     m = bm;
     for (var u = 0u; u < U; u++) { if (c0 + u * WG + li < params.cols) { s += exp(xs[u] - m); } }
   }
-  let ms = workgroup_merge(vec2<f32>(m, s), li);
+  let ms = workgroup_merge(vec2<f32>(m, s), lanes);
   let shift = ms.x + log(ms.y);
   for (var c0 = 0u; c0 < params.cols; c0 += WG * U) {
     var xs = array<f32, U>();

@@ -25,9 +25,11 @@
 //     row costs more than the weights; on CPU adapters it is a gather per element). STAGE (CPU adapters): each
 //     tile of x is first staged in workgroup memory as vec4s, so that a lane picks up a unit in 2 or 8 vector
 //     loads rather than 8 or 32 bounds-checked scalar ones (lavapipe compiles those slowly: seconds a pipeline). Each lane's per-row partial sum goes to `part`; after one
-//     barrier each row's TPR partials are summed in lane order. 'sum' runs over the picks as one dot product
-//     of length topk * KU units (KU = K rounded up to a UNIT).
-//   preconditions (matvec.ts): TPR a power of two dividing WG; PART >= WG / TPR * rps * (TPR + 1); 'sum':
+//     barrier each row's TPR partials are summed in lane order. SUBGROUPS (one set per workgroup, WG == TPR):
+//     each row's partials are summed across every subgroup in registers (subgroup_sum2) and its first lane keeps
+//     that sum in the subgroup's slot of the row; after the barrier a row's slots (one per subgroup) are summed.
+//     'sum' runs over the picks as one dot product of length topk * KU units (KU = K rounded up to a UNIT).
+//   preconditions (matvec.ts): TPR a power of two dividing WG; PART >= WG / TPR * rps * ROW_SLOTS; 'sum':
 //     topk <= MAX_PICKS; rowStride, itemStride multiples of UNIT; x and y distinct; a pick whose slot is
 //     outside this part contributes nothing here (another part's dispatch serves it).
 override WG: u32 = 8u;
@@ -39,6 +41,8 @@ const MAX_PICKS = 32u;
 const NONE = 0xffffffffu;
 
 var<workgroup> part: array<vec2<f32>, PART>;
+// SUBGROUPS: whether this lane stores its subgroup's sums.
+var<private> subgroup_leader: bool;
 var<workgroup> xs: array<vec4<f32>, XT4>;
 // NORM: each lane's Σ x² over the x it loaded.
 var<workgroup> lane_sq: array<f32, WG>;
@@ -109,13 +113,19 @@ fn row_part(r: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held: Held
   let live = rr < params.rps && r < params.rows;
   let rc = min(r, params.rows - 1u);
   let rowu = select(rc * params.row_stride_u + itemu, rc * params.item_stride_u, DENSE);
-  let acc = held_dot(rowu, held);
-  if (live) { part[slot] = select(part[slot] + acc, acc, first_tile); }
+  var acc = held_dot(rowu, held);
+  var keep = live;
+  if (SUBGROUPS) {
+    acc = subgroup_sum2(acc);
+    keep = live && subgroup_leader;
+  }
+  if (keep) { part[slot] = select(part[slot] + acc, acc, first_tile); }
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lanes: Lanes) {
+  let li = lanes.li;
+  subgroup_leader = subgroup_lane(lanes) == 0u;
   let id = flat_id(wg, nwg);
   let j = id % params.jobs;
   let g = id / params.jobs;
@@ -143,6 +153,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let ku = (params.k + UNIT - 1u) / UNIT;
   let len = select(1u, params.topk, SUM) * ku;
   var sq = 0.0;
+  // Row rr's slots start at rr * ROW_SLOTS: a lane's own slot, or with SUBGROUPS its subgroup's.
+  let slot = select(((li / TPR) * params.rps) * ROW_SLOTS + lane, subgroup_index(lanes), SUBGROUPS);
   for (var t = 0u; t < len; t += TPR * XU) {
     if (STAGE) {
       workgroupBarrier();  // the previous tile's readers are done
@@ -152,21 +164,31 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let held = hold(t, lane, ku, len, j);
     if (NORM && !STAGE) { sq += held_sq(held); }
     for (var rr = 0u; rr < params.rps; rr += RU) {
-      walk_rows(first, rr, ((li / TPR) * params.rps + rr) * (TPR + 1u) + lane, itemu, t == 0u, held);
+      walk_rows(first, rr, slot + rr * ROW_SLOTS, itemu, t == 0u, held);
     }
   }
-  if (NORM) { lane_sq[li] = sq; }
+  if (NORM) {
+    if (SUBGROUPS) {
+      sq = subgroup_sum(sq);
+      if (subgroup_leader) { lane_sq[subgroup_index(lanes)] = sq; }
+    } else {
+      lane_sq[li] = sq;
+    }
+  }
   workgroupBarrier();
+  // Partial sums per row: one per lane, or per subgroup. Σ x² likewise, over the set's lanes (staged, the
+  // workgroup loaded x once between all its lanes; else every set held all of x).
+  let sums = select(TPR, subgroup_count(lanes), SUBGROUPS);
+  let sq_sums = select(select(TPR, WG, STAGE), subgroup_count(lanes), SUBGROUPS);
   for (var i = li; i < sets * params.rps; i += WG) {
     let r = g * sets * params.rps + i;
     if (r < params.rows) {
       var a = vec2<f32>(0.0);
-      for (var l = 0u; l < TPR; l++) { a += part[i * (TPR + 1u) + l]; }
+      for (var l = 0u; l < sums; l++) { a += part[i * ROW_SLOTS + l]; }
       if (NORM) {
-        // Staged, the workgroup loaded x once between all its lanes; else every set held all of x.
-        let s0 = select((i / params.rps) * TPR, 0u, STAGE);
+        let s0 = select((i / params.rps) * TPR, 0u, STAGE || SUBGROUPS);
         var ss = 0.0;
-        for (var l = s0; l < s0 + select(TPR, WG, STAGE); l++) { ss += lane_sq[l]; }
+        for (var l = s0; l < s0 + sq_sums; l++) { ss += lane_sq[l]; }
         a *= inverseSqrt(ss / f32(params.k) + params.eps);
       }
       var v = a.x;

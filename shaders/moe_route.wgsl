@@ -17,7 +17,8 @@ var<workgroup> chosen: array<u32, MAX_TOPK>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let t = flat_id(wg, nwg);
   if (t >= params.tokens) { return; }
   let experts = params.experts;
@@ -41,7 +42,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       }
       stale = false;
     }
-    let win = workgroup_best(Ranked(best_v, best_i), li).i;
+    let win = workgroup_best(Ranked(best_v, best_i), lanes).i;
     if (li == 0u) { chosen[j] = win; }
     if (win != NONE && win == best_i) {
       taken |= 1u << ((win - li) / WG);

@@ -6,13 +6,14 @@ override WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let row = flat_id(wg, nwg);
   if (row >= params.rows) { return; }  // workgroup-uniform: workgroup_sum has barriers
   let base = params.x_off + row * params.cols;
   var ss = 0.0;
   for (var i = li; i < params.cols; i += WG) { let v = x[base + i]; ss += v * v; }
-  let inv = inverseSqrt(workgroup_sum(ss, li) / f32(params.cols) + params.eps);
+  let inv = inverseSqrt(workgroup_sum(ss, lanes) / f32(params.cols) + params.eps);
   let out = params.y_off + row * params.y_stride;
   for (var i = li; i < params.cols; i += WG) { y[out + i] = x[base + i] * inv * (1.0 + w[i]); }
 }

@@ -8,13 +8,14 @@ override WG: u32 = 64u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lanes: Lanes) {
+  let li = lanes.li;
   let row = flat_id(wg, nwg);
   if (row >= params.rows) { return; }  // workgroup-uniform: workgroup_sum has barriers
   let base = row * params.dim;
   let zbase = (row / params.heads) * params.z_token_stride + params.z_offset + (row % params.heads) * params.dim;
   var ss = 0.0;
   for (var i = li; i < params.dim; i += WG) { let v = f32(x[base + i]); ss += v * v; }
-  let inv = inverseSqrt(workgroup_sum(ss, li) / f32(params.dim) + params.eps);
+  let inv = inverseSqrt(workgroup_sum(ss, lanes) / f32(params.dim) + params.eps);
   for (var i = li; i < params.dim; i += WG) { y[base + i] = act(f32(x[base + i]) * inv * w[i] * silu(f32(z[zbase + i]))); }
 }

@@ -33,7 +33,7 @@ import { convertedOnce } from './packed_cache.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
-const SWITCHES = new Set(['greedy', 'json', 'verify-cost', 'stream', 'no-f16', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
+const SWITCHES = new Set(['greedy', 'json', 'verify-cost', 'stream', 'no-f16', 'no-subgroups', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
@@ -102,6 +102,7 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            shader-f16; the residual stream, recurrent state and routed experts stay f32)
         --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)
         --no-f16           do not use shader-f16 even where the adapter has it
+        --no-subgroups     do not use subgroup operations even where the adapter has them
         --context N        context length (default: what the command needs, at least 4096 for chats)
         --verify           check a packed model's sha256 sums before loading it
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
@@ -125,7 +126,7 @@ interface Command {
   run(args: Args, ctx: GpuContext | undefined, host: CliHost): Promise<void>;
 }
 
-const GPU_FLAGS = ['adapter', 'no-f16', 'activations'];
+const GPU_FLAGS = ['adapter', 'no-f16', 'no-subgroups', 'activations'];
 /** Speculative decoding with the model's MTP block (generate, serve, batch). */
 const SPECULATION_FLAGS = ['no-mtp', 'draft-tokens'];
 const LOAD_FLAGS = ['model', 'dtype', 'verify', 'expert-cache-mb', 'http-timeout'];
@@ -228,7 +229,7 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
     if (command.gpu) {
       ctx = await host.createContext({
         adapter: stringFlag(args, 'adapter'),
-        mask: args.flags.has('no-f16') ? { f16: false } : undefined,
+        mask: { ...(args.flags.has('no-f16') ? { f16: false } : {}), ...(args.flags.has('no-subgroups') ? { subgroups: false } : {}) },
         activations: choiceFlag(args, 'activations', ['f32', 'f16'] as const),
       });
     }
@@ -353,6 +354,7 @@ const adapterJson = (ctx: GpuContext) => ({
   backend: ctx.adapter.backend,
   features: ctx.adapter.features,
   f16: ctx.caps.f16,
+  subgroups: ctx.caps.subgroups,
   activations: ctx.activations,
 });
 const round = (x: number) => Math.round(x * 100) / 100;

@@ -42,7 +42,7 @@ function passedOn(args: Args): string[] {
     const v = args.flags.get(name);
     if (typeof v === 'string') out.push(`--${name}`, v);
   }
-  for (const name of ['no-f16', 'verify']) if (args.flags.has(name)) out.push(`--${name}`);
+  for (const name of ['no-f16', 'no-subgroups', 'verify']) if (args.flags.has(name)) out.push(`--${name}`);
   return out;
 }
 

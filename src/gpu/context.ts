@@ -1,4 +1,5 @@
 import { AdapterError, CapabilityError, ContractError } from '../errors.ts';
+import { subgroupsWork } from './subgroups.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
 import { memoise } from './memo.ts';
 import { type Binding, type KernelDef, type ParamValues, type ParamsSchema, kernelSource, layoutEntries, packParams, stableJson } from './kernel.ts';
@@ -156,7 +157,7 @@ export class GpuContext {
       throw new ContractError(`activations must be 'f32' or 'f16', got ${JSON.stringify(activations)}`, 'GpuContext.create');
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new AdapterError('no WebGPU adapter found (run `npm run setup` on a machine without a GPU)');
-    const wanted = (['shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+    const wanted = (['shader-f16', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
     const requiredLimits: Record<string, number> = {};
     const limits = adapter.limits as unknown as Record<string, number | undefined>;
     for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
@@ -165,6 +166,7 @@ export class GpuContext {
     const caps = maskCaps(
       {
         f16: device.features.has('shader-f16'),
+        subgroups: await subgroupsWork(device),
         cpu: isCpuAdapter(info),
         maxStorageBindingBytes: device.limits.maxStorageBufferBindingSize,
         maxBufferBytes: device.limits.maxBufferSize,

@@ -1,5 +1,6 @@
 import { read, uniform, write } from '../gpu/kernel.ts';
 import { SKIPPED_ROW_WGSL } from './rows.ts';
+import { lanes, workgroupSum } from '../gpu/wgsl.ts';
 import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { checks } from './checks.ts';
@@ -46,8 +47,12 @@ export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant
     uniform('params', Params),
     read('positions', 'u32'),
   ],
-  helpers: (v) =>
-    `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;\n${SKIPPED_ROW_WGSL}`,
+  helpers: (v, caps) =>
+    [
+      `const DK: u32 = ${v.dk}u;\nconst DV: u32 = ${v.dv}u;\nconst KSPLIT: u32 = ${v.ksplit}u;\nconst WG: u32 = ${v.dv * v.ksplit}u;\n${SKIPPED_ROW_WGSL}`,
+      lanes(caps.subgroups),
+      workgroupSum('workgroup_sum3', 'vec3<f32>', caps.subgroups),
+    ].join('\n'),
 });
 
 export interface GatedDeltaNetDecodeArgs {

@@ -1,7 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
-import { workgroupReduce } from '../gpu/wgsl.ts';
+import { lanes, workgroupReduce } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -12,8 +12,9 @@ import { grid } from './grid.ts';
 export const logSoftmaxKernel = defineKernel<{ inPlace: boolean }>({
   name: 'log_softmax',
   bindings: (v) => [...(v.inPlace ? [] : [read('x')]), write('y'), uniform('params', { rows: 'u32', cols: 'u32' })],
-  helpers: (v) =>
+  helpers: (v, caps) =>
     [
+      lanes(caps.subgroups),
       `fn load_x(i: u32) -> f32 { return ${v.inPlace ? 'y' : 'x'}[i]; }`,
       // (max, Σ exp) pairs: both sums rescaled to the larger max.
       workgroupReduce('workgroup_merge', 'vec2<f32>', 'let m = max(a.x, b.x); return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));'),

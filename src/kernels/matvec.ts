@@ -5,6 +5,7 @@ import type { Caps } from '../gpu/caps.ts';
 import { type GpuTensor, type WeightFormat, weightFormat } from '../gpu/tensor.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
+import { MIN_SUBGROUP_SIZE, lanes } from '../gpu/wgsl.ts';
 
 export type Epilogue = 'store' | 'add' | 'swiglu';
 
@@ -74,6 +75,8 @@ export interface MatvecVariant {
   xu: number;
   stage: boolean;
   ru: number;
+  /** Rows' partial sums meet through subgroups (one set per workgroup on a device with them). */
+  subgroups: boolean;
   /** Rows per set that the partial sums have room for (the workgroup array's size). */
   rpsMax: number;
   /** WGSL element types of x and y. */
@@ -165,7 +168,7 @@ function walkRows(ru: number): string {
   const rows = Array.from({ length: ru }, (_, i) => i);
   return `const RU = ${ru}u;
 fn walk_rows(first: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held: Held) {
-  ${rows.map((i) => `row_part(first + rr + ${i}u, rr + ${i}u, slot + ${i}u * (TPR + 1u), itemu, first_tile, held);`).join('\n  ')}
+  ${rows.map((i) => `row_part(first + rr + ${i}u, rr + ${i}u, slot + ${i}u * ROW_SLOTS, itemu, first_tile, held);`).join('\n  ')}
 }`;
 }
 
@@ -194,6 +197,9 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `const SUM = ${v.experts === 'sum'};`,
       `const NORM = ${v.norm};`,
       `const STAGE = ${v.stage};`,
+      `const SUBGROUPS = ${v.subgroups};`,
+      `const ROW_SLOTS = ${rowSlots(v)}u;`,
+      lanes(v.subgroups),
       `const XU = ${v.xu}u;`,
       heldUnits(v.xu),
       walkRows(v.ru),
@@ -207,7 +213,7 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
     ].join('\n');
   },
-  overrides: (v) => ({ WG: v.wg, TPR: v.tpr, PART: (v.wg / v.tpr) * v.rpsMax * (v.tpr + 1), XT4: stagedVec4s(v) }),
+  overrides: (v) => ({ WG: v.wg, TPR: v.tpr, PART: (v.wg / v.tpr) * v.rpsMax * rowSlots(v), XT4: stagedVec4s(v) }),
 });
 
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
@@ -216,14 +222,26 @@ const pow2Ceil = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 /** vec4s of the staged x tile (1, unused, without staging). */
 const stagedVec4s = (t: { tpr: number; xu: number; stage: boolean; format: WeightFormat }) => (t.stage ? (t.tpr * t.xu * unitOf(t.format)) / 4 : 1);
 
+type Shape = { wg: number; tpr: number; xu: number; stage: boolean; format: WeightFormat };
+
+/** Whether a shape's rows meet through subgroups: the device has them and the workgroup is one set. */
+const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && t.wg === t.tpr;
+
 /**
- * Rows per set that the row partials (a vec2 per lane and row, padded to tpr + 1 lanes against bank conflicts) have
- * room for beside the staged x tile and the small arrays, within WebGPU's guaranteed 16 KiB of workgroup memory, at
- * most 128. One size per workgroup shape, and rps a uniform, so that shapes with different row counts share a pipeline.
+ * Partial sums kept per row (vec2 each): one per lane, padded to tpr + 1 against bank conflicts, or with subgroups
+ * one per subgroup, as many as the workgroup can hold.
  */
-function rpsLimit(caps: Caps, t: { wg: number; tpr: number; xu: number; stage: boolean; format: WeightFormat }): number {
+const rowSlots = (t: { wg: number; tpr: number; subgroups: boolean }) => (t.subgroups ? Math.max(1, t.wg / MIN_SUBGROUP_SIZE) : t.tpr + 1);
+
+/**
+ * Rows per set that the row partials have room for beside the staged x tile and the small arrays, within WebGPU's
+ * guaranteed 16 KiB of workgroup memory, at most 128. One size per workgroup shape, and rps a uniform, so that
+ * shapes with different row counts share a pipeline.
+ */
+function rpsLimit(caps: Caps, t: Shape): number {
   const fixed = 2 * 4 * MAX_PICKS + 4 * t.wg + 16 * stagedVec4s(t);
-  return Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / ((t.wg / t.tpr) * (t.tpr + 1) * 8)));
+  const perRow = (t.wg / t.tpr) * rowSlots({ ...t, subgroups: meetsInSubgroups(caps, t) }) * 8;
+  return Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / perRow));
 }
 
 /**
@@ -370,6 +388,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     xu,
     stage,
     ru,
+    subgroups: meetsInSubgroups(ctx.caps, { ...tuning, format }),
     rpsMax: rpsLimit(ctx.caps, { ...tuning, format }),
     x: xType,
     y: yType,

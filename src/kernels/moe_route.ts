@@ -1,7 +1,7 @@
 import { read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { WORKGROUP_BEST } from '../gpu/wgsl.ts';
+import { WORKGROUP_BEST, lanes } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -19,7 +19,7 @@ export const MOE_ROUTE_MAX_EXPERTS = 32 * WG;
 export const moeRouteKernel = defineKernel({
   name: 'moe_route',
   bindings: () => [read('logits'), write('ids', 'u32'), write('gates'), uniform('params', { tokens: 'u32', experts: 'u32', topk: 'u32' })],
-  helpers: () => WORKGROUP_BEST,
+  helpers: (_v, caps) => `${lanes(caps.subgroups)}\n${WORKGROUP_BEST}`,
   overrides: () => ({ WG }),
 });
 

@@ -58,6 +58,7 @@ async function readAll(t: SourceTensor): Promise<Float32Array> {
 
 const caps = (maxStorageBindingBytes: number, maxBufferBytes = 2 ** 40): Caps => ({
   f16: false,
+  subgroups: false,
   maxStorageBindingBytes,
   maxBufferBytes,
   maxWorkgroupsPerDim: 65535,

@@ -282,6 +282,12 @@ describeOnAdapters(
     if (adapter.name === 'lavapipe')
       for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
 
+    // One set per workgroup (every default shape) sums its rows through subgroups where the adapter has them: both
+    // paths must stay covered, so an adapter that stops exposing them fails here rather than going untested.
+    it(`${adapter.mask?.subgroups === false ? 'sums rows through workgroup memory' : 'sums rows through subgroups'}`, () => {
+      expect(ctx().caps.subgroups).toBe(adapter.mask?.subgroups !== false);
+    });
+
     it('rejects bad arguments', async () => {
       const c = ctx();
       const buf = (n: number) => c.storage('b', n * 4);
