@@ -9,6 +9,8 @@
 #   STREAMS    variants whose concurrent-stream decode (bench --streams 1,4,16, int4) runs after the peers, into
 #              streams.jsonl (default "qwen3.5-0.8b qwen3.5-9b"; "" skips it); STREAMS_ARGS adds options (--layers 4)
 #   VERIFY     variants whose speculative-decoding cost (bench --verify-cost) goes into verify.jsonl (same default)
+#   SUBGROUPS  variants whose int4 decode runs with subgroups and with --no-subgroups, into subgroups.jsonl
+#              (default "qwen3.5-0.8b"; "" skips it)
 #   BIG        "" skips the 397B run (4 of its layers at real shapes, hop cost, projection) into 397b.jsonl
 #   VK_ICD     a Vulkan ICD json to use instead of NVIDIA's (e.g. lavapipe's, to try the bundle on a machine
 #              without a GPU)
@@ -75,6 +77,14 @@ for variant in ${VERIFY-qwen3.5-0.8b qwen3.5-9b}; do
   say "bench --synthetic $variant --verify-cost"
   "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --prompt-tokens 512 --decode-tokens 64 --verify-cost --json \
     2> >(tee -a "$LOG" >&2) | tee -a "$OUT/verify.jsonl"
+done
+for variant in ${SUBGROUPS-qwen3.5-0.8b}; do
+  for flag in "" --no-subgroups; do
+    say "bench --synthetic $variant $flag"
+    # shellcheck disable=SC2086 # an empty flag is no argument
+    "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --prompt-tokens 32 --decode-tokens 64 --json $flag \
+      2> >(tee -a "$LOG" >&2) | tee -a "$OUT/subgroups.jsonl"
+  done
 done
 if [ -n "${BIG-1}" ]; then
   # Qwen3.5-397B-A17B at real shapes: 4 of its 60 layers (3 DeltaNet, 1 attention), the hop cost and the projection.
