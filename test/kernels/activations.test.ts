@@ -37,7 +37,7 @@ describe('f16 activations', () => {
       expect([act32.activations, act32.activationBytes, act32.adapter.activations]).toEqual(['f32', 4, 'f32']);
       expect(act16.capsKey).not.toBe(act32.capsKey);
       await act16.pipeline(l2normKernel, undefined);
-      expect(shaders[0]).toMatch(/enable f16;\s*alias act = f16;/);
+      expect(shaders[0]).toMatch(/enable f16;\s*(enable subgroups;\s*)?alias act = f16;/);
       expect(shaders[0]).toMatch(/var<storage, read_write> x: array<act>;/);
       // A buffer of 4 f16 rows of 8 passes the size check that 4-byte elements fail.
       const args = { tokens: 4, heads: 1, dim: 8, tokenStride: 8, scaledHeads: 0, scale: 1 };

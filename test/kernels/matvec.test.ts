@@ -278,8 +278,9 @@ describeOnAdapters(
   'matvec',
   (ctx, adapter) => {
     for (const c of cases) it(label(c), () => runCase(ctx(), c));
-    // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): once, on lavapipe.
-    if (adapter.name === 'lavapipe')
+    // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): on lavapipe, with subgroups (sums over
+    // several 8-lane subgroups) and without.
+    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-no-f16')
       for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
 
     // One set per workgroup (every default shape) sums its rows through subgroups where the adapter has them: both
