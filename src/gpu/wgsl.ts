@@ -72,6 +72,9 @@ fn ${name}(v: ${type}, l: Lanes) -> ${type} {
 }`;
 }
 
+/** `Lanes` and `workgroup_sum(v: f32, l: Lanes) -> f32` (workgroupSum): all that the norm kernels declare. */
+export const workgroupSumF32 = (caps: Caps) => `${lanes(caps.subgroups)}\n${workgroupSum('workgroup_sum', 'f32', caps.subgroups)}`;
+
 /**
  * `workgroup_best(v: Ranked, l: Lanes) -> Ranked`: the largest value, the lowest index among equal ones (argmax,
  * top-k). `ranks_before` is that order; an entry without an index (NONE) ranks after every other, so a NaN

@@ -1,7 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { StepParams, read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
-import { lanes, workgroupSum } from '../gpu/wgsl.ts';
+import { workgroupSumF32 } from '../gpu/wgsl.ts';
 import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
 import { type PositionLayout, type TokenPositions, positionLayout, tokenPositionsWgsl } from './rows.ts';
@@ -34,8 +34,7 @@ export const attentionPrepareKernel = defineKernel<{ layout: PositionLayout }>({
       eps: 'f32',
     }),
   ],
-  helpers: (v, caps) =>
-    `${lanes(caps.subgroups)}\n${workgroupSum('workgroup_sum', 'f32', caps.subgroups)}\n${tokenPositionsWgsl(v.layout, 'params.nkv', false)}`,
+  helpers: (v, caps) => `${workgroupSumF32(caps)}\n${tokenPositionsWgsl(v.layout, 'params.nkv', false)}`,
   overrides: () => ({ WG: 64 }),
 });
 

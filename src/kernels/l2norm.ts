@@ -1,7 +1,7 @@
 import { uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { lanes, workgroupSum } from '../gpu/wgsl.ts';
+import { workgroupSumF32 } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -11,7 +11,7 @@ const Params = { tokens: 'u32', heads: 'u32', dim: 'u32', token_stride: 'u32', s
 export const l2normKernel = defineKernel({
   name: 'l2norm',
   bindings: () => [write('x', 'act'), uniform('params', Params)],
-  helpers: (_v, caps) => `${lanes(caps.subgroups)}\n${workgroupSum('workgroup_sum', 'f32', caps.subgroups)}`,
+  helpers: (_v, caps) => workgroupSumF32(caps),
   overrides: () => ({ WG: 64 }),
 });
 

@@ -1,7 +1,7 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
-import { lanes, workgroupSum } from '../gpu/wgsl.ts';
+import { workgroupSumF32 } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -13,7 +13,7 @@ import { grid } from './grid.ts';
 export const rmsNormKernel = defineKernel({
   name: 'rms_norm',
   bindings: () => [read('x'), read('w'), write('y'), uniform('params', { rows: 'u32', cols: 'u32', eps: 'f32', y_off: 'u32', y_stride: 'u32', x_off: 'u32' })],
-  helpers: (_v, caps) => `${lanes(caps.subgroups)}\n${workgroupSum('workgroup_sum', 'f32', caps.subgroups)}`,
+  helpers: (_v, caps) => workgroupSumF32(caps),
   overrides: () => ({ WG: 64 }),
 });
 

@@ -1,7 +1,7 @@
 import { read, uniform, write } from '../gpu/kernel.ts';
 import { defineKernel } from './define.ts';
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import { lanes, workgroupSum } from '../gpu/wgsl.ts';
+import { workgroupSumF32 } from '../gpu/wgsl.ts';
 import { checks } from './checks.ts';
 import { grid } from './grid.ts';
 
@@ -11,7 +11,7 @@ const Params = { rows: 'u32', heads: 'u32', dim: 'u32', z_token_stride: 'u32', z
 export const rmsNormGatedKernel = defineKernel({
   name: 'rms_norm_gated',
   bindings: () => [read('x', 'act'), read('z', 'act'), read('w'), write('y', 'act'), uniform('params', Params)],
-  helpers: (_v, caps) => `${lanes(caps.subgroups)}\n${workgroupSum('workgroup_sum', 'f32', caps.subgroups)}`,
+  helpers: (_v, caps) => workgroupSumF32(caps),
   overrides: () => ({ WG: 64 }),
 });
 
