@@ -3,7 +3,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
-import type { PendingToken } from '../runtime/sequence.ts';
+import { RunAhead } from '../runtime/run_ahead.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticLayers, syntheticModel } from '../bench/synthetic.ts';
@@ -80,18 +80,18 @@ export async function runBench(
   await session.prefill(prompt);
   await session.sample(sampler);
   const prefillMs = performance.now() - p0;
-  // Decode as generation runs it: each step submitted before the previous step's token is awaited.
+  // Decode as generation runs it: steps submitted ahead of the tokens being read, as many as cover a readback.
   const d0 = performance.now();
   let hostMs = 0;
-  let pending: PendingToken | undefined;
-  for (let i = 0; i < decodeTokens; i++) {
-    const h0 = performance.now();
-    const next = await session.advance(sampler);
-    hostMs += performance.now() - h0;
-    await pending?.read();
-    pending = next;
+  const steps = new RunAhead(session.readbackMs);
+  for (let submitted = 0, read = 0; read < decodeTokens; read++) {
+    for (; submitted < decodeTokens && steps.wantsMore; submitted++) {
+      const h0 = performance.now();
+      steps.push(await session.advance(sampler));
+      hostMs += performance.now() - h0;
+    }
+    await steps.next();
   }
-  await pending?.read();
   const decodeMs = performance.now() - d0;
   const dispatches = (await session.decodeDispatches()) + (await sampler.dispatches(session.activations.logits, session.activations.token)).length;
   const copy = await copyBandwidth(ctx);
@@ -111,6 +111,8 @@ export async function runBench(
     decode_tokens_per_s: round(decodeRate),
     dispatches_per_step: dispatches,
     host_ms_per_step: round(hostMs / decodeTokens, 3),
+    steps_in_flight: steps.deepest,
+    readback_ms: round(session.readbackMs, 3),
     decode_weight_bytes: weightBytes,
     weight_gb_per_s: round(achieved / 1e9),
     copy_gb_per_s: round(copy / 1e9),
@@ -128,7 +130,7 @@ export async function runBench(
       ? `${JSON.stringify({ ...result, ...(pipeline && { pipeline }), ...(verifyCost && { verify_cost: verifyCost }) })}\n`
       : `${result.model} (${result.layers} layers, ${dtype}) on ${result.adapter} [${result.backend}]
   prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
-  decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens; ${dispatches} dispatches and ${result.host_ms_per_step} ms of host time per step)
+  decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens; ${dispatches} dispatches and ${result.host_ms_per_step} ms of host time per step; up to ${steps.deepest} steps in flight, readback ${result.readback_ms} ms)
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)
 ${expertLine(session)}${pipeline ? describePipeline(pipeline) : ''}${verifyCost ? describeVerifyCost(verifyCost) : ''}`,
   );

@@ -1,4 +1,5 @@
 import { AdapterError, CapabilityError, ContractError } from '../errors.ts';
+import { runProbe } from './probe.ts';
 import { subgroupsWork } from './subgroups.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
 import { memoise } from './memo.ts';
@@ -78,8 +79,8 @@ export interface Readback {
   discard(): void;
 }
 
-/** Staging buffers kept for reuse: a decode step running ahead holds two, expert streaming one more. */
-const MAX_STAGING = 4;
+/** Staging buffers kept for reuse: decoding holds one per step in flight (up to 9, runtime/run_ahead.ts), expert streaming one more. */
+const MAX_STAGING = 12;
 
 /** A cached uniform buffer and the bind groups that hold it (pinned: handed out by `params`, so never freed). */
 interface CachedUniform {
@@ -119,6 +120,11 @@ const isBuffer = (r: Resource): r is GPUBuffer => typeof r === 'object' && 'mapA
 export class GpuContext {
   /** Storage type of activation buffers: kernels declare them `array<act>`. */
   readonly activations: ActivationType;
+  /**
+   * What reading a few bytes back costs beyond the GPU's work, measured at creation: about 10 ms where the runtime
+   * polls maps on a timer (Deno), well under 1 ms under Dawn in Node. Decoding runs as many steps ahead as cover it.
+   */
+  readbackMs = 0;
   private readonly pipelines = new Map<string, Promise<Pipeline>>();
   private readonly bindGroups = new Map<string, CachedGroup>();
   /** The bind group reference each dispatch holds (deleted when released, so a second release does nothing). */
@@ -198,32 +204,34 @@ export class GpuContext {
     }
     const ctx = new GpuContext(gpu, device, caps, summary, options);
     await ctx.checkComputes();
+    await ctx.measureReadback();
     return ctx;
   }
 
   /** Refuses adapters that accept work but compute nothing (Dawn's null backend) or compute wrongly. */
   private async checkComputes(): Promise<void> {
     const n = 256;
-    const module = this.device.createShaderModule({
-      code: `@group(0) @binding(0) var<storage, read_write> y: array<u32>;
-@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { y[g.x] = g.x * 2654435761u + 7u; }`,
-    });
-    const pipeline = await this.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const out = this.createBuffer('canary', n * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
-    const encoder = this.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] }));
-    pass.dispatchWorkgroups(n / 64);
-    pass.end();
-    this.device.queue.submit([encoder.finish()]);
-    const got = new Uint32Array(await this.read(out, 0, n * 4));
-    this.free(out);
+    const code = `@group(0) @binding(0) var<storage, read_write> y: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { y[g.x] = g.x * 2654435761u + 7u; }`;
+    const got = await runProbe(this.device, 'canary', code, n / 64, n);
     for (let i = 0; i < n; i++) {
       if (got[i] !== (Math.imul(i, 2654435761) + 7) >>> 0) {
         throw new AdapterError(`adapter "${this.adapter.name}" does not compute correctly (a null or fake adapter?)`);
       }
     }
+  }
+
+  /** Times a few 4-byte readbacks with the GPU idle and keeps the quickest (see readbackMs). */
+  private async measureReadback(): Promise<void> {
+    const probe = this.createBuffer('readback probe', 16, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
+    let best = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      await this.read(probe, 0, 4);
+      best = Math.min(best, performance.now() - t0);
+    }
+    this.free(probe);
+    this.readbackMs = best;
   }
 
   /** Pipeline cache key of the device: its caps and the activation type (every kernel compiles once per pair). */

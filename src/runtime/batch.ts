@@ -338,4 +338,8 @@ export class BatchSlot implements TokenSequence {
   advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
     return this.batch.step(this, sampler, signal);
   }
+
+  get readbackMs(): number {
+    return this.batch.ctx.readbackMs;
+  }
 }

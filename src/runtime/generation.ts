@@ -1,4 +1,5 @@
 import { throwIfAborted } from '../errors.ts';
+import { RunAhead } from './run_ahead.ts';
 import type { PendingToken, SpeculativeDecoder, TokenSequence } from './sequence.ts';
 import type { GpuSampler, SampledToken, SamplingOptions } from './sampler.ts';
 import type { SpeculationStats } from './speculation.ts';
@@ -60,28 +61,34 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     return next;
   };
 
-  // Run-ahead: the next step is submitted before this step's token is read whenever what follows does not depend
-  // on that token: not the last token allowed, and no thinking budget about to close (that feeds the token as
-  // prompt instead). A step submitted past an eos id or a stop is never read; each request resets the session.
-  let pending: PendingToken;
+  // Run-ahead: steps are submitted before earlier tokens are read (runtime/run_ahead.ts) whenever what follows does
+  // not depend on those tokens: none past the last token allowed, and none that a thinking budget could close (that
+  // feeds the token as prompt instead). Steps submitted past an eos id or a stop are never read; each request
+  // resets the session.
+  let first: PendingToken;
   if (thinking && plan.reasoningBudget === 0) {
     await session.prefill(plan.promptIds, { signal: plan.signal });
-    pending = yield* closeThought([]);
-  } else pending = await session.prefillAndPick(plan.promptIds, sampler, plan.signal);
+    first = yield* closeThought([]);
+  } else first = await session.prefillAndPick(plan.promptIds, sampler, plan.signal);
   if (speculator) {
     try {
-      return yield* speculate(speculator, pending);
+      return yield* speculate(speculator, first);
     } finally {
       speculator.end();
     }
   }
-  let ahead: PendingToken | undefined;
+  const steps = new RunAhead(session.readbackMs);
+  steps.push(first);
+  // Whether a step may be submitted with `queued` tokens not yet read: every one of them could be a thought's.
+  const mayRunAhead = (queued: number) =>
+    session.runsAhead &&
+    produced + queued < plan.maxTokens &&
+    !(thinking && plan.reasoningBudget !== undefined && reasoningTokens + queued >= plan.reasoningBudget);
   try {
     while (produced < plan.maxTokens) {
       throwIfAborted(plan.signal);
-      const budgetNear = thinking && plan.reasoningBudget !== undefined && reasoningTokens + 1 >= plan.reasoningBudget;
-      ahead = session.runsAhead && produced + 1 < plan.maxTokens && !budgetNear ? await session.advance(sampler, plan.signal) : undefined;
-      const token = await pending.read();
+      while (steps.wantsMore && mayRunAhead(steps.size)) steps.push(await session.advance(sampler, plan.signal));
+      const token = await steps.next();
       produced++;
       plan.onToken?.(token.id);
       if (plan.stopIds.has(token.id)) return 'stop';
@@ -89,19 +96,14 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
       if (token.id === plan.thinkEndId) thinking = false;
       else if (thinking) reasoningTokens++;
       yield { ...token, forced: false, reasoning: inThought };
-      if (produced >= plan.maxTokens) break;
-      if (ahead) pending = ahead;
-      else if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) {
-        pending = yield* closeThought([token.id]);
-        if (produced >= plan.maxTokens) break;
-      } else pending = await session.advance(sampler, plan.signal);
-      ahead = undefined;
+      if (produced >= plan.maxTokens || steps.size > 0) continue;
+      if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([token.id]));
+      else steps.push(await session.advance(sampler, plan.signal));
     }
     return 'length';
   } finally {
     // Steps submitted and never read give their staging buffers back.
-    pending.discard();
-    ahead?.discard();
+    steps.discard();
   }
 
   // Speculative decoding: each pass yields the tokens of the rows it keeps; a stop, the length or a spent thinking

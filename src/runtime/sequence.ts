@@ -21,6 +21,8 @@ export interface TokenSequence {
   advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken>;
   /** Whether steps can be submitted before the previous token is read. */
   readonly runsAhead: boolean;
+  /** What reading a token back costs beyond the GPU's work (GpuContext.readbackMs): how far steps run ahead. */
+  readonly readbackMs: number;
   /** Drafts and verifies several tokens per forward pass, where the request's sampling allows (runtime/speculation). */
   readonly speculator?: SpeculativeDecoder;
 }

@@ -288,6 +288,10 @@ export class Session implements TokenSequence {
     return !this.experts;
   }
 
+  get readbackMs(): number {
+    return this.ctx.readbackMs;
+  }
+
   /** Dispatches of one decode step without its sampling (bench figures). */
   async decodeDispatches(): Promise<number> {
     return this.experts

@@ -161,6 +161,10 @@ export class PipelineSlot implements TokenSequence {
     return this.forward(Uint32Array.from(ids), false, sampler, signal) as Promise<PendingToken>;
   }
 
+  get readbackMs(): number {
+    return this.session.readbackMs;
+  }
+
   advance(sampler: GpuSampler, signal?: AbortSignal): Promise<PendingToken> {
     if (this.lastId === undefined) throw new SessionError('a decode step needs the token picked before it, read');
     return this.forward(Uint32Array.of(this.lastId), true, sampler, signal) as Promise<PendingToken>;
