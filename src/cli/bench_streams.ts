@@ -2,6 +2,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
 import { Batch } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
+import { RunAhead } from '../runtime/run_ahead.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
 export interface StreamsFigure {
@@ -21,8 +22,8 @@ export interface StreamsResult {
 
 /**
  * Aggregate decode speed of `counts` concurrent streams through continuous batching (runtime/batch.ts), each
- * greedy on a prompt of its own: every stream is prefilled first, then all decode together, each step submitted
- * before the previous step's tokens are read (as generation runs), and the decode steps are timed. The speedup is
+ * greedy on a prompt of its own: every stream is prefilled first, then all decode together, steps submitted ahead
+ * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed. The speedup is
  * against one stream through a matvec per row (the single-sequence path): on GPUs a batch runs its projections
  * through the tiled matmul, which is slower than matvec for one row, so its own one-stream figure is no baseline.
  */
@@ -40,21 +41,20 @@ export async function benchStreams(
   const run = async (batch: Batch, streams: number, steps: number): Promise<number> => {
     const slots = await Promise.all(Array.from({ length: streams }, () => batch.acquire()));
     try {
-      let pending: PendingToken[] = [];
+      const first: PendingToken[] = [];
       for (const slot of slots) {
         const ids = prompt();
         slot.sampler.begin({ temperature: 0 }, ids);
-        pending.push(await slot.prefillAndPick(ids, slot.sampler));
+        first.push(await slot.prefillAndPick(ids, slot.sampler));
       }
-      await Promise.all(pending.map((p) => p.read()));
-      pending = [];
+      await Promise.all(first.map((p) => p.read()));
+      // Each batch step is one entry of the run-ahead queue: its streams' tokens read together.
+      const queue = new RunAhead(ctx.readbackMs);
       const t0 = performance.now();
-      for (let step = 0; step < steps; step++) {
-        const next = await Promise.all(slots.map((slot) => slot.advance(slot.sampler)));
-        await Promise.all(pending.map((p) => p.read()));
-        pending = next;
+      for (let submitted = 0, read = 0; read < steps; read++) {
+        for (; submitted < steps && queue.wantsMore; submitted++) queue.push(together(await Promise.all(slots.map((slot) => slot.advance(slot.sampler)))));
+        await queue.next();
       }
-      await Promise.all(pending.map((p) => p.read()));
       return (streams * steps * 1000) / (performance.now() - t0);
     } finally {
       for (const slot of slots) batch.release(slot);
@@ -84,5 +84,13 @@ export async function benchStreams(
     })),
   };
 }
+
+/** The tokens of one batch step as one pending token (the first stream's is returned). */
+const together = (tokens: PendingToken[]): PendingToken => ({
+  read: async () => (await Promise.all(tokens.map((t) => t.read())))[0],
+  discard: () => {
+    for (const t of tokens) t.discard();
+  },
+});
 
 const round = (x: number, digits = 1) => roundTo(x, digits);
