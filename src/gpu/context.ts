@@ -81,6 +81,8 @@ export interface Readback {
 
 /** Staging buffers kept for reuse: decoding holds one per step in flight (up to 9, runtime/run_ahead.ts), expert streaming one more. */
 const MAX_STAGING = 12;
+/** Larger staging buffers (rows of logits for `score`, a prefill chunk between pipeline stages) are not kept: a pool of them would pin memory. */
+const MAX_STAGING_BYTES = 4 << 20;
 
 /** A cached uniform buffer and the bind groups that hold it (pinned: handed out by `params`, so never freed). */
 interface CachedUniform {
@@ -540,8 +542,12 @@ export class GpuContext {
     };
   }
 
-  /** Keeps a few staging buffers (the largest) for reuse. */
+  /** Keeps a few staging buffers (the largest up to MAX_STAGING_BYTES) for reuse. */
   private recycle(staging: GPUBuffer): void {
+    if (staging.size > MAX_STAGING_BYTES) {
+      this.free(staging);
+      return;
+    }
     this.staging.push(staging);
     this.staging.sort((a, b) => a.size - b.size);
     if (this.staging.length > MAX_STAGING) this.free(this.staging.shift());
