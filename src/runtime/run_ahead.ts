@@ -15,8 +15,10 @@ interface Queued {
  * Decode steps submitted before their tokens are read. A token's readback costs a round trip on top of the GPU's
  * work (`readbackMs`: about 10 ms where the runtime polls maps on a timer, as Deno does; a process hop in a
  * browser; well under a millisecond under Node), and with one step ahead every token waits for it. So enough steps
- * stay in flight to cover it: 1 + round(readbackMs / the time between tokens), up to MAX_AHEAD. Where readbacks are
- * cheap this is one step ahead; where a token takes longer than a round trip, likewise.
+ * stay in flight to cover it: 1 + ceil(readbackMs / the mean time between the last tokens read), up to MAX_AHEAD.
+ * Where a round trip is shorter than a token that is two steps ahead (one more step computed in vain past an eos);
+ * where it is longer, the depth grows while the tokens come faster, until they come as fast as the GPU makes them.
+ * Before a first interval is known, one step ahead.
  */
 export class RunAhead {
   private readonly queue: Queued[] = [];
