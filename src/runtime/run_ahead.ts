@@ -1,3 +1,4 @@
+import { ContractError } from '../errors.ts';
 import type { PendingToken } from './sequence.ts';
 import type { SampledToken } from './sampler.ts';
 
@@ -58,7 +59,7 @@ export class RunAhead {
    */
   async next(): Promise<SampledToken> {
     const head = this.queue[0];
-    if (!head) throw new Error('RunAhead.next: nothing submitted');
+    if (!head) throw new ContractError('nothing submitted to read', 'RunAhead.next');
     for (let i = 0; i < Math.max(1, this.queue.length - 1); i++) this.start(this.queue[i]);
     this.queue.shift();
     const token = await head.read!;

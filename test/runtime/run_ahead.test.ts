@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ContractError } from '../../src/errors.ts';
 import type { GpuContext } from '../../src/gpu/context.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { loadModel } from '../../src/model/load.ts';
@@ -47,6 +48,7 @@ describe('RunAhead', () => {
     expect(free.depth).toBe(1);
     // Tokens here come microseconds apart, against a 50 ms round trip.
     expect(slow.depth).toBe(MAX_AHEAD);
+    await expect(new RunAhead(0).next()).rejects.toThrow(ContractError);
   });
 
   it('requests the maps of the tokens behind the one read, all but the newest; gives up the unread ones unstarted', async () => {
