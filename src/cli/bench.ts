@@ -3,7 +3,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { WeightDtype } from '../gpu/tensor.ts';
 import type { Model } from '../model/model.ts';
 import { Session } from '../runtime/session.ts';
-import { RunAhead } from '../runtime/run_ahead.ts';
+import { runSteps } from '../runtime/run_ahead.ts';
 import { GpuSampler } from '../runtime/sampler.ts';
 import { copyBandwidth, decodeWeightBytes } from '../bench/bandwidth.ts';
 import { syntheticLayers, syntheticModel } from '../bench/synthetic.ts';
@@ -83,15 +83,12 @@ export async function runBench(
   // Decode as generation runs it: steps submitted ahead of the tokens being read, as many as cover a readback.
   const d0 = performance.now();
   let hostMs = 0;
-  const steps = new RunAhead(session.readbackMs);
-  for (let submitted = 0, read = 0; read < decodeTokens; read++) {
-    for (; submitted < decodeTokens && steps.wantsMore; submitted++) {
-      const h0 = performance.now();
-      steps.push(await session.advance(sampler));
-      hostMs += performance.now() - h0;
-    }
-    await steps.next();
-  }
+  const steps = await runSteps(session.readbackMs, decodeTokens, async () => {
+    const h0 = performance.now();
+    const pending = await session.advance(sampler);
+    hostMs += performance.now() - h0;
+    return pending;
+  });
   const decodeMs = performance.now() - d0;
   const dispatches = (await session.decodeDispatches()) + (await sampler.dispatches(session.activations.logits, session.activations.token)).length;
   const copy = await copyBandwidth(ctx);

@@ -2,7 +2,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
 import { Batch } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
-import { RunAhead } from '../runtime/run_ahead.ts';
+import { runSteps } from '../runtime/run_ahead.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
 export interface StreamsFigure {
@@ -49,12 +49,8 @@ export async function benchStreams(
       }
       await Promise.all(first.map((p) => p.read()));
       // Each batch step is one entry of the run-ahead queue: its streams' tokens read together.
-      const queue = new RunAhead(ctx.readbackMs);
       const t0 = performance.now();
-      for (let submitted = 0, read = 0; read < steps; read++) {
-        for (; submitted < steps && queue.wantsMore; submitted++) queue.push(together(await Promise.all(slots.map((slot) => slot.advance(slot.sampler)))));
-        await queue.next();
-      }
+      await runSteps(ctx.readbackMs, steps, async () => together(await Promise.all(slots.map((slot) => slot.advance(slot.sampler)))));
       return (streams * steps * 1000) / (performance.now() - t0);
     } finally {
       for (const slot of slots) batch.release(slot);

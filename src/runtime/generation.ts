@@ -87,7 +87,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
   try {
     while (produced < plan.maxTokens) {
       throwIfAborted(plan.signal);
-      while (steps.wantsMore && mayRunAhead(steps.size)) steps.push(await session.advance(sampler, plan.signal));
+      await steps.fill(mayRunAhead, () => session.advance(sampler, plan.signal));
       const token = await steps.next();
       produced++;
       plan.onToken?.(token.id);

@@ -42,9 +42,12 @@ export class RunAhead {
     return this.queue.length;
   }
 
-  /** Whether another step should be submitted before the next token is read. */
-  get wantsMore(): boolean {
-    return this.queue.length <= this.depth;
+  /**
+   * Submits steps (`submit`) until the depth is reached or `allowed(tokens not yet read)` says no more may go: the
+   * caller's limits (the tokens left, a thinking budget).
+   */
+  async fill(allowed: (queued: number) => boolean, submit: () => Promise<PendingToken>): Promise<void> {
+    while (this.queue.length <= this.depth && allowed(this.queue.length)) this.push(await submit());
   }
 
   push(token: PendingToken): void {
@@ -83,4 +86,14 @@ export class RunAhead {
     // A read started ahead and then discarded (a stop came first) must not surface as an unhandled rejection.
     q.read.catch(() => {});
   }
+}
+
+/** `count` decode steps from `submit` run ahead as generation runs them, every token read (the benches' loop). */
+export async function runSteps(readbackMs: number, count: number, submit: () => Promise<PendingToken>): Promise<RunAhead> {
+  const steps = new RunAhead(readbackMs);
+  for (let read = 0; read < count; read++) {
+    await steps.fill((queued) => read + queued < count, submit);
+    await steps.next();
+  }
+  return steps;
 }
