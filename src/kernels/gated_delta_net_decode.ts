@@ -27,8 +27,7 @@ const Params = {
   proj_stride: 'u32',
   y_stride: 'u32',
   eps: 'f32',
-  row0: 'u32',
-  state_in: 'u32',
+  seq_rows: 'u32',
   state_out: 'u32',
 } as const;
 
@@ -60,31 +59,30 @@ export interface GatedDeltaNetDecodeArgs {
   nv: number;
   dk: number;
   dv: number;
-  /** Rows, each the next token of a sequence of its own (default 1). */
+  /** Rows, each the next token of a sequence of its own (default 1); their states are updated in place. */
   rows?: number;
-  /** [row0 + rows] u32: each row's position, or SKIPPED_ROW. */
-  positions: GPUBuffer;
   /**
-   * The first row of proj, y and positions (default 0); rings and states count rows from 0. A row's state is read
-   * from slot row + stateIn and written to slot row + stateOut (default 0 and 0: in place).
+   * Instead, this many consecutive rows of one sequence, in order (a verification of drafted tokens): the state is
+   * read from slot 0 and the state after row t written to slot 1 + t; row 0's raw inputs go to the ring, row t ≥ 1's
+   * to pending ring slot K + t − 1 (Session.keepVerified moves those of the rows kept).
    */
-  row0?: number;
-  stateIn?: number;
-  stateOut?: number;
+  sequenceRows?: number;
+  /** [rows] u32: each row's position, or SKIPPED_ROW (sequenceRows: [sequenceRows], consecutive positions). */
+  positions: GPUBuffer;
   /** The fused in-projection per row (row r at r·projStride): qkv at [0, 2·nk·dk + nv·dv), z at zOffset, b at bOffset, a at aOffset (activations). */
   proj: GPUBuffer;
   projStride?: number;
   zOffset: number;
   bOffset: number;
   aOffset: number;
-  /** [conv_dim, wStride] f32 conv taps; [rows, K, conv_dim] activation rings of raw inputs (conv1d_causal). */
+  /** [conv_dim, wStride] f32 conv taps; [rows, K, conv_dim] activation rings of raw inputs (conv1d_causal), then the pending slots. */
   convW: GPUBuffer;
   wStride: number;
   kernelSize: number;
   convState: GPUBuffer;
   aLog: GPUBuffer;
   dtBias: GPUBuffer;
-  /** [slots, nv, dk, dv] f32, read and updated. */
+  /** [rows, nv, dk, dv] f32, read and updated (sequenceRows: [1 + sequenceRows, nv, dk, dv]). */
   state: GPUBuffer;
   /** [dv] f32 weight of the gated RMS norm. */
   normW: GPUBuffer;
@@ -105,9 +103,9 @@ const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 
 export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs): Promise<Dispatch> {
   const { nk, nv, dk, dv, kernelSize: K } = a;
   const rows = a.rows ?? 1;
-  const { row0 = 0, stateIn = 0, stateOut = 0 } = a;
-  check.counts({ nk, nv, dk, dv, rows });
-  check.counts({ row0, stateIn, stateOut }, 0);
+  const sequenceRows = a.sequenceRows ?? 1;
+  check.counts({ nk, nv, dk, dv, rows, sequenceRows });
+  if (sequenceRows > 1 && rows > 1) check.fail(`rows = ${rows} sequences with sequenceRows = ${sequenceRows}: rows of one sequence are one sequence`);
   if (nv % nk !== 0) check.fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
   if (dk > 256) check.fail(`dk = ${dk} is more than 256`);
   if (!isPow2(dv) || dv > 256) check.fail(`dv = ${dv} must be a power of two of at most 256`);
@@ -133,16 +131,18 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   const projRow = Math.max(convDim, a.zOffset + nv * dv, a.bOffset + nv, a.aOffset + nv);
   const projStride = a.projStride ?? projRow;
   const yStride = a.yStride ?? nv * dv;
-  const lastRow = row0 + rows - 1;
+  const lastRow = rows + sequenceRows - 2;
+  const pending = sequenceRows - 1;
+  const stateOut = sequenceRows > 1 ? 1 : 0;
   if (lastRow > 0 && projStride < projRow) check.fail(`projStride = ${projStride} is less than a row's ${projRow} columns`);
   if (lastRow > 0 && yStride < nv * dv) check.fail(`yStride = ${yStride} is less than a row's ${nv * dv} outputs`);
   const ab = ctx.activationBytes;
   check.fits('proj', a.proj, lastRow * projStride + projRow, ab);
   check.fits('convW', a.convW, (convDim - 1) * a.wStride + K);
-  check.fits('convState', a.convState, rows * K * convDim, ab);
+  check.fits('convState', a.convState, (rows * K + pending) * convDim, ab);
   check.fits('aLog', a.aLog, nv);
   check.fits('dtBias', a.dtBias, nv);
-  check.fits('state', a.state, (rows + Math.max(stateIn, stateOut)) * nv * dk * dv);
+  check.fits('state', a.state, (lastRow + 1 + stateOut) * nv * dk * dv);
   check.fits('normW', a.normW, dv);
   check.fits('y', a.y, lastRow * yStride + nv * dv, ab);
   check.fits('positions', a.positions, lastRow + 1);
@@ -160,8 +160,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     proj_stride: projStride,
     y_stride: yStride,
     eps: a.eps,
-    row0,
-    state_in: stateIn,
+    seq_rows: sequenceRows,
     state_out: stateOut,
   };
   const resources = {

@@ -212,7 +212,8 @@ export function stateBytes(model: Pick<Model, 'config' | 'layers'>, capacity: nu
 /**
  * The layers' states for `sequences` sequences of `capacity` tokens each, sequence after sequence in each buffer
  * (decode row r uses sequence r's: kernels/rows.ts); with `verifyRows` (one sequence), that many more recurrent state
- * slots, where a verification leaves the state after each of its rows (ForwardPlan.oneSequence).
+ * slots, where a verification leaves the state after each of its rows, and verifyRows − 1 conv ring slots, where it
+ * leaves the raw inputs of its rows after the first (ForwardPlan.oneSequence, kernels/gated_delta_net_decode.ts).
  */
 export function createLayerStates(ctx: GpuContext, model: Model, capacity: number, sequences = 1, verifyRows = 0): LayerState[] {
   const c = model.config;
@@ -229,7 +230,7 @@ export function createLayerStates(ctx: GpuContext, model: Model, capacity: numbe
     t === 'full_attention'
       ? createAttentionState(ctx, model, capacity, sequences, `layer ${model.layers.first + i}`)
       : {
-          conv: ctx.storage(`layer ${model.layers.first + i} conv state`, sequences * c.convKernel * d.convDim * ab),
+          conv: ctx.storage(`layer ${model.layers.first + i} conv state`, (sequences * c.convKernel + Math.max(0, verifyRows - 1)) * d.convDim * ab),
           recurrent: ctx.storage(`layer ${model.layers.first + i} recurrent state`, recurrentBytes),
         },
   );

@@ -231,30 +231,26 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
     epilogue: 'add',
   });
   if (rows.decode) {
-    const step = (r: { rows: number; row0?: number; stateIn?: number; stateOut?: number }) =>
-      gatedDeltaNetDecode(ctx, {
-        ...heads,
-        ...gates,
-        ...r,
-        wStride: conv.wStride,
-        kernelSize: conv.kernelSize,
-        positions: act.positions,
-        proj: act.mixerProj,
-        projStride: projWidth,
-        zOffset: dim.convDim,
-        convW: vectorBuffer(w.conv),
-        convState: state.conv!,
-        state: state.recurrent!,
-        normW: vectorBuffer(w.norm),
-        eps: config.rmsNormEps,
-        y: act.gatedNorm,
-        yStride: dim.valueDim,
-      });
-    // Rows of one sequence: a dispatch per row, in order, each on the state the row before it left.
-    const steps = rows.oneSequence
-      ? await Promise.all(Array.from({ length: T }, (_, r) => step({ rows: 1, row0: r, stateIn: r === 0 ? 0 : r, stateOut: r + 1 })))
-      : [await step({ rows: T })];
-    return [...inProj, ...steps, ...outProj];
+    // Rows of one sequence (a verification) run in order in one dispatch, leaving the state after each row in a slot.
+    const step = await gatedDeltaNetDecode(ctx, {
+      ...heads,
+      ...gates,
+      ...(rows.oneSequence ? { sequenceRows: T } : { rows: T }),
+      wStride: conv.wStride,
+      kernelSize: conv.kernelSize,
+      positions: act.positions,
+      proj: act.mixerProj,
+      projStride: projWidth,
+      zOffset: dim.convDim,
+      convW: vectorBuffer(w.conv),
+      convState: state.conv!,
+      state: state.recurrent!,
+      normW: vectorBuffer(w.norm),
+      eps: config.rmsNormEps,
+      y: act.gatedNorm,
+      yStride: dim.valueDim,
+    });
+    return [...inProj, step, ...outProj];
   }
   const core = {
     ...heads,

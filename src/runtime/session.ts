@@ -53,10 +53,11 @@ export class Session implements TokenSequence {
   private readonly prefillSegmentPlans: PlanCache<ForwardSegment[]>;
   /** Present when the model's experts are streamed (model.experts). */
   private readonly experts?: ExpertCache;
-  /** The DeltaNet conv rings as they were before the last verification (allocated at the first). */
-  private ringsBeforeVerify?: GPUBuffer[];
-  /** A recurrent state on its way from a verification's slot to the sequence's (a copy within a buffer is not allowed). */
-  private keptStates?: GPUBuffer[];
+  /**
+   * Where a kept verification's states pass on their way from its slots to the sequence's (a copy within one buffer is
+   * not allowed); one for all layers, as the copies of one submission run in order. Allocated at the first.
+   */
+  private keepVia?: GPUBuffer;
   /** Speculative decoding on this session (runtime/speculation), when its model drafts. */
   speculator?: SpeculativeDecoder;
   /** Called after each prefill chunk with the ids and the chunk (a drafter follows the prompt: runtime/speculation). */
@@ -383,7 +384,7 @@ export class Session implements TokenSequence {
     return this.ctx.submit([...plan, ...picks], 'stage verify', this.verifiedResult(sampler, rows));
   }
 
-  /** Checks a verification of `rows` fits, writes the rows' positions and saves the conv rings (keepVerified restores them). */
+  /** Checks a verification of `rows` fits and writes the rows' positions. */
   private startVerify(rows: number): void {
     if (this.experts) throw new SessionError('verification needs every expert resident');
     if (!Number.isInteger(rows) || rows < 1 || rows > this.verifyRows)
@@ -393,12 +394,6 @@ export class Session implements TokenSequence {
       this.activations.positions,
       0,
       Uint32Array.from({ length: rows }, (_, r) => this.position + r),
-    );
-    const rings = this.deltaNetRings;
-    this.ringsBeforeVerify ??= rings.map((b) => this.ctx.storage(`${b.label} before verify`, b.size));
-    this.ctx.copy(
-      rings.map((from, i) => ({ from, to: this.ringsBeforeVerify![i], size: from.size })),
-      'save rings',
     );
   }
 
@@ -418,33 +413,32 @@ export class Session implements TokenSequence {
   }
 
   /**
-   * Keeps the first `kept` rows of the last verification of `rows` rows: the sequence goes on as if only they had run
-   * (the DeltaNet state after row kept − 1 becomes the sequence's, the conv ring slots of the rows dropped get back what
-   * they held; the KV cache needs only the position). Needs rows ≤ the conv kernel size, so that no ring slot is
-   * written twice by one verification.
+   * Keeps the first `kept` rows of the last verification of `rows` rows: the sequence goes on as if only they had run.
+   * Per DeltaNet layer, the state after row kept − 1 becomes the sequence's, and the raw inputs of kept rows 1.. move
+   * from their pending slots into the conv ring (row 0's are there already; dropped rows never wrote it). The KV cache
+   * needs only the position.
    */
   keepVerified(rows: number, kept: number): void {
     if (!(kept >= 1 && kept <= rows)) throw new SessionError(`keeping ${kept} of ${rows} verified rows`);
     const c = this.model.config;
     const slot = c.linearValueHeads * c.linearKeyDim * c.linearValueDim * 4;
     const ringSlot = dims(c).convDim * this.ctx.activationBytes;
+    const pending = (kept - 1) * ringSlot;
+    this.keepVia ??= this.ctx.storage('kept verification', Math.max(slot, (this.verifyRows - 1) * ringSlot));
+    const via = this.keepVia;
     const copies: Parameters<GpuContext['copy']>[0][number][] = [];
-    const layers = this.states.filter((s) => s.recurrent && s.conv);
-    this.keptStates ??= layers.map((s) => this.ctx.storage(`${s.recurrent!.label} kept`, slot));
-    layers.forEach((s, i) => {
-      const via = this.keptStates![i];
-      copies.push({ from: s.recurrent!, fromOffset: kept * slot, to: via, size: slot }, { from: via, to: s.recurrent!, size: slot });
-      for (let r = kept; r < rows; r++) {
+    for (const s of this.states) {
+      if (!s.recurrent || !s.conv) continue;
+      copies.push({ from: s.recurrent, fromOffset: kept * slot, to: via, size: slot }, { from: via, to: s.recurrent, size: slot });
+      if (pending === 0) continue;
+      copies.push({ from: s.conv, fromOffset: c.convKernel * ringSlot, to: via, size: pending });
+      for (let r = 1; r < kept; r++) {
         const offset = ((this.position + r) % c.convKernel) * ringSlot;
-        copies.push({ from: this.ringsBeforeVerify![i], fromOffset: offset, to: s.conv!, toOffset: offset, size: ringSlot });
+        copies.push({ from: via, fromOffset: (r - 1) * ringSlot, to: s.conv, toOffset: offset, size: ringSlot });
       }
-    });
+    }
     if (copies.length > 0) this.ctx.copy(copies, 'keep verified');
     this.position += kept;
-  }
-
-  private get deltaNetRings(): GPUBuffer[] {
-    return this.states.flatMap((s) => (s.conv ? [s.conv] : []));
   }
 
   private verifyPlan(rows: number): Promise<Dispatch[]> {
@@ -473,7 +467,7 @@ export class Session implements TokenSequence {
 
   destroy(): void {
     this.speculator?.destroy();
-    this.ctx.free(...(this.ringsBeforeVerify ?? []), ...(this.keptStates ?? []));
+    this.ctx.free(this.keepVia);
     for (const plans of [this.plans, this.prefillPlans, this.logitsPlans, this.segmentPlans, this.prefillSegmentPlans]) plans.clear();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
     this.ctx.free(...this.activations.buffers);

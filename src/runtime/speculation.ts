@@ -149,7 +149,7 @@ export class MtpDrafter implements Drafter {
   }
 }
 
-/** Drafts per pass by default, and at most: a pass's rows must not write a conv ring slot twice (Session.keepVerified). */
+/** Drafts per pass by default, and at most: no two rows of a pass may share a conv ring slot (Session.keepVerified). */
 export const DEFAULT_DRAFT_TOKENS = 2;
 export const MAX_DRAFT_TOKENS = 3;
 

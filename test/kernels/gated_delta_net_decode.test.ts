@@ -192,74 +192,89 @@ describeOnAdapters(
       expect(gotStates.slice(s.nv * s.dk * s.dv, 2 * s.nv * s.dk * s.dv), 'the skipped row keeps its state').toEqual(states[1]);
     });
 
-    it('rows of one sequence (a verification): a dispatch per row from row0, its state read from the slot the row before wrote', async () => {
-      const c = ctx();
-      const s: Shape = { nk: 2, nv: 4, dk: 64, dv: 32, K: 4 };
-      const rows = 3;
-      const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
-      const n = s.nv * s.dk * s.dv;
-      const convW = randn(convDim * s.K, 171, 0.5);
-      const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h);
-      const dtBias = randn(s.nv, 172, 1);
-      const normW = randn(s.dv, 173, 0.3).map((v) => 1 + v);
-      const p = [0, 1, 2].map((r) => projection(c, s, 180 + r));
-      const projStride = p[0].proj.length + 1;
-      const proj = new Float32Array(rows * projStride);
-      p.forEach((row, r) => proj.set(row.proj, r * projStride));
-      let ring = roundAct(c, randn(s.K * convDim, 190, 1));
-      let state: ArrayLike<number> = randn(n, 191, 0.5);
-      // Slot 0 the sequence's state; slots 1..3 get the state after each row.
-      const slots = new Float32Array((rows + 1) * n);
-      slots.set(state);
-      const buffers = {
-        ...s,
-        kernelSize: s.K,
-        positions: upload(c, Uint32Array.from([9, 10, 11]), 'positions'),
-        proj: uploadAct(c, proj, 'proj'),
-        projStride,
-        zOffset: p[0].zOffset,
-        bOffset: p[0].bOffset,
-        aOffset: p[0].aOffset,
-        convW: upload(c, convW, 'conv w'),
-        wStride: s.K,
-        convState: uploadAct(c, ring, 'ring'),
-        aLog: upload(c, aLog, 'a_log'),
-        dtBias: upload(c, dtBias, 'dt_bias'),
-        state: upload(c, slots, 'states'),
-        normW: upload(c, normW, 'norm w'),
-        eps: 1e-6,
-        y: actBuffer(c, 'y', rows * s.nv * s.dv),
-      };
-      c.run(
-        await Promise.all(
-          Array.from({ length: rows }, (_, r) => gatedDeltaNetDecode(c, { ...buffers, rows: 1, row0: r, stateIn: r === 0 ? 0 : r, stateOut: r + 1 })),
-        ),
-      );
-      const gotY = await readAct(c, buffers.y, rows * s.nv * s.dv);
-      const gotStates = await readF32(c, buffers.state, (rows + 1) * n);
-      expect(gotStates.slice(0, n), 'the sequence slot is only read').toEqual(slots.slice(0, n));
-      for (let r = 0; r < rows; r++) {
-        const want = reference({
+    // Rows of one sequence (a verification of drafts): the small shape, the 9B/35B-A3B heads with 4 rows from position 1
+    // (taps before position 0 read the zeroed ring), a conv kernel of 3 with 3 value heads per key head.
+    const sequences: [Shape, number, number][] = [
+      [{ nk: 2, nv: 4, dk: 64, dv: 32, K: 4 }, 9, 3],
+      [{ nk: 16, nv: 32, dk: 128, dv: 128, K: 4 }, 1, 4],
+      [{ nk: 1, nv: 3, dk: 100, dv: 64, K: 3 }, 5, 3],
+    ];
+    for (const [s, start, rows] of sequences) {
+      it(`rows of one sequence, nv=${s.nv} dk=${s.dk} K=${s.K}: ${rows} rows from position ${start} in one dispatch equal ${rows} decode steps`, async () => {
+        const c = ctx();
+        const seed = 170 + s.nv + s.K;
+        const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+        const n = s.nv * s.dk * s.dv;
+        const convW = randn(convDim * s.K, seed, 0.5);
+        const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h / 2);
+        const dtBias = randn(s.nv, seed + 1, 1);
+        const normW = randn(s.dv, seed + 2, 0.3).map((v) => 1 + v);
+        const p = Array.from({ length: rows }, (_, r) => projection(c, s, seed + 10 + r));
+        const projStride = p[0].proj.length + 1;
+        const proj = new Float32Array(rows * projStride);
+        p.forEach((row, r) => proj.set(row.proj, r * projStride));
+        let ring = roundAct(c, randn(s.K * convDim, seed + 3, 1));
+        if (start < s.K - 1) ring.fill(0, ((start + 1) % s.K) * convDim);
+        // The ring, then rows - 1 pending slots (filled, to see that they are overwritten).
+        const convState = new Float32Array((s.K + rows - 1) * convDim).fill(7);
+        convState.set(ring);
+        let state: ArrayLike<number> = randn(n, seed + 4, 0.5);
+        // Slot 0 the sequence's state; slots 1..rows get the state after each row.
+        const slots = new Float32Array((rows + 1) * n);
+        slots.set(state);
+        const buffers = {
           ...s,
           kernelSize: s.K,
-          ...p[r],
-          convW,
+          sequenceRows: rows,
+          positions: upload(
+            c,
+            Uint32Array.from({ length: rows }, (_, r) => start + r),
+            'positions',
+          ),
+          proj: uploadAct(c, proj, 'proj'),
+          projStride,
+          zOffset: p[0].zOffset,
+          bOffset: p[0].bOffset,
+          aOffset: p[0].aOffset,
+          convW: upload(c, convW, 'conv w'),
           wStride: s.K,
-          convState: ring,
-          position: 9 + r,
-          aLog,
-          dtBias,
-          state,
-          normW,
+          convState: uploadAct(c, convState, 'ring'),
+          aLog: upload(c, aLog, 'a_log'),
+          dtBias: upload(c, dtBias, 'dt_bias'),
+          state: upload(c, slots, 'states'),
+          normW: upload(c, normW, 'norm w'),
           eps: 1e-6,
-        });
-        expectNear(gotY.slice(r * s.nv * s.dv, (r + 1) * s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
-        expectNear(gotStates.slice((r + 1) * n, (r + 2) * n), want.state, 1e-4, `state after row ${r}`);
-        ring = want.convState;
-        state = gotStates.slice((r + 1) * n, (r + 2) * n);
-      }
-      expect(await readAct(c, buffers.convState, s.K * convDim), 'the ring after the last row').toEqual(ring);
-    });
+          y: actBuffer(c, 'y', rows * s.nv * s.dv),
+        };
+        c.run([await gatedDeltaNetDecode(c, buffers)]);
+        const gotY = await readAct(c, buffers.y, rows * s.nv * s.dv);
+        const gotStates = await readF32(c, buffers.state, (rows + 1) * n);
+        const gotRing = await readAct(c, buffers.convState, (s.K + rows - 1) * convDim);
+        expect(gotStates.slice(0, n), 'the sequence slot is only read').toEqual(slots.slice(0, n));
+        for (let r = 0; r < rows; r++) {
+          const want = reference({
+            ...s,
+            kernelSize: s.K,
+            ...p[r],
+            convW,
+            wStride: s.K,
+            convState: ring,
+            position: start + r,
+            aLog,
+            dtBias,
+            state,
+            normW,
+            eps: 1e-6,
+          });
+          expectNear(gotY.slice(r * s.nv * s.dv, (r + 1) * s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
+          expectNear(gotStates.slice((r + 1) * n, (r + 2) * n), want.state, 1e-4, `state after row ${r}`);
+          if (r === 0) expect(gotRing.slice(0, s.K * convDim), 'the ring: row 0 written, nothing else').toEqual(want.convState);
+          else expect(gotRing.slice((s.K + r - 1) * convDim, (s.K + r) * convDim), `pending slot of row ${r}`).toEqual(p[r].proj.slice(0, convDim));
+          ring = want.convState;
+          state = gotStates.slice((r + 1) * n, (r + 2) * n);
+        }
+      });
+    }
 
     it('rejects heads that do not divide, a value size that is not a power of two, and aliased buffers', async () => {
       const c = ctx();

@@ -265,7 +265,8 @@ async function expectSameStates(rig: Rig, a: Session, b: Session): Promise<void>
     const [sa, sb] = [a.layerStates[i], b.layerStates[i]];
     if (sa.recurrent) {
       expect(await bytes(sa.recurrent, 0, slot), `layer ${i} recurrent`).toEqual(await bytes(sb.recurrent!, 0, slot));
-      expect(await bytes(sa.conv!, 0, sa.conv!.size), `layer ${i} conv`).toEqual(await bytes(sb.conv!, 0, sb.conv!.size));
+      // The ring (the verifying session's buffer has pending slots after it, which nothing reads once a pass is kept).
+      expect(await bytes(sa.conv!, 0, sb.conv!.size), `layer ${i} conv`).toEqual(await bytes(sb.conv!, 0, sb.conv!.size));
     } else {
       const head = a.capacity * c.headDim * rig.ctx.activationBytes;
       const used = a.position * c.headDim * rig.ctx.activationBytes;
