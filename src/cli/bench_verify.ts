@@ -19,8 +19,11 @@ import { median, roundTo } from '../bench/stats.ts';
  */
 export interface VerifyCost {
   decode_ms: number;
+  /** Dispatches of a decode step and of each verification, without their picks. */
+  decode_dispatches: number;
   passes: {
     k: number;
+    verify_dispatches: number;
     verify_ms: number;
     verify_steps: number;
     pass_ms: number;
@@ -85,6 +88,7 @@ export async function measureVerifyCost(
       const projection = projectSpeculation(PUBLISHED_MTP_ACCEPTANCE.rate, k, passMs / decodeMs, 0);
       passes.push({
         k,
+        verify_dispatches: await session.verifyDispatches(k + 1),
         verify_ms: round(verifyMs),
         verify_steps: round(verifyMs / decodeMs),
         pass_ms: round(passMs),
@@ -102,7 +106,7 @@ export async function measureVerifyCost(
       acceptance_rate: round(s.accepted / s.drafted),
       tokens_per_pass: round((s.passes + s.accepted) / s.passes),
     };
-    return { decode_ms: round(decodeMs), passes, generation, acceptance: PUBLISHED_MTP_ACCEPTANCE };
+    return { decode_ms: round(decodeMs), decode_dispatches: await session.decodeDispatches(), passes, generation, acceptance: PUBLISHED_MTP_ACCEPTANCE };
   } finally {
     sampler.destroy();
     session.destroy();
@@ -127,10 +131,10 @@ export async function measureHeadMs(ctx: GpuContext, model: Model, session: Sess
 export function describeVerifyCost(c: VerifyCost): string {
   const lines = c.passes.map(
     (p) =>
-      `  k=${p.k}: verifying ${p.k + 1} tokens ${p.verify_ms} ms = ${p.verify_steps} decode steps; a whole pass (drafts, verification, rows kept) ${p.pass_ms} ms = ${p.pass_steps} steps; at ${(c.acceptance.rate * 100).toFixed(1)}% acceptance ${p.tokens_per_pass} tokens per pass, projected ${p.projected_speedup}x`,
+      `  k=${p.k}: verifying ${p.k + 1} tokens ${p.verify_ms} ms = ${p.verify_steps} decode steps (${p.verify_dispatches} dispatches); a whole pass (drafts, verification, rows kept) ${p.pass_ms} ms = ${p.pass_steps} steps; at ${(c.acceptance.rate * 100).toFixed(1)}% acceptance ${p.tokens_per_pass} tokens per pass, projected ${p.projected_speedup}x`,
   );
   const g = c.generation;
-  return `speculative decoding (decode step ${c.decode_ms} ms; acceptance for the projection from ${c.acceptance.source})
+  return `speculative decoding (decode step ${c.decode_ms} ms, ${c.decode_dispatches} dispatches; acceptance for the projection from ${c.acceptance.source})
 ${lines.join('\n')}
   generation with MTP, k=${g.k}: decode ${g.decode_tokens_per_s} tokens/s (without: ${g.plain_decode_tokens_per_s}); ${(g.acceptance_rate * 100).toFixed(1)}% of drafts accepted, ${g.tokens_per_pass} tokens per pass (these weights' own acceptance)
 `;

@@ -300,6 +300,11 @@ export class Session implements TokenSequence {
       : (await this.decodePlan()).length;
   }
 
+  /** Dispatches of a verification of `rows` rows without its picks (bench figures). */
+  async verifyDispatches(rows: number): Promise<number> {
+    return (await this.verifyPlan(rows)).length;
+  }
+
   private decodePlan(): Promise<Dispatch[]> {
     return this.plans.plan('decode', async () => [...(await this.forwardPlan(1, 'token')), ...(await this.decodedLogitsPlan())]);
   }

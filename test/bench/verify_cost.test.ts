@@ -22,12 +22,16 @@ describe('bench --verify-cost', () => {
     expect(r.code, r.stderr).toBe(0);
     const cost = jsonLine(r).verify_cost as {
       decode_ms: number;
-      passes: { k: number; verify_steps: number; pass_steps: number; tokens_per_pass: number; projected_speedup: number }[];
+      decode_dispatches: number;
+      passes: { k: number; verify_dispatches: number; verify_steps: number; pass_steps: number; tokens_per_pass: number; projected_speedup: number }[];
       generation: { k: number; decode_tokens_per_s: number; acceptance_rate: number; tokens_per_pass: number };
       acceptance: { rate: number; source: string };
     };
     expect(cost.decode_ms).toBeGreaterThan(0);
     expect(cost.passes.map((p) => p.k)).toEqual([1, 2, 3]);
+    // A verification runs all its rows in each of its dispatches (the DeltaNet step included), whatever k.
+    expect(cost.decode_dispatches).toBeGreaterThan(0);
+    expect(cost.passes.map((p) => p.verify_dispatches)).toEqual(cost.passes.map(() => cost.passes[0].verify_dispatches));
     for (const p of cost.passes) {
       expect(p.verify_steps).toBeGreaterThan(0);
       expect(p.pass_steps).toBeGreaterThan(0);
