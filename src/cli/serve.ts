@@ -35,9 +35,10 @@ export async function runServe(
     .map((origin) => origin.trim())
     .filter(Boolean);
   const { engine, stop } = await load(intFlag(args, 'context', 4096), maxBatch);
+  const modelName = stringFlag(args, 'served-model-name') ?? engine.name;
   try {
     const server = createApp(engine, {
-      modelName: stringFlag(args, 'served-model-name') ?? engine.name,
+      modelName,
       apiKey,
       corsOrigins,
       maxBodyBytes,
@@ -61,6 +62,7 @@ export async function runServe(
     });
     const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });
     host.stdout(`listening on http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${listener.port}\n`);
+    host.stderr(`serving ${modelName}: ${servingMode(engine, maxBatch)}\n`);
     await stopRequested;
     host.stderr('stopping: finishing the running requests\n');
     await server.stop();
@@ -69,4 +71,16 @@ export async function runServe(
     engine.destroy();
     stop?.();
   }
+}
+
+/** How requests will run, for the operator: sequences decoded together, and speculation. */
+function servingMode(engine: Engine, maxBatch: number): string {
+  const together = maxBatch > 1 ? `up to ${maxBatch} sequences decode together` : 'one sequence at a time';
+  const speculation =
+    engine.gauges().speculation !== undefined
+      ? 'speculative decoding with the MTP block'
+      : maxBatch > 1
+        ? 'speculative decoding off (it runs with --max-batch 1)'
+        : 'speculative decoding off';
+  return `${together}, ${speculation}`;
 }

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { fixtureDir } from '../helpers/fixtures.ts';
 
 // `qwen-webgpu serve` as users run it (a child process on 127.0.0.1, --port 0), driven by the official openai client.
@@ -83,6 +83,12 @@ describe('serve (node)', { timeout: TEST_TIMEOUT_MS }, () => {
   it('lists the one model under its served name', async () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['tiny']);
+  });
+
+  it('says at start how requests run: sequences decoded together, and speculation', async () => {
+    await vi.waitFor(() =>
+      expect(server.stderr()).toContain('serving tiny: up to 2 sequences decode together, speculative decoding off (it runs with --max-batch 1)'),
+    );
   });
 
   it('answers a greedy chat completion', async () => {
@@ -270,6 +276,8 @@ describe('serve (node): speculative decoding', { timeout: 120_000 }, () => {
     expect(speculating.get('vllm:spec_decode_num_drafts_total')).toBeGreaterThan(10);
     expect(speculating.get('vllm:spec_decode_num_draft_tokens_total')).toBe(3 * speculating.get('vllm:spec_decode_num_drafts_total')!);
     expect([...(await metrics(servers[1].url)).keys()].filter((k) => k.includes('spec_decode'))).toEqual([]);
+    expect(servers[0].stderr()).toMatch(/serving \S+: one sequence at a time, speculative decoding with the MTP block\n/);
+    expect(servers[1].stderr()).toMatch(/serving \S+: one sequence at a time, speculative decoding off\n/);
   });
 });
 
