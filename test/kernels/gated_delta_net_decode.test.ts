@@ -38,6 +38,42 @@ function projection(c: GpuContext, s: Shape, seed: number) {
   return { proj: roundAct(c, proj), zOffset, bOffset, aOffset, convDim };
 }
 
+/**
+ * A layer's weights and `rows` projection rows (padded to a stride of their own), as the reference reads them and
+ * uploaded as the kernel takes them.
+ */
+function layerRows(c: GpuContext, s: Shape, rows: number, seed: number) {
+  const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+  const weights = {
+    convW: randn(convDim * s.K, seed, 0.5),
+    wStride: s.K,
+    aLog: Float32Array.from({ length: s.nv }, (_, h) => -3 + h / 2),
+    dtBias: randn(s.nv, seed + 1, 1),
+    normW: randn(s.dv, seed + 2, 0.3).map((v) => 1 + v),
+    eps: 1e-6,
+  };
+  const p = Array.from({ length: rows }, (_, r) => projection(c, s, seed + 10 + r));
+  const projStride = p[0].proj.length + 3;
+  const proj = new Float32Array(rows * projStride);
+  p.forEach((row, r) => proj.set(row.proj, r * projStride));
+  const uploaded = {
+    ...s,
+    kernelSize: s.K,
+    proj: uploadAct(c, proj, 'proj'),
+    projStride,
+    zOffset: p[0].zOffset,
+    bOffset: p[0].bOffset,
+    aOffset: p[0].aOffset,
+    convW: upload(c, weights.convW, 'conv w'),
+    wStride: s.K,
+    aLog: upload(c, weights.aLog, 'a_log'),
+    dtBias: upload(c, weights.dtBias, 'dt_bias'),
+    normW: upload(c, weights.normW, 'norm w'),
+    eps: weights.eps,
+  };
+  return { convDim, weights, p, uploaded };
+}
+
 describeOnAdapters(
   'gated_delta_net_decode',
   (ctx) => {
@@ -121,16 +157,7 @@ describeOnAdapters(
       const c = ctx();
       const s: Shape = { nk: 2, nv: 4, dk: 64, dv: 32, K: 4 };
       const rows = 3;
-      const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
-      const wStride = s.K;
-      const convW = randn(convDim * wStride, 71, 0.5);
-      const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h);
-      const dtBias = randn(s.nv, 72, 1);
-      const normW = randn(s.dv, 73, 0.3).map((v) => 1 + v);
-      const p = [0, 1, 2].map((r) => projection(c, s, 80 + r));
-      const projStride = p[0].proj.length + 3;
-      const proj = new Float32Array(rows * projStride);
-      p.forEach((row, r) => proj.set(row.proj, r * projStride));
+      const { convDim, weights, p, uploaded } = layerRows(c, s, rows, 71);
       const rings = [0, 1, 2].map((r) => roundAct(c, randn(s.K * convDim, 90 + r, 1)));
       const states = [0, 1, 2].map((r) => randn(s.nv * s.dk * s.dv, 95 + r, 0.5));
       const concat = (parts: Float32Array[]) => Float32Array.from(parts.flatMap((a) => Array.from(a)));
@@ -141,23 +168,11 @@ describeOnAdapters(
       const positions = [7, SKIPPED_ROW, 2];
       c.run([
         await gatedDeltaNetDecode(c, {
-          ...s,
-          kernelSize: s.K,
+          ...uploaded,
           rows,
           positions: upload(c, Uint32Array.from(positions), 'positions'),
-          proj: uploadAct(c, proj, 'proj'),
-          projStride,
-          zOffset: p[0].zOffset,
-          bOffset: p[0].bOffset,
-          aOffset: p[0].aOffset,
-          convW: upload(c, convW, 'conv w'),
-          wStride,
           convState,
-          aLog: upload(c, aLog, 'a_log'),
-          dtBias: upload(c, dtBias, 'dt_bias'),
           state,
-          normW: upload(c, normW, 'norm w'),
-          eps: 1e-6,
           y,
           yStride,
         }),
@@ -166,23 +181,7 @@ describeOnAdapters(
       const gotRings = await readAct(c, convState, rows * s.K * convDim);
       const gotStates = await readF32(c, state, rows * s.nv * s.dk * s.dv);
       for (const r of [0, 2]) {
-        const want = reference({
-          ...s,
-          kernelSize: s.K,
-          proj: p[r].proj,
-          zOffset: p[r].zOffset,
-          bOffset: p[r].bOffset,
-          aOffset: p[r].aOffset,
-          convW,
-          wStride,
-          convState: rings[r],
-          position: positions[r],
-          aLog,
-          dtBias,
-          state: states[r],
-          normW,
-          eps: 1e-6,
-        });
+        const want = reference({ ...s, kernelSize: s.K, ...weights, ...p[r], convState: rings[r], position: positions[r], state: states[r] });
         const n = s.nv * s.dk * s.dv;
         expectNear(gotY.slice(r * yStride, r * yStride + s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
         expectNear(gotStates.slice(r * n, (r + 1) * n), want.state, 1e-4, `state of row ${r}`);
@@ -203,16 +202,8 @@ describeOnAdapters(
       it(`rows of one sequence, nv=${s.nv} dk=${s.dk} K=${s.K}: ${rows} rows from position ${start} in one dispatch equal ${rows} decode steps`, async () => {
         const c = ctx();
         const seed = 170 + s.nv + s.K;
-        const convDim = 2 * s.nk * s.dk + s.nv * s.dv;
+        const { convDim, weights, p, uploaded } = layerRows(c, s, rows, seed);
         const n = s.nv * s.dk * s.dv;
-        const convW = randn(convDim * s.K, seed, 0.5);
-        const aLog = Float32Array.from({ length: s.nv }, (_, h) => -3 + h / 2);
-        const dtBias = randn(s.nv, seed + 1, 1);
-        const normW = randn(s.dv, seed + 2, 0.3).map((v) => 1 + v);
-        const p = Array.from({ length: rows }, (_, r) => projection(c, s, seed + 10 + r));
-        const projStride = p[0].proj.length + 1;
-        const proj = new Float32Array(rows * projStride);
-        p.forEach((row, r) => proj.set(row.proj, r * projStride));
         let ring = roundAct(c, randn(s.K * convDim, seed + 3, 1));
         if (start < s.K - 1) ring.fill(0, ((start + 1) % s.K) * convDim);
         // The ring, then rows - 1 pending slots (filled, to see that they are overwritten).
@@ -223,27 +214,15 @@ describeOnAdapters(
         const slots = new Float32Array((rows + 1) * n);
         slots.set(state);
         const buffers = {
-          ...s,
-          kernelSize: s.K,
+          ...uploaded,
           sequenceRows: rows,
           positions: upload(
             c,
             Uint32Array.from({ length: rows }, (_, r) => start + r),
             'positions',
           ),
-          proj: uploadAct(c, proj, 'proj'),
-          projStride,
-          zOffset: p[0].zOffset,
-          bOffset: p[0].bOffset,
-          aOffset: p[0].aOffset,
-          convW: upload(c, convW, 'conv w'),
-          wStride: s.K,
           convState: uploadAct(c, convState, 'ring'),
-          aLog: upload(c, aLog, 'a_log'),
-          dtBias: upload(c, dtBias, 'dt_bias'),
           state: upload(c, slots, 'states'),
-          normW: upload(c, normW, 'norm w'),
-          eps: 1e-6,
           y: actBuffer(c, 'y', rows * s.nv * s.dv),
         };
         c.run([await gatedDeltaNetDecode(c, buffers)]);
@@ -252,20 +231,7 @@ describeOnAdapters(
         const gotRing = await readAct(c, buffers.convState, (s.K + rows - 1) * convDim);
         expect(gotStates.slice(0, n), 'the sequence slot is only read').toEqual(slots.slice(0, n));
         for (let r = 0; r < rows; r++) {
-          const want = reference({
-            ...s,
-            kernelSize: s.K,
-            ...p[r],
-            convW,
-            wStride: s.K,
-            convState: ring,
-            position: start + r,
-            aLog,
-            dtBias,
-            state,
-            normW,
-            eps: 1e-6,
-          });
+          const want = reference({ ...s, kernelSize: s.K, ...weights, ...p[r], convState: ring, position: start + r, state });
           expectNear(gotY.slice(r * s.nv * s.dv, (r + 1) * s.nv * s.dv), want.y, c.activations === 'f16' ? 2e-3 : 2e-4, `y of row ${r}`);
           expectNear(gotStates.slice((r + 1) * n, (r + 2) * n), want.state, 1e-4, `state after row ${r}`);
           if (r === 0) expect(gotRing.slice(0, s.K * convDim), 'the ring: row 0 written, nothing else').toEqual(want.convState);
