@@ -23,9 +23,9 @@ export interface StreamsResult {
 /**
  * Aggregate decode speed of `counts` concurrent streams through continuous batching (runtime/batch.ts), each
  * greedy on a prompt of its own: every stream is prefilled first, then all decode together, steps submitted ahead
- * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed. The speedup is
- * against one stream through a matvec per row (the single-sequence path): on GPUs a batch runs its projections
- * through the tiled matmul, which is slower than matvec for one row, so its own one-stream figure is no baseline.
+ * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed, in one batch
+ * with a slot per stream of the largest count (on GPUs above MATVEC_DECODE_ROWS slots: the tiled matmul). The speedup
+ * is against one stream through a matvec per row (the single-sequence path).
  */
 export async function benchStreams(
   ctx: GpuContext,

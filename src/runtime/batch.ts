@@ -20,11 +20,21 @@ export interface BatchOptions {
   /** Prefill chunk (tokens between two decode steps); default: the Session's. */
   prefillChunk?: number;
   /**
-   * Decode projections through the tiled matmul, reading the weights once per step for all rows (default on GPUs);
-   * else a matvec per row (default on CPU adapters, where the tiled matmul is slow).
+   * Decode projections through the tiled matmul, which reads the weights once per step for all rows (true), or a
+   * matvec per row (false), for every step of the batch, so that a sequence's arithmetic never depends on what else
+   * runs. Default: the tiled matmul on GPUs for more than MATVEC_DECODE_ROWS slots; a matvec per row on CPU adapters
+   * (where the tiled matmul is slow) and for fewer slots.
    */
   tiledDecode?: boolean;
 }
+
+/**
+ * A GPU batch of up to this many slots decodes through a matvec per row: the tiled matmul's tiles are 64 rows high,
+ * so its steps would do 16 times or more the arithmetic they need, while matvecs over the same weights side by side
+ * find most of them in cache; its rows then also get exactly the single-sequence arithmetic. Not yet measured on a
+ * GPU: bench --streams prints the figures that would move it.
+ */
+export const MATVEC_DECODE_ROWS = 4;
 
 interface StepRequest {
   slot: BatchSlot;
@@ -84,7 +94,8 @@ export class Batch {
     try {
       states = createLayerStates(ctx, model, capacity, maxBatch);
       const act = createActivations(ctx, model, maxBatch, capacity, maxBatch);
-      return new Batch(ctx, model, capacity, states, act, prefillSession, options.tiledDecode ?? !ctx.caps.cpu);
+      const tiled = options.tiledDecode ?? (!ctx.caps.cpu && maxBatch > MATVEC_DECODE_ROWS);
+      return new Batch(ctx, model, capacity, states, act, prefillSession, tiled);
     } catch (error) {
       prefillSession.destroy();
       for (const s of states) ctx.free(s.conv, s.recurrent, s.keys, s.values);

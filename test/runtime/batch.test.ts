@@ -100,7 +100,7 @@ for (const name of FIXTURES) {
   });
 }
 
-describe('tiled decode (the GPUs’ default, forced on this CPU adapter): rows through the tiled matmul', () => {
+describe('tiled decode (GPU batches of more than 4 slots; forced on this CPU adapter): rows through the tiled matmul', () => {
   for (const name of FIXTURES) {
     it(`${name}: 5 concurrent sequences on 4 slots give the ids each gives alone on the same engine`, async () => {
       const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
