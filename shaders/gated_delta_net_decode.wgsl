@@ -8,17 +8,18 @@
 //     y = o * rsqrt(mean(o²) + eps) * norm_w * silu(z)                       (Qwen3_5RMSNormGated)
 //   Each of `rows` rows is a sequence of its own (continuous batching): its token at positions[row], its projection,
 //   ring, state and output at row strides; a row at SKIPPED_ROW computes nothing and writes nothing; its state is
-//   updated in place (state_out 0). With seq_rows > 1 (rows = 1), the dispatch runs seq_rows consecutive rows of one
-//   sequence in order (a verification of drafted tokens): each workgroup keeps its state columns in registers from
-//   row to row and writes the state after row t to slot state_out + t; row t's conv reads the raw inputs of the rows
-//   before it from proj rather than the ring. Only row 0 writes its ring slot (pos % K, which no row reads); row
-//   t >= 1 leaves its raw inputs in pending slot K + t - 1 of the ring buffer, moved into the ring when the row is
-//   kept (Session.keepVerified): a ring slot written for row t would be one that another workgroup's row 0 still reads.
+//   updated in place (state_out 0, seq_rows 1). Otherwise (rows = 1, state_out 1) the dispatch runs seq_rows
+//   consecutive rows of one sequence in order (a verification of drafted tokens): each workgroup keeps its state
+//   columns in registers from row to row and writes the state after row t to slot state_out + t; row t's conv reads
+//   the raw inputs of the rows before it from proj rather than the ring. Only row 0 writes its ring slot (pos % K,
+//   which no row reads); row t >= 1 leaves its raw inputs in pending slot K + t - 1 of the ring buffer, moved into the
+//   ring when the row is kept (Session.keepVerified): a ring slot written for row t would be one that another
+//   workgroup's row 0 still reads.
 //   proj: [rows, proj_stride] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
-//   conv_w: [conv_dim, w_stride] f32 · conv_state: [rows, K, conv_dim] act rings (conv1d_causal.wgsl), then with
-//   seq_rows > 1 the seq_rows - 1 pending slots · a_log, dt_bias: [nv] f32 · state: [slots, nv, DK, DV] f32, read
-//   from slot row and written as above · norm_w: [DV] f32
-//   y: [rows, y_stride] act (head h at h*DV) · positions: [rows] u32 (seq_rows > 1: [seq_rows], consecutive)
+//   conv_w: [conv_dim, w_stride] f32 · conv_state: [rows, K, conv_dim] act rings (conv1d_causal.wgsl), then for
+//   one sequence's rows the seq_rows - 1 pending slots · a_log, dt_bias: [nv] f32 · state: [slots, nv, DK, DV] f32,
+//   read from slot row and written as above · norm_w: [DV] f32
+//   y: [rows, y_stride] act (head h at h*DV) · positions: [rows] u32 (one sequence's rows: [seq_rows], consecutive)
 //   grid: rows * nv workgroups (flat_id, head innermost), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
 //   invocation (col = li % DV, ks = li / DV) keeps rows d = ks + KSPLIT*r (r < RPT) of state column col in
 //   registers. Every workgroup of key head j computes j's q and k itself (the same values); only the first

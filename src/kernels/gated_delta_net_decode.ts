@@ -62,7 +62,7 @@ export interface GatedDeltaNetDecodeArgs {
   /** Rows, each the next token of a sequence of its own (default 1); their states are updated in place. */
   rows?: number;
   /**
-   * Instead, this many consecutive rows of one sequence, in order (a verification of drafted tokens): the state is
+   * Instead (rows 1), this many consecutive rows of one sequence, in order (a verification of drafted tokens): the state is
    * read from slot 0 and the state after row t written to slot 1 + t; row 0's raw inputs go to the ring, row t ≥ 1's
    * to pending ring slot K + t − 1 (Session.keepVerified moves those of the rows kept).
    */
@@ -103,9 +103,10 @@ const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 
 export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs): Promise<Dispatch> {
   const { nk, nv, dk, dv, kernelSize: K } = a;
   const rows = a.rows ?? 1;
+  const sequence = a.sequenceRows !== undefined;
   const sequenceRows = a.sequenceRows ?? 1;
   check.counts({ nk, nv, dk, dv, rows, sequenceRows });
-  if (sequenceRows > 1 && rows > 1) check.fail(`rows = ${rows} sequences with sequenceRows = ${sequenceRows}: rows of one sequence are one sequence`);
+  if (sequence && rows > 1) check.fail(`rows = ${rows} sequences with sequenceRows = ${sequenceRows}: rows of one sequence are one sequence`);
   if (nv % nk !== 0) check.fail(`nv = ${nv} is not a multiple of nk = ${nk}`);
   if (dk > 256) check.fail(`dk = ${dk} is more than 256`);
   if (!isPow2(dv) || dv > 256) check.fail(`dv = ${dv} must be a power of two of at most 256`);
@@ -133,7 +134,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   const yStride = a.yStride ?? nv * dv;
   const lastRow = rows + sequenceRows - 2;
   const pending = sequenceRows - 1;
-  const stateOut = sequenceRows > 1 ? 1 : 0;
+  const stateOut = sequence ? 1 : 0;
   if (lastRow > 0 && projStride < projRow) check.fail(`projStride = ${projStride} is less than a row's ${projRow} columns`);
   if (lastRow > 0 && yStride < nv * dv) check.fail(`yStride = ${yStride} is less than a row's ${nv * dv} outputs`);
   const ab = ctx.activationBytes;

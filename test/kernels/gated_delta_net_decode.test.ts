@@ -192,11 +192,13 @@ describeOnAdapters(
     });
 
     // Rows of one sequence (a verification of drafts): the small shape, the 9B/35B-A3B heads with 4 rows from position 1
-    // (taps before position 0 read the zeroed ring), a conv kernel of 3 with 3 value heads per key head.
+    // (taps before position 0 read the zeroed ring), a conv kernel of 3 with 3 value heads per key head, and one row
+    // (its state still goes to slot 1).
     const sequences: [Shape, number, number][] = [
       [{ nk: 2, nv: 4, dk: 64, dv: 32, K: 4 }, 9, 3],
       [{ nk: 16, nv: 32, dk: 128, dv: 128, K: 4 }, 1, 4],
       [{ nk: 1, nv: 3, dk: 100, dv: 64, K: 3 }, 5, 3],
+      [{ nk: 2, nv: 4, dk: 64, dv: 32, K: 4 }, 0, 1],
     ];
     for (const [s, start, rows] of sequences) {
       it(`rows of one sequence, nv=${s.nv} dk=${s.dk} K=${s.K}: ${rows} rows from position ${start} in one dispatch equal ${rows} decode steps`, async () => {
