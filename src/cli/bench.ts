@@ -214,7 +214,7 @@ async function printStreams(host: CliHost, args: Args, ctx: GpuContext, model: M
   host.stdout(`  one stream alone (matvec per row): ${single} tokens/s\n`);
   for (const f of figures) {
     host.stdout(
-      `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream)\n`,
+      `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream; ${f.projections})\n`,
     );
   }
 }

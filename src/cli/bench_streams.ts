@@ -1,12 +1,14 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
-import { Batch } from '../runtime/batch.ts';
+import { Batch, MATVEC_DECODE_ROWS } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
 import { runSteps } from '../runtime/run_ahead.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
 export interface StreamsFigure {
   streams: number;
+  /** How the batch's decode steps ran their projections. */
+  projections: 'tiled matmul' | 'matvec per row';
   /** Tokens/s of all streams together.  */
   decode_tokens_per_s: number;
   per_stream_tokens_per_s: number;
@@ -23,9 +25,11 @@ export interface StreamsResult {
 /**
  * Aggregate decode speed of `counts` concurrent streams through continuous batching (runtime/batch.ts), each
  * greedy on a prompt of its own: every stream is prefilled first, then all decode together, steps submitted ahead
- * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed, in one batch
- * with a slot per stream of the largest count (on GPUs above MATVEC_DECODE_ROWS slots: the tiled matmul). The speedup
- * is against one stream through a matvec per row (the single-sequence path).
+ * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed. Each
+ * count runs in a batch of that many slots, as `serve --max-batch N` with N users would (on GPUs a matvec per row up
+ * to MATVEC_DECODE_ROWS slots, the tiled matmul above); on GPUs the counts up to it also run through the tiled
+ * matmul, the figures that would move that threshold. The speedup is against one stream through a matvec per row
+ * (the single-sequence path).
  */
 export async function benchStreams(
   ctx: GpuContext,
@@ -57,28 +61,33 @@ export async function benchStreams(
     }
   };
 
-  const measure = async (batch: Batch, streamCounts: number[]): Promise<number[]> => {
+  /** Tokens/s of `streams` streams in a batch of as many slots (a warm-up run first: every pipeline, the decode plan). */
+  const measure = async (streams: number, tiledDecode?: boolean): Promise<{ rate: number; tiled: boolean }> => {
+    const batch = Batch.create(ctx, model, { contextLength, maxBatch: streams, tiledDecode });
     try {
-      // Warm-up: every pipeline, and the decode plan of each row count.
-      for (const streams of streamCounts) await run(batch, streams, 2);
-      const rates: number[] = [];
-      for (const streams of streamCounts) rates.push(await run(batch, streams, decodeTokens));
-      return rates;
+      await run(batch, streams, 2);
+      return { rate: await run(batch, streams, decodeTokens), tiled: batch.tiledDecode };
     } finally {
       batch.destroy();
     }
   };
-  const [single] = await measure(Batch.create(ctx, model, { contextLength, maxBatch: 1, tiledDecode: false }), [1]);
-  const rates = await measure(Batch.create(ctx, model, { contextLength, maxBatch: Math.max(...counts) }), counts);
-  return {
-    single_tokens_per_s: round(single),
-    figures: counts.map((streams, i) => ({
+  const single = (await measure(1, false)).rate;
+  const runs = counts.flatMap((streams) => [
+    { streams, tiledDecode: undefined },
+    ...(!ctx.caps.cpu && streams <= MATVEC_DECODE_ROWS ? [{ streams, tiledDecode: true }] : []),
+  ]);
+  const figures: StreamsFigure[] = [];
+  for (const { streams, tiledDecode } of runs) {
+    const { rate, tiled } = await measure(streams, tiledDecode);
+    figures.push({
       streams,
-      decode_tokens_per_s: round(rates[i]),
-      per_stream_tokens_per_s: round(rates[i] / streams),
-      speedup: round(rates[i] / single, 2),
-    })),
-  };
+      projections: tiled ? 'tiled matmul' : 'matvec per row',
+      decode_tokens_per_s: round(rate),
+      per_stream_tokens_per_s: round(rate / streams),
+      speedup: round(rate / single, 2),
+    });
+  }
+  return { single_tokens_per_s: round(single), figures };
 }
 
 /** The tokens of one batch step as one pending token (the first stream's is returned). */

@@ -74,7 +74,8 @@ export class Batch {
     private readonly act: Activations,
     /** Where prompts are prefilled; also where the Engine scores (through `withPrefillSession`). */
     readonly prefillSession: Session,
-    private readonly tiledDecode: boolean,
+    /** Whether decode steps run their projections through the tiled matmul (BatchOptions.tiledDecode). */
+    readonly tiledDecode: boolean,
   ) {
     const samplerSizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
     this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
