@@ -1,7 +1,8 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
-import { Batch, MATVEC_DECODE_ROWS } from '../runtime/batch.ts';
+import { Batch, MATVEC_DECODE_ROWS, decodesTiled } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
+import { memoise } from '../gpu/memo.ts';
 import { runSteps } from '../runtime/run_ahead.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
@@ -61,24 +62,29 @@ export async function benchStreams(
     }
   };
 
-  /** Tokens/s of `streams` streams in a batch of as many slots (a warm-up run first: every pipeline, the decode plan). */
-  const measure = async (streams: number, tiledDecode?: boolean): Promise<{ rate: number; tiled: boolean }> => {
-    const batch = Batch.create(ctx, model, { contextLength, maxBatch: streams, tiledDecode });
-    try {
-      await run(batch, streams, 2);
-      return { rate: await run(batch, streams, decodeTokens), tiled: batch.tiledDecode };
-    } finally {
-      batch.destroy();
-    }
-  };
-  const single = (await measure(1, false)).rate;
+  /**
+   * Tokens/s of `streams` streams in a batch of as many slots (a warm-up run first: every pipeline, the decode plan),
+   * measured once per stream count and projections (one stream through a matvec per row is also the baseline).
+   */
+  const rates = new Map<string, Promise<number>>();
+  const measure = (streams: number, tiled: boolean): Promise<number> =>
+    memoise(rates, `${streams} ${tiled}`, async () => {
+      const batch = Batch.create(ctx, model, { contextLength, maxBatch: streams, tiledDecode: tiled });
+      try {
+        await run(batch, streams, 2);
+        return await run(batch, streams, decodeTokens);
+      } finally {
+        batch.destroy();
+      }
+    });
+  const single = await measure(1, false);
   const runs = counts.flatMap((streams) => [
-    { streams, tiledDecode: undefined },
-    ...(!ctx.caps.cpu && streams <= MATVEC_DECODE_ROWS ? [{ streams, tiledDecode: true }] : []),
+    { streams, tiled: decodesTiled(ctx.caps, streams) },
+    ...(!ctx.caps.cpu && streams <= MATVEC_DECODE_ROWS ? [{ streams, tiled: true }] : []),
   ]);
   const figures: StreamsFigure[] = [];
-  for (const { streams, tiledDecode } of runs) {
-    const { rate, tiled } = await measure(streams, tiledDecode);
+  for (const { streams, tiled } of runs) {
+    const rate = await measure(streams, tiled);
     figures.push({
       streams,
       projections: tiled ? 'tiled matmul' : 'matvec per row',

@@ -1,3 +1,4 @@
+import type { Caps } from '../gpu/caps.ts';
 import type { Dispatch, GpuContext, ReadRange } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { dims } from '../model/config.ts';
@@ -35,6 +36,9 @@ export interface BatchOptions {
  * GPU: bench --streams prints the figures that would move it.
  */
 export const MATVEC_DECODE_ROWS = 4;
+
+/** Whether a batch of `maxBatch` slots decodes through the tiled matmul (BatchOptions.tiledDecode, when given, decides). */
+export const decodesTiled = (caps: Caps, maxBatch: number, tiledDecode?: boolean): boolean => tiledDecode ?? (!caps.cpu && maxBatch > MATVEC_DECODE_ROWS);
 
 interface StepRequest {
   slot: BatchSlot;
@@ -95,8 +99,7 @@ export class Batch {
     try {
       states = createLayerStates(ctx, model, capacity, maxBatch);
       const act = createActivations(ctx, model, maxBatch, capacity, maxBatch);
-      const tiled = options.tiledDecode ?? (!ctx.caps.cpu && maxBatch > MATVEC_DECODE_ROWS);
-      return new Batch(ctx, model, capacity, states, act, prefillSession, tiled);
+      return new Batch(ctx, model, capacity, states, act, prefillSession, decodesTiled(ctx.caps, maxBatch, options.tiledDecode));
     } catch (error) {
       prefillSession.destroy();
       for (const s of states) ctx.free(s.conv, s.recurrent, s.keys, s.values);
