@@ -50,7 +50,7 @@ export interface EngineOptions {
    * Every request is a sequence of its own; those past maxBatch wait for a free one.
    */
   maxBatch?: number;
-  /** A batch's decode projections through the tiled matmul (true) or a matvec per row (false); default: by slots (BatchOptions.tiledDecode). */
+  /** A batch's decode projections through the tiled matmul (true) or matvec (false); default: by slots (BatchOptions.tiledDecode). */
   tiledDecode?: boolean;
   /** Prompt tokens per forward call (default: what the adapter's binding limit allows, at most 512); with a batch, decode steps run between chunks. */
   prefillChunk?: number;

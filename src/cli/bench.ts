@@ -211,7 +211,7 @@ async function printStreams(host: CliHost, args: Args, ctx: GpuContext, model: M
     return;
   }
   host.stdout(`${head.model} (${head.layers} layers) on ${head.adapter} [${head.backend}]: decode with concurrent streams (${o.decodeTokens} tokens each)\n`);
-  host.stdout(`  one stream alone (matvec per row): ${single} tokens/s\n`);
+  host.stdout(`  one stream alone (matvec): ${single} tokens/s\n`);
   for (const f of figures) {
     host.stdout(
       `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream; ${f.projections})\n`,

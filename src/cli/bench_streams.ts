@@ -1,6 +1,6 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { Model } from '../model/model.ts';
-import { Batch, MATVEC_DECODE_ROWS, decodesTiled } from '../runtime/batch.ts';
+import { Batch, decodesTiled } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
 import { memoise } from '../gpu/memo.ts';
 import { runSteps } from '../runtime/run_ahead.ts';
@@ -9,7 +9,7 @@ import type { PendingToken } from '../runtime/sequence.ts';
 export interface StreamsFigure {
   streams: number;
   /** How the batch's decode steps ran their projections. */
-  projections: 'tiled matmul' | 'matvec per row';
+  projections: 'tiled matmul' | 'matvec';
   /** Tokens/s of all streams together.  */
   decode_tokens_per_s: number;
   per_stream_tokens_per_s: number;
@@ -18,7 +18,7 @@ export interface StreamsFigure {
 }
 
 export interface StreamsResult {
-  /** One stream alone through a matvec per row: the single-sequence decode path, the baseline of `speedup`. */
+  /** One stream alone through matvec: the single-sequence decode path, the baseline of `speedup`. */
   single_tokens_per_s: number;
   figures: StreamsFigure[];
 }
@@ -27,10 +27,9 @@ export interface StreamsResult {
  * Aggregate decode speed of `counts` concurrent streams through continuous batching (runtime/batch.ts), each
  * greedy on a prompt of its own: every stream is prefilled first, then all decode together, steps submitted ahead
  * of their tokens being read as generation runs them (runtime/run_ahead.ts), and the decode steps are timed. Each
- * count runs in a batch of that many slots, as `serve --max-batch N` with N users would (on GPUs a matvec per row up
- * to MATVEC_DECODE_ROWS slots, the tiled matmul above); on GPUs the counts up to it also run through the tiled
- * matmul, the figures that would move that threshold. The speedup is against one stream through a matvec per row
- * (the single-sequence path).
+ * count runs in a batch of that many slots, as `serve --max-batch N` with N users would (on GPUs matvec up to
+ * MATVEC_DECODE_ROWS slots, the tiled matmul above); on GPUs every count also runs through the other, the figures
+ * that would move that threshold. The speedup is against one stream through matvec (the single-sequence path).
  */
 export async function benchStreams(
   ctx: GpuContext,
@@ -64,7 +63,7 @@ export async function benchStreams(
 
   /**
    * Tokens/s of `streams` streams in a batch of as many slots (a warm-up run first: every pipeline, the decode plan),
-   * measured once per stream count and projections (one stream through a matvec per row is also the baseline).
+   * measured once per stream count and projections (one stream through matvec is also the baseline).
    */
   const rates = new Map<string, Promise<number>>();
   const measure = (streams: number, tiled: boolean): Promise<number> =>
@@ -78,16 +77,16 @@ export async function benchStreams(
       }
     });
   const single = await measure(1, false);
-  const runs = counts.flatMap((streams) => [
-    { streams, tiled: decodesTiled(ctx.caps, streams) },
-    ...(!ctx.caps.cpu && streams <= MATVEC_DECODE_ROWS ? [{ streams, tiled: true }] : []),
-  ]);
+  const runs = counts.flatMap((streams) => {
+    const tiled = decodesTiled(ctx.caps, streams);
+    return [{ streams, tiled }, ...(ctx.caps.cpu ? [] : [{ streams, tiled: !tiled }])];
+  });
   const figures: StreamsFigure[] = [];
   for (const { streams, tiled } of runs) {
     const rate = await measure(streams, tiled);
     figures.push({
       streams,
-      projections: tiled ? 'tiled matmul' : 'matvec per row',
+      projections: tiled ? 'tiled matmul' : 'matvec',
       decode_tokens_per_s: round(rate),
       per_stream_tokens_per_s: round(rate / streams),
       speedup: round(rate / single, 2),

@@ -41,8 +41,8 @@ export const write = (name: string, type = 'f32'): Binding => ({ kind: 'write', 
 export const uniform = (name: string, schema: ParamsSchema): Binding => ({ kind: 'uniform', name, schema });
 /**
  * A weight tensor part (`format`: see weightFormat). Generates `<name>_load8(i)` (logical elements 8i..8i+7 as
- * W8) and `<name>_at(e)` (one element); q4 adds `<name>_dot32(u, x0, x1, x2, x3)`: Σ of logical elements
- * 32u..32u+31 times x0..x3, one group, its scale read once.
+ * W8) and `<name>_at(e)` (one element); q4 adds the parts of a group of 32 (`<name>_words4`, `<name>_nib8`,
+ * `<name>_scale`, `<name>_IS32`, `<name>_IW`) for kernels that load a group whole.
  */
 export const weight = (name: string, format: WeightFormat): Binding => ({ kind: 'weight', name, format });
 
@@ -121,13 +121,6 @@ fn ${n}_at(e: u32) -> f32 {
   let r = e - item * ${n}_IS;
   let q = (${n}_word(item * ${n}_IW + r / 8u) >> (4u * (r % 8u))) & 15u;
   return (f32(q) - 8.0) * ${n}_scale(item, r / 32u);
-}
-fn ${n}_dot32(u: u32, x0: W8, x1: W8, x2: W8, x3: W8) -> f32 {
-  let item = u / ${n}_IS32;
-  let g = u - item * ${n}_IS32;
-  let q = ${n}_words4(item * ${n}_IW + 4u * g);
-  let d = dot8(${n}_nib8(q.x), x0) + dot8(${n}_nib8(q.y), x1) + dot8(${n}_nib8(q.z), x2) + dot8(${n}_nib8(q.w), x3);
-  return ${n}_scale(item, g) * d;
 }`;
 }
 

@@ -90,7 +90,7 @@ ${workgroupReduce('workgroup_best', 'Ranked', 'if (ranks_before(b.v, b.i, a.v, a
 /**
  * `struct Lanes`, an entry point's parameter for its invocation's place in the workgroup: `li` (the local
  * invocation index) and, with subgroups, the subgroup it is in. `subgroup_lane`, `subgroup_index` and
- * `subgroup_count` read them, and `subgroup_sum` / `subgroup_sum2` add over the subgroup (in uniform control
+ * `subgroup_count` read them, and `subgroup_sum` / `subgroup_sum2` / `subgroup_sum4` add over the subgroup (in uniform control
  * flow). Without subgroups every invocation is lane 0 of a subgroup of its own, so one kernel source serves
  * both: subgroup builtins may not appear at all, even in dead code, where the extension is not enabled.
  */
@@ -101,7 +101,8 @@ fn subgroup_lane(l: Lanes) -> u32 { return 0u; }
 fn subgroup_index(l: Lanes) -> u32 { return l.li; }
 fn subgroup_count(l: Lanes) -> u32 { return WG; }
 fn subgroup_sum(v: f32) -> f32 { return v; }
-fn subgroup_sum2(v: vec2<f32>) -> vec2<f32> { return v; }`;
+fn subgroup_sum2(v: vec2<f32>) -> vec2<f32> { return v; }
+fn subgroup_sum4(v: vec4<f32>) -> vec4<f32> { return v; }`;
   }
   return `struct Lanes {
   @builtin(local_invocation_index) li: u32,
@@ -113,5 +114,6 @@ fn subgroup_lane(l: Lanes) -> u32 { return l.lane; }
 fn subgroup_index(l: Lanes) -> u32 { return l.index; }
 fn subgroup_count(l: Lanes) -> u32 { return l.count; }
 fn subgroup_sum(v: f32) -> f32 { return subgroupAdd(v); }
-fn subgroup_sum2(v: vec2<f32>) -> vec2<f32> { return subgroupAdd(v); }`;
+fn subgroup_sum2(v: vec2<f32>) -> vec2<f32> { return subgroupAdd(v); }
+fn subgroup_sum4(v: vec4<f32>) -> vec4<f32> { return subgroupAdd(v); }`;
 }

@@ -18,9 +18,10 @@ export interface MatvecArgs {
   yOffset?: number; // output element r at y[yOffset + r]; for experts 'each': y[yOffset + j * yStride + r]
   yStride?: number; //   (dense over `tokens`: token t at yOffset + t * yStride)
   /**
-   * Dense only: this many tokens, one after another, each its own matvec over the same weights (default 1). CPU
-   * adapters prefill this way: it reads the weights once per token, but at several times the rate their tiled
-   * matmul reaches.
+   * Dense only: this many tokens, one after another, each its own matvec over the same weights (default 1), a
+   * workgroup serving up to 4 of them with one load of each weight (tuning.xr). Decode rows (a batch's, a
+   * verification's) run this way, and CPU adapters prefill this way: at several times the rate their tiled matmul
+   * reaches.
    */
   tokens?: number;
   /** Element types of x and y: activations (default) or f32 (the residual stream, its norm, logits). */
@@ -50,6 +51,8 @@ export interface MatvecArgs {
  * `wg` invocations in sets of `tpr` lanes (powers of two, tpr ≤ wg); a set shares each of its `rps` rows, every
  * lane holding `xu` units of x (8 elements, a q4 group of 32) in registers per K tile of tpr · xu units, and
  * walking its rows `ru` at a time; with `stage`, each tile of x passes through workgroup memory (see the shader).
+ * A workgroup serves `xr` tokens (dense over several tokens), loading each weight once for all of them; xr does
+ * not change a token's arithmetic, the other fields do.
  */
 export interface MatvecTuning {
   wg: number;
@@ -58,6 +61,7 @@ export interface MatvecTuning {
   xu: number;
   stage: boolean;
   ru: number;
+  xr: number;
 }
 
 export type ExpertMode = 'none' | 'each' | 'sum';
@@ -75,6 +79,8 @@ export interface MatvecVariant {
   xu: number;
   stage: boolean;
   ru: number;
+  /** Tokens per workgroup (MatvecTuning.xr). */
+  xr: number;
   /** Rows' partial sums meet through subgroups (one set per workgroup on a device with them). */
   subgroups: boolean;
   /** Rows per set that the partial sums have room for (the workgroup array's size). */
@@ -86,6 +92,7 @@ export interface MatvecVariant {
 
 const Params = {
   rows: 'u32',
+  tokens: 'u32',
   row_groups: 'u32',
   jobs: 'u32',
   items: 'u32',
@@ -110,11 +117,15 @@ const Params = {
 /** 'sum' looks up all picks' slots at once into a workgroup array of this size (the shader's MAX_PICKS). */
 const MAX_PICKS = 32;
 
-/** Elements per weight read (the shader's UNIT): 8 for f32/f16 (w_load8), a q4 group of 32 (w_dot32: one scale). */
+/** Tokens one workgroup serves at most (the shader keeps each token's Σ x² in a component of a vec4). */
+const MAX_XR = 4;
+
+/** Elements per weight read (the shader's UNIT): 8 for f32/f16 (w_load8), a q4 group of 32 (w_unit: one scale). */
 const unitOf = (format: WeightFormat) => (format.dtype === 'q4' ? 32 : 8);
 
 /**
- * How one unit of weights meets the matching unit of x, and how a lane loads its units of x into registers:
+ * How one unit of weights is loaded (`w_unit`, once for every token of a job) and meets a token's unit of x
+ * (`w_unit_dot`), and how a lane loads its units of x into registers:
  * `x_unit(base, u)` is elements u * UNIT .. + UNIT of the x row at `base`, zero past K (x past K is live data of
  * other tensors, and 0-padded weights times NaN is NaN).
  */
@@ -134,7 +145,9 @@ fn x_staged(v: u32) -> W8 { return W8(xs[v], xs[v + 1u]); }
 fn x_unit(base: u32, u: u32) -> W8 { let k = u * UNIT; return ${w8(xLoad, 0)}; }
 fn norm_unit(u: u32, x: W8) -> W8 { let k = u * UNIT; let w = ${weights(0)}; return W8(x.lo * w.lo, x.hi * w.hi); }
 fn unit_sq(x: W8) -> f32 { return dot8(x, x); }
-fn w_dot(u: u32, x: W8) -> f32 { return dot8(w_load8(u), x); }`;
+alias WUnit = W8;
+fn w_unit(u: u32) -> W8 { return w_load8(u); }
+fn w_unit_dot(w: W8, x: W8) -> f32 { return dot8(w, x); }`;
   }
   const parts = ['a', 'b', 'c', 'd'];
   return `const UNIT = 32u;
@@ -148,19 +161,44 @@ fn norm_unit(u: u32, x: XUnit) -> XUnit {
   return XUnit(${parts.map((p) => `W8(x.${p}.lo * w${p}.lo, x.${p}.hi * w${p}.hi)`).join(', ')});
 }
 fn unit_sq(x: XUnit) -> f32 { return dot8(x.a, x.a) + dot8(x.b, x.b) + dot8(x.c, x.c) + dot8(x.d, x.d); }
-fn w_dot(u: u32, x: XUnit) -> f32 { return w_dot32(u, x.a, x.b, x.c, x.d); }`;
+// One q4 group: its nibbles as n - 8, and its scale, applied once to the group's dot product.
+struct WUnit { a: W8, b: W8, c: W8, d: W8, s: f32 }
+fn w_unit(u: u32) -> WUnit {
+  let item = u / w_IS32;
+  let g = u - item * w_IS32;
+  let q = w_words4(item * w_IW + 4u * g);
+  return WUnit(w_nib8(q.x), w_nib8(q.y), w_nib8(q.z), w_nib8(q.w), w_scale(item, g));
+}
+fn w_unit_dot(w: WUnit, x: XUnit) -> f32 { return w.s * (dot8(w.a, x.a) + dot8(w.b, x.b) + dot8(w.c, x.c) + dot8(w.d, x.d)); }`;
 }
 
 /**
- * The XU units of x a lane holds, unrolled as struct fields rather than an array: compilers keep them in
- * registers without analysing indices (lavapipe's LLVM took seconds per pipeline on arrays of them).
+ * The XU units of x a lane holds, each for the XR tokens of its job, unrolled as struct fields rather than arrays:
+ * compilers keep them in registers without analysing indices (lavapipe's LLVM took seconds per pipeline on arrays
+ * of them). Each token's sums come in the order they would for that token alone, so a token's result does not
+ * depend on XR.
  */
-function heldUnits(xu: number): string {
+function heldUnits(xu: number, xr: number): string {
   const units = Array.from({ length: xu }, (_, c) => c);
-  return `struct Held { ${units.map((c) => `u${c}: HeldUnit`).join(', ')} }
+  const tokens = Array.from({ length: xr }, (_, c) => c);
+  const perToken = (f: (c: number) => string) => tokens.map(f).join(', ');
+  const tokenSq = (c: number) => units.map((u) => `h.u${u}.x.t${c}.sq`).join(' + ');
+  const accSum = units.map((u) => `unit_dot(rowu, h.u${u})`).reduce((a, b) => `acc_add(${a}, ${b})`);
+  const held = `struct Tokens { ${perToken((c) => `t${c}: TokenUnit`)} }
+fn hold_tokens(q: u32, p: u32, u: u32, j: u32) -> Tokens { return Tokens(${perToken((c) => `token_unit(q, p, u, ${c}u, j)`)}); }
+fn held_sq(h: Held) -> vec4<f32> { return vec4<f32>(${[0, 1, 2, 3].map((c) => (c < xr ? tokenSq(c) : '0.0')).join(', ')}); }`;
+  return `const XR = ${xr}u;
+const XU = ${xu}u;
+${held}
+struct Acc { ${perToken((c) => `t${c}: vec2<f32>`)} }
+fn acc_add(a: Acc, b: Acc) -> Acc { return Acc(${perToken((c) => `a.t${c} + b.t${c}`)}); }
+fn token_dots(w: WUnit, up_w: WUnit, h: HeldUnit) -> Acc { return Acc(${perToken((c) => `token_dot(w, up_w, h, h.x.t${c}.x)`)}); }
+fn keep_parts(acc: Acc, slot: u32, live: bool, first_tile: bool) {
+  ${tokens.map((c) => `keep_part(acc.t${c}, slot + ${c}u * PART_T, live, first_tile);`).join('\n  ')}
+}
+struct Held { ${units.map((c) => `u${c}: HeldUnit`).join(', ')} }
 fn hold(t: u32, lane: u32, ku: u32, len: u32, j: u32) -> Held { return Held(${units.map((c) => `hold_unit(t + ${c}u * TPR + lane, t, ku, len, j)`).join(', ')}); }
-fn held_sq(h: Held) -> f32 { return ${units.map((c) => `h.u${c}.sq`).join(' + ')}; }
-fn held_dot(rowu: u32, h: Held) -> vec2<f32> { return ${units.map((c) => `unit_dot(rowu, h.u${c})`).join(' + ')}; }`;
+fn held_dot(rowu: u32, h: Held) -> Acc { return ${accSum}; }`;
 }
 
 /** RU consecutive rows of a set (row_part each), written out so that their loads overlap. */
@@ -173,8 +211,9 @@ fn walk_rows(first: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held:
 }
 
 /**
- * y = W x for one token, bandwidth-bound (decode): dense linears, lm_head and routed experts, with 'store',
- * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / (sets · RPS)) workgroups (× topk for 'each').
+ * y = W x for one token or a few, bandwidth-bound (decode): dense linears, lm_head and routed experts, with 'store',
+ * fused residual 'add' or 'swiglu' epilogues. Grid: ceil(rows / (sets · RPS)) workgroups × jobs (topk for 'each',
+ * ceil(tokens / xr) dense).
  */
 export const matvecKernel = defineKernel<MatvecVariant>({
   name: 'matvec',
@@ -200,8 +239,7 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `const SUBGROUPS = ${v.subgroups};`,
       `const ROW_SLOTS = ${rowSlots(v)}u;`,
       lanes(v.subgroups),
-      `const XU = ${v.xu}u;`,
-      heldUnits(v.xu),
+      heldUnits(v.xu, v.xr),
       walkRows(v.ru),
       unitDot(v.format, v.norm),
       // The part-local item of pick j: its slot minus the part's first (wrapping to huge when below it).
@@ -213,16 +251,19 @@ export const matvecKernel = defineKernel<MatvecVariant>({
       `fn emit(i: u32, v: f32) { y[i] = ${v.y}(${v.epilogue === 'add' ? 'f32(y[i]) + v' : 'v'}); }`,
     ].join('\n');
   },
-  overrides: (v) => ({ WG: v.wg, TPR: v.tpr, PART: (v.wg / v.tpr) * v.rpsMax * rowSlots(v), XT4: stagedVec4s(v) }),
+  overrides: (v) => {
+    const perToken = (v.wg / v.tpr) * v.rpsMax * rowSlots(v);
+    return { WG: v.wg, TPR: v.tpr, PART_T: perToken, PART: perToken * v.xr, XT4: stagedVec4s(v) };
+  },
 });
 
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 const pow2Ceil = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
-/** vec4s of the staged x tile (1, unused, without staging). */
-const stagedVec4s = (t: { tpr: number; xu: number; stage: boolean; format: WeightFormat }) => (t.stage ? (t.tpr * t.xu * unitOf(t.format)) / 4 : 1);
+/** vec4s of the staged x tiles, one per token (1, unused, without staging). */
+const stagedVec4s = (t: Shape) => (t.stage ? (t.xr * t.tpr * t.xu * unitOf(t.format)) / 4 : 1);
 
-type Shape = { wg: number; tpr: number; xu: number; stage: boolean; format: WeightFormat };
+type Shape = { wg: number; tpr: number; xu: number; stage: boolean; xr: number; format: WeightFormat };
 
 /** Whether a shape's rows meet through subgroups: the device has them and the workgroup is one set. */
 const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && t.wg === t.tpr;
@@ -234,43 +275,60 @@ const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && t.wg === t.
 const rowSlots = (t: { wg: number; tpr: number; subgroups: boolean }) => (t.subgroups ? Math.max(1, t.wg / MIN_SUBGROUP_SIZE) : t.tpr + 1);
 
 /**
- * Rows per set that the row partials have room for beside the staged x tile and the small arrays, within WebGPU's
- * guaranteed 16 KiB of workgroup memory, at most 128. One size per workgroup shape, and rps a uniform, so that
- * shapes with different row counts share a pipeline.
+ * Rows per set that the row partials have room for beside the staged x tiles and the small arrays, within WebGPU's
+ * guaranteed 16 KiB of workgroup memory, at most 128 (0 where the tiles alone do not fit). One size per workgroup
+ * shape, and rps a uniform, so that shapes with different row counts share a pipeline.
  */
 function rpsLimit(caps: Caps, t: Shape): number {
-  const fixed = 2 * 4 * MAX_PICKS + 4 * t.wg + 16 * stagedVec4s(t);
-  const perRow = (t.wg / t.tpr) * rowSlots({ ...t, subgroups: meetsInSubgroups(caps, t) }) * 8;
-  return Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / perRow));
+  const fixed = 2 * 4 * MAX_PICKS + 16 * t.wg + 16 * stagedVec4s(t);
+  const perRow = (t.wg / t.tpr) * rowSlots({ ...t, subgroups: meetsInSubgroups(caps, t) }) * 8 * t.xr;
+  return Math.max(0, Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / perRow)));
 }
 
 /**
- * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows and `jobs`
- * picks. CPU adapters (lavapipe, SwiftShader) run a workgroup as SIMD lanes of 4-8 floats: one set of 8 lanes,
- * 4 q4 groups (or 8 units of 8) of x held per lane, and up to 128 rows per workgroup so that x is loaded once
- * for many rows; a load of x per row would be a gather of one element per weight. GPUs: one set per workgroup, a
- * row shared by up to 128 lanes with at most 64 floats of x each in registers (x is then read once per 16 rows,
- * about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in flight per lane, and rows per workgroup
- * lowered until there are about 1,024 workgroups to keep every core streaming. Not yet measured on a GPU.
+ * Tokens per workgroup for `tokens` tokens over a shape: 1, 2 or 4, as many as fit with room left for 16 rows per
+ * set where x is staged (fewer would stage each token's x for too few rows) or for one walk of RU = 4 rows, and no
+ * more than the jobs need (5 tokens: 2 jobs of 4, not 3 of 2). Only powers of two, because each count is a
+ * pipeline of its own and lavapipe takes seconds to compile the larger ones.
  */
-export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; jobs: number }): MatvecTuning {
-  const { units, rows, jobs } = shape;
+function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): number {
+  const minRows = shape.stage ? 16 : 4;
+  let most = 1;
+  while (most < MAX_XR && rpsLimit(caps, { ...shape, xr: 2 * most }) >= minRows) most *= 2;
+  return Math.min(most, pow2Ceil(Math.ceil(tokens / Math.ceil(tokens / most))));
+}
+
+/**
+ * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks
+ * ('each', else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as
+ * SIMD lanes of 4-8 floats: one set of 8 lanes, 2 q4 groups (or 8 units of 8) of x per token held per lane, and up to 128
+ * rows per workgroup so that x is loaded once for many rows; a load of x per row would be a gather of one element
+ * per weight. GPUs: one set per workgroup, a row shared by up to 128 lanes with 32 floats of x per token each in
+ * registers (x is then read once per 16 rows, about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in
+ * flight per lane, and rows per workgroup lowered until there are about 1,024 workgroups to keep every core
+ * streaming. Only rps and xr depend on the picks and tokens, and neither changes a token's arithmetic: a token's
+ * result is the same whatever tokens run beside it (a batch's rows, a verification's). Not yet measured on a GPU.
+ */
+export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; picks: number; tokens: number }): MatvecTuning {
+  const { units, rows, picks, tokens } = shape;
   const q4 = format.dtype === 'q4';
-  const fitRows = (t: MatvecTuning, target: number): MatvecTuning => {
+  const fit = (t: Omit<MatvecTuning, 'xr'>, target: number): MatvecTuning => {
+    const xr = tokensPerJob(caps, { ...t, format }, tokens);
+    const jobs = picks * Math.ceil(tokens / xr);
     const perSet = Math.max(1, Math.floor(rows / ((t.wg / t.tpr) * Math.ceil(target / jobs))));
-    return { ...t, rps: Math.max(1, Math.min(t.rps, perSet, rpsLimit(caps, { ...t, format }))) };
+    return { ...t, xr, rps: Math.max(1, Math.min(t.rps, perSet, rpsLimit(caps, { ...t, xr, format }))) };
   };
   if (caps.cpu) {
     const tpr = 8;
-    return fitRows({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 4 : 8), stage: true, ru: 1 }, 16);
+    return fit({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 2 : 8), stage: true, ru: 1 }, 16);
   }
-  const xuMax = q4 ? 2 : 8;
+  const xuMax = q4 ? 1 : 4;
   const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
-  return fitRows({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
+  return fit({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
 }
 
 function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {
-  const { wg, tpr, rps, xu, ru } = t;
+  const { wg, tpr, rps, xu, ru, xr } = t;
   const ok =
     isPow2(wg) &&
     isPow2(tpr) &&
@@ -283,13 +341,16 @@ function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {
     xu <= 16 &&
     Number.isInteger(ru) &&
     ru >= 1 &&
-    ru <= 8;
+    ru <= 8 &&
+    Number.isInteger(xr) &&
+    xr >= 1 &&
+    xr <= MAX_XR;
   if (!ok)
     check.fail(
-      `tuning wg=${wg} tpr=${tpr} rps=${rps} xu=${xu} ru=${ru}: wg and tpr must be powers of two with tpr <= wg <= 256, rps >= 1, 1 <= xu <= 16, 1 <= ru <= 8`,
+      `tuning wg=${wg} tpr=${tpr} rps=${rps} xu=${xu} ru=${ru} xr=${xr}: wg and tpr must be powers of two with tpr <= wg <= 256, rps >= 1, 1 <= xu <= 16, 1 <= ru <= 8, 1 <= xr <= ${MAX_XR}`,
     );
   const limit = ok ? rpsLimit(caps, { ...t, format }) : 0;
-  if (ok && rps > limit) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps}: at most ${limit} rows per set fit the workgroup memory`);
+  if (ok && rps > limit) check.fail(`tuning wg=${wg} tpr=${tpr} rps=${rps} xr=${xr}: at most ${limit} rows per set fit the workgroup memory`);
 }
 
 const check = checks('matvec');
@@ -372,11 +433,13 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     check.fits('experts.slots', experts.slots, shape[0]);
   }
 
-  const jobs = mode === 'each' ? topk : tokens;
+  const picks = mode === 'each' ? topk : 1;
   const units = (mode === 'sum' ? topk : 1) * Math.ceil(K / unit);
-  const tuning = args.tuning ?? matvecTuning(ctx.caps, format, { units, rows: N, jobs });
+  const tuning = args.tuning ?? matvecTuning(ctx.caps, format, { units, rows: N, picks, tokens });
   checkTuning(ctx.caps, tuning, format);
-  const { wg, tpr, rps, xu, stage, ru } = tuning;
+  const { wg, tpr, rps, xu, stage, ru, xr } = tuning;
+  if (xr > 1 && mode !== 'none') check.fail(`tuning xr=${xr}: several tokens per workgroup are for dense weights only`);
+  const jobs = picks * Math.ceil(tokens / xr);
   const variant: MatvecVariant = {
     format,
     epilogue,
@@ -388,6 +451,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
     xu,
     stage,
     ru,
+    xr,
     subgroups: meetsInSubgroups(ctx.caps, { ...tuning, format }),
     rpsMax: rpsLimit(ctx.caps, { ...tuning, format }),
     x: xType,
@@ -421,6 +485,7 @@ export async function matvec(ctx: GpuContext, args: MatvecArgs): Promise<Dispatc
       const params = {
         ...common,
         rows: partRows,
+        tokens: picks * tokens,
         row_groups: rowGroups,
         jobs,
         items: part.count,

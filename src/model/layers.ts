@@ -40,7 +40,8 @@ export interface ForwardPlan {
   input: 'ids' | 'token';
   /**
    * Decode rows' projections through the tiled matmul (weights read once for all rows: a batch on a GPU) rather
-   * than a matvec per row; norms are then dispatches of their own and the final norm leaves act.x for lmHead.
+   * than matvec (weights read once per workgroup of up to 4 rows); norms are then dispatches of their own and the
+   * final norm leaves act.x for lmHead.
    */
   tiledDecode?: boolean;
   /**
@@ -192,8 +193,8 @@ export interface LinearArgs {
 
 /**
  * y (+)= x W^T for T rows: the tiled matmul (prefill on GPUs, a batch's decode rows with tiledDecode: weights read
- * once per tile of rows), else matvec, each row its own over the same weights (bandwidth-bound decode; and CPU
- * adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend
+ * once per tile of rows), else matvec, a workgroup's weights loaded once for up to 4 rows (bandwidth-bound decode;
+ * and CPU adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend
  * on the rows beside it.
  */
 export function linear(ctx: GpuContext, act: Activations, { T, tiled }: Rows, args: LinearArgs): Promise<Dispatch[]> {

@@ -21,19 +21,20 @@ export interface BatchOptions {
   /** Prefill chunk (tokens between two decode steps); default: the Session's. */
   prefillChunk?: number;
   /**
-   * Decode projections through the tiled matmul, which reads the weights once per step for all rows (true), or a
-   * matvec per row (false), for every step of the batch, so that a sequence's arithmetic never depends on what else
-   * runs. Default: the tiled matmul on GPUs for more than MATVEC_DECODE_ROWS slots; a matvec per row on CPU adapters
-   * (where the tiled matmul is slow) and for fewer slots.
+   * Decode projections through the tiled matmul, which reads the weights once per step for all rows (true), or
+   * matvec, which reads them once per workgroup of up to 4 rows with each row's arithmetic as alone (false), for every
+   * step of the batch, so that a sequence's arithmetic never depends on what else runs. Default: the tiled matmul on
+   * GPUs for more than MATVEC_DECODE_ROWS slots; matvec on CPU adapters (where the tiled matmul is slow) and for fewer
+   * slots.
    */
   tiledDecode?: boolean;
 }
 
 /**
- * A GPU batch of up to this many slots decodes through a matvec per row: the tiled matmul's tiles are 64 rows high,
- * so its steps would do 16 times or more the arithmetic they need, while matvecs over the same weights side by side
- * find most of them in cache; its rows then also get exactly the single-sequence arithmetic. Not yet measured on a
- * GPU: bench --streams prints the figures that would move it.
+ * A GPU batch of up to this many slots decodes through matvec: the tiled matmul's tiles are 64 rows high, so its
+ * steps would do 16 times or more the arithmetic they need, while matvec loads each weight once for up to 4 rows
+ * (a workgroup's); its rows then also get exactly the single-sequence arithmetic. Not yet measured on a GPU:
+ * bench --streams runs every count through both on a GPU, the figures that would move it.
  */
 export const MATVEC_DECODE_ROWS = 4;
 

@@ -133,12 +133,17 @@ function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStri
   const mode = c.experts?.mode;
   const rows = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
   const units = (mode === 'sum' ? c.experts!.topk : 1) * Math.ceil(K / unit);
-  return matvecTuning({ ...ctx.caps, cpu: !ctx.caps.cpu }, weightFormat(w), { units, rows, jobs: mode === 'each' ? c.experts!.topk : 1 });
+  return matvecTuning({ ...ctx.caps, cpu: !ctx.caps.cpu }, weightFormat(w), {
+    units,
+    rows,
+    picks: mode === 'each' ? c.experts!.topk : 1,
+    tokens: c.tokens ?? 1,
+  });
 }
 
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
-  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu} ru=${c.tuning.ru}${c.tuning.stage ? ' staged' : ''}` : ''}` +
+  `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu} ru=${c.tuning.ru} xr=${c.tuning.xr}${c.tuning.stage ? ' staged' : ''}` : ''}` +
   `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}${c.tokens ? ` tokens=${c.tokens}` : ''}`;
 
 const cases: Case[] = [];
@@ -225,10 +230,10 @@ cases.push(
     maxBindingBytes: 3 * q4([16, 256, 260]),
     minParts: 5,
   },
-  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false, ru: 3 } },
+  { shape: [4000, 64], dtype: 'q4', epilogue: 'store', seed: 218, tuning: { wg: 64, tpr: 16, rps: 3, xu: 1, stage: false, ru: 3, xr: 1 } },
   // Several K tiles (x reloaded per tile), partial sums carried across them.
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 2 } },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 4 } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 219, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 2, xr: 1 } },
+  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 221, scale: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 4, xr: 1 } },
   {
     shape: [16, 33, 300],
     dtype: 'q4',
@@ -236,7 +241,7 @@ cases.push(
     seed: 220,
     scale: true,
     experts: { E: 16, topk: 4, mode: 'sum' },
-    tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true, ru: 1 },
+    tuning: { wg: 8, tpr: 8, rps: 7, xu: 1, stage: true, ru: 1, xr: 1 },
   },
 );
 // lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
@@ -253,7 +258,15 @@ cases.push(
   { shape: [100, 2, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 311, input: 'f32', scale: true, norm: true },
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 312, input: 'f32', scale: true, norm: true, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [7, 100], dtype: 'f32', epilogue: 'add', seed: 313, input: 'f32', output: 'f32', xOffset: 3, norm: true },
-  { shape: [37, 2, 1100], dtype: 'q4', epilogue: 'swiglu', seed: 314, input: 'f32', norm: true, tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 3 } },
+  {
+    shape: [37, 2, 1100],
+    dtype: 'q4',
+    epilogue: 'swiglu',
+    seed: 314,
+    input: 'f32',
+    norm: true,
+    tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: true, ru: 3, xr: 1 },
+  },
   {
     shape: [37, 2, 1100],
     dtype: 'q4',
@@ -261,7 +274,7 @@ cases.push(
     seed: 316,
     input: 'f32',
     norm: true,
-    tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2 },
+    tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 2, xr: 1 },
   },
   { shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 315, input: 'f32', output: 'f32', norm: true, maxBindingBytes: 100 * q4([300, 256]), minParts: 3 },
 );
@@ -271,17 +284,118 @@ cases.push(
   { shape: [100, 2, 300], dtype: 'f16', epilogue: 'swiglu', seed: 321, tokens: 3, xStride: 300, yStride: 100, scale: true },
   { shape: [70, 260], dtype: 'f32', epilogue: 'add', seed: 322, tokens: 4, xStride: 270, yStride: 75, input: 'f32', output: 'f32' },
 );
+// Several tokens per workgroup (xr), each weight loaded once for all of them: a last job with fewer tokens, staged
+// and held x, norms, scales, swiglu, and workgroups of one set (subgroups where the adapter has them).
+cases.push(
+  {
+    shape: [300, 1024],
+    dtype: 'q4',
+    epilogue: 'store',
+    seed: 330,
+    tokens: 7,
+    xStride: 1030,
+    yStride: 301,
+    input: 'f32',
+    norm: true,
+    scale: true,
+    tuning: { wg: 8, tpr: 8, rps: 16, xu: 4, stage: true, ru: 1, xr: 3 },
+  },
+  {
+    shape: [37, 2, 1100],
+    dtype: 'q4',
+    epilogue: 'swiglu',
+    seed: 331,
+    tokens: 5,
+    xStride: 1100,
+    yStride: 40,
+    norm: true,
+    scale: true,
+    tuning: { wg: 16, tpr: 4, rps: 5, xu: 2, stage: false, ru: 3, xr: 2 },
+  },
+  {
+    shape: [100, 300],
+    dtype: 'f16',
+    epilogue: 'add',
+    seed: 332,
+    tokens: 4,
+    norm: true,
+    tuning: { wg: 32, tpr: 32, rps: 4, xu: 1, stage: false, ru: 4, xr: 4 },
+  },
+  {
+    shape: [50, 2, 260],
+    dtype: 'f32',
+    epilogue: 'swiglu',
+    seed: 333,
+    tokens: 6,
+    input: 'f32',
+    tuning: { wg: 8, tpr: 8, rps: 9, xu: 2, stage: true, ru: 1, xr: 4 },
+  },
+);
 // More than 65,535 workgroups: a 2-D grid (flat_id).
-cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } });
+cases.push({ shape: [70001, 8], dtype: 'f32', epilogue: 'store', seed: 301, tuning: { wg: 4, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1, xr: 1 } });
+
+/**
+ * A token's result must not depend on the tokens beside it (a batch's rows, a verification's, decode the same as
+ * alone): `tokens` tokens in one call, bit for bit against each token in a call of its own.
+ */
+async function tokensAsAlone(ctx: GpuContext, c: Case, other: boolean): Promise<void> {
+  const K = c.shape[c.shape.length - 1];
+  const N = c.shape[0];
+  const tokens = c.tokens ?? 1;
+  const w = uploadTensor(
+    ctx,
+    'w',
+    c.shape,
+    randn(
+      c.shape.reduce((a, b) => a * b, 1),
+      c.seed,
+      1 / Math.sqrt(K),
+    ),
+    c.dtype,
+  );
+  const x = upload(ctx, randn(tokens * K, c.seed + 1, 1), 'x');
+  const norm = c.norm ? { weight: upload(ctx, randn(K, c.seed + 5, 0.3), 'norm'), eps: 1e-6 } : undefined;
+  const call = (first: number, count: number, y: GPUBuffer) =>
+    matvec(ctx, {
+      w,
+      x,
+      xOffset: first * K,
+      y,
+      yOffset: first * N,
+      input: 'f32',
+      output: 'f32',
+      epilogue: c.epilogue,
+      norm,
+      tokens: count,
+      tuning: other ? otherTuning(ctx, { ...c, tokens: count }, w) : undefined,
+    });
+  const together = ctx.storage('together', tokens * N * 4);
+  const alone = ctx.storage('alone', tokens * N * 4);
+  const dispatches = await call(0, tokens, together);
+  for (let t = 0; t < tokens; t++) dispatches.push(...(await call(t, 1, alone)));
+  ctx.run(dispatches);
+  const bits = async (y: GPUBuffer) => new Uint32Array((await readF32(ctx, y, tokens * N)).buffer);
+  expect(await bits(together)).toEqual(await bits(alone));
+}
+
+/** Shapes for tokensAsAlone: q4 with its norm (every projection of a decode row), f16 swiglu, several per workgroup. */
+const asAlone: Case[] = [
+  { shape: [200, 1024], dtype: 'q4', epilogue: 'store', seed: 340, tokens: 6, norm: true },
+  { shape: [64, 2, 4096], dtype: 'q4', epilogue: 'swiglu', seed: 341, tokens: 4 },
+  { shape: [90, 2, 520], dtype: 'f16', epilogue: 'swiglu', seed: 342, tokens: 3, norm: true },
+];
 
 describeOnAdapters(
   'matvec',
   (ctx, adapter) => {
     for (const c of cases) it(label(c), () => runCase(ctx(), c));
+    for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit`, () => tokensAsAlone(ctx(), c, false));
     // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): on lavapipe, with subgroups (sums over
     // several 8-lane subgroups) and without.
-    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-no-f16')
+    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-no-f16') {
       for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
+      for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit (the other adapter class's shape)`, () => tokensAsAlone(ctx(), c, true));
+    }
 
     // One set per workgroup (every default shape) sums its rows through subgroups where the adapter has them: both
     // paths must stay covered, so an adapter that stops exposing them fails here rather than going untested.
@@ -304,9 +418,11 @@ describeOnAdapters(
         [{ w: dense, y: buf(4), epilogue: 'store' }, /y needs 10 elements/],
         [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
         [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
-        [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1 } }, /powers of two/],
-        [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1 } }, /rows per set fit the workgroup memory/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1, xr: 1 } }, /powers of two/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1, xr: 1 } }, /rows per set fit the workgroup memory/],
         [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 8, tpr: 8, rps: 1, xu: 1, stage: false, ru: 1, xr: 5 } }, /1 <= xr <= 4/],
+        [{ w: experts, epilogue: 'store', experts: ex('each'), tuning: { wg: 8, tpr: 8, rps: 1, xu: 1, stage: false, ru: 1, xr: 2 } }, /dense weights only/],
         [{ w: experts, epilogue: 'add', experts: ex('sum'), norm: { weight: buf(16), eps: 1e-6 } }, /norm is not taken with experts 'sum'/],
         [{ w: dense, epilogue: 'store', norm: { weight: buf(8), eps: 1e-6 } }, /norm.weight needs 16 elements/],
       ];
