@@ -19,11 +19,11 @@
 //     side by side, so its weights are still in cache for the next job). XR (dense only): a workgroup serves XR
 //     tokens, loading each weight unit once and dotting it with every token's x (token_dots), so a batch's rows or
 //     a verification's read the weights once per XR tokens; each token's sums run in the order they would alone.
-//     The WG invocations form WG / TPR sets
-//     of TPR lanes; set s of workgroup g owns rows (g * WG / TPR + s) * rps ..+rps. The TPR lanes of a set
-//     share each row, every lane on its own columns: lane l holds units t + c * TPR + l (c < XU) of x in
-//     registers (hold / held_dot: XU HeldUnits of XR tokens each, unrolled by matvec.ts) and walks the set's rows with them (RU rows
-//     at a time, so that their weight loads are in flight together: walk_rows, also unrolled), so x
+//     The WG invocations form WG / TPR sets of TPR lanes; set s of workgroup g owns rows (g * WG / TPR + s) * rps
+//     ..+rps. The TPR lanes of a set share each row, every lane on its own columns: lane l holds units
+//     t + c * TPR + l (c < XU) of x in registers (hold / held_dot: XU HeldUnits of XR tokens each, unrolled by
+//     matvec.ts) and walks the set's rows with them (RU rows at a time, so that their weight loads are in flight
+//     together: walk_rows, also unrolled), so x
 //     is read once per set per K tile of TPR * XU units instead of once per row (on GPUs x from shared memory per
 //     row costs more than the weights; on CPU adapters it is a gather per element). STAGE (CPU adapters): each
 //     tile of x is first staged in workgroup memory as vec4s, so that a lane picks up a unit in 2 or 8 vector

@@ -301,7 +301,8 @@ function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): num
 /**
  * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks
  * ('each', else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as
- * SIMD lanes of 4-8 floats: one set of 8 lanes, 2 q4 groups (or 8 units of 8) of x per token held per lane, and up to 128
+ * SIMD lanes of 4-8 floats: one set of 8 lanes, 32 floats of x per token held per lane (lavapipe's compile time
+ * grows steeply with more, most with several tokens), and up to 128
  * rows per workgroup so that x is loaded once for many rows; a load of x per row would be a gather of one element
  * per weight. GPUs: one set per workgroup, a row shared by up to 128 lanes with 32 floats of x per token each in
  * registers (x is then read once per 16 rows, about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in
@@ -312,7 +313,7 @@ function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): num
 export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; picks: number; tokens: number }): MatvecTuning {
   const { units, rows, picks, tokens } = shape;
   const q4 = format.dtype === 'q4';
-  const fit = (t: Omit<MatvecTuning, 'xr'>, target: number): MatvecTuning => {
+  const fitRows = (t: Omit<MatvecTuning, 'xr'>, target: number): MatvecTuning => {
     const xr = tokensPerJob(caps, { ...t, format }, tokens);
     const jobs = picks * Math.ceil(tokens / xr);
     const perSet = Math.max(1, Math.floor(rows / ((t.wg / t.tpr) * Math.ceil(target / jobs))));
@@ -320,11 +321,11 @@ export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: n
   };
   if (caps.cpu) {
     const tpr = 8;
-    return fit({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 2 : 8), stage: true, ru: 1 }, 16);
+    return fitRows({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 1 : 4), stage: true, ru: 1 }, 16);
   }
   const xuMax = q4 ? 1 : 4;
   const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
-  return fit({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
+  return fitRows({ wg: tpr, tpr, rps: 16, xu: Math.min(xuMax, Math.ceil(units / tpr)), stage: false, ru: 4 }, 1024);
 }
 
 function checkTuning(caps: Caps, t: MatvecTuning, format: WeightFormat): void {
