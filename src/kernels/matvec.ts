@@ -302,9 +302,8 @@ function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): num
  * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks
  * ('each', else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as
  * SIMD lanes of 4-8 floats: one set of 8 lanes, 32 floats of x per token held per lane (lavapipe's compile time
- * grows steeply with more, most with several tokens), and up to 128
- * rows per workgroup so that x is loaded once for many rows; a load of x per row would be a gather of one element
- * per weight. GPUs: one set per workgroup, a row shared by up to 128 lanes with 32 floats of x per token each in
+ * grows steeply with more, most with several tokens), and up to 128 rows per workgroup so that x is loaded once for
+ * many rows; a load of x per row would be a gather of one element per weight. GPUs: one set per workgroup, a row shared by up to 128 lanes with 32 floats of x per token each in
  * registers (x is then read once per 16 rows, about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in
  * flight per lane, and rows per workgroup lowered until there are about 1,024 workgroups to keep every core
  * streaming. Only rps and xr depend on the picks and tokens, and neither changes a token's arithmetic: a token's
