@@ -27,10 +27,12 @@
 //     is read once per set per K tile of TPR * XU units instead of once per row (on GPUs x from shared memory per
 //     row costs more than the weights; on CPU adapters it is a gather per element). STAGE (CPU adapters): each
 //     tile of x is first staged in workgroup memory as vec4s, so that a lane picks up a unit in 2 or 8 vector
-//     loads rather than 8 or 32 bounds-checked scalar ones (lavapipe compiles those slowly: seconds a pipeline). Each lane's per-row partial sum goes to `part`; after one
-//     barrier each row's TPR partials are summed in lane order. SUBGROUPS (one set per workgroup, WG == TPR):
-//     each row's partials are summed across every subgroup in registers (subgroup_sum2) and its first lane keeps
-//     that sum in the subgroup's slot of the row; after the barrier a row's slots (one per subgroup) are summed.
+//     loads rather than 8 or 32 bounds-checked scalar ones (lavapipe compiles those slowly: seconds a pipeline).
+//     Each lane keeps its running sum of a row in its slot of `part`, adding one unit after another (so XU does not
+//     change it); after one barrier each row's TPR partials are summed in lane order. SUBGROUPS (one set per
+//     workgroup, WG == TPR; GPUs): each tile's row partials are summed across every subgroup in registers
+//     (subgroup_sum2) and its first lane adds that sum to the subgroup's slot of the row; after the barrier a row's
+//     slots (one per subgroup) are summed.
 //     'sum' runs over the picks as one dot product of length topk * KU units (KU = K rounded up to a UNIT).
 //   preconditions (matvec.ts): TPR a power of two dividing WG; PART_T >= WG / TPR * rps * ROW_SLOTS, PART = XR *
 //     PART_T; XR <= 4; 'sum':
@@ -109,10 +111,10 @@ fn unit_dot(rowu: u32, h: HeldUnit) -> Acc {
   return token_dots(w, up_w, h);
 }
 
-// STAGE: vec4s [0, n4) of the tile at unit t, for each token of job j, into xs (normed with NORM); returns Σ x² of
-// the raw values staged here, token c in component c.
-fn stage_tile(t: u32, ku: u32, n4: u32, li: u32, j: u32) -> vec4<f32> {
-  var sq = vec4<f32>(0.0);
+// STAGE: vec4s [0, n4) of the tile at unit t, for each token of job j, into xs (normed with NORM); returns this
+// lane's Σ x² of the raw values so far, token c in component c (added one vec4 after another, whatever the tile).
+fn stage_tile(t: u32, ku: u32, n4: u32, li: u32, j: u32, sq_so_far: vec4<f32>) -> vec4<f32> {
+  var sq = sq_so_far;
   for (var c = 0u; c < XR; c++) {
     for (var v = li; v < n4; v += WG) {
       let e = t * UNIT + 4u * v;  // virtual element
@@ -132,16 +134,22 @@ fn stage_tile(t: u32, ku: u32, n4: u32, li: u32, j: u32) -> vec4<f32> {
   return sq;
 }
 
-// One token's partial dot products of a row into its slot of `part` (the first tile stores, later tiles add). With
-// SUBGROUPS every lane takes part in the sum; its leader stores it.
+// Where one token's partial dot products of a row start in a tile: the lane's sum so far (its own slot), so that it
+// runs on unit after unit whatever the tile's width; with SUBGROUPS zero, the tile's sum meeting the others' first.
+fn part_from(slot: u32, first_tile: bool) -> vec2<f32> {
+  if (first_tile || SUBGROUPS) { return vec2<f32>(0.0); }
+  return part[slot];
+}
+
+// One token's partial dot products of a row into its slot of `part`. With SUBGROUPS every lane takes part in the
+// tile's sum; its leader stores it (the first tile) or adds it.
 fn keep_part(acc: vec2<f32>, slot: u32, live: bool, first_tile: bool) {
-  var a = acc;
-  var keep = live;
   if (SUBGROUPS) {
-    a = subgroup_sum2(a);
-    keep = live && subgroup_leader;
+    let a = subgroup_sum2(acc);
+    if (live && subgroup_leader) { part[slot] = select(part[slot] + a, a, first_tile); }
+  } else if (live) {
+    part[slot] = acc;
   }
-  if (keep) { part[slot] = select(part[slot] + a, a, first_tile); }
 }
 
 // Row r's partial dot products, for every token. A row past the set's (rr >= rps) or the tensor's end reads the
@@ -151,7 +159,7 @@ fn row_part(r: u32, rr: u32, slot: u32, itemu: u32, first_tile: bool, held: Held
   let live = rr < params.rps && r < params.rows;
   let rc = min(r, params.rows - 1u);
   let rowu = select(rc * params.row_stride_u + itemu, rc * params.item_stride_u, DENSE);
-  keep_parts(held_dot(rowu, held), slot, live, first_tile);
+  keep_parts(held_dot(rowu, held, parts_from(slot, first_tile)), slot, live, first_tile);
 }
 
 @compute @workgroup_size(WG)
@@ -191,11 +199,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   for (var t = 0u; t < len; t += TPR * XU) {
     if (STAGE) {
       workgroupBarrier();  // the previous tile's readers are done
-      sq += stage_tile(t, ku, min(XT4 / XR, (len - t) * (UNIT / 4u)), li, j);
+      sq = stage_tile(t, ku, min(XT4 / XR, (len - t) * (UNIT / 4u)), li, j, sq);
       workgroupBarrier();
     }
     let held = hold(t, lane, ku, len, j);
-    if (NORM && !STAGE) { sq += held_sq(held); }
+    if (NORM && !STAGE) { sq = held_sq(held, sq); }
     for (var rr = 0u; rr < params.rps; rr += RU) {
       walk_rows(first, rr, slot + rr * ROW_SLOTS, itemu, t == 0u, held);
     }

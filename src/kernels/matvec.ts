@@ -51,8 +51,8 @@ export interface MatvecArgs {
  * `wg` invocations in sets of `tpr` lanes (powers of two, tpr ≤ wg); a set shares each of its `rps` rows, every
  * lane holding `xu` units of x (8 elements, a q4 group of 32) in registers per K tile of tpr · xu units, and
  * walking its rows `ru` at a time; with `stage`, each tile of x passes through workgroup memory (see the shader).
- * A workgroup serves `xr` tokens (dense over several tokens), loading each weight once for all of them; xr does
- * not change a token's arithmetic, the other fields do.
+ * A workgroup serves `xr` tokens (dense over several tokens), loading each weight once for all of them. Neither xr
+ * nor, where rows meet in workgroup memory rather than subgroups, xu changes a token's arithmetic; the other fields do.
  */
 export interface MatvecTuning {
   wg: number;
@@ -176,29 +176,31 @@ fn w_unit_dot(w: WUnit, x: XUnit) -> f32 { return w.s * (dot8(w.a, x.a) + dot8(w
  * The XU units of x a lane holds, each for the XR tokens of its job, unrolled as struct fields rather than arrays:
  * compilers keep them in registers without analysing indices (lavapipe's LLVM took seconds per pipeline on arrays
  * of them). Each token's sums come in the order they would for that token alone, so a token's result does not
- * depend on XR.
+ * depend on XR; a row's sum runs on from `so_far` one unit after another, so it does not depend on XU either where
+ * rows meet in workgroup memory (there `so_far` is the lane's own).
  */
 function heldUnits(xu: number, xr: number): string {
   const units = Array.from({ length: xu }, (_, c) => c);
   const tokens = Array.from({ length: xr }, (_, c) => c);
   const perToken = (f: (c: number) => string) => tokens.map(f).join(', ');
-  const tokenSq = (c: number) => units.map((u) => `h.u${u}.x.t${c}.sq`).join(' + ');
-  const accSum = units.map((u) => `unit_dot(rowu, h.u${u})`).reduce((a, b) => `acc_add(${a}, ${b})`);
+  const tokenSq = (c: number) => [`sq[${c}]`, ...units.map((u) => `h.u${u}.x.t${c}.sq`)].join(' + ');
+  const accSum = units.map((u) => `unit_dot(rowu, h.u${u})`).reduce((a, b) => `acc_add(${a}, ${b})`, 'so_far');
   const held = `struct Tokens { ${perToken((c) => `t${c}: TokenUnit`)} }
 fn hold_tokens(q: u32, p: u32, u: u32, j: u32) -> Tokens { return Tokens(${perToken((c) => `token_unit(q, p, u, ${c}u, j)`)}); }
-fn held_sq(h: Held) -> vec4<f32> { return vec4<f32>(${[0, 1, 2, 3].map((c) => (c < xr ? tokenSq(c) : '0.0')).join(', ')}); }`;
+fn held_sq(h: Held, sq: vec4<f32>) -> vec4<f32> { return vec4<f32>(${[0, 1, 2, 3].map((c) => (c < xr ? tokenSq(c) : '0.0')).join(', ')}); }`;
   return `const XR = ${xr}u;
 const XU = ${xu}u;
 ${held}
 struct Acc { ${perToken((c) => `t${c}: vec2<f32>`)} }
 fn acc_add(a: Acc, b: Acc) -> Acc { return Acc(${perToken((c) => `a.t${c} + b.t${c}`)}); }
 fn token_dots(w: WUnit, up_w: WUnit, h: HeldUnit) -> Acc { return Acc(${perToken((c) => `token_dot(w, up_w, h, h.x.t${c}.x)`)}); }
+fn parts_from(slot: u32, first_tile: bool) -> Acc { return Acc(${perToken((c) => `part_from(slot + ${c}u * PART_T, first_tile)`)}); }
 fn keep_parts(acc: Acc, slot: u32, live: bool, first_tile: bool) {
   ${tokens.map((c) => `keep_part(acc.t${c}, slot + ${c}u * PART_T, live, first_tile);`).join('\n  ')}
 }
 struct Held { ${units.map((c) => `u${c}: HeldUnit`).join(', ')} }
 fn hold(t: u32, lane: u32, ku: u32, len: u32, j: u32) -> Held { return Held(${units.map((c) => `hold_unit(t + ${c}u * TPR + lane, t, ku, len, j)`).join(', ')}); }
-fn held_dot(rowu: u32, h: Held) -> Acc { return ${accSum}; }`;
+fn held_dot(rowu: u32, h: Held, so_far: Acc) -> Acc { return ${accSum}; }`;
 }
 
 /** RU consecutive rows of a set (row_part each), written out so that their loads overlap. */
@@ -265,8 +267,12 @@ const stagedVec4s = (t: Shape) => (t.stage ? (t.xr * t.tpr * t.xu * unitOf(t.for
 
 type Shape = { wg: number; tpr: number; xu: number; stage: boolean; xr: number; format: WeightFormat };
 
-/** Whether a shape's rows meet through subgroups: the device has them and the workgroup is one set. */
-const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && t.wg === t.tpr;
+/**
+ * Whether a shape's rows meet through subgroups: the device has them, the workgroup is one set and x is not staged.
+ * Staged shapes are the CPU adapters', whose tile width (xu) differs with the tokens per job: through workgroup
+ * memory a lane's sums run on unit by unit whatever the width (see the shader); subgroups gained about 5% there.
+ */
+const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && !t.stage && t.wg === t.tpr;
 
 /**
  * Partial sums kept per row (vec2 each): one per lane, padded to tpr + 1 against bank conflicts, or with subgroups
@@ -301,13 +307,15 @@ function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): num
 /**
  * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks
  * ('each', else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as
- * SIMD lanes of 4-8 floats: one set of 8 lanes, 32 floats of x per token held per lane (lavapipe's compile time
- * grows steeply with more, most with several tokens), and up to 128 rows per workgroup so that x is loaded once for
- * many rows; a load of x per row would be a gather of one element per weight. GPUs: one set per workgroup, a row shared by up to 128 lanes with 32 floats of x per token each in
- * registers (x is then read once per 16 rows, about 0.4 of the weights' bytes at q4, from cache), 4 rows' loads in
- * flight per lane, and rows per workgroup lowered until there are about 1,024 workgroups to keep every core
- * streaming. Only rps and xr depend on the picks and tokens, and neither changes a token's arithmetic: a token's
- * result is the same whatever tokens run beside it (a batch's rows, a verification's). Not yet measured on a GPU.
+ * SIMD lanes of 4-8 floats: one set of 8 lanes and up to 128 rows per workgroup, so that x is loaded once for many
+ * rows (a load of x per row would be a gather of one element per weight); a lane holds 128 floats of x for one
+ * token a job (fewer would stage x in more rounds: a fifth slower decode on lavapipe) and 32 per token for several
+ * (lavapipe took 3-11 s to compile those pipelines with more). GPUs: one set per workgroup, a row shared by up to
+ * 128 lanes with 32 floats of x per token each in registers (x is then read once per 16 rows, about 0.4 of the
+ * weights' bytes at q4, from cache), 4 rows' loads in flight per lane, and rows per workgroup lowered until there
+ * are about 1,024 workgroups to keep every core streaming. What depends on the picks and tokens (rps, xr, and xu
+ * where rows meet in workgroup memory) never changes a token's arithmetic: a token's result is the same whatever
+ * tokens run beside it (a batch's rows, a verification's). Not yet measured on a GPU.
  */
 export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; picks: number; tokens: number }): MatvecTuning {
   const { units, rows, picks, tokens } = shape;
@@ -320,7 +328,9 @@ export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: n
   };
   if (caps.cpu) {
     const tpr = 8;
-    return fitRows({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), q4 ? 1 : 4), stage: true, ru: 1 }, 16);
+    const holding = (most: number) => ({ wg: tpr, tpr, rps: 128, xu: Math.min(Math.ceil(units / tpr), most), stage: true, ru: 1 });
+    const several = fitRows(holding(q4 ? 1 : 4), 16);
+    return several.xr > 1 ? several : fitRows(holding(q4 ? 4 : 8), 16);
   }
   const xuMax = q4 ? 1 : 4;
   const tpr = Math.min(128, Math.max(32, pow2Ceil(Math.ceil(units / xuMax))));
