@@ -305,17 +305,17 @@ function tokensPerJob(caps: Caps, shape: Omit<Shape, 'xr'>, tokens: number): num
 }
 
 /**
- * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks
- * ('each', else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as
- * SIMD lanes of 4-8 floats: one set of 8 lanes and up to 128 rows per workgroup, so that x is loaded once for many
- * rows (a load of x per row would be a gather of one element per weight); a lane holds 128 floats of x for one
- * token a job (fewer would stage x in more rounds: a fifth slower decode on lavapipe) and 32 per token for several
- * (lavapipe took 3-11 s to compile those pipelines with more). GPUs: one set per workgroup, a row shared by up to
- * 128 lanes with 32 floats of x per token each in registers (x is then read once per 16 rows, about 0.4 of the
- * weights' bytes at q4, from cache), 4 rows' loads in flight per lane, and rows per workgroup lowered until there
- * are about 1,024 workgroups to keep every core streaming. What depends on the picks and tokens (rps, xr, and xu
- * where rows meet in workgroup memory) never changes a token's arithmetic: a token's result is the same whatever
- * tokens run beside it (a batch's rows, a verification's). Not yet measured on a GPU.
+ * The default shape for `units` units of x per row (all picks' for 'sum'), `rows` output rows, `picks` picks ('each',
+ * else 1) and `tokens` tokens (dense, else 1). CPU adapters (lavapipe, SwiftShader) run a workgroup as SIMD lanes of
+ * 4-8 floats: one set of 8 lanes and up to 128 rows per workgroup, so that x is loaded once for many rows (a load of x
+ * per row would be a gather of one element per weight); a lane holds 128 floats of x for one token a job (fewer make
+ * more tiles, each ending in a sum per row: a fifth slower decode on lavapipe) and 32 per token for several (lavapipe
+ * took 3-11 s to compile those pipelines with more). GPUs: one set per workgroup, a row shared by up to 128 lanes with
+ * 32 floats of x per token each in registers (x is then read once per 16 rows, about 0.4 of the weights' bytes at q4,
+ * from cache), 4 rows' loads in flight per lane, and rows per workgroup lowered until there are about 1,024 workgroups
+ * to keep every core streaming. What depends on the picks and tokens (rps, xr, and xu where rows meet in workgroup
+ * memory) never changes a token's arithmetic: a token's result is the same whatever tokens run beside it (a batch's
+ * rows, a verification's). Not yet measured on a GPU.
  */
 export function matvecTuning(caps: Caps, format: WeightFormat, shape: { units: number; rows: number; picks: number; tokens: number }): MatvecTuning {
   const { units, rows, picks, tokens } = shape;
