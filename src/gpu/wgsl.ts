@@ -88,11 +88,11 @@ fn ranks_before(a: f32, ia: u32, b: f32, ib: u32) -> bool {
 ${workgroupReduce('workgroup_best', 'Ranked', 'if (ranks_before(b.v, b.i, a.v, a.i)) { return b; } return a;')}`;
 
 /**
- * `struct Lanes`, an entry point's parameter for its invocation's place in the workgroup: `li` (the local
- * invocation index) and, with subgroups, the subgroup it is in. `subgroup_lane`, `subgroup_index` and
- * `subgroup_count` read them, and `subgroup_sum` / `subgroup_sum2` / `subgroup_sum4` add over the subgroup (in
- * uniform control flow). Without subgroups every invocation is lane 0 of a subgroup of its own, so one kernel source serves
- * both: subgroup builtins may not appear at all, even in dead code, where the extension is not enabled.
+ * `struct Lanes`, an entry point's parameter for its invocation's place in the workgroup: `li` (the local invocation
+ * index) and, with subgroups, the subgroup it is in. `subgroup_lane`, `subgroup_index` and `subgroup_count` read them,
+ * and `subgroup_sum` / `subgroup_sum2` / `subgroup_sum4` add over the subgroup (in uniform control flow). Without
+ * subgroups every invocation is lane 0 of a subgroup of its own, so one kernel source serves both: subgroup builtins
+ * may not appear at all, even in dead code, where the extension is not enabled.
  */
 export function lanes(subgroups: boolean): string {
   if (!subgroups) {

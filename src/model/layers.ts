@@ -192,10 +192,10 @@ export interface LinearArgs {
 }
 
 /**
- * y (+)= x W^T for T rows: the tiled matmul (prefill on GPUs, a batch's decode rows with tiledDecode: weights read
- * once per tile of rows), else matvec, a workgroup's weights loaded once for up to 4 rows (bandwidth-bound decode;
- * and CPU adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend
- * on the rows beside it.
+ * y (+)= x W^T for T rows: the tiled matmul (prefill on GPUs, a batch's decode rows with tiledDecode: weights read once
+ * per tile of rows), else matvec, a workgroup's weights loaded once for up to 4 rows (bandwidth-bound decode; and CPU
+ * adapters, where the tiled matmul runs far below what matvec reaches). Either way a row's result does not depend on
+ * the rows beside it.
  */
 export function linear(ctx: GpuContext, act: Activations, { T, tiled }: Rows, args: LinearArgs): Promise<Dispatch[]> {
   const { w, x, y, epilogue, scales } = args;

@@ -8,9 +8,10 @@ import { fixtureDir } from '../helpers/fixtures.ts';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const MODEL = fixtureDir('tiny-qwen35');
 const API_KEY = 'test-key';
-/** Each case takes a second or two on lavapipe: a stuck request fails fast rather than at vitest's default. */
-// A hang guard, not a speed check: a fresh server's first request compiles every pipeline, tens of seconds on lavapipe
-// when CI runs other files beside it.
+/**
+ * A hang guard, not a speed check: most cases take a second or two on lavapipe, but a fresh server's first request
+ * compiles every pipeline, tens of seconds when CI runs other files beside it.
+ */
 const TEST_TIMEOUT_MS = 180_000;
 
 interface Server {
