@@ -281,14 +281,18 @@ const meetsInSubgroups = (caps: Caps, t: Shape) => caps.subgroups && !t.stage &&
 const rowSlots = (t: { wg: number; tpr: number; subgroups: boolean }) => (t.subgroups ? Math.max(1, t.wg / MIN_SUBGROUP_SIZE) : t.tpr + 1);
 
 /**
- * Rows per set that the row partials have room for beside the staged x tiles and the small arrays, within WebGPU's
- * guaranteed 16 KiB of workgroup memory, at most 128 (0 where the tiles alone do not fit). One size per workgroup
- * shape, and rps a uniform, so that shapes with different row counts share a pipeline.
+ * Rows per set that the row partials have room for beside the staged x tiles and the small arrays, at most 128 (0
+ * where the tiles alone do not fit): within WebGPU's guaranteed 16 KiB of workgroup memory on GPUs, where more would
+ * cost occupancy, and within all the adapter has on CPU adapters, where it is plain memory (lavapipe and SwiftShader
+ * have 32 KiB: a job of 4 tokens keeps each lane's sums of 98 rows instead of 41, so each staged tile of x serves more
+ * than twice the rows). One size per workgroup shape, and rps a uniform, so that shapes with different row counts
+ * share a pipeline.
  */
 function rpsLimit(caps: Caps, t: Shape): number {
   const fixed = 2 * 4 * MAX_PICKS + 16 * t.wg + 16 * stagedVec4s(t);
   const perRow = (t.wg / t.tpr) * rowSlots({ ...t, subgroups: meetsInSubgroups(caps, t) }) * 8 * t.xr;
-  return Math.max(0, Math.min(128, Math.floor((Math.min(16384, caps.maxWorkgroupStorageBytes) - fixed) / perRow)));
+  const bytes = caps.cpu ? caps.maxWorkgroupStorageBytes : Math.min(16384, caps.maxWorkgroupStorageBytes);
+  return Math.max(0, Math.min(128, Math.floor((bytes - fixed) / perRow)));
 }
 
 /**

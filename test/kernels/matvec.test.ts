@@ -419,7 +419,7 @@ describeOnAdapters(
         [{ w: dense, y: buf(8), output: 'f32', epilogue: 'store' }, /y needs 10 elements \(40 bytes\)/],
         [{ w: experts, epilogue: 'store', experts: ex('each'), yStride: 2 }, /yStride 2/],
         [{ w: dense, epilogue: 'store', tuning: { wg: 100, tpr: 4, rps: 1, xu: 1, stage: false, ru: 1, xr: 1 } }, /powers of two/],
-        [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 64, xu: 1, stage: false, ru: 1, xr: 1 } }, /rows per set fit the workgroup memory/],
+        [{ w: dense, epilogue: 'store', tuning: { wg: 256, tpr: 256, rps: 128, xu: 1, stage: false, ru: 1, xr: 4 } }, /rows per set fit the workgroup memory/],
         [{ w: experts, epilogue: 'add', experts: { ...ex('sum'), ids: buf(40), topk: 33 } }, /topk <= 32/],
         [{ w: dense, epilogue: 'store', tuning: { wg: 8, tpr: 8, rps: 1, xu: 1, stage: false, ru: 1, xr: 5 } }, /1 <= xr <= 4/],
         [{ w: experts, epilogue: 'store', experts: ex('each'), tuning: { wg: 8, tpr: 8, rps: 1, xu: 1, stage: false, ru: 1, xr: 2 } }, /dense weights only/],
