@@ -58,7 +58,9 @@ export interface EngineOptions {
    * Speculative decoding with the model's multi-token-prediction block (runtime/speculation.ts): it drafts
    * `draftTokens` tokens, one forward pass verifies them, and the output stays exactly what decoding step by step
    * gives. Default: on where it pays — a GPU adapter (on CPU adapters a verification costs about as much as the
-   * steps it replaces), one sequence at a time, every expert resident, a checkpoint with an MTP block, one process.
+   * steps it replaces), every expert resident, a checkpoint with an MTP block — for a request that runs alone: with
+   * maxBatch 1 every request; with a batch, one that finds no other running, which speculates in a session of its
+   * own beside the batch (one sequence more than maxBatch) until it ends, while those after it decode in the batch.
    */
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
@@ -71,8 +73,11 @@ export interface EngineOptions {
   signal?: AbortSignal;
 }
 
-/** The Engine's one session, speculating when EngineOptions.mtp asks or (by default) where it pays. */
-function createSession(ctx: GpuContext, model: Model, options: SessionOptions, engine: EngineOptions): Session {
+/**
+ * Drafts per pass when the Engine speculates (EngineOptions.mtp, or by default where it pays), else undefined;
+ * speculation asked for where it cannot run is an error.
+ */
+function draftsOf(ctx: GpuContext, model: Model, engine: EngineOptions): number | undefined {
   const drafts = engine.draftTokens ?? DEFAULT_DRAFT_TOKENS;
   const why = !model.weights.mtp
     ? 'the checkpoint has no MTP block (mtp.* tensors)'
@@ -82,9 +87,12 @@ function createSession(ctx: GpuContext, model: Model, options: SessionOptions, e
         ? `draftTokens ${drafts} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
         : undefined;
   if (engine.mtp === true && why) throw new RequestError(`speculative decoding is not possible: ${why}`, why.startsWith('draftTokens') ? 'draftTokens' : 'mtp');
-  if (why || !(engine.mtp ?? !ctx.caps.cpu)) return Session.create(ctx, model, options);
-  return withSpeculation(Session.create(ctx, model, { ...options, verifyRows: drafts + 1 }), drafts);
+  return why || !(engine.mtp ?? !ctx.caps.cpu) ? undefined : drafts;
 }
+
+/** A session of its own that speculates with `drafts` drafts per pass. */
+const speculatingSession = (ctx: GpuContext, model: Model, options: SessionOptions, drafts: number): Session =>
+  withSpeculation(Session.create(ctx, model, { ...options, verifyRows: drafts + 1 }), drafts);
 
 /** The speculation figures of every sequence that speculates, summed (undefined when none does). */
 function speculationTotals(sequences: readonly TokenSequence[]): SpeculationStats | undefined {
@@ -128,16 +136,31 @@ interface Lease {
 /** A checked request, to be run on whichever sequence it gets. */
 type Generation<T> = (sequence: TokenSequence, sampler: GpuSampler) => AsyncGenerator<T>;
 
+/** How an Engine runs requests beside its one session: a batch (and a session for a request alone), or pipeline stages. */
+interface Lanes {
+  batch?: Batch;
+  /** With a batch, where speculation pays: the session (speculating) that a request takes when no other runs. */
+  alone?: Session;
+  pipeline?: StagePool;
+}
+
 /**
  * A loaded model behind the OpenAI-shaped API: `chat.completions.create` and `completions.create`, streamed or
  * not. With maxBatch 1 one session serves requests one at a time, in the order they arrive; with more, up to
- * maxBatch requests decode together (runtime/batch.ts) and the others wait for a slot in that order.
+ * maxBatch requests decode together (runtime/batch.ts) and the others wait for a slot in that order. A batch
+ * decodes step by step; where speculative decoding is on, a request that finds no other running takes a session of
+ * its own beside the batch and speculates there until it ends, while later ones decode in the batch.
  */
 export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
   private running = 0;
   private waiting = 0;
+  /** The sampler of the Engine's own session (maxBatch 1), or of the session for a request alone. */
   private readonly sampler?: GpuSampler;
+  private readonly batch?: Batch;
+  private readonly alone?: Session;
+  private aloneTaken = false;
+  private readonly pipeline?: StagePool;
 
   readonly chat = {
     completions: {
@@ -163,11 +186,12 @@ export class Engine {
     /** The session requests run on (with a batch: the one prompts are prefilled and scores computed in). */
     readonly session: Session,
     readonly name: string,
-    private readonly batch?: Batch,
-    private readonly pipeline?: StagePool,
+    lanes: Lanes = {},
   ) {
+    ({ batch: this.batch, alone: this.alone, pipeline: this.pipeline } = lanes);
     // A batch's and a pipeline's slots have samplers of their own.
-    this.sampler = batch || pipeline ? undefined : GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    const ownSampler = this.alone || !(this.batch || this.pipeline);
+    this.sampler = ownSampler ? GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize }) : undefined;
   }
 
   static async load(ctx: GpuContext, checkpoint: Checkpoint, options: EngineOptions = {}): Promise<Engine> {
@@ -179,8 +203,8 @@ export class Engine {
       verify: options.verify,
       expertCacheBytes: options.expertCacheBytes,
       layers: options.layers,
-      // The MTP block only where it drafts: asked for, or on by default (see createSession).
-      mtp: options.mtp ?? (!ctx.caps.cpu && (options.maxBatch ?? 1) === 1 && !options.pipeline && !options.layers),
+      // The MTP block only where it drafts: asked for, or on by default (see draftsOf).
+      mtp: options.mtp ?? (!ctx.caps.cpu && !options.pipeline && !options.layers),
       onProgress: options.onProgress,
       signal: options.signal,
     });
@@ -190,17 +214,25 @@ export class Engine {
       const name = checkpoint.location.split('/').filter(Boolean).pop() ?? 'qwen3.5';
       const maxBatch = options.maxBatch ?? 1;
       if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RequestError(`must be a positive integer, got ${maxBatch}`, 'maxBatch');
-      const prefillChunk = options.prefillChunk;
-      // A pipeline speculates through its stages (StagePoolOptions.draftTokens); one process, with one sequence.
-      if (options.mtp && !options.pipeline && maxBatch > 1)
-        throw new RequestError(`speculative decoding runs one sequence at a time in one process; maxBatch ${maxBatch} asked for`, 'mtp');
+      const sessionOptions = { contextLength, prefillChunk: options.prefillChunk };
+      // A pipeline speculates through its stages (StagePoolOptions.draftTokens).
       if (options.pipeline) {
         const pool = await options.pipeline(model, { contextLength, slots: maxBatch });
-        return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, undefined, pool);
+        return new Engine(ctx, model, tokenizer, pool.slots[0].session, name, { pipeline: pool });
       }
-      if (maxBatch === 1) return new Engine(ctx, model, tokenizer, createSession(ctx, model, { contextLength, prefillChunk }, options), name);
-      const batch = Batch.create(ctx, model, { contextLength, maxBatch, prefillChunk, tiledDecode: options.tiledDecode });
-      return new Engine(ctx, model, tokenizer, batch.prefillSession, name, batch);
+      const drafts = draftsOf(ctx, model, options);
+      if (maxBatch === 1) {
+        const session = drafts ? speculatingSession(ctx, model, sessionOptions, drafts) : Session.create(ctx, model, sessionOptions);
+        return new Engine(ctx, model, tokenizer, session, name);
+      }
+      const batch = Batch.create(ctx, model, { ...sessionOptions, maxBatch, tiledDecode: options.tiledDecode });
+      try {
+        const alone = drafts ? speculatingSession(ctx, model, sessionOptions, drafts) : undefined;
+        return new Engine(ctx, model, tokenizer, batch.prefillSession, name, { batch, alone });
+      } catch (error) {
+        batch.destroy();
+        throw error;
+      }
     } catch (error) {
       model.destroy();
       throw error;
@@ -245,15 +277,17 @@ export class Engine {
   gauges(): EngineGauges {
     const perSequence = stateBytes(this.model, this.session.capacity, this.ctx.activationBytes);
     const b = this.batch ?? this.pipeline;
-    const running = b ? b.running : this.running;
+    const alone = Number(this.aloneTaken);
+    const running = b ? b.running + alone : this.running;
+    const speculating = this.pipeline ? this.pipeline.slots : this.batch ? (this.alone ? [this.alone] : []) : [this.session];
     return {
       running,
       waiting: b ? b.queued : this.waiting,
       maxBatch: b ? b.slots.length : 1,
       batchSize: this.batch ? this.batch.lastStepRows : running,
       stateBytesUsed: running * perSequence,
-      stateBytesTotal: (b ? b.slots.length : 1) * perSequence,
-      speculation: this.batch ? undefined : speculationTotals(this.pipeline ? this.pipeline.slots : [this.session]),
+      stateBytesTotal: ((b ? b.slots.length : 1) + Number(Boolean(this.alone))) * perSequence,
+      speculation: speculationTotals(speculating),
     };
   }
 
@@ -262,11 +296,19 @@ export class Engine {
     return this.pipeline?.unavailable?.message;
   }
 
-  /** A sequence for one request: a slot of the batch, or the session when the requests before have left it. */
+  /**
+   * A sequence for one request: a slot of the batch (or, when no other request runs, the session for a request
+   * alone), or the session when the requests before have left it.
+   */
   private lease(signal?: AbortSignal): Promise<Lease> {
     const pipeline = this.pipeline;
     if (pipeline) return pipeline.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => pipeline.release(slot) }));
     const batch = this.batch;
+    if (batch && this.alone && !this.aloneTaken && batch.running === 0) {
+      if (signal?.aborted) return Promise.reject(new AbortError('aborted'));
+      this.aloneTaken = true;
+      return Promise.resolve({ sequence: this.alone, sampler: this.sampler!, release: () => (this.aloneTaken = false) });
+    }
     if (batch) return batch.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => batch.release(slot) }));
     return new Promise<Lease>((started, failed) => {
       void this.exclusive(
@@ -520,7 +562,10 @@ export class Engine {
     return this.session.expertStats();
   }
 
-  /** Speculative decoding in the last generation (verification passes, drafts, drafts accepted), when it speculated. */
+  /**
+   * Speculative decoding in the last generation (verification passes, drafts, drafts accepted), when it speculated;
+   * with a batch or a pipeline, where requests overlap, gauges() has the sums instead.
+   */
   speculationStats(): SpeculationStats | undefined {
     const stats = this.batch || this.pipeline ? undefined : this.session.speculator?.stats;
     return stats && stats.passes > 0 ? { ...stats } : undefined;
@@ -528,6 +573,7 @@ export class Engine {
 
   destroy(): void {
     this.sampler?.destroy();
+    this.alone?.destroy();
     if (this.pipeline) this.pipeline.destroy();
     else if (this.batch) this.batch.destroy();
     else this.session.destroy();

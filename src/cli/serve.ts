@@ -76,11 +76,8 @@ export async function runServe(
 /** How requests will run, for the operator: sequences decoded together, and speculation. */
 function servingMode(engine: Engine, maxBatch: number): string {
   const together = maxBatch > 1 ? `up to ${maxBatch} sequences decode together` : 'one sequence at a time';
-  const speculation =
-    engine.gauges().speculation !== undefined
-      ? 'speculative decoding with the MTP block'
-      : maxBatch > 1
-        ? 'speculative decoding off (it runs with --max-batch 1)'
-        : 'speculative decoding off';
-  return `${together}, ${speculation}`;
+  if (engine.gauges().speculation === undefined) return `${together}, speculative decoding off`;
+  return maxBatch > 1
+    ? `${together}; a request that finds no other running decodes speculatively with the MTP block`
+    : `${together}, speculative decoding with the MTP block`;
 }

@@ -118,3 +118,48 @@ describe('tiled decode (GPU batches of more than 4 slots; forced on this CPU ada
     }, 300_000);
   }
 });
+
+describe('speculative decoding beside a batch: a request that finds no other running speculates in a session of its own', () => {
+  for (const name of FIXTURES) {
+    it(`${name}: alone and with others, greedy and seeded, every request gets the ids it gets decoding step by step`, async () => {
+      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+      const checkpoint = () => openModel(fixtureDir(name));
+      const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, mtp: false });
+      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, maxBatch: 3, mtp: true, draftTokens: 2 });
+      try {
+        const list = prompts(name, 5);
+        const sampling = (i: number): SamplingOptions => (i % 2 ? { temperature: 0.9, topK: 20, seed: 7 + i, presencePenalty: 0.5 } : { temperature: 0 });
+        const run = (e: Engine, p: number[], i: number, signal?: AbortSignal) =>
+          e.generateIds({ promptIds: p, maxTokens: 10, sampling: sampling(i), ignoreEos: true, signal }).then((r) => r.ids);
+        const want: number[][] = [];
+        for (const [i, p] of list.entries()) want.push(await run(plain, p, i));
+        const passes = () => engine.gauges().speculation?.passes ?? 0;
+
+        expect(await run(engine, list[0], 0)).toEqual(want[0]);
+        const alonePasses = passes();
+        expect(alonePasses).toBeGreaterThan(0);
+        // The first takes the session for a request alone; the others share the batch's 3 slots (one waits).
+        let peak = 0;
+        const timer = setInterval(() => (peak = Math.max(peak, engine.gauges().running)), 1);
+        const together = await Promise.all(list.map((p, i) => run(engine, p, i))).finally(() => clearInterval(timer));
+        expect(together).toEqual(want);
+        expect(passes()).toBeGreaterThan(alonePasses);
+        expect(peak).toBeGreaterThan(2);
+        expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0, maxBatch: 3 });
+
+        // An abort gives the session back: the next request alone speculates there again.
+        const controller = new AbortController();
+        const aborted = run(engine, list[1], 1, controller.signal);
+        controller.abort();
+        await expect(aborted).rejects.toThrow(/abort/i);
+        const before = passes();
+        expect(await run(engine, list[2], 2)).toEqual(want[2]);
+        expect(passes()).toBeGreaterThan(before);
+      } finally {
+        plain.destroy();
+        engine.destroy();
+        ctx.destroy();
+      }
+    }, 300_000);
+  }
+});

@@ -89,9 +89,7 @@ describe('serve (node)', { timeout: TEST_TIMEOUT_MS }, () => {
   });
 
   it('says at start how requests run: sequences decoded together, and speculation', async () => {
-    await vi.waitFor(() =>
-      expect(server.stderr()).toContain('serving tiny: up to 2 sequences decode together, speculative decoding off (it runs with --max-batch 1)'),
-    );
+    await vi.waitFor(() => expect(server.stderr()).toContain('serving tiny: up to 2 sequences decode together, speculative decoding off\n'));
   });
 
   it('answers a greedy chat completion', async () => {
@@ -281,6 +279,27 @@ describe('serve (node): speculative decoding', { timeout: 120_000 }, () => {
     expect([...(await metrics(servers[1].url)).keys()].filter((k) => k.includes('spec_decode'))).toEqual([]);
     expect(servers[0].stderr()).toMatch(/serving \S+: one sequence at a time, speculative decoding with the MTP block\n/);
     expect(servers[1].stderr()).toMatch(/serving \S+: one sequence at a time, speculative decoding off\n/);
+  });
+
+  it('--max-batch 4 --draft-tokens 2: a request alone speculates, requests together decode in the batch, each answers what it answers alone', async () => {
+    const server = await startServer('node', ['--adapter', 'llvmpipe', '--max-batch', '4', '--draft-tokens', '2']);
+    servers.push(server);
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const prompts = ['One', 'Red fish, blue fish', 'Hello there', 'Once upon a time', 'x y z'];
+    const complete = (prompt: string, i: number) =>
+      client.completions
+        .create({ model: 'm', prompt, max_tokens: 8, ...(i % 2 ? { temperature: 0.8, seed: i } : { temperature: 0 }) })
+        .then((r) => r.choices[0].text);
+    const drafts = async () => (await metrics(server.url)).get('vllm:spec_decode_num_drafts_total') ?? 0;
+    const alone: string[] = [];
+    for (const [i, p] of prompts.entries()) alone.push(await complete(p, i));
+    const aloneDrafts = await drafts();
+    expect(aloneDrafts).toBeGreaterThan(0);
+    expect(await Promise.all(prompts.map(complete))).toEqual(alone);
+    expect(await drafts()).toBeGreaterThan(aloneDrafts);
+    expect(server.stderr()).toMatch(
+      /serving \S+: up to 4 sequences decode together; a request that finds no other running decodes speculatively with the MTP block\n/,
+    );
   });
 });
 
