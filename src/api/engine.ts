@@ -4,7 +4,7 @@ import type { WeightDtype } from '../gpu/tensor.ts';
 import { type LoadProgress, loadModel } from '../model/load.ts';
 import type { Model } from '../model/model.ts';
 import { Session, type SessionOptions } from '../runtime/session.ts';
-import { Batch } from '../runtime/batch.ts';
+import { Batch, MATVEC_DECODE_ROWS, decodesTiled } from '../runtime/batch.ts';
 import type { TokenSequence } from '../runtime/sequence.ts';
 import type { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import type { LayerRange } from '../model/tensors.ts';
@@ -60,7 +60,8 @@ export interface EngineOptions {
    * gives. Default: on where it pays — a GPU adapter (on CPU adapters a verification costs about as much as the
    * steps it replaces), every expert resident, a checkpoint with an MTP block — for a request that runs alone: with
    * maxBatch 1 every request; with a batch, one that finds no other running, which speculates in a session of its
-   * own beside the batch (one sequence more than maxBatch) until it ends, while those after it decode in the batch.
+   * own beside the batch (one sequence more than maxBatch) until it ends, while those after it decode in the batch —
+   * where the batch decodes through matvec (see tiledDecode), so that either way its rows get the same arithmetic.
    */
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
@@ -74,6 +75,13 @@ export interface EngineOptions {
 }
 
 /**
+ * Whether the Engine's batch (maxBatch above 1) decodes through the tiled matmul: its rows' arithmetic is then not
+ * a sequence's alone, so a request could not speculate beside it and still get the tokens it gets in the batch.
+ */
+const tiledBatch = (ctx: GpuContext, engine: EngineOptions): boolean =>
+  (engine.maxBatch ?? 1) > 1 && decodesTiled(ctx.caps, engine.maxBatch ?? 1, engine.tiledDecode);
+
+/**
  * Drafts per pass when the Engine speculates (EngineOptions.mtp, or by default where it pays), else undefined;
  * speculation asked for where it cannot run is an error.
  */
@@ -85,7 +93,9 @@ function draftsOf(ctx: GpuContext, model: Model, engine: EngineOptions): number 
       ? 'its experts are streamed (an expert cache below all experts)'
       : !Number.isInteger(drafts) || drafts < 1 || drafts > MAX_DRAFT_TOKENS
         ? `draftTokens ${drafts} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
-        : undefined;
+        : tiledBatch(ctx, engine)
+          ? `a batch of ${engine.maxBatch} decodes through the tiled matmul, whose rows are not a sequence's arithmetic alone (maxBatch ${MATVEC_DECODE_ROWS} or less, or tiledDecode false, decodes through matvec)`
+          : undefined;
   if (engine.mtp === true && why) throw new RequestError(`speculative decoding is not possible: ${why}`, why.startsWith('draftTokens') ? 'draftTokens' : 'mtp');
   return why || !(engine.mtp ?? !ctx.caps.cpu) ? undefined : drafts;
 }
@@ -204,7 +214,7 @@ export class Engine {
       expertCacheBytes: options.expertCacheBytes,
       layers: options.layers,
       // The MTP block only where it drafts: asked for, or on by default (see draftsOf).
-      mtp: options.mtp ?? (!ctx.caps.cpu && !options.pipeline && !options.layers),
+      mtp: options.mtp ?? (!ctx.caps.cpu && !options.pipeline && !options.layers && !tiledBatch(ctx, options)),
       onProgress: options.onProgress,
       signal: options.signal,
     });

@@ -112,8 +112,8 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            block drafts K tokens (1-3, default ${DEFAULT_DRAFT_TOKENS}), one forward pass verifies them, and the output is exactly
                            that of decoding token by token; on by default on GPU adapters when the model has the
                            block: for a request that runs alone (--max-batch 1, or one that finds no other running,
-                           beside the batch) and in pipeline stages (serve --stages); --draft-tokens turns it on
-                           anywhere (CPU adapters too), --no-mtp off
+                           beside a batch of up to 4) and in pipeline stages (serve --stages); --draft-tokens
+                           turns it on anywhere (CPU adapters too), --no-mtp off
         --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are
                            retried 3 times, resuming where they stopped)
         --debug            print the stack trace of an error (otherwise one line)

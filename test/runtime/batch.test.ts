@@ -120,6 +120,18 @@ describe('tiled decode (GPU batches of more than 4 slots; forced on this CPU ada
 });
 
 describe('speculative decoding beside a batch: a request that finds no other running speculates in a session of its own', () => {
+  it('is refused beside a batch that decodes through the tiled matmul (its rows are not a sequence alone)', async () => {
+    const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+    try {
+      const options = { dtype: 'f32', contextLength: 64, maxBatch: 2, tiledDecode: true, mtp: true } as const;
+      await expect(Engine.load(ctx, await openModel(fixtureDir(FIXTURES[0])), options)).rejects.toThrow(
+        /speculative decoding is not possible: a batch of 2 decodes through the tiled matmul/,
+      );
+    } finally {
+      ctx.destroy();
+    }
+  }, 120_000);
+
   for (const name of FIXTURES) {
     it(`${name}: alone and with others, greedy and seeded, every request gets the ids it gets decoding step by step`, async () => {
       const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
