@@ -289,7 +289,8 @@ export class Engine {
     const b = this.batch ?? this.pipeline;
     const alone = Number(this.aloneTaken);
     const running = b ? b.running + alone : this.running;
-    const speculating = this.pipeline ? this.pipeline.slots : this.batch ? (this.alone ? [this.alone] : []) : [this.session];
+    // A batch's prefill session never speculates: with a batch, only the session for a request alone does.
+    const speculating = this.pipeline ? this.pipeline.slots : [this.alone ?? this.session];
     return {
       running,
       waiting: b ? b.queued : this.waiting,
