@@ -70,6 +70,16 @@ async function waitIdle(url: string): Promise<number> {
 
 const ask = (content: string) => [{ role: 'user' as const, content }];
 /** A greedy completion of this prompt runs to max_tokens on the fixture (no eos): a request that lasts. */
+/** /health's status once the server has seen a stop signal, which it does between a request's steps: later on a loaded machine. */
+async function untilStopping(url: string): Promise<number> {
+  let health = await fetch(`${url}/health`);
+  for (let i = 0; i < 200 && health.status === 200; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    health = await fetch(`${url}/health`);
+  }
+  return health.status;
+}
+
 const LONG = { prompt: 'hi', temperature: 0, max_tokens: 3000 };
 
 describe('serve (node)', { timeout: TEST_TIMEOUT_MS }, () => {
@@ -333,16 +343,14 @@ describe('serve (node) with no queue', { timeout: TEST_TIMEOUT_MS }, () => {
     let response: Response | undefined;
     for (let i = 0; i < 50 && response?.status !== 200; i++) {
       // The aborted request of the test before may still be letting go of its place.
-      response = await fetch(`${server.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ ...LONG, max_tokens: 200, stream: true }) });
+      response = await fetch(`${server.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ ...LONG, max_tokens: 600, stream: true }) });
       if (response.status !== 200) await new Promise((r) => setTimeout(r, 100));
     }
     const reader = response!.body!.getReader();
     await reader.read();
     server.proc.kill('SIGTERM');
     // Stopping: no new work, while the running request goes on.
-    await new Promise((r) => setTimeout(r, 100));
-    const health = await fetch(`${server.url}/health`);
-    expect(health.status).toBe(503);
+    expect(await untilStopping(server.url)).toBe(503);
     const late = await fetch(`${server.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'x', max_tokens: 1 }) });
     expect(late.status).toBe(503);
     let body = '';
@@ -369,6 +377,8 @@ describe('serve (node): stop signals', { timeout: TEST_TIMEOUT_MS }, () => {
     // As a terminal's Ctrl-C or a wrapper that forwards it: the same signal twice at once.
     server.proc.kill('SIGTERM');
     server.proc.kill('SIGTERM');
+    // The later signal must come well after the first was seen (on a loaded machine, seen late), not just sent.
+    expect(await untilStopping(server.url)).toBe(503);
     await new Promise((r) => setTimeout(r, 1500));
     expect(server.proc.exitCode, 'still finishing the running request').toBeNull();
     server.proc.kill('SIGTERM');
