@@ -74,9 +74,12 @@ for variant in ${STREAMS-qwen3.5-0.8b qwen3.5-9b}; do
     2> >(tee -a "$LOG" >&2) | tee -a "$OUT/streams.jsonl"
 done
 for variant in ${VERIFY-qwen3.5-0.8b qwen3.5-9b}; do
-  say "bench --synthetic $variant --verify-cost"
-  "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --prompt-tokens 512 --decode-tokens 64 --verify-cost --json \
-    2> >(tee -a "$LOG" >&2) | tee -a "$OUT/verify.jsonl"
+  # Drafts from the default draft vocabulary, then from every id (what the draft vocabulary saves).
+  for vocab in 32768 0; do
+    say "bench --synthetic $variant --verify-cost --draft-vocab $vocab"
+    "$PKG/bin/node" "$PKG/qwen-cli.mjs" bench --synthetic "$variant" --dtype int4 --prompt-tokens 512 --decode-tokens 64 --verify-cost \
+      --draft-vocab "$vocab" --json 2> >(tee -a "$LOG" >&2) | tee -a "$OUT/verify.jsonl"
+  done
 done
 for variant in ${SUBGROUPS-qwen3.5-0.8b}; do
   for flag in "" --no-subgroups; do

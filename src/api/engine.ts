@@ -16,7 +16,7 @@ import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_
 import { Tokenizer } from '../text/tokenizer.ts';
 import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
-import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS, type SpeculationStats, withSpeculation } from '../runtime/speculation.ts';
+import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB, MAX_DRAFT_TOKENS, MtpDrafter, type SpeculationStats, withSpeculation } from '../runtime/speculation.ts';
 import { scoreIds } from '../runtime/score.ts';
 import type {
   ChatCompletion,
@@ -66,6 +66,11 @@ export interface EngineOptions {
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
   draftTokens?: number;
+  /**
+   * Drafts come from ids [0, draftVocab) (default 32,768, runtime/speculation.ts DEFAULT_DRAFT_VOCAB; 0: every id):
+   * the drafter's LM head reads only those rows. How many drafts are accepted depends on it, the output never.
+   */
+  draftVocab?: number;
   /** Stage 0 of a pipeline: load only these layers (the embedding and the first ones; model/tensors.ts LayerRange)... */
   layers?: LayerRange;
   /** ...and run requests through the other stages with the pool this makes (runtime/pipeline; maxBatch sequences in flight). */
@@ -81,28 +86,38 @@ export interface EngineOptions {
 const tiledBatch = (ctx: GpuContext, engine: EngineOptions): boolean =>
   (engine.maxBatch ?? 1) > 1 && decodesTiled(ctx.caps, engine.maxBatch ?? 1, engine.tiledDecode);
 
+/** How a speculating sequence drafts: tokens per pass, from ids [0, vocab) (0: every id). */
+interface Drafts {
+  tokens: number;
+  vocab: number;
+}
+
 /**
- * Drafts per pass when the Engine speculates (EngineOptions.mtp, or by default where it pays), else undefined;
- * speculation asked for where it cannot run is an error.
+ * How the Engine's sequences draft when it speculates (EngineOptions.mtp, or by default where it pays), else
+ * undefined; speculation asked for where it cannot run is an error.
  */
-function draftsOf(ctx: GpuContext, model: Model, engine: EngineOptions): number | undefined {
-  const drafts = engine.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+function draftsOf(ctx: GpuContext, model: Model, engine: EngineOptions): Drafts | undefined {
+  const tokens = engine.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+  const vocab = engine.draftVocab ?? DEFAULT_DRAFT_VOCAB;
+  if (!Number.isInteger(vocab) || vocab < 0) throw new RequestError(`must be a non-negative integer (0: every id), got ${vocab}`, 'draftVocab');
   const why = !model.weights.mtp
     ? 'the checkpoint has no MTP block (mtp.* tensors)'
     : model.experts
       ? 'its experts are streamed (an expert cache below all experts)'
-      : !Number.isInteger(drafts) || drafts < 1 || drafts > MAX_DRAFT_TOKENS
-        ? `draftTokens ${drafts} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
+      : !Number.isInteger(tokens) || tokens < 1 || tokens > MAX_DRAFT_TOKENS
+        ? `draftTokens ${tokens} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
         : tiledBatch(ctx, engine)
           ? `a batch of ${engine.maxBatch} decodes through the tiled matmul, whose rows are not a sequence's arithmetic alone (maxBatch ${MATVEC_DECODE_ROWS} or less, or tiledDecode false, decodes through matvec)`
           : undefined;
   if (engine.mtp === true && why) throw new RequestError(`speculative decoding is not possible: ${why}`, why.startsWith('draftTokens') ? 'draftTokens' : 'mtp');
-  return why || !(engine.mtp ?? !ctx.caps.cpu) ? undefined : drafts;
+  return why || !(engine.mtp ?? !ctx.caps.cpu) ? undefined : { tokens, vocab };
 }
 
-/** A session of its own that speculates with `drafts` drafts per pass. */
-const speculatingSession = (ctx: GpuContext, model: Model, options: SessionOptions, drafts: number): Session =>
-  withSpeculation(Session.create(ctx, model, { ...options, verifyRows: drafts + 1 }), drafts);
+/** A session of its own that speculates as `drafts` says. */
+function speculatingSession(ctx: GpuContext, model: Model, options: SessionOptions, drafts: Drafts): Session {
+  const session = Session.create(ctx, model, { ...options, verifyRows: drafts.tokens + 1 });
+  return withSpeculation(session, drafts.tokens, new MtpDrafter(session, drafts.tokens, drafts.vocab));
+}
 
 /** The speculation figures of every sequence that speculates, summed (undefined when none does). */
 function speculationTotals(sequences: readonly TokenSequence[]): SpeculationStats | undefined {

@@ -35,6 +35,8 @@ export async function runBench(
   const promptTokens = intFlag(args, 'prompt-tokens', streams ? 16 : 128);
   const decodeTokens = intFlag(args, 'decode-tokens', 32);
   const contextLength = promptTokens + decodeTokens + 1;
+  const draftVocab = args.flags.has('draft-vocab') ? intFlag(args, 'draft-vocab', undefined, 0) : undefined;
+  if (draftVocab !== undefined && !args.flags.has('verify-cost')) throw new UsageError('--draft-vocab is for --verify-cost');
   const t0 = performance.now();
   let model: Model;
   let session: Session;
@@ -121,7 +123,9 @@ export async function runBench(
     fullLayers !== undefined && model.config.numLayers < fullLayers
       ? await pipelineFigures(ctx, host, model, session, { fullLayers, decodeRate, prefillMs, promptTokens })
       : undefined;
-  const verifyCost = args.flags.has('verify-cost') ? await measureVerifyCost(ctx, model, prompt, { ks: [1, 2, 3], decodeTokens, decodeRate }) : undefined;
+  const verifyCost = args.flags.has('verify-cost')
+    ? await measureVerifyCost(ctx, model, prompt, { ks: [1, 2, 3], decodeTokens, decodeRate, draftVocab })
+    : undefined;
   host.stdout(
     args.flags.has('json')
       ? `${JSON.stringify({ ...result, ...(pipeline && { pipeline }), ...(verifyCost && { verify_cost: verifyCost }) })}\n`

@@ -19,6 +19,8 @@ import { median, roundTo } from '../bench/stats.ts';
  */
 export interface VerifyCost {
   decode_ms: number;
+  /** The ids drafts come from: [0, draft_vocab). */
+  draft_vocab: number;
   /** Dispatches of a decode step and of each verification, without their picks. */
   decode_dispatches: number;
   passes: {
@@ -52,14 +54,14 @@ export async function measureVerifyCost(
   ctx: GpuContext,
   model: Model,
   prompt: number[],
-  run: { ks: number[]; decodeTokens: number; decodeRate: number },
+  run: { ks: number[]; decodeTokens: number; decodeRate: number; draftVocab?: number },
 ): Promise<VerifyCost> {
   if (!model.weights.mtp) throw new UsageError('--verify-cost needs a model with its MTP block (mtp.* tensors)');
   const most = Math.max(...run.ks);
   // Room for the prompt, the timed steps and passes (each keeps one row), and a generation after them.
   const contextLength = prompt.length + (2 + run.ks.length * 2) * (REPEATS + 1) + run.decodeTokens * (most + 1) + most + 2;
   const session = Session.create(ctx, model, { contextLength, verifyRows: most + 1 });
-  const drafter = new MtpDrafter(session, most);
+  const drafter = new MtpDrafter(session, most, run.draftVocab);
   const speculator = new Speculator(session, drafter, most);
   session.speculator = speculator;
   const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
@@ -106,7 +108,14 @@ export async function measureVerifyCost(
       acceptance_rate: round(s.accepted / s.drafted),
       tokens_per_pass: round((s.passes + s.accepted) / s.passes),
     };
-    return { decode_ms: round(decodeMs), decode_dispatches: await session.decodeDispatches(), passes, generation, acceptance: PUBLISHED_MTP_ACCEPTANCE };
+    return {
+      decode_ms: round(decodeMs),
+      draft_vocab: drafter.vocab,
+      decode_dispatches: await session.decodeDispatches(),
+      passes,
+      generation,
+      acceptance: PUBLISHED_MTP_ACCEPTANCE,
+    };
   } finally {
     sampler.destroy();
     session.destroy();
@@ -134,7 +143,7 @@ export function describeVerifyCost(c: VerifyCost): string {
       `  k=${p.k}: verifying ${p.k + 1} tokens ${p.verify_ms} ms = ${p.verify_steps} decode steps (${p.verify_dispatches} dispatches); a whole pass (drafts, verification, rows kept) ${p.pass_ms} ms = ${p.pass_steps} steps; at ${(c.acceptance.rate * 100).toFixed(1)}% acceptance ${p.tokens_per_pass} tokens per pass, projected ${p.projected_speedup}x`,
   );
   const g = c.generation;
-  return `speculative decoding (decode step ${c.decode_ms} ms, ${c.decode_dispatches} dispatches; acceptance for the projection from ${c.acceptance.source})
+  return `speculative decoding (decode step ${c.decode_ms} ms, ${c.decode_dispatches} dispatches; drafts from ids below ${c.draft_vocab}; acceptance for the projection from ${c.acceptance.source}, drafting from every id)
 ${lines.join('\n')}
   generation with MTP, k=${g.k}: decode ${g.decode_tokens_per_s} tokens/s (without: ${g.plain_decode_tokens_per_s}); ${(g.acceptance_rate * 100).toFixed(1)}% of drafts accepted, ${g.tokens_per_pass} tokens per pass (these weights' own acceptance)
 `;

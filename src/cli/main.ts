@@ -27,7 +27,7 @@ import { runBatch } from './batch.ts';
 import type { CliHost } from './host.ts';
 import { SERVE_FLAGS, runServe } from './serve.ts';
 import { PIPELINE_FLAGS, STAGE_FLAGS, loadPipelineEngine, runStage } from './stages.ts';
-import { DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS } from '../runtime/speculation.ts';
+import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB, MAX_DRAFT_TOKENS } from '../runtime/speculation.ts';
 import { hubOptions, listModels, modelAsFlag, pull, removeModel } from './hub.ts';
 import { convertedOnce } from './packed_cache.ts';
 
@@ -40,7 +40,7 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu generate --model <dir|url|hub id> (--prompt TEXT | --messages FILE.json | --prompt-ids ID,ID,...)
                        [--max-tokens N] [--greedy | --temperature T --top-p P --top-k K --min-p M]
                        [--presence-penalty X] [--frequency-penalty X] [--repetition-penalty X] [--seed S]
-                       [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json] [--no-mtp | --draft-tokens K]
+                       [--no-think | --reasoning-budget N] [--stop TEXT] [--stream] [--json] [--no-mtp | --draft-tokens K --draft-vocab N]
       generates from a chat (--prompt is one user message) or from raw token ids, streaming text to stdout;
       --json prints the OpenAI-shaped response with prompt_ids and ids (with --stream: each chunk, then it);
       without sampling flags the model's generation_config.json settings apply; --json adds the speculative
@@ -56,13 +56,14 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b|qwen3.5-397b-a17b [--layers N])
-                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost]
+                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost [--draft-vocab N]]
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
       adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
       that many concurrent streams decoding together (continuous batching), and the speedup over one stream;
       a synthetic model with --layers below its own count adds per-layer figures, the cost of one hop between
       pipeline stages and the whole model's decode speed projected over 1, 2, 4 and 8 stages; --verify-cost adds
       what a verification pass of k + 1 tokens costs in decode steps (speculative decoding) and the speedup projected
+      (--draft-vocab: drafts from ids below N, as generate takes it)
   qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
       runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
       "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
@@ -114,6 +115,8 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            block: for a request that runs alone (--max-batch 1, or one that finds no other running,
                            beside a batch of up to 4) and in pipeline stages (serve --stages); --draft-tokens
                            turns it on anywhere (CPU adapters too), --no-mtp off
+        --draft-vocab N    drafts come from token ids below N (default ${DEFAULT_DRAFT_VOCAB}, the most frequent; 0: every id):
+                           the drafter's LM head reads only those rows; fewer accepted drafts, never other output
         --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are
                            retried 3 times, resuming where they stopped)
         --debug            print the stack trace of an error (otherwise one line)
@@ -129,7 +132,7 @@ interface Command {
 
 const GPU_FLAGS = ['adapter', 'no-f16', 'no-subgroups', 'activations'];
 /** Speculative decoding with the model's MTP block (generate, serve, batch). */
-const SPECULATION_FLAGS = ['no-mtp', 'draft-tokens'];
+const SPECULATION_FLAGS = ['no-mtp', 'draft-tokens', 'draft-vocab'];
 const LOAD_FLAGS = ['model', 'dtype', 'verify', 'expert-cache-mb', 'http-timeout'];
 /** generate's flags that only a chat (--prompt, --messages) reads, and those only --prompt-ids reads. */
 const CHAT_FLAGS = ['prompt', 'messages', 'no-think', 'reasoning-budget', 'stop', 'stream'];
@@ -159,7 +162,7 @@ const COMMANDS: Record<string, Command> = {
   export: { gpu: false, flags: ['model', 'out', 'http-timeout'], run: (a, _c, h) => exportPacked(a, h) },
   bench: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'json'],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'draft-vocab', 'json'],
     // --verify-cost drafts with the model's MTP block, which a default load leaves out on CPU adapters.
     run: (a, c, h) =>
       runBench(a, c!, h, async (m, d, n) =>
@@ -320,16 +323,21 @@ async function loadEngine(
   return engine;
 }
 
-/** --no-mtp and --draft-tokens K (which asks for speculative decoding even where it is not on by default). */
-function speculationOptions(args: Args): Pick<EngineOptions, 'mtp' | 'draftTokens'> {
+/**
+ * --no-mtp, --draft-tokens K (which asks for speculative decoding even where it is not on by default) and
+ * --draft-vocab N (how drafts are made where it runs).
+ */
+function speculationOptions(args: Args): Pick<EngineOptions, 'mtp' | 'draftTokens' | 'draftVocab'> {
   const draftTokens = args.flags.has('draft-tokens') ? intFlag(args, 'draft-tokens', DEFAULT_DRAFT_TOKENS) : undefined;
+  const draftVocab = args.flags.has('draft-vocab') ? intFlag(args, 'draft-vocab', DEFAULT_DRAFT_VOCAB, 0) : undefined;
   if (args.flags.has('no-mtp')) {
-    if (draftTokens !== undefined) throw new UsageError('--draft-tokens is for speculative decoding, which --no-mtp turns off');
+    for (const flag of ['draft-tokens', 'draft-vocab'])
+      if (args.flags.has(flag)) throw new UsageError(`--${flag} is for speculative decoding, which --no-mtp turns off`);
     return { mtp: false };
   }
   if (draftTokens !== undefined && (draftTokens < 1 || draftTokens > MAX_DRAFT_TOKENS))
     throw new UsageError(`--draft-tokens must be 1 to ${MAX_DRAFT_TOKENS}, got ${draftTokens}`);
-  return draftTokens === undefined ? {} : { mtp: true, draftTokens };
+  return { ...(draftTokens === undefined ? {} : { mtp: true, draftTokens }), ...(draftVocab === undefined ? {} : { draftVocab }) };
 }
 
 /** Speculative decoding figures for --json output (absent when the generation did not speculate). */

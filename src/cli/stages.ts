@@ -12,7 +12,7 @@ import { StageGroup, rangeText } from '../runtime/pipeline/group.ts';
 import { FrameConnection } from '../runtime/pipeline/link.ts';
 import { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import { serveStage } from '../runtime/pipeline/stage_worker.ts';
-import { DEFAULT_DRAFT_TOKENS } from '../runtime/speculation.ts';
+import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB } from '../runtime/speculation.ts';
 import { type Args, UsageError, intFlag, numberFlag, stringFlag } from './args.ts';
 import type { CliHost } from './host.ts';
 
@@ -61,7 +61,7 @@ export async function loadPipelineEngine(
   ctx: GpuContext,
   checkpoint: Checkpoint,
   dtype: WeightDtype,
-  sizes: { contextLength: number; maxBatch: number; speculation: Pick<EngineOptions, 'mtp' | 'draftTokens'> },
+  sizes: { contextLength: number; maxBatch: number; speculation: Pick<EngineOptions, 'mtp' | 'draftTokens' | 'draftVocab'> },
   load: (options: Pick<EngineOptions, 'layers' | 'pipeline'>) => Promise<Engine>,
 ): Promise<{ engine: Engine; stop(): void }> {
   const stages = intFlag(args, 'stages');
@@ -103,7 +103,11 @@ export async function loadPipelineEngine(
     if (listenAt) host.stderr(`waiting for stages 1..${stages - 1} on ${listenAt}\n`);
     else for (let s = 1; s < stages; s++) startLocal(s);
     const hellos = await Promise.race([group.hellos(), startupFailure]);
-    const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, { ...sizes, draftTokens });
+    const split = planStages(ctx, plan, heldDtype, memoryFlag(args), hellos, {
+      ...sizes,
+      draftTokens,
+      draftVocab: sizes.speculation.draftVocab ?? DEFAULT_DRAFT_VOCAB,
+    });
     host.stderr(describeSplit(split, hellos, ctx.adapter.name));
     const [own, ...others] = split.assigns;
     const connections = Promise.race([group.start(others), startupFailure]);
@@ -139,7 +143,7 @@ function planStages(
   dtype: WeightDtype,
   ownMemory: number,
   hellos: Hello[],
-  sizes: { contextLength: number; maxBatch: number; draftTokens: number },
+  sizes: { contextLength: number; maxBatch: number; draftTokens: number; draftVocab: number },
 ): { assigns: Assign[]; bytes: number[] } {
   const given = [ownMemory, ...hellos.map((h) => h.memoryBytes)];
   const known = given.filter((m) => m > 0);
@@ -168,6 +172,7 @@ function planStages(
       slots: sizes.maxBatch,
       prefillChunk: chunk,
       draftTokens: sizes.draftTokens,
+      draftVocab: sizes.draftVocab,
     }),
   );
   return { assigns, bytes };
@@ -192,7 +197,7 @@ function describeSplit({ assigns, bytes }: { assigns: Assign[]; bytes: number[] 
     const extra = [
       s === 0 ? 'embedding' : '',
       last ? 'final norm, LM head, sampler' : '',
-      last && a.draftTokens ? `MTP drafter (${a.draftTokens} drafts per pass)` : '',
+      last && a.draftTokens ? `MTP drafter (${a.draftTokens} drafts per pass from ${a.draftVocab ? `ids below ${a.draftVocab}` : 'every id'})` : '',
     ]
       .filter(Boolean)
       .join(', ');

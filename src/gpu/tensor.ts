@@ -1,4 +1,4 @@
-import { CapabilityError } from '../errors.ts';
+import { CapabilityError, ContractError } from '../errors.ts';
 import type { Caps } from './caps.ts';
 import { Q4_ROW_ALIGN, q4ItemWords } from '../numeric/q4.ts';
 
@@ -83,4 +83,16 @@ export function planTensorLayout(name: string, shape: number[], dtype: WeightDty
   }
   const itemsPerPart = Math.max(1, Math.min(Math.floor(limit / bytes), Math.floor(MAX_PART_ELEMENTS / itemStride)));
   return { itemStride, rowStride, itemsPerPart, items: shape[0], itemBytes: bytes };
+}
+
+/**
+ * The first `rows` rows of a 2-D weight, on the same buffers: rows are stored back to back, so they are the leading
+ * parts, the last one cut short (a drafter's LM head over part of the vocabulary).
+ */
+export function leadingRows(t: GpuTensor, rows: number): GpuTensor {
+  if (t.shape.length !== 2) throw new ContractError(`${t.name} [${t.shape}] is not a 2-D weight`, 'leadingRows');
+  if (!Number.isInteger(rows) || rows < 1 || rows > t.shape[0]) throw new ContractError(`${rows} rows of ${t.name} [${t.shape}]`, 'leadingRows');
+  if (rows === t.shape[0]) return t;
+  const parts = t.parts.filter((p) => p.first < rows).map((p) => ({ ...p, count: Math.min(p.count, rows - p.first) }));
+  return { ...t, name: `${t.name}[:${rows}]`, shape: [rows, t.shape[1]], parts };
 }

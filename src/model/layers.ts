@@ -1,5 +1,5 @@
 import type { Dispatch, GpuContext } from '../gpu/context.ts';
-import type { GpuTensor } from '../gpu/tensor.ts';
+import { type GpuTensor, leadingRows } from '../gpu/tensor.ts';
 import { embedding } from '../kernels/embedding.ts';
 import { rmsNorm } from '../kernels/rms_norm.ts';
 import { matvec } from '../kernels/matvec.ts';
@@ -504,18 +504,20 @@ async function moeOutput(ctx: GpuContext, model: Model, w: MoeWeights, act: Acti
  * Logits into `logits` ([rows, V] f32 whatever the activations): of the final-normed hidden rows [first, first + rows)
  * that a prefill forward (or a tiled decode) left in act.x — through the tiled matmul with `tiled`, so that a row's
  * logits do not depend on how many rows there are — or of the rows of a decode forward (`decoded`: their count; the
- * final norm folded in here).
+ * final norm folded in here). With `vocab`, only the logits of ids [0, vocab) ([rows, vocab]: a drafter's).
  */
 export function lmHead(
   ctx: GpuContext,
   model: Model,
   act: Activations,
   logits: GPUBuffer,
-  rows: { first: number; count: number; tiled?: boolean } | { decoded: number },
+  rows: { first: number; count: number; tiled?: boolean; vocab?: number } | { decoded: number },
 ): Promise<Dispatch[]> {
   const H = model.config.hiddenSize;
-  const V = model.config.vocabSize;
-  const w = stageTensor(model.weights.lmHead, 'LM head');
+  const head = stageTensor(model.weights.lmHead, 'LM head');
+  const vocab = 'vocab' in rows ? rows.vocab : undefined;
+  const w = vocab === undefined ? head : leadingRows(head, vocab);
+  const V = vocab ?? model.config.vocabSize;
   if ('decoded' in rows) {
     const x = residualNormed(model, act, stageTensor(model.weights.norm, 'final norm'));
     const tokens = rows.decoded;

@@ -29,6 +29,15 @@ export interface Drafter {
   destroy(): void;
 }
 
+/**
+ * Ids a drafter drafts from by default: [0, 32768), as EAGLE-3 and FR-Spec draft over a frequent subset of the
+ * vocabulary. A draft costs the MTP layer and an LM head over its ids, and over all 248,320 the head is most of it (at
+ * 0.8B three drafts would read about as many bytes as a decode step). Qwen's byte-level BPE numbers its tokens in merge
+ * order, the most frequent pairs first, so the leading ids stand in for a frequency ranking. Drafts are guesses that
+ * the verification checks: the subset changes how many are accepted, never the output.
+ */
+export const DEFAULT_DRAFT_VOCAB = 32_768;
+
 /** Drafts of the model's own MTP block: one call over the rows kept since the last draft, then one per further draft. */
 export class MtpDrafter implements Drafter {
   /** The drafter's working buffers (act.logits: the last draft call's logits). */
@@ -41,15 +50,22 @@ export class MtpDrafter implements Drafter {
   /** Rows run by the model whose MTP row waits for the token after them: their hidden rows, position and known tokens. */
   private waiting?: { hidden: { buffer: GPUBuffer; row: number }; position: number; tokens: number[] };
 
+  /** Drafts are argmaxes over ids [0, vocab): the LM head runs over those rows only. */
+  readonly vocab: number;
+
   constructor(
     readonly session: Session,
     maxDrafts: number,
+    /** Ids to draft from (DEFAULT_DRAFT_VOCAB; 0: every id), at most the tokenizer's. */
+    vocab = DEFAULT_DRAFT_VOCAB,
   ) {
     const { ctx, model } = session;
+    if (!Number.isInteger(vocab) || vocab < 0) throw new SessionError(`a draft vocabulary of ${vocab} ids (0: every id)`);
+    this.vocab = vocab === 0 ? model.tokenizerSize : Math.min(vocab, model.tokenizerSize);
     this.act = createActivations(ctx, model, session.verifyRows, session.capacity);
     this.buffers = createMtpBuffers(ctx, model, session.activations.maxTokens, session.capacity);
     this.positions = Array.from({ length: maxDrafts + 1 }, (_, j) => ctx.storage(`mtp draft ${j} position`, 4));
-    this.sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+    this.sampler = GpuSampler.create(ctx, { vocabSize: this.vocab, tokenizerSize: this.vocab });
     this.sampler.begin({ temperature: 0 }, []);
     this.plans = new PlanCache(ctx, 16, (d) => d);
   }
@@ -132,11 +148,11 @@ export class MtpDrafter implements Drafter {
     });
   }
 
-  /** The LM head on the block's output row `row`, argmax into the main act.token[out]. */
+  /** The LM head over the draft vocabulary on the block's output row `row`, argmax into the main act.token[out]. */
   private async pick(row: number, out: number): Promise<Dispatch[]> {
     const act = this.act;
     return [
-      ...(await lmHead(this.ctx, this.session.model, act, act.logits, { first: row, count: 1 })),
+      ...(await lmHead(this.ctx, this.session.model, act, act.logits, { first: row, count: 1, vocab: this.vocab })),
       ...(await this.sampler.dispatches(act.logits, this.session.activations.token, { out })),
     ];
   }
@@ -153,7 +169,7 @@ export class MtpDrafter implements Drafter {
 export const DEFAULT_DRAFT_TOKENS = 2;
 export const MAX_DRAFT_TOKENS = 3;
 
-/** `session` (created with verifyRows ≥ drafts + 1) speculating with its model's MTP block. */
+/** `session` (created with verifyRows ≥ drafts + 1) speculating with `drafter` (default: its model's MTP block). */
 export function withSpeculation(session: Session, drafts: number, drafter: Drafter = new MtpDrafter(session, drafts)): Session {
   session.speculator = new Speculator(session, drafter, drafts);
   return session;

@@ -115,6 +115,10 @@ describe('flags', () => {
       /^error: --draft-tokens is for speculative decoding, which --no-mtp turns off/,
     );
     expect(errorLine(await generateIds(fixtureDir('tiny-qwen35'), '--draft-tokens', '4'))).toMatch(/^error: --draft-tokens must be 1 to 3, got 4/);
+    expect(errorLine(await generateIds(fixtureDir('tiny-qwen35'), '--no-mtp', '--draft-vocab', '100'))).toMatch(
+      /^error: --draft-vocab is for speculative decoding, which --no-mtp turns off/,
+    );
+    expect(errorLine(await generateIds(fixtureDir('tiny-qwen35'), '--draft-vocab', '-5'))).toMatch(/^error: --draft-vocab must be an integer ≥ 0, got "-5"/);
     // A config without MTP layers: its mtp.* tensors are then none of the model's.
     const noMtp = copyOf('tiny-qwen35', (dir) =>
       editJson(dir, 'config.json', (config) => ({ ...config, text_config: { ...config.text_config, mtp_num_hidden_layers: 0 } })),
@@ -149,8 +153,13 @@ describe('flags', () => {
       '--verify',
       '--http-timeout',
       '5',
+      '--verify-cost',
+      '--draft-vocab',
+      '100',
     ]);
     expect(errorLine(r)).toMatch(/^error: bench takes --model <dir> or --synthetic <name>/);
+    const unverified = await run(['bench', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--draft-vocab', '100', '--adapter', 'llvmpipe']);
+    expect(errorLine(unverified)).toMatch(/^error: --draft-vocab is for --verify-cost/);
   }, 60_000);
 
   it('prints a stack trace only with --debug', async () => {

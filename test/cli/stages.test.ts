@@ -124,7 +124,7 @@ describe('pipeline stages give the ids of one process', { timeout: TEST_TIMEOUT_
 });
 
 describe('pipeline stages speculating', { timeout: TEST_TIMEOUT_MS }, () => {
-  it('serve --stages 2 --draft-tokens 2: the last stage drafts, every stage verifies; the text of one process', async () => {
+  it('serve --stages 2 --draft-tokens 2 --draft-vocab 200: the last stage drafts, every stage verifies; the text of one process', async () => {
     const dir = fixtureDir('tiny-qwen35');
     const text = async (url: string, body: object) => {
       const response = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -137,9 +137,9 @@ describe('pipeline stages speculating', { timeout: TEST_TIMEOUT_MS }, () => {
     const expected = await Promise.all(PROMPTS.map(async (p) => [(await engine.completions.create({ ...p, stream: false })).choices[0].text, 'length']));
     engine.destroy();
     ctx.destroy();
-    const server = await serve(dir, ['--stages', '2', '--max-batch', '2', '--draft-tokens', '2']);
+    const server = await serve(dir, ['--stages', '2', '--max-batch', '2', '--draft-tokens', '2', '--draft-vocab', '200']);
     try {
-      expect(server.stderr()).toMatch(/MTP drafter \(2 drafts per pass\)/);
+      expect(server.stderr()).toMatch(/MTP drafter \(2 drafts per pass from ids below 200\)/);
       expect(await Promise.all(PROMPTS.map((p) => text(server.url, p)))).toEqual(expected);
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
       expect(Number(/vllm:spec_decode_num_drafts_total\{[^}]*\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(10);

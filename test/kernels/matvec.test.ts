@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
 import { type Epilogue, type MatvecArgs, matvec, matvecTuning } from '../../src/kernels/matvec.ts';
-import { weightFormat } from '../../src/gpu/tensor.ts';
+import { leadingRows, weightFormat } from '../../src/gpu/tensor.ts';
 import { matvec as reference } from '../../src/reference/matvec.ts';
 import { uploadTensor } from '../helpers/upload.ts';
 import { maskCaps } from '../../src/gpu/caps.ts';
@@ -34,6 +34,8 @@ interface Case {
   norm?: boolean;
   /** Dense over several tokens (x and y rows xStride / yStride apart; scales strided too). */
   tokens?: number;
+  /** Only this many leading rows of a dense w (leadingRows: a drafter's LM head over part of the vocabulary). */
+  leading?: number;
 }
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
@@ -49,14 +51,17 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   const K = c.shape[c.shape.length - 1];
   const mode = c.experts?.mode;
   const topk = c.experts?.topk ?? 1;
-  const N = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
+  const shape = c.leading ? [c.leading, K] : c.shape;
+  const N = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : shape[0];
   const wValues = randn(
     c.shape.reduce((a, b) => a * b, 1),
     c.seed,
     1 / Math.sqrt(K),
   );
   const caps = c.maxBindingBytes ? maskCaps(ctx.caps, { maxStorageBindingBytes: c.maxBindingBytes }) : ctx.caps;
-  const w = uploadTensor(ctx, 'w', c.shape, wValues, c.dtype, caps);
+  const whole = uploadTensor(ctx, 'w', c.shape, wValues, c.dtype, caps);
+  // The rows past the leading ones are in the buffers the view binds: y past its N must stay untouched.
+  const w = c.leading ? leadingRows(whole, c.leading) : whole;
   if (c.minParts) expect(w.parts.length).toBeGreaterThanOrEqual(c.minParts);
 
   const xOffset = c.xOffset ?? 0;
@@ -107,7 +112,7 @@ async function runCase(ctx: GpuContext, c: Case, other = false): Promise<void> {
   for (let t = 0; t < tokens; t++) {
     want = reference({
       w: wRef,
-      shape: c.shape,
+      shape,
       x,
       xOffset: xOffset + t * xStride,
       xStride: c.xStride,
@@ -131,7 +136,7 @@ function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStri
   const K = c.shape[c.shape.length - 1];
   const unit = c.dtype === 'q4' ? 32 : 8;
   const mode = c.experts?.mode;
-  const rows = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : c.shape[0];
+  const rows = c.experts ? (c.epilogue === 'swiglu' ? c.shape[1] / 2 : c.shape[1]) : (c.leading ?? c.shape[0]);
   const units = (mode === 'sum' ? c.experts!.topk : 1) * Math.ceil(K / unit);
   return matvecTuning({ ...ctx.caps, cpu: !ctx.caps.cpu }, weightFormat(w), {
     units,
@@ -144,7 +149,8 @@ function otherTuning(ctx: GpuContext, c: Case, w: { dtype: WeightDtype; itemStri
 const label = (c: Case) =>
   `${c.dtype} [${c.shape}] ${c.epilogue}${c.experts ? ` experts ${c.experts.mode} E=${c.experts.E} topk=${c.experts.topk}` : ''}` +
   `${c.scale ? ' scaled' : ''}${c.maxBindingBytes ? ` parts<=${c.maxBindingBytes}B` : ''}${c.tuning ? ` wg=${c.tuning.wg} tpr=${c.tuning.tpr} rps=${c.tuning.rps} xu=${c.tuning.xu} ru=${c.tuning.ru} xr=${c.tuning.xr}${c.tuning.stage ? ' staged' : ''}` : ''}` +
-  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}${c.tokens ? ` tokens=${c.tokens}` : ''}`;
+  `${c.xOffset || c.yOffset ? ` xOff=${c.xOffset ?? 0} yOff=${c.yOffset ?? 0}` : ''}${c.input ? ` input ${c.input}` : ''}${c.output ? ` output ${c.output}` : ''}${c.norm ? ' normed' : ''}${c.tokens ? ` tokens=${c.tokens}` : ''}` +
+  `${c.leading ? ` leading ${c.leading} rows` : ''}`;
 
 const cases: Case[] = [];
 for (const dtype of ['f32', 'f16'] as const) {
@@ -170,6 +176,18 @@ for (const dtype of ['f32', 'f16'] as const) {
     { shape: [16, 100, 100], dtype, epilogue: 'store', seed: s + 13, experts: { E: 16, topk: 4, mode: 'each' } },
     // Tensors forced into several parts (one dispatch per part).
     { shape: [300, 256], dtype, epilogue: 'add', seed: s + 14, maxBindingBytes: 64 * 1024, minParts: 3, yOffset: 4 },
+    // Leading rows: ending inside a part, and on a part's end (the parts past it not dispatched).
+    {
+      shape: [300, 256],
+      dtype,
+      epilogue: 'store',
+      seed: s + 18,
+      maxBindingBytes: 64 * 1024,
+      minParts: 2,
+      leading: 77 + (64 * 1024) / (256 * b),
+      output: 'f32',
+    },
+    { shape: [300, 256], dtype, epilogue: 'store', seed: s + 19, maxBindingBytes: 64 * 1024, leading: (64 * 1024) / (256 * b), input: 'f32', output: 'f32' },
     { shape: [100, 2, 300], dtype, epilogue: 'swiglu', seed: s + 15, scale: true, maxBindingBytes: 16 * 1024, minParts: 3 },
     {
       shape: [16, 192, 256],
@@ -209,6 +227,18 @@ cases.push(
   { shape: [16, 7, 1024], dtype: 'q4', epilogue: 'add', seed: 212, scale: true, experts: { E: 16, topk: 4, mode: 'sum' } },
   { shape: [16, 100, 100], dtype: 'q4', epilogue: 'store', seed: 213, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [300, 256], dtype: 'q4', epilogue: 'add', seed: 214, maxBindingBytes: 100 * q4([300, 256]), minParts: 3, yOffset: 4 },
+  {
+    shape: [300, 256],
+    dtype: 'q4',
+    epilogue: 'store',
+    seed: 222,
+    maxBindingBytes: 100 * q4([300, 256]),
+    minParts: 2,
+    leading: 133,
+    input: 'f32',
+    output: 'f32',
+  },
+  { shape: [1000, 1024], dtype: 'q4', epilogue: 'store', seed: 223, leading: 999, yOffset: 3, input: 'f32', output: 'f32' },
   { shape: [100, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 215, scale: true, maxBindingBytes: 40 * q4([100, 2, 300]), minParts: 3 },
   {
     shape: [16, 192, 256],

@@ -11,7 +11,7 @@ import { Session } from '../../src/runtime/session.ts';
 import { MtpDrafter } from '../../src/runtime/speculation.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { FIXTURES, compareLogprobs, fixtureDir, golden, goldenMtpLogprobs } from '../helpers/fixtures.ts';
-import { describeOnAdapters, readF32 } from '../helpers/gpu.ts';
+import { describeOnAdapters, readF32, readU32 } from '../helpers/gpu.ts';
 
 /**
  * Draft rows [first, first + count) (token ids[p + 1], hidden row p, position p) in chunks the activations hold;
@@ -49,6 +49,14 @@ async function draftRows(
     ctx.free(logits);
   }
   return out;
+}
+
+/** log_softmax over the first n values (logits, or logprobs renormalised to those ids). */
+function logSoftmaxOver(values: Float32Array, n: number): Float32Array {
+  const head = values.subarray(0, n);
+  const max = head.reduce((m, v) => Math.max(m, v), -Infinity);
+  const lse = max + Math.log(head.reduce((sum, v) => sum + Math.exp(v - max), 0));
+  return head.map((v) => v - lse);
 }
 
 /** The prompt's final-normed hidden rows, as the main model leaves them in act.x after each prefill chunk. */
@@ -109,17 +117,14 @@ describeOnAdapters('MTP drafter', (ctx) => {
       session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
       const sampler = GpuSampler.create(c, { vocabSize: V, tokenizerSize: model.tokenizerSize });
       sampler.begin({ temperature: 0 }, []);
-      /** The drafter's first draft from `pending`, log-softmaxed, against the golden row of its position. */
+      /**
+       * The drafter's first draft from `pending` against the golden row of its position, both log-softmaxed over the
+       * ids the drafter drafts from (every id but the padding rows).
+       */
       const checkDraft = async (pending: number, row: number) => {
         c.run(await drafter.draft(pending, 1), 'draft');
-        const logits = await readF32(c, drafter.act.logits, V);
-        const max = logits.reduce((m, v) => Math.max(m, v), -Infinity);
-        const lse = max + Math.log(logits.reduce((s, v) => s + Math.exp(v - max), 0));
-        const got = compareLogprobs(
-          logits.map((v) => v - lse),
-          expected.subarray(row * V, (row + 1) * V),
-          V,
-        );
+        const n = drafter.vocab;
+        const got = compareLogprobs(logSoftmaxOver(await readF32(c, drafter.act.logits, n), n), logSoftmaxOver(expected.subarray(row * V), n), n);
         expect(got.maxAbs, `row ${row}`).toBeLessThan(5e-3);
       };
 
@@ -136,6 +141,37 @@ describeOnAdapters('MTP drafter', (ctx) => {
       await checkDraft(ids[L - 1], L - 2);
 
       sampler.destroy();
+      drafter.destroy();
+      session.destroy();
+      model.destroy();
+    });
+  }
+
+  for (const fixture of FIXTURES) {
+    it(`${fixture}: with a draft vocabulary of n ids, the draft is the golden's argmax below n and the logits its rows`, async () => {
+      const c = ctx();
+      const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
+      const { prompt_ids: ids, vocab_size: V } = golden(fixture);
+      const L = ids.length;
+      const row = L - 5;
+      const expected = goldenMtpLogprobs(fixture).subarray(row * V, (row + 1) * V);
+      // n leaves out the draft over every id (where it can), so that the subset changes the draft.
+      const best = expected.reduce((b, v, i) => (v > expected[b] ? i : b), 0);
+      const n = Math.max(1, best);
+      const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 2 });
+      const everyId = new MtpDrafter(session, 1, 0);
+      expect(everyId.vocab, 'every id but the padding rows').toBe(model.tokenizerSize);
+      everyId.destroy();
+      const drafter = new MtpDrafter(session, 1, n);
+      expect(drafter.vocab).toBe(n);
+      session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
+      await session.prefill(ids.slice(0, row + 1));
+      c.run(await drafter.draft(ids[row + 1], 1), 'draft');
+      const logits = await readF32(c, drafter.act.logits, n);
+      const [draft] = await readU32(c, session.activations.token, 1, 1);
+      const want = logSoftmaxOver(expected, n);
+      expect(compareLogprobs(logSoftmaxOver(logits, n), want, n).maxAbs).toBeLessThan(5e-3);
+      expect(draft).toBe(want.reduce((b, v, i) => (v > want[b] ? i : b), 0));
       drafter.destroy();
       session.destroy();
       model.destroy();

@@ -127,6 +127,9 @@ describe('speculative decoding beside a batch: a request that finds no other run
       await expect(Engine.load(ctx, await openModel(fixtureDir(FIXTURES[0])), options)).rejects.toThrow(
         /speculative decoding is not possible: a batch of 2 decodes through the tiled matmul/,
       );
+      await expect(Engine.load(ctx, await openModel(fixtureDir(FIXTURES[0])), { ...options, maxBatch: 1, draftVocab: -1 })).rejects.toThrow(
+        /^draftVocab: must be a non-negative integer \(0: every id\), got -1/,
+      );
     } finally {
       ctx.destroy();
     }
@@ -137,7 +140,8 @@ describe('speculative decoding beside a batch: a request that finds no other run
       const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
       const checkpoint = () => openModel(fixtureDir(name));
       const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, mtp: false });
-      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, maxBatch: 3, mtp: true, draftTokens: 2 });
+      // Drafts from part of the vocabulary: fewer accepted, never other tokens.
+      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, maxBatch: 3, mtp: true, draftTokens: 2, draftVocab: 300 });
       try {
         const list = prompts(name, 5);
         const sampling = (i: number): SamplingOptions => (i % 2 ? { temperature: 0.9, topK: 20, seed: 7 + i, presencePenalty: 0.5 } : { temperature: 0 });

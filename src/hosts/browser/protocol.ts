@@ -54,6 +54,8 @@ export interface LoadRequest {
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
   draftTokens?: number;
+  /** Drafts come from token ids below this (EngineOptions.draftVocab; default 32,768; 0: every id). */
+  draftVocab?: number;
   /**
    * Keep the model in IndexedDB (default true where IndexedDB exists): the first load downloads it (or
    * resumes an interrupted download), later loads read it from there with no network. false: read over HTTP.

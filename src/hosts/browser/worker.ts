@@ -100,6 +100,7 @@ class WorkerEngine implements WorkerApi {
         expertCacheBytes: request.expertCacheBytes,
         mtp: request.mtp,
         draftTokens: request.draftTokens,
+        draftVocab: request.draftVocab,
         onProgress: progress && ((p) => progress({ ...p, phase: 'load' })),
         signal,
       });

@@ -48,6 +48,8 @@ export interface Assign {
   prefillChunk: number;
   /** Speculative decoding: drafts per pass (every stage verifies; the last drafts with the MTP block), or 0. */
   draftTokens?: number;
+  /** The ids the last stage drafts from (EngineOptions.draftVocab; default DEFAULT_DRAFT_VOCAB). */
+  draftVocab?: number;
 }
 
 /** The identity of a checkpoint as planned for the whole model (`plan` of planCheckpoint without a range). */

@@ -69,7 +69,7 @@ export async function serveStage(
   conn: FrameConnection,
   assign: Assign,
   /** The last stage's drafter per slot when speculating (default: the model's MTP block). */
-  drafterOf: (session: Session, drafts: number) => Drafter = (session, drafts) => new MtpDrafter(session, drafts),
+  drafterOf: (session: Session, drafts: number) => Drafter = (session, drafts) => new MtpDrafter(session, drafts, assign.draftVocab),
 ): Promise<void> {
   const slots: StageSlot[] = [];
   const drafts = assign.draftTokens ?? 0;
