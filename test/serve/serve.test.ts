@@ -69,7 +69,6 @@ async function waitIdle(url: string): Promise<number> {
 }
 
 const ask = (content: string) => [{ role: 'user' as const, content }];
-/** A greedy completion of this prompt runs to max_tokens on the fixture (no eos): a request that lasts. */
 /** /health's status once the server has seen a stop signal, which it does between a request's steps: later on a loaded machine. */
 async function untilStopping(url: string): Promise<number> {
   let health = await fetch(`${url}/health`);
@@ -80,6 +79,7 @@ async function untilStopping(url: string): Promise<number> {
   return health.status;
 }
 
+/** A greedy completion of this prompt runs to max_tokens on the fixture (no eos): a request that lasts. */
 const LONG = { prompt: 'hi', temperature: 0, max_tokens: 3000 };
 
 describe('serve (node)', { timeout: TEST_TIMEOUT_MS }, () => {
