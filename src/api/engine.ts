@@ -18,6 +18,7 @@ import { chatChunks, collectChat, completionChunks } from './chat.ts';
 import { type GenerationPlan, type IdsResult, generateIds } from '../runtime/generation.ts';
 import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB, MAX_DRAFT_TOKENS, MtpDrafter, type SpeculationStats, withSpeculation } from '../runtime/speculation.ts';
 import { scoreIds } from '../runtime/score.ts';
+import { AloneSequence } from '../runtime/alone_sequence.ts';
 import type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -60,8 +61,9 @@ export interface EngineOptions {
    * gives. Default: on where it pays — a GPU adapter (on CPU adapters a verification costs about as much as the
    * steps it replaces), every expert resident, a checkpoint with an MTP block — for a request that runs alone: with
    * maxBatch 1 every request; with a batch, one that finds no other running, which speculates in a session of its
-   * own beside the batch (one sequence more than maxBatch) until it ends, while those after it decode in the batch —
-   * where the batch decodes through matvec (see tiledDecode), so that either way its rows get the same arithmetic.
+   * own beside the batch (one sequence more than maxBatch) and moves into a free slot of the batch once others decode
+   * there (runtime/alone_sequence.ts) — where the batch decodes through matvec (see tiledDecode), so that either way
+   * its rows get the same arithmetic.
    */
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
@@ -164,8 +166,8 @@ type Generation<T> = (sequence: TokenSequence, sampler: GpuSampler) => AsyncGene
 /** How an Engine runs requests beside its one session: a batch (and a session for a request alone), or pipeline stages. */
 interface Lanes {
   batch?: Batch;
-  /** With a batch, where speculation pays: the session (speculating) that a request takes when no other runs. */
-  alone?: Session;
+  /** With a batch, where speculation pays: the sequence (speculating) that a request takes when no other runs. */
+  alone?: AloneSequence;
   pipeline?: StagePool;
 }
 
@@ -174,7 +176,7 @@ interface Lanes {
  * not. With maxBatch 1 one session serves requests one at a time, in the order they arrive; with more, up to
  * maxBatch requests decode together (runtime/batch.ts) and the others wait for a slot in that order. A batch
  * decodes step by step; where speculative decoding is on, a request that finds no other running takes a session of
- * its own beside the batch and speculates there until it ends, while later ones decode in the batch.
+ * its own beside the batch and speculates there until others decode in the batch, then moves into a free slot.
  */
 export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
@@ -183,7 +185,7 @@ export class Engine {
   /** The sampler of the Engine's own session (maxBatch 1), or of the session for a request alone. */
   private readonly sampler?: GpuSampler;
   private readonly batch?: Batch;
-  private readonly alone?: Session;
+  private readonly alone?: AloneSequence;
   private aloneTaken = false;
   private readonly pipeline?: StagePool;
 
@@ -252,7 +254,7 @@ export class Engine {
       }
       const batch = Batch.create(ctx, model, { ...sessionOptions, maxBatch, tiledDecode: options.tiledDecode });
       try {
-        const alone = drafts ? speculatingSession(ctx, model, sessionOptions, drafts) : undefined;
+        const alone = drafts ? new AloneSequence(speculatingSession(ctx, model, sessionOptions, drafts), batch) : undefined;
         return new Engine(ctx, model, tokenizer, batch.prefillSession, name, { batch, alone });
       } catch (error) {
         batch.destroy();
@@ -302,8 +304,9 @@ export class Engine {
   gauges(): EngineGauges {
     const perSequence = stateBytes(this.model, this.session.capacity, this.ctx.activationBytes);
     const b = this.batch ?? this.pipeline;
-    const alone = Number(this.aloneTaken);
-    const running = b ? b.running + alone : this.running;
+    // A request alone that moved into the batch holds a slot there.
+    const apart = Number(this.aloneTaken && !this.alone?.moved);
+    const running = b ? b.running + apart : this.running;
     // A batch's prefill session never speculates: with a batch, only the session for a request alone does.
     const speculating = this.pipeline ? this.pipeline.slots : [this.alone ?? this.session];
     return {
@@ -330,10 +333,16 @@ export class Engine {
     const pipeline = this.pipeline;
     if (pipeline) return pipeline.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => pipeline.release(slot) }));
     const batch = this.batch;
-    if (batch && this.alone && !this.aloneTaken && batch.running === 0) {
+    const alone = this.alone;
+    if (batch && alone && !this.aloneTaken && batch.running === 0) {
       if (signal?.aborted) return Promise.reject(new AbortError('aborted'));
       this.aloneTaken = true;
-      return Promise.resolve({ sequence: this.alone, sampler: this.sampler!, release: () => (this.aloneTaken = false) });
+      const release = () => {
+        alone.leave();
+        this.aloneTaken = false;
+      };
+      // The Engine's sampler goes with the sequence into the batch (a step takes each row's sampler).
+      return Promise.resolve({ sequence: alone, sampler: this.sampler!, release });
     }
     if (batch) return batch.acquire(signal).then((slot) => ({ sequence: slot, sampler: slot.sampler, release: () => batch.release(slot) }));
     return new Promise<Lease>((started, failed) => {
@@ -617,7 +626,6 @@ const API_FIELDS: Record<string, string> = {
   logprobs: 'top_logprobs',
 };
 
-/** The sampler's own checks, before the request waits for the session, naming the request's fields. */
 /** A request's token ids: a non-empty array of ids below the tokenizer's size (ids past it are padding rows, not tokens). */
 function checkTokenIds(ids: unknown, field: string, size: number): number[] {
   const list: unknown[] = Array.isArray(ids) ? ids : [];
@@ -631,6 +639,7 @@ function checkTokenIds(ids: unknown, field: string, size: number): number[] {
   return list as number[];
 }
 
+/** The sampler's own checks, before the request waits for the session, naming the request's fields. */
 function checkSampling(sampling: SamplingOptions, tokenizerSize: number): void {
   try {
     resolveSampling(sampling, tokenizerSize);

@@ -220,6 +220,11 @@ async function printStreams(host: CliHost, args: Args, ctx: GpuContext, model: M
     host.stdout(
       `  ${String(f.streams).padStart(3)} streams  ${String(f.decode_tokens_per_s).padStart(9)} tokens/s  (${f.per_stream_tokens_per_s} per stream, ${f.speedup}x one stream; ${f.projections})\n`,
     );
+    if (f.staggered) {
+      host.stdout(
+        `               staggered: ${f.staggered.tokens_per_s} tokens/s with prompts, ${f.staggered.rows_per_step} rows per step (each its own token loop, starting a step after the one before)\n`,
+      );
+    }
   }
 }
 

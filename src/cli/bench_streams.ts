@@ -3,6 +3,7 @@ import type { Model } from '../model/model.ts';
 import { Batch, decodesTiled } from '../runtime/batch.ts';
 import { roundTo } from '../bench/stats.ts';
 import { memoise } from '../gpu/memo.ts';
+import { generateIds } from '../runtime/generation.ts';
 import { runSteps } from '../runtime/run_ahead.ts';
 import type { PendingToken } from '../runtime/sequence.ts';
 
@@ -15,6 +16,12 @@ export interface StreamsFigure {
   per_stream_tokens_per_s: number;
   /** Against one stream decoding alone as fast as the engine can (see benchStreams), in the same run. */
   speedup: number;
+  /**
+   * The streams as a server runs them (on the count's default projections only): each its own token loop, starting
+   * one single-stream step after the one before; tokens/s of all from the first prompt to the last token, and the
+   * rows per decode step (the count itself when every step served every stream).
+   */
+  staggered?: { tokens_per_s: number; rows_per_step: number };
 }
 
 export interface StreamsResult {
@@ -61,35 +68,56 @@ export async function benchStreams(
     }
   };
 
+  /** `streams` token loops of their own on `batch`, the next starting `apartMs` after the one before (StreamsFigure.staggered). */
+  const staggered = async (batch: Batch, streams: number, apartMs: number): Promise<StreamsFigure['staggered']> => {
+    const [steps, rows] = [batch.stepsRun, batch.rowsRun];
+    const stream = async (i: number) => {
+      await new Promise((started) => setTimeout(started, i * apartMs));
+      const slot = await batch.acquire();
+      try {
+        await generateIds(slot, slot.sampler, { promptIds: prompt(), maxTokens: decodeTokens, sampling: { temperature: 0 } });
+      } finally {
+        batch.release(slot);
+      }
+    };
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: streams }, (_, i) => stream(i)));
+    const seconds = (performance.now() - t0) / 1000;
+    return { tokens_per_s: round((streams * decodeTokens) / seconds), rows_per_step: round((batch.rowsRun - rows) / (batch.stepsRun - steps), 2) };
+  };
+
   /**
    * Tokens/s of `streams` streams in a batch of as many slots (a warm-up run first: every pipeline, the decode plan),
-   * measured once per stream count and projections (one stream through matvec is also the baseline).
+   * measured once per stream count and projections (one stream through matvec is also the baseline); with
+   * `apartMs`, the same streams staggered too.
    */
-  const rates = new Map<string, Promise<number>>();
-  const measure = (streams: number, tiled: boolean): Promise<number> =>
+  const rates = new Map<string, Promise<{ rate: number; staggered?: StreamsFigure['staggered'] }>>();
+  const measure = (streams: number, tiled: boolean, apartMs?: number) =>
     memoise(rates, `${streams} ${tiled}`, async () => {
       const batch = Batch.create(ctx, model, { contextLength, maxBatch: streams, tiledDecode: tiled });
       try {
         await run(batch, streams, 2);
-        return await run(batch, streams, decodeTokens);
+        const rate = await run(batch, streams, decodeTokens);
+        return { rate, staggered: apartMs === undefined ? undefined : await staggered(batch, streams, apartMs) };
       } finally {
         batch.destroy();
       }
     });
-  const single = await measure(1, false);
+  const { rate: single } = await measure(1, false);
   const runs = counts.flatMap((streams) => {
     const tiled = decodesTiled(ctx.caps, streams);
-    return [{ streams, tiled }, ...(ctx.caps.cpu ? [] : [{ streams, tiled: !tiled }])];
+    return [{ streams, tiled, usual: true }, ...(ctx.caps.cpu ? [] : [{ streams, tiled: !tiled, usual: false }])];
   });
   const figures: StreamsFigure[] = [];
-  for (const { streams, tiled } of runs) {
-    const rate = await measure(streams, tiled);
+  for (const { streams, tiled, usual } of runs) {
+    const { rate, staggered } = await measure(streams, tiled, usual && streams > 1 ? 1000 / single : undefined);
     figures.push({
       streams,
       projections: tiled ? 'tiled matmul' : 'matvec',
       decode_tokens_per_s: round(rate),
       per_stream_tokens_per_s: round(rate / streams),
       speedup: round(rate / single, 2),
+      ...(staggered && { staggered }),
     });
   }
   return { single_tokens_per_s: round(single), figures };

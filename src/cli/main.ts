@@ -59,9 +59,10 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
                        [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost [--draft-vocab N]]
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
       adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
-      that many concurrent streams decoding together (continuous batching), and the speedup over one stream;
-      a synthetic model with --layers below its own count adds per-layer figures, the cost of one hop between
-      pipeline stages and the whole model's decode speed projected over 1, 2, 4 and 8 stages; --verify-cost adds
+      that many concurrent streams decoding together (continuous batching), the speedup over one stream, and the
+      same streams staggered as a server runs them (tokens/s and rows per decode step); a synthetic model with
+      --layers below its own count adds per-layer figures, the cost of one hop between pipeline stages and the
+      whole model's decode speed projected over 1, 2, 4 and 8 stages; --verify-cost adds
       what a verification pass of k + 1 tokens costs in decode steps (speculative decoding) and the speedup projected
       (--draft-vocab: drafts from ids below N, as generate takes it)
   qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
@@ -113,8 +114,9 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            block drafts K tokens (1-3, default ${DEFAULT_DRAFT_TOKENS}), one forward pass verifies them, and the output is exactly
                            that of decoding token by token; on by default on GPU adapters when the model has the
                            block: for a request that runs alone (--max-batch 1, or one that finds no other running,
-                           beside a batch of up to 4) and in pipeline stages (serve --stages); --draft-tokens
-                           turns it on anywhere (CPU adapters too), --no-mtp off
+                           beside a batch of up to 4, until others decode there and it moves into the batch) and in
+                           pipeline stages (serve --stages); --draft-tokens turns it on anywhere (CPU adapters too),
+                           --no-mtp off
         --draft-vocab N    drafts come from token ids below N (default ${DEFAULT_DRAFT_VOCAB}, the most frequent; 0: every id):
                            the drafter's LM head reads only those rows; fewer accepted drafts, never other output
         --http-timeout S   a model URL's requests fail after S seconds without data (default 30; dropped reads are

@@ -53,13 +53,17 @@ interface StepRequest {
  * decode together — one decode step runs a row per sequence that asked for one (layers.ts: decode rows), so the
  * weights are read once per step for all of them. A new request's prompt is prefilled in a Session of its own, a
  * chunk at a time between decode steps (a long prompt does not stall the others), and its states are then copied
- * into its slot; a slot is free again as soon as its sequence ends. A row's arithmetic does not depend on the rows
- * beside it, so every sequence gets exactly the tokens it gets alone (greedy: the same ids; seeded: the same draws).
+ * into its slot (as are those of a sequence that speculated apart and moves in: `adopt`); a slot is free again as
+ * soon as its sequence ends. A row's arithmetic does not depend on the rows beside it, so every sequence gets exactly
+ * the tokens it gets alone (greedy: the same ids; seeded: the same draws).
  */
 export class Batch {
   readonly slots: BatchSlot[];
   /** Sequences in the last decode step. */
   lastStepRows = 0;
+  /** Decode steps run, and the rows they ran (rows / steps: how well the sequences decoded together). */
+  stepsRun = 0;
+  rowsRun = 0;
   private readonly queue: SlotQueue<BatchSlot>;
   /** Slots past their first pick, which ask for decode steps. */
   private readonly decoding = new Set<BatchSlot>();
@@ -67,6 +71,8 @@ export class Batch {
   /** A step queued to run in a microtask (everyone asked), or on a timer (some have). */
   private stepQueued = false;
   private stepTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Decode steps submitted and not yet done on the GPU. */
+  private stepsOnGpu = 0;
   private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
   /** The prefill Session is one sequence's at a time, in the order they ask. */
   private prefillTurn: Promise<void> = Promise.resolve();
@@ -180,14 +186,35 @@ export class Batch {
   }
 
   /**
-   * Copies a sequence's states between its slot and the prefill Session: every DeltaNet conv ring and recurrent
-   * state, and the KV cache of positions [0, length) per kv head.
+   * Moves a sequence that decoded in a Session of its own (the Engine's request alone) into a free slot, or gives
+   * undefined when none is free: its states are copied there and `pending`, its last pick not yet run, becomes the
+   * slot's next input, so that it decodes on in the batch's steps.
    */
-  private copyStates(index: number, length: number, direction: 'to slot' | 'to session'): void {
+  adopt(session: Session, pending: number): BatchSlot | undefined {
+    if (session.capacity !== this.capacity) throw new SessionError(`a session of ${session.capacity} tokens cannot move into slots of ${this.capacity}`);
+    const slot = this.queue.tryAcquire();
+    if (!slot) return undefined;
+    this.copyStates(slot.index, session.position, 'to slot', session);
+    this.ctx.write(this.act.token, slot.index * 4, Uint32Array.of(pending));
+    slot.position = session.position;
+    this.decoding.add(slot);
+    return slot;
+  }
+
+  /** Whether a slot is free now (nothing waits for one). */
+  get hasFreeSlot(): boolean {
+    return this.queue.held < this.slots.length;
+  }
+
+  /**
+   * Copies a sequence's states between its slot and a Session's (the prefill Session's unless given): every DeltaNet
+   * conv ring and recurrent state, and the KV cache of positions [0, length) per kv head.
+   */
+  private copyStates(index: number, length: number, direction: 'to slot' | 'to session', session = this.prefillSession): void {
     const c = this.model.config;
     const d = dims(c);
     const ab = this.ctx.activationBytes;
-    const sessionStates = this.prefillSession.layerStates;
+    const sessionStates = session.layerStates;
     const copies: Parameters<GpuContext['copy']>[0][number][] = [];
     const add = (slotBuffer: GPUBuffer, sessionBuffer: GPUBuffer, slotOffset: number, sessionOffset: number, size: number) => {
       if (size === 0) return;
@@ -228,10 +255,14 @@ export class Batch {
   }
 
   /**
-   * A step runs as soon as every decoding sequence has asked (at once, in a microtask), else on the next turn of the
-   * event loop with those that have: a sequence busy elsewhere (its consumer, a prefill) does not hold the others up.
+   * A step runs as soon as every decoding sequence has asked (at once, in a microtask). Otherwise those that have wait
+   * while an earlier step is still on the GPU: the others ask once they have read it, and one step then serves them
+   * all, so sequences that began at different times fall into step instead of taking turns with steps of their own.
+   * With the GPU idle they go on the next turn of the event loop: a sequence busy elsewhere (its consumer, a prefill)
+   * does not hold the others up.
    */
   private scheduleStep(): void {
+    if (this.requests.length === 0) return;
     const asked = new Set(this.requests.map((r) => r.slot));
     if ([...this.decoding].every((s) => asked.has(s))) {
       if (this.stepTimer !== undefined) clearTimeout(this.stepTimer);
@@ -242,7 +273,7 @@ export class Batch {
         this.stepQueued = false;
         void this.runStep();
       });
-    } else if (this.stepTimer === undefined && !this.stepQueued) {
+    } else if (this.stepsOnGpu === 0 && this.stepTimer === undefined && !this.stepQueued) {
       this.stepTimer = setTimeout(() => {
         this.stepTimer = undefined;
         void this.runStep();
@@ -267,6 +298,16 @@ export class Batch {
         requests.map((r) => resultRange(r.sampler)),
       );
       this.lastStepRows = requests.length;
+      this.stepsRun++;
+      this.rowsRun += requests.length;
+      this.stepsOnGpu++;
+      this.ctx
+        .sync()
+        .catch(() => {})
+        .finally(() => {
+          this.stepsOnGpu--;
+          this.scheduleStep();
+        });
       let offset = 0;
       let unread = requests.length;
       const done = () => {

@@ -45,12 +45,14 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
   let thinking = plan.thinking;
   let reasoningTokens = 0;
   let produced = 0;
+  // The sequence decoding: `session`, or the batch slot a speculating sequence moves into (TokenSequence.joinBatch).
+  let sequence = session;
 
   // Closes the thought: feeds `fed` (the last sampled token, not yet processed) and `</think>\n\n`, then picks the
   // token after them (returned when the generator finishes).
   const closeThought = async function* (fed: number[]): AsyncGenerator<TokenEvent, PendingToken> {
     const forced = (plan.thinkEndIds ?? []).slice(0, plan.maxTokens - produced);
-    const next = await session.prefillAndPick([...fed, ...forced], sampler, plan.signal);
+    const next = await sequence.prefillAndPick([...fed, ...forced], sampler, plan.signal);
     sampler.markGenerated(forced);
     for (const id of forced) {
       produced++;
@@ -77,33 +79,37 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
       speculator.end();
     }
   }
-  const steps = new RunAhead(session.readbackMs);
-  steps.push(first);
-  // Whether a step may be submitted with `queued` tokens not yet read: every one of them could be a thought's.
-  const mayRunAhead = (queued: number) =>
-    session.runsAhead &&
-    produced + queued < plan.maxTokens &&
-    !(thinking && plan.reasoningBudget !== undefined && reasoningTokens + queued >= plan.reasoningBudget);
-  try {
-    while (produced < plan.maxTokens) {
-      throwIfAborted(plan.signal);
-      await steps.fill(mayRunAhead, () => session.advance(sampler, plan.signal));
-      const token = await steps.next();
-      produced++;
-      plan.onToken?.(token.id);
-      if (plan.stopIds.has(token.id)) return 'stop';
-      const inThought = thinking;
-      if (token.id === plan.thinkEndId) thinking = false;
-      else if (thinking) reasoningTokens++;
-      yield { ...token, forced: false, reasoning: inThought };
-      if (produced >= plan.maxTokens || steps.size > 0) continue;
-      if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([token.id]));
-      else steps.push(await session.advance(sampler, plan.signal));
+  return yield* stepByStep(first);
+
+  async function* stepByStep(first: PendingToken): AsyncGenerator<TokenEvent, StopReason> {
+    const steps = new RunAhead(sequence.readbackMs);
+    steps.push(first);
+    // Whether a step may be submitted with `queued` tokens not yet read: every one of them could be a thought's.
+    const mayRunAhead = (queued: number) =>
+      sequence.runsAhead &&
+      produced + queued < plan.maxTokens &&
+      !(thinking && plan.reasoningBudget !== undefined && reasoningTokens + queued >= plan.reasoningBudget);
+    try {
+      while (produced < plan.maxTokens) {
+        throwIfAborted(plan.signal);
+        await steps.fill(mayRunAhead, () => sequence.advance(sampler, plan.signal));
+        const token = await steps.next();
+        produced++;
+        plan.onToken?.(token.id);
+        if (plan.stopIds.has(token.id)) return 'stop';
+        const inThought = thinking;
+        if (token.id === plan.thinkEndId) thinking = false;
+        else if (thinking) reasoningTokens++;
+        yield { ...token, forced: false, reasoning: inThought };
+        if (produced >= plan.maxTokens || steps.size > 0) continue;
+        if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([token.id]));
+        else steps.push(await sequence.advance(sampler, plan.signal));
+      }
+      return 'length';
+    } finally {
+      // Steps submitted and never read give their staging buffers back.
+      steps.discard();
     }
-    return 'length';
-  } finally {
-    // Steps submitted and never read give their staging buffers back.
-    steps.discard();
   }
 
   // Speculative decoding: each pass yields the tokens of the rows it keeps; a stop, the length or a spent thinking
@@ -139,6 +145,11 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
       }
       throwIfAborted(plan.signal);
       const pending = batch[batch.length - 1].id;
+      const slot = await session.joinBatch?.(pending, () => spec.settle(sampler, draws));
+      if (slot) {
+        sequence = slot;
+        return yield* stepByStep(await slot.advance(sampler, plan.signal));
+      }
       if (spec.fits) {
         batch = await spec.pass(sampler, pending, draws);
         fromPass = true;

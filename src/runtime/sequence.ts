@@ -25,6 +25,12 @@ export interface TokenSequence {
   readonly readbackMs: number;
   /** Drafts and verifies several tokens per forward pass, where the request's sampling allows (runtime/speculation). */
   readonly speculator?: SpeculativeDecoder;
+  /**
+   * For a sequence that speculates apart from a batch (runtime/alone_sequence.ts): once others decode in the batch
+   * and a slot is free, settles its last pass (`settle`), moves into the slot with `pending` (its last pick, not yet
+   * run) as the next input, and returns the slot to decode on in; undefined while it stays.
+   */
+  joinBatch?(pending: number, settle: () => Promise<void>): Promise<TokenSequence | undefined>;
 }
 
 /** Speculative decoding of one sequence as the token loop drives it (runtime/speculation.ts Speculator). */

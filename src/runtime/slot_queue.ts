@@ -21,10 +21,16 @@ export class SlotQueue<S extends { index: number }> {
     return this.waiting.length;
   }
 
+  /** A free slot at once (the lowest), or undefined when every slot is held. */
+  tryAcquire(): S | undefined {
+    const index = this.free.shift();
+    return index === undefined ? undefined : this.slots[index];
+  }
+
   acquire(signal?: AbortSignal): Promise<S> {
     throwIfAborted(signal);
-    const index = this.free.shift();
-    if (index !== undefined) return Promise.resolve(this.slots[index]);
+    const free = this.tryAcquire();
+    if (free) return Promise.resolve(free);
     return new Promise((resolve, reject) => {
       const entry = { resolve, reject };
       this.waiting.push(entry);

@@ -5,7 +5,7 @@ import { fixtureDir } from '../helpers/fixtures.ts';
 // bench --streams end to end on a fixture: the figures are measured (only their presence and consistency are checked
 // here; speed is judged in docs/benchmarks.md, never in a test).
 describe('bench --streams', () => {
-  it('prints aggregate decode tokens/s per stream count, the projections each batch ran, and the speedup over one stream', async () => {
+  it('prints aggregate decode tokens/s per stream count, the projections each batch ran, the speedup over one stream, and the streams staggered', async () => {
     const r = await runCli('node', [
       'bench',
       '--model',
@@ -23,7 +23,14 @@ describe('bench --streams', () => {
     expect(r.code, r.stderr).toBe(0);
     const result = jsonLine(r) as {
       single_tokens_per_s: number;
-      streams: { streams: number; projections: string; decode_tokens_per_s: number; per_stream_tokens_per_s: number; speedup: number }[];
+      streams: {
+        streams: number;
+        projections: string;
+        decode_tokens_per_s: number;
+        per_stream_tokens_per_s: number;
+        speedup: number;
+        staggered?: { tokens_per_s: number; rows_per_step: number };
+      }[];
     };
     expect(result.single_tokens_per_s).toBeGreaterThan(0);
     // A CPU adapter runs every batch through matvec, and measures each count once.
@@ -36,6 +43,12 @@ describe('bench --streams', () => {
       expect(f.per_stream_tokens_per_s).toBeCloseTo(f.decode_tokens_per_s / f.streams, 0);
       expect(f.speedup).toBeCloseTo(f.decode_tokens_per_s / result.single_tokens_per_s, 1);
     }
+    // Several streams also run staggered, each its own token loop: a step serves from 1 to all of them.
+    expect(result.streams[0].staggered).toBeUndefined();
+    const staggered = result.streams[1].staggered!;
+    expect(staggered.tokens_per_s).toBeGreaterThan(0);
+    expect(staggered.rows_per_step).toBeGreaterThanOrEqual(1);
+    expect(staggered.rows_per_step).toBeLessThanOrEqual(3);
   }, 300_000);
 
   it('refuses a stream count that is not a positive integer', async () => {

@@ -69,6 +69,19 @@ for (const name of FIXTURES) {
       expect(batched.gauges()).toMatchObject({ running: 0, waiting: 0, maxBatch: 4 });
     }, 300_000);
 
+    it('a sequence that starts while another decodes falls into step with it: one step serves both', async () => {
+      const [, first, second] = prompts(name, 3);
+      const want = [await run(alone, first, { temperature: 0 }, 80), await run(alone, second, { temperature: 0 }, 12)];
+      const [got, peak] = await peakRows(async () => {
+        const decoding = run(batched, first, { temperature: 0 }, 80);
+        while (batched.gauges().running === 0) await new Promise((next) => setTimeout(next, 1));
+        await new Promise((next) => setTimeout(next, 20));
+        return Promise.all([decoding, run(batched, second, { temperature: 0 }, 12)]);
+      });
+      expect(got).toEqual(want);
+      expect(peak).toBe(2);
+    }, 300_000);
+
     it('seeded sampling: the same draws batched as alone, with penalties and top-k/top-p', async () => {
       const list = prompts(name, 4);
       const sampling = (i: number): SamplingOptions => ({ temperature: 0.9, topK: 20, topP: 0.9, seed: 100 + i, repetitionPenalty: 1.1 });
@@ -170,6 +183,49 @@ describe('speculative decoding beside a batch: a request that finds no other run
         await expect(aborted).rejects.toThrow(/abort/i);
         const before = passes();
         expect(await run(engine, list[2], 2)).toEqual(want[2]);
+        expect(passes()).toBeGreaterThan(before);
+      } finally {
+        plain.destroy();
+        engine.destroy();
+        ctx.destroy();
+      }
+    }, 300_000);
+
+    it(`${name}: a request alone moves into the batch once another decodes there, and both get their step-by-step ids`, async () => {
+      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+      const checkpoint = () => openModel(fixtureDir(name));
+      const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256, mtp: false });
+      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256, maxBatch: 2, mtp: true, draftTokens: 2, draftVocab: 300 });
+      try {
+        const [, first, second] = prompts(name, 3);
+        // Seeded with a penalty: the sampler's RNG step and counts go with the sequence into the batch.
+        const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 11, presencePenalty: 0.5 };
+        const run = (e: Engine, p: number[], sampling: SamplingOptions, maxTokens: number) =>
+          e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
+        const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 12)];
+        const passes = () => engine.gauges().speculation?.passes ?? 0;
+
+        let [rows, running] = [0, 0];
+        const timer = setInterval(() => {
+          const g = engine.gauges();
+          [rows, running] = [Math.max(rows, g.batchSize), Math.max(running, g.running)];
+        }, 1);
+        try {
+          const alone = run(engine, first, seeded, 100);
+          while (passes() === 0) await new Promise((next) => setTimeout(next, 1));
+          const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 12)]);
+          expect(got).toEqual(want);
+        } finally {
+          clearInterval(timer);
+        }
+        // Both decoded in one step: the first left its session for the batch's free slot, and counts once.
+        expect(rows).toBe(2);
+        expect(running).toBe(2);
+        expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0 });
+
+        // The slot and the session are given back: the next request alone speculates again.
+        const before = passes();
+        expect(await run(engine, first, seeded, 100)).toEqual(want[0]);
         expect(passes()).toBeGreaterThan(before);
       } finally {
         plain.destroy();
