@@ -71,8 +71,6 @@ export class Batch {
   /** A step queued to run in a microtask (everyone asked), or on a timer (some have). */
   private stepQueued = false;
   private stepTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Decode steps submitted and not yet done on the GPU. */
-  private stepsOnGpu = 0;
   private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
   /** The prefill Session is one sequence's at a time, in the order they ask. */
   private prefillTurn: Promise<void> = Promise.resolve();
@@ -256,15 +254,16 @@ export class Batch {
 
   /**
    * A step runs as soon as every decoding sequence has asked (at once, in a microtask). Otherwise those that have wait
-   * while an earlier step is still on the GPU: the others ask once they have read it, and one step then serves them
-   * all, so sequences that began at different times fall into step instead of taking turns with steps of their own.
-   * With the GPU idle they go on the next turn of the event loop: a sequence busy elsewhere (its consumer, a prefill)
-   * does not hold the others up.
+   * while a step of one that has not is still on the GPU: that one asks once it has read its token, and one step then
+   * serves them all, so sequences that began at different times fall into step instead of taking turns with steps of
+   * their own. Once no step of theirs is on the GPU they go on the next turn of the event loop: a sequence busy
+   * elsewhere (its consumer, a prefill) does not hold the others up.
    */
   private scheduleStep(): void {
     if (this.requests.length === 0) return;
     const asked = new Set(this.requests.map((r) => r.slot));
-    if ([...this.decoding].every((s) => asked.has(s))) {
+    const missing = [...this.decoding].filter((s) => !asked.has(s));
+    if (missing.length === 0) {
       if (this.stepTimer !== undefined) clearTimeout(this.stepTimer);
       this.stepTimer = undefined;
       if (this.stepQueued) return;
@@ -273,7 +272,7 @@ export class Batch {
         this.stepQueued = false;
         void this.runStep();
       });
-    } else if (this.stepsOnGpu === 0 && this.stepTimer === undefined && !this.stepQueued) {
+    } else if (missing.every((s) => s.stepsOnGpu === 0) && this.stepTimer === undefined && !this.stepQueued) {
       this.stepTimer = setTimeout(() => {
         this.stepTimer = undefined;
         void this.runStep();
@@ -300,12 +299,12 @@ export class Batch {
       this.lastStepRows = requests.length;
       this.stepsRun++;
       this.rowsRun += requests.length;
-      this.stepsOnGpu++;
+      for (const r of requests) r.slot.stepsOnGpu++;
       this.ctx
         .sync()
         .catch(() => {})
         .finally(() => {
-          this.stepsOnGpu--;
+          for (const r of requests) r.slot.stepsOnGpu--;
           this.scheduleStep();
         });
       let offset = 0;
@@ -371,6 +370,8 @@ export class BatchSlot implements TokenSequence {
   /** Tokens of this sequence so far (the position of its next token). */
   position = 0;
   readonly runsAhead = true;
+  /** Decode steps with this slot's row submitted and not yet done on the GPU (Batch.scheduleStep). */
+  stepsOnGpu = 0;
 
   constructor(
     private readonly batch: Batch,
