@@ -48,6 +48,17 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
   // The sequence decoding: `session`, or the batch slot a speculating sequence moves into (TokenSequence.joinBatch).
   let sequence = session;
 
+  // Counts a picked token and gives its event, or undefined for a stop id (the generation ends there).
+  const picked = (token: SampledToken): TokenEvent | undefined => {
+    produced++;
+    plan.onToken?.(token.id);
+    if (plan.stopIds.has(token.id)) return undefined;
+    const reasoning = thinking;
+    if (token.id === plan.thinkEndId) thinking = false;
+    else if (thinking) reasoningTokens++;
+    return { ...token, forced: false, reasoning };
+  };
+
   // Closes the thought: feeds `fed` (the last sampled token, not yet processed) and `</think>\n\n`, then picks the
   // token after them (returned when the generator finishes).
   const closeThought = async function* (fed: number[]): AsyncGenerator<TokenEvent, PendingToken> {
@@ -93,16 +104,11 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
       while (produced < plan.maxTokens) {
         throwIfAborted(plan.signal);
         await steps.fill(mayRunAhead, () => sequence.advance(sampler, plan.signal));
-        const token = await steps.next();
-        produced++;
-        plan.onToken?.(token.id);
-        if (plan.stopIds.has(token.id)) return 'stop';
-        const inThought = thinking;
-        if (token.id === plan.thinkEndId) thinking = false;
-        else if (thinking) reasoningTokens++;
-        yield { ...token, forced: false, reasoning: inThought };
+        const event = picked(await steps.next());
+        if (!event) return 'stop';
+        yield event;
         if (produced >= plan.maxTokens || steps.size > 0) continue;
-        if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([token.id]));
+        if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([event.id]));
         else steps.push(await sequence.advance(sampler, plan.signal));
       }
       return 'length';
@@ -121,14 +127,10 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     for (;;) {
       for (let i = 0; i < batch.length; i++) {
         const token = batch[i];
-        produced++;
         draws++;
-        plan.onToken?.(token.id);
-        if (plan.stopIds.has(token.id)) return 'stop';
-        const inThought = thinking;
-        if (token.id === plan.thinkEndId) thinking = false;
-        else if (thinking) reasoningTokens++;
-        yield { ...token, forced: false, reasoning: inThought };
+        const event = picked(token);
+        if (!event) return 'stop';
+        yield event;
         const budgetSpent = thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget;
         if (produced < plan.maxTokens && !budgetSpent) continue;
         if (produced >= plan.maxTokens) return 'length';

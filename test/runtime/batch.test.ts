@@ -148,90 +148,99 @@ describe('speculative decoding beside a batch: a request that finds no other run
     }
   }, 120_000);
 
+  /** A plain engine and one that speculates beside a batch, on fixture `name`, for `body`; destroyed after it. */
+  async function withEngines(
+    name: (typeof FIXTURES)[number],
+    sizes: { contextLength: number; maxBatch: number },
+    body: (plain: Engine, engine: Engine) => Promise<void>,
+  ): Promise<void> {
+    const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+    const checkpoint = () => openModel(fixtureDir(name));
+    const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: sizes.contextLength, mtp: false });
+    // Drafts from part of the vocabulary: fewer accepted, never other tokens.
+    const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', ...sizes, mtp: true, draftTokens: 2, draftVocab: 300 });
+    try {
+      await body(plain, engine);
+    } finally {
+      plain.destroy();
+      engine.destroy();
+      ctx.destroy();
+    }
+  }
+
   for (const name of FIXTURES) {
-    it(`${name}: alone and with others, greedy and seeded, every request gets the ids it gets decoding step by step`, async () => {
-      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
-      const checkpoint = () => openModel(fixtureDir(name));
-      const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, mtp: false });
-      // Drafts from part of the vocabulary: fewer accepted, never other tokens.
-      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 128, maxBatch: 3, mtp: true, draftTokens: 2, draftVocab: 300 });
-      try {
-        const list = prompts(name, 5);
-        const sampling = (i: number): SamplingOptions => (i % 2 ? { temperature: 0.9, topK: 20, seed: 7 + i, presencePenalty: 0.5 } : { temperature: 0 });
-        const run = (e: Engine, p: number[], i: number, signal?: AbortSignal) =>
-          e.generateIds({ promptIds: p, maxTokens: 10, sampling: sampling(i), ignoreEos: true, signal }).then((r) => r.ids);
-        const want: number[][] = [];
-        for (const [i, p] of list.entries()) want.push(await run(plain, p, i));
-        const passes = () => engine.gauges().speculation?.passes ?? 0;
+    it(
+      `${name}: alone and with others, greedy and seeded, every request gets the ids it gets decoding step by step`,
+      () =>
+        withEngines(name, { contextLength: 128, maxBatch: 3 }, async (plain, engine) => {
+          const list = prompts(name, 5);
+          const sampling = (i: number): SamplingOptions => (i % 2 ? { temperature: 0.9, topK: 20, seed: 7 + i, presencePenalty: 0.5 } : { temperature: 0 });
+          const run = (e: Engine, p: number[], i: number, signal?: AbortSignal) =>
+            e.generateIds({ promptIds: p, maxTokens: 10, sampling: sampling(i), ignoreEos: true, signal }).then((r) => r.ids);
+          const want: number[][] = [];
+          for (const [i, p] of list.entries()) want.push(await run(plain, p, i));
+          const passes = () => engine.gauges().speculation?.passes ?? 0;
 
-        expect(await run(engine, list[0], 0)).toEqual(want[0]);
-        const alonePasses = passes();
-        expect(alonePasses).toBeGreaterThan(0);
-        // The first takes the session for a request alone; the others share the batch's 3 slots (one waits).
-        let peak = 0;
-        const timer = setInterval(() => (peak = Math.max(peak, engine.gauges().running)), 1);
-        const together = await Promise.all(list.map((p, i) => run(engine, p, i))).finally(() => clearInterval(timer));
-        expect(together).toEqual(want);
-        expect(passes()).toBeGreaterThan(alonePasses);
-        expect(peak).toBeGreaterThan(2);
-        expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0, maxBatch: 3 });
+          expect(await run(engine, list[0], 0)).toEqual(want[0]);
+          const alonePasses = passes();
+          expect(alonePasses).toBeGreaterThan(0);
+          // The first takes the session for a request alone; the others share the batch's 3 slots (one waits).
+          let peak = 0;
+          const timer = setInterval(() => (peak = Math.max(peak, engine.gauges().running)), 1);
+          const together = await Promise.all(list.map((p, i) => run(engine, p, i))).finally(() => clearInterval(timer));
+          expect(together).toEqual(want);
+          expect(passes()).toBeGreaterThan(alonePasses);
+          expect(peak).toBeGreaterThan(2);
+          expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0, maxBatch: 3 });
 
-        // An abort gives the session back: the next request alone speculates there again.
-        const controller = new AbortController();
-        const aborted = run(engine, list[1], 1, controller.signal);
-        controller.abort();
-        await expect(aborted).rejects.toThrow(/abort/i);
-        const before = passes();
-        expect(await run(engine, list[2], 2)).toEqual(want[2]);
-        expect(passes()).toBeGreaterThan(before);
-      } finally {
-        plain.destroy();
-        engine.destroy();
-        ctx.destroy();
-      }
-    }, 300_000);
+          // An abort gives the session back: the next request alone speculates there again.
+          const controller = new AbortController();
+          const aborted = run(engine, list[1], 1, controller.signal);
+          controller.abort();
+          await expect(aborted).rejects.toThrow(/abort/i);
+          const before = passes();
+          expect(await run(engine, list[2], 2)).toEqual(want[2]);
+          expect(passes()).toBeGreaterThan(before);
+        }),
+      300_000,
+    );
 
-    it(`${name}: a request alone moves into the batch once another decodes there, and both get their step-by-step ids`, async () => {
-      const ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
-      const checkpoint = () => openModel(fixtureDir(name));
-      const plain = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256, mtp: false });
-      const engine = await Engine.load(ctx, await checkpoint(), { dtype: 'f32', contextLength: 256, maxBatch: 2, mtp: true, draftTokens: 2, draftVocab: 300 });
-      try {
-        const [, first, second] = prompts(name, 3);
-        // Seeded with a penalty: the sampler's RNG step and counts go with the sequence into the batch.
-        const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 11, presencePenalty: 0.5 };
-        const run = (e: Engine, p: number[], sampling: SamplingOptions, maxTokens: number) =>
-          e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
-        const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 12)];
-        const passes = () => engine.gauges().speculation?.passes ?? 0;
+    it(
+      `${name}: a request alone moves into the batch once another decodes there, and both get their step-by-step ids`,
+      () =>
+        withEngines(name, { contextLength: 256, maxBatch: 2 }, async (plain, engine) => {
+          const [, first, second] = prompts(name, 3);
+          // Seeded with a penalty: the sampler's RNG step and counts go with the sequence into the batch.
+          const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 11, presencePenalty: 0.5 };
+          const run = (e: Engine, p: number[], sampling: SamplingOptions, maxTokens: number) =>
+            e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
+          const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 12)];
+          const passes = () => engine.gauges().speculation?.passes ?? 0;
 
-        let [rows, running] = [0, 0];
-        const timer = setInterval(() => {
-          const g = engine.gauges();
-          [rows, running] = [Math.max(rows, g.batchSize), Math.max(running, g.running)];
-        }, 1);
-        try {
-          const alone = run(engine, first, seeded, 100);
-          while (passes() === 0) await new Promise((next) => setTimeout(next, 1));
-          const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 12)]);
-          expect(got).toEqual(want);
-        } finally {
-          clearInterval(timer);
-        }
-        // Both decoded in one step: the first left its session for the batch's free slot, and counts once.
-        expect(rows).toBe(2);
-        expect(running).toBe(2);
-        expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0 });
+          let [rows, running] = [0, 0];
+          const timer = setInterval(() => {
+            const g = engine.gauges();
+            [rows, running] = [Math.max(rows, g.batchSize), Math.max(running, g.running)];
+          }, 1);
+          try {
+            const alone = run(engine, first, seeded, 100);
+            while (passes() === 0) await new Promise((next) => setTimeout(next, 1));
+            const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 12)]);
+            expect(got).toEqual(want);
+          } finally {
+            clearInterval(timer);
+          }
+          // Both decoded in one step: the first left its session for the batch's free slot, and counts once.
+          expect(rows).toBe(2);
+          expect(running).toBe(2);
+          expect(engine.gauges()).toMatchObject({ running: 0, waiting: 0 });
 
-        // The slot and the session are given back: the next request alone speculates again.
-        const before = passes();
-        expect(await run(engine, first, seeded, 100)).toEqual(want[0]);
-        expect(passes()).toBeGreaterThan(before);
-      } finally {
-        plain.destroy();
-        engine.destroy();
-        ctx.destroy();
-      }
-    }, 300_000);
+          // The slot and the session are given back: the next request alone speculates again.
+          const before = passes();
+          expect(await run(engine, first, seeded, 100)).toEqual(want[0]);
+          expect(passes()).toBeGreaterThan(before);
+        }),
+      300_000,
+    );
   }
 });
