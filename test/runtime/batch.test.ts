@@ -214,7 +214,9 @@ describe('speculative decoding beside a batch: a request that finds no other run
           const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 11, presencePenalty: 0.5 };
           const run = (e: Engine, p: number[], sampling: SamplingOptions, maxTokens: number) =>
             e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
-          const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 12)];
+          // The first moves once its pass in flight ends, which can take several of the second's steps on a loaded
+          // machine: the second decodes long enough to meet it there.
+          const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 48)];
           const passes = () => engine.gauges().speculation?.passes ?? 0;
 
           let [rows, running] = [0, 0];
@@ -225,7 +227,7 @@ describe('speculative decoding beside a batch: a request that finds no other run
           try {
             const alone = run(engine, first, seeded, 100);
             while (passes() === 0) await new Promise((next) => setTimeout(next, 1));
-            const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 12)]);
+            const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 48)]);
             expect(got).toEqual(want);
           } finally {
             clearInterval(timer);
