@@ -63,7 +63,8 @@ export interface EngineOptions {
    * maxBatch 1 every request; with a batch, one that finds no other running, which speculates in a session of its
    * own beside the batch (one sequence more than maxBatch) and moves into a free slot of the batch once others decode
    * there (runtime/alone_sequence.ts) — where the batch decodes through matvec (see tiledDecode), so that either way
-   * its rows get the same arithmetic.
+   * its rows get the same arithmetic. With experts streamed, `true` speculates too: the block's own experts stay
+   * resident, beside expertCacheBytes, and a verification streams the experts of all its rows.
    */
   mtp?: boolean;
   /** Drafts per verification pass, 1 to 3 (default 2). */
@@ -104,13 +105,11 @@ function draftsOf(ctx: GpuContext, model: Model, engine: EngineOptions): Drafts 
   if (!Number.isInteger(vocab) || vocab < 0) throw new RequestError(`must be a non-negative integer (0: every id), got ${vocab}`, 'draftVocab');
   const why = !model.weights.mtp
     ? 'the checkpoint has no MTP block (mtp.* tensors)'
-    : model.experts
-      ? 'its experts are streamed (an expert cache below all experts)'
-      : !Number.isInteger(tokens) || tokens < 1 || tokens > MAX_DRAFT_TOKENS
-        ? `draftTokens ${tokens} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
-        : tiledBatch(ctx, engine)
-          ? `a batch of ${engine.maxBatch} decodes through the tiled matmul, whose rows are not a sequence's arithmetic alone (maxBatch ${MATVEC_DECODE_ROWS} or less, or tiledDecode false, decodes through matvec)`
-          : undefined;
+    : !Number.isInteger(tokens) || tokens < 1 || tokens > MAX_DRAFT_TOKENS
+      ? `draftTokens ${tokens} is not an integer from 1 to ${MAX_DRAFT_TOKENS}`
+      : tiledBatch(ctx, engine)
+        ? `a batch of ${engine.maxBatch} decodes through the tiled matmul, whose rows are not a sequence's arithmetic alone (maxBatch ${MATVEC_DECODE_ROWS} or less, or tiledDecode false, decodes through matvec)`
+        : undefined;
   if (engine.mtp === true && why) throw new RequestError(`speculative decoding is not possible: ${why}`, why.startsWith('draftTokens') ? 'draftTokens' : 'mtp');
   return why || !(engine.mtp ?? !ctx.caps.cpu) ? undefined : { tokens, vocab };
 }
@@ -230,8 +229,9 @@ export class Engine {
       verify: options.verify,
       expertCacheBytes: options.expertCacheBytes,
       layers: options.layers,
-      // The MTP block only where it drafts: asked for, or on by default (see draftsOf).
-      mtp: options.mtp ?? (!ctx.caps.cpu && !options.pipeline && !options.layers && !tiledBatch(ctx, options)),
+      // The MTP block only where it drafts: asked for, or on by default (see draftsOf) unless the experts are streamed,
+      // where its own experts would take memory beside the expert cache for a gain not yet measured.
+      mtp: options.mtp ?? (!ctx.caps.cpu && !options.pipeline && !options.layers && !tiledBatch(ctx, options) && 'unless streamed'),
       onProgress: options.onProgress,
       signal: options.signal,
     });

@@ -115,7 +115,8 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            that of decoding token by token; on by default on GPU adapters when the model has the
                            block: for a request that runs alone (--max-batch 1, or one that finds no other running,
                            beside a batch of up to 4, until others decode there and it moves into the batch) and in
-                           pipeline stages (serve --stages); --draft-tokens turns it on anywhere (CPU adapters too),
+                           pipeline stages (serve --stages); --draft-tokens turns it on anywhere (CPU adapters, and
+                           with --expert-cache-mb, where the block's experts stay on the GPU beside the cache),
                            --no-mtp off
         --draft-vocab N    drafts come from token ids below N (default ${DEFAULT_DRAFT_VOCAB}, the most frequent; 0: every id):
                            the drafter's LM head reads only those rows; fewer accepted drafts, never other output

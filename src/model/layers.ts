@@ -78,7 +78,15 @@ export function forwardRows(ctx: GpuContext, plan: ForwardPlan): Rows {
  */
 export interface ForwardSegment {
   dispatches: Dispatch[];
-  experts?: { layer: number; dispatches: Dispatch[] };
+  experts?: {
+    layer: number;
+    dispatches: Dispatch[];
+    /**
+     * Decode rows through matvec: each row's part of `dispatches`, which adds that row's resident experts into h, so
+     * a pass must hold all of the row's experts (a row at a time when the rows need more experts than there are slots).
+     */
+    rows?: Dispatch[][];
+  };
 }
 
 export async function forward(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<Dispatch[]> {
@@ -110,7 +118,9 @@ export async function forwardSegments(ctx: GpuContext, model: Model, state: Laye
       add(await denseMlp(ctx, model, layer.mlp, act, y, rows));
     } else {
       add(await moeRouting(ctx, model, layer.mlp, act, y, rows));
-      segments.push({ dispatches: out, experts: { layer: i, dispatches: await routedExperts(ctx, model, layer.mlp, act, y, rows) } });
+      const parts = await routedExperts(ctx, model, layer.mlp, act, y, rows);
+      const perRow = rows.decode && !rows.tiled;
+      segments.push({ dispatches: out, experts: { layer: i, dispatches: parts.flat(), ...(perRow && { rows: parts }) } });
       out = [];
       add(await moeOutput(ctx, model, layer.mlp, act, rows));
     }
@@ -168,7 +178,7 @@ export async function decoderLayer(
       ? await denseMlp(ctx, model, layer.mlp, act, y, rows)
       : [
           ...(await moeRouting(ctx, model, layer.mlp, act, y, rows)),
-          ...(await routedExperts(ctx, model, layer.mlp, act, y, rows)),
+          ...(await routedExperts(ctx, model, layer.mlp, act, y, rows)).flat(),
           ...(await moeOutput(ctx, model, layer.mlp, act, rows)),
         ];
   return [...xNorm, ...mixer, ...yNorm, ...mlp];
@@ -414,10 +424,10 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
 
 /**
  * The chosen experts' SwiGLU and down projections: decode adds them into h (each row through its own picks, two
- * dispatches per row); prefill and tiled decode store one row per (token, expert) pair, grouped by expert so that
- * an expert's weights are read once for every row that picked it.
+ * dispatches per row: one list per row); prefill and tiled decode store one row per (token, expert) pair, grouped by expert so that
+ * an expert's weights are read once for every row that picked it (one list).
  */
-async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[]> {
+async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[][]> {
   const T = rows.T;
   const config = model.config;
   const { topk: k, expertIntermediate: Im } = config.moe!;
@@ -455,35 +465,37 @@ async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: 
         })),
       ];
     };
-    return (await Promise.all(Array.from({ length: T }, (_, r) => row(r)))).flat();
+    return Promise.all(Array.from({ length: T }, (_, r) => row(r)));
   }
   const grouped = { order: moeAct.order, tiles: moeAct.tiles, args: moeAct.args, slots: w.slots, topk: k };
   return [
-    ...(await matmul(ctx, {
-      w: w.expertsGateUp,
-      tokens: T,
-      x: x.buffer,
-      input: 'f32',
-      xStride: H,
-      y: moeAct.swiglu,
-      output: elementOf(act, moeAct.swiglu),
-      yStride: Im,
-      epilogue: 'swiglu',
-      scales: { buffer: moeAct.gates, index: 0, stride: 0 },
-      grouped: { ...grouped, argsOffset: 0, input: 'token' },
-    })),
-    ...(await matmul(ctx, {
-      w: w.expertsDown,
-      tokens: T,
-      x: moeAct.swiglu,
-      input: elementOf(act, moeAct.swiglu),
-      xStride: Im,
-      y: moeAct.out,
-      output: 'f32',
-      yStride: H,
-      epilogue: 'store',
-      grouped: { ...grouped, argsOffset: 12, input: 'pair' },
-    })),
+    [
+      ...(await matmul(ctx, {
+        w: w.expertsGateUp,
+        tokens: T,
+        x: x.buffer,
+        input: 'f32',
+        xStride: H,
+        y: moeAct.swiglu,
+        output: elementOf(act, moeAct.swiglu),
+        yStride: Im,
+        epilogue: 'swiglu',
+        scales: { buffer: moeAct.gates, index: 0, stride: 0 },
+        grouped: { ...grouped, argsOffset: 0, input: 'token' },
+      })),
+      ...(await matmul(ctx, {
+        w: w.expertsDown,
+        tokens: T,
+        x: moeAct.swiglu,
+        input: elementOf(act, moeAct.swiglu),
+        xStride: Im,
+        y: moeAct.out,
+        output: 'f32',
+        yStride: H,
+        epilogue: 'store',
+        grouped: { ...grouped, argsOffset: 12, input: 'pair' },
+      })),
+    ],
   ];
 }
 

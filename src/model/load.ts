@@ -34,8 +34,12 @@ export interface LoadOptions {
    * and LM head with the last; nothing else is read. Default: all of them.
    */
   layers?: LayerRange;
-  /** Load the multi-token-prediction block too (model.weights.mtp, for drafting), when the checkpoint has one. */
-  mtp?: boolean;
+  /**
+   * Load the multi-token-prediction block too (model.weights.mtp, for drafting), when the checkpoint has one; 'unless
+   * streamed': only when every expert of the main layers is resident (the block's own experts always are, outside
+   * expertCacheBytes, so with experts streamed it is loaded only when asked for).
+   */
+  mtp?: boolean | 'unless streamed';
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -47,7 +51,7 @@ export interface LoadOptions {
  * packed model, uploaded as it is.
  */
 export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options: LoadOptions): Promise<Model> {
-  const plan = await planCheckpoint(checkpoint, options);
+  let plan = await planCheckpoint(checkpoint, { ...options, mtp: options.mtp !== undefined && options.mtp !== false });
   const packed = checkpoint.packed;
   let dtypeOf = (spec: TensorSpec) => tensorDtype(spec, options.dtype, plan.config);
   let dtype = options.dtype;
@@ -65,6 +69,7 @@ export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options
       await packed.verify((p) => options.onProgress?.({ loadedBytes: p.doneBytes, totalBytes: p.totalBytes, tensor: `verifying ${p.file}` }), options.signal);
   }
   const experts = expertStreaming(ctx, checkpoint, plan, dtypeOf, options.expertCacheBytes);
+  if (experts && options.mtp === 'unless streamed') plan = await planCheckpoint(checkpoint, { ...options, mtp: false });
   if (experts && options.layers) {
     throw new ModelFormatError("a pipeline stage keeps its layers' experts resident: it cannot stream them (give it more memory or more stages)");
   }

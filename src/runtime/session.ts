@@ -141,6 +141,15 @@ export class Session implements TokenSequence {
     return input === 'token' ? this.segmentPlans.plan(`${tokens}`, build) : this.prefillSegmentPlans.plan(`${tokens}`, build);
   }
 
+  /** A verification's forward (see verifyPlan) cut for expert streaming, its LM head and final norm included. */
+  private verifySegmentsPlan(rows: number): Promise<ForwardSegment[]> {
+    return this.segmentPlans.plan(`verify ${rows}`, async () => {
+      const segments = await forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true });
+      segments[segments.length - 1].dispatches.push(...(await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows })));
+      return segments;
+    });
+  }
+
   /**
    * Decode prefetch: layer `layer`'s router applied to the current MoE input (the previous layer's: the residual
    * stream under that layer's post-attention norm), into row 1 of the router logits, and top-k over rows 0 and 1;
@@ -165,8 +174,14 @@ export class Session implements TokenSequence {
    * ids are read back (the one per-layer readback, and only here), missing experts are read and uploaded,
    * then the layer's experts run (in passes when a prefill chunk needs more experts than there are slots).
    */
-  private async runStreamed(cache: ExpertCache, tokens: number, input: 'ids' | 'token', tail: Dispatch[], label: string, signal?: AbortSignal): Promise<void> {
-    const segments = await this.segmentsPlan(tokens, input);
+  private async runStreamed(
+    cache: ExpertCache,
+    segments: ForwardSegment[],
+    tokens: number,
+    tail: Dispatch[],
+    label: string,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const m = this.activations.moe!;
     const k = this.model.config.moe!.topk;
     const ahead = tokens === 1 && this.activations.maxTokens >= 2;
@@ -183,7 +198,15 @@ export class Session implements TokenSequence {
       const ids = new Uint32Array(await this.ctx.read(m.ids, 0, (next !== undefined ? 2 : tokens) * k * 4));
       readbackMs += performance.now() - t0;
       if (next !== undefined) cache.prefetch(next, ids.subarray(k, 2 * k), signal);
-      await cache.runLayer(experts.layer, ids.subarray(0, tokens * k), () => this.ctx.run(experts.dispatches, label), signal);
+      const chosen = ids.subarray(0, tokens * k);
+      // Decode rows add their experts into h: a second pass would add the experts it keeps again, so rows that need
+      // more experts than there are slots run one at a time (a row's topk always fit).
+      if (experts.rows && new Set(chosen).size > cache.slots) {
+        for (const [r, row] of experts.rows.entries())
+          await cache.runLayer(experts.layer, chosen.subarray(r * k, (r + 1) * k), () => this.ctx.run(row, label), signal);
+      } else {
+        await cache.runLayer(experts.layer, chosen, () => this.ctx.run(experts.dispatches, label), signal);
+      }
     }
     cache.countTokens(tokens, readbackMs);
   }
@@ -226,7 +249,7 @@ export class Session implements TokenSequence {
       this.writeStep();
       const last = first + rows === ids.length;
       const tail = last ? await this.lastLogitsPlan(rows - 1) : [];
-      if (this.experts) await this.runStreamed(this.experts, rows, 'ids', tail, 'prefill', options.signal);
+      if (this.experts) await this.runStreamed(this.experts, await this.segmentsPlan(rows, 'ids'), rows, tail, 'prefill', options.signal);
       else this.ctx.run([...(await this.forwardPlan(rows, 'ids')), ...tail], 'prefill');
       this.position += rows;
       if (options.onChunk) await options.onChunk(first, rows);
@@ -238,7 +261,7 @@ export class Session implements TokenSequence {
   async decode(signal?: AbortSignal): Promise<void> {
     this.ensureRoom(1);
     this.writeStep();
-    if (this.experts) await this.runStreamed(this.experts, 1, 'token', await this.decodedLogitsPlan(), 'decode', signal);
+    if (this.experts) await this.runStreamed(this.experts, await this.segmentsPlan(1, 'token'), 1, await this.decodedLogitsPlan(), 'decode', signal);
     else this.ctx.run(await this.decodePlan(), 'decode');
     this.position += 1;
   }
@@ -359,10 +382,14 @@ export class Session implements TokenSequence {
    * submission. The result maps back the rows and the targets (and with logprobs each pick's result: see
    * readVerification); `keepVerified` then keeps the rows that belong.
    */
-  async verify(sampler: GpuSampler, rows: number, before: Dispatch[] = []): Promise<Readback> {
+  async verify(sampler: GpuSampler, rows: number, before: Dispatch[] = [], signal?: AbortSignal): Promise<Readback> {
     this.startVerify(rows);
     const picks = await this.targetPicks(sampler, rows);
-    return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', this.verifiedResult(sampler, rows));
+    if (!this.experts) return this.ctx.submit([...before, ...(await this.verifyPlan(rows)), ...picks], 'verify', this.verifiedResult(sampler, rows));
+    // Streamed experts: the pass goes layer by layer as a decode step does, reading back each MoE layer's choices.
+    if (before.length > 0) this.ctx.run(before, 'draft');
+    await this.runStreamed(this.experts, await this.verifySegmentsPlan(rows), rows, picks, 'verify', signal);
+    return this.ctx.submit([], 'verify', this.verifiedResult(sampler, rows));
   }
 
   /**
@@ -371,6 +398,7 @@ export class Session implements TokenSequence {
    * or on the last stage, the targets picked for each row (act.token rows [rows, 2 · rows) of the readback).
    */
   async stageVerify(input: { ids: Uint32Array } | { hidden: Uint8Array }, position: number, rows: number, sampler?: GpuSampler): Promise<Readback> {
+    if (this.experts) throw new SessionError('a pipeline stage keeps its experts resident');
     this.position = position;
     this.startVerify(rows);
     const act = this.activations;
@@ -391,7 +419,6 @@ export class Session implements TokenSequence {
 
   /** Checks a verification of `rows` fits and writes the rows' positions. */
   private startVerify(rows: number): void {
-    if (this.experts) throw new SessionError('verification needs every expert resident');
     if (!Number.isInteger(rows) || rows < 1 || rows > this.verifyRows)
       throw new SessionError(`a verification of ${rows} rows (this session: at most ${this.verifyRows})`);
     this.ensureRoom(rows);

@@ -12,6 +12,8 @@ import type { WeightDtype } from '../../src/gpu/tensor.ts';
 import { Session } from '../../src/runtime/session.ts';
 import { GpuSampler } from '../../src/runtime/sampler.ts';
 import { generateIds } from '../../src/runtime/generation.ts';
+import { MtpDrafter, withSpeculation } from '../../src/runtime/speculation.ts';
+import type { SamplingOptions } from '../../src/runtime/sampler.ts';
 import { scoreIds } from '../../src/runtime/score.ts';
 import { FolderSink } from '../../src/storage/file_sink.ts';
 import { openModel } from '../../src/storage/locate.ts';
@@ -124,6 +126,62 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
       }
     }, 300_000);
   }
+
+  it('speculating with the MTP block while experts stream: the ids of decoding step by step, greedy and seeded', async () => {
+    const layers = 8;
+    const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 5, presencePenalty: 0.5 };
+    // 4 slots (topk): a verification's rows need more experts than the slots hold and run a row at a time; 8: together.
+    for (const [slots, drafts] of [
+      [4, [1, 2, 3]],
+      [8, [2]],
+    ] as const) {
+      const model = await loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: slots * layers * perExpert, mtp: true });
+      const sampler = GpuSampler.create(ctx, { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize });
+      const contextLength = prompt.length + 40;
+      try {
+        expect(model.experts!.slots).toBe(slots);
+        const plain = Session.create(ctx, model, { contextLength });
+        const want = await generateIds(plain, sampler, { promptIds: prompt, maxTokens: 30, sampling: seeded });
+        plain.destroy();
+        for (const k of drafts) {
+          const session = Session.create(ctx, model, { contextLength, verifyRows: k + 1 });
+          withSpeculation(session, k, new MtpDrafter(session, k, 0));
+          try {
+            const greedy = await generateIds(session, sampler, { promptIds: prompt, maxTokens: steps, sampling: { temperature: 0 } });
+            expect(greedy.ids).toEqual(g.greedy_ids);
+            expect(greedy.speculation!.passes).toBeGreaterThan(0);
+            expect(greedy.speculation!.passes).toBeLessThan(steps);
+            const stats = session.expertStats()!;
+            expect(stats.misses).toBeGreaterThan(0);
+            expect(stats.bytesStreamed).toBe(stats.misses * perExpert);
+            const sampled = await generateIds(session, sampler, { promptIds: prompt, maxTokens: 30, sampling: seeded });
+            expect(sampled.ids).toEqual(want.ids);
+          } finally {
+            session.destroy();
+          }
+        }
+      } finally {
+        sampler.destroy();
+        model.destroy();
+      }
+    }
+  }, 300_000);
+
+  it("loads the MTP block 'unless streamed' only while every expert is resident", async () => {
+    const layers = 8;
+    for (const [slots, loaded] of [
+      [4, false],
+      [16, true],
+    ] as const) {
+      const model = await loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: slots * layers * perExpert, mtp: 'unless streamed' });
+      try {
+        expect(model.weights.mtp !== undefined).toBe(loaded);
+        expect(model.experts !== undefined).toBe(!loaded);
+      } finally {
+        model.destroy();
+      }
+    }
+  });
 
   it('refuses a budget below topk experts per layer, and a non-packed checkpoint below all experts, naming expertCacheBytes', async () => {
     await expect(loadModel(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 3 * 8 * perExpert })).rejects.toThrow(
