@@ -19,7 +19,7 @@ export interface ExpertStats {
   stallMsPerToken: number;
   /** Wall time spent waiting for the chosen ids to come back (one readback per MoE layer and forward call). */
   readbackMs: number;
-  /** Tokens forwarded (prompt and generated). */
+  /** Tokens forwarded (prompt and generated; every row of a speculative verification, drafts rejected included). */
   tokens: number;
   /** Experts read ahead from the next layer's router (decode), and how many of those that layer then chose. */
   prefetched: number;

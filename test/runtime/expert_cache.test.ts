@@ -154,6 +154,8 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
             const stats = session.expertStats()!;
             expect(stats.misses).toBeGreaterThan(0);
             expect(stats.bytesStreamed).toBe(stats.misses * perExpert);
+            // The prompt, then every pass's k + 1 rows.
+            expect(stats.tokens).toBe(prompt.length + greedy.speculation!.passes * (k + 1));
             const sampled = await generateIds(session, sampler, { promptIds: prompt, maxTokens: 30, sampling: seeded });
             expect(sampled.ids).toEqual(want.ids);
           } finally {
