@@ -153,7 +153,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
         return yield* stepByStep(await slot.advance(sampler, plan.signal));
       }
       if (spec.fits) {
-        batch = await spec.pass(sampler, pending, draws);
+        batch = await spec.pass(sampler, pending, draws, plan.signal);
         fromPass = true;
       } else {
         // Too near the end of the context for a pass: step by step.

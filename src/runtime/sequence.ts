@@ -45,7 +45,7 @@ export interface SpeculativeDecoder {
   /** Whether a pass fits the context from here. */
   readonly fits: boolean;
   /** Drafts from the pending token, verifies, and returns the targets of the rows it would keep. */
-  pass(sampler: GpuSampler, pending: number, draws: number): Promise<SampledToken[]>;
+  pass(sampler: GpuSampler, pending: number, draws: number, signal?: AbortSignal): Promise<SampledToken[]>;
   /** Keeps only the first `count` rows of the last pass. */
   keep(count: number): void;
   /** Makes the kept rows the sequence's (before decoding on without a pass). */

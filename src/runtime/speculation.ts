@@ -315,13 +315,14 @@ export class Speculator extends PassLedger implements SpeculativeDecoder {
    * before the next pass. Every row's target is picked as step-by-step decoding would pick it after the rows before
    * it: the same RNG step, and the counts the penalties read include the targets before it.
    */
-  async pass(sampler: GpuSampler, pending: number, draws: number): Promise<SampledToken[]> {
+  async pass(sampler: GpuSampler, pending: number, draws: number, signal?: AbortSignal): Promise<SampledToken[]> {
     await this.settle();
     const { session } = this;
     sampler.setDraws(draws);
     const rows = this.drafts + 1;
     session.ctx.write(session.activations.token, 0, Uint32Array.of(pending));
-    const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts));
+    // The signal reaches into the pass only where it reads experts in (streamed experts).
+    const result = await session.verify(sampler, rows, await this.drafter.draft(pending, this.drafts), signal);
     const { picked, kept } = readVerification(sampler, await result.bytes(), rows);
     return this.record(rows, kept, { sampler, picked });
   }
