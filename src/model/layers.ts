@@ -424,8 +424,8 @@ async function moeRouting(ctx: GpuContext, model: Model, w: MoeWeights, act: Act
 
 /**
  * The chosen experts' SwiGLU and down projections: decode adds them into h (each row through its own picks, two
- * dispatches per row: one list per row); prefill and tiled decode store one row per (token, expert) pair, grouped by expert so that
- * an expert's weights are read once for every row that picked it (one list).
+ * dispatches per row, a list per row); prefill and tiled decode store one row per (token, expert) pair, grouped by
+ * expert so that an expert's weights are read once for every row that picked it (one list).
  */
 async function routedExperts(ctx: GpuContext, model: Model, w: MoeWeights, act: Activations, x: Input, rows: Rows): Promise<Dispatch[][]> {
   const T = rows.T;
