@@ -9,7 +9,7 @@ import type { TokenSequence } from '../runtime/sequence.ts';
 import type { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import type { LayerRange } from '../model/tensors.ts';
 import { stateBytes } from '../model/activations.ts';
-import type { ExpertStats } from '../runtime/expert_cache.ts';
+import type { ExpertStats, ExpertTotals } from '../runtime/expert_cache.ts';
 import { GpuSampler, type SamplingOptions, resolveSampling } from '../runtime/sampler.ts';
 import type { Checkpoint } from '../formats/checkpoint.ts';
 import { type ChatMessage, type ToolDefinition, renderChat } from '../text/chat_template.ts';
@@ -143,6 +143,8 @@ export interface EngineGauges {
   stateBytesTotal: number;
   /** Speculative decoding since the engine loaded (verification passes, drafts, drafts accepted), when it speculates. */
   speculation?: SpeculationStats;
+  /** Expert streaming since the engine loaded, when its experts are streamed. */
+  experts?: ExpertTotals;
 }
 
 export interface RenderedPrompt {
@@ -317,6 +319,7 @@ export class Engine {
       stateBytesUsed: running * perSequence,
       stateBytesTotal: ((b ? b.slots.length : 1) + Number(Boolean(this.alone))) * perSequence,
       speculation: speculationTotals(speculating),
+      experts: this.session.expertCache?.totals(),
     };
   }
 

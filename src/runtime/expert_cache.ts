@@ -30,6 +30,16 @@ export interface ExpertStats {
   usage: number[][];
 }
 
+/** Expert streaming since the model loaded, every generation summed: what a server's metrics count. */
+export interface ExpertTotals {
+  /** Experts each MoE layer keeps on the GPU. */
+  slots: number;
+  hits: number;
+  misses: number;
+  bytesStreamed: number;
+  stallMs: number;
+}
+
 interface LayerCache {
   layer: number;
   w: MoeWeights;
@@ -56,7 +66,9 @@ export class ExpertCache {
   /** When set, every layer step's distinct experts (and their use counts) are appended: for trace benchmarks. */
   trace?: TraceStep[];
   private readonly layers: LayerCache[];
+  /** The current generation's figures (stats), and those of the generations before it. */
   private counters = zeroCounters();
+  private earlier = zeroCounters();
   private usage: number[][] = [];
 
   private constructor(
@@ -97,6 +109,8 @@ export class ExpertCache {
   }
 
   resetStats(): void {
+    const [c, e] = [this.counters, this.earlier];
+    for (const key of Object.keys(c) as (keyof typeof c)[]) e[key] += c[key];
     this.counters = zeroCounters();
     this.usage = this.layers.map(() => new Array<number>(this.model.config.moe!.numExperts).fill(0));
   }
@@ -115,6 +129,12 @@ export class ExpertCache {
       stallMsPerToken: c.stallMs / Math.max(1, c.tokens),
       usage: this.usage.map((row) => [...row]),
     };
+  }
+
+  totals(): ExpertTotals {
+    const [c, e] = [this.counters, this.earlier];
+    const misses = c.misses + e.misses;
+    return { slots: this.slots, hits: c.hits + e.hits, misses, bytesStreamed: misses * this.expertBytes, stallMs: c.stallMs + e.stallMs };
   }
 
   /**

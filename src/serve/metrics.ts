@@ -120,6 +120,14 @@ export class Metrics {
       'Seconds from a request arriving to its end.',
       this.e2e.lines('vllm:e2e_request_latency_seconds', label),
     );
+    const experts = gauges.experts;
+    if (experts) {
+      one('qwen_expert_cache_slots', 'gauge', 'Experts each MoE layer keeps on the GPU; the others are streamed in as routing asks.', experts.slots);
+      one('qwen_expert_cache_hits_total', 'counter', 'Routed experts found on the GPU (per layer and forward call).', experts.hits);
+      one('qwen_expert_cache_misses_total', 'counter', 'Routed experts streamed in (per layer and forward call).', experts.misses);
+      one('qwen_expert_streamed_bytes_total', 'counter', 'Bytes of experts uploaded to the GPU.', experts.bytesStreamed);
+      one('qwen_expert_stall_seconds_total', 'counter', 'Seconds spent waiting for expert reads and uploads.', experts.stallMs / 1000);
+    }
     one('qwen_batch_size', 'gauge', 'Sequences in the last decode step.', gauges.batchSize);
     one('qwen_max_batch', 'gauge', 'Sequences that may decode together.', gauges.maxBatch);
     one('qwen_generation_tokens_per_second', 'gauge', `Tokens generated per second over the last ${RATE_WINDOW_S} s.`, this.tokensPerSecond());

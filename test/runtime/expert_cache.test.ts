@@ -8,6 +8,7 @@ import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { convertModel } from '../../src/model/convert.ts';
 import type { Model } from '../../src/model/model.ts';
 import { loadModel } from '../../src/model/load.ts';
+import { Engine } from '../../src/api/engine.ts';
 import type { WeightDtype } from '../../src/gpu/tensor.ts';
 import { Session } from '../../src/runtime/session.ts';
 import { GpuSampler } from '../../src/runtime/sampler.ts';
@@ -168,6 +169,26 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
       }
     }
   }, 300_000);
+
+  it("the engine's gauges sum the expert figures of every generation since it loaded (a server's metrics)", async () => {
+    const engine = await Engine.load(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 8 * 8 * perExpert, contextLength: 256 });
+    try {
+      const run = () => engine.generateIds({ promptIds: prompt, maxTokens: 6, sampling: { temperature: 0 } });
+      await run();
+      const first = engine.expertStats()!;
+      expect(first.misses).toBeGreaterThan(0);
+      const { hits, misses, bytesStreamed, stallMs } = first;
+      expect(engine.gauges().experts).toEqual({ slots: 8, hits, misses, bytesStreamed, stallMs });
+      await run();
+      const second = engine.expertStats()!;
+      const totals = engine.gauges().experts!;
+      expect([totals.hits, totals.misses]).toEqual([first.hits + second.hits, first.misses + second.misses]);
+      expect(totals.bytesStreamed).toBe(totals.misses * perExpert);
+      expect(totals.stallMs).toBeCloseTo(first.stallMs + second.stallMs, 9);
+    } finally {
+      engine.destroy();
+    }
+  });
 
   it("loads the MTP block 'unless streamed' only while every expert is resident", async () => {
     const layers = 8;

@@ -24,6 +24,18 @@ describe('Metrics', () => {
     expect(text).toContain('vllm:time_to_first_token_seconds_bucket{model_name="tiny \\"model\\"",le="0.04"} 1');
   });
 
+  it('adds the expert cache counters when the experts are streamed, stall time in seconds', () => {
+    const m = new Metrics('m', () => 0);
+    expect(m.render(gauges)).not.toContain('qwen_expert');
+    const text = m.render({ ...gauges, experts: { slots: 64, hits: 900, misses: 100, bytesStreamed: 100 * 4096, stallMs: 2500 } });
+    expect(text).toContain('# TYPE qwen_expert_cache_hits_total counter');
+    expect(sample(text, 'qwen_expert_cache_slots')).toBe(64);
+    expect(sample(text, 'qwen_expert_cache_hits_total')).toBe(900);
+    expect(sample(text, 'qwen_expert_cache_misses_total')).toBe(100);
+    expect(sample(text, 'qwen_expert_streamed_bytes_total')).toBe(409_600);
+    expect(sample(text, 'qwen_expert_stall_seconds_total')).toBe(2.5);
+  });
+
   it('counts tokens/s over the last 10 s only, however long nobody scrapes', () => {
     let now = 0;
     const m = new Metrics('m', () => now);
