@@ -141,13 +141,19 @@ export class Session implements TokenSequence {
     return input === 'token' ? this.segmentPlans.plan(`${tokens}`, build) : this.prefillSegmentPlans.plan(`${tokens}`, build);
   }
 
-  /** A verification's forward (see verifyPlan) cut for expert streaming, its LM head and final norm included. */
-  private verifySegmentsPlan(rows: number): Promise<ForwardSegment[]> {
-    return this.segmentPlans.plan(`verify ${rows}`, async () => {
-      const segments = await forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true });
+  /**
+   * A verification of `rows` rows: the forward of this one sequence's decode rows and, on a model with the head, the LM
+   * head on every row; cut after each MoE layer's routing (for expert streaming), or whole (`verifyPlan`).
+   */
+  private async verifySegments(rows: number): Promise<ForwardSegment[]> {
+    const segments = await forwardSegments(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true });
+    if (hasHead(this.model))
       segments[segments.length - 1].dispatches.push(...(await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows })));
-      return segments;
-    });
+    return segments;
+  }
+
+  private verifySegmentsPlan(rows: number): Promise<ForwardSegment[]> {
+    return this.segmentPlans.plan(`verify ${rows}`, () => this.verifySegments(rows));
   }
 
   /**
@@ -474,10 +480,7 @@ export class Session implements TokenSequence {
   }
 
   private verifyPlan(rows: number): Promise<Dispatch[]> {
-    return this.plans.plan(`verify ${rows}`, async () => [
-      ...(await forward(this.ctx, this.model, this.states, this.activations, { tokens: rows, input: 'token', oneSequence: true })),
-      ...(hasHead(this.model) ? await lmHead(this.ctx, this.model, this.activations, this.activations.logits, { decoded: rows }) : []),
-    ]);
+    return this.plans.plan(`verify ${rows}`, async () => segmentDispatches(await this.verifySegments(rows)));
   }
 
   /** ids[first, first + count) as u32, each checked to be a row of the embedding. */
