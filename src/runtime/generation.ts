@@ -59,6 +59,9 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     return { ...token, forced: false, reasoning };
   };
 
+  // Whether the thinking budget is spent once `queued` more tokens (not yet read) are the thought's too.
+  const budgetSpent = (queued = 0) => thinking && plan.reasoningBudget !== undefined && reasoningTokens + queued >= plan.reasoningBudget;
+
   // Closes the thought: feeds `fed` (the last sampled token, not yet processed) and `</think>\n\n`, then picks the
   // token after them (returned when the generator finishes).
   const closeThought = async function* (fed: number[]): AsyncGenerator<TokenEvent, PendingToken> {
@@ -96,10 +99,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
     const steps = new RunAhead(sequence.readbackMs);
     steps.push(first);
     // Whether a step may be submitted with `queued` tokens not yet read: every one of them could be a thought's.
-    const mayRunAhead = (queued: number) =>
-      sequence.runsAhead &&
-      produced + queued < plan.maxTokens &&
-      !(thinking && plan.reasoningBudget !== undefined && reasoningTokens + queued >= plan.reasoningBudget);
+    const mayRunAhead = (queued: number) => sequence.runsAhead && produced + queued < plan.maxTokens && !budgetSpent(queued);
     try {
       while (produced < plan.maxTokens) {
         throwIfAborted(plan.signal);
@@ -108,7 +108,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
         if (!event) return 'stop';
         yield event;
         if (produced >= plan.maxTokens || steps.size > 0) continue;
-        if (thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget) steps.push(yield* closeThought([event.id]));
+        if (budgetSpent()) steps.push(yield* closeThought([event.id]));
         else steps.push(await sequence.advance(sampler, plan.signal));
       }
       return 'length';
@@ -131,8 +131,7 @@ export async function* generateTokens(session: TokenSequence, sampler: GpuSample
         const event = picked(token);
         if (!event) return 'stop';
         yield event;
-        const budgetSpent = thinking && plan.reasoningBudget !== undefined && reasoningTokens >= plan.reasoningBudget;
-        if (produced < plan.maxTokens && !budgetSpent) continue;
+        if (produced < plan.maxTokens && !budgetSpent()) continue;
         if (produced >= plan.maxTokens) return 'length';
         if (fromPass) spec.keep(i + 1);
         await spec.settle(sampler, draws);
