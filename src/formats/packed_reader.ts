@@ -41,6 +41,22 @@ const PROBES_IN_FLIGHT = 8;
 /** Whether `source` holds a packed model (a finished one: the manifest is written last). */
 export const isPackedModel = (source: WeightSource): Promise<boolean> => source.has(PACKED_MANIFEST);
 
+/** Reads and validates a packed model's manifest (its bytes too: a store keeps them as they are). */
+export async function readManifest(source: WeightSource, signal?: AbortSignal): Promise<{ manifest: PackedManifest; bytes: Uint8Array }> {
+  // A manifest past its limit is refused before it is read (a 397B model's is well under 1 MB).
+  const manifestBytes = await source.size(PACKED_MANIFEST);
+  checkSmallFile(PACKED_MANIFEST, manifestBytes);
+  // Read outside the try: a failed read (a dropped connection) is its own error, not "not valid JSON".
+  const bytes = await source.read(PACKED_MANIFEST, 0, manifestBytes, signal);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch (error) {
+    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST, undefined, { cause: error });
+  }
+  return { manifest: validateManifest(raw), bytes };
+}
+
 /**
  * Opens a packed model: reads and validates the whole manifest, then checks that every shard and file it
  * lists exists with the size it records, before the caller allocates anything from it.
@@ -49,18 +65,7 @@ export async function openPacked(source: WeightSource): Promise<PackedModel> {
   if (!(await source.has(PACKED_MANIFEST))) {
     throw new ModelFormatError(`not found in ${source.location}: not a packed model, or its conversion did not finish`, PACKED_MANIFEST);
   }
-  // A manifest past its limit is refused before it is read (a 397B model's is well under 1 MB).
-  const manifestBytes = await source.size(PACKED_MANIFEST);
-  checkSmallFile(PACKED_MANIFEST, manifestBytes);
-  // Read outside the try: a failed read (a dropped connection) is its own error, not "not valid JSON".
-  const bytes = await source.read(PACKED_MANIFEST, 0, manifestBytes);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
-  } catch (error) {
-    throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST, undefined, { cause: error });
-  }
-  const manifest = validateManifest(raw);
+  const { manifest } = await readManifest(source);
   await checkSizes(source, [...manifest.shards, ...manifest.files]);
 
   const tensors = new Map(manifest.tensors.map((t) => [t.key, t]));

@@ -9,11 +9,11 @@
  * The 'complete' marker is written last: a model interrupted anywhere before it is listed, but incomplete.
  */
 import { ModelFormatError, QuotaError, StorageError, throwIfAborted } from '../errors.ts';
-import { PACKED_MANIFEST, validateManifest } from '../formats/packed_manifest.ts';
+import { PACKED_MANIFEST } from '../formats/packed_manifest.ts';
+import { readManifest } from '../formats/packed_reader.ts';
 import { Sha256 } from '../formats/sha256.ts';
 import { HttpSource } from './http.ts';
 import { IdbSource } from './idb_source.ts';
-import { checkSmallFile } from '../formats/limits.ts';
 import {
   type CompleteMarker,
   type StoredFile,
@@ -195,16 +195,7 @@ async function planModel(id: string, fetchImpl: typeof fetch, signal?: AbortSign
     files = await plain([gguf], false);
   } else if (await source.has(PACKED_MANIFEST)) {
     format = 'packed';
-    const manifestBytes = await source.size(PACKED_MANIFEST);
-    checkSmallFile(PACKED_MANIFEST, manifestBytes);
-    const bytes = await source.read(PACKED_MANIFEST, 0, manifestBytes, signal);
-    let raw: unknown;
-    try {
-      raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
-    } catch (error) {
-      throw new ModelFormatError(`not valid JSON (${(error as Error).message})`, PACKED_MANIFEST, undefined, { cause: error });
-    }
-    const manifest = validateManifest(raw);
+    const { manifest, bytes } = await readManifest(source, signal);
     prefetched.set(PACKED_MANIFEST, bytes);
     files = packedStoredFiles(manifest, bytes.length);
   } else {
