@@ -56,6 +56,13 @@ export function numberFlag(args: Args, name: string, min = -Infinity): number | 
   return n;
 }
 
+/** A number > 0 (a duration, where 0 would fail everything at once). */
+export function positiveFlag(args: Args, name: string): number | undefined {
+  const n = numberFlag(args, name, 0);
+  if (n === 0) throw new UsageError(`--${name} must be a number > 0, got "${stringFlag(args, name)}"`);
+  return n;
+}
+
 export function idsFlag(args: Args, name: string): number[] {
   const text = stringFlag(args, name, true);
   const ids = text

@@ -19,7 +19,7 @@ import { FolderSink } from '../storage/file_sink.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import type { ChatMessage } from '../text/chat_template.ts';
 import { renderChat } from '../text/chat_template.ts';
-import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberFlag, parseArgs, stringFlag } from './args.ts';
+import { type Args, UsageError, choiceFlag, dtypeFlag, idsFlag, intFlag, numberFlag, parseArgs, positiveFlag, stringFlag } from './args.ts';
 import { progressBar } from './progress.ts';
 import { SAMPLING_FLAGS, samplingFromFlags } from './sampling_flags.ts';
 import { runBench } from './bench.ts';
@@ -277,8 +277,7 @@ const expertJson = (source: { expertStats(): ExpertStats | undefined }) => {
 
 /** --http-timeout as HttpSource options (model URLs), and how hub ids reach the hub and its cache. */
 function httpOptions(args: Args, host: CliHost): { http: HttpOptions; hub: HubOptions } {
-  const seconds = numberFlag(args, 'http-timeout', 0);
-  if (seconds === 0) throw new UsageError('--http-timeout must be a number of seconds > 0, got "0"');
+  const seconds = positiveFlag(args, 'http-timeout');
   const timeoutMs = seconds === undefined ? undefined : seconds * 1000;
   return { http: { timeoutMs }, hub: hubOptions(host, timeoutMs) };
 }

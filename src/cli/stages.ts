@@ -13,7 +13,7 @@ import { FrameConnection } from '../runtime/pipeline/link.ts';
 import { StagePool } from '../runtime/pipeline/stage_pool.ts';
 import { serveStage } from '../runtime/pipeline/stage_worker.ts';
 import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB } from '../runtime/speculation.ts';
-import { type Args, UsageError, intFlag, numberFlag, stringFlag } from './args.ts';
+import { type Args, UsageError, intFlag, numberFlag, positiveFlag, stringFlag } from './args.ts';
 import type { CliHost } from './host.ts';
 
 /**
@@ -65,7 +65,7 @@ export async function loadPipelineEngine(
   load: (options: Pick<EngineOptions, 'layers' | 'pipeline'>) => Promise<Engine>,
 ): Promise<{ engine: Engine; stop(): void }> {
   const stages = intFlag(args, 'stages');
-  const timeoutMs = (numberFlag(args, 'stage-timeout-s', 0) ?? 120) * 1000;
+  const timeoutMs = (positiveFlag(args, 'stage-timeout-s') ?? 120) * 1000;
   const listenAt = stringFlag(args, 'stage-listen');
   const address = listenAt ? parseAddress(listenAt, 'stage-listen') : { hostname: '127.0.0.1', port: 0 };
   const draftTokens = pipelineDrafts(ctx, checkpoint, sizes.speculation);

@@ -110,6 +110,14 @@ describe('flags', () => {
     expect(errorLine(stop)).toMatch(/^error: --stop is for chats \(--prompt, --messages\), not --prompt-ids/);
   }, 60_000);
 
+  it('refuses a timeout of 0 seconds, which would fail every read or step at once', async () => {
+    const http = await run(['tokenize', '--model', fixtureDir('tiny-qwen35'), '--text', 'Hi', '--http-timeout', '0']);
+    expect(errorLine(http)).toMatch(/^error: --http-timeout must be a number > 0, got "0"/);
+    const stage = await run(['serve', '--model', fixtureDir('tiny-qwen35'), '--stages', '2', '--stage-timeout-s', '0']);
+    expect(stage.code).toBe(2);
+    expect(errorLine(stage)).toMatch(/^error: --stage-timeout-s must be a number > 0, got "0"/);
+  }, 60_000);
+
   it('refuses speculative decoding flags that contradict each other, and a draft count out of range', async () => {
     expect(errorLine(await generateIds(fixtureDir('tiny-qwen35'), '--no-mtp', '--draft-tokens', '2'))).toMatch(
       /^error: --draft-tokens is for speculative decoding, which --no-mtp turns off/,
