@@ -2,10 +2,11 @@ import { open, readFile, truncate } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Engine } from '../api/engine.ts';
 import type { ChatCompletion, Completion } from '../api/types.ts';
-import { RequestError } from '../errors.ts';
+import { AbortError, RequestError } from '../errors.ts';
 import { chatRequestFromBody, completionRequestFromBody, openAiError } from '../serve/openai_body.ts';
 import { type Args, UsageError, intFlag, stringFlag } from './args.ts';
 import type { CliHost } from './host.ts';
+import { stopSignal } from './stop_signal.ts';
 
 /**
  * `batch`: an OpenAI Batch API input file (one request per line) run on one Engine, up to --max-batch requests at
@@ -66,6 +67,8 @@ export async function runBatch(args: Args, host: CliHost, load: (maxBatch: numbe
   // Taken from the front by each of up to maxBatch workers, so that many requests are in flight at once.
   const queue = pending.filter((line): line is BatchRequest => 'url' in line);
   let succeeded = 0;
+  const invalid = pending.length - queue.length;
+  let answered = 0;
   try {
     for (const line of pending) {
       if ('message' in line)
@@ -74,17 +77,30 @@ export async function runBatch(args: Args, host: CliHost, load: (maxBatch: numbe
     if (queue.length > 0) {
       const engine = await load(maxBatch, contextLength);
       const progress = batchProgress(host, queue.length);
+      // A stop signal ends the job between requests, a second one aborts those in flight: what was not written is
+      // what a rerun does.
+      const abort = new AbortController();
+      let stopping = false;
+      const newLine = host.isTTY ? '\n' : ''; // past the progress bar
+      void stopSignal(host, () => {
+        host.stderr(`${newLine}batch: stopping now: aborting the requests in flight\n`);
+        abort.abort();
+      }).then(() => {
+        stopping = true;
+        host.stderr(`${newLine}batch: stopping: finishing the requests in flight (a second signal aborts them)\n`);
+      });
       try {
         const next = async (): Promise<void> => {
-          for (let request = queue.shift(); request; request = queue.shift()) {
+          for (let request = queue.shift(); request && !stopping; request = queue.shift()) {
             let status = 200;
             let body: unknown;
             let tokens = 0;
             try {
-              const completion = await complete(engine, request);
+              const completion = await complete(engine, request, abort.signal);
               body = completion;
               tokens = completion.usage.completion_tokens;
             } catch (error) {
+              if (abort.signal.aborted) return;
               ({ status, body } = openAiError(error));
             }
             await append({
@@ -93,6 +109,7 @@ export async function runBatch(args: Args, host: CliHost, load: (maxBatch: numbe
               response: { status_code: status, request_id: `req_${randomHex(12)}`, body },
               error: null,
             });
+            answered++;
             if (status === 200) succeeded++;
             progress.add(tokens);
           }
@@ -102,6 +119,13 @@ export async function runBatch(args: Args, host: CliHost, load: (maxBatch: numbe
         progress.finish();
         engine.destroy();
       }
+      await writing;
+      const written = invalid + answered;
+      if (written < pending.length) {
+        throw new AbortError(
+          `batch stopped by a signal: ${written} of ${pending.length} requests written (${outPath}), ${pending.length - written} left: run the same command again to resume`,
+        );
+      }
     }
   } finally {
     await file.close();
@@ -109,15 +133,15 @@ export async function runBatch(args: Args, host: CliHost, load: (maxBatch: numbe
   host.stderr(`batch: ${succeeded} done, ${pending.length - succeeded} errors, ${skipped} skipped as already done (${outPath})\n`);
 }
 
-function complete(engine: Engine, request: BatchRequest): Promise<ChatCompletion | Completion> {
+function complete(engine: Engine, request: BatchRequest, signal: AbortSignal): Promise<ChatCompletion | Completion> {
   if (request.url === '/v1/chat/completions') {
     const chat = chatRequestFromBody(request.body);
     if (chat.stream) throw new RequestError('a batch request is answered whole, not streamed', 'stream');
-    return engine.chat.completions.create({ ...chat, stream: false });
+    return engine.chat.completions.create({ ...chat, stream: false, signal });
   }
   const text = completionRequestFromBody(request.body);
   if (text.stream) throw new RequestError('a batch request is answered whole, not streamed', 'stream');
-  return engine.completions.create({ ...text, stream: false });
+  return engine.completions.create({ ...text, stream: false, signal });
 }
 
 /** Every non-blank input line, as a request or as the reason it is refused (keyed `line-<n>` when it has no usable custom_id). */

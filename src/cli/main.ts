@@ -68,7 +68,8 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
       runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
       "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
-      as it is done; a rerun skips the custom_ids already in --out (resuming a killed run)
+      as it is done; a rerun skips the custom_ids already in --out (resuming a killed run); SIGINT/SIGTERM end it
+      once the requests in flight are written, a second signal aborts them
   qwen-webgpu serve    --model <dir|url|hub id> [--port 8080] [--host 127.0.0.1] [--api-key KEY] [--max-batch N] [--max-queue N]
                        [--cors ORIGIN,...] [--max-body-kb N] [--served-model-name NAME] [--context N]
       an OpenAI-compatible HTTP server: POST /v1/chat/completions and /v1/completions (stream: true sends server-sent

@@ -2,6 +2,7 @@ import type { Engine } from '../api/engine.ts';
 import { createApp } from '../serve/app.ts';
 import { type Args, UsageError, intFlag, stringFlag } from './args.ts';
 import type { CliHost } from './host.ts';
+import { stopSignal } from './stop_signal.ts';
 
 /** `serve`: the OpenAI-compatible HTTP API over one Engine until SIGINT or SIGTERM, then a graceful stop. */
 
@@ -9,11 +10,6 @@ export const SERVE_FLAGS = ['port', 'host', 'api-key', 'max-batch', 'max-queue',
 
 /** How long running requests may take to finish once a stop signal came, before they are aborted. */
 const GRACE_MS = 30_000;
-/**
- * A signal this soon after the first is the same one relayed (`deno task`, npm and a terminal's Ctrl-C signal the
- * whole process group, and a wrapper forwards it again); a later one aborts the running requests at once.
- */
-const RELAYED_MS = 1000;
 
 /** `stop`: what to end besides the engine (a pipeline's stage processes). */
 export async function runServe(
@@ -46,19 +42,10 @@ export async function runServe(
       maxQueue,
       graceMs: GRACE_MS,
     });
-    let firstSignal: number | undefined;
-    // The handler stays until the process exits: a copy of the signal relayed late (`deno task` forwards it, later
-    // still on a loaded machine) must find it, not the default action that kills a process already stopping cleanly.
-    const stopRequested = new Promise<void>((resolve) => {
-      host.onStopSignal(() => {
-        if (firstSignal === undefined) {
-          firstSignal = performance.now();
-          resolve();
-        } else if (performance.now() - firstSignal > RELAYED_MS) {
-          host.stderr('stopping now: aborting the running requests\n');
-          server.abort();
-        }
-      });
+    // A second signal aborts the running requests at once.
+    const stopRequested = stopSignal(host, () => {
+      host.stderr('stopping now: aborting the running requests\n');
+      server.abort();
     });
     const listener = await host.listen((request) => server.app.fetch(request), { hostname, port });
     host.stdout(`listening on http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${listener.port}\n`);

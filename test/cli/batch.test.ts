@@ -8,7 +8,8 @@ import { type CliResult, runCli } from '../helpers/cli.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';
 
 // `batch` as users run it: one result line per custom_id (bad lines and failed requests included), each result the
-// same as the request run alone, resumption after SIGKILL without a repeated or torn line, and Node = Deno.
+// same as the request run alone, resumption after SIGKILL or a stop signal without a repeated or torn line, and
+// Node = Deno.
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const MODEL = fixtureDir('tiny-qwen35');
 const NODE_GPU = ['--adapter', 'llvmpipe', '--dtype', 'f32'];
@@ -127,25 +128,53 @@ describe('batch', () => {
     expect(readFileSync(smallOut, 'utf8')).toBe(before);
   });
 
-  it('resumes after SIGKILL and a torn last line: every custom_id once, no line repeated', async () => {
-    const ids = Array.from({ length: 30 }, (_, i) => `kill-${i}`);
+  /** `batch` on `lines` in a child process, with its stderr so far, lines written so far, and a wait for a condition. */
+  function startBatch(name: string, lines: object[]) {
     const input = writeInput(
-      'kill.jsonl',
-      ids.map((id, i) => JSON.stringify(chat(id, `Count to ${i + 10} slowly, please.`, { max_tokens: 48 }))),
+      `${name}.jsonl`,
+      lines.map((line) => JSON.stringify(line)),
     );
-    const out = join(dir, 'kill.out.jsonl');
+    const out = join(dir, `${name}.out.jsonl`);
     const child = spawn(process.execPath, ['bin/qwen-webgpu.js', 'batch', '--model', MODEL, '--in', input, '--out', out, ...NODE_GPU], {
       cwd: ROOT,
-      stdio: 'ignore',
+      stdio: ['ignore', 'ignore', 'pipe'],
     });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    const linesWritten = () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').length - 1 : 0);
-    while (linesWritten() < 3) {
-      if (child.exitCode !== null) throw new Error(`batch exited ${child.exitCode} before it was killed`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    child.kill('SIGKILL');
-    await exited;
+    let stderr = '';
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
+    // 'close': the process exited and its stderr is read to the end.
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    return {
+      input,
+      out,
+      child,
+      exited,
+      stderr: () => stderr,
+      linesWritten: () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').length - 1 : 0),
+      async until(done: () => boolean): Promise<void> {
+        while (!done()) {
+          if (child.exitCode !== null) {
+            const code = await exited;
+            if (done()) return;
+            throw new Error(`batch exited ${code} too early:\n${stderr}`);
+          }
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      },
+    };
+  }
+
+  it('resumes after SIGKILL and a torn last line: every custom_id once, no line repeated', async () => {
+    const ids = Array.from({ length: 30 }, (_, i) => `kill-${i}`);
+    const run = startBatch(
+      'kill',
+      ids.map((id, i) => chat(id, `Count to ${i + 10} slowly, please.`, { max_tokens: 48 })),
+    );
+    const { input, out } = run;
+    await run.until(() => run.linesWritten() >= 3);
+    run.child.kill('SIGKILL');
+    await run.exited;
 
     const written = readFileSync(out, 'utf8');
     const complete = written.slice(0, written.lastIndexOf('\n') + 1);
@@ -163,6 +192,57 @@ describe('batch', () => {
     const lines = readResults(out);
     expect(lines.map((l) => l.custom_id).sort()).toEqual([...ids].sort());
     for (const line of lines) expect(line.response?.status_code).toBe(200);
+  });
+
+  it('stops on SIGINT once the requests in flight are written; a rerun does the rest', async () => {
+    const ids = Array.from({ length: 12 }, (_, i) => `stop-${i}`);
+    const run = startBatch(
+      'stop',
+      ids.map((id, i) => chat(id, `Count to ${i + 10} slowly, please.`, { max_tokens: 64 })),
+    );
+    await run.until(() => run.linesWritten() >= 1);
+    run.child.kill('SIGINT');
+    await run.until(() => run.stderr().includes('batch: stopping: finishing the requests in flight'));
+    const atSignal = run.linesWritten();
+    expect(await run.exited, run.stderr()).toBe(1);
+    const written = readResults(run.out);
+    // Four requests run at once (--max-batch 4): those finish, no new one starts.
+    expect(written.length).toBeGreaterThanOrEqual(atSignal);
+    expect(written.length).toBeLessThanOrEqual(atSignal + 4);
+    expect(written.length).toBeLessThan(ids.length);
+    expect(run.stderr()).toContain(`error: batch stopped by a signal: ${written.length} of ${ids.length} requests written`);
+    for (const line of written) expect(line.response?.status_code).toBe(200);
+
+    const r = await batch('node', run.input, run.out);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`batch: ${ids.length - written.length} done, 0 errors, ${written.length} skipped as already done`);
+    expect(
+      readResults(run.out)
+        .map((l) => l.custom_id)
+        .sort(),
+    ).toEqual([...ids].sort());
+  });
+
+  it('aborts the requests in flight on a second SIGINT, writing nothing for them', async () => {
+    // The first request is short, so that a line is written while the long ones run.
+    const run = startBatch('abort', [
+      chat('short', 'Hi', { max_tokens: 2 }),
+      ...Array.from({ length: 5 }, (_, i) => chat(`long-${i}`, `Count to ${i + 1000}, please.`, { max_tokens: 2000 })),
+    ]);
+    await run.until(() => run.linesWritten() >= 1);
+    run.child.kill('SIGINT');
+    await run.until(() => run.stderr().includes('batch: stopping: finishing the requests in flight'));
+    // Past the window in which a second signal counts as the first one relayed.
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    run.child.kill('SIGINT');
+    expect(await run.exited, run.stderr()).toBe(1);
+    expect(run.stderr()).toContain('batch: stopping now: aborting the requests in flight');
+    // Some greedy answers end early (eos); those that run on are aborted, and an aborted request leaves no line.
+    const written = readResults(run.out);
+    expect(written.map((l) => l.custom_id)).toContain('short');
+    expect(written.length).toBeLessThan(6);
+    for (const line of written) expect(line.response?.status_code).toBe(200);
+    expect(run.stderr()).toContain(`error: batch stopped by a signal: ${written.length} of 6 requests written`);
   });
 
   it('gives the same results under Deno', async () => {
