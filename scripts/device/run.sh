@@ -60,6 +60,13 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
   echo "cpus $(nproc)"
   free -g | head -2
   "$PKG/bin/node" "$PKG/qwen-cli.mjs" adapter 2>&1
+  # Every feature Dawn offers here, experimental ones included: whether chromium-experimental-subgroup-matrix (the
+  # cooperative-matrix path prefill wants) is there to build on.
+  "$PKG/bin/node" --input-type=module -e "
+    const { create } = await import('$PKG/node_modules/webgpu/index.js');
+    const adapter = await create(['enable-dawn-features=allow_unsafe_apis']).requestAdapter({ powerPreference: 'high-performance' });
+    console.log('features with unsafe APIs allowed:', adapter ? [...adapter.features].sort().join(' ') : 'no adapter');
+    process.exit(0);" 2>&1
 } > "$OUT/env.txt" 2>&1
 
 say "bench-peers ${PEERS_ARGS:---peers vulkan,cuda}"
