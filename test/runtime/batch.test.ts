@@ -214,10 +214,11 @@ describe('speculative decoding beside a batch: a request that finds no other run
           const seeded: SamplingOptions = { temperature: 0.9, topK: 20, seed: 11, presencePenalty: 0.5 };
           const run = (e: Engine, p: number[], sampling: SamplingOptions, maxTokens: number) =>
             e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
-          // The first moves once its pass in flight ends, which can take several of the second's steps on a loaded
-          // machine: the second decodes long enough to meet it there.
           const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 48)];
           const passes = () => engine.gauges().speculation?.passes ?? 0;
+          const until = async (done: () => boolean) => {
+            while (!done()) await new Promise((next) => setTimeout(next, 1));
+          };
 
           let [rows, running] = [0, 0];
           const timer = setInterval(() => {
@@ -226,9 +227,25 @@ describe('speculative decoding beside a batch: a request that finds no other run
           }, 1);
           try {
             const alone = run(engine, first, seeded, 100);
-            while (passes() === 0) await new Promise((next) => setTimeout(next, 1));
-            const got = await Promise.all([alone, run(engine, second, { temperature: 0 }, 48)]);
-            expect(got).toEqual(want);
+            await until(() => passes() > 0);
+            // The order of events is fixed, not raced: a score holds the prefill session, so the second takes a slot
+            // and waits there to prefill; the first moves into the batch and steps there; then the second prefills
+            // and decodes beside the first's many tokens left.
+            let open!: () => void;
+            const gate = new Promise<void>((resolve) => (open = resolve));
+            let holding = false;
+            const held = engine.score(second.slice(0, 1), async () => {
+              holding = true;
+              await gate;
+            });
+            await until(() => holding);
+            const beside = run(engine, second, { temperature: 0 }, 48);
+            let aloneEnded = false;
+            void alone.finally(() => (aloneEnded = true)).catch(() => {});
+            await until(() => engine.gauges().batchSize > 0 || aloneEnded);
+            open();
+            await held;
+            expect(await Promise.all([alone, beside])).toEqual(want);
           } finally {
             clearInterval(timer);
           }
