@@ -24,6 +24,11 @@ function prompts(name: (typeof FIXTURES)[number], count: number): number[][] {
   });
 }
 
+/** Polls `done` every millisecond until it holds. */
+async function until(done: () => boolean): Promise<void> {
+  while (!done()) await new Promise((next) => setTimeout(next, 1));
+}
+
 for (const name of FIXTURES) {
   describe(`${name}: batched sequences equal sequences alone`, () => {
     let ctx: GpuContext;
@@ -74,7 +79,7 @@ for (const name of FIXTURES) {
       const want = [await run(alone, first, { temperature: 0 }, 80), await run(alone, second, { temperature: 0 }, 12)];
       const [got, peak] = await peakRows(async () => {
         const decoding = run(batched, first, { temperature: 0 }, 80);
-        while (batched.gauges().running === 0) await new Promise((next) => setTimeout(next, 1));
+        await until(() => batched.gauges().running > 0);
         await new Promise((next) => setTimeout(next, 20));
         return Promise.all([decoding, run(batched, second, { temperature: 0 }, 12)]);
       });
@@ -216,9 +221,6 @@ describe('speculative decoding beside a batch: a request that finds no other run
             e.generateIds({ promptIds: p, maxTokens, sampling, ignoreEos: true }).then((r) => r.ids);
           const want = [await run(plain, first, seeded, 100), await run(plain, second, { temperature: 0 }, 48)];
           const passes = () => engine.gauges().speculation?.passes ?? 0;
-          const until = async (done: () => boolean) => {
-            while (!done()) await new Promise((next) => setTimeout(next, 1));
-          };
 
           let [rows, running] = [0, 0];
           const timer = setInterval(() => {
@@ -241,7 +243,8 @@ describe('speculative decoding beside a batch: a request that finds no other run
             await until(() => holding);
             const beside = run(engine, second, { temperature: 0 }, 48);
             let aloneEnded = false;
-            void alone.finally(() => (aloneEnded = true)).catch(() => {});
+            const ended = () => (aloneEnded = true);
+            alone.then(ended, ended);
             await until(() => engine.gauges().batchSize > 0 || aloneEnded);
             open();
             await held;
