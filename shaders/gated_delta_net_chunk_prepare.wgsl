@@ -10,12 +10,12 @@
 //   attn: [nv, tp, C] f32, row (h, t) = attn[i, 0..C) of t = chunk*C + i (zero above the diagonal)
 //   gate: [nv, tp, 2] f32, (e^cum_i, e^(cum_last - cum_i))
 //   grid: chunks * nv workgroups (flat_id; id = chunk * nv + h) of 256 invocations: gram matrices in 4×4 blocks over
-//   dk tiles of KT, then the forward substitution with one column of [beta v | kb ⊙ e^cum] per invocation, the
-//   column's 64 rows held in registers as four blocks of RB.
+//   dk tiles of KT, then the forward substitution with one column of [beta v | kb ⊙ e^cum] per invocation, over the
+//   chunk's valid rows only. Its loops are bounded by the row count, not a constant: unrolled in registers (an earlier
+//   form), LLVM-based adapters (lavapipe) took minutes to compile this kernel, and the solve is a small share of prefill.
 //   preconditions: nv % nk == 0, ratio = nv / nk; chunks = ceil(tokens / C); scratch buffers hold nv * tp rows.
 const C: u32 = 64u;
 const KT: u32 = 8u;
-const RB: u32 = 16u;
 var<workgroup> tile: array<vec4<f32>, 2u * KT * C / 4u>;   // [k | q][d][rows 4b..4b+3] of the current dk tile
 var<workgroup> amat: array<f32, C * (C - 1u) / 2u>;    // strict lower A, packed
 var<workgroup> gsh: array<f32, C>;
@@ -23,46 +23,6 @@ var<workgroup> bsh: array<f32, C>;
 var<workgroup> ecum: array<f32, C>;                    // e^cum_i
 
 fn tri(i: u32, l: u32) -> u32 { return i * (i - 1u) / 2u + l; }
-
-
-// Rows i0..i0+RB of column col of X (zero past the chunk's valid rows).
-fn load_block(col: u32, i0: u32, rows: u32, t0: u32, koff: u32, voff: u32) -> array<f32, RB> {
-  var x = array<f32, RB>();
-  for (var r = 0u; r < RB; r++) {
-    let i = i0 + r;
-    if (i < rows) {
-      let base = (t0 + i) * params.qkv_stride;
-      if (col < params.dv) {
-        x[r] = f32(qkv[base + voff + col]) * bsh[i];
-      } else {
-        x[r] = f32(qkv[base + koff + col - params.dv]) * bsh[i] * ecum[i];
-      }
-    }
-  }
-  return x;
-}
-
-// x -= A[i0.., l0..] prev (a block left of the diagonal).
-fn sub_block(x: array<f32, RB>, prev: array<f32, RB>, i0: u32, l0: u32) -> array<f32, RB> {
-  var y = x;
-  for (var r = 0u; r < RB; r++) {
-    var v = y[r];
-    for (var s = 0u; s < RB; s++) { v -= amat[tri(i0 + r, l0 + s)] * prev[s]; }
-    y[r] = v;
-  }
-  return y;
-}
-
-// Forward substitution with the unit lower-triangular diagonal block at i0.
-fn solve_block(x: array<f32, RB>, i0: u32) -> array<f32, RB> {
-  var y = x;
-  for (var r = 1u; r < RB; r++) {
-    var v = y[r];
-    for (var s = 0u; s < r; s++) { v -= amat[tri(i0 + r, i0 + s)] * y[s]; }
-    y[r] = v;
-  }
-  return y;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -154,23 +114,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
   workgroupBarrier();
 
-  // Forward substitution (I + A) X' = X, one column of X = [beta v | kb ⊙ e^cum] per invocation: the column's 64
-  // values are loaded up front and solved in four register blocks of RB rows.
+  // Forward substitution (I + A) X' = X, one column of X = [beta v | kb ⊙ e^cum] per invocation.
   for (var col = li; col < width; col += 256u) {
-    var x0 = load_block(col, 0u, rows, t0, koff, voff);
-    var x1 = load_block(col, RB, rows, t0, koff, voff);
-    var x2 = load_block(col, 2u * RB, rows, t0, koff, voff);
-    var x3 = load_block(col, 3u * RB, rows, t0, koff, voff);
-    x0 = solve_block(x0, 0u);
-    x1 = solve_block(sub_block(x1, x0, RB, 0u), RB);
-    x2 = solve_block(sub_block(sub_block(x2, x0, 2u * RB, 0u), x1, 2u * RB, RB), 2u * RB);
-    x3 = sub_block(sub_block(sub_block(x3, x0, 3u * RB, 0u), x1, 3u * RB, RB), x2, 3u * RB, 2u * RB);
-    x3 = solve_block(x3, 3u * RB);
-    for (var r = 0u; r < RB; r++) {
-      uw[(srow + r) * width + col] = x0[r];
-      uw[(srow + RB + r) * width + col] = x1[r];
-      uw[(srow + 2u * RB + r) * width + col] = x2[r];
-      uw[(srow + 3u * RB + r) * width + col] = x3[r];
+    var x: array<f32, C>;
+    for (var i = 0u; i < rows; i++) {
+      let base = (t0 + i) * params.qkv_stride;
+      var v = 0.0;
+      if (col < params.dv) {
+        v = f32(qkv[base + voff + col]) * bsh[i];
+      } else {
+        v = f32(qkv[base + koff + col - params.dv]) * bsh[i] * ecum[i];
+      }
+      for (var l = 0u; l < i; l++) { v -= amat[tri(i, l)] * x[l]; }
+      x[i] = v;
+      uw[(srow + i) * width + col] = v;
     }
+    for (var i = rows; i < C; i++) { uw[(srow + i) * width + col] = 0.0; }
   }
 }

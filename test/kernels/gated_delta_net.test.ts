@@ -11,11 +11,6 @@ import { expectClose } from '../helpers/compare.ts';
 
 const DK = 128;
 const DV = 128;
-/**
- * The chunked kernels take lavapipe (LLVM) many minutes to compile at DK = 128 (about 10 on a loaded 2-core host,
- * where the default 10-minute limit was hit): whichever chunk test runs first on an adapter pays it.
- */
-const CHUNK_TEST_TIMEOUT_MS = 1_800_000;
 
 /**
  * Inputs shaped like the model's: q/k l2-normed (q scaled by Dk^-0.5), padded qkv and ba rows, and gates whose decay
@@ -141,69 +136,53 @@ describeOnAdapters(
         });
       }
       for (const T of [1, 5, 64, 65, 130]) {
-        it(
-          `chunk: nk=${nk} nv=${nv} T=${T}`,
-          async () => {
-            const c = ctx();
-            const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
-            const state = upload(c, Float32Array.from(a.state));
-            const want = gatedDeltaNetRecurrent(a);
-            expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
-            expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
-          },
-          CHUNK_TEST_TIMEOUT_MS,
-        );
+        it(`chunk: nk=${nk} nv=${nv} T=${T}`, async () => {
+          const c = ctx();
+          const a = asActs(c, makeInputs(T * 100 + nk * 10 + nv + 1, T, nk, nv, T !== 65));
+          const state = upload(c, Float32Array.from(a.state));
+          const want = gatedDeltaNetRecurrent(a);
+          expectNear(await runGpu(c, 'chunk', a, state), want.out, 'out', c);
+          expectNear(await readF32(c, state, nv * DK * DV), want.state, 'state', c);
+        });
       }
     }
 
     // Head sizes that are not multiples of the tiles (state columns per workgroup, dk split, 4×4 gram blocks).
     for (const algo of ['step', 'chunk'] as const) {
-      it(
-        `${algo}: odd head sizes dk=36 dv=40, T=70`,
-        async () => {
-          const c = ctx();
-          const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
-          const state = upload(c, Float32Array.from(a.state));
-          const want = gatedDeltaNetRecurrent(a);
-          expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
-          expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
-        },
-        CHUNK_TEST_TIMEOUT_MS,
-      );
+      it(`${algo}: odd head sizes dk=36 dv=40, T=70`, async () => {
+        const c = ctx();
+        const a = asActs(c, makeInputs(4242, 70, 1, 2, true, 36, 40));
+        const state = upload(c, Float32Array.from(a.state));
+        const want = gatedDeltaNetRecurrent(a);
+        expectNear(await runGpu(c, algo, a, state), want.out, 'out', c);
+        expectNear(await readF32(c, state, 2 * 36 * 40), want.state, 'state', c);
+      });
     }
 
-    it(
-      'chunk(70) + chunk(60) == one run over 130 tokens, scratch reused',
-      async () => {
-        const c = ctx();
-        const a = asActs(c, makeInputs(777, 130, 2, 4));
-        const scratch = createChunkScratch(c, 70, 4, DK, DV);
-        const state = upload(c, Float32Array.from(a.state));
-        const got = new Float32Array(130 * 4 * DV);
-        got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
-        got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
-        const want = gatedDeltaNetRecurrent(a);
-        expectNear(got, want.out, 'out', c);
-        expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
-      },
-      CHUNK_TEST_TIMEOUT_MS,
-    );
+    it('chunk(70) + chunk(60) == one run over 130 tokens, scratch reused', async () => {
+      const c = ctx();
+      const a = asActs(c, makeInputs(777, 130, 2, 4));
+      const scratch = createChunkScratch(c, 70, 4, DK, DV);
+      const state = upload(c, Float32Array.from(a.state));
+      const got = new Float32Array(130 * 4 * DV);
+      got.set(await runGpu(c, 'chunk', slice(a, 0, 70, a.state), state, scratch), 0);
+      got.set(await runGpu(c, 'chunk', slice(a, 70, 60, a.state), state, scratch), 70 * 4 * DV);
+      const want = gatedDeltaNetRecurrent(a);
+      expectNear(got, want.out, 'out', c);
+      expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
+    });
 
-    it(
-      'chunk(65) then step(3) == one run over 68 tokens',
-      async () => {
-        const c = ctx();
-        const a = asActs(c, makeInputs(778, 68, 1, 4, false));
-        const state = upload(c, Float32Array.from(a.state));
-        const got = new Float32Array(68 * 4 * DV);
-        got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
-        got.set(await runGpu(c, 'step', slice(a, 65, 3, a.state), state), 65 * 4 * DV);
-        const want = gatedDeltaNetRecurrent(a);
-        expectNear(got, want.out, 'out', c);
-        expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
-      },
-      CHUNK_TEST_TIMEOUT_MS,
-    );
+    it('chunk(65) then step(3) == one run over 68 tokens', async () => {
+      const c = ctx();
+      const a = asActs(c, makeInputs(778, 68, 1, 4, false));
+      const state = upload(c, Float32Array.from(a.state));
+      const got = new Float32Array(68 * 4 * DV);
+      got.set(await runGpu(c, 'chunk', slice(a, 0, 65, a.state), state), 0);
+      got.set(await runGpu(c, 'step', slice(a, 65, 3, a.state), state), 65 * 4 * DV);
+      const want = gatedDeltaNetRecurrent(a);
+      expectNear(got, want.out, 'out', c);
+      expectNear(await readF32(c, state, 4 * DK * DV), want.state, 'state', c);
+    });
 
     it('rejects bad shapes and an undersized scratch', async () => {
       const c = ctx();
