@@ -2,23 +2,7 @@
 export { Engine, type EngineGauges, type EngineOptions, type RenderedPrompt } from './api/engine.ts';
 export type * from './api/types.ts';
 export { GpuContext, type AdapterSummary, type ContextOptions } from './gpu/context.ts';
-export {
-  AbortError,
-  AdapterError,
-  CapabilityError,
-  ConfigError,
-  ContractError,
-  InternalError,
-  ModelFormatError,
-  NetworkError,
-  QuotaError,
-  QwenError,
-  RequestError,
-  SessionError,
-  StageError,
-  StorageError,
-  TemplateError,
-} from './errors.ts';
+export * from './api/errors.ts';
 export { loadModel, type LoadOptions, type LoadProgress } from './model/load.ts';
 export type { Model } from './model/model.ts';
 export { Session, type SessionOptions } from './runtime/session.ts';

@@ -17,20 +17,4 @@ export type {
 } from './protocol.ts';
 export type * from '../../api/types.ts';
 export type { AdapterSummary } from '../../gpu/context.ts';
-export {
-  AbortError,
-  AdapterError,
-  CapabilityError,
-  ConfigError,
-  ContractError,
-  InternalError,
-  ModelFormatError,
-  NetworkError,
-  QuotaError,
-  QwenError,
-  RequestError,
-  SessionError,
-  StageError,
-  StorageError,
-  TemplateError,
-} from '../../errors.ts';
+export * from '../../api/errors.ts';
