@@ -109,7 +109,7 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
         --context N        context length (default: what the command needs, at least 4096 for chats)
         --verify           check a packed model's sha256 sums before loading it
         --expert-cache-mb N  MoE: keep at most N MiB of experts on the GPU (fractions allowed) and stream the others
-                           from a packed model as routing asks for them (generate, score, bench, serve with --max-batch 1;
+                           from a packed model as routing asks for them (generate, score, bench, serve, batch;
                            default: all resident)
         --no-mtp, --draft-tokens K  (generate, serve, batch) speculative decoding: the model's multi-token-prediction
                            block drafts K tokens (1-3, default ${DEFAULT_DRAFT_TOKENS}), one forward pass verifies them, and the output is exactly

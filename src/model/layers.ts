@@ -89,8 +89,11 @@ export interface ForwardSegment {
   };
 }
 
+/** The segments' dispatches in order: the forward pass they cut. */
+export const segmentDispatches = (segments: ForwardSegment[]): Dispatch[] => segments.flatMap((s) => [...s.dispatches, ...(s.experts?.dispatches ?? [])]);
+
 export async function forward(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<Dispatch[]> {
-  return (await forwardSegments(ctx, model, state, act, plan)).flatMap((s) => [...s.dispatches, ...(s.experts?.dispatches ?? [])]);
+  return segmentDispatches(await forwardSegments(ctx, model, state, act, plan));
 }
 
 export async function forwardSegments(ctx: GpuContext, model: Model, state: LayerState[], act: Activations, plan: ForwardPlan): Promise<ForwardSegment[]> {

@@ -1,8 +1,8 @@
 import type { Caps } from '../gpu/caps.ts';
-import type { Dispatch, GpuContext, ReadRange } from '../gpu/context.ts';
+import type { Dispatch, GpuContext, ReadRange, Readback } from '../gpu/context.ts';
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { dims } from '../model/config.ts';
-import { lmHead, forward } from '../model/layers.ts';
+import { type ForwardSegment, forwardSegments, lmHead, segmentDispatches } from '../model/layers.ts';
 import type { Model } from '../model/model.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, stateBytes } from '../model/activations.ts';
 import { SKIPPED_ROW } from '../kernels/rows.ts';
@@ -55,7 +55,8 @@ interface StepRequest {
  * chunk at a time between decode steps (a long prompt does not stall the others), and its states are then copied
  * into its slot (as are those of a sequence that speculated apart and moves in: `adopt`); a slot is free again as
  * soon as its sequence ends. A row's arithmetic does not depend on the rows beside it, so every sequence gets exactly
- * the tokens it gets alone (greedy: the same ids; seeded: the same draws).
+ * the tokens it gets alone (greedy: the same ids; seeded: the same draws). With experts streamed, a step runs layer
+ * by layer through the expert cache (ExpertCache.forward) with the experts its sequences' rows chose.
  */
 export class Batch {
   readonly slots: BatchSlot[];
@@ -72,6 +73,11 @@ export class Batch {
   private stepQueued = false;
   private stepTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
+  private readonly decodeSegmentPlans = new Map<number, Promise<ForwardSegment[]>>();
+  /** Present when the model's experts are streamed (shared with the prefill Session). */
+  private readonly experts?: ExpertCache;
+  /** A step is being built and submitted (a streamed one awaits each MoE layer's readback): the next waits for it. */
+  private stepping = false;
   /** The prefill Session is one sequence's at a time, in the order they ask. */
   private prefillTurn: Promise<void> = Promise.resolve();
 
@@ -89,16 +95,12 @@ export class Batch {
     const samplerSizes = { vocabSize: model.config.vocabSize, tokenizerSize: model.tokenizerSize };
     this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
     this.queue = new SlotQueue(this.slots);
+    this.experts = ExpertCache.of(ctx, model);
   }
 
   static create(ctx: GpuContext, model: Model, options: BatchOptions): Batch {
     const { contextLength: capacity, maxBatch } = options;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new SessionError(`max batch ${maxBatch} must be a positive integer`);
-    if (ExpertCache.of(ctx, model)) {
-      throw new SessionError(
-        `continuous batching (max batch ${maxBatch}) needs every MoE expert resident; with experts streamed (an expert cache below all experts) run one sequence at a time (max batch 1, --max-batch 1)`,
-      );
-    }
     const prefillSession = Session.create(ctx, model, { contextLength: capacity, prefillChunk: options.prefillChunk });
     let states: LayerState[] = [];
     try {
@@ -281,21 +283,30 @@ export class Batch {
   }
 
   private async runStep(): Promise<void> {
+    if (this.stepping || this.requests.length === 0) return;
     const requests = this.requests;
     this.requests = [];
-    if (requests.length === 0) return;
+    this.stepping = true;
     try {
       const rows = Math.max(...requests.map((r) => r.slot.index)) + 1;
       const positions = new Uint32Array(rows).fill(SKIPPED_ROW);
       for (const r of requests) positions[r.slot.index] = r.slot.position;
-      const plan = await this.decodePlan(rows);
-      const picks = await Promise.all(requests.map((r) => r.sampler.dispatches(this.act.logits, this.act.token, { logits: r.slot.index, out: r.slot.index })));
-      this.ctx.write(this.act.positions, 0, positions);
-      const result = this.ctx.submit(
-        [...plan, ...picks.flat()],
-        'decode batch',
-        requests.map((r) => resultRange(r.sampler)),
-      );
+      const picks = (
+        await Promise.all(requests.map((r) => r.sampler.dispatches(this.act.logits, this.act.token, { logits: r.slot.index, out: r.slot.index })))
+      ).flat();
+      const results = requests.map((r) => resultRange(r.sampler));
+      let result: Readback;
+      if (this.experts) {
+        const segments = await this.decodeSegmentsPlan(rows);
+        this.ctx.write(this.act.positions, 0, positions);
+        const active = requests.map((r) => r.slot.index);
+        await this.experts.forward(segments, { ids: this.act.moe!.ids, rows, active, tail: picks, label: 'decode batch' });
+        result = this.ctx.submit([], 'decode batch', results);
+      } else {
+        const plan = await this.decodePlan(rows);
+        this.ctx.write(this.act.positions, 0, positions);
+        result = this.ctx.submit([...plan, ...picks], 'decode batch', results);
+      }
       this.lastStepRows = requests.length;
       this.stepsRun++;
       this.rowsRun += requests.length;
@@ -332,16 +343,28 @@ export class Batch {
       }
     } catch (error) {
       for (const r of requests) r.reject(error);
+    } finally {
+      this.stepping = false;
+      this.scheduleStep();
     }
   }
 
-  /** The forward of `rows` decode rows and their logits, built once per row count. */
+  /** The forward of `rows` decode rows and their logits, built once per row count... */
   private decodePlan(rows: number): Promise<Dispatch[]> {
+    return memoise(this.decodePlans, rows, async () => segmentDispatches(await this.decodeSegments(rows)));
+  }
+
+  /** ...or cut after each MoE layer's routing, for streamed experts. */
+  private decodeSegmentsPlan(rows: number): Promise<ForwardSegment[]> {
+    return memoise(this.decodeSegmentPlans, rows, () => this.decodeSegments(rows));
+  }
+
+  private async decodeSegments(rows: number): Promise<ForwardSegment[]> {
     const tiled = this.tiledDecode;
-    return memoise(this.decodePlans, rows, async () => [
-      ...(await forward(this.ctx, this.model, this.states, this.act, { tokens: rows, input: 'token', tiledDecode: tiled })),
-      ...(await lmHead(this.ctx, this.model, this.act, this.act.logits, tiled ? { first: 0, count: rows, tiled } : { decoded: rows })),
-    ]);
+    const segments = await forwardSegments(this.ctx, this.model, this.states, this.act, { tokens: rows, input: 'token', tiledDecode: tiled });
+    const head = await lmHead(this.ctx, this.model, this.act, this.act.logits, tiled ? { first: 0, count: rows, tiled } : { decoded: rows });
+    segments[segments.length - 1].dispatches.push(...head);
+    return segments;
   }
 
   /** Marks a slot as no longer decoding (it ended, or starts over). */
@@ -356,6 +379,12 @@ export class Batch {
         () => {},
       );
     this.decodePlans.clear();
+    for (const plan of this.decodeSegmentPlans.values())
+      plan.then(
+        (segments) => this.ctx.release(segmentDispatches(segments)),
+        () => {},
+      );
+    this.decodeSegmentPlans.clear();
     for (const slot of this.slots) slot.sampler.destroy();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
     this.ctx.free(...this.act.buffers);

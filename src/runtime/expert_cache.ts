@@ -1,6 +1,7 @@
-import type { GpuContext } from '../gpu/context.ts';
+import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { InternalError, throwIfAborted } from '../errors.ts';
 import type { GpuTensor } from '../gpu/tensor.ts';
+import type { ForwardSegment } from '../model/layers.ts';
 import { type Model, NOT_RESIDENT } from '../model/model.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import type { ExpertTensor } from '../storage/expert_source.ts';
@@ -55,6 +56,24 @@ interface LayerCache {
 
 const caches = new WeakMap<Model, ExpertCache>();
 
+/** One forward pass with streamed experts (ExpertCache.forward). */
+export interface StreamedForward {
+  /** The rows' chosen expert ids ([rows, topk] u32, as moe_route writes them: activations.moe.ids). */
+  ids: GPUBuffer;
+  rows: number;
+  /** The rows whose experts count (default all): a batch step's rows of sequences that decode; the others are skipped rows. */
+  active?: readonly number[];
+  /** Submitted with the last segment (the LM head, the picks). */
+  tail: Dispatch[];
+  label: string;
+  /**
+   * Decode of one row: the next layer's router applied to this layer's input, into ids row 1, so that its likely
+   * experts are read while the GPU works (prefetch).
+   */
+  predict?: (layer: number) => Promise<Dispatch[]>;
+  signal?: AbortSignal;
+}
+
 /**
  * The GPU expert cache of a model whose experts are streamed (model.experts): each main MoE layer's expert
  * tensors hold `slots` experts; the slot table (expert id → slot, NOT_RESIDENT for the others) is kept in
@@ -70,6 +89,8 @@ export class ExpertCache {
   private counters = zeroCounters();
   private earlier = zeroCounters();
   private usage: number[][] = [];
+  /** The last layer run queued (runLayer): one at a time, so that no one evicts what another has made resident for its run. */
+  private turn: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly ctx: GpuContext,
@@ -115,7 +136,7 @@ export class ExpertCache {
     this.usage = this.layers.map(() => new Array<number>(this.model.config.moe!.numExperts).fill(0));
   }
 
-  countTokens(tokens: number, readbackMs: number): void {
+  private countTokens(tokens: number, readbackMs: number): void {
     this.counters.tokens += tokens;
     this.counters.readbackMs += readbackMs;
   }
@@ -138,13 +159,58 @@ export class ExpertCache {
   }
 
   /**
+   * Runs a forward pass cut into segments (model/layers.ts forwardSegments) with streamed experts: after each MoE
+   * layer's routing the chosen ids are read back (the one per-layer readback, and only here), missing experts are
+   * read and uploaded, then the layer's experts run (in passes when the rows need more experts than there are slots).
+   */
+  async forward(segments: readonly ForwardSegment[], pass: StreamedForward): Promise<void> {
+    const k = this.model.config.moe!.topk;
+    const active = pass.active ?? Array.from({ length: pass.rows }, (_, r) => r);
+    let readbackMs = 0;
+    for (const seg of segments) {
+      const experts = seg.experts;
+      if (!experts) {
+        this.ctx.run([...seg.dispatches, ...pass.tail], pass.label);
+        continue;
+      }
+      const next = pass.predict && experts.layer + 1 < this.layers.length ? experts.layer + 1 : undefined;
+      this.ctx.run([...seg.dispatches, ...(next !== undefined ? await pass.predict!(next) : [])], pass.label);
+      const t0 = performance.now();
+      const ids = new Uint32Array(await this.ctx.read(pass.ids, 0, (next !== undefined ? 2 : pass.rows) * k * 4));
+      readbackMs += performance.now() - t0;
+      if (next !== undefined) this.prefetch(next, ids.subarray(k, 2 * k), pass.signal);
+      const chosenBy = (r: number) => ids.subarray(r * k, (r + 1) * k);
+      const chosen = active.length === pass.rows ? ids.subarray(0, pass.rows * k) : Uint32Array.from(active.flatMap((r) => [...chosenBy(r)]));
+      // Decode rows add their experts into h: a second pass would add the experts it keeps again, so rows that need
+      // more experts than there are slots run one at a time (a row's topk always fit).
+      const rows = experts.rows;
+      if (rows && new Set(chosen).size > this.slots) {
+        for (const r of active) await this.runLayer(experts.layer, chosenBy(r), () => this.ctx.run(rows[r], pass.label), pass.signal);
+      } else {
+        await this.runLayer(experts.layer, chosen, () => this.ctx.run(experts.dispatches, pass.label), pass.signal);
+      }
+    }
+    this.countTokens(active.length, readbackMs);
+  }
+
+  /**
    * Runs a MoE layer's routed experts for the chosen `ids` ([tokens, topk] u32, as moe_route wrote them):
    * makes them resident and calls `run` (which submits the layer's expert dispatches). When the distinct
    * experts outnumber the slots (a prefill chunk), it runs in passes: each makes a set resident, and the
    * kernels skip every pair whose expert no slot holds; each pair is computed in exactly one pass with the
-   * same arithmetic as when all experts are resident, so the layer's output is the same bit for bit.
+   * same arithmetic as when all experts are resident, so the layer's output is the same bit for bit. Layers run
+   * one at a time (a batch's step and a prompt's prefill share the cache): `run` submits before anyone evicts.
    */
-  async runLayer(layer: number, ids: Uint32Array, run: () => void, signal?: AbortSignal): Promise<void> {
+  private runLayer(layer: number, ids: Uint32Array, run: () => void, signal?: AbortSignal): Promise<void> {
+    const done = this.turn.then(() => this.runLayerNow(layer, ids, run, signal));
+    this.turn = done.then(
+      () => {},
+      () => {},
+    );
+    return done;
+  }
+
+  private async runLayerNow(layer: number, ids: Uint32Array, run: () => void, signal?: AbortSignal): Promise<void> {
     const L = this.layers[layer];
     const uses = new Map<number, number>();
     for (let p = 0; p < ids.length; p++) uses.set(ids[p], (uses.get(ids[p]) ?? 0) + 1);
@@ -180,7 +246,7 @@ export class ExpertCache {
    * the current hidden state), so their reads overlap the GPU work before that layer's routing. Only the
    * reads: uploading would evict experts that may still be chosen.
    */
-  prefetch(layer: number, experts: Iterable<number>, signal?: AbortSignal): void {
+  private prefetch(layer: number, experts: Iterable<number>, signal?: AbortSignal): void {
     const L = this.layers[layer];
     if (!L) return;
     L.ahead.clear();

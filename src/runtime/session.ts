@@ -2,7 +2,7 @@ import type { Dispatch, GpuContext, ReadRange, Readback } from '../gpu/context.t
 import { SessionError, throwIfAborted } from '../errors.ts';
 import { StepParams, packParams } from '../gpu/kernel.ts';
 import { PlanCache } from './plan_cache.ts';
-import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed } from '../model/layers.ts';
+import { type ForwardSegment, forward, forwardSegments, lmHead, residualNormed, segmentDispatches } from '../model/layers.ts';
 import type { MoeWeights } from '../model/weights.ts';
 import { matvec } from '../kernels/matvec.ts';
 import { moeRoute } from '../kernels/moe_route.ts';
@@ -28,8 +28,6 @@ export interface SessionOptions {
  * again (a few ms) rather than keeping one per length seen, each holding a few hundred uniform buffers.
  */
 const PREFILL_PLANS = 4;
-
-const segmentDispatches = (segments: ForwardSegment[]): Dispatch[] => segments.flatMap((s) => [...s.dispatches, ...(s.experts?.dispatches ?? [])]);
 
 const pendingToken = (sampler: GpuSampler, result: Readback): PendingToken => ({
   read: async () => sampler.parse(await result.bytes()),
@@ -175,46 +173,17 @@ export class Session implements TokenSequence {
     });
   }
 
-  /**
-   * The forward pass with streamed experts, segment by segment: after each MoE layer's routing the chosen
-   * ids are read back (the one per-layer readback, and only here), missing experts are read and uploaded,
-   * then the layer's experts run (in passes when a prefill chunk needs more experts than there are slots).
-   */
-  private async runStreamed(
-    cache: ExpertCache,
-    segments: ForwardSegment[],
-    tokens: number,
-    tail: Dispatch[],
-    label: string,
-    signal?: AbortSignal,
-  ): Promise<void> {
-    const m = this.activations.moe!;
-    const k = this.model.config.moe!.topk;
-    const ahead = tokens === 1 && this.activations.maxTokens >= 2;
-    let readbackMs = 0;
-    for (const seg of segments) {
-      const experts = seg.experts;
-      if (!experts) {
-        this.ctx.run([...seg.dispatches, ...tail], label);
-        continue;
-      }
-      const next = experts.layer + 1 < this.model.weights.layers.length && ahead ? experts.layer + 1 : undefined;
-      this.ctx.run([...seg.dispatches, ...(next !== undefined ? await this.predictPlan(next) : [])], label);
-      const t0 = performance.now();
-      const ids = new Uint32Array(await this.ctx.read(m.ids, 0, (next !== undefined ? 2 : tokens) * k * 4));
-      readbackMs += performance.now() - t0;
-      if (next !== undefined) cache.prefetch(next, ids.subarray(k, 2 * k), signal);
-      const chosen = ids.subarray(0, tokens * k);
-      // Decode rows add their experts into h: a second pass would add the experts it keeps again, so rows that need
-      // more experts than there are slots run one at a time (a row's topk always fit).
-      if (experts.rows && new Set(chosen).size > cache.slots) {
-        for (const [r, row] of experts.rows.entries())
-          await cache.runLayer(experts.layer, chosen.subarray(r * k, (r + 1) * k), () => this.ctx.run(row, label), signal);
-      } else {
-        await cache.runLayer(experts.layer, chosen, () => this.ctx.run(experts.dispatches, label), signal);
-      }
-    }
-    cache.countTokens(tokens, readbackMs);
+  /** A forward pass through the expert cache (ExpertCache.forward), with the next layer's experts read ahead on one decode row. */
+  private runStreamed(cache: ExpertCache, segments: ForwardSegment[], rows: number, tail: Dispatch[], label: string, signal?: AbortSignal): Promise<void> {
+    const ahead = rows === 1 && this.activations.maxTokens >= 2;
+    return cache.forward(segments, {
+      ids: this.activations.moe!.ids,
+      rows,
+      tail,
+      label,
+      signal,
+      ...(ahead && { predict: (layer) => this.predictPlan(layer) }),
+    });
   }
 
   /** Logits of row `row` of the last forward call into the logits buffer. */

@@ -170,6 +170,49 @@ describe('expert streaming on the MoE fixture (16 experts, top-4, 8 layers)', ()
     }
   }, 300_000);
 
+  it('continuous batching while experts stream: every request gets the ids and draws it gets alone (matvec and tiled decode rows)', async () => {
+    // Prompts of different lengths, so that sequences join and leave the batch at different steps.
+    const prompts = [prompt, prompt.slice(0, 5), prompt.slice(40, 90), prompt.slice(7, 8), prompt.slice(100, 131)];
+    const sampling = (i: number): SamplingOptions => (i % 2 === 0 ? { temperature: 0 } : { temperature: 0.8, topK: 12, seed: 11 + i });
+    const run = (engine: Engine, i: number) =>
+      engine.generateIds({ promptIds: prompts[i], maxTokens: 10, sampling: sampling(i), ignoreEos: true }).then((r) => r.ids);
+    const alone = await Engine.load(ctx, await openModel(packedDir), { dtype: 'f32', contextLength: 256 });
+    const want: number[][] = [];
+    try {
+      for (const i of prompts.keys()) want.push(await run(alone, i));
+    } finally {
+      alone.destroy();
+    }
+    // 4 slots (topk): a step's rows need more experts than the slots hold (matvec rows: one at a time; tiled: in passes).
+    for (const [slots, tiledDecode] of [
+      [4, false],
+      [4, true],
+      [8, false],
+    ] as const) {
+      const engine = await Engine.load(ctx, await openModel(packedDir), {
+        dtype: 'f32',
+        contextLength: 256,
+        maxBatch: 3,
+        tiledDecode,
+        prefillChunk: 32,
+        expertCacheBytes: slots * 8 * perExpert,
+      });
+      let peak = 0;
+      const timer = setInterval(() => (peak = Math.max(peak, engine.gauges().batchSize)), 1);
+      try {
+        const got = await Promise.all(prompts.map((_, i) => run(engine, i)));
+        expect(got).toEqual(want);
+        expect(peak).toBeGreaterThan(1);
+        const totals = engine.gauges().experts!;
+        expect(totals.slots).toBe(slots);
+        expect(totals.misses).toBeGreaterThan(0);
+      } finally {
+        clearInterval(timer);
+        engine.destroy();
+      }
+    }
+  }, 300_000);
+
   it("the engine's gauges sum the expert figures of every generation since it loaded (a server's metrics)", async () => {
     const engine = await Engine.load(ctx, await openModel(packedDir), { dtype: 'f32', expertCacheBytes: 8 * 8 * perExpert, contextLength: 256 });
     try {
