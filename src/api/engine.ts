@@ -594,7 +594,8 @@ export class Engine {
 
   /**
    * Expert streaming figures of the last generation (hit rate, bytes streamed, stall per token), or undefined
-   * when every MoE expert is resident (or the model is dense).
+   * when every MoE expert is resident (or the model is dense); with a batch, where requests overlap, since the last
+   * prompt began, and gauges().experts has the totals.
    */
   expertStats(): ExpertStats | undefined {
     return this.session.expertStats();
