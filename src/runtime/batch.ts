@@ -6,8 +6,8 @@ import { type ForwardSegment, forwardSegments, lmHead, segmentDispatches } from 
 import type { Model } from '../model/model.ts';
 import { type Activations, type LayerState, createActivations, createLayerStates, stateBytes } from '../model/activations.ts';
 import { SKIPPED_ROW } from '../kernels/rows.ts';
-import { memoise } from '../gpu/memo.ts';
 import { ExpertCache } from './expert_cache.ts';
+import { PlanCache } from './plan_cache.ts';
 import { GpuSampler } from './sampler.ts';
 import type { PendingToken, TokenSequence } from './sequence.ts';
 import { Session } from './session.ts';
@@ -72,8 +72,8 @@ export class Batch {
   /** A step queued to run in a microtask (everyone asked), or on a timer (some have). */
   private stepQueued = false;
   private stepTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly decodePlans = new Map<number, Promise<Dispatch[]>>();
-  private readonly decodeSegmentPlans = new Map<number, Promise<ForwardSegment[]>>();
+  private readonly decodePlans: PlanCache<Dispatch[]>;
+  private readonly decodeSegmentPlans: PlanCache<ForwardSegment[]>;
   /** Present when the model's experts are streamed (shared with the prefill Session). */
   private readonly experts?: ExpertCache;
   /** A step is being built and submitted (a streamed one awaits each MoE layer's readback): the next waits for it. */
@@ -96,6 +96,8 @@ export class Batch {
     this.slots = Array.from({ length: act.maxTokens }, (_, i) => new BatchSlot(this, i, GpuSampler.create(ctx, samplerSizes)));
     this.queue = new SlotQueue(this.slots);
     this.experts = ExpertCache.of(ctx, model);
+    this.decodePlans = new PlanCache(ctx, Infinity, (d) => d);
+    this.decodeSegmentPlans = new PlanCache(ctx, Infinity, segmentDispatches);
   }
 
   static create(ctx: GpuContext, model: Model, options: BatchOptions): Batch {
@@ -295,16 +297,16 @@ export class Batch {
         await Promise.all(requests.map((r) => r.sampler.dispatches(this.act.logits, this.act.token, { logits: r.slot.index, out: r.slot.index })))
       ).flat();
       const results = requests.map((r) => resultRange(r.sampler));
+      // No other step runs until this one is submitted (stepping), so the positions can be written now.
+      this.ctx.write(this.act.positions, 0, positions);
       let result: Readback;
       if (this.experts) {
         const segments = await this.decodeSegmentsPlan(rows);
-        this.ctx.write(this.act.positions, 0, positions);
         const active = requests.map((r) => r.slot.index);
         await this.experts.forward(segments, { ids: this.act.moe!.ids, rows, active, tail: picks, label: 'decode batch' });
         result = this.ctx.submit([], 'decode batch', results);
       } else {
         const plan = await this.decodePlan(rows);
-        this.ctx.write(this.act.positions, 0, positions);
         result = this.ctx.submit([...plan, ...picks], 'decode batch', results);
       }
       this.lastStepRows = requests.length;
@@ -351,12 +353,12 @@ export class Batch {
 
   /** The forward of `rows` decode rows and their logits, built once per row count... */
   private decodePlan(rows: number): Promise<Dispatch[]> {
-    return memoise(this.decodePlans, rows, async () => segmentDispatches(await this.decodeSegments(rows)));
+    return this.decodePlans.plan(`${rows}`, async () => segmentDispatches(await this.decodeSegments(rows)));
   }
 
   /** ...or cut after each MoE layer's routing, for streamed experts. */
   private decodeSegmentsPlan(rows: number): Promise<ForwardSegment[]> {
-    return memoise(this.decodeSegmentPlans, rows, () => this.decodeSegments(rows));
+    return this.decodeSegmentPlans.plan(`${rows}`, () => this.decodeSegments(rows));
   }
 
   private async decodeSegments(rows: number): Promise<ForwardSegment[]> {
@@ -373,17 +375,7 @@ export class Batch {
   }
 
   destroy(): void {
-    for (const plan of this.decodePlans.values())
-      plan.then(
-        (d) => this.ctx.release(d),
-        () => {},
-      );
     this.decodePlans.clear();
-    for (const plan of this.decodeSegmentPlans.values())
-      plan.then(
-        (segments) => this.ctx.release(segmentDispatches(segments)),
-        () => {},
-      );
     this.decodeSegmentPlans.clear();
     for (const slot of this.slots) slot.sampler.destroy();
     for (const s of this.states) this.ctx.free(s.conv, s.recurrent, s.keys, s.values);
