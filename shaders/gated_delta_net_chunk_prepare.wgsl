@@ -5,7 +5,7 @@
 //     A = (kb k^T) ⊙ D with kb = beta k;  M = I + strict_lower(A)
 //     U = M^-1 (beta v)  [C, dv];  W = M^-1 (kb ⊙ e^cum)  [C, dk];  attn = (q k^T) ⊙ D, lower triangle incl. diagonal
 //   Every exponent is a sum of g's of one sign (never a difference of prefix sums), so strong decays keep f32 precision.
-//   qkv: [T, qkv_stride] act (q heads, then k heads, then v heads; gated_delta_net_chunk.ts) · ba: [T, ba_stride] act · a_log, dt_bias: [nv] f32
+//   qkv: [T, qkv_stride] act (q heads, then k heads, then v heads; gated_delta_net_chunk.ts) · ba: [T, ba_stride] act · decay_params: [2, nv] f32 (A_log, then dt_bias)
 //   uw:   [nv, tp, dv + dk] f32, row (h, t) = U row | W row  (tp = chunks * C)
 //   attn: [nv, tp, C] f32, row (h, t) = attn[i, 0..C) of t = chunk*C + i (zero above the diagonal)
 //   gate: [nv, tp, 2] f32, (e^cum_i, e^(cum_last - cum_i))
@@ -45,7 +45,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (li < rows) {
       let gb = (t0 + li) * params.ba_stride;
       beta = sigmoid(f32(ba[gb + params.b_off + h]));
-      g = -exp(a_log[h]) * softplus(f32(ba[gb + params.a_off + h]) + dt_bias[h]);
+      g = -exp(decay_params[h]) * softplus(f32(ba[gb + params.a_off + h]) + decay_params[params.nv + h]);
     }
     gsh[li] = g;
     bsh[li] = beta;

@@ -17,7 +17,7 @@
 //   workgroup's row 0 still reads.
 //   proj: [rows, proj_stride] act: qkv at [0, conv_dim), z of value head h at z_off + h*DV, b at b_off + h, a at a_off + h
 //   conv_w: [conv_dim, w_stride] f32 · conv_state: [rows, K, conv_dim] act rings (conv1d_causal.wgsl), then for
-//   one sequence's rows the seq_rows - 1 pending slots · a_log, dt_bias: [nv] f32 · state: [slots, nv, DK, DV] f32,
+//   one sequence's rows the seq_rows - 1 pending slots · decay_params: [2, nv] f32 (A_log, then dt_bias) · state: [slots, nv, DK, DV] f32,
 //   read from slot row and written as above · norm_w: [DV] f32
 //   y: [rows, y_stride] act (head h at h*DV) · positions: [rows] u32 (one sequence's rows: [seq_rows], consecutive)
 //   grid: rows * nv workgroups (flat_id, head innermost), one per value head h (key head j = h / ratio), of WG = DV * KSPLIT invocations;
@@ -68,7 +68,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let col = li % DV;
   let ks = li / DV;
   let owner = h % params.ratio == 0u;
-  let a_h = exp(a_log[h]);
+  let a_h = exp(decay_params[h]);
   let state0 = (local * params.nv + h) * DK * DV + col;
   var s: array<f32, RPT>;
   for (var r = 0u; r < RPT; r++) {
@@ -105,7 +105,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let fk = inverseSqrt(norms.y + 1e-6);
 
     let beta = sigmoid(f32(proj[proj0 + params.b_off + h]));
-    let decay = exp(-a_h * softplus(f32(proj[proj0 + params.a_off + h]) + dt_bias[h]));
+    let decay = exp(-a_h * softplus(f32(proj[proj0 + params.a_off + h]) + decay_params[params.nv + h]));
     var p = vec3<f32>(0.0);
     for (var r = 0u; r < RPT; r++) {
       let d = ks + KSPLIT * r;

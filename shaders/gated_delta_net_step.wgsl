@@ -7,7 +7,7 @@
 //   qkv:   [T, qkv_stride] act; q of key head j at t*qkv_stride + j*DK, k at + nk*DK + j*DK, v of value head h at
 //          + 2*nk*DK + h*dv (q, k already l2-normed, q scaled by DK^-0.5)
 //   ba:    [T, ba_stride] act; b[t,h] at t*ba_stride + b_off + h, a[t,h] at t*ba_stride + a_off + h
-//   a_log, dt_bias: [nv] f32 · state: [nv, DK, dv] f32, read and updated · out: [T, nv, dv] act
+//   decay_params: [2, nv] f32 (A_log, then dt_bias) · state: [nv, DK, dv] f32, read and updated · out: [T, nv, dv] act
 //   grid: nv * ceil(dv / DVT) workgroups (flat_id) of DVT × KSPLIT invocations; workgroup (h, tile) owns columns
 //   tile*DVT + x of head h; invocation (x, y) keeps rows d = y + KSPLIT*r (r < RPT) of its column in registers for all
 //   T tokens (the state is read and written once per call), and the KSPLIT partial sums of a column meet in `red`.
@@ -35,8 +35,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let d = lid.y + KSPLIT * r;
     if (live && d < DK) { s[r] = state[sbase + d * params.dv]; }
   }
-  let neg_a = -exp(a_log[h]);
-  let dtb = dt_bias[h];
+  let neg_a = -exp(decay_params[h]);
+  let dtb = decay_params[params.nv + h];
   let qoff = j * DK;
   let koff = params.nk * DK + j * DK;
   let voff = 2u * params.nk * DK + h * params.dv + col;

@@ -37,6 +37,8 @@ export async function runBench(
   const contextLength = promptTokens + decodeTokens + 1;
   const draftVocab = args.flags.has('draft-vocab') ? intFlag(args, 'draft-vocab', undefined, 0) : undefined;
   if (draftVocab !== undefined && !args.flags.has('verify-cost')) throw new UsageError('--draft-vocab is for --verify-cost');
+  const hostOnly = args.flags.has('host-only');
+  if (hostOnly && (streams || args.flags.has('verify-cost'))) throw new UsageError('--host-only times decode steps alone: not with --streams or --verify-cost');
   const t0 = performance.now();
   let model: Model;
   let session: Session;
@@ -93,11 +95,8 @@ export async function runBench(
   });
   const decodeMs = performance.now() - d0;
   const dispatches = (await session.decodeDispatches()) + (await sampler.dispatches(session.activations.logits, session.activations.token)).length;
-  const copy = await copyBandwidth(ctx);
-  const weightBytes = decodeWeightBytes(model);
   const decodeRate = (decodeTokens * 1000) / decodeMs;
-  const achieved = weightBytes * decodeRate;
-  const result = {
+  const stepFigures = {
     model: model.location,
     layers: model.config.numLayers,
     dtype,
@@ -106,11 +105,31 @@ export async function runBench(
     load_ms: Math.round(loadMs),
     prompt_tokens: promptTokens,
     decode_tokens: decodeTokens,
-    prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)),
-    decode_tokens_per_s: round(decodeRate),
     dispatches_per_step: dispatches,
     host_ms_per_step: round(hostMs / decodeTokens, 3),
     steps_in_flight: steps.deepest,
+  };
+  if (hostOnly) {
+    // Nothing ran on a GPU: a step took what the host's work took, and decode could go no faster than that.
+    const figures = { ...stepFigures, step_ms: round(decodeMs / decodeTokens, 3), host_bound_tokens_per_s: round(decodeRate) };
+    host.stdout(
+      args.flags.has('json')
+        ? `${JSON.stringify(figures)}\n`
+        : `${figures.model} (${figures.layers} layers, ${dtype}) on Dawn's null backend: the host's work alone, no GPU's
+  decode   ${figures.host_ms_per_step} ms of host time per step (${dispatches} dispatches), ${figures.step_ms} ms per step in all: at most ${figures.host_bound_tokens_per_s} tokens/s
+`,
+    );
+    sampler.destroy();
+    release();
+    return;
+  }
+  const copy = await copyBandwidth(ctx);
+  const weightBytes = decodeWeightBytes(model);
+  const achieved = weightBytes * decodeRate;
+  const result = {
+    ...stepFigures,
+    prefill_tokens_per_s: round(promptTokens / (prefillMs / 1000)),
+    decode_tokens_per_s: round(decodeRate),
     readback_ms: round(session.readbackMs, 3),
     decode_weight_bytes: weightBytes,
     weight_gb_per_s: round(achieved / 1e9),

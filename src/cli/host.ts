@@ -4,7 +4,8 @@ import type { GpuContext } from '../gpu/context.ts';
 
 /** What the CLI needs of the runtime it runs under (Node or Deno): a GPU and a terminal. */
 export interface CliHost {
-  createContext(options: { adapter?: string; mask?: CapsMask; activations?: ActivationType }): Promise<GpuContext>;
+  /** `hostOnly`: Dawn's null backend, which computes nothing (bench --host-only: the host's share of a step). */
+  createContext(options: { adapter?: string; mask?: CapsMask; activations?: ActivationType; hostOnly?: boolean }): Promise<GpuContext>;
   stdout(text: string): void;
   stderr(text: string): void;
   isTTY: boolean;

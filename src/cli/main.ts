@@ -33,7 +33,21 @@ import { convertedOnce } from './packed_cache.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
-const SWITCHES = new Set(['greedy', 'json', 'verify-cost', 'stream', 'no-f16', 'no-subgroups', 'no-mtp', 'no-think', 'ignore-eos', 'verify', 'help', 'debug']);
+const SWITCHES = new Set([
+  'greedy',
+  'json',
+  'verify-cost',
+  'stream',
+  'no-f16',
+  'no-subgroups',
+  'no-mtp',
+  'no-think',
+  'ignore-eos',
+  'verify',
+  'help',
+  'debug',
+  'host-only',
+]);
 
 export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
 
@@ -56,7 +70,7 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu export   --model <packed dir|url> --out DIR
       writes a packed model back as a Hugging Face checkpoint with the dequantised weights in f32
   qwen-webgpu bench    (--model <dir> | --synthetic qwen3.5-0.8b|qwen3.5-9b|qwen3.5-35b-a3b|qwen3.5-397b-a17b [--layers N])
-                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost [--draft-vocab N]]
+                       [--prompt-tokens N] [--decode-tokens N] [--streams N,N,...] [--verify-cost [--draft-vocab N]] [--host-only]
       prefill and decode tokens/s, dispatches and host ms per decode step, and weight bandwidth against the
       adapter's own copy bandwidth (--json: one line of figures); --streams 1,4,16: aggregate decode tokens/s of
       that many concurrent streams decoding together (continuous batching), the speedup over one stream, and the
@@ -64,7 +78,9 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
       --layers below its own count adds per-layer figures, the cost of one hop between pipeline stages and the
       whole model's decode speed projected over 1, 2, 4 and 8 stages; --verify-cost adds
       what a verification pass of k + 1 tokens costs in decode steps (speculative decoding) and the speedup projected
-      (--draft-vocab: drafts from ids below N, as generate takes it)
+      (--draft-vocab: drafts from ids below N, as generate takes it); --host-only runs on Dawn's null backend (Node),
+      which computes nothing: the host's time per decode step and the tokens/s it alone would allow (its 512 MiB
+      of memory hold the 0.8B shapes)
   qwen-webgpu batch    --model <dir|url|hub id> --in REQUESTS.jsonl --out RESULTS.jsonl [--max-batch N]
       runs an OpenAI Batch API file (lines of {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
       "/v1/completions", "body"}), up to --max-batch requests decoding together (default 4), appending each result line
@@ -166,7 +182,7 @@ const COMMANDS: Record<string, Command> = {
   export: { gpu: false, flags: ['model', 'out', 'http-timeout'], run: (a, _c, h) => exportPacked(a, h) },
   bench: {
     gpu: true,
-    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'draft-vocab', 'json'],
+    flags: [...GPU_FLAGS, ...LOAD_FLAGS, 'synthetic', 'layers', 'prompt-tokens', 'decode-tokens', 'streams', 'verify-cost', 'draft-vocab', 'host-only', 'json'],
     // --verify-cost drafts with the model's MTP block, which a default load leaves out on CPU adapters.
     run: (a, c, h) =>
       runBench(a, c!, h, async (m, d, n) =>
@@ -239,6 +255,7 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
         adapter: stringFlag(args, 'adapter'),
         mask: { ...(args.flags.has('no-f16') ? { f16: false } : {}), ...(args.flags.has('no-subgroups') ? { subgroups: false } : {}) },
         activations: choiceFlag(args, 'activations', ['f32', 'f16'] as const),
+        hostOnly: args.flags.has('host-only'),
       });
     }
     await command.run(args, ctx, host);

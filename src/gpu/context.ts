@@ -1,4 +1,4 @@
-import { AdapterError, CapabilityError, ContractError } from '../errors.ts';
+import { AdapterError, CapabilityError, ContractError, InternalError } from '../errors.ts';
 import { runProbe } from './probe.ts';
 import { subgroupsWork } from './subgroups.ts';
 import { type ActivationType, type Caps, type CapsMask, capsFingerprint, maskCaps } from './caps.ts';
@@ -27,6 +27,16 @@ export interface ContextOptions {
    * off); norms, recurrent states, logits and every accumulator stay f32.
    */
   activations?: ActivationType;
+  /**
+   * Ask for WebGPU's default limits (8 storage buffers per stage, 128 MiB bindings, 16 KiB of workgroup memory...)
+   * instead of all the adapter has: the least any adapter gives, so that a test on a software adapter runs as there.
+   */
+  defaultLimits?: boolean;
+  /**
+   * The adapter is Dawn's null backend, which takes every command and computes nothing: only the host's share of the
+   * work can be measured there (bench --host-only), so it is not refused as a broken adapter.
+   */
+  nullBackend?: boolean;
   /** Debug hook: receives every kernel's WGSL as it is compiled. */
   dumpShader?: (label: string, code: string) => void;
 }
@@ -168,7 +178,7 @@ export class GpuContext {
     const wanted = (['shader-f16', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
     const requiredLimits: Record<string, number> = {};
     const limits = adapter.limits as unknown as Record<string, number | undefined>;
-    for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
+    if (!options.defaultLimits) for (const name of LIMIT_NAMES) if (typeof limits[name] === 'number') requiredLimits[name] = limits[name];
     const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits, label: 'qwen-webgpu' });
     const info = adapter.info;
     const caps = maskCaps(
@@ -205,7 +215,7 @@ export class GpuContext {
       throw new CapabilityError(`f16 activations need the shader-f16 feature, which ${why} on adapter "${summary.name}"; use f32 activations`, 'shader-f16');
     }
     const ctx = new GpuContext(gpu, device, caps, summary, options);
-    await ctx.checkComputes();
+    if (!options.nullBackend) await ctx.checkComputes();
     await ctx.measureReadback();
     return ctx;
   }
@@ -307,6 +317,10 @@ export class GpuContext {
     const code = kernelSource(def, variant, this.caps, this.activations);
     this.options.dumpShader?.(key, code);
     const bindings = def.bindings(variant);
+    const storage = bindings.filter((b) => b.kind !== 'uniform').length;
+    if (storage > this.caps.maxStorageBuffersPerStage) {
+      throw new InternalError(`internal: kernel ${key} binds ${storage} storage buffers; the adapter allows ${this.caps.maxStorageBuffersPerStage}`);
+    }
     const layout = this.device.createBindGroupLayout({ label: key, entries: layoutEntries(bindings) });
     const module = this.device.createShaderModule({ label: key, code });
     try {

@@ -16,8 +16,7 @@ export interface GatedDeltaNetArgs {
   baStride: number;
   bOffset: number;
   aOffset: number; // activations; b[t,h] = ba[t*baStride + bOffset + h], a likewise
-  aLog: GPUBuffer;
-  dtBias: GPUBuffer; // [nv] f32
+  decayParams: GPUBuffer; // [2, nv] f32: A_log, then dt_bias
   state: GPUBuffer; // [nv, dk, dv] f32, read and updated (zero at sequence start)
   out: GPUBuffer; // [T, nv, dv] activations
 }
@@ -32,12 +31,11 @@ export function checkGatedDeltaNetArgs(check: Checks, a: GatedDeltaNetArgs, actB
   const qkvWidth = 2 * nk * dk + nv * dv;
   if (T > 1 && a.qkvStride < qkvWidth) fail(`qkvStride = ${a.qkvStride} is less than 2*nk*dk + nv*dv = ${qkvWidth}`);
   if (T > 1 && a.baStride < Math.max(a.bOffset, a.aOffset) + nv) fail(`baStride = ${a.baStride} is less than max(bOffset, aOffset) + nv`);
-  const inputs = [a.qkv, a.ba, a.aLog, a.dtBias];
+  const inputs = [a.qkv, a.ba, a.decayParams];
   if (a.state === a.out || inputs.includes(a.state) || inputs.includes(a.out)) fail('state and out must be distinct from each other and from the inputs');
   fits('qkv', a.qkv, (T - 1) * a.qkvStride + qkvWidth, actBytes);
   fits('ba', a.ba, (T - 1) * a.baStride + Math.max(a.bOffset, a.aOffset) + nv, actBytes);
-  fits('aLog', a.aLog, nv);
-  fits('dtBias', a.dtBias, nv);
+  fits('decayParams', a.decayParams, 2 * nv);
   fits('state', a.state, nv * dk * dv);
   fits('out', a.out, T * nv * dv, actBytes);
 }

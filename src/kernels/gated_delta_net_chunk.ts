@@ -42,16 +42,7 @@ const ScanParams = {
 /** Per (chunk, value head): gates, decay sums, gram matrices and the triangular solve. Grid: chunks * nv. */
 export const gatedDeltaNetChunkPrepareKernel = defineKernel({
   name: 'gated_delta_net_chunk_prepare',
-  bindings: () => [
-    read('qkv', 'act'),
-    read('ba', 'act'),
-    read('a_log'),
-    read('dt_bias'),
-    write('uw'),
-    write('attn'),
-    write('gate'),
-    uniform('params', PrepareParams),
-  ],
+  bindings: () => [read('qkv', 'act'), read('ba', 'act'), read('decay_params'), write('uw'), write('attn'), write('gate'), uniform('params', PrepareParams)],
 });
 
 /**
@@ -150,7 +141,7 @@ export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs &
     if (need[name] > scratch[name].size)
       check.fail(`scratch ${name} has ${scratch[name].size} bytes, ${need[name]} needed for nv = ${a.nv}, dk = ${a.dk}, dv = ${a.dv}`);
   }
-  const inputs = [a.qkv, a.ba, a.aLog, a.dtBias, a.state, a.out];
+  const inputs = [a.qkv, a.ba, a.decayParams, a.state, a.out];
   if ([scratch.uw, scratch.attn, scratch.gate, scratch.hs].some((b) => inputs.includes(b))) check.fail('scratch buffers must not be arguments');
 
   const chunks = Math.ceil(a.tokens / CHUNK);
@@ -166,8 +157,7 @@ export async function gatedDeltaNetChunk(ctx: GpuContext, a: GatedDeltaNetArgs &
       {
         qkv: a.qkv,
         ba: a.ba,
-        a_log: a.aLog,
-        dt_bias: a.dtBias,
+        decay_params: a.decayParams,
         uw,
         attn,
         gate,

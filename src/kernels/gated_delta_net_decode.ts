@@ -38,8 +38,7 @@ export const gatedDeltaNetDecodeKernel = defineKernel<GatedDeltaNetDecodeVariant
     read('proj', 'act'),
     read('conv_w'),
     write('conv_state', 'act'),
-    read('a_log'),
-    read('dt_bias'),
+    read('decay_params'),
     write('state'),
     read('norm_w'),
     write('y', 'act'),
@@ -80,8 +79,8 @@ export interface GatedDeltaNetDecodeArgs {
   wStride: number;
   kernelSize: number;
   convState: GPUBuffer;
-  aLog: GPUBuffer;
-  dtBias: GPUBuffer;
+  /** [2, nv] f32: A_log, then dt_bias. */
+  decayParams: GPUBuffer;
   /** [rows, nv, dk, dv] f32, read and updated (sequenceRows: [1 + sequenceRows, nv, dk, dv]). */
   state: GPUBuffer;
   /** [dv] f32 weight of the gated RMS norm. */
@@ -121,8 +120,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     proj: a.proj,
     convW: a.convW,
     convState: a.convState,
-    aLog: a.aLog,
-    dtBias: a.dtBias,
+    decayParams: a.decayParams,
     state: a.state,
     normW: a.normW,
     y: a.y,
@@ -141,8 +139,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
   check.fits('proj', a.proj, lastRow * projStride + projRow, ab);
   check.fits('convW', a.convW, (convDim - 1) * a.wStride + K);
   check.fits('convState', a.convState, (rows * K + pending) * convDim, ab);
-  check.fits('aLog', a.aLog, nv);
-  check.fits('dtBias', a.dtBias, nv);
+  check.fits('decayParams', a.decayParams, 2 * nv);
   check.fits('state', a.state, (lastRow + 1 + stateOut) * nv * dk * dv);
   check.fits('normW', a.normW, dv);
   check.fits('y', a.y, lastRow * yStride + nv * dv, ab);
@@ -168,8 +165,7 @@ export function gatedDeltaNetDecode(ctx: GpuContext, a: GatedDeltaNetDecodeArgs)
     proj: a.proj,
     conv_w: a.convW,
     conv_state: a.convState,
-    a_log: a.aLog,
-    dt_bias: a.dtBias,
+    decay_params: a.decayParams,
     state: a.state,
     norm_w: a.normW,
     y: a.y,

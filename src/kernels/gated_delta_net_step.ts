@@ -35,7 +35,7 @@ const KSPLIT = 8;
  */
 export const gatedDeltaNetStepKernel = defineKernel<GatedDeltaNetStepVariant>({
   name: 'gated_delta_net_step',
-  bindings: () => [read('qkv', 'act'), read('ba', 'act'), read('a_log'), read('dt_bias'), write('state'), write('out', 'act'), uniform('params', Params)],
+  bindings: () => [read('qkv', 'act'), read('ba', 'act'), read('decay_params'), write('state'), write('out', 'act'), uniform('params', Params)],
   helpers: (v) => `const DK: u32 = ${v.dk}u;\nconst KSPLIT: u32 = ${v.ksplit}u;`,
   overrides: () => ({ DVT }),
 });
@@ -60,7 +60,7 @@ export async function gatedDeltaNetStep(ctx: GpuContext, a: GatedDeltaNetArgs): 
     b_off: a.bOffset,
     a_off: a.aOffset,
   };
-  const resources = { qkv: a.qkv, ba: a.ba, a_log: a.aLog, dt_bias: a.dtBias, state: a.state, out: a.out, params };
+  const resources = { qkv: a.qkv, ba: a.ba, decay_params: a.decayParams, state: a.state, out: a.out, params };
   const workgroups = grid(a.nv * Math.ceil(a.dv / DVT), ctx.caps);
   return [await ctx.dispatch(gatedDeltaNetStepKernel, { dk: a.dk, ksplit: KSPLIT }, resources, workgroups)];
 }

@@ -233,7 +233,7 @@ async function deltaNet(ctx: GpuContext, model: Model, w: DeltaNetWeights, state
   const nk = config.linearKeyHeads;
   const nv = config.linearValueHeads;
   const heads = { nk, nv, dk: config.linearKeyDim, dv: config.linearValueDim };
-  const gates = { bOffset: dim.convDim + dim.valueDim, aOffset: dim.convDim + dim.valueDim + nv, aLog: vectorBuffer(w.aLog), dtBias: vectorBuffer(w.dtBias) };
+  const gates = { bOffset: dim.convDim + dim.valueDim, aOffset: dim.convDim + dim.valueDim + nv, decayParams: w.decayParams };
   const conv = { wStride: w.conv.rowStride, kernelSize: config.convKernel, step: act.step };
   const inProj = await linear(ctx, act, rows, { w: w.inProj, x, xStride: config.hiddenSize, y: act.mixerProj, yStride: projWidth, epilogue: 'store' });
   const outProj = await linear(ctx, act, rows, {

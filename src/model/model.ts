@@ -2,7 +2,7 @@ import type { GpuContext } from '../gpu/context.ts';
 import type { GpuTensor, WeightDtype } from '../gpu/tensor.ts';
 import type { ExpertSource } from '../storage/expert_source.ts';
 import type { Qwen35Config } from './config.ts';
-import { type ModelWeights, assembleWeights } from './weights.ts';
+import { type ModelWeights, assembleWeights, vectorBuffer } from './weights.ts';
 import { type LayerRange, wholeModel } from './tensors.ts';
 
 /**
@@ -68,6 +68,21 @@ export function finishModel(
         buffer,
         0,
         Uint32Array.from({ length: n }, (_, e) => (streamed ? NOT_RESIDENT : e)),
+      );
+      owned.push(buffer);
+      return buffer;
+    },
+    (key, vectors) => {
+      // Element after element: each vector's length, not its buffer's (rounded up) size.
+      const bytes = vectors.map((v) => v.shape[v.shape.length - 1] * 4);
+      const buffer = ctx.storage(
+        key,
+        bytes.reduce((a, b) => a + b, 0),
+      );
+      const offsets = bytes.map((_, i) => bytes.slice(0, i).reduce((a, b) => a + b, 0));
+      ctx.copy(
+        vectors.map((v, i) => ({ from: vectorBuffer(v), to: buffer, toOffset: offsets[i], size: bytes[i] })),
+        key,
       );
       owned.push(buffer);
       return buffer;

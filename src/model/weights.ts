@@ -11,8 +11,11 @@ export interface DeltaNetWeights {
   inProj: GpuTensor;
   /** [conv_dim, K] taps (f32). */
   conv: GpuTensor;
-  aLog: GpuTensor;
-  dtBias: GpuTensor;
+  /**
+   * [2, nv] f32: A_log, then dt_bias, copied into one buffer at load: the decay's two parameters take one binding, which
+   * keeps the fused decode kernel within WebGPU's default of 8 storage buffers per stage.
+   */
+  decayParams: GPUBuffer;
   norm: GpuTensor;
   outProj: GpuTensor;
 }
@@ -80,12 +83,13 @@ export interface ModelWeights {
 
 /**
  * Assembles the structure from loaded tensors, for the layers of `range`; `slots(key)` makes the expert slot table of
- * MoE block `key` (e.g. layers.3.mlp).
+ * MoE block `key` (e.g. layers.3.mlp), `join` one buffer of several vectors, one after the other.
  */
 export function assembleWeights(
   config: Qwen35Config,
   tensors: Map<string, GpuTensor>,
   slots: (key: string) => GPUBuffer,
+  join: (key: string, vectors: GpuTensor[]) => GPUBuffer,
   range: LayerRange = wholeModel(config),
 ): ModelWeights {
   const get = (key: string): GpuTensor => {
@@ -121,8 +125,7 @@ export function assembleWeights(
             kind: 'linear_attention',
             inProj: get(`${key}.linear.in_proj`),
             conv: get(`${key}.linear.conv`),
-            aLog: get(`${key}.linear.a_log`),
-            dtBias: get(`${key}.linear.dt_bias`),
+            decayParams: join(`${key}.linear.decay`, [get(`${key}.linear.a_log`), get(`${key}.linear.dt_bias`)]),
             norm: get(`${key}.linear.norm`),
             outProj: get(`${key}.linear.out_proj`),
           },

@@ -164,6 +164,7 @@ describe('flags', () => {
       '--verify-cost',
       '--draft-vocab',
       '100',
+      '--host-only',
     ]);
     expect(errorLine(r)).toMatch(/^error: bench takes --model <dir> or --synthetic <name>/);
     const unverified = await run(['bench', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--draft-vocab', '100', '--adapter', 'llvmpipe']);

@@ -9,17 +9,19 @@ export interface TestAdapter {
   adapter: string;
   mask?: CapsMask;
   activations?: ActivationType;
+  /** The device gets WebGPU's default limits, not the adapter's (ContextOptions.defaultLimits). */
+  defaultLimits?: boolean;
 }
 
 /**
  * The adapters every GPU test runs on: lavapipe with shader-f16 and subgroups (8 lanes), the same with both
- * masked off (the portable path), and SwiftShader (no shader-f16, as Chromium on Linux; subgroups of 4); tests of kernels that read or write activations also run
+ * masked off and only WebGPU's default limits (the portable path: 8 storage buffers, 16 KiB of workgroup memory), and SwiftShader (no shader-f16, as Chromium on Linux; subgroups of 4); tests of kernels that read or write activations also run
  * on lavapipe with f16 activations. QWEN_TEST_ADAPTERS=lavapipe,swiftshader narrows the set.
  */
 export const TEST_ADAPTERS: TestAdapter[] = (
   [
     { name: 'lavapipe', adapter: 'llvmpipe' },
-    { name: 'lavapipe-no-f16', adapter: 'llvmpipe', mask: { f16: false, subgroups: false } },
+    { name: 'lavapipe-no-f16', adapter: 'llvmpipe', mask: { f16: false, subgroups: false }, defaultLimits: true },
     { name: 'swiftshader', adapter: 'SwiftShader' },
     { name: 'lavapipe-act16', adapter: 'llvmpipe', activations: 'f16' },
   ] satisfies TestAdapter[]
@@ -36,7 +38,7 @@ export function describeOnAdapters(title: string, body: (ctx: () => GpuContext, 
     describe(`${title} [${adapter.name}]`, () => {
       let ctx: GpuContext | undefined;
       beforeAll(async () => {
-        ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations });
+        ctx = await createNodeContext({ adapter: adapter.adapter, mask: adapter.mask, activations: adapter.activations, defaultLimits: adapter.defaultLimits });
       });
       afterAll(() => ctx?.destroy());
       body(() => {

@@ -81,8 +81,7 @@ async function runGpu(c: GpuContext, algo: Algo, a: GatedDeltaNetRefArgs, state:
     baStride: a.baStride,
     bOffset: a.bOffset,
     aOffset: a.aOffset,
-    aLog: upload(c, a.aLog),
-    dtBias: upload(c, a.dtBias),
+    decayParams: upload(c, Float32Array.of(...a.aLog, ...a.dtBias)),
     state,
     out,
   };
@@ -199,8 +198,7 @@ describeOnAdapters(
         baStride: 6,
         bOffset: 0,
         aOffset: 3,
-        aLog: b(),
-        dtBias: b(),
+        decayParams: b(),
         state: b(),
         out: b(),
       };

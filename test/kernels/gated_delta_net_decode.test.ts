@@ -66,8 +66,7 @@ function layerRows(c: GpuContext, s: Shape, rows: number, seed: number) {
     aOffset: p[0].aOffset,
     convW: upload(c, weights.convW, 'conv w'),
     wStride: s.K,
-    aLog: upload(c, weights.aLog, 'a_log'),
-    dtBias: upload(c, weights.dtBias, 'dt_bias'),
+    decayParams: upload(c, Float32Array.of(...weights.aLog, ...weights.dtBias), 'decay params'),
     normW: upload(c, weights.normW, 'norm w'),
     eps: weights.eps,
   };
@@ -103,8 +102,7 @@ describeOnAdapters(
           convW: upload(c, convW, 'conv w'),
           convState: uploadAct(c, convState, 'conv state'),
           state: upload(c, Float32Array.from(state), 'state'),
-          aLog: upload(c, aLog, 'a_log'),
-          dtBias: upload(c, dtBias, 'dt_bias'),
+          decayParams: upload(c, Float32Array.of(...aLog, ...dtBias), 'decay params'),
           normW: upload(c, normW, 'norm w'),
         };
         const y = actBuffer(c, 'y', s.nv * s.dv);
@@ -261,8 +259,7 @@ describeOnAdapters(
         kernelSize: 4,
         convState: b(),
         positions: b(),
-        aLog: b(),
-        dtBias: b(),
+        decayParams: b(),
         state: b(),
         normW: b(),
         eps: 1e-6,

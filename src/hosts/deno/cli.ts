@@ -25,6 +25,7 @@ function linkOf(conn: Deno.TcpConn): ByteLink {
 }
 const code = await runCli(Deno.args, {
   async createContext(o) {
+    if (o.hostOnly) throw new UsageError("--host-only runs on Dawn's null backend, which Deno's WebGPU (wgpu) does not have: run it under Node");
     if (!navigator.gpu) throw new AdapterError('this Deno has no WebGPU (navigator.gpu)');
     const ctx = await GpuContext.create(navigator.gpu, { backend: 'wgpu (Deno)', mask: o.mask, activations: o.activations });
     if (o.adapter && !ctx.adapter.name.toLowerCase().includes(o.adapter.toLowerCase())) {

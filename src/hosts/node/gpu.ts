@@ -11,6 +11,8 @@ const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 export interface NodeGpuOptions extends Omit<ContextOptions, 'backend'> {
   /** Part of an adapter's name (Dawn's `adapter=` option), e.g. "llvmpipe" or "SwiftShader". */
   adapter?: string;
+  /** Dawn's null backend instead of an adapter: the engine's host work alone (bench --host-only). */
+  hostOnly?: boolean;
 }
 
 /**
@@ -40,6 +42,7 @@ async function dawn(flags: string[]): Promise<GPU> {
 export async function createNodeContext(options: NodeGpuOptions = {}): Promise<GpuContext> {
   addSoftwareDrivers();
   const context = { ...options, backend: 'vulkan (Dawn)' };
+  if (options.hostOnly) return GpuContext.create(await dawn(['backend=null']), { ...context, backend: 'null (Dawn)', nullBackend: true });
   if (options.adapter) {
     try {
       return await GpuContext.create(await dawn([`adapter=${options.adapter}`]), context);
