@@ -17,6 +17,8 @@ export interface SourceTensor {
   dtype: SourceDtype | undefined;
   /** The type as the file names it (BF16, F32, Q4_K, ...), for messages. */
   fileDtype: string;
+  /** The file types this format reads, for the message when dtype is undefined. */
+  readableTypes: readonly string[];
   /** The file that holds it, for messages. */
   file: string;
   /** Bytes it takes in the file (progress). */

@@ -52,6 +52,141 @@ function q4_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
   }
 }
 
+/** block_q4_1 (20 bytes): f16 d, f16 m, qs[16] as in Q4_0; x = d·q + m. */
+function q4_1(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  const table = f16Table();
+  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 20, y += 32) {
+    const d = half(table, src, s);
+    const m = half(table, src, s + 2);
+    for (let l = 0; l < 16; l++) {
+      const q = src[s + 4 + l];
+      dst[y + l] = d * (q & 15) + m;
+      dst[y + 16 + l] = d * (q >> 4) + m;
+    }
+  }
+}
+
+/**
+ * Q5_0 (22 bytes: f16 d, u32 qh, qs[16]; x = d·(q − 16)) and Q5_1 (24 bytes: f16 d, f16 m, u32 qh, qs[16];
+ * x = d·q + m): the nibbles as in Q4_0, and the fifth bit of element l from bit l of qh.
+ */
+function q5(src: Uint8Array, dst: Float32Array, blocks: number, withMin: boolean): void {
+  const table = f16Table();
+  const blockBytes = withMin ? 24 : 22;
+  const qhAt = withMin ? 4 : 2;
+  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += blockBytes, y += 32) {
+    const d = half(table, src, s);
+    const m = half(table, src, s + 2);
+    const qh = (src[s + qhAt] | (src[s + qhAt + 1] << 8) | (src[s + qhAt + 2] << 16) | (src[s + qhAt + 3] << 24)) >>> 0;
+    const qs = s + qhAt + 4;
+    for (let i = 0; i < 32; i++) {
+      const nibble = i < 16 ? src[qs + i] & 15 : src[qs + i - 16] >> 4;
+      const q = nibble | (((qh >>> i) & 1) << 4);
+      // As ggml: Q5_0 adds no offset (adding a zero would turn d·0 = −0 into +0).
+      dst[y + i] = withMin ? d * q + m : d * (q - 16);
+    }
+  }
+}
+
+const q5_0: Dequantizer = (src, dst, blocks) => q5(src, dst, blocks, false);
+const q5_1: Dequantizer = (src, dst, blocks) => q5(src, dst, blocks, true);
+
+/**
+ * block_q2_K (84 bytes): scales[16] (4-bit scale | 4-bit min << 4), qs[64], f16 d, f16 dmin; 16 sub-blocks of 16,
+ * x = d·sc·q − dmin·m. Element 128n + 32j + 16h + l is bits 2j of qs[32n + 16h + l], sub-block 8n + 2j + h.
+ */
+function q2_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  const table = f16Table();
+  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 84, y += 256) {
+    const d = half(table, src, s + 80);
+    const dmin = half(table, src, s + 82);
+    for (let n = 0; n < 2; n++) {
+      for (let j = 0; j < 4; j++) {
+        for (let h = 0; h < 2; h++) {
+          const sc = src[s + 8 * n + 2 * j + h];
+          const step = d * (sc & 15);
+          const min = dmin * (sc >> 4);
+          const qs = s + 16 + 32 * n + 16 * h;
+          const out = y + 128 * n + 32 * j + 16 * h;
+          for (let l = 0; l < 16; l++) dst[out + l] = step * ((src[qs + l] >> (2 * j)) & 3) - min;
+        }
+      }
+    }
+  }
+}
+
+/**
+ * block_q3_K (110 bytes): hmask[32], qs[64], scales[12] (sixteen 6-bit scales), f16 d; x = d·(sc − 32)·(q − 4), where
+ * q's low 2 bits sit as in Q2_K and its third bit is bit 4n + j of hmask[16h + l].
+ */
+function q3_K(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  const table = f16Table();
+  const scales = new Int32Array(16);
+  for (let b = 0, s = 0, y = 0; b < blocks; b++, s += 110, y += 256) {
+    const d = half(table, src, s + 108);
+    const sc = s + 96;
+    for (let i = 0; i < 16; i++) {
+      const low = i < 8 ? src[sc + i] & 15 : src[sc + i - 8] >> 4;
+      const high = (src[sc + 8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+      scales[i] = (low | (high << 4)) - 32;
+    }
+    for (let n = 0; n < 2; n++) {
+      for (let j = 0; j < 4; j++) {
+        const bit = 1 << (4 * n + j);
+        for (let h = 0; h < 2; h++) {
+          const step = d * scales[8 * n + 2 * j + h];
+          const qs = s + 32 + 32 * n + 16 * h;
+          const out = y + 128 * n + 32 * j + 16 * h;
+          for (let l = 0; l < 16; l++) {
+            const q = ((src[qs + l] >> (2 * j)) & 3) - (src[s + 16 * h + l] & bit ? 0 : 4);
+            dst[out + l] = step * q;
+          }
+        }
+      }
+    }
+  }
+}
+
+/** The 16 levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl). */
+export const IQ4_LEVELS = Int8Array.of(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+/** FP4 (E2M1) values, doubled as ggml stores them for MXFP4. */
+export const FP4_LEVELS = Int8Array.of(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+
+/** 32 values from 16 bytes of nibbles at `qs` (low nibbles first, as Q4_0), each level[q]·step. */
+function nibbleLevels(src: Uint8Array, qs: number, levels: Int8Array, step: number, dst: Float32Array, out: number): void {
+  for (let l = 0; l < 16; l++) {
+    dst[out + l] = step * levels[src[qs + l] & 15];
+    dst[out + 16 + l] = step * levels[src[qs + l] >> 4];
+  }
+}
+
+/** block_iq4_nl (18 bytes): f16 d, qs[16]; x = d·level[q]. */
+function iq4_nl(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  const table = f16Table();
+  for (let b = 0, s = 0; b < blocks; b++, s += 18) nibbleLevels(src, s + 2, IQ4_LEVELS, half(table, src, s), dst, 32 * b);
+}
+
+/**
+ * block_iq4_xs (136 bytes): f16 d, u16 scales_h, scales_l[4], qs[128]; 8 sub-blocks of 32 as IQ4_NL, each with the
+ * 6-bit scale ls (low 4 bits from scales_l, high 2 from scales_h): x = d·(ls − 32)·level[q].
+ */
+function iq4_xs(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  const table = f16Table();
+  for (let b = 0, s = 0; b < blocks; b++, s += 136) {
+    const d = half(table, src, s);
+    const high = src[s + 2] | (src[s + 3] << 8);
+    for (let i = 0; i < 8; i++) {
+      const ls = ((src[s + 4 + (i >> 1)] >> (4 * (i & 1))) & 15) | (((high >> (2 * i)) & 3) << 4);
+      nibbleLevels(src, s + 8 + 16 * i, IQ4_LEVELS, d * (ls - 32), dst, 256 * b + 32 * i);
+    }
+  }
+}
+
+/** block_mxfp4 (17 bytes): an E8M0 exponent e, qs[16]; x = fp4[q]·2^(e − 127), with ggml's doubled levels halved. */
+function mxfp4(src: Uint8Array, dst: Float32Array, blocks: number): void {
+  for (let b = 0, s = 0; b < blocks; b++, s += 17) nibbleLevels(src, s + 1, FP4_LEVELS, 2 ** (src[s] - 128), dst, 32 * b);
+}
+
 /**
  * get_scale_min_k4 for all 8 sub-blocks of a Q4_K/Q5_K block: unpacks the 6-bit scales and mins from the
  * 12 bytes at `at` (sub-blocks 4..7 keep their top 2 bits in the high bits of bytes 0..7) and stores
@@ -125,7 +260,15 @@ export const DEQUANTIZERS: Readonly<Record<string, Dequantizer>> = {
   BF16: bf16Row,
   Q8_0: q8_0,
   Q4_0: q4_0,
+  Q4_1: q4_1,
+  Q5_0: q5_0,
+  Q5_1: q5_1,
+  Q2_K: q2_K,
+  Q3_K: q3_K,
   Q4_K: q4_K,
   Q5_K: q5_K,
   Q6_K: q6_K,
+  IQ4_NL: iq4_nl,
+  IQ4_XS: iq4_xs,
+  MXFP4: mxfp4,
 };

@@ -25,6 +25,8 @@ export interface TensorView {
   value?: (x: number) => number;
 }
 
+const READABLE_TYPES = Object.keys(DEQUANTIZERS);
+
 const RAW: Record<string, SourceDtype> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 /** A read of the file rows a request needs, and where each file row lies in it. */
@@ -79,14 +81,14 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
     shape,
     dtype,
     fileDtype: info.type.name,
+    readableTypes: READABLE_TYPES,
     file,
     bytes: rows * fileRowBytes,
     async readRows(first, count, signal) {
       if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > rows) {
         throw new ModelFormatError(`rows [${first}, ${first + count}) are outside the tensor's ${rows} rows`, file, view.name);
       }
-      if (dtype === undefined)
-        throw new ModelFormatError(`ggml type ${info.type.name} cannot be decoded (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)`, file, view.name);
+      if (dtype === undefined) throw new ModelFormatError(`ggml type ${info.type.name} cannot be decoded (${READABLE_TYPES.join(', ')})`, file, view.name);
       if (count === 0) return new Uint8Array(0);
       const identity = view.rowOf === undefined;
       if (raw !== undefined && identity) {

@@ -1,6 +1,7 @@
 import { ContractError } from '../errors.ts';
 import { f16BitsToF32, f32ToF16Bits } from '../numeric/half.ts';
 import { ggmlTypeByName } from './gguf_types.ts';
+import { FP4_LEVELS, IQ4_LEVELS } from './gguf_quants.ts';
 
 /**
  * GGUF v3 writer in llama.cpp's layout (gguf-py GGUFWriter): header, metadata, tensor infos, then each
@@ -11,9 +12,42 @@ import { ggmlTypeByName } from './gguf_types.ts';
  */
 
 /** The types this writer can quantise to. */
-export type GgmlTypeName = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+export type GgmlTypeName =
+  | 'F32'
+  | 'F16'
+  | 'BF16'
+  | 'Q8_0'
+  | 'Q4_0'
+  | 'Q4_1'
+  | 'Q5_0'
+  | 'Q5_1'
+  | 'Q2_K'
+  | 'Q3_K'
+  | 'Q4_K'
+  | 'Q5_K'
+  | 'Q6_K'
+  | 'IQ4_NL'
+  | 'IQ4_XS'
+  | 'MXFP4';
 
-const TYPE_NAMES: GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'];
+const TYPE_NAMES: GgmlTypeName[] = [
+  'F32',
+  'F16',
+  'BF16',
+  'Q8_0',
+  'Q4_0',
+  'Q4_1',
+  'Q5_0',
+  'Q5_1',
+  'Q2_K',
+  'Q3_K',
+  'Q4_K',
+  'Q5_K',
+  'Q6_K',
+  'IQ4_NL',
+  'IQ4_XS',
+  'MXFP4',
+];
 
 /** Elements and bytes per block, from the reader's table so the two cannot disagree. */
 export const BLOCK = Object.fromEntries(
@@ -307,12 +341,166 @@ function quantizeQ8_0(x: Float32Array, out: Uint8Array): void {
 
 /** ggml's quantize_row_q4_0_ref: the largest-magnitude value maps to −8. */
 export function quantizeQ4_0Block(x: Float32Array, out: Uint8Array): void {
-  let max = 0;
-  for (let i = 0; i < 32; i++) if (Math.abs(x[i]) > Math.abs(max)) max = x[i];
-  const d = max / -8;
+  const d = signedMax(x, 0, 32) / -8;
   f16Bytes(out, 0, d);
   const q = (v: number) => (d ? Math.min(15, Math.trunc(v / d + 8.5)) : 8);
   for (let i = 0; i < 16; i++) out[2 + i] = q(x[i]) | (q(x[16 + i]) << 4);
+}
+
+/** The largest-magnitude value, with its sign. */
+function signedMax(x: Float32Array, from = 0, count = x.length): number {
+  let max = 0;
+  for (let i = from; i < from + count; i++) if (Math.abs(x[i]) > Math.abs(max)) max = x[i];
+  return max;
+}
+
+/** Q4_1 / Q5_1: the block's range in 2^bits − 1 steps from its minimum. */
+function minStepBlock(x: Float32Array, out: Uint8Array, levels: number): number[] {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (let i = 0; i < 32; i++) {
+    lo = Math.min(lo, x[i]);
+    hi = Math.max(hi, x[i]);
+  }
+  f16Bytes(out, 0, (hi - lo) / levels);
+  f16Bytes(out, 2, lo);
+  const [d, m] = [roundF16((hi - lo) / levels), roundF16(lo)];
+  return Array.from(x.subarray(0, 32), (v) => (d ? clamp(Math.round((v - m) / d), 0, levels) : 0));
+}
+
+/** Q4_0-order nibbles of 32 levels at `at`: element l low, element 16 + l high. */
+function packNibbles(out: Uint8Array, at: number, q: ArrayLike<number>, from = 0): void {
+  for (let l = 0; l < 16; l++) out[at + l] = (q[from + l] & 15) | ((q[from + 16 + l] & 15) << 4);
+}
+
+/** The fifth bits of 32 levels as Q5_0 / Q5_1's little-endian u32 qh at `at`. */
+function packFifthBits(out: Uint8Array, at: number, q: number[]): void {
+  for (let i = 0; i < 32; i++) if (q[i] & 16) out[at + (i >> 3)] |= 1 << (i & 7);
+}
+
+function quantizeQ4_1(x: Float32Array, out: Uint8Array): void {
+  packNibbles(out, 4, minStepBlock(x, out, 15));
+}
+
+function quantizeQ5_1(x: Float32Array, out: Uint8Array): void {
+  const q = minStepBlock(x, out, 31);
+  packFifthBits(out, 4, q);
+  packNibbles(out, 8, q);
+}
+
+/** As Q4_0 with 32 levels: the largest-magnitude value maps to −16. */
+function quantizeQ5_0(x: Float32Array, out: Uint8Array): void {
+  const d = signedMax(x, 0, 32) / -16;
+  f16Bytes(out, 0, d);
+  const step = roundF16(d);
+  const q = Array.from(x.subarray(0, 32), (v) => (step ? clamp(Math.round(v / step) + 16, 0, 31) : 16));
+  packFifthBits(out, 2, q);
+  packNibbles(out, 6, q);
+}
+
+/** Q2_K: per sub-block of 16 a 4-bit step and a 4-bit offset (min), in units of d and dmin. */
+function quantizeQ2_K(x: Float32Array, out: Uint8Array): void {
+  const steps: number[] = [];
+  const mins: number[] = [];
+  for (let j = 0; j < 16; j++) {
+    let lo = 0;
+    let hi = -Infinity;
+    for (let i = 16 * j; i < 16 * j + 16; i++) {
+      lo = Math.min(lo, x[i]);
+      hi = Math.max(hi, x[i]);
+    }
+    steps.push((hi - lo) / 3);
+    mins.push(-lo);
+  }
+  const d = Math.max(...steps) / 15;
+  const dmin = Math.max(...mins) / 15;
+  f16Bytes(out, 80, d);
+  f16Bytes(out, 82, dmin);
+  const ls = steps.map((v) => (d ? clamp(Math.round(v / d), 0, 15) : 0));
+  const lm = mins.map((v) => (dmin ? clamp(Math.round(v / dmin), 0, 15) : 0));
+  for (let j = 0; j < 16; j++) {
+    out[j] = ls[j] | (lm[j] << 4);
+    const step = roundF16(d) * ls[j];
+    const offset = roundF16(dmin) * lm[j];
+    // Sub-block j = 8n + 2k + h holds elements 128n + 32k + 16h + l, at bits 2k of qs[32n + 16h + l].
+    const [n, k, h] = [j >> 3, (j >> 1) & 3, j & 1];
+    for (let l = 0; l < 16; l++) {
+      const q = step ? clamp(Math.round((x[128 * n + 32 * k + 16 * h + l] + offset) / step), 0, 3) : 0;
+      out[16 + 32 * n + 16 * h + l] |= q << (2 * k);
+    }
+  }
+}
+
+/** Q3_K: per sub-block of 16 a signed 6-bit scale of d; levels −4..3 (the largest-magnitude value maps to −4). */
+function quantizeQ3_K(x: Float32Array, out: Uint8Array): void {
+  const scales = Array.from({ length: 16 }, (_, j) => signedMax(x, 16 * j, 16) / -4);
+  const d = signedMax(Float32Array.from(scales)) / -32;
+  f16Bytes(out, 108, d);
+  const ls = scales.map((v) => (d ? clamp(Math.round(v / d), -32, 31) : 0));
+  for (let j = 0; j < 16; j++) {
+    const stored = ls[j] + 32;
+    out[96 + (j < 8 ? j : j - 8)] |= (stored & 15) << (j < 8 ? 0 : 4);
+    out[96 + 8 + (j & 3)] |= (stored >> 4) << (2 * (j >> 2));
+    const step = roundF16(d) * ls[j];
+    const [n, k, h] = [j >> 3, (j >> 1) & 3, j & 1];
+    for (let l = 0; l < 16; l++) {
+      const q = (step ? clamp(Math.round(x[128 * n + 32 * k + 16 * h + l] / step), -4, 3) : 0) + 4;
+      out[32 + 32 * n + 16 * h + l] |= (q & 3) << (2 * k);
+      if (q & 4) out[16 * h + l] |= 1 << (4 * n + k);
+    }
+  }
+}
+
+/** The index of the level nearest `v` (levels as in gguf_quants.ts). */
+function nearestLevel(levels: Int8Array, v: number): number {
+  let best = 0;
+  for (let i = 1; i < levels.length; i++) if (Math.abs(levels[i] - v) < Math.abs(levels[best] - v)) best = i;
+  return best;
+}
+
+/** 32 values to the nearest of IQ4's levels times `step`, as nibbles at `at`. */
+function iq4Nibbles(x: Float32Array, from: number, step: number, out: Uint8Array, at: number): void {
+  packNibbles(
+    out,
+    at,
+    Array.from(x.subarray(from, from + 32), (v) => (step ? nearestLevel(IQ4_LEVELS, v / step) : 8)),
+  );
+}
+
+/** IQ4_NL: the largest-magnitude value maps to the level −127. */
+function quantizeIQ4_NL(x: Float32Array, out: Uint8Array): void {
+  const d = signedMax(x, 0, 32) / -127;
+  f16Bytes(out, 0, d);
+  iq4Nibbles(x, 0, roundF16(d), out, 2);
+}
+
+/** IQ4_XS: IQ4_NL sub-blocks of 32 whose steps are signed 6-bit multiples of d. */
+function quantizeIQ4_XS(x: Float32Array, out: Uint8Array): void {
+  const steps = Array.from({ length: 8 }, (_, j) => signedMax(x, 32 * j, 32) / -127);
+  const d = signedMax(Float32Array.from(steps)) / -32;
+  f16Bytes(out, 0, d);
+  let high = 0;
+  for (let j = 0; j < 8; j++) {
+    const ls = d ? clamp(Math.round(steps[j] / d), -32, 31) : 0;
+    out[4 + (j >> 1)] |= ((ls + 32) & 15) << (4 * (j & 1));
+    high |= ((ls + 32) >> 4) << (2 * j);
+    iq4Nibbles(x, 32 * j, roundF16(d) * ls, out, 8 + 16 * j);
+  }
+  out[2] = high & 255;
+  out[3] = high >> 8;
+}
+
+/** MXFP4: the smallest power-of-two scale that puts the block's largest magnitude within FP4's ±6. */
+function quantizeMXFP4(x: Float32Array, out: Uint8Array): void {
+  const amax = Math.abs(signedMax(x, 0, 32));
+  const e = amax ? clamp(Math.ceil(Math.log2(amax / 6)) + 127, 0, 254) : 0;
+  out[0] = e;
+  const step = 2 ** (e - 128); // FP4_LEVELS are doubled
+  packNibbles(
+    out,
+    1,
+    Array.from(x.subarray(0, 32), (v) => nearestLevel(FP4_LEVELS, v / step)),
+  );
 }
 
 /** Packs 8 six-bit scales and mins as get_scale_min_k4 reads them. */
@@ -407,9 +595,17 @@ function quantizeQ6_K(x: Float32Array, out: Uint8Array): void {
 const BLOCK_QUANTIZERS: Partial<Record<GgmlTypeName, (x: Float32Array, out: Uint8Array) => void>> = {
   Q8_0: quantizeQ8_0,
   Q4_0: quantizeQ4_0Block,
+  Q4_1: quantizeQ4_1,
+  Q5_0: quantizeQ5_0,
+  Q5_1: quantizeQ5_1,
+  Q2_K: quantizeQ2_K,
+  Q3_K: quantizeQ3_K,
   Q4_K: quantizeQ4_K,
   Q5_K: quantizeQ5_K,
   Q6_K: quantizeQ6_K,
+  IQ4_NL: quantizeIQ4_NL,
+  IQ4_XS: quantizeIQ4_XS,
+  MXFP4: quantizeMXFP4,
 };
 
 /** Encodes values (a whole number of blocks) as `type`. */

@@ -10,6 +10,7 @@ const DTYPES: Record<string, { dtype: SourceDtype; bytes: number }> = {
   F16: { dtype: 'f16', bytes: 2 },
   F32: { dtype: 'f32', bytes: 4 },
 };
+const READABLE_TYPES = Object.keys(DTYPES);
 const OTHER_DTYPE_BYTES: Record<string, number> = { F64: 8, I64: 8, U64: 8, I32: 4, U32: 4, I16: 2, U16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1 };
 
 /** Headers larger than this are refused before they are read (real ones are a few MB). */
@@ -101,6 +102,7 @@ export async function openSafetensorsCheckpoint(source: WeightSource): Promise<C
       shape: e.shape,
       dtype: e.dtype,
       fileDtype: e.fileDtype,
+      readableTypes: READABLE_TYPES,
       file: e.file,
       bytes: e.bytes,
       readRows: (first, count, signal) => source.read(e.file, e.offset + first * rowBytes, count * rowBytes, signal),

@@ -92,7 +92,7 @@ function checkSources(specs: TensorSpec[], tensors: Map<string, SourceTensor>, l
       if (entry.shape.length !== p.shape.length || entry.shape.some((d, i) => d !== p.shape[i])) {
         throw new ModelFormatError(`shape [${entry.shape}] does not match [${p.shape}] implied by config.json`, entry.file, p.source);
       }
-      if (!entry.dtype) throw new ModelFormatError(`dtype ${entry.fileDtype} is not supported (BF16, F16 or F32)`, entry.file, p.source);
+      if (!entry.dtype) throw new ModelFormatError(`dtype ${entry.fileDtype} is not supported (${entry.readableTypes.join(', ')})`, entry.file, p.source);
     }
   }
 }

@@ -7,7 +7,7 @@ import { encodeSafetensors } from '../../src/formats/safetensors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { FIXTURES, compareLogprobs, golden } from '../helpers/fixtures.ts';
 import { jsonLine, runCli } from '../helpers/cli.ts';
-import { removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts';
+import { type GgmlTypeName, removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts';
 
 // Issue 4's GGUF checks: a GGUF written in llama.cpp's layout (quantised tensors, converter transforms
 // applied) scores within 5e-3 of the f32 engine on a safetensors checkpoint of the same dequantised values,
@@ -15,10 +15,20 @@ import { removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts'
 const out = mkdtempSync(join(tmpdir(), 'qwen-gguf-'));
 afterAll(() => removeWrittenGgufs());
 
-/** The mix llama.cpp produces: K-quants where rows are whole super-blocks, else Q8_0/Q4_0/Q6_K, F16, F32 vectors. */
-const MIX = ['F16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'] as const;
-let turn = 0;
-const mix = (_name: string, dims: number[]) => (dims.length === 1 || dims[1] === 1 ? 'F32' : MIX[turn++ % MIX.length]);
+/**
+ * Every type the reader decodes, as llama.cpp mixes them: the super-block types (256 values) on the matrices whose
+ * rows are whole super-blocks (the new ones first, so that they land in the main stack before the MTP block), the
+ * 32-value types and F16 on the other matrices, F32 vectors.
+ */
+const SUPER_BLOCK_TYPES: GgmlTypeName[] = ['Q2_K', 'Q3_K', 'IQ4_XS', 'Q4_K', 'Q6_K', 'Q5_K'];
+const BLOCK_TYPES: GgmlTypeName[] = ['F16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'IQ4_NL', 'MXFP4'];
+const MIX = [...SUPER_BLOCK_TYPES, ...BLOCK_TYPES];
+let [superTurn, turn] = [0, 0];
+const mix = (_name: string, dims: number[]): GgmlTypeName => {
+  if (dims.length === 1 || dims[1] === 1) return 'F32';
+  if (dims[0] % 256 === 0) return SUPER_BLOCK_TYPES[superTurn++ % SUPER_BLOCK_TYPES.length];
+  return BLOCK_TYPES[turn++ % BLOCK_TYPES.length];
+};
 
 /** A Hugging Face folder holding exactly the values the GGUF reader presents (dequantised to F32, F16 as is). */
 async function dequantisedCopy(dir: string, file: string, to: string): Promise<void> {
@@ -36,7 +46,8 @@ async function dequantisedCopy(dir: string, file: string, to: string): Promise<v
 for (const fixture of FIXTURES) {
   const g = golden(fixture);
   describe(fixture, () => {
-    it('GGUF (F16, Q8_0, Q4_0, Q4_K, Q6_K) scores and generates as f32 safetensors of the same values', async () => {
+    it('GGUF of every type the reader decodes scores and generates as f32 safetensors of the same values', async () => {
+      [superTurn, turn] = [0, 0];
       const gguf = await writeFixtureGguf(fixture, { types: mix });
       const written = new Set([...gguf.expected.values()].map((t) => t.type));
       for (const type of MIX) expect(written, `the GGUF holds ${type} tensors`).toContain(type);

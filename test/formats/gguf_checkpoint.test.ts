@@ -11,7 +11,15 @@ import { ReferenceSession } from '../../src/reference/model.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { readJson } from '../../src/formats/source.ts';
 import { FIXTURES, type FixtureName, compareLogprobs, fixtureDir, golden, goldenLogprobs } from '../helpers/fixtures.ts';
-import { type FixtureGguf, type FixtureGgufOptions, type GgmlTypeName, removeWrittenGgufs, tiledValueOrder, writeFixtureGguf } from '../helpers/gguf_writer.ts';
+import {
+  type FixtureGguf,
+  type FixtureGgufOptions,
+  type GgmlTypeName,
+  QUANT_BITS,
+  removeWrittenGgufs,
+  tiledValueOrder,
+  writeFixtureGguf,
+} from '../helpers/gguf_writer.ts';
 
 afterAll(removeWrittenGgufs);
 
@@ -33,9 +41,6 @@ const rowsOf = (shape: number[]) => shape.slice(0, -1).reduce((a, b) => a * b, 1
 async function readAll(tensor: SourceTensor): Promise<Float32Array> {
   return decode(tensor, await tensor.readRows(0, rowsOf(tensor.shape)));
 }
-
-/** Bits per weight of each quantised type, for the round-trip bound. */
-const BITS: Partial<Record<GgmlTypeName, number>> = { Q8_0: 8, Q4_0: 4, Q4_K: 4, Q5_K: 5, Q6_K: 6 };
 
 /**
  * Worst |actual − fixture| over rows, relative to the error the type allows for that row: 1.5 steps of a 2^bits
@@ -67,7 +72,7 @@ async function expectRoundTrip(written: FixtureGguf, checkpoint: Checkpoint): Pr
     const mismatch = actual.findIndex((v, i) => !Object.is(v, want.held[i]));
     expect(mismatch, `${name}: element ${mismatch} is ${actual[mismatch]}, the file holds ${want.held[mismatch]}`).toBe(-1);
 
-    const bits = BITS[want.type];
+    const bits = QUANT_BITS[want.type];
     if (bits !== undefined) {
       expect(worstRowError(actual, want.hf, want.stored, want.shape[want.shape.length - 1], bits), name).toBeLessThan(1);
     } else if (!want.transformed) {
@@ -142,6 +147,24 @@ describe('GGUF checkpoints from the fixtures', () => {
       const { written, checkpoint } = await open({ types, alignment: 64 }, fixture);
       const used = new Set([...written.expected.values()].map((e) => e.type));
       expect([...used].sort()).toEqual(['BF16', 'F16', 'F32', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_0']);
+      await expectRoundTrip(written, checkpoint);
+    });
+
+    it(`${fixture}: llama.cpp's other quantised types (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4) read back as the file holds them`, async () => {
+      const superBlocks: GgmlTypeName[] = ['Q2_K', 'Q3_K', 'IQ4_XS'];
+      const rotation: GgmlTypeName[] = ['Q4_1', 'IQ4_NL', 'MXFP4', 'Q5_1'];
+      let [s, k] = [0, 0];
+      const types = (name: string, dims: number[]): GgmlTypeName => {
+        if (name.endsWith('ssm_out.weight')) return superBlocks[s++ % superBlocks.length]; // under a column permutation
+        if (name.endsWith('attn_output.weight') || name.endsWith('eh_proj.weight')) return 'Q3_K';
+        if (name.endsWith('attn_qkv.weight') || name.endsWith('attn_gate.weight')) return 'Q5_0'; // under a row permutation
+        if (name.endsWith('attn_norm.weight') || name === 'output_norm.weight') return 'Q4_1'; // under the 1 + w transform
+        if (dims.length === 1 || dims[0] < 32) return 'F32';
+        return rotation[k++ % rotation.length];
+      };
+      const { written, checkpoint } = await open({ types, alignment: 64 }, fixture);
+      const used = new Set([...written.expected.values()].map((e) => e.type));
+      expect([...used].sort()).toEqual(['F32', 'IQ4_NL', 'IQ4_XS', 'MXFP4', 'Q2_K', 'Q3_K', 'Q4_1', 'Q5_0', 'Q5_1']);
       await expectRoundTrip(written, checkpoint);
     });
 

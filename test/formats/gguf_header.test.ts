@@ -291,14 +291,17 @@ describe('GGUF metadata → config', () => {
   });
 
   it('marks a tensor of a type it cannot decode, and refuses to read it', async () => {
-    // Q4_1 is a real ggml type the reader does not decode: the tensor is listed, its dtype undefined.
-    const bytes = handMade({ tensors: [{ name: 'token_embd.weight', dims: [32, 4], type: 3, offset: 0 }], kvs: [kv.str('general.architecture', 'qwen35')] });
+    // IQ2_XXS is a real ggml type the reader does not decode (its levels come from a 256-entry grid): the tensor is
+    // listed, its dtype undefined.
+    const bytes = handMade({ tensors: [{ name: 'token_embd.weight', dims: [256, 2], type: 16, offset: 0 }], kvs: [kv.str('general.architecture', 'qwen35')] });
     const source = folderWith(FILE, bytes);
     const header = await readGgufHeader(source, FILE);
-    expect(header.tensors[0].type.name).toBe('Q4_1');
-    const tensor = ggufSourceTensor(source, FILE, { name: 'model.embed_tokens.weight', shape: [4, 32], info: header.tensors[0], rowBase: 0 });
+    expect(header.tensors[0].type.name).toBe('IQ2_XXS');
+    const tensor = ggufSourceTensor(source, FILE, { name: 'model.embed_tokens.weight', shape: [2, 256], info: header.tensors[0], rowBase: 0 });
     expect(tensor.dtype).toBeUndefined();
-    expect(tensor.fileDtype).toBe('Q4_1');
-    await expect(tensor.readRows(0, 1)).rejects.toThrow(/bad\.gguf: model\.embed_tokens\.weight: ggml type Q4_1 cannot be decoded/);
+    expect(tensor.fileDtype).toBe('IQ2_XXS');
+    await expect(tensor.readRows(0, 1)).rejects.toThrow(
+      /bad\.gguf: model\.embed_tokens\.weight: ggml type IQ2_XXS cannot be decoded \(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4\)/,
+    );
   });
 });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { f32ToF16Bits } from '../../src/numeric/half.ts';
 import { DEQUANTIZERS } from '../../src/formats/gguf_quants.ts';
 import { ggmlTypeByName } from '../../src/formats/gguf_types.ts';
-import { BLOCK, type GgmlTypeName, dequantizeReference, quantize } from '../helpers/gguf_writer.ts';
+import { BLOCK, type GgmlTypeName, QUANT_BITS, dequantizeReference, quantize } from '../helpers/gguf_writer.ts';
 import { randn } from '../helpers/random.ts';
 
 /** Deterministic bytes (xorshift), so a failure reproduces. */
@@ -36,12 +36,19 @@ function handBuiltBlocks(type: GgmlTypeName, seed: number): Uint8Array {
   const out = randomBytes(bytes * scales.length, seed);
   scales.forEach(([d, dmin], b) => {
     const block = out.subarray(b * bytes, (b + 1) * bytes);
-    if (type === 'Q8_0' || type === 'Q4_0') setF16(block, 0, d);
-    if (type === 'Q4_K' || type === 'Q5_K') {
+    if (type === 'Q8_0' || type === 'Q4_0' || type === 'Q5_0' || type === 'IQ4_NL' || type === 'IQ4_XS') setF16(block, 0, d);
+    if (type === 'Q4_K' || type === 'Q5_K' || type === 'Q4_1' || type === 'Q5_1') {
       setF16(block, 0, d);
       setF16(block, 2, dmin);
     }
+    if (type === 'Q2_K') {
+      setF16(block, 80, d);
+      setF16(block, 82, dmin);
+    }
+    if (type === 'Q3_K') setF16(block, 108, d);
     if (type === 'Q6_K') setF16(block, 208, d);
+    // MXFP4's scale is a power of two: 2^(e − 127) for e around 127, and the two smallest (subnormal in f32).
+    if (type === 'MXFP4') block[0] = [127, 125, 0, 1, 131, 140][b];
   });
   return out;
 }
@@ -52,7 +59,7 @@ function dequantize(type: GgmlTypeName, bytes: Uint8Array, count: number): Float
   return out;
 }
 
-const QUANTS: GgmlTypeName[] = ['Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'];
+const QUANTS = Object.keys(QUANT_BITS) as GgmlTypeName[];
 
 describe('GGUF dequantisers', () => {
   it('block sizes agree with ggml', () => {
@@ -108,13 +115,55 @@ describe('GGUF dequantisers', () => {
     q6k[0] = 0x0f;
     q6k[128] = 3;
     expect(dequantize('Q6_K', q6k, 256)[0]).toBe(0.25 * -4 * 31);
+    // Q5_0: d = 0.5; qh bits 0 and 16 give elements 0 and 16 their fifth bit: q = 1 + 16 and 2 + 16.
+    const q5 = new Uint8Array(22);
+    setF16(q5, 0, 0.5);
+    q5[2] = 1; // qh bit 0
+    q5[4] = 1; // qh bit 16
+    q5[6] = 0x21;
+    const q5v = dequantize('Q5_0', q5, 32);
+    expect([q5v[0], q5v[16], q5v[1]]).toEqual([0.5 * (17 - 16), 0.5 * (18 - 16), 0.5 * -16]);
+    // Q2_K: d = 1, dmin = 0.5; sub-block 3 (elements 48..63) scale 5 min 2; element 50 is bits 2..3 of qs[18] (byte 34) = 3.
+    const q2k = new Uint8Array(84);
+    setF16(q2k, 80, 1);
+    setF16(q2k, 82, 0.5);
+    q2k[3] = 0x25;
+    q2k[34] = 0b1100;
+    expect(dequantize('Q2_K', q2k, 256)[50]).toBe(1 * 5 * 3 - 0.5 * 2);
+    // Q3_K: d = 0.25; sub-block 9 (elements 144..159) scale 40: low nibble in byte 96 + 1's high half, top bits 2 in
+    // byte 104 + 1 at bits 4..5. Element 150: low bits 3 (qs[32 + 54]) and its hmask bit (byte 22, bit 4) set → q = 3;
+    // element 151: low bits 1, hmask bit clear → q = 1 − 4.
+    const q3k = new Uint8Array(110);
+    setF16(q3k, 108, 0.25);
+    q3k[97] = 8 << 4;
+    q3k[105] = 2 << 4;
+    q3k[32 + 54] = 3;
+    q3k[32 + 55] = 1;
+    q3k[22] = 1 << 4;
+    const q3kv = dequantize('Q3_K', q3k, 256);
+    expect([q3kv[150], q3kv[151]]).toEqual([0.25 * 8 * 3, 0.25 * 8 * -3]);
+    // IQ4_XS: d = 0.5; sub-block 3's scale 37 (low nibble 5 in scales_l[1]'s high half, top bits 2 at scales_h bits
+    // 6..7); element 96 + 17 is the high nibble of qs[48 + 1] = 15, the level 113.
+    const iq4 = new Uint8Array(136);
+    setF16(iq4, 0, 0.5);
+    iq4[5] = 5 << 4;
+    iq4[2] = 2 << 6;
+    iq4[8 + 49] = 0xf0;
+    expect(dequantize('IQ4_XS', iq4, 256)[113]).toBe(0.5 * (37 - 32) * 113);
+    // MXFP4: e = 129 is a scale of 4; levels 7 (6), 15 (−6) and 9 (−0.5).
+    const fp4 = new Uint8Array(17);
+    fp4[0] = 129;
+    fp4[1] = 0xf7;
+    fp4[2] = 0x09;
+    const fp4v = dequantize('MXFP4', fp4, 32);
+    expect([fp4v[0], fp4v[16], fp4v[1]]).toEqual([24, -24, -2]);
   });
 
   for (const type of QUANTS) {
     it(`${type}: the test writer's quantiser round-trips within its block error`, () => {
       const values = randn(1024, 3, 0.05);
       const back = dequantize(type, quantize(type, values), values.length);
-      const bits = { Q8_0: 8, Q4_0: 4, Q4_K: 4, Q5_K: 5, Q6_K: 6 }[type as 'Q8_0'];
+      const bits = QUANT_BITS[type]!;
       let err = 0;
       let amax = 0;
       values.forEach((v, i) => {

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BLOCK, type GgmlTypeName, GgufType, type KeyValue, type TensorOut, encodeGguf, kv, quantize } from '../../src/formats/gguf_writer.ts';
 import { bf16BitsToF32, f16BitsToF32 } from '../../src/numeric/half.ts';
+import { IQ4_LEVELS } from '../../src/formats/gguf_quants.ts';
 import { openSafetensorsCheckpoint } from '../../src/formats/safetensors.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { type FixtureName, fixtureDir } from './fixtures.ts';
@@ -63,6 +64,45 @@ export function referenceElement(type: GgmlTypeName, block: Uint8Array, i: numbe
       const min = sub < 4 ? s(sub + 4) & 63 : (s(sub + 4) >> 4) | ((s(sub) >> 6) << 4);
       return half(0) * scale * q - half(2) * min;
     }
+    case 'Q4_1':
+      return half(0) * (i < 16 ? block[4 + i] & 15 : block[4 + i - 16] >> 4) + half(2);
+    case 'Q5_0':
+    case 'Q5_1': {
+      const qh = type === 'Q5_0' ? 2 : 4;
+      const nibble = i < 16 ? block[qh + 4 + i] & 15 : block[qh + 4 + i - 16] >> 4;
+      const q = nibble | (((block[qh + (i >> 3)] >> (i & 7)) & 1) << 4);
+      return type === 'Q5_0' ? half(0) * (q - 16) : half(0) * q + half(2);
+    }
+    case 'Q2_K':
+    case 'Q3_K': {
+      // Sub-block of 16 (scale index) = 8n + 2k + h for element 128n + 32k + 16h + l: 2 bits at bit 2k of qs[32n + 16h + l].
+      const [n, k, h, l] = [i >> 7, (i >> 5) & 3, (i >> 4) & 1, i & 15];
+      const qs = type === 'Q2_K' ? 16 : 32;
+      const low = (block[qs + 32 * n + 16 * h + l] >> (2 * k)) & 3;
+      const sub = 8 * n + 2 * k + h;
+      if (type === 'Q2_K') return half(80) * (block[sub] & 15) * low - half(82) * (block[sub] >> 4);
+      // Q3_K: scale = 4 low bits (bytes 96..103, then their high nibbles) + 2 high bits (bytes 104..107, 2 bits per quarter).
+      const scaleLow = sub < 8 ? block[96 + sub] & 15 : block[96 + sub - 8] >> 4;
+      const scaleHigh = (block[104 + (sub % 4)] >> (2 * Math.floor(sub / 4))) & 3;
+      const highBit = (block[16 * h + l] >> (4 * n + k)) & 1;
+      return half(108) * (scaleLow + 16 * scaleHigh - 32) * (low + 4 * highBit - 4);
+    }
+    case 'IQ4_NL':
+      return half(0) * IQ4_LEVELS[i < 16 ? block[2 + i] & 15 : block[2 + i - 16] >> 4];
+    case 'IQ4_XS': {
+      const sub = i >> 5;
+      const j = i & 31;
+      const scale = ((block[4 + (sub >> 1)] >> (4 * (sub & 1))) & 15) + 16 * ((u16(2) >> (2 * sub)) & 3);
+      const q = j < 16 ? block[8 + 16 * sub + j] & 15 : block[8 + 16 * sub + j - 16] >> 4;
+      return half(0) * (scale - 32) * IQ4_LEVELS[q];
+    }
+    case 'MXFP4': {
+      const q = i < 16 ? block[1 + i] & 15 : block[1 + i - 16] >> 4;
+      // E2M1: sign, 2 exponent bits, 1 mantissa bit; the E8M0 scale 2^(e − 127).
+      const magnitude = (q & 7) < 2 ? (q & 1) / 2 : 2 ** (((q & 7) >> 1) - 1) * (1 + (q & 1) / 2);
+      // The level −0 is a plain 0, as ggml's table has it.
+      return (q & 8 && magnitude ? -1 : 1) * magnitude * 2 ** (block[0] - 127);
+    }
     case 'Q6_K': {
       const n = i >> 7; // two halves of 128
       const quarter = (i >> 5) & 3;
@@ -75,6 +115,26 @@ export function referenceElement(type: GgmlTypeName, block: Uint8Array, i: numbe
     }
   }
 }
+
+/**
+ * Bits of resolution each quantised type gives a block, for round-trip bounds: MXFP4's levels (0, ±0.5 … ±6 times a
+ * power of two) leave up to a third of the largest magnitude between neighbours, as 2 bits would.
+ */
+export const QUANT_BITS: Partial<Record<GgmlTypeName, number>> = {
+  Q8_0: 8,
+  Q4_0: 4,
+  Q4_1: 4,
+  Q5_0: 5,
+  Q5_1: 5,
+  Q2_K: 2,
+  Q3_K: 3,
+  Q4_K: 4,
+  Q5_K: 5,
+  Q6_K: 6,
+  IQ4_NL: 4,
+  IQ4_XS: 4,
+  MXFP4: 2,
+};
 
 /** Dequantises `count` values of `type` element by element with referenceElement. */
 export function dequantizeReference(type: GgmlTypeName, bytes: Uint8Array, count: number): Float32Array {
@@ -127,7 +187,7 @@ export interface FixtureGguf {
 /** ggml's fallback for K-quants on rows that are not whole super-blocks (llama-quant.cpp), else F16. */
 function fitType(type: GgmlTypeName, ne0: number): GgmlTypeName {
   if (ne0 % BLOCK[type].size === 0) return type;
-  const fallback: Partial<Record<GgmlTypeName, GgmlTypeName>> = { Q4_K: 'Q4_0', Q5_K: 'Q8_0', Q6_K: 'Q8_0' };
+  const fallback: Partial<Record<GgmlTypeName, GgmlTypeName>> = { Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL' };
   const next = fallback[type];
   return next && ne0 % BLOCK[next].size === 0 ? next : 'F16';
 }

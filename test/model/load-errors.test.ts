@@ -9,6 +9,7 @@ import { loadModel } from '../../src/model/load.ts';
 import { FileSource } from '../../src/storage/file.ts';
 import { openModel } from '../../src/storage/locate.ts';
 import { type CheckpointSpec, writeCheckpoint } from '../helpers/checkpoint.ts';
+import { removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts';
 
 // Bad checkpoints fail before any GPU memory is allocated, with an error naming the file and the tensor or field.
 const SPEC: CheckpointSpec = { seed: 5, hidden: 64, layers: 4, heads: [2, 1], linearHeads: [1, 2], intermediate: 96, tied: false, dtype: 'BF16' };
@@ -17,7 +18,10 @@ let ctx: GpuContext;
 beforeAll(async () => {
   ctx = await createNodeContext({ adapter: 'llvmpipe' });
 });
-afterAll(() => ctx?.destroy());
+afterAll(() => {
+  ctx?.destroy();
+  removeWrittenGgufs();
+});
 
 const load = async (dir: string) => loadModel(ctx, await openModel(dir), { dtype: 'f32' });
 
@@ -26,6 +30,19 @@ function editConfig(dir: string, edit: (c: { text_config: Record<string, unknown
   const config = JSON.parse(readFileSync(path, 'utf8'));
   edit(config);
   writeFileSync(path, JSON.stringify(config));
+}
+
+/** Rewrites the ggml type id of one tensor in a GGUF file's tensor infos (name, n_dims, dims, type, offset). */
+function setTensorType(path: string, name: string, type: number): void {
+  const bytes = readFileSync(path);
+  const key = Buffer.alloc(8 + name.length);
+  key.writeBigUInt64LE(BigInt(name.length));
+  key.write(name, 8);
+  const at = bytes.indexOf(key);
+  expect(at, `${name} in ${path}`).toBeGreaterThan(0);
+  const dims = bytes.readUInt32LE(at + key.length);
+  bytes.writeUInt32LE(type, at + key.length + 4 + 8 * dims);
+  writeFileSync(path, bytes);
 }
 
 /** Rewrites model.safetensors with `change` applied to its tensor list. */
@@ -69,7 +86,19 @@ describe('loading a malformed checkpoint', () => {
       const norm = t.find((x) => x.name.endsWith('model.language_model.norm.weight'))!;
       norm.dtype = 'I16';
     });
-    await expect(load(dir)).rejects.toThrow(/model\.safetensors: model\.language_model\.norm\.weight: dtype I16 is not supported/);
+    await expect(load(dir)).rejects.toThrow(/model\.safetensors: model\.language_model\.norm\.weight: dtype I16 is not supported \(BF16, F16, F32\)/);
+  });
+
+  it('names a GGUF tensor of a type it cannot decode, and the types it can', async () => {
+    const gguf = await writeFixtureGguf('tiny-qwen35', {
+      types: (name, dims) => (dims.length === 1 ? 'F32' : name === 'blk.1.ssm_out.weight' ? 'Q4_K' : 'F16'),
+    });
+    const path = join(gguf.dir, gguf.file);
+    // Q4_K (144 bytes per 256 values) → IQ2_XXS (66): the header stays valid; the reader has no decoder for it.
+    setTensorType(path, 'blk.1.ssm_out.weight', 16);
+    await expect(load(path)).rejects.toThrow(
+      /\.gguf: model\.layers\.1\.linear_attn\.out_proj\.weight: dtype IQ2_XXS is not supported \(F32, F16, BF16, Q8_0, Q4_0, .*, IQ4_XS, MXFP4\)/,
+    );
   });
 
   it('names a truncated file', async () => {
