@@ -31,12 +31,15 @@ describe('bench --host-only', () => {
     expect(f).not.toHaveProperty('copy_gb_per_s');
   });
 
-  it('is refused with --streams and --verify-cost, and under Deno', async () => {
+  it('is refused with --streams, --verify-cost and --adapter, and under Deno', async () => {
     for (const extra of [['--streams', '1,2'], ['--verify-cost']]) {
       const r = await runCli('node', ['bench', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--host-only', ...extra]);
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/--host-only times decode steps alone/);
     }
+    const withAdapter = await runCli('node', ['bench', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--host-only', '--adapter', 'llvmpipe']);
+    expect(withAdapter.code).toBe(2);
+    expect(withAdapter.stderr).toMatch(/--host-only runs on Dawn's null backend: not with --adapter/);
     const deno = await runCli('deno', ['bench', '--synthetic', 'qwen3.5-0.8b', '--layers', '1', '--host-only']);
     expect(deno.code).toBe(2);
     expect(deno.stderr).toMatch(/Deno's WebGPU \(wgpu\) does not have: run it under Node/);

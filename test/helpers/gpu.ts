@@ -14,14 +14,15 @@ export interface TestAdapter {
 }
 
 /**
- * The adapters every GPU test runs on: lavapipe with shader-f16 and subgroups (8 lanes), the same with both
- * masked off and only WebGPU's default limits (the portable path: 8 storage buffers, 16 KiB of workgroup memory), and SwiftShader (no shader-f16, as Chromium on Linux; subgroups of 4); tests of kernels that read or write activations also run
- * on lavapipe with f16 activations. QWEN_TEST_ADAPTERS=lavapipe,swiftshader narrows the set.
+ * The adapters every GPU test runs on: lavapipe with shader-f16 and subgroups (8 lanes); lavapipe-portable, the same
+ * with both masked off and only WebGPU's default limits (the portable path: 8 storage buffers, 16 KiB of workgroup
+ * memory); and SwiftShader (no shader-f16, as Chromium on Linux; subgroups of 4). Tests of kernels that read or write
+ * activations also run on lavapipe with f16 activations. QWEN_TEST_ADAPTERS=lavapipe,swiftshader narrows the set.
  */
 export const TEST_ADAPTERS: TestAdapter[] = (
   [
     { name: 'lavapipe', adapter: 'llvmpipe' },
-    { name: 'lavapipe-no-f16', adapter: 'llvmpipe', mask: { f16: false, subgroups: false }, defaultLimits: true },
+    { name: 'lavapipe-portable', adapter: 'llvmpipe', mask: { f16: false, subgroups: false }, defaultLimits: true },
     { name: 'swiftshader', adapter: 'SwiftShader' },
     { name: 'lavapipe-act16', adapter: 'llvmpipe', activations: 'f16' },
   ] satisfies TestAdapter[]

@@ -422,7 +422,7 @@ describeOnAdapters(
     for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit`, () => tokensAsAlone(ctx(), c, false));
     // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): on lavapipe, with subgroups (sums over
     // several 8-lane subgroups) and without.
-    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-no-f16') {
+    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-portable') {
       for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
       for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit (the other adapter class's shape)`, () => tokensAsAlone(ctx(), c, true));
     }
