@@ -32,7 +32,10 @@ import type {
 } from './types.ts';
 
 export interface EngineOptions {
-  /** How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own). */
+  /**
+   * How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own, and a GGUF
+   * of fewer than 6 bits per weight loads as INT4: LoadOptions.dtypeGiven).
+   */
   dtype?: WeightDtype;
   /** Tokens a request may span (prompt + completion). Default: 4096, or less when the model allows less. */
   contextLength?: number;

@@ -99,7 +99,8 @@ export async function runBench(
   const stepFigures = {
     model: model.location,
     layers: model.config.numLayers,
-    dtype,
+    // As loaded: a packed model or a quantised GGUF may hold another than the default.
+    dtype: model.dtype,
     adapter: ctx.adapter.name,
     backend: ctx.adapter.backend,
     load_ms: Math.round(loadMs),
@@ -115,7 +116,7 @@ export async function runBench(
     host.stdout(
       args.flags.has('json')
         ? `${JSON.stringify(figures)}\n`
-        : `${figures.model} (${figures.layers} layers, ${dtype}) on Dawn's null backend: the host's work alone, no GPU's
+        : `${figures.model} (${figures.layers} layers, ${model.dtype}) on Dawn's null backend: the host's work alone, no GPU's
   decode   ${figures.host_ms_per_step} ms of host time per step (${dispatches} dispatches), ${figures.step_ms} ms per step in all: at most ${figures.host_bound_tokens_per_s} tokens/s
 `,
     );
@@ -148,7 +149,7 @@ export async function runBench(
   host.stdout(
     args.flags.has('json')
       ? `${JSON.stringify({ ...result, ...(pipeline && { pipeline }), ...(verifyCost && { verify_cost: verifyCost }) })}\n`
-      : `${result.model} (${result.layers} layers, ${dtype}) on ${result.adapter} [${result.backend}]
+      : `${result.model} (${result.layers} layers, ${model.dtype}) on ${result.adapter} [${result.backend}]
   prefill  ${result.prefill_tokens_per_s} tokens/s (${promptTokens} tokens)
   decode   ${result.decode_tokens_per_s} tokens/s (${decodeTokens} tokens; ${dispatches} dispatches and ${result.host_ms_per_step} ms of host time per step; up to ${steps.deepest} steps in flight, readback ${result.readback_ms} ms)
   weights  ${(weightBytes / 1e9).toFixed(3)} GB per decode step → ${result.weight_gb_per_s} GB/s = ${(result.bandwidth_fraction * 100).toFixed(1)}% of copy bandwidth (${result.copy_gb_per_s} GB/s)

@@ -116,7 +116,8 @@ common: --model            a local folder or .gguf, a URL, or a Hugging Face hub
                            $HF_HOME/hub, else ~/.cache/huggingface/hub); env HF_ENDPOINT, HF_TOKEN (gated repos),
                            HF_HUB_OFFLINE=1 (the cache only); a local path of the same spelling wins
         --dtype f32|f16|int4  how weights are held on the GPU (default f16 with shader-f16, else f32; int4 quantises
-                           every matrix while loading, groups of 32 with f16 scales; a packed model keeps its own)
+                           every matrix while loading, groups of 32 with f16 scales; a packed model keeps its own; a
+                           GGUF of fewer than 6 bits per weight, Q2_K to Q5_K_M, IQ4 or MXFP4, loads as int4)
         --activations f32|f16  how activations, KV cache and conv state are held (default f32; f16 needs
                            shader-f16; the residual stream, recurrent state and routed experts stay f32)
         --adapter <name>   pick an adapter by name (Node/Dawn: e.g. llvmpipe, SwiftShader, NVIDIA)

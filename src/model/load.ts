@@ -18,7 +18,10 @@ export interface LoadProgress {
 export interface LoadOptions {
   /** How matrices are stored on the GPU. Vectors (norms, conv taps) are always f32. */
   dtype: WeightDtype;
-  /** Whether the caller chose `dtype` (a packed model keeps its own; choosing another is an error). */
+  /**
+   * Whether the caller chose `dtype`. If not, a packed model keeps its own (choosing another is an error), and a
+   * checkpoint whose matrices take fewer than INT4_DEFAULT_BELOW_BITS per weight loads as INT4.
+   */
   dtypeGiven?: boolean;
   /** The tokenizer's size and eos ids, when the caller has loaded it already (else read from its files). */
   vocab?: VocabInfo;
@@ -50,11 +53,29 @@ export interface LoadOptions {
  * PIECE_BYTES: converted on the GPU (cast, or quantised for INT4) into its fused destination, or, for a
  * packed model, uploaded as it is.
  */
+/**
+ * A checkpoint quantised below this many bits per weight (a GGUF of Q2_K to Q5_K_M, IQ4 or MXFP4) loads as INT4 unless
+ * a dtype is asked for: in f16 it would take 3 to 6 times the memory its file does, in f32 twice that.
+ */
+export const INT4_DEFAULT_BELOW_BITS = 6;
+
+/** Bits per weight the checkpoint's matrices take in their files (16 for bf16 safetensors). */
+export function fileBitsPerWeight(checkpoint: Checkpoint): number {
+  let bytes = 0;
+  let elements = 0;
+  for (const t of checkpoint.tensors.values()) {
+    if (t.shape.length < 2) continue;
+    bytes += t.bytes;
+    elements += t.shape.reduce((a, b) => a * b, 1);
+  }
+  return elements === 0 ? 16 : (8 * bytes) / elements;
+}
+
 export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options: LoadOptions): Promise<Model> {
   let plan = await planCheckpoint(checkpoint, { ...options, mtp: options.mtp !== undefined && options.mtp !== false });
   const packed = checkpoint.packed;
-  let dtypeOf = (spec: TensorSpec) => tensorDtype(spec, options.dtype, plan.config);
-  let dtype = options.dtype;
+  let dtype: WeightDtype = !packed && !options.dtypeGiven && fileBitsPerWeight(checkpoint) < INT4_DEFAULT_BELOW_BITS ? 'q4' : options.dtype;
+  let dtypeOf = (spec: TensorSpec) => tensorDtype(spec, dtype, plan.config);
   if (packed) {
     if (options.dtypeGiven && options.dtype !== packed.dtype) {
       throw new ModelFormatError(

@@ -37,7 +37,8 @@ export interface LoadRequest {
   /** Where hub ids resolve (default https://huggingface.co): `${hubEndpoint}/ORG/NAME/resolve/REV/FILE`. */
   hubEndpoint?: string;
   /**
-   * How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own).
+   * How matrices are held on the GPU (default f16 with shader-f16, else f32; a packed model keeps its own, and a GGUF
+   * of fewer than 6 bits per weight loads as INT4).
    * 'int4' (also 'q4'): quantised while loading.
    */
   dtype?: WeightDtype | 'int4';
