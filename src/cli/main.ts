@@ -15,6 +15,7 @@ import { readGenerationConfig } from '../runtime/generation_config.ts';
 import type { ExpertStats } from '../runtime/expert_cache.ts';
 import { convertModel } from '../model/convert.ts';
 import { exportHf } from '../model/export_hf.ts';
+import { fileBitsPerWeight } from '../model/load.ts';
 import { FolderSink } from '../storage/file_sink.ts';
 import { Tokenizer } from '../text/tokenizer.ts';
 import type { ChatMessage } from '../text/chat_template.ts';
@@ -342,6 +343,12 @@ async function loadEngine(
   });
   bar.done();
   warnUnused(engine.model, host);
+  if (!args.flags.has('dtype') && !checkpoint.packed && engine.model.dtype !== dtype) {
+    const bits = fileBitsPerWeight(checkpoint).toFixed(1);
+    host.stderr(
+      `note: ${bits} bits per weight in the file: held as ${engine.model.dtype === 'q4' ? 'int4' : engine.model.dtype} (--dtype f16 keeps the file's values)\n`,
+    );
+  }
   return engine;
 }
 

@@ -5,6 +5,7 @@ import type { WeightDtype } from '../../src/gpu/tensor.ts';
 import { createNodeContext } from '../../src/hosts/node/gpu.ts';
 import { INT4_DEFAULT_BELOW_BITS, fileBitsPerWeight, loadModel } from '../../src/model/load.ts';
 import { openModel } from '../../src/storage/locate.ts';
+import { jsonLine, runCli } from '../helpers/cli.ts';
 import { fixtureDir } from '../helpers/fixtures.ts';
 import { type GgmlTypeName, removeWrittenGgufs, writeFixtureGguf } from '../helpers/gguf_writer.ts';
 
@@ -44,6 +45,22 @@ describe('the default weight dtype follows the checkpoint', () => {
     expect(byDefault.bits).toBeLessThan(INT4_DEFAULT_BELOW_BITS);
     expect(byDefault.dtype).toBe('q4');
     expect((await loadedDtype(path, { dtype: 'f32', dtypeGiven: true })).dtype).toBe('f32');
+    // The CLI says so, and how to keep the file's values.
+    const r = await runCli('node', [
+      'generate',
+      '--model',
+      path,
+      '--prompt-ids',
+      '977,82,962',
+      '--max-tokens',
+      '2',
+      '--greedy',
+      '--json',
+      '--adapter',
+      'llvmpipe',
+    ]);
+    expect(jsonLine(r).dtype).toBe('q4');
+    expect(r.stderr).toMatch(/note: 4\.\d bits per weight in the file: held as int4 \(--dtype f16 keeps the file's values\)/);
   });
 
   it('a Q8_0 GGUF and bf16 safetensors keep the default', async () => {
