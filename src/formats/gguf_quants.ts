@@ -76,7 +76,7 @@ function q5(src: Uint8Array, dst: Float32Array, blocks: number, withMin: boolean
   const qhAt = withMin ? 4 : 2;
   for (let b = 0, s = 0, y = 0; b < blocks; b++, s += blockBytes, y += 32) {
     const d = half(table, src, s);
-    const m = half(table, src, s + 2);
+    const m = withMin ? half(table, src, s + 2) : 0;
     const qh = (src[s + qhAt] | (src[s + qhAt + 1] << 8) | (src[s + qhAt + 2] << 16) | (src[s + qhAt + 3] << 24)) >>> 0;
     const qs = s + qhAt + 4;
     for (let i = 0; i < 32; i++) {

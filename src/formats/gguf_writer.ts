@@ -369,8 +369,8 @@ function minStepBlock(x: Float32Array, out: Uint8Array, levels: number): number[
 }
 
 /** Q4_0-order nibbles of 32 levels at `at`: element l low, element 16 + l high. */
-function packNibbles(out: Uint8Array, at: number, q: ArrayLike<number>, from = 0): void {
-  for (let l = 0; l < 16; l++) out[at + l] = (q[from + l] & 15) | ((q[from + 16 + l] & 15) << 4);
+function packNibbles(out: Uint8Array, at: number, q: ArrayLike<number>): void {
+  for (let l = 0; l < 16; l++) out[at + l] = (q[l] & 15) | ((q[16 + l] & 15) << 4);
 }
 
 /** The fifth bits of 32 levels as Q5_0 / Q5_1's little-endian u32 qh at `at`. */

@@ -48,12 +48,6 @@ export interface LoadOptions {
 }
 
 /**
- * Loads a checkpoint (a Hugging Face folder, a GGUF file or a packed model) onto the GPU. Everything is
- * checked before any GPU memory is allocated; then each tensor is streamed in pieces of at most
- * PIECE_BYTES: converted on the GPU (cast, or quantised for INT4) into its fused destination, or, for a
- * packed model, uploaded as it is.
- */
-/**
  * A checkpoint quantised below this many bits per weight (a GGUF of Q2_K to Q5_K_M, IQ4 or MXFP4) loads as INT4 unless
  * a dtype is asked for: in f16 it would take 3 to 6 times the memory its file does, in f32 twice that.
  */
@@ -71,6 +65,12 @@ export function fileBitsPerWeight(checkpoint: Checkpoint): number {
   return elements === 0 ? 16 : (8 * bytes) / elements;
 }
 
+/**
+ * Loads a checkpoint (a Hugging Face folder, a GGUF file or a packed model) onto the GPU. Everything is
+ * checked before any GPU memory is allocated; then each tensor is streamed in pieces of at most
+ * PIECE_BYTES: converted on the GPU (cast, or quantised for INT4) into its fused destination, or, for a
+ * packed model, uploaded as it is.
+ */
 export async function loadModel(ctx: GpuContext, checkpoint: Checkpoint, options: LoadOptions): Promise<Model> {
   let plan = await planCheckpoint(checkpoint, { ...options, mtp: options.mtp !== undefined && options.mtp !== false });
   const packed = checkpoint.packed;
