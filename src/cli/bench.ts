@@ -39,6 +39,7 @@ export async function runBench(
   if (draftVocab !== undefined && !args.flags.has('verify-cost')) throw new UsageError('--draft-vocab is for --verify-cost');
   const hostOnly = args.flags.has('host-only');
   if (hostOnly && (streams || args.flags.has('verify-cost'))) throw new UsageError('--host-only times decode steps alone: not with --streams or --verify-cost');
+  if (hostOnly && args.flags.has('adapter')) throw new UsageError("--host-only runs on Dawn's null backend: not with --adapter");
   const t0 = performance.now();
   let model: Model;
   let session: Session;

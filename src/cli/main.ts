@@ -253,7 +253,6 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
     if (!command) throw new UsageError(`unknown command "${args.command}" (${Object.keys(COMMANDS).join(', ')})`);
     checkFlags(args.command, args);
     if (command.gpu) {
-      if (args.flags.has('host-only') && args.flags.has('adapter')) throw new UsageError("--host-only runs on Dawn's null backend: not with --adapter");
       ctx = await host.createContext({
         adapter: stringFlag(args, 'adapter'),
         mask: { ...(args.flags.has('no-f16') ? { f16: false } : {}), ...(args.flags.has('no-subgroups') ? { subgroups: false } : {}) },
