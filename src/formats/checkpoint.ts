@@ -25,6 +25,12 @@ export interface SourceTensor {
   bytes: number;
   /** Rows [first, first + count) of the tensor seen as [rows, cols] (cols = last dim): little-endian `dtype` elements. */
   readRows(first: number, count: number, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * Present where the file holds exactly the engine's INT4 values (GGUF Q4_0): rows [first, first + count) in the q4
+   * format (src/numeric/q4.ts), each its own block of q4ItemWords(q4RowStride(cols)) words, so an int4 load copies
+   * them rather than re-quantising.
+   */
+  readQ4Rows?(first: number, count: number, signal?: AbortSignal): Promise<Uint8Array>;
 }
 
 export interface Checkpoint {

@@ -52,6 +52,36 @@ function q4_0(src: Uint8Array, dst: Float32Array, blocks: number): void {
   }
 }
 
+/**
+ * Q4_0 blocks as one row of the engine's q4 format (src/numeric/q4.ts: groups of 32, an f16 scale each, x = (n − 8) ·
+ * scale): the same values, so a Q4_0 tensor is held as int4 without re-quantising. Group g of the row is file block
+ * blockOf[g] (whole-block column permutations); the groups that pad the row to 64 elements are zero. `out` holds
+ * q4RowStride(groups · 32) / 8 nibble words, then one scale word per two groups.
+ */
+export function q4_0ToQ4Row(src: Uint8Array, groups: number, out: Uint32Array, blockOf?: Int32Array): void {
+  const pairs = Math.ceil(groups / 2);
+  out.fill(0, 8 * pairs);
+  for (let g = 0; g < 2 * pairs; g++) {
+    if (g >= groups) {
+      out.fill(0x88888888, 4 * g, 4 * g + 4);
+      continue;
+    }
+    const s = 18 * (blockOf ? blockOf[g] : g);
+    for (let w = 0; w < 2; w++) {
+      let low = 0;
+      let high = 0;
+      for (let k = 0; k < 8; k++) {
+        const q = src[s + 2 + 8 * w + k];
+        low |= (q & 15) << (4 * k);
+        high |= (q >> 4) << (4 * k);
+      }
+      out[4 * g + w] = low >>> 0;
+      out[4 * g + 2 + w] = high >>> 0;
+    }
+    out[8 * pairs + (g >> 1)] |= (src[s] | (src[s + 1] << 8)) << (16 * (g & 1));
+  }
+}
+
 /** block_q4_1 (20 bytes): f16 d, f16 m, qs[16] as in Q4_0; x = d·q + m. */
 function q4_1(src: Uint8Array, dst: Float32Array, blocks: number): void {
   const table = f16Table();

@@ -2,7 +2,8 @@ import { ModelFormatError, throwIfAborted } from '../errors.ts';
 import type { WeightSource } from './source.ts';
 import type { SourceTensor } from './checkpoint.ts';
 import type { GgufTensorInfo } from './gguf_header.ts';
-import { DEQUANTIZERS } from './gguf_quants.ts';
+import { DEQUANTIZERS, q4_0ToQ4Row } from './gguf_quants.ts';
+import { q4ItemWords, q4RowStride } from '../numeric/q4.ts';
 import { ggmlRowBytes } from './gguf_types.ts';
 import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
 
@@ -46,6 +47,7 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
   const dtype: SourceDtype | undefined = dequantize === undefined ? undefined : (raw ?? 'f32');
 
   const fileRow = (r: number) => view.rowBase + (view.rowOf ? view.rowOf(r) : r);
+  const q4Blocks = info.type.name === 'Q4_0' && view.value === undefined ? wholeBlocks(view.colOf, cols) : undefined;
 
   async function readFileRows(first: number, count: number, signal?: AbortSignal): Promise<RowBytes> {
     let lo = Infinity;
@@ -76,6 +78,26 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
     return { bytes, offsetOf: (f) => at.get(f)! };
   }
 
+  const checkRows = (first: number, count: number) => {
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > rows) {
+      throw new ModelFormatError(`rows [${first}, ${first + count}) are outside the tensor's ${rows} rows`, file, view.name);
+    }
+  };
+
+  async function readQ4Rows(first: number, count: number, signal?: AbortSignal): Promise<Uint8Array> {
+    checkRows(first, count);
+    if (count === 0) return new Uint8Array(0);
+    const rowWords = q4ItemWords(q4RowStride(cols));
+    const out = new Uint32Array(count * rowWords);
+    const { bytes, offsetOf } = await readFileRows(first, count, signal);
+    throwIfAborted(signal);
+    for (let i = 0; i < count; i++) {
+      const at = offsetOf(fileRow(first + i));
+      q4_0ToQ4Row(bytes.subarray(at, at + fileRowBytes), cols / 32, out.subarray(i * rowWords, (i + 1) * rowWords), q4Blocks);
+    }
+    return new Uint8Array(out.buffer);
+  }
+
   return {
     name: view.name,
     shape,
@@ -84,10 +106,9 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
     readableTypes: READABLE_TYPES,
     file,
     bytes: rows * fileRowBytes,
+    readQ4Rows: q4Blocks === undefined ? undefined : readQ4Rows,
     async readRows(first, count, signal) {
-      if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > rows) {
-        throw new ModelFormatError(`rows [${first}, ${first + count}) are outside the tensor's ${rows} rows`, file, view.name);
-      }
+      checkRows(first, count);
       if (dtype === undefined) throw new ModelFormatError(`ggml type ${info.type.name} cannot be decoded (${READABLE_TYPES.join(', ')})`, file, view.name);
       if (count === 0) return new Uint8Array(0);
       const identity = view.rowOf === undefined;
@@ -126,4 +147,21 @@ export function ggufSourceTensor(source: WeightSource, file: string, view: Tenso
       return new Uint8Array(out.buffer);
     },
   };
+}
+
+/**
+ * For a Q4_0 view: the file block of each group of 32 columns, when every group is a whole file block (no column
+ * permutation, or one of whole blocks, as the V-head order of 128-wide heads); else undefined (dequantised instead).
+ */
+function wholeBlocks(colOf: Int32Array | undefined, cols: number): Int32Array | undefined {
+  const groups = cols / 32;
+  if (!colOf) return Int32Array.from({ length: groups }, (_, g) => g);
+  const blocks = new Int32Array(groups);
+  for (let g = 0; g < groups; g++) {
+    const c0 = colOf[32 * g];
+    if (c0 % 32 !== 0) return undefined;
+    for (let i = 1; i < 32; i++) if (colOf[32 * g + i] !== c0 + i) return undefined;
+    blocks[g] = c0 / 32;
+  }
+  return blocks;
 }

@@ -4,7 +4,7 @@ import type { Dispatch, GpuContext } from '../gpu/context.ts';
 import { Q4_ROW_ALIGN, q4ItemWords } from '../numeric/q4.ts';
 import { HALF_BITS, SOURCE_BITS } from './cast.ts';
 import { SOURCE_BYTES, type SourceDtype } from '../numeric/source_dtype.ts';
-import { checks } from './checks.ts';
+import { type Checks, checks } from './checks.ts';
 import { grid } from './grid.ts';
 
 export interface QuantizeQ4Args {
@@ -42,12 +42,54 @@ export const quantizeQ4Kernel = defineKernel<{ src: SourceDtype }>({
 const check = checks('quantize_q4');
 
 export async function quantizeQ4(ctx: GpuContext, args: QuantizeQ4Args): Promise<Dispatch> {
-  const { src, dst, rows, cols, dstOffset, dstRowStride, rowStride, itemStride, srcDtype } = args;
+  const { src, srcDtype, rows, cols, rowStride } = args;
   if (!(srcDtype in SOURCE_BYTES)) check.fail(`unknown source dtype ${String(srcDtype)}`);
   check.counts({ rows, cols });
+  if (rowStride < cols) check.fail(`rowStride ${rowStride} is shorter than the ${cols} columns`);
+  const srcBytes = Math.ceil((rows * cols * SOURCE_BYTES[srcDtype]) / 4) * 4;
+  if (srcBytes > src.size) check.fail(`${rows} x ${cols} ${srcDtype} needs ${srcBytes} source bytes, buffer ${src.label || '(unlabelled)'} has ${src.size}`);
+  const params = placement(check, args);
+  return ctx.dispatch(
+    quantizeQ4Kernel,
+    { src: srcDtype },
+    { src, dst: args.dst, params: { ...params, cols } },
+    grid(Math.ceil(params.pairs / WG), ctx.caps),
+    args.transient,
+  );
+}
+
+/** Rows already in the q4 format (a GGUF Q4_0 tensor: the same groups and scales) for placeQ4; no `cols`, no dtype. */
+export type PlaceQ4Args = Omit<QuantizeQ4Args, 'srcDtype' | 'cols'>;
+
+/** place_q4: src holds `rows` rows of q4ItemWords(rowStride) words each (a lone row's block), copied to their place. */
+export const placeQ4Kernel = defineKernel({
+  name: 'place_q4',
+  bindings: () => [
+    read('src', 'u32'),
+    write('dst', 'u32'),
+    uniform('params', { pairs: 'u32', row_pairs: 'u32', dst_off: 'u32', dst_row_stride: 'u32', item_stride: 'u32', item_words: 'u32' }),
+  ],
+  overrides: () => ({ WG }),
+});
+
+const placeCheck = checks('place_q4');
+
+/** A piece of rows already in q4 form → their items' blocks in a weight part, bit for bit (no re-quantising). */
+export async function placeQ4(ctx: GpuContext, args: PlaceQ4Args): Promise<Dispatch> {
+  const { src, rows, rowStride } = args;
+  placeCheck.counts({ rows });
+  const params = placement(placeCheck, args);
+  const srcBytes = rows * q4ItemWords(rowStride) * 4;
+  if (srcBytes > src.size)
+    placeCheck.fail(`${rows} q4 rows of ${rowStride} need ${srcBytes} source bytes, buffer ${src.label || '(unlabelled)'} has ${src.size}`);
+  return ctx.dispatch(placeQ4Kernel, undefined, { src, dst: args.dst, params }, grid(Math.ceil(params.pairs / WG), ctx.caps), args.transient);
+}
+
+/** Checks where a piece's rows land in a q4 part (shared by quantize_q4 and place_q4); returns the kernels' params. */
+function placement(check: Checks, args: PlaceQ4Args) {
+  const { src, dst, rows, dstOffset, dstRowStride, rowStride, itemStride } = args;
   check.count('rowStride', rowStride);
   if (rowStride % Q4_ROW_ALIGN !== 0) check.fail(`rowStride = ${rowStride} must be a multiple of ${Q4_ROW_ALIGN}`);
-  if (rowStride < cols) check.fail(`rowStride ${rowStride} is shorter than the ${cols} columns`);
   // Rows that start at multiples of rowStride never straddle two items.
   check.count('itemStride', itemStride);
   for (const [name, v] of [
@@ -59,8 +101,6 @@ export async function quantizeQ4(ctx: GpuContext, args: QuantizeQ4Args): Promise
   }
   if (rows > 1 && dstRowStride < rowStride) check.fail(`dstRowStride ${dstRowStride} is shorter than rowStride ${rowStride}: rows would overlap`);
   check.distinct({ src, dst });
-  const srcBytes = Math.ceil((rows * cols * SOURCE_BYTES[srcDtype]) / 4) * 4;
-  if (srcBytes > src.size) check.fail(`${rows} x ${cols} ${srcDtype} needs ${srcBytes} source bytes, buffer ${src.label || '(unlabelled)'} has ${src.size}`);
   const lastElement = dstOffset + (rows - 1) * dstRowStride + rowStride - 1;
   if (lastElement > 0xffffffff) check.fail(`the piece ends at logical element ${lastElement}, past u32 indexing`);
   const itemWords = q4ItemWords(itemStride);
@@ -69,15 +109,5 @@ export async function quantizeQ4(ctx: GpuContext, args: QuantizeQ4Args): Promise
   const rowPairs = rowStride / 64;
   const pairs = rows * rowPairs;
   if (pairs > 0xffffffff - WG) check.fail(`a piece of ${pairs} group pairs is too large for one dispatch`);
-  return ctx.dispatch(
-    quantizeQ4Kernel,
-    { src: srcDtype },
-    {
-      src,
-      dst,
-      params: { pairs, row_pairs: rowPairs, cols, dst_off: dstOffset, dst_row_stride: dstRowStride, item_stride: itemStride, item_words: itemWords },
-    },
-    grid(Math.ceil(pairs / WG), ctx.caps),
-    args.transient,
-  );
+  return { pairs, row_pairs: rowPairs, dst_off: dstOffset, dst_row_stride: dstRowStride, item_stride: itemStride, item_words: itemWords };
 }

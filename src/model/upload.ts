@@ -2,9 +2,10 @@ import type { GpuContext } from '../gpu/context.ts';
 import { ModelFormatError, throwIfAborted } from '../errors.ts';
 import { type GpuTensor, type WeightDtype, planTensorLayout } from '../gpu/tensor.ts';
 import { cast } from '../kernels/cast.ts';
-import { quantizeQ4 } from '../kernels/quantize.ts';
+import { placeQ4, quantizeQ4 } from '../kernels/quantize.ts';
 import type { Checkpoint, SourceTensor } from '../formats/checkpoint.ts';
 import { SOURCE_BYTES } from '../numeric/source_dtype.ts';
+import { q4ItemWords } from '../numeric/q4.ts';
 import type { Placement, TensorSpec } from './tensors.ts';
 import { uploadPacked } from './load_packed.ts';
 
@@ -73,7 +74,9 @@ async function* uploadPlacement(
   signal: AbortSignal | undefined,
 ): AsyncGenerator<number> {
   const cols = entry.shape[entry.shape.length - 1];
-  const rowBytes = cols * SOURCE_BYTES[entry.dtype!];
+  // A file that holds the INT4 values themselves (GGUF Q4_0) is copied into place, not re-quantised.
+  const readQ4 = dst.dtype === 'q4' ? entry.readQ4Rows?.bind(entry) : undefined;
+  const rowBytes = readQ4 ? q4ItemWords(dst.rowStride) * 4 : cols * SOURCE_BYTES[entry.dtype!];
   // Progress counts the file's bytes (a quantized GGUF row is smaller than the f32 row it is read as).
   const fileRowBytes = entry.bytes / Math.max(1, entry.shape.reduce((a, b) => a * b, 1) / cols);
   const rowsPerPiece = Math.floor((staging.size - 4) / rowBytes);
@@ -97,7 +100,7 @@ async function* uploadPlacement(
     for (let r = 0; r < run.rows; r += rowsPerPiece) {
       throwIfAborted(signal);
       const rows = Math.min(rowsPerPiece, run.rows - r);
-      const bytes = await entry.readRows(run.srcRow + r, rows, signal);
+      const bytes = await (readQ4 ?? entry.readRows.bind(entry))(run.srcRow + r, rows, signal);
       if (bytes.length !== rows * rowBytes) throw new ModelFormatError(`read ${bytes.length} bytes for ${rows} rows of ${rowBytes}`, entry.file, entry.name);
       const padded = bytes.length % 4 === 0 ? bytes : copyPadded(bytes);
       ctx.write(staging, 0, padded);
@@ -113,7 +116,11 @@ async function* uploadPlacement(
         rowStride: dst.rowStride,
         transient: true,
       };
-      const d = dst.dtype === 'q4' ? await quantizeQ4(ctx, { ...piece, itemStride: dst.itemStride }) : await cast(ctx, { ...piece, dstDtype: dst.dtype });
+      const d = readQ4
+        ? await placeQ4(ctx, { ...piece, itemStride: dst.itemStride })
+        : dst.dtype === 'q4'
+          ? await quantizeQ4(ctx, { ...piece, itemStride: dst.itemStride })
+          : await cast(ctx, { ...piece, dstDtype: dst.dtype });
       ctx.run([d], 'upload');
       // A piece's bind group binds the staging buffer, freed after the load: nothing is kept for it.
       ctx.release([d]);

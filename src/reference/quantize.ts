@@ -48,3 +48,22 @@ export function quantizeQ4(src: Uint8Array, dst: Uint32Array, a: QuantizeReferen
   }
   return out;
 }
+
+/**
+ * The place_q4 op on the CPU: `src` holds the piece's rows already in q4 form (q4ItemWords(rowStride) words each:
+ * nibble words, then scale words); returns a copy of the destination part with them in their items' blocks.
+ */
+export function placeQ4(src: Uint32Array, dst: Uint32Array, a: Omit<QuantizeReferenceArgs, 'srcDtype' | 'cols'>): Uint32Array {
+  const out = dst.slice();
+  const itemWords = q4ItemWords(a.itemStride);
+  const rowWords = q4ItemWords(a.rowStride);
+  for (let r = 0; r < a.rows; r++) {
+    const l = a.dstOffset + r * a.dstRowStride;
+    const item = Math.floor(l / a.itemStride);
+    const at = l - item * a.itemStride;
+    const row = src.subarray(r * rowWords, (r + 1) * rowWords);
+    out.set(row.subarray(0, a.rowStride / 8), item * itemWords + at / 8);
+    out.set(row.subarray(a.rowStride / 8), item * itemWords + a.itemStride / 8 + at / 64);
+  }
+  return out;
+}

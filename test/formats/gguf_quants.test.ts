@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { f32ToF16Bits } from '../../src/numeric/half.ts';
-import { DEQUANTIZERS } from '../../src/formats/gguf_quants.ts';
+import { DEQUANTIZERS, q4_0ToQ4Row } from '../../src/formats/gguf_quants.ts';
+import { dequantizeQ4Item, q4ItemWords, q4RowStride } from '../../src/numeric/q4.ts';
 import { ggmlTypeByName } from '../../src/formats/gguf_types.ts';
 import { BLOCK, type GgmlTypeName, QUANT_BITS, dequantizeReference, quantize } from '../helpers/gguf_writer.ts';
 import { randn } from '../helpers/random.ts';
@@ -174,4 +175,23 @@ describe('GGUF dequantisers', () => {
       expect(err).toBeLessThan((2 * amax) / 2 ** bits);
     });
   }
+
+  it('Q4_0 rows become q4 rows of exactly the same values (whole-block column permutations, odd block counts)', () => {
+    for (const blocks of [6, 5, 1]) {
+      const bytes = handBuiltBlocks('Q4_0', blocks).subarray(0, 18 * blocks);
+      const want = dequantize('Q4_0', bytes, 32 * blocks);
+      const order = Int32Array.from({ length: blocks }, (_, g) => (g * 2 + 1) % blocks);
+      const rowStride = q4RowStride(32 * blocks);
+      for (const blockOf of [undefined, order]) {
+        const words = new Uint32Array(q4ItemWords(rowStride)).fill(0xdeadbeef);
+        q4_0ToQ4Row(bytes, blocks, words, blockOf);
+        const got = dequantizeQ4Item(words, rowStride);
+        for (let c = 0; c < rowStride; c++) {
+          const g = Math.floor(c / 32);
+          const expected = g >= blocks ? 0 : want[32 * (blockOf ? blockOf[g] : g) + (c % 32)];
+          if (!Object.is(got[c], expected) && !(got[c] === 0 && expected === 0)) expect.fail(`blocks=${blocks} column ${c}: got ${got[c]}, want ${expected}`);
+        }
+      }
+    }
+  });
 });

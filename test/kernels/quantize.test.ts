@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
-import { type QuantizeQ4Args, quantizeQ4 } from '../../src/kernels/quantize.ts';
-import { quantizeQ4 as reference } from '../../src/reference/quantize.ts';
+import { type PlaceQ4Args, type QuantizeQ4Args, placeQ4, quantizeQ4 } from '../../src/kernels/quantize.ts';
+import { placeQ4 as placeReference, quantizeQ4 as reference } from '../../src/reference/quantize.ts';
 import type { SourceDtype } from '../../src/numeric/source_dtype.ts';
 import { fillRandom } from '../../src/kernels/fill_random.ts';
 import { dequantizeQ4Item, q4ItemWords, q4RowStride, quantizeQ4Item } from '../../src/numeric/q4.ts';
@@ -76,12 +76,9 @@ interface Case {
 }
 
 async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: Uint32Array; want: Uint32Array }> {
-  const rowStride = q4RowStride(c.cols);
-  const itemStride = c.rowsPerItem * rowStride;
   // 'rows': consecutive items of a 2-D tensor from item 2; 'pair': the up rows (row 1) of [I, 2, K] items from
   // item 1; 'expert': all rows of expert 1 of [E, rows, K].
-  const [dstOffset, dstRowStride] =
-    c.placement === 'rows' ? [2 * itemStride, itemStride] : c.placement === 'pair' ? [itemStride + rowStride, itemStride] : [itemStride, rowStride];
+  const { rowStride, itemStride, dstOffset, dstRowStride } = placed(c);
   const dstWords = new Uint32Array(c.items * q4ItemWords(itemStride) + 3).fill(SENTINEL);
   const src = encode(sourceValues(c.src, c.rows * c.cols, seed), c.src);
   const dst = upload(ctx, dstWords, 'dst');
@@ -99,6 +96,28 @@ async function runCase(ctx: GpuContext, c: Case, seed: number): Promise<{ got: U
   ctx.run([await quantizeQ4(ctx, args)]);
   const got = new Uint32Array(await ctx.read(dst, 0, dstWords.byteLength));
   return { got, want: reference(src, dstWords, args) };
+}
+
+/** Rows already in q4 form: random nibbles, random finite f16 scales of either sign (a Q4_0 scale may be negative). */
+function q4Rows(rows: number, rowStride: number, seed: number): Uint32Array {
+  const r = rng(seed);
+  const rowWords = q4ItemWords(rowStride);
+  const words = new Uint32Array(rows * rowWords);
+  for (let i = 0; i < words.length; i++) {
+    const scale = i % rowWords >= rowStride / 8;
+    const half = () => (Math.floor(r() * 0x7c00) | (r() < 0.5 ? 0x8000 : 0)) >>> 0;
+    words[i] = scale ? (half() | (half() << 16)) >>> 0 : Math.floor(r() * 2 ** 32) >>> 0;
+  }
+  return words;
+}
+
+/** Where the loader puts a piece's rows: consecutive items, the up rows of [I, 2, K] items, or an expert's rows. */
+function placed(c: { cols: number; rowsPerItem: number; placement: 'rows' | 'pair' | 'expert' }) {
+  const rowStride = q4RowStride(c.cols);
+  const itemStride = c.rowsPerItem * rowStride;
+  const [dstOffset, dstRowStride] =
+    c.placement === 'rows' ? [2 * itemStride, itemStride] : c.placement === 'pair' ? [itemStride + rowStride, itemStride] : [itemStride, rowStride];
+  return { rowStride, itemStride, dstOffset, dstRowStride };
 }
 
 function expectWords(got: Uint32Array, want: Uint32Array): void {
@@ -127,6 +146,64 @@ describeOnAdapters('quantize_q4', (ctx) => {
       });
     }
   }
+
+  for (const c of [
+    { rows: 40, cols: 256, rowsPerItem: 1, placement: 'rows', items: 45 },
+    { rows: 9, cols: 96, rowsPerItem: 2, placement: 'pair', items: 11 },
+    { rows: 6, cols: 320, rowsPerItem: 6, placement: 'expert', items: 3 },
+  ] as const) {
+    it(`place_q4 rows=${c.rows} cols=${c.cols} ${c.placement} == the CPU placement, bit for bit`, async () => {
+      const x = ctx();
+      const { rowStride, ...at } = placed(c);
+      const dstWords = new Uint32Array(c.items * q4ItemWords(at.itemStride) + 3).fill(SENTINEL);
+      const src = q4Rows(c.rows, rowStride, c.rows);
+      const dst = upload(x, dstWords, 'dst');
+      const args: PlaceQ4Args = { src: upload(x, src, 'src'), rows: c.rows, dst, rowStride, ...at };
+      x.run([await placeQ4(x, args)]);
+      expectWords(new Uint32Array(await x.read(dst, 0, dstWords.byteLength)), placeReference(src, dstWords, args));
+    });
+  }
+
+  it("place_q4 of rows quantised one by one == quantize_q4 of the rows (the loader's two paths agree)", async () => {
+    const x = ctx();
+    const c = { rows: 7, cols: 200, rowsPerItem: 2, placement: 'pair', items: 9 } as const;
+    const { rowStride, ...at } = placed(c);
+    const values = sourceValues('f32', c.rows * c.cols, 77);
+    const rowWords = q4ItemWords(rowStride);
+    const rows = new Uint32Array(c.rows * rowWords);
+    for (let r = 0; r < c.rows; r++) {
+      const row = new Float32Array(rowStride);
+      row.set(values.subarray(r * c.cols, (r + 1) * c.cols));
+      rows.set(quantizeQ4Item(row, rowStride), r * rowWords);
+    }
+    const dstWords = new Uint32Array(c.items * q4ItemWords(at.itemStride)).fill(SENTINEL);
+    const viaPlace = upload(x, dstWords, 'place');
+    const viaQuantize = upload(x, dstWords, 'quantize');
+    const src = upload(x, new Uint32Array(encode(values, 'f32').buffer), 'src');
+    x.run([
+      await placeQ4(x, { src: upload(x, rows, 'rows'), rows: c.rows, dst: viaPlace, rowStride, ...at }),
+      await quantizeQ4(x, { src, srcDtype: 'f32', rows: c.rows, cols: c.cols, dst: viaQuantize, rowStride, ...at }),
+    ]);
+    const read = async (b: GPUBuffer) => new Uint32Array(await x.read(b, 0, dstWords.byteLength));
+    expectWords(await read(viaPlace), await read(viaQuantize));
+  });
+
+  it('place_q4 rejects bad arguments', async () => {
+    const c = ctx();
+    const ok: PlaceQ4Args = {
+      src: c.storage('s', 2 * 36),
+      rows: 2,
+      dst: c.storage('d', 2 * 36),
+      dstOffset: 0,
+      dstRowStride: 64,
+      rowStride: 64,
+      itemStride: 64,
+    };
+    await expect(placeQ4(c, ok)).resolves.toBeDefined();
+    await expect(placeQ4(c, { ...ok, src: c.storage('s', 48) })).rejects.toThrow(/2 q4 rows of 64 need 72 source bytes/);
+    await expect(placeQ4(c, { ...ok, rowStride: 32, dstRowStride: 32, itemStride: 32 })).rejects.toThrow(/rowStride = 32 must be a multiple of 64/);
+    await expect(placeQ4(c, { ...ok, dst: c.storage('d', 48) })).rejects.toThrow(/ends at byte 72/);
+  });
 
   it('the GPU quantiser of a whole tensor is the CPU one of uploadTensor; an expert is one contiguous block', async () => {
     const c = ctx();
