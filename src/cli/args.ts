@@ -8,11 +8,19 @@ export interface Args {
   flags: Map<string, string | true>;
 }
 
+/** What a user types out of habit for the usage or the version, where a command or a flag goes. */
+const COMMAND_ALIASES: Readonly<Record<string, string>> = { '--help': 'help', '-h': 'help', '--version': 'version', '-V': 'version' };
+
 export function parseArgs(argv: string[], switches: ReadonlySet<string>): Args {
-  const [command = 'help', ...rest] = argv;
+  const [first = 'help', ...rest] = argv;
+  const command = COMMAND_ALIASES[first] ?? first;
   const flags = new Map<string, string | true>();
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
+    if (arg === '-h') {
+      flags.set('help', true);
+      continue;
+    }
     if (!arg.startsWith('--')) throw new UsageError(`unexpected argument "${arg}"`);
     const eq = arg.indexOf('=');
     const name = eq > 0 ? arg.slice(2, eq) : arg.slice(2);

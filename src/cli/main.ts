@@ -31,6 +31,7 @@ import { PIPELINE_FLAGS, STAGE_FLAGS, loadPipelineEngine, runStage } from './sta
 import { DEFAULT_DRAFT_TOKENS, DEFAULT_DRAFT_VOCAB, MAX_DRAFT_TOKENS } from '../runtime/speculation.ts';
 import { hubOptions, listModels, modelAsFlag, pull, removeModel } from './hub.ts';
 import { convertedOnce } from './packed_cache.ts';
+import { VERSION } from './version.ts';
 
 /** What a host (Node with Dawn, Deno) gives the CLI: a GPU and a terminal. */
 
@@ -110,6 +111,8 @@ export const USAGE = `qwen-webgpu: Qwen3.5 on WebGPU
   qwen-webgpu models   [--json]   lists the cached hub models: id, revisions, size
   qwen-webgpu rm       ORG/NAME   removes a hub model from the cache (the exact id, as models lists it)
   qwen-webgpu adapter  prints the adapter the engine would use
+  qwen-webgpu help     this text (also --help, -h, and --help or -h after a command)
+  qwen-webgpu version  the engine's version (also --version, -V)
 
 common: --model            a local folder or .gguf, a URL, or a Hugging Face hub id: ORG/NAME, ORG/NAME@REVISION
                            (branch, tag, commit), ORG/NAME:QUANT (the repo's GGUF whose name holds QUANT) or
@@ -247,6 +250,10 @@ export async function runCli(argv: string[], host: CliHost): Promise<number> {
     const args = parseArgs(modelAsFlag(argv), SWITCHES);
     if (args.command === 'help' || args.flags.has('help')) {
       host.stdout(USAGE);
+      return 0;
+    }
+    if (args.command === 'version') {
+      host.stdout(`qwen-webgpu ${VERSION}\n`);
       return 0;
     }
     const command = COMMANDS[args.command];

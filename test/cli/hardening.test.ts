@@ -103,6 +103,18 @@ describe('flags', () => {
     60_000,
   );
 
+  it('prints the usage for help, --help and -h, before or after a command, and the version for --version', async () => {
+    for (const args of [[], ['help'], ['--help'], ['-h'], ['generate', '--help'], ['serve', '-h', '--port', '1']]) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.stdout, args.join(' ')).toMatch(/^qwen-webgpu: Qwen3.5 on WebGPU\n.*qwen-webgpu version /s);
+    }
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+    for (const args of [['version'], ['--version'], ['-V']]) expect((await run(args)).stdout, args.join(' ')).toBe(`qwen-webgpu ${version}\n`);
+    const stray = await run(['generate', '-x']);
+    expect(errorLine(stray)).toBe('error: unexpected argument "-x" ("qwen-webgpu help" shows the usage)');
+  }, 120_000);
+
   it('refuses a flag of another command, and chat flags with --prompt-ids', async () => {
     const other = await run(['tokenize', '--model', fixtureDir('tiny-qwen35'), '--text', 'Hi', '--max-tokens', '4']);
     expect(errorLine(other)).toMatch(/^error: unknown flag --max-tokens for tokenize/);
