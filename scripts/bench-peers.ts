@@ -38,6 +38,10 @@ Times qwen-webgpu (bench --synthetic) and llama.cpp on a GGUF of the same shapes
   --cache DIR           GGUFs, node-llama-cpp and the CUDA build (default .cache/peers)
   --nlc DIR             a folder holding node_modules/node-llama-cpp (default: installed into the cache on demand)
   --cuda-flash-attention  build llama-bench's FlashAttention kernels too (a longer build)
+  --build-jobs N        parallel jobs of the CUDA build (default: every core)
+  --prepare-only        install and build the peers --peers names (node-llama-cpp, llama-bench with CUDA), run
+                        nothing, exit 1 if one could not be set up (scripts/device/run.sh builds CUDA this way while
+                        our own benchmarks run)
   --help
 
 Environment: VK_DRIVER_FILES (used by both engines; with --adapter llvmpipe it defaults to .cache/lavapipe's ICD),
@@ -58,6 +62,8 @@ interface Options {
   cache?: string;
   nlc?: string;
   cudaFlashAttention: boolean;
+  buildJobs?: number;
+  prepareOnly: boolean;
 }
 
 function parseArgs(argv: string[]): Options | 'help' {
@@ -69,6 +75,7 @@ function parseArgs(argv: string[]): Options | 'help' {
     peers: ['vulkan'],
     timeoutS: 1800,
     cudaFlashAttention: false,
+    prepareOnly: false,
   };
   const list = (v: string, allowed: string[], flag: string) => {
     const items = v
@@ -86,8 +93,9 @@ function parseArgs(argv: string[]): Options | 'help' {
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--help' || flag === '-h') return 'help';
-    if (flag === '--cuda-flash-attention') {
-      o.cudaFlashAttention = true;
+    if (flag === '--cuda-flash-attention' || flag === '--prepare-only') {
+      if (flag === '--cuda-flash-attention') o.cudaFlashAttention = true;
+      else o.prepareOnly = true;
       continue;
     }
     const value = () => {
@@ -124,6 +132,9 @@ function parseArgs(argv: string[]): Options | 'help' {
         break;
       case '--timeout':
         o.timeoutS = int(value(), flag);
+        break;
+      case '--build-jobs':
+        o.buildJobs = int(value(), flag);
         break;
       case '--cache':
         o.cache = resolve(value());
@@ -254,11 +265,18 @@ async function main(): Promise<void> {
   }
   let cuda: CudaSetup | undefined;
   if (o.peers.includes('cuda') && nlcDir) {
-    cuda = ensureLlamaBenchCuda(cache, nlcDir, { flashAttention: o.cudaFlashAttention }, progress);
+    cuda = ensureLlamaBenchCuda(cache, nlcDir, { flashAttention: o.cudaFlashAttention, jobs: o.buildJobs }, progress);
     if (!cuda.ok) {
       setupErrors.cuda = cuda.reason;
       progress(`llama.cpp CUDA skipped: ${cuda.reason}`);
     }
+  }
+
+  if (o.prepareOnly) {
+    for (const [peer, why] of Object.entries(setupErrors)) progress(`${peer}: not set up: ${why}`);
+    if (cuda?.ok) progress(`llama-bench with CUDA ready: ${cuda.bench.bin}`);
+    process.exitCode = Object.keys(setupErrors).length ? 1 : 0;
+    return;
   }
 
   const ours = bundled ? [join(here, 'qwen-cli.mjs')] : ['--import', 'tsx', join(root, 'src/hosts/node/cli.ts')];

@@ -103,7 +103,17 @@ function missingLibraryPath(bin: string): string[] {
   return [...dirs];
 }
 
-export function ensureLlamaBenchCuda(cacheDir: string, nlcDir: string, options: { flashAttention: boolean }, log: (line: string) => void): CudaSetup {
+/**
+ * `options.jobs`: parallel build jobs (default every core). A build that failed leaves `build.failed` holding why, so
+ * that a later call (scripts/device/run.sh builds in the background, then benchmarks) answers at once instead of
+ * building again for minutes; removing the build folder tries again.
+ */
+export function ensureLlamaBenchCuda(
+  cacheDir: string,
+  nlcDir: string,
+  options: { flashAttention: boolean; jobs?: number },
+  log: (line: string) => void,
+): CudaSetup {
   // The toolkit's own nvcc first: one on PATH may be a wrapper script outside the toolkit.
   const home = process.env.CUDA_HOME ?? process.env.CUDA_PATH;
   const nvcc = [home && join(home, 'bin/nvcc'), '/usr/local/cuda/bin/nvcc'].find((p): p is string => Boolean(p && existsSync(p))) ?? which('nvcc');
@@ -127,6 +137,8 @@ export function ensureLlamaBenchCuda(cacheDir: string, nlcDir: string, options: 
   const build = join(cacheDir, 'llama-cuda', `${rel}-sm${arch}${options.flashAttention ? '-fa' : ''}`);
   const bin = join(build, 'bin/llama-bench');
   if (!options.flashAttention) notes.push('CUDA build without FlashAttention kernels (GGML_CUDA_FA=OFF: minutes less to build)');
+  const failedMark = join(build, 'build.failed');
+  if (!existsSync(bin) && existsSync(failedMark)) return { ok: false, reason: readFileSync(failedMark, 'utf8').trim() };
   if (!existsSync(bin)) {
     const cublas = cublasFlags(toolkit);
     if (!cublas)
@@ -172,10 +184,15 @@ export function ensureLlamaBenchCuda(cacheDir: string, nlcDir: string, options: 
       ],
       600_000,
     );
-    if (!configured) return { ok: false, reason: `cmake configure failed: see ${logFile}` };
-    log(`building llama-bench with ${cpus().length} jobs (minutes; log: ${logFile})`);
-    if (!run(['--build', build, '--target', 'llama-bench', '-j', String(cpus().length)], 3_600_000) || !existsSync(bin)) {
-      return { ok: false, reason: `llama-bench build failed: see ${logFile}` };
+    const failed = (reason: string): CudaSetup => {
+      writeFileSync(failedMark, `${reason} (remove ${build} to build again)\n`);
+      return { ok: false, reason };
+    };
+    if (!configured) return failed(`cmake configure failed: see ${logFile}`);
+    const jobs = options.jobs ?? cpus().length;
+    log(`building llama-bench with ${jobs} jobs (minutes; log: ${logFile})`);
+    if (!run(['--build', build, '--target', 'llama-bench', '-j', String(jobs)], 3_600_000) || !existsSync(bin)) {
+      return failed(`llama-bench build failed: see ${logFile}`);
     }
   }
   return { ok: true, bench: { bin, arch, release: rel, libraryPath: missingLibraryPath(bin), notes } };

@@ -1,4 +1,7 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseLlamaBench } from '../../scripts/peers/llama_cuda.ts';
 import { nodeLlamaCppPackages } from '../../scripts/peers/node_llama_cpp.ts';
@@ -17,6 +20,7 @@ describe('bench:peers', () => {
       [['--peers', 'metal'], /--peers: metal/],
       [['--layers', '0'], /--layers takes a positive integer/],
       [['--prompt-tokens'], /--prompt-tokens needs a value/],
+      [['--build-jobs', '0'], /--build-jobs takes a positive integer/],
     ] as const) {
       const r = cli(...args);
       expect(r.status, args.join(' ')).toBe(2);
@@ -68,6 +72,18 @@ describe('bench:peers', () => {
     expect(r.decode_tokens_per_s).toBe(666.5);
     expect(r.gpu_info).toBe('NVIDIA H200');
     expect(() => parseLlamaBench('no rows')).toThrow(/no prefill and decode rows/);
+  });
+
+  it('sets up the peers alone with --prepare-only, and fails naming why one cannot be', () => {
+    const none = cli('--prepare-only', '--peers', 'none');
+    expect(none.status, none.stderr).toBe(0);
+    expect(none.stdout).toBe('');
+    // An empty node-llama-cpp folder and cache: no llama.cpp source to build, whatever CUDA toolkit the machine has.
+    const empty = mkdtempSync(join(tmpdir(), 'peers-'));
+    const cuda = cli('--prepare-only', '--peers', 'cuda', '--nlc', empty, '--cache', empty);
+    expect(cuda.status, cuda.stderr).toBe(1);
+    expect(cuda.stderr).toMatch(/cuda: not set up: (nvcc not found|cmake not found|no llama\.cpp source)/);
+    expect(cuda.stdout).toBe('');
   });
 
   it('installs node-llama-cpp pinned, with only the binaries the chosen peers need', () => {
