@@ -93,9 +93,12 @@ function parseArgs(argv: string[]): Options | 'help' {
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--help' || flag === '-h') return 'help';
-    if (flag === '--cuda-flash-attention' || flag === '--prepare-only') {
-      if (flag === '--cuda-flash-attention') o.cudaFlashAttention = true;
-      else o.prepareOnly = true;
+    if (flag === '--cuda-flash-attention') {
+      o.cudaFlashAttention = true;
+      continue;
+    }
+    if (flag === '--prepare-only') {
+      o.prepareOnly = true;
       continue;
     }
     const value = () => {
