@@ -2,6 +2,7 @@ import { ConfigError, InternalError, RequestError } from '../errors.ts';
 import { type Qwen35Config, parseConfig } from '../model/config.ts';
 import { type GgmlTypeName, type GgufLayout, type GgufTensorSpec, GgufType, type KeyValue, ggufLayout, ggufPieces, kv } from '../formats/gguf_writer.ts';
 import { f32ToF16Bits } from '../numeric/half.ts';
+import { rng } from '../numeric/random.ts';
 import variants from './variants.json' with { type: 'json' };
 
 /**
@@ -171,18 +172,6 @@ function syntheticTensors(c: Qwen35Config): SyntheticGgufTensor[] {
     }
   }
   return out;
-}
-
-/** mulberry32: small, seedable, good enough for weights nobody reads for meaning. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 let nibbles: Uint8Array | undefined;
