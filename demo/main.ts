@@ -13,6 +13,9 @@ const promptInput = $<HTMLTextAreaElement>('prompt');
 const sendButton = $<HTMLButtonElement>('send');
 const stopButton = $<HTMLButtonElement>('stop');
 
+/** Set by vite.config.ts: true in the production build, whose service worker keeps the page for offline use. */
+declare const __OFFLINE_SHELL__: boolean;
+
 const engine = await createEngine();
 
 /** Models the engine keeps in this browser, where the engine has such a store (feature-detected). */
@@ -198,6 +201,20 @@ function mb(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MB`;
 }
 
+/** The production build keeps its own files for offline use (public/sw.js); without it the page still works online. */
+async function keepForOffline(): Promise<void> {
+  if (!__OFFLINE_SHELL__ || !('serviceWorker' in navigator)) return;
+  try {
+    await navigator.serviceWorker.register('./sw.js');
+    await navigator.serviceWorker.ready;
+    $('offline').hidden = false;
+  } catch (error) {
+    // Served over plain HTTP from another host, or with service workers off: online only.
+    console.warn(`the page will not open offline: ${(error as Error).message}`);
+  }
+}
+
+void keepForOffline();
 await showCached();
 const preset = new URLSearchParams(location.search).get('model');
 if (preset) {

@@ -103,6 +103,41 @@ test('the production demo loads a model from ?model=, streams a chat reply and s
   await page.close();
 }, 240_000);
 
+test('the production demo opens again with its server gone: its service worker serves the page, IndexedDB the model', async () => {
+  // A server of its own, stopped mid-test; another port is another origin, so the other tests' pages stay online.
+  const own = await serveStatic({ '/demo/': DEMO, '/fixtures/': FIXTURES_DIR });
+  let stopped = false;
+  const page = await newPage();
+  const ready = () => page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement).disabled, undefined, { timeout: 120_000 });
+  try {
+    await page.goto(`${own.url}/demo/index.html?model=${encodeURIComponent(MODEL)}`);
+    await ready();
+    await page.locator('#offline').waitFor({ timeout: 60_000 });
+    await page.waitForFunction(() => navigator.serviceWorker.controller !== null, undefined, { timeout: 60_000 });
+    const kept = await page.evaluate(async () => (await (await caches.open('qwen-webgpu-demo-shell')).keys()).map((r) => new URL(r.url).pathname));
+    expect(kept).toContain('/demo/index.html');
+    expect(kept.some((p) => /^\/demo\/assets\/worker-.*\.js$/.test(p))).toBe(true);
+    expect(await page.locator('#cached option').allTextContents()).toEqual(expect.arrayContaining([expect.stringMatching(/tiny-qwen35/)]));
+
+    await own.close();
+    stopped = true;
+    await page.reload();
+    await ready();
+    expect(await page.locator('#status').textContent()).toMatch(/tiny-qwen35 \(f32.*loaded in/);
+    await page.locator('#thinking').uncheck();
+    await page.locator('#max-tokens').fill('4');
+    await page.locator('#prompt').fill('Hello there');
+    await page.locator('#send').click();
+    await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
+    expect(await page.locator('#messages .msg.assistant .stats').textContent()).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+    await page.screenshot({ path: join(SHOTS, 'demo-offline.png'), fullPage: true });
+    expect(pageErrors).toEqual([]);
+  } finally {
+    await page.close();
+    if (!stopped) await own.close();
+  }
+}, 300_000);
+
 test('`npm start`, as the README says: the dev server serves the demo and the fixtures, and a fixture model chats', async () => {
   // `npm start` is `vite`; the port is pinned to a free one so that the test can find it.
   const port = 20_000 + Math.floor(Math.random() * 20_000);
