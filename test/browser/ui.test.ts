@@ -7,7 +7,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Browser } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { runCli } from '../helpers/cli.ts';
 import { FIXTURES_DIR, fixtureDir } from '../helpers/fixtures.ts';
@@ -49,6 +49,16 @@ let browser: Browser;
 const pageErrors: string[] = [];
 
 const newPage = () => newTestPage(browser, pageErrors, { height: 800, consoleErrors: true });
+
+/** Sends `prompt` in the demo with thinking off and 4 tokens at most; the reply shows its tokens/s. */
+async function chatBriefly(page: Page, prompt: string): Promise<void> {
+  await page.locator('#thinking').uncheck();
+  await page.locator('#max-tokens').fill('4');
+  await page.locator('#prompt').fill(prompt);
+  await page.locator('#send').click();
+  await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
+  expect(await page.locator('#messages .msg.assistant .stats').textContent()).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+}
 
 beforeAll(async () => {
   ensureBuild();
@@ -124,12 +134,7 @@ test('the production demo opens again with its server gone: its service worker s
     await page.reload();
     await ready();
     expect(await page.locator('#status').textContent()).toMatch(/tiny-qwen35 \(f32.*loaded in/);
-    await page.locator('#thinking').uncheck();
-    await page.locator('#max-tokens').fill('4');
-    await page.locator('#prompt').fill('Hello there');
-    await page.locator('#send').click();
-    await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
-    expect(await page.locator('#messages .msg.assistant .stats').textContent()).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+    await chatBriefly(page, 'Hello there');
     await page.screenshot({ path: join(SHOTS, 'demo-offline.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   } finally {
@@ -160,12 +165,7 @@ test('`npm start`, as the README says: the dev server serves the demo and the fi
     await page.goto(`http://127.0.0.1:${port}/?model=/fixtures/tiny-qwen35/`);
     await page.waitForFunction(() => !(document.getElementById('send') as HTMLButtonElement | null)?.disabled, undefined, { timeout: 180_000 });
     expect(await page.locator('#status').textContent()).toMatch(/^tiny-qwen35 \(/);
-    await page.locator('#thinking').uncheck();
-    await page.locator('#max-tokens').fill('4');
-    await page.locator('#prompt').fill('Hello');
-    await page.locator('#send').click();
-    await page.locator('#messages .msg.assistant .stats').waitFor({ timeout: 120_000 });
-    expect(await page.locator('#messages .msg.assistant .stats').textContent()).toMatch(/^\d+ tokens · \d+\.\d tokens\/s/);
+    await chatBriefly(page, 'Hello');
     await page.screenshot({ path: join(SHOTS, 'npm-start.png'), fullPage: true });
     // A file that is not among the fixtures is a plain 404, not the demo's HTML.
     const missing = await page.evaluate(() => fetch('/fixtures/no-such-model/config.json').then((r) => r.status));
