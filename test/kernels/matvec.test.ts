@@ -36,6 +36,12 @@ interface Case {
   tokens?: number;
   /** Only this many leading rows of a dense w (leadingRows: a drafter's LM head over part of the vocabulary). */
   leading?: number;
+  /**
+   * Also run on lavapipe with the other adapter class's default shape. Each case is a pipeline of its own, which a
+   * CPU adapter takes seconds to compile: the marked cases cover each weight format, epilogue, expert mode, parts,
+   * leading rows, norm and several tokens once, rather than every combination twice.
+   */
+  otherShape?: true;
 }
 
 /** A fixed, non-identity expert → slot table, and picks that include a repeated expert. */
@@ -153,29 +159,32 @@ const label = (c: Case) =>
   `${c.leading ? ` leading ${c.leading} rows` : ''}`;
 
 const cases: Case[] = [];
+/** A float case that f32 weights run too: f32 differs from f16 only in how a unit of weights loads. */
+type FloatCase = Case & { f32?: true };
 for (const dtype of ['f32', 'f16'] as const) {
   const s = dtype === 'f32' ? 0 : 100;
   const b = dtype === 'f32' ? 4 : 2;
-  // K in {128, 1024, 100 (not /8), 2560}, N in {1, 7, 256, 1000}; x and y at odd offsets.
-  cases.push(
+  // K in {128, 1024, 100 (not /8), 2560}, N in {1, 7, 256, 1000}; x and y at odd offsets. f32 keeps the cases whose
+  // units load unaligned, past an x tile, split into parts or through experts.
+  const floatCases: FloatCase[] = [
     { shape: [256, 128], dtype, epilogue: 'store', seed: s + 1 },
-    { shape: [7, 1024], dtype, epilogue: 'add', seed: s + 2, xOffset: 3, yOffset: 5 },
-    { shape: [1000, 100], dtype, epilogue: 'store', seed: s + 3, xOffset: 1, yOffset: 2, scale: true },
+    { shape: [7, 1024], dtype, epilogue: 'add', seed: s + 2, xOffset: 3, yOffset: 5, otherShape: true },
+    { shape: [1000, 100], dtype, epilogue: 'store', seed: s + 3, xOffset: 1, yOffset: 2, scale: true, f32: true, otherShape: true },
     { shape: [1, 2560], dtype, epilogue: 'add', seed: s + 4 },
     { shape: [256, 2560], dtype, epilogue: 'store', seed: s + 5, xOffset: 7 },
     { shape: [1000, 1024], dtype, epilogue: 'add', seed: s + 6, scale: true },
     // Past one x tile (2048 elements) and not a multiple of 8.
-    { shape: [9, 4100], dtype, epilogue: 'add', seed: s + 7, xOffset: 2 },
+    { shape: [9, 4100], dtype, epilogue: 'add', seed: s + 7, xOffset: 2, f32: true, otherShape: true },
     // Dense swiglu [I, 2, K] (Qwen3_5MLP gate/up fused), scaled (the sigmoid-gated shared expert).
     { shape: [100, 2, 1024], dtype, epilogue: 'swiglu', seed: s + 8, scale: true, yOffset: 3 },
-    { shape: [33, 2, 300], dtype, epilogue: 'swiglu', seed: s + 9, scale: true },
+    { shape: [33, 2, 300], dtype, epilogue: 'swiglu', seed: s + 9, scale: true, f32: true },
     // MoE: E=16, topk 4, non-identity slots, 'each' swiglu with routing scales, 'sum' add.
     { shape: [16, 192, 256], dtype, epilogue: 'swiglu', seed: s + 10, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, yStride: 100, yOffset: 1 },
-    { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 11, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, xOffset: 3, xStride: 265 },
+    { shape: [16, 256, 260], dtype, epilogue: 'add', seed: s + 11, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, xOffset: 3, xStride: 265, f32: true },
     { shape: [16, 7, 1024], dtype, epilogue: 'add', seed: s + 12, scale: true, experts: { E: 16, topk: 4, mode: 'sum' } },
-    { shape: [16, 100, 100], dtype, epilogue: 'store', seed: s + 13, experts: { E: 16, topk: 4, mode: 'each' } },
+    { shape: [16, 100, 100], dtype, epilogue: 'store', seed: s + 13, experts: { E: 16, topk: 4, mode: 'each' }, f32: true },
     // Tensors forced into several parts (one dispatch per part).
-    { shape: [300, 256], dtype, epilogue: 'add', seed: s + 14, maxBindingBytes: 64 * 1024, minParts: 3, yOffset: 4 },
+    { shape: [300, 256], dtype, epilogue: 'add', seed: s + 14, maxBindingBytes: 64 * 1024, minParts: 3, yOffset: 4, f32: true },
     // Leading rows: ending inside a part, and on a part's end (the parts past it not dispatched).
     {
       shape: [300, 256],
@@ -208,22 +217,44 @@ for (const dtype of ['f32', 'f16'] as const) {
       experts: { E: 16, topk: 4, mode: 'sum' },
       maxBindingBytes: 3 * 256 * 264 * b,
       minParts: 5,
+      f32: true,
     },
-  );
+  ];
+  for (const { f32, ...c } of floatCases) if (dtype === 'f16' || f32) cases.push(c);
 }
 // q4 (rows padded to 64; blocks 16-byte aligned when itemStride is a multiple of 256, else read word by word):
 // K 128/100/300/4100 unaligned, 256/1024/2560 aligned; parts hold whole items of itemStride * 9/16 bytes.
 const q4 = (shape: number[]) => (shape.length === 3 ? shape[1] : 1) * Math.ceil(shape[shape.length - 1] / 64) * 36;
 cases.push(
   { shape: [256, 128], dtype: 'q4', epilogue: 'store', seed: 201 },
-  { shape: [7, 1024], dtype: 'q4', epilogue: 'add', seed: 202, xOffset: 3, yOffset: 5 },
-  { shape: [1000, 100], dtype: 'q4', epilogue: 'store', seed: 203, xOffset: 1, yOffset: 2, scale: true },
+  { shape: [7, 1024], dtype: 'q4', epilogue: 'add', seed: 202, xOffset: 3, yOffset: 5, otherShape: true },
+  { shape: [1000, 100], dtype: 'q4', epilogue: 'store', seed: 203, xOffset: 1, yOffset: 2, scale: true, otherShape: true },
   { shape: [256, 2560], dtype: 'q4', epilogue: 'store', seed: 205, xOffset: 7 },
   { shape: [9, 4100], dtype: 'q4', epilogue: 'add', seed: 207, xOffset: 2 },
-  { shape: [100, 2, 1024], dtype: 'q4', epilogue: 'swiglu', seed: 208, scale: true, yOffset: 3 },
+  { shape: [100, 2, 1024], dtype: 'q4', epilogue: 'swiglu', seed: 208, scale: true, yOffset: 3, otherShape: true },
   { shape: [33, 2, 300], dtype: 'q4', epilogue: 'swiglu', seed: 209, scale: true },
-  { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 210, scale: true, experts: { E: 16, topk: 4, mode: 'each' }, yStride: 100, yOffset: 1 },
-  { shape: [16, 256, 260], dtype: 'q4', epilogue: 'add', seed: 211, scale: true, experts: { E: 16, topk: 4, mode: 'sum' }, xOffset: 3, xStride: 265 },
+  {
+    shape: [16, 192, 256],
+    dtype: 'q4',
+    epilogue: 'swiglu',
+    seed: 210,
+    scale: true,
+    experts: { E: 16, topk: 4, mode: 'each' },
+    otherShape: true,
+    yStride: 100,
+    yOffset: 1,
+  },
+  {
+    shape: [16, 256, 260],
+    dtype: 'q4',
+    epilogue: 'add',
+    seed: 211,
+    scale: true,
+    experts: { E: 16, topk: 4, mode: 'sum' },
+    otherShape: true,
+    xOffset: 3,
+    xStride: 265,
+  },
   { shape: [16, 7, 1024], dtype: 'q4', epilogue: 'add', seed: 212, scale: true, experts: { E: 16, topk: 4, mode: 'sum' } },
   { shape: [16, 100, 100], dtype: 'q4', epilogue: 'store', seed: 213, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [300, 256], dtype: 'q4', epilogue: 'add', seed: 214, maxBindingBytes: 100 * q4([300, 256]), minParts: 3, yOffset: 4 },
@@ -232,6 +263,7 @@ cases.push(
     dtype: 'q4',
     epilogue: 'store',
     seed: 222,
+    otherShape: true,
     maxBindingBytes: 100 * q4([300, 256]),
     minParts: 2,
     leading: 133,
@@ -255,6 +287,7 @@ cases.push(
     dtype: 'q4',
     epilogue: 'add',
     seed: 217,
+    otherShape: true,
     scale: true,
     experts: { E: 16, topk: 4, mode: 'sum' },
     maxBindingBytes: 3 * q4([16, 256, 260]),
@@ -275,17 +308,17 @@ cases.push(
   },
 );
 // lm_head-like: many workgroups, short rows; logits stay f32 whatever the activations.
-cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300 });
+cases.push({ shape: [50000, 64], dtype: 'f16', epilogue: 'store', seed: 300, otherShape: true });
 cases.push({ shape: [1000, 1024], dtype: 'f16', epilogue: 'store', seed: 302, output: 'f32', yOffset: 3 });
 cases.push({ shape: [300, 256], dtype: 'q4', epilogue: 'store', seed: 303, output: 'f32', maxBindingBytes: 100 * q4([300, 256]), minParts: 3 });
 // The residual stream: f32 in (its norm) and out (the add), whatever the activations; experts summed into it.
-cases.push({ shape: [300, 1024], dtype: 'q4', epilogue: 'add', seed: 304, input: 'f32', output: 'f32', xOffset: 1 });
+cases.push({ shape: [300, 1024], dtype: 'q4', epilogue: 'add', seed: 304, input: 'f32', output: 'f32', xOffset: 1, otherShape: true });
 cases.push({ shape: [16, 128, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 305, input: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'each' } });
 cases.push({ shape: [16, 256, 260], dtype: 'f16', epilogue: 'add', seed: 306, output: 'f32', scale: true, experts: { E: 16, topk: 4, mode: 'sum' } });
 // The residual stream RMS-normed on the way in (the norm before each projection, fused).
 cases.push(
-  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 310, input: 'f32', norm: true },
-  { shape: [100, 2, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 311, input: 'f32', scale: true, norm: true },
+  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 310, input: 'f32', norm: true, otherShape: true },
+  { shape: [100, 2, 1024], dtype: 'f16', epilogue: 'swiglu', seed: 311, input: 'f32', scale: true, norm: true, otherShape: true },
   { shape: [16, 192, 256], dtype: 'q4', epilogue: 'swiglu', seed: 312, input: 'f32', scale: true, norm: true, experts: { E: 16, topk: 4, mode: 'each' } },
   { shape: [7, 100], dtype: 'f32', epilogue: 'add', seed: 313, input: 'f32', output: 'f32', xOffset: 3, norm: true },
   {
@@ -310,9 +343,9 @@ cases.push(
 );
 // Several tokens through one dispatch (prefill on CPU adapters): rows of x and y apart, scales per token.
 cases.push(
-  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 320, tokens: 5, xStride: 1030, yStride: 301, xOffset: 2 },
-  { shape: [100, 2, 300], dtype: 'f16', epilogue: 'swiglu', seed: 321, tokens: 3, xStride: 300, yStride: 100, scale: true },
-  { shape: [70, 260], dtype: 'f32', epilogue: 'add', seed: 322, tokens: 4, xStride: 270, yStride: 75, input: 'f32', output: 'f32' },
+  { shape: [300, 1024], dtype: 'q4', epilogue: 'store', seed: 320, tokens: 5, xStride: 1030, yStride: 301, xOffset: 2, otherShape: true },
+  { shape: [100, 2, 300], dtype: 'f16', epilogue: 'swiglu', seed: 321, tokens: 3, xStride: 300, yStride: 100, scale: true, otherShape: true },
+  { shape: [70, 260], dtype: 'f32', epilogue: 'add', seed: 322, tokens: 4, xStride: 270, yStride: 75, input: 'f32', output: 'f32', otherShape: true },
 );
 // Several tokens per workgroup (xr), each weight loaded once for all of them: a last job with fewer tokens, staged
 // and held x, norms, scales, swiglu, and workgroups of one set (subgroups where the adapter has them).
@@ -410,7 +443,7 @@ async function tokensAsAlone(ctx: GpuContext, c: Case, other: boolean): Promise<
 
 /** Shapes for tokensAsAlone: q4 with its norm (every projection of a decode row), f16 swiglu, several per workgroup. */
 const asAlone: Case[] = [
-  { shape: [200, 1024], dtype: 'q4', epilogue: 'store', seed: 340, tokens: 6, norm: true },
+  { shape: [200, 1024], dtype: 'q4', epilogue: 'store', seed: 340, tokens: 6, norm: true, otherShape: true },
   { shape: [64, 2, 4096], dtype: 'q4', epilogue: 'swiglu', seed: 341, tokens: 4 },
   { shape: [90, 2, 520], dtype: 'f16', epilogue: 'swiglu', seed: 342, tokens: 3, norm: true },
 ];
@@ -418,13 +451,17 @@ const asAlone: Case[] = [
 describeOnAdapters(
   'matvec',
   (ctx, adapter) => {
-    for (const c of cases) it(label(c), () => runCase(ctx(), c));
+    const lavapipe = adapter.name === 'lavapipe' || adapter.name === 'lavapipe-portable';
+    // Cases with a tuning of their own (the largest pipelines here) run where rows meet both ways, through subgroups
+    // and through workgroup memory; SwiftShader and f16 activations run the default shapes, several tokens included.
+    for (const c of cases) if (lavapipe || !c.tuning) it(label(c), () => runCase(ctx(), c));
     for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit`, () => tokensAsAlone(ctx(), c, false));
     // GPU shapes are only ever checked on a CPU adapter (CI has no GPU): on lavapipe, with subgroups (sums over
     // several 8-lane subgroups) and without.
-    if (adapter.name === 'lavapipe' || adapter.name === 'lavapipe-portable') {
-      for (const c of cases.filter((c) => !c.tuning)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
-      for (const c of asAlone) it(`${label(c)}: each token as alone, bit for bit (the other adapter class's shape)`, () => tokensAsAlone(ctx(), c, true));
+    if (lavapipe) {
+      for (const c of cases.filter((c) => c.otherShape)) it(`${label(c)} (the other adapter class's shape)`, () => runCase(ctx(), c, true));
+      for (const c of asAlone.filter((c) => c.otherShape))
+        it(`${label(c)}: each token as alone, bit for bit (the other adapter class's shape)`, () => tokensAsAlone(ctx(), c, true));
     }
 
     // One set per workgroup (every default shape) sums its rows through subgroups where the adapter has them: both
