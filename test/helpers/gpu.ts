@@ -31,11 +31,19 @@ export const TEST_ADAPTERS: TestAdapter[] = (
 /**
  * Runs `body` once per test adapter, with a context created before and destroyed after. Adapters with f16
  * activations are included only with `act16` (kernels that touch activations; their tests read and write
- * activation buffers through uploadAct / readAct and widen their tolerances by actTolerance).
+ * activation buffers through uploadAct / readAct and widen their tolerances by actTolerance). `wholeModel` tests
+ * skip SwiftShader: it keeps no compiled pipeline between processes, so a model costs it minutes each time, and it
+ * runs every kernel test, the CLI's golden checks and the browser tests; lavapipe-portable checks the same model
+ * code without shader-f16 and subgroups.
  */
-export function describeOnAdapters(title: string, body: (ctx: () => GpuContext, adapter: TestAdapter) => void, options: { act16?: boolean } = {}): void {
+export function describeOnAdapters(
+  title: string,
+  body: (ctx: () => GpuContext, adapter: TestAdapter) => void,
+  options: { act16?: boolean; wholeModel?: boolean } = {},
+): void {
   for (const adapter of TEST_ADAPTERS) {
     if (adapter.activations === 'f16' && !options.act16) continue;
+    if (options.wholeModel && adapter.name === 'swiftshader') continue;
     describe(`${title} [${adapter.name}]`, () => {
       let ctx: GpuContext | undefined;
       beforeAll(async () => {

@@ -67,114 +67,118 @@ async function promptHidden(ctx: GpuContext, session: Session, ids: number[]): P
   return hidden;
 }
 
-describeOnAdapters('MTP drafter', (ctx) => {
-  for (const fixture of FIXTURES) {
-    it(`${fixture}: draft distributions match the golden (prefill form, and decode rows after it)`, async () => {
-      const c = ctx();
-      const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
-      const { prompt_ids: ids, vocab_size: V } = golden(fixture);
-      const expected = goldenMtpLogprobs(fixture);
-      // 64-row chunks: the main prefill and the drafter's both cross chunk boundaries (the MTP KV cache carries over).
-      const session = Session.create(c, model, { contextLength: ids.length, prefillChunk: 64 });
-      const hidden = await promptHidden(c, session, ids);
-      const S = session.activations.maxTokens;
-      const drafts = ids.length - 1;
+describeOnAdapters(
+  'MTP drafter',
+  (ctx) => {
+    for (const fixture of FIXTURES) {
+      it(`${fixture}: draft distributions match the golden (prefill form, and decode rows after it)`, async () => {
+        const c = ctx();
+        const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
+        const { prompt_ids: ids, vocab_size: V } = golden(fixture);
+        const expected = goldenMtpLogprobs(fixture);
+        // 64-row chunks: the main prefill and the drafter's both cross chunk boundaries (the MTP KV cache carries over).
+        const session = Session.create(c, model, { contextLength: ids.length, prefillChunk: 64 });
+        const hidden = await promptHidden(c, session, ids);
+        const S = session.activations.maxTokens;
+        const drafts = ids.length - 1;
 
-      const prefillBuffers = createMtpBuffers(c, model, S, ids.length);
-      const prefilled = await draftRows(c, session, prefillBuffers, { ids, hidden, first: 0, count: drafts, input: 'ids' });
-      const golden32 = compareLogprobs(prefilled, expected, V);
-      console.log(`${fixture} MTP prefill form vs golden: max abs ${golden32.maxAbs.toExponential(3)}, top-1 ${golden32.top1Agreement}`);
-      expect(golden32.maxAbs).toBeLessThan(5e-3);
+        const prefillBuffers = createMtpBuffers(c, model, S, ids.length);
+        const prefilled = await draftRows(c, session, prefillBuffers, { ids, hidden, first: 0, count: drafts, input: 'ids' });
+        const golden32 = compareLogprobs(prefilled, expected, V);
+        console.log(`${fixture} MTP prefill form vs golden: max abs ${golden32.maxAbs.toExponential(3)}, top-1 ${golden32.top1Agreement}`);
+        expect(golden32.maxAbs).toBeLessThan(5e-3);
 
-      // Decode form: a cache of its own filled by a prefill of all but the last rows, then one row per step.
-      const decodeBuffers = createMtpBuffers(c, model, S, ids.length);
-      const stepped = 4;
-      await draftRows(c, session, decodeBuffers, { ids, hidden, first: 0, count: drafts - stepped, input: 'ids' });
-      let worst = 0;
-      for (let p = drafts - stepped; p < drafts; p++) {
-        const row = await draftRows(c, session, decodeBuffers, { ids, hidden, first: p, count: 1, input: 'token' });
-        worst = Math.max(worst, compareLogprobs(row, prefilled.subarray(p * V, (p + 1) * V), V).maxAbs);
-      }
-      console.log(`${fixture} MTP decode rows vs prefill form: max abs ${worst.toExponential(3)}`);
-      expect(worst).toBeLessThan(1e-4);
+        // Decode form: a cache of its own filled by a prefill of all but the last rows, then one row per step.
+        const decodeBuffers = createMtpBuffers(c, model, S, ids.length);
+        const stepped = 4;
+        await draftRows(c, session, decodeBuffers, { ids, hidden, first: 0, count: drafts - stepped, input: 'ids' });
+        let worst = 0;
+        for (let p = drafts - stepped; p < drafts; p++) {
+          const row = await draftRows(c, session, decodeBuffers, { ids, hidden, first: p, count: 1, input: 'token' });
+          worst = Math.max(worst, compareLogprobs(row, prefilled.subarray(p * V, (p + 1) * V), V).maxAbs);
+        }
+        console.log(`${fixture} MTP decode rows vs prefill form: max abs ${worst.toExponential(3)}`);
+        expect(worst).toBeLessThan(1e-4);
 
-      destroyMtpBuffers(c, prefillBuffers);
-      destroyMtpBuffers(c, decodeBuffers);
-      session.destroy();
-      model.destroy();
-    });
-  }
+        destroyMtpBuffers(c, prefillBuffers);
+        destroyMtpBuffers(c, decodeBuffers);
+        session.destroy();
+        model.destroy();
+      });
+    }
 
-  for (const fixture of FIXTURES) {
-    it(`${fixture}: the speculating drafter's first draft, after a prompt and after a verification, is the golden distribution`, async () => {
-      const c = ctx();
-      const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
-      const { prompt_ids: ids, vocab_size: V } = golden(fixture);
-      const expected = goldenMtpLogprobs(fixture);
-      const L = ids.length;
-      const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 3 });
-      const drafter = new MtpDrafter(session, 2);
-      session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
-      const sampler = GpuSampler.create(c, { vocabSize: V, tokenizerSize: model.tokenizerSize });
-      sampler.begin({ temperature: 0 }, []);
-      /**
-       * The drafter's first draft from `pending` against the golden row of its position, both log-softmaxed over the
-       * ids the drafter drafts from (every id but the padding rows).
-       */
-      const checkDraft = async (pending: number, row: number) => {
-        c.run(await drafter.draft(pending, 1), 'draft');
-        const n = drafter.vocab;
-        const got = compareLogprobs(logSoftmaxOver(await readF32(c, drafter.act.logits, n), n), logSoftmaxOver(expected.subarray(row * V), n), n);
-        expect(got.maxAbs, `row ${row}`).toBeLessThan(5e-3);
-      };
+    for (const fixture of FIXTURES) {
+      it(`${fixture}: the speculating drafter's first draft, after a prompt and after a verification, is the golden distribution`, async () => {
+        const c = ctx();
+        const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
+        const { prompt_ids: ids, vocab_size: V } = golden(fixture);
+        const expected = goldenMtpLogprobs(fixture);
+        const L = ids.length;
+        const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 3 });
+        const drafter = new MtpDrafter(session, 2);
+        session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
+        const sampler = GpuSampler.create(c, { vocabSize: V, tokenizerSize: model.tokenizerSize });
+        sampler.begin({ temperature: 0 }, []);
+        /**
+         * The drafter's first draft from `pending` against the golden row of its position, both log-softmaxed over the
+         * ids the drafter drafts from (every id but the padding rows).
+         */
+        const checkDraft = async (pending: number, row: number) => {
+          c.run(await drafter.draft(pending, 1), 'draft');
+          const n = drafter.vocab;
+          const got = compareLogprobs(logSoftmaxOver(await readF32(c, drafter.act.logits, n), n), logSoftmaxOver(expected.subarray(row * V), n), n);
+          expect(got.maxAbs, `row ${row}`).toBeLessThan(5e-3);
+        };
 
-      // The prompt but its last 4 tokens, prefilled in 64-token chunks; the next prompt token as the pending pick.
-      await session.prefill(ids.slice(0, L - 4));
-      await checkDraft(ids[L - 4], L - 5);
-      // A verification of the pending token and two drafts (the prompt's next tokens), all kept: the drafter
-      // catches up over the three rows with the verification's hidden states.
-      c.write(session.activations.token, 0, Uint32Array.from(ids.slice(L - 4, L - 1)));
-      await (await session.verify(sampler, 3)).bytes();
-      const position = session.position;
-      session.keepVerified(3, 3);
-      drafter.kept(position, ids.slice(L - 3, L));
-      await checkDraft(ids[L - 1], L - 2);
+        // The prompt but its last 4 tokens, prefilled in 64-token chunks; the next prompt token as the pending pick.
+        await session.prefill(ids.slice(0, L - 4));
+        await checkDraft(ids[L - 4], L - 5);
+        // A verification of the pending token and two drafts (the prompt's next tokens), all kept: the drafter
+        // catches up over the three rows with the verification's hidden states.
+        c.write(session.activations.token, 0, Uint32Array.from(ids.slice(L - 4, L - 1)));
+        await (await session.verify(sampler, 3)).bytes();
+        const position = session.position;
+        session.keepVerified(3, 3);
+        drafter.kept(position, ids.slice(L - 3, L));
+        await checkDraft(ids[L - 1], L - 2);
 
-      sampler.destroy();
-      drafter.destroy();
-      session.destroy();
-      model.destroy();
-    });
-  }
+        sampler.destroy();
+        drafter.destroy();
+        session.destroy();
+        model.destroy();
+      });
+    }
 
-  for (const fixture of FIXTURES) {
-    it(`${fixture}: with a draft vocabulary of n ids, the draft is the golden's argmax below n and the logits its rows`, async () => {
-      const c = ctx();
-      const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
-      const { prompt_ids: ids, vocab_size: V } = golden(fixture);
-      const L = ids.length;
-      const row = L - 5;
-      const expected = goldenMtpLogprobs(fixture).subarray(row * V, (row + 1) * V);
-      // n leaves out the draft over every id (where it can), so that the subset changes the draft.
-      const best = expected.reduce((b, v, i) => (v > expected[b] ? i : b), 0);
-      const n = Math.max(1, best);
-      const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 2 });
-      const everyId = new MtpDrafter(session, 1, 0);
-      expect(everyId.vocab, 'every id but the padding rows').toBe(model.tokenizerSize);
-      everyId.destroy();
-      const drafter = new MtpDrafter(session, 1, n);
-      expect(drafter.vocab).toBe(n);
-      session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
-      await session.prefill(ids.slice(0, row + 1));
-      c.run(await drafter.draft(ids[row + 1], 1), 'draft');
-      const logits = await readF32(c, drafter.act.logits, n);
-      const [draft] = await readU32(c, session.activations.token, 1, 1);
-      const want = logSoftmaxOver(expected, n);
-      expect(compareLogprobs(logSoftmaxOver(logits, n), want, n).maxAbs).toBeLessThan(5e-3);
-      expect(draft).toBe(want.reduce((b, v, i) => (v > want[b] ? i : b), 0));
-      drafter.destroy();
-      session.destroy();
-      model.destroy();
-    });
-  }
-});
+    for (const fixture of FIXTURES) {
+      it(`${fixture}: with a draft vocabulary of n ids, the draft is the golden's argmax below n and the logits its rows`, async () => {
+        const c = ctx();
+        const model: Model = await loadModel(c, await openModel(fixtureDir(fixture)), { dtype: 'f32', mtp: true });
+        const { prompt_ids: ids, vocab_size: V } = golden(fixture);
+        const L = ids.length;
+        const row = L - 5;
+        const expected = goldenMtpLogprobs(fixture).subarray(row * V, (row + 1) * V);
+        // n leaves out the draft over every id (where it can), so that the subset changes the draft.
+        const best = expected.reduce((b, v, i) => (v > expected[b] ? i : b), 0);
+        const n = Math.max(1, best);
+        const session = Session.create(c, model, { contextLength: L, prefillChunk: 64, verifyRows: 2 });
+        const everyId = new MtpDrafter(session, 1, 0);
+        expect(everyId.vocab, 'every id but the padding rows').toBe(model.tokenizerSize);
+        everyId.destroy();
+        const drafter = new MtpDrafter(session, 1, n);
+        expect(drafter.vocab).toBe(n);
+        session.chunkObserver = (chunk, first, rows) => drafter.prefilled(chunk, first, rows, first + rows === chunk.length);
+        await session.prefill(ids.slice(0, row + 1));
+        c.run(await drafter.draft(ids[row + 1], 1), 'draft');
+        const logits = await readF32(c, drafter.act.logits, n);
+        const [draft] = await readU32(c, session.activations.token, 1, 1);
+        const want = logSoftmaxOver(expected, n);
+        expect(compareLogprobs(logSoftmaxOver(logits, n), want, n).maxAbs).toBeLessThan(5e-3);
+        expect(draft).toBe(want.reduce((b, v, i) => (v > want[b] ? i : b), 0));
+        drafter.destroy();
+        session.destroy();
+        model.destroy();
+      });
+    }
+  },
+  { wholeModel: true },
+);

@@ -85,17 +85,21 @@ async function run(ctx: GpuContext, dir: string, dtype: 'f32' | 'q4', ids: numbe
   return { prefill, decode };
 }
 
-describeOnAdapters('model on q4 weights', (ctx) => {
-  for (const fixture of FIXTURES) {
-    it(`${fixture}: the q4 engine scores like the f32 engine on the dequantised checkpoint`, async () => {
-      const g = golden(fixture);
-      const ids = g.prompt_ids.slice(0, 40);
-      const q4 = await run(ctx(), fixtureDir(fixture), 'q4', ids, g.vocab_size);
-      const f32 = await run(ctx(), await dequantisedCheckpoint(fixture), 'f32', ids, g.vocab_size);
-      expect(compareLogprobs(q4.prefill, f32.prefill, g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
-      expect(compareLogprobs(q4.decode, f32.decode, g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
-      // The weights did change: the original checkpoint scores differently.
-      expect(compareLogprobs(q4.prefill, goldenLogprobs(fixture).subarray(0, q4.prefill.length), g.vocab_size).maxAbs).toBeGreaterThan(0.01);
-    });
-  }
-});
+describeOnAdapters(
+  'model on q4 weights',
+  (ctx) => {
+    for (const fixture of FIXTURES) {
+      it(`${fixture}: the q4 engine scores like the f32 engine on the dequantised checkpoint`, async () => {
+        const g = golden(fixture);
+        const ids = g.prompt_ids.slice(0, 40);
+        const q4 = await run(ctx(), fixtureDir(fixture), 'q4', ids, g.vocab_size);
+        const f32 = await run(ctx(), await dequantisedCheckpoint(fixture), 'f32', ids, g.vocab_size);
+        expect(compareLogprobs(q4.prefill, f32.prefill, g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
+        expect(compareLogprobs(q4.decode, f32.decode, g.vocab_size).maxAbs).toBeLessThanOrEqual(5e-3);
+        // The weights did change: the original checkpoint scores differently.
+        expect(compareLogprobs(q4.prefill, goldenLogprobs(fixture).subarray(0, q4.prefill.length), g.vocab_size).maxAbs).toBeGreaterThan(0.01);
+      });
+    }
+  },
+  { wholeModel: true },
+);

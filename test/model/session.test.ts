@@ -47,47 +47,51 @@ describe('session on GPU paths (lavapipe, cpu masked off)', () => {
   }
 });
 
-describeOnAdapters('session', (ctx) => {
-  it('prefill in 50-token chunks, and prefill then decode steps, give the logits of one whole prefill', async () => {
-    const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
-    const ids = golden('tiny-qwen35-moe').prompt_ids.slice(0, 130);
-    const whole = Session.create(ctx(), model, { contextLength: 200 });
-    await whole.prefill(ids);
-    const expected = await logitsAfter(whole);
+describeOnAdapters(
+  'session',
+  (ctx) => {
+    it('prefill in 50-token chunks, and prefill then decode steps, give the logits of one whole prefill', async () => {
+      const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35-moe')), { dtype: 'f32' });
+      const ids = golden('tiny-qwen35-moe').prompt_ids.slice(0, 130);
+      const whole = Session.create(ctx(), model, { contextLength: 200 });
+      await whole.prefill(ids);
+      const expected = await logitsAfter(whole);
 
-    const chunked = Session.create(ctx(), model, { contextLength: 200, prefillChunk: 50 });
-    await chunked.prefill(ids);
-    expect(compareLogprobs(await logitsAfter(chunked), expected, expected.length).maxAbs).toBeLessThan(1e-4);
+      const chunked = Session.create(ctx(), model, { contextLength: 200, prefillChunk: 50 });
+      await chunked.prefill(ids);
+      expect(compareLogprobs(await logitsAfter(chunked), expected, expected.length).maxAbs).toBeLessThan(1e-4);
 
-    const stepped = Session.create(ctx(), model, { contextLength: 200 });
-    await stepped.prefill(ids.slice(0, 100));
-    for (const id of ids.slice(100)) {
-      stepped.feed(id);
-      await stepped.decode();
-    }
-    expect(stepped.position).toBe(130);
-    expect(compareLogprobs(await logitsAfter(stepped), expected, expected.length).maxAbs).toBeLessThan(1e-4);
+      const stepped = Session.create(ctx(), model, { contextLength: 200 });
+      await stepped.prefill(ids.slice(0, 100));
+      for (const id of ids.slice(100)) {
+        stepped.feed(id);
+        await stepped.decode();
+      }
+      expect(stepped.position).toBe(130);
+      expect(compareLogprobs(await logitsAfter(stepped), expected, expected.length).maxAbs).toBeLessThan(1e-4);
 
-    stepped.reset();
-    await stepped.prefill(ids);
-    expect(compareLogprobs(await logitsAfter(stepped), expected, expected.length).maxAbs).toBeLessThan(1e-5);
-    for (const s of [whole, chunked, stepped]) s.destroy();
-    model.destroy();
-  });
+      stepped.reset();
+      await stepped.prefill(ids);
+      expect(compareLogprobs(await logitsAfter(stepped), expected, expected.length).maxAbs).toBeLessThan(1e-5);
+      for (const s of [whole, chunked, stepped]) s.destroy();
+      model.destroy();
+    });
 
-  it('refuses a prompt longer than the context, and bad token ids, without moving', async () => {
-    const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35')), { dtype: 'f32' });
-    const session = Session.create(ctx(), model, { contextLength: 10 });
-    await expect(session.prefill(dense.prompt_ids.slice(0, 11))).rejects.toThrow(/11 tokens do not fit the session's context of 10/);
-    await expect(session.prefill([1, 2, 5000])).rejects.toThrow(/token id 5000 at index 2 is outside the vocabulary/);
-    expect(session.position).toBe(0);
-    await session.prefill(dense.prompt_ids.slice(0, 10));
-    await expect(session.decode()).rejects.toThrow(SessionError);
-    expect(() => Session.create(ctx(), model, { contextLength: 300_000 })).toThrow(/max_position_embeddings 262144/);
-    session.destroy();
-    model.destroy();
-  });
-});
+    it('refuses a prompt longer than the context, and bad token ids, without moving', async () => {
+      const model = await loadModel(ctx(), await openModel(fixtureDir('tiny-qwen35')), { dtype: 'f32' });
+      const session = Session.create(ctx(), model, { contextLength: 10 });
+      await expect(session.prefill(dense.prompt_ids.slice(0, 11))).rejects.toThrow(/11 tokens do not fit the session's context of 10/);
+      await expect(session.prefill([1, 2, 5000])).rejects.toThrow(/token id 5000 at index 2 is outside the vocabulary/);
+      expect(session.position).toBe(0);
+      await session.prefill(dense.prompt_ids.slice(0, 10));
+      await expect(session.decode()).rejects.toThrow(SessionError);
+      expect(() => Session.create(ctx(), model, { contextLength: 300_000 })).toThrow(/max_position_embeddings 262144/);
+      session.destroy();
+      model.destroy();
+    });
+  },
+  { wholeModel: true },
+);
 
 describe('a decode step', () => {
   it('maps exactly one buffer back to the CPU: the 4-byte sampled token id', async () => {
